@@ -1,0 +1,278 @@
+"""
+The signaling wire protocol: JSON text messages exchanged over the WebSocket.
+
+Every inbound message goes through :func:`parse_client_message`, so the rest of the
+server only ever sees well-formed, typed messages. Outbound messages are plain dicts
+built here so their shape is defined in one place. ``docs/protocol.md`` is the contract
+this module implements.
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+MAX_MESSAGE_BYTES = 64 * 1024
+
+# Error codes, sent in the "code" field of an "error" message.
+INVALID_JSON = "invalid_json"
+INVALID_MESSAGE = "invalid_message"
+UNKNOWN_TYPE = "unknown_type"
+MESSAGE_TOO_LARGE = "message_too_large"
+INVALID_ROOM = "invalid_room"
+INVALID_NAME = "invalid_name"
+INVALID_SDP = "invalid_sdp"
+NOT_JOINED = "not_joined"
+ALREADY_JOINED = "already_joined"
+INVALID_CANDIDATE = "invalid_candidate"
+BINARY_NOT_SUPPORTED = "binary_not_supported"
+INTERNAL_ERROR = "internal_error"
+
+MAX_NAME_LENGTH = 64
+
+_ROOM_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# C0 and C1 controls and DEL, plus lone surrogates, which cannot be encoded as UTF-8
+# and would break the participantJoined sent to everybody else.
+_NAME_FORBIDDEN_RE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_SDP_START_RE = re.compile(r"v=0\r?\n")
+_SDP_AUDIO_RE = re.compile(r"^m=audio ", re.MULTILINE)
+_SDP_VIDEO_RE = re.compile(r"^m=video ", re.MULTILINE)
+# RFC 8839 candidate-attribute as carried by RTCIceCandidate.candidate: the fixed
+# fields that aiortc's candidate_from_sdp() reads, then name/value pairs.
+_CANDIDATE_RE = re.compile(
+    r"candidate:[A-Za-z0-9+/]{1,32} \d{1,5} [A-Za-z0-9_-]+ \d{1,10} \S+ \d{1,5}"
+    r" typ [A-Za-z0-9_-]+(?: \S+ \S+)*"
+)
+_MAX_SDP_MLINE_INDEX = 65535  # an unsigned short in the W3C API
+
+
+class ProtocolError(Exception):
+    """
+    A message broke the protocol; the session answers with an ``error`` message
+    carrying :attr:`code` and :attr:`message`, and goes on.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Join:
+    """Enter ``room`` (created if needed) under the display ``name``."""
+
+    room: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The client's SDP offer for its one upstream (audio and video)."""
+
+    sdp: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """
+    A trickled ICE candidate from the client.
+
+    An empty :attr:`candidate` means end-of-candidates.
+    """
+
+    candidate: str
+    sdp_mid: str | None
+    sdp_mline_index: int | None
+
+
+@dataclass(frozen=True)
+class Leave:
+    """Leave the room; the WebSocket stays open and may join again."""
+
+
+ClientMessage = Join | Offer | Candidate | Leave
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # JSON has no NaN or Infinity; Python's json accepts them unless told not to.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_KIND_NAMES: dict[type, str] = {str: "a string", int: "an integer", dict: "an object"}
+
+
+def _field(
+    obj: dict[str, Any], key: str, kind: type, label: str, optional: bool = False
+) -> Any:
+    """
+    Return ``obj[key]`` checked against ``kind``; errors name the field as ``label``.
+
+    An optional field may be absent or null, which gives None.
+    """
+    value = obj.get(key)
+    if value is None and optional:
+        return None
+    if key not in obj:
+        raise ProtocolError(INVALID_MESSAGE, f'The "{label}" field is missing.')
+    # bool is a subclass of int, but true is not a number in JSON.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        expected = _KIND_NAMES[kind] + (" or null" if optional else "")
+        raise ProtocolError(INVALID_MESSAGE, f'The "{label}" field must be {expected}.')
+    return value
+
+
+def _parse_join(obj: dict[str, Any]) -> Join:
+    room = _field(obj, "room", str, "room")
+    if not _ROOM_RE.fullmatch(room):
+        raise ProtocolError(
+            INVALID_ROOM,
+            "The room name must be 1 to 64 characters among letters A-Z and a-z, "
+            "digits, underscore and hyphen.",
+        )
+
+    name = _field(obj, "name", str, "name").strip()
+    if not name:
+        raise ProtocolError(INVALID_NAME, "The name must not be empty.")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ProtocolError(
+            INVALID_NAME, f"The name must be at most {MAX_NAME_LENGTH} characters."
+        )
+    if _NAME_FORBIDDEN_RE.search(name):
+        raise ProtocolError(
+            INVALID_NAME,
+            "The name must not contain control characters or invalid Unicode.",
+        )
+    return Join(room=room, name=name)
+
+
+def _parse_offer(obj: dict[str, Any]) -> Offer:
+    sdp = _field(obj, "sdp", str, "sdp")
+    if not _SDP_START_RE.match(sdp):
+        raise ProtocolError(
+            INVALID_SDP,
+            'The offer is not an SDP description: it must start with a "v=0" line.',
+        )
+    if not (_SDP_AUDIO_RE.search(sdp) and _SDP_VIDEO_RE.search(sdp)):
+        raise ProtocolError(
+            INVALID_SDP, "The offer must contain an audio and a video media section."
+        )
+    return Offer(sdp=sdp)
+
+
+def _parse_candidate(obj: dict[str, Any]) -> Candidate:
+    init = _field(obj, "candidate", dict, "candidate")
+    candidate = _field(init, "candidate", str, "candidate.candidate")
+    sdp_mid = _field(init, "sdpMid", str, "candidate.sdpMid", optional=True)
+    sdp_mline_index = _field(
+        init, "sdpMLineIndex", int, "candidate.sdpMLineIndex", optional=True
+    )
+
+    if sdp_mline_index is not None and not (
+        0 <= sdp_mline_index <= _MAX_SDP_MLINE_INDEX
+    ):
+        raise ProtocolError(
+            INVALID_CANDIDATE,
+            f"The sdpMLineIndex must be between 0 and {_MAX_SDP_MLINE_INDEX}.",
+        )
+    if candidate:
+        if not _CANDIDATE_RE.fullmatch(candidate):
+            raise ProtocolError(
+                INVALID_CANDIDATE,
+                "The candidate must be an ICE candidate line "
+                '("candidate:<foundation> <component> <transport> ...").',
+            )
+        if sdp_mid is None and sdp_mline_index is None:
+            raise ProtocolError(
+                INVALID_CANDIDATE,
+                "The candidate must name its media section with sdpMid or "
+                "sdpMLineIndex.",
+            )
+    return Candidate(
+        candidate=candidate, sdp_mid=sdp_mid, sdp_mline_index=sdp_mline_index
+    )
+
+
+def _parse_leave(obj: dict[str, Any]) -> Leave:
+    return Leave()
+
+
+_PARSERS = {
+    "join": _parse_join,
+    "offer": _parse_offer,
+    "candidate": _parse_candidate,
+    "leave": _parse_leave,
+}
+
+
+def parse_client_message(text: str | bytes) -> ClientMessage:
+    """
+    Validate one WebSocket message from a client and return it typed.
+
+    :raises ProtocolError: with the code to send back in an ``error`` message.
+    """
+    if isinstance(text, bytes):
+        raise ProtocolError(
+            BINARY_NOT_SUPPORTED, "Binary messages are not supported: send JSON text."
+        )
+    # A character is at least one byte, so a long string needs no encoding to reject.
+    if (
+        len(text) > MAX_MESSAGE_BYTES
+        or len(text.encode("utf-8", "surrogatepass")) > MAX_MESSAGE_BYTES
+    ):
+        raise ProtocolError(
+            MESSAGE_TOO_LARGE,
+            f"The message is larger than {MAX_MESSAGE_BYTES} bytes.",
+        )
+
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        # ValueError covers JSONDecodeError, NaN/Infinity and oversized integers.
+        raise ProtocolError(INVALID_JSON, "The message is not valid JSON.") from None
+
+    if not isinstance(obj, dict):
+        raise ProtocolError(INVALID_MESSAGE, "The message must be a JSON object.")
+    message_type = _field(obj, "type", str, "type")
+    parser = _PARSERS.get(message_type)
+    if parser is None:
+        raise ProtocolError(
+            UNKNOWN_TYPE, f"The message type {message_type[:64]!r} is not known."
+        )
+    return parser(obj)
+
+
+def joined(
+    room: str, peer_id: str, participants: list[dict], ice_servers: list[dict]
+) -> dict:
+    """
+    Confirm a join: the caller's ``peer_id``, who else is in the room (dicts with
+    ``peerId`` and ``name``), and the ICE servers to configure before offering.
+    """
+    return {
+        "type": "joined",
+        "room": room,
+        "peerId": peer_id,
+        "participants": list(participants),
+        "iceServers": list(ice_servers),
+    }
+
+
+def answer(sdp: str) -> dict:
+    """The server's SDP answer; it carries all of the server's ICE candidates."""
+    return {"type": "answer", "sdp": sdp}
+
+
+def participant_joined(peer_id: str, name: str) -> dict:
+    """Tell the others in a room that a peer joined."""
+    return {"type": "participantJoined", "peerId": peer_id, "name": name}
+
+
+def participant_left(peer_id: str) -> dict:
+    """Tell the others in a room that a peer left, closed or lost its connection."""
+    return {"type": "participantLeft", "peerId": peer_id}
+
+
+def error(code: str, message: str) -> dict:
+    """Report a refused message; the connection and the room go on."""
+    return {"type": "error", "code": code, "message": message}
