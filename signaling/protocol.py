@@ -26,6 +26,7 @@ NOT_JOINED = "not_joined"
 ALREADY_JOINED = "already_joined"
 INVALID_CANDIDATE = "invalid_candidate"
 BINARY_NOT_SUPPORTED = "binary_not_supported"
+MEDIA_FAILED = "media_failed"
 INTERNAL_ERROR = "internal_error"
 
 MAX_NAME_LENGTH = 64

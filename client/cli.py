@@ -1,0 +1,89 @@
+"""The `mcu-client` command: join a room from the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from aiortc import MediaStreamTrack
+from aiortc.contrib.media import MediaPlayer
+
+from .peer import Peer, PeerError
+from .sources import ColorTrack, ToneTrack, parse_color
+
+
+def _video(spec: str | None) -> tuple[MediaStreamTrack | None, MediaPlayer | None]:
+    if spec is None:
+        return None, None
+    if spec.startswith("color:"):
+        return ColorTrack(parse_color(spec.removeprefix("color:"))), None
+    player = MediaPlayer(spec.removeprefix("file:"), loop=True)
+    return player.video, player
+
+
+def _audio(spec: str | None) -> tuple[MediaStreamTrack | None, MediaPlayer | None]:
+    if spec is None:
+        return None, None
+    if spec.startswith("tone:"):
+        return ToneTrack(float(spec.removeprefix("tone:"))), None
+    player = MediaPlayer(spec.removeprefix("file:"), loop=True)
+    return player.audio, player
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcu-client", description="Join an MCU room from Python.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    join = commands.add_parser("join", help="join a room, send media, receive the composite")
+    join.add_argument("url", help="signaling URL, e.g. ws://127.0.0.1:8080/ws")
+    join.add_argument("--room", required=True)
+    join.add_argument("--name", required=True)
+    join.add_argument("--video", help="color:NAME (a test pattern: red, green, #rrggbb...) or a media file")
+    join.add_argument("--audio", help="tone:HZ (a sine tone) or a media file")
+    join.add_argument("--record", metavar="FILE", help="write what is received (video and audio) to FILE")
+    join.add_argument("--duration", type=float, help="leave after this many seconds (default: until Ctrl-C)")
+    join.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+async def run_join(args: argparse.Namespace) -> int:
+    try:
+        video, _ = _video(args.video)
+        audio, _ = _audio(args.audio)
+    except (ValueError, OSError) as exc:
+        print(f"mcu-client: {exc}", file=sys.stderr)
+        return 2
+    peer = Peer(args.url, args.room, args.name, video=video, audio=audio, record=args.record)
+    try:
+        await peer.join()
+        print(f"joined room {args.room} as {peer.peer_id}; others: {list(peer.participants.values())}", flush=True)
+        loop = asyncio.get_running_loop()
+        deadline = None if args.duration is None else loop.time() + args.duration
+        reported = 0
+        while deadline is None or loop.time() < deadline:
+            await asyncio.sleep(1)
+            for event in peer.events[reported:]:
+                if event["type"] in ("participantJoined", "participantLeft", "error"):
+                    print(f"event: {event}", flush=True)
+            reported = len(peer.events)
+        print(f"received {peer.video_frames} video frames, {peer.audio_frames} audio frames", flush=True)
+        return 0
+    except (PeerError, OSError) as exc:
+        print(f"mcu-client: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await peer.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level)
+    try:
+        sys.exit(asyncio.run(run_join(args)))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

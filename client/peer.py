@@ -1,0 +1,203 @@
+"""The Python client: joins a room, sends one upstream, receives the composite.
+
+`Peer` is both what `mcu-client` runs and the library the tests drive: it keeps
+what it received (the latest picture, keyframe arrivals, the audio as samples)
+so a caller can check the composite's colours and the mix's tones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaRecorder, MediaRelay
+from aiortc.mediastreams import MediaStreamError
+
+from signaling.ice import is_loopback_host, rtc_configuration, use_host_addresses
+
+logger = logging.getLogger(__name__)
+
+#: Received audio kept for analysis (mono samples at 48 kHz).
+AUDIO_KEEP_SECONDS = 10
+
+
+class PeerError(Exception):
+    """The server refused or dropped this peer."""
+
+
+class Peer:
+    """One participant driven from Python."""
+
+    def __init__(
+        self,
+        url: str,
+        room: str,
+        name: str,
+        video: MediaStreamTrack | None = None,
+        audio: MediaStreamTrack | None = None,
+        record: str | None = None,
+    ) -> None:
+        self.url = url
+        self.room = room
+        self.name = name
+        self.peer_id: str | None = None
+        self.participants: dict[str, str] = {}
+        self.events: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.pc: RTCPeerConnection | None = None
+        #: The latest decoded composite picture and counters about it.
+        self.video_frame: av.VideoFrame | None = None
+        self.video_frames = 0
+        self.first_frame_time: float | None = None
+        self.connected_time: float | None = None
+        self.audio_frames = 0
+        self._audio: deque[np.ndarray] = deque(maxlen=AUDIO_KEEP_SECONDS * 50)
+        self._video_source = video
+        self._audio_source = audio
+        self._record_path = record
+        self._recorder: MediaRecorder | None = None
+        self._relay = MediaRelay()
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._joined = asyncio.Event()
+        self._answered = asyncio.Event()
+
+    async def join(self, timeout: float = 10) -> None:
+        """Join the room and start media; returns once the server has answered."""
+        if is_loopback_host(urlparse(self.url).hostname or ""):
+            use_host_addresses(["127.0.0.1"])
+        self._session = aiohttp.ClientSession()
+        self._ws = await self._session.ws_connect(self.url)
+        self._tasks.append(asyncio.ensure_future(self._read()))
+        await self.send({"type": "join", "room": self.room, "name": self.name})
+        await self._wait(self._joined, timeout, "join")
+        joined = next(e for e in self.events if e["type"] == "joined")
+        self.pc = self._create_peer_connection(joined["iceServers"])
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        await self.send({"type": "offer", "sdp": self.pc.localDescription.sdp})
+        await self._wait(self._answered, timeout, "answer")
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self._ws is not None
+        await self._ws.send_str(json.dumps(message))
+
+    async def wait_for(self, predicate, timeout: float) -> None:
+        """Poll `predicate()` until true, or raise TimeoutError after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError("condition not met in time")
+            await asyncio.sleep(0.05)
+
+    def audio(self, seconds: float) -> np.ndarray:
+        """The last `seconds` of received audio, mono int16 at 48 kHz."""
+        if not self._audio:
+            return np.zeros(0, np.int16)
+        samples = np.concatenate(list(self._audio))
+        return samples[-int(seconds * 48000) :]
+
+    async def close(self) -> None:
+        if self._ws is not None and not self._ws.closed:
+            try:
+                await self.send({"type": "leave"})
+            except ConnectionError:
+                pass
+            await self._ws.close()
+        if self.pc is not None:
+            await self.pc.close()
+        if self._recorder is not None:
+            await self._recorder.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _wait(self, event: asyncio.Event, timeout: float, what: str) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            detail = f": {self.errors[-1]['message']}" if self.errors else ""
+            raise PeerError(f"no {what} from the server{detail}") from None
+        if self.errors and what == "join" and not self.peer_id:
+            raise PeerError(self.errors[-1]["message"])
+
+    def _create_peer_connection(self, ice_servers: list[dict]) -> RTCPeerConnection:
+        pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        for kind, source in (("audio", self._audio_source), ("video", self._video_source)):
+            pc.addTransceiver(source if source is not None else kind, direction="sendrecv")
+        if self._record_path:
+            self._recorder = MediaRecorder(self._record_path)
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            consume = self._consume_video if track.kind == "video" else self._consume_audio
+            self._tasks.append(asyncio.ensure_future(consume(self._relay.subscribe(track))))
+            if self._recorder is not None:
+                self._recorder.addTrack(self._relay.subscribe(track))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState == "connected":
+                self.connected_time = time.monotonic()
+                if self._recorder is not None:
+                    await self._recorder.start()
+
+        return pc
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        async for msg in self._ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            message = json.loads(msg.data)
+            self.events.append(message)
+            kind = message.get("type")
+            if kind == "joined":
+                self.peer_id = message["peerId"]
+                self.participants = {p["peerId"]: p["name"] for p in message["participants"]}
+                self._joined.set()
+            elif kind == "answer" and self.pc is not None:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="answer"))
+                self._answered.set()
+            elif kind == "participantJoined":
+                self.participants[message["peerId"]] = message["name"]
+            elif kind == "participantLeft":
+                self.participants.pop(message["peerId"], None)
+            elif kind == "error":
+                logger.warning("server error %s: %s", message.get("code"), message.get("message"))
+                self.errors.append(message)
+                if not self._joined.is_set():
+                    self._joined.set()
+
+    async def _consume_video(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                if self.first_frame_time is None:
+                    self.first_frame_time = now
+                self.video_frame = frame
+                self.video_frames += 1
+        except MediaStreamError:
+            pass
+
+    async def _consume_audio(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+                self._audio.append(samples.mean(axis=1).astype(np.int16))
+                self.audio_frames += 1
+        except MediaStreamError:
+            pass

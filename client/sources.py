@@ -1,0 +1,110 @@
+"""Synthetic media for the client: a solid-colour test pattern and a tone."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+
+import av
+import cv2
+import numpy as np
+from aiortc import MediaStreamTrack
+
+SAMPLE_RATE = 48000
+FRAME_SAMPLES = 960
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 30, 30),
+    "green": (30, 200, 40),
+    "blue": (30, 40, 230),
+    "yellow": (240, 220, 30),
+    "magenta": (220, 40, 220),
+    "cyan": (30, 210, 220),
+    "white": (235, 235, 235),
+    "orange": (245, 140, 20),
+}
+
+
+def parse_color(text: str) -> tuple[int, int, int]:
+    """A colour name from COLORS or '#rrggbb'."""
+    if text in COLORS:
+        return COLORS[text]
+    if len(text) == 7 and text.startswith("#"):
+        try:
+            return int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16)
+        except ValueError:
+            pass
+    raise ValueError(f"unknown colour {text!r}: use one of {', '.join(COLORS)} or #rrggbb")
+
+
+def rgb_to_yuv(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    """BT.601 limited-range Y, U, V of one colour, as the encoders see it."""
+    pixel = np.array([[rgb[::-1]]], dtype=np.uint8)
+    y, cr, cb = (int(c) for c in cv2.cvtColor(pixel, cv2.COLOR_BGR2YCrCb)[0, 0])
+    # OpenCV gives full-range YCrCb; squeeze into limited range like swscale does.
+    return int(16 + y * 219 / 255), int(128 + (cb - 128) * 224 / 255), int(128 + (cr - 128) * 224 / 255)
+
+
+class _Paced(MediaStreamTrack):
+    """Emits frames at a fixed rate against the wall clock."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self._interval = 1 / rate
+        self._start: float | None = None
+        self._index = 0
+
+    async def _next_index(self) -> int:
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._index * self._interval - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        index = self._index
+        self._index += 1
+        return index
+
+
+class ColorTrack(_Paced):
+    """A solid-colour yuv420p picture: easy to find again in a composite."""
+
+    kind = "video"
+
+    def __init__(self, color: tuple[int, int, int], width: int = 320, height: int = 240, fps: int = 15) -> None:
+        super().__init__(fps)
+        self.fps = fps
+        y, u, v = rgb_to_yuv(color)
+        self._buffer = np.empty((height * 3 // 2, width), np.uint8)
+        self._buffer[:height] = y
+        chroma = self._buffer[height:].reshape(-1)
+        chroma[: chroma.size // 2] = u
+        chroma[chroma.size // 2 :] = v
+
+    async def recv(self) -> av.VideoFrame:
+        index = await self._next_index()
+        frame = av.VideoFrame.from_numpy_buffer(self._buffer, format="yuv420p")
+        frame.pts = index * (90000 // self.fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        return frame
+
+
+class ToneTrack(_Paced):
+    """A continuous sine tone, 20 ms mono frames at 48 kHz."""
+
+    kind = "audio"
+
+    def __init__(self, frequency: float, amplitude: float = 0.3) -> None:
+        super().__init__(SAMPLE_RATE / FRAME_SAMPLES)
+        self.frequency = frequency
+        self.amplitude = amplitude
+
+    async def recv(self) -> av.AudioFrame:
+        index = await self._next_index()
+        t = (np.arange(FRAME_SAMPLES) + index * FRAME_SAMPLES) / SAMPLE_RATE
+        samples = (np.sin(2 * np.pi * self.frequency * t) * self.amplitude * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = index * FRAME_SAMPLES
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        return frame

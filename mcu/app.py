@@ -1,0 +1,47 @@
+"""The HTTP application: signaling at /ws, the web page at /, health at /healthz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from signaling.websocket import websocket_handler
+
+from .conference import Conference
+from .config import Config
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "client" / "web"
+
+CONFERENCE = web.AppKey("conference", Conference)
+
+
+def create_app(config: Config) -> web.Application:
+    """An aiohttp application serving one in-process conference."""
+    conference = Conference(config)
+    app = web.Application()
+    app[CONFERENCE] = conference
+    app.router.add_get("/ws", websocket_handler(conference))
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/", _index)
+    if WEB_ROOT.is_dir():
+        app.router.add_static("/static/", WEB_ROOT)
+
+    async def close_conference(app: web.Application) -> None:
+        await conference.close()
+
+    app.on_shutdown.append(close_conference)
+    return app
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    conference = request.app[CONFERENCE]
+    peers = sum(len(room.participants) for room in conference.rooms.values())
+    return web.json_response({"status": "ok", "rooms": len(conference.rooms), "peers": peers})
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    index = WEB_ROOT / "index.html"
+    if not index.is_file():
+        raise web.HTTPNotFound(text="The web client is not installed.")
+    return web.FileResponse(index)

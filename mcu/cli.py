@@ -1,0 +1,69 @@
+"""The `mcu` command: `mcu serve` runs the server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from signaling.ice import is_loopback_host, use_host_addresses
+
+from .app import create_app
+from .config import Config
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if width < 16 or height < 16 or width % 2 or height % 2:
+        raise argparse.ArgumentTypeError("width and height must be even and at least 16")
+    return width, height
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcu", description="A WebRTC MCU: one composite downstream per peer.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the signaling and media server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument("--size", type=_size, default=(1280, 720), help="composite size, WxH (default 1280x720)")
+    serve.add_argument("--fps", type=int, default=30, help="composite frame rate (default 30)")
+    serve.add_argument(
+        "--video-bitrate", type=int, default=Config.video_bitrate, help="composite bitrate in bit/s"
+    )
+    serve.add_argument(
+        "--media-address",
+        action="append",
+        help="address offered for media (ICE host candidate); repeatable. "
+        "Default: 127.0.0.1 when --host is a loopback address, else every interface",
+    )
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def serve(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.media_address:
+        use_host_addresses(args.media_address)
+    elif is_loopback_host(args.host):
+        use_host_addresses(["127.0.0.1"])
+    width, height = args.size
+    config = Config(width=width, height=height, fps=args.fps, video_bitrate=args.video_bitrate)
+    print(f"mcu: serving on http://{args.host}:{args.port}/ (signaling at /ws)", flush=True)
+    web.run_app(create_app(config), host=args.host, port=args.port, print=None, shutdown_timeout=5)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        serve(args)
+    else:  # pragma: no cover - argparse rejects unknown commands
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The MCU side of signaling: rooms created on first join, removed with their last peer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from aiortc.sdp import candidate_from_sdp
+
+from signaling import protocol
+from signaling.protocol import Candidate, Join, Offer, ProtocolError
+from signaling.websocket import Session
+
+from .config import Config
+from .participant import NegotiationError, Participant
+from .room import Room
+
+logger = logging.getLogger(__name__)
+
+
+class Conference:
+    """Every room of this process, driven by signaling sessions."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rooms: dict[str, Room] = {}
+        self._sessions: dict[str, Session] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def join(self, session: Session, message: Join) -> None:
+        room = self.rooms.get(message.room)
+        if room is None:
+            room = self.rooms[message.room] = Room(message.room, self.config)
+            logger.info("room %s: created", room.name)
+        peer_id = secrets.token_hex(6)
+        others = [{"peerId": p.peer_id, "name": p.name} for p in room.participants.values()]
+        participant = Participant(peer_id, message.name, room.video.request_keyframe, self._media_failed)
+        room.add(participant)
+        session.peer_id, session.room = peer_id, room.name
+        self._sessions[peer_id] = session
+        session.send(protocol.joined(room.name, peer_id, others, self.config.ice_servers))
+        self._broadcast(room, protocol.participant_joined(peer_id, message.name), exclude=peer_id)
+        logger.info("room %s: %s (%s) joined", room.name, peer_id, message.name)
+
+    async def offer(self, session: Session, message: Offer) -> None:
+        participant = self._participant(session)
+        try:
+            sdp = await participant.answer(message.sdp, self.config.ice_servers)
+        except NegotiationError as exc:
+            raise ProtocolError(protocol.INVALID_SDP, str(exc)) from exc
+        session.send(protocol.answer(sdp))
+
+    async def candidate(self, session: Session, message: Candidate) -> None:
+        pc = self._participant(session).pc
+        if pc is None:
+            raise ProtocolError(protocol.INVALID_CANDIDATE, "Send the offer before ICE candidates.")
+        if not message.candidate:
+            await pc.addIceCandidate(None)
+            return
+        try:
+            candidate = candidate_from_sdp(message.candidate.removeprefix("candidate:"))
+        except (ValueError, IndexError) as exc:
+            raise ProtocolError(protocol.INVALID_CANDIDATE, "The ICE candidate could not be parsed.") from exc
+        candidate.sdpMid = message.sdp_mid
+        candidate.sdpMLineIndex = message.sdp_mline_index
+        if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+            candidate.sdpMLineIndex = 0
+        await pc.addIceCandidate(candidate)
+
+    async def leave(self, session: Session) -> None:
+        if session.peer_id is None or session.room is None:
+            return
+        room = self.rooms.get(session.room)
+        peer_id = session.peer_id
+        session.peer_id = session.room = None
+        self._sessions.pop(peer_id, None)
+        if room is None:
+            return
+        participant = room.remove(peer_id)
+        if participant is not None:
+            self._close_later(participant)
+            logger.info("room %s: %s left", room.name, peer_id)
+        self._broadcast(room, protocol.participant_left(peer_id))
+        if room.empty:
+            del self.rooms[room.name]
+            await room.close()
+            logger.info("room %s: closed", room.name)
+
+    async def close(self) -> None:
+        """Leave every session and close every room (server shutdown)."""
+        for session in list(self._sessions.values()):
+            await self.leave(session)
+        if self._closing:
+            await asyncio.wait(self._closing, timeout=5)
+
+    def _participant(self, session: Session) -> Participant:
+        room = self.rooms[session.room]  # type: ignore[index]
+        return room.participants[session.peer_id]  # type: ignore[index]
+
+    def _media_failed(self, participant: Participant) -> None:
+        """ICE or DTLS failed: the peer leaves, as if its WebSocket had closed."""
+        session = self._sessions.get(participant.peer_id)
+        if session is None:
+            return
+        session.send_error(protocol.MEDIA_FAILED, "The media connection failed; join again to retry.")
+        asyncio.ensure_future(self.leave(session))
+
+    def _close_later(self, participant: Participant) -> None:
+        # Closing a peer connection joins its decoder threads: not on the caller's time.
+        task = asyncio.ensure_future(participant.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _broadcast(self, room: Room, message: dict, exclude: str | None = None) -> None:
+        for peer_id in room.participants:
+            if peer_id != exclude and (session := self._sessions.get(peer_id)) is not None:
+                session.send(message)

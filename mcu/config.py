@@ -1,0 +1,20 @@
+"""Server settings, gathered in one place so the CLI, the app and tests agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Config:
+    """What a room's media clock produces and what clients are told."""
+
+    width: int = 1280
+    height: int = 720
+    fps: int = 30
+    #: The composite's VP8 bitrate, shared by every peer of the room.
+    video_bitrate: int = 1_200_000
+    #: A participant silent on video this long shows its placeholder tile.
+    stale_video_seconds: float = 2.0
+    #: ICE servers handed to clients in `joined` and used by the server itself.
+    ice_servers: list[dict] = field(default_factory=list)

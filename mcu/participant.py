@@ -1,0 +1,144 @@
+"""One participant: its peer connection, its latest inputs and its outbound tracks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+import av
+from aiortc import (
+    MediaStreamTrack,
+    RTCPeerConnection,
+    RTCRtpCodecCapability,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
+from aiortc.mediastreams import MediaStreamError
+
+from compositor.audio import SAMPLE_RATE, SampleBuffer, to_mono_s16
+from signaling.ice import rtc_configuration
+
+from .tracks import PacketTrack
+
+logger = logging.getLogger(__name__)
+
+#: Audio waiting in a participant's buffer is capped: under clock drift or a
+#: burst the oldest samples go, so the mix never lags by more than this.
+AUDIO_BUFFER_SECONDS = 0.12
+
+
+def _shared_codecs(kind: str) -> list[RTCRtpCodecCapability]:
+    """The codecs that the room's shared encoders produce (VP8 with RTX, Opus)."""
+    wanted = "video/vp8" if kind == "video" else "audio/opus"
+    codecs = RTCRtpSender.getCapabilities(kind).codecs
+    return [c for c in codecs if c.mimeType.lower() in (wanted, "video/rtx")]
+
+
+class NegotiationError(Exception):
+    """The offer cannot be answered (no usable codec, unparsable SDP...)."""
+
+
+class Participant:
+    """A peer in a room: it sends one upstream and receives the room's downstream."""
+
+    def __init__(
+        self,
+        peer_id: str,
+        name: str,
+        request_keyframe: Callable[[], None],
+        on_failed: Callable[[Participant], None],
+    ) -> None:
+        self.peer_id = peer_id
+        self.name = name
+        self.pc: RTCPeerConnection | None = None
+        self.video_out = PacketTrack("video", request_keyframe)
+        self.audio_out = PacketTrack("audio")
+        self.audio_in = SampleBuffer(max_samples=int(SAMPLE_RATE * AUDIO_BUFFER_SECONDS))
+        #: The latest decoded picture and when it arrived (loop time).
+        self.video_frame: av.VideoFrame | None = None
+        self.video_frame_time = float("-inf")
+        self._request_keyframe = request_keyframe
+        self._on_failed = on_failed
+        self._resampler: av.AudioResampler | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(self, offer_sdp: str, ice_servers: list[dict]) -> str:
+        """Apply the peer's offer (first or renegotiation) and return the SDP answer."""
+        if self.pc is None:
+            self.pc = self._create_peer_connection(ice_servers)
+        pc = self.pc
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except (ValueError, OperationError, InvalidStateError, InvalidAccessError) as exc:
+            raise NegotiationError(f"The SDP offer could not be answered: {exc}") from exc
+        return pc.localDescription.sdp
+
+    def _create_peer_connection(self, ice_servers: list[dict]) -> RTCPeerConnection:
+        pc = RTCPeerConnection(rtc_configuration(ice_servers))
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            consume = self._consume_video if track.kind == "video" else self._consume_audio
+            task = asyncio.ensure_future(consume(track))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState == "connected":
+                # A new or reconnected peer starts on a fresh keyframe.
+                self.video_out.restart()
+            elif pc.connectionState == "failed":
+                self._on_failed(self)
+
+        # Our transceivers exist before the offer so that the codec preferences
+        # apply to it: the answer then carries only what the shared encoders make.
+        for track in (self.audio_out, self.video_out):
+            transceiver = pc.addTransceiver(track, direction="sendrecv")
+            transceiver.setCodecPreferences(_shared_codecs(track.kind))
+            self._attach(transceiver.sender)
+        return pc
+
+    def _attach(self, sender: RTCRtpSender) -> None:
+        if sender.kind == "video":
+            # aiortc only honours PLI/FIR on its own encode path; with packets the
+            # request must reach the shared encoder (aiortc internal, see
+            # tests/test_aiortc_internals.py).
+            sender._send_keyframe = self._request_keyframe  # type: ignore[method-assign]
+
+    async def _consume_video(self, track: MediaStreamTrack) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                frame = await track.recv()
+                self.video_frame = frame
+                self.video_frame_time = loop.time()
+        except MediaStreamError:
+            pass
+
+    async def _consume_audio(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                if frame.sample_rate == SAMPLE_RATE and frame.format.name in ("s16", "s16p"):
+                    self.audio_in.push(to_mono_s16(frame))
+                    continue
+                if self._resampler is None:
+                    self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+                for resampled in self._resampler.resample(frame):
+                    self.audio_in.push(to_mono_s16(resampled))
+        except MediaStreamError:
+            pass
+
+    async def close(self) -> None:
+        """Stop every track and task; safe to call more than once."""
+        self.video_out.stop()
+        self.audio_out.stop()
+        if self.pc is not None:
+            await self.pc.close()
+        for task in list(self._tasks):
+            task.cancel()
+        self.video_frame = None

@@ -1,0 +1,58 @@
+"""A room: its participants and the media clocks that mix them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from compositor.video import Tile
+
+from .audio import AudioPipeline
+from .config import Config
+from .participant import Participant
+from .video import VideoPipeline
+
+
+class Room:
+    """Participants in join order (the grid order) and one video and one audio pipeline."""
+
+    def __init__(self, name: str, config: Config) -> None:
+        self.name = name
+        self.config = config
+        self.participants: dict[str, Participant] = {}
+        self.video = VideoPipeline(
+            name,
+            config.width,
+            config.height,
+            config.fps,
+            config.video_bitrate,
+            tiles=self._tiles,
+            sinks=lambda: [p.video_out for p in self.participants.values()],
+        )
+        self.audio = AudioPipeline(name, lambda: list(self.participants.values()))
+        self._started = False
+
+    def add(self, participant: Participant) -> None:
+        self.participants[participant.peer_id] = participant
+        if not self._started:
+            self._started = True
+            self.video.start()
+            self.audio.start()
+
+    def remove(self, peer_id: str) -> Participant | None:
+        self.audio.remove(peer_id)
+        return self.participants.pop(peer_id, None)
+
+    @property
+    def empty(self) -> bool:
+        return not self.participants
+
+    async def close(self) -> None:
+        await asyncio.gather(self.video.stop(), self.audio.stop())
+
+    def _tiles(self) -> list[Tile]:
+        """The latest frame of each participant; a stale or missing one shows the placeholder."""
+        now = asyncio.get_running_loop().time()
+        return [
+            Tile(p.name, p.video_frame if now - p.video_frame_time < self.config.stale_video_seconds else None)
+            for p in self.participants.values()
+        ]

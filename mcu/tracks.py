@@ -1,0 +1,69 @@
+"""Outbound tracks that hand pre-encoded packets to aiortc senders.
+
+When `recv()` returns an `av.Packet`, aiortc's `RTCRtpSender` only packetizes it,
+so one encode feeds every peer. Each peer has its own small queue: a peer whose
+sender falls behind loses its own backlog (and asks for a keyframe), never the
+room's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+import av
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+#: About one second of video at 30 fps, or of audio at 50 packets/s.
+QUEUE_LIMIT = 32
+
+
+class PacketTrack(MediaStreamTrack):
+    """A track fed by `push()` with packets of a shared encoder."""
+
+    def __init__(self, kind: str, request_keyframe: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.kind = kind
+        self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue()
+        self._request_keyframe = request_keyframe
+        # A decoder can only start on a keyframe: deltas before it are useless.
+        self._awaiting_keyframe = kind == "video"
+        self.dropped = 0
+
+    def push(self, packet: av.Packet) -> None:
+        """Queue a packet for this peer; never blocks."""
+        if self.readyState != "live":
+            return
+        if self._awaiting_keyframe:
+            if not packet.is_keyframe:
+                self.dropped += 1
+                return
+            self._awaiting_keyframe = False
+        if self._queue.qsize() >= QUEUE_LIMIT:
+            self.dropped += self._queue.qsize()
+            self.restart()
+            if self.kind == "video":
+                return
+        self._queue.put_nowait(packet)
+
+    def restart(self) -> None:
+        """Drop the backlog; video then waits for (and requests) a keyframe."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        if self.kind == "video":
+            self._awaiting_keyframe = True
+            if self._request_keyframe is not None:
+                self._request_keyframe()
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        packet = await self._queue.get()
+        if packet is None:
+            raise MediaStreamError
+        return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self._queue.put_nowait(None)
