@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="address offered for media (ICE host candidate); repeatable. "
         "Default: 127.0.0.1 when --host is a loopback address, else every interface",
     )
+    serve.add_argument(
+        "--encode-per-peer",
+        action="store_true",
+        help="benchmark baseline: encode the composite once per peer instead of once per room",
+    )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -52,7 +57,13 @@ def serve(args: argparse.Namespace) -> None:
     elif is_loopback_host(args.host):
         use_host_addresses(["127.0.0.1"])
     width, height = args.size
-    config = Config(width=width, height=height, fps=args.fps, video_bitrate=args.video_bitrate)
+    config = Config(
+        width=width,
+        height=height,
+        fps=args.fps,
+        video_bitrate=args.video_bitrate,
+        encode_per_peer=args.encode_per_peer,
+    )
     print(f"mcu: serving on http://{args.host}:{args.port}/ (signaling at /ws)", flush=True)
     web.run_app(create_app(config), host=args.host, port=args.port, print=None, shutdown_timeout=5)
 

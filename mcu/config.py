@@ -16,5 +16,8 @@ class Config:
     video_bitrate: int = 1_200_000
     #: A participant silent on video this long shows its placeholder tile.
     stale_video_seconds: float = 2.0
+    #: Benchmark baseline only: hand each peer the raw composite so that aiortc
+    #: encodes it once per peer, as a naive MCU would.
+    encode_per_peer: bool = False
     #: ICE servers handed to clients in `joined` and used by the server itself.
     ice_servers: list[dict] = field(default_factory=list)

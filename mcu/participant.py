@@ -47,7 +47,7 @@ class Participant:
         self,
         peer_id: str,
         name: str,
-        request_keyframe: Callable[[], None],
+        request_keyframe: Callable[[], None] | None,
         on_failed: Callable[[Participant], None],
     ) -> None:
         self.peer_id = peer_id
@@ -103,7 +103,7 @@ class Participant:
         return pc
 
     def _attach(self, sender: RTCRtpSender) -> None:
-        if sender.kind == "video":
+        if sender.kind == "video" and self._request_keyframe is not None:
             # aiortc only honours PLI/FIR on its own encode path; with packets the
             # request must reach the shared encoder (aiortc internal, see
             # tests/test_aiortc_internals.py).

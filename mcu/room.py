@@ -27,6 +27,7 @@ class Room:
             config.video_bitrate,
             tiles=self._tiles,
             sinks=lambda: [p.video_out for p in self.participants.values()],
+            encode_per_peer=config.encode_per_peer,
         )
         self.audio = AudioPipeline(name, lambda: list(self.participants.values()))
         self._started = False

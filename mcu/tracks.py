@@ -25,18 +25,24 @@ class PacketTrack(MediaStreamTrack):
     def __init__(self, kind: str, request_keyframe: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.kind = kind
-        self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[av.Packet | av.VideoFrame | None] = asyncio.Queue()
         self._request_keyframe = request_keyframe
         # A decoder can only start on a keyframe: deltas before it are useless.
         self._awaiting_keyframe = kind == "video"
         self.dropped = 0
 
-    def push(self, packet: av.Packet) -> None:
-        """Queue a packet for this peer; never blocks."""
+    def push(self, packet: av.Packet | av.VideoFrame) -> None:
+        """Queue a packet for this peer; never blocks.
+
+        A raw frame is accepted for the per-peer-encoding benchmark baseline:
+        aiortc then encodes it for this peer alone.
+        """
         if self.readyState != "live":
             return
         if self._awaiting_keyframe:
-            if not packet.is_keyframe:
+            if isinstance(packet, av.VideoFrame):
+                self._awaiting_keyframe = False
+            elif not packet.is_keyframe:
                 self.dropped += 1
                 return
             self._awaiting_keyframe = False
@@ -56,7 +62,7 @@ class PacketTrack(MediaStreamTrack):
             if self._request_keyframe is not None:
                 self._request_keyframe()
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet | av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
         packet = await self._queue.get()

@@ -13,7 +13,7 @@ import av
 
 from compositor.video import Compositor, Tile
 
-from .encoders import VideoEncoder
+from .encoders import VIDEO_TIME_BASE, VideoEncoder
 from .tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
@@ -47,8 +47,10 @@ class VideoPipeline:
         bitrate: int,
         tiles: Callable[[], Sequence[Tile]],
         sinks: Callable[[], Iterable[PacketTrack]],
+        encode_per_peer: bool = False,
     ) -> None:
         self.fps = fps
+        self.encode_per_peer = encode_per_peer
         self.encoder = VideoEncoder(width, height, fps, bitrate)
         self.stats = VideoStats()
         self._compositor = Compositor(width, height)
@@ -91,13 +93,18 @@ class VideoPipeline:
                 delay = 0
             await asyncio.sleep(max(delay, 0))
 
-    def _compose_encode(self, tiles: list[Tile], pts: int) -> list[av.Packet]:
+    def _compose_encode(self, tiles: list[Tile], pts: int) -> list[av.Packet] | list[av.VideoFrame]:
         started = time.monotonic()
         frame = self._compositor.compose(tiles)
         self.stats.compose_seconds += time.monotonic() - started
+        if self.encode_per_peer:
+            # The compositor reuses its buffer: each peer's encoder needs its own copy.
+            copy = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
+            copy.pts, copy.time_base = pts, VIDEO_TIME_BASE
+            return [copy]
         return self.encoder.encode(frame, pts)
 
-    def _deliver(self, future: asyncio.Future[list[av.Packet]]) -> None:
+    def _deliver(self, future: asyncio.Future[list[av.Packet] | list[av.VideoFrame]]) -> None:
         self._busy = False
         if future.cancelled():
             return
