@@ -1,0 +1,140 @@
+"""Audio mixing: 48 kHz mono int16 in 20 ms frames, the Opus frame the MCU sends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+SAMPLE_RATE = 48000
+FRAME_SAMPLES = SAMPLE_RATE // 50  # 20 ms
+
+_INT16_MIN = np.iinfo(np.int16).min
+_INT16_MAX = np.iinfo(np.int16).max
+
+
+@dataclass
+class Mix:
+    """One tick of mixed audio.
+
+    total: int16 (S,), everyone; what a listener who is not talking hears.
+    minus: int16 (N, S), row i is everyone but participant i (no echo of oneself).
+    """
+
+    total: np.ndarray
+    minus: np.ndarray
+
+
+def _saturate(samples: np.ndarray) -> np.ndarray:
+    """Clip an int32 mix to int16: loud overlaps distort instead of wrapping around."""
+    return np.clip(samples, _INT16_MIN, _INT16_MAX).astype(np.int16)
+
+
+def mix_minus(contributions: np.ndarray) -> Mix:
+    """Mix N participants' frames (int16, shape (N, S)) into a total and N mix-minus rows.
+
+    Sums once in int32 and subtracts each own row, O(N) rather than O(N^2).
+    The subtraction uses the unclipped sum, so a mix-minus is exact wherever it
+    fits in int16. An empty room gives one frame of silence.
+    """
+    contributions = np.asarray(contributions)
+    if len(contributions) == 0:
+        return Mix(
+            total=np.zeros(FRAME_SAMPLES, np.int16),
+            minus=np.zeros((0, FRAME_SAMPLES), np.int16),
+        )
+    if contributions.dtype != np.int16 or contributions.ndim != 2:
+        raise ValueError(
+            f"contributions must be int16 of shape (N, S), got {contributions.dtype} "
+            f"{contributions.shape}"
+        )
+    total = contributions.sum(axis=0, dtype=np.int32)
+    return Mix(total=_saturate(total), minus=_saturate(total - contributions))
+
+
+def to_mono_s16(frame: av.AudioFrame) -> np.ndarray:
+    """Return a 48 kHz s16/s16p frame's samples as mono int16, averaging the channels.
+
+    Other rates and formats must go through av.AudioResampler first: resampling
+    needs state across frames, which belongs to the caller's stream.
+    """
+    name = frame.format.name
+    if name not in ("s16", "s16p") or frame.sample_rate != SAMPLE_RATE:
+        raise ValueError(
+            f"expected s16 or s16p at {SAMPLE_RATE} Hz, got {name} at {frame.sample_rate} Hz; "
+            "resample with av.AudioResampler first"
+        )
+    channels = frame.layout.nb_channels
+    data = frame.to_ndarray()
+    if channels == 1:
+        return data.reshape(-1)
+    # Packed is (1, samples * channels) interleaved; planar is (channels, samples).
+    per_channel = data.reshape(-1, channels).T if name == "s16" else data
+    return (per_channel.sum(axis=0, dtype=np.int32) // channels).astype(np.int16)
+
+
+class SampleBuffer:
+    """A per-participant jitter FIFO of mono int16 samples over a preallocated ring.
+
+    Pushes beyond the cap drop the oldest samples, which bounds latency when a
+    sender's clock runs faster than the mixer's; pulls pad with silence when it
+    runs slower or packets are late.
+    """
+
+    def __init__(self, max_samples: int = SAMPLE_RATE * 2 // 10) -> None:
+        if max_samples <= 0:
+            raise ValueError(f"max_samples must be positive, got {max_samples}")
+        self._ring = np.zeros(max_samples, np.int16)
+        self._start = 0
+        self._size = 0
+        self.underruns = 0
+
+    @property
+    def available(self) -> int:
+        """Samples buffered and not yet pulled."""
+        return self._size
+
+    def push(self, samples: np.ndarray) -> None:
+        """Append int16 mono samples, dropping the oldest beyond the cap."""
+        samples = np.asarray(samples)
+        if samples.dtype != np.int16 or samples.ndim != 1:
+            raise ValueError(f"expected 1-D int16 samples, got {samples.dtype} {samples.shape}")
+        capacity = len(self._ring)
+        samples = samples[-capacity:]
+        count = len(samples)
+        overflow = self._size + count - capacity
+        if overflow > 0:
+            self._start = (self._start + overflow) % capacity
+            self._size -= overflow
+        end = (self._start + self._size) % capacity
+        first = min(count, capacity - end)
+        self._ring[end : end + first] = samples[:first]
+        self._ring[: count - first] = samples[first:]
+        self._size += count
+
+    def pull(self, count: int = FRAME_SAMPLES) -> np.ndarray:
+        """Return exactly `count` samples, zero-padded at the end on underrun."""
+        out = np.zeros(count, np.int16)
+        taken = min(count, self._size)
+        first = min(taken, len(self._ring) - self._start)
+        out[:first] = self._ring[self._start : self._start + first]
+        out[first:taken] = self._ring[: taken - first]
+        self._start = (self._start + taken) % len(self._ring)
+        self._size -= taken
+        if taken < count:
+            self.underruns += 1
+        return out
+
+
+def tone(
+    frequency: float, samples: int, amplitude: float = 0.3, phase_samples: int = 0
+) -> np.ndarray:
+    """Return an int16 sine of `amplitude` (0..1 of full scale) starting at sample `phase_samples`.
+
+    Passing the running sample count as phase_samples keeps consecutive frames continuous.
+    """
+    if not 0.0 <= amplitude <= 1.0:
+        raise ValueError(f"amplitude must be within 0..1, got {amplitude}")
+    t = np.arange(phase_samples, phase_samples + samples) / SAMPLE_RATE
+    return np.round(amplitude * _INT16_MAX * np.sin(2 * np.pi * frequency * t)).astype(np.int16)

@@ -1,0 +1,223 @@
+"""Video compositing on yuv420p planes.
+
+The canvas is one contiguous yuv420p buffer that is handed to the encoder
+without a copy, and a cell is only redrawn when what it shows changes: inputs
+arrive at about half the output rate, so most ticks rescale nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import av
+import cv2
+import numpy as np
+
+from .layout import Rect, fit, grid_layout
+
+# OpenCV's worker threads compete with the codec threads on small machines;
+# callers parallelise across rooms instead.
+cv2.setNumThreads(1)
+
+BLACK_Y = 16
+NEUTRAL_CHROMA = 128
+PLACEHOLDER_Y = 40
+LABEL_BOX_Y = 32
+TEXT_Y = 235
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
+
+
+@dataclass
+class Tile:
+    """One participant's cell: a frame of any format and size, or None for the placeholder.
+
+    The name labels the cell; Hershey fonts only draw ASCII, so any other
+    character is drawn as '?'.
+    """
+
+    name: str
+    frame: av.VideoFrame | None
+
+
+@dataclass
+class _Shown:
+    """What a cell currently shows; holding the frame keeps its identity unique."""
+
+    name: str
+    frame: av.VideoFrame | None
+    area: Rect
+
+
+def _printable(name: str) -> str:
+    """Hershey fonts only draw ASCII: other characters become '?'."""
+    return _NOT_PRINTABLE_ASCII.sub("?", name)
+
+
+def _up_even(value: int) -> int:
+    return -(-value // 2) * 2
+
+
+@functools.lru_cache(maxsize=256)
+def _label_patch(name: str, scale: float) -> np.ndarray:
+    """Render a name as a luma patch: light text on a dark box, even-sized."""
+    text = _printable(name)
+    (text_width, text_height), baseline = cv2.getTextSize(text, _FONT, scale, 1)
+    pad = max(2, round(text_height * 0.4))
+    patch = np.full(
+        (_up_even(text_height + baseline + 2 * pad), _up_even(text_width + 2 * pad)),
+        LABEL_BOX_Y,
+        np.uint8,
+    )
+    cv2.putText(patch, text, (pad, pad + text_height), _FONT, scale, TEXT_Y, 1, cv2.LINE_AA)
+    patch.setflags(write=False)
+    return patch
+
+
+@functools.lru_cache(maxsize=64)
+def _placeholder_patch(name: str, width: int, height: int) -> np.ndarray:
+    """Render a dark grey luma cell with the name centred in large text."""
+    text = _printable(name)
+    patch = np.full((height, width), PLACEHOLDER_Y, np.uint8)
+    (unit_width, _), _ = cv2.getTextSize(text or " ", _FONT, 1.0, 1)
+    scale = min(height / 240, 0.9 * width / unit_width, 3.0)
+    thickness = max(1, round(scale * 1.5))
+    (text_width, text_height), baseline = cv2.getTextSize(text, _FONT, scale, thickness)
+    origin = ((width - text_width) // 2, (height + text_height - baseline) // 2)
+    cv2.putText(patch, text, origin, _FONT, scale, TEXT_Y, thickness, cv2.LINE_AA)
+    patch.setflags(write=False)
+    return patch
+
+
+def _yuv420p_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return zero-copy views of a frame's Y, U and V planes (reformatting if needed)."""
+    if frame.format.name != "yuv420p":
+        frame = frame.reformat(format="yuv420p")
+    y, u, v = (
+        np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+        for plane in frame.planes
+    )
+    return y, u, v
+
+
+def _chroma_slices(rect: Rect) -> tuple[slice, slice]:
+    """Rows and columns of an even-aligned rect in the half-resolution chroma planes."""
+    return (
+        slice(rect.y // 2, (rect.y + rect.height) // 2),
+        slice(rect.x // 2, (rect.x + rect.width) // 2),
+    )
+
+
+def _scale_into(src: np.ndarray, dst: np.ndarray) -> None:
+    """Scale a plane straight into a canvas view (no intermediate copy).
+
+    INTER_AREA avoids aliasing when shrinking but is 5-35x slower than
+    INTER_LINEAR unless the ratio is a whole number, so a shrink averages down
+    by its whole factor with INTER_AREA (cropping fewer than `factor` edge
+    pixels) and interpolates the remaining ratio, always under 2, linearly.
+    """
+    height, width = dst.shape
+    if src.shape == dst.shape:
+        dst[...] = src
+        return
+    factor = min(src.shape[0] // height, src.shape[1] // width)
+    if factor >= 2:
+        rows, columns = src.shape[0] // factor, src.shape[1] // factor
+        whole = src[: rows * factor, : columns * factor]
+        if (rows, columns) == (height, width):
+            cv2.resize(whole, (width, height), dst=dst, interpolation=cv2.INTER_AREA)
+            return
+        src = cv2.resize(whole, (columns, rows), interpolation=cv2.INTER_AREA)
+    cv2.resize(src, (width, height), dst=dst, interpolation=cv2.INTER_LINEAR)
+
+
+class Compositor:
+    """Composes participants' frames into one yuv420p canvas on an auto grid.
+
+    Each picture keeps its aspect inside its cell on a black background and is
+    labelled at its bottom-left. The canvas persists between calls, so one
+    instance serves one output and must not compose from two threads at once.
+    """
+
+    def __init__(self, width: int, height: int) -> None:
+        # PyAV derives a yuv420p frame's height from rows * 2 // 3 in whole
+        # chroma rows, so the height must be a multiple of 4.
+        if width <= 0 or height <= 0 or width % 2 or height % 4:
+            raise ValueError(
+                f"canvas {width}x{height}: width must be even and height a multiple of 4"
+            )
+        self.width = width
+        self.height = height
+        self._buffer = np.empty((height * 3 // 2, width), np.uint8)
+        flat = self._buffer.reshape(-1)
+        luma = width * height
+        chroma = luma // 4
+        self._y = flat[:luma].reshape(height, width)
+        self._u = flat[luma : luma + chroma].reshape(height // 2, width // 2)
+        self._v = flat[luma + chroma :].reshape(height // 2, width // 2)
+        self._shown: list[_Shown | None] = []
+        self._clear(Rect(0, 0, width, height))
+
+    def compose(self, tiles: Sequence[Tile]) -> av.VideoFrame:
+        """Draw the tiles on the canvas and return it as a yuv420p frame.
+
+        The frame wraps the canvas without a copy: it is only valid until the
+        next compose call, so encode it (or copy it) before composing again.
+        Input frames are treated as immutable; a new picture must be a new
+        frame object, as decoders produce.
+        """
+        if len(tiles) != len(self._shown):
+            self._clear(Rect(0, 0, self.width, self.height))
+            self._shown = [None] * len(tiles)
+        cells = grid_layout(len(tiles), self.width, self.height)
+        for index, (tile, cell) in enumerate(zip(tiles, cells)):
+            self._shown[index] = self._draw(tile, cell, self._shown[index])
+        return av.VideoFrame.from_numpy_buffer(self._buffer, format="yuv420p")
+
+    def _draw(self, tile: Tile, cell: Rect, shown: _Shown | None) -> _Shown:
+        """Redraw a cell only if its content changed; return what it now shows."""
+        frame = tile.frame
+        area = cell if frame is None else fit(frame.width, frame.height, cell)
+        same_geometry = shown is not None and shown.name == tile.name and shown.area == area
+        if same_geometry and shown.frame is frame:
+            return shown
+        if frame is None:
+            self._paste_luma(_placeholder_patch(tile.name, cell.width, cell.height), cell)
+            return _Shown(tile.name, None, cell)
+        if not same_geometry:
+            self._clear(cell)  # the old picture, bars or label may lie outside the new one
+        y, u, v = _yuv420p_planes(frame)
+        _scale_into(y, self._y[area.y : area.y + area.height, area.x : area.x + area.width])
+        rows, columns = _chroma_slices(area)
+        _scale_into(u, self._u[rows, columns])
+        _scale_into(v, self._v[rows, columns])
+        self._draw_label(tile.name, cell, area)
+        return _Shown(tile.name, frame, area)
+
+    def _draw_label(self, name: str, cell: Rect, area: Rect) -> None:
+        """Paste the name at the bottom-left of the picture, cropped to it."""
+        if not name:
+            return
+        patch = _label_patch(name, round(min(max(cell.height / 360, 0.4), 1.0), 2))
+        patch = patch[-area.height :, : area.width]
+        height, width = patch.shape
+        self._paste_luma(patch, Rect(area.x, area.y + area.height - height, width, height))
+
+    def _paste_luma(self, patch: np.ndarray, rect: Rect) -> None:
+        """Paste a grey patch (neutral chroma) at an even-aligned rect."""
+        self._y[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width] = patch
+        self._neutral_chroma(rect)
+
+    def _clear(self, rect: Rect) -> None:
+        """Paint a rect black (limited-range Y=16, neutral chroma)."""
+        self._y[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width] = BLACK_Y
+        self._neutral_chroma(rect)
+
+    def _neutral_chroma(self, rect: Rect) -> None:
+        rows, columns = _chroma_slices(rect)
+        self._u[rows, columns] = NEUTRAL_CHROMA
+        self._v[rows, columns] = NEUTRAL_CHROMA

@@ -1,0 +1,141 @@
+import av
+import numpy as np
+import pytest
+
+from compositor import FRAME_SAMPLES, SAMPLE_RATE, SampleBuffer, mix_minus, to_mono_s16, tone
+
+
+def test_constants():
+    assert SAMPLE_RATE == 48000
+    assert FRAME_SAMPLES == 960
+
+
+def test_tone_is_a_continuous_sine():
+    samples = tone(1000.0, FRAME_SAMPLES, amplitude=0.5)
+    assert samples.dtype == np.int16 and samples.shape == (FRAME_SAMPLES,)
+    assert abs(int(samples.max()) - 16384) <= 1 and abs(int(samples.min()) + 16384) <= 1
+    # 1 kHz at 48 kHz: a period of 48 samples.
+    assert np.array_equal(samples[:48], samples[48:96])
+    joined = np.concatenate([tone(440.0, 480), tone(440.0, 480, phase_samples=480)])
+    assert np.array_equal(joined, tone(440.0, 960))
+
+
+def test_mix_minus_removes_own_voice():
+    contributions = np.stack([tone(f, FRAME_SAMPLES, 0.2) for f in (300.0, 500.0, 700.0)])
+    mix = mix_minus(contributions)
+    assert mix.total.dtype == np.int16 and mix.total.shape == (FRAME_SAMPLES,)
+    assert mix.minus.dtype == np.int16 and mix.minus.shape == (3, FRAME_SAMPLES)
+    expected_total = contributions.astype(np.int32).sum(axis=0)
+    assert np.array_equal(mix.total, expected_total)  # 3 x 0.2 of full scale: no saturation
+    for i in range(3):
+        assert np.array_equal(mix.minus[i], expected_total - contributions[i])
+        others = [j for j in range(3) if j != i]
+        assert np.array_equal(mix.minus[i], contributions[others].astype(np.int32).sum(axis=0))
+
+
+def test_mix_saturates_instead_of_wrapping():
+    loud = np.full((2, FRAME_SAMPLES), 30000, np.int16)
+    loud[:, 1] = -30000
+    mix = mix_minus(loud)
+    assert np.all(mix.total[[0, 2]] == 32767)
+    assert mix.total[1] == -32768
+    assert np.all(mix.minus == loud)  # each hears only the other, unclipped
+
+
+def test_mix_minus_is_exact_even_when_the_total_saturates():
+    contributions = np.array([[30000], [30000], [-30000]], np.int16)
+    mix = mix_minus(contributions)
+    assert mix.total[0] == 30000
+    assert mix.minus[:, 0].tolist() == [0, 0, 32767]
+
+
+def test_mix_empty_room_is_silence():
+    mix = mix_minus(np.zeros((0, FRAME_SAMPLES), np.int16))
+    assert mix.total.shape == (FRAME_SAMPLES,) and mix.total.dtype == np.int16
+    assert not mix.total.any()
+    assert mix.minus.shape == (0, FRAME_SAMPLES) and mix.minus.dtype == np.int16
+
+
+def test_mix_single_participant_hears_silence():
+    own = tone(440.0, FRAME_SAMPLES)[np.newaxis]
+    mix = mix_minus(own)
+    assert np.array_equal(mix.total, own[0])
+    assert mix.minus.shape == (1, FRAME_SAMPLES) and not mix.minus.any()
+
+
+def test_mix_rejects_wrong_dtype():
+    with pytest.raises(ValueError):
+        mix_minus(np.zeros((2, FRAME_SAMPLES), np.float32))
+
+
+def audio_frame(array, format, layout, rate=SAMPLE_RATE):
+    frame = av.AudioFrame.from_ndarray(array, format=format, layout=layout)
+    frame.sample_rate = rate
+    return frame
+
+
+def test_to_mono_from_stereo_packed():
+    left = np.array([100, -200, 32767, -32768], np.int16)
+    right = np.array([300, -400, 32767, -32768], np.int16)
+    interleaved = np.stack([left, right], axis=1).reshape(1, -1)
+    mono = to_mono_s16(audio_frame(interleaved, "s16", "stereo"))
+    assert mono.dtype == np.int16
+    assert mono.tolist() == [200, -300, 32767, -32768]
+
+
+def test_to_mono_from_stereo_planar():
+    planar = np.array([[100, -200, 7], [300, -400, 9]], np.int16)
+    assert to_mono_s16(audio_frame(planar, "s16p", "stereo")).tolist() == [200, -300, 8]
+
+
+def test_to_mono_from_mono():
+    samples = tone(440.0, FRAME_SAMPLES)
+    mono = to_mono_s16(audio_frame(samples[np.newaxis], "s16", "mono"))
+    assert mono.dtype == np.int16 and np.array_equal(mono, samples)
+
+
+def test_to_mono_rejects_other_rates_and_formats():
+    with pytest.raises(ValueError, match="AudioResampler"):
+        to_mono_s16(audio_frame(np.zeros((1, 480), np.int16), "s16", "mono", rate=16000))
+    with pytest.raises(ValueError, match="AudioResampler"):
+        to_mono_s16(audio_frame(np.zeros((1, 480), np.float32), "flt", "mono"))
+
+
+def test_buffer_keeps_order_across_wrap_around():
+    buffer = SampleBuffer(max_samples=1000)
+    stream = np.arange(5000, dtype=np.int16)
+    pulled = []
+    for start in range(0, 5000, 700):  # 700 in, 700 out: the write index wraps repeatedly
+        buffer.push(stream[start : start + 700])
+        pulled.append(buffer.pull(700))
+    assert np.array_equal(np.concatenate(pulled)[:5000], stream)
+    assert buffer.available == 0
+
+
+def test_buffer_underrun_pads_with_zeros_and_counts():
+    buffer = SampleBuffer()
+    buffer.push(np.full(500, 7, np.int16))
+    out = buffer.pull(FRAME_SAMPLES)
+    assert out.dtype == np.int16 and out.shape == (FRAME_SAMPLES,)
+    assert np.all(out[:500] == 7) and not out[500:].any()
+    assert buffer.underruns == 1 and buffer.available == 0
+    buffer.push(np.full(FRAME_SAMPLES, 3, np.int16))
+    assert np.all(buffer.pull() == 3)
+    assert buffer.underruns == 1
+
+
+def test_buffer_overflow_drops_oldest():
+    buffer = SampleBuffer(max_samples=1000)
+    buffer.push(np.arange(800, dtype=np.int16))
+    buffer.push(np.arange(800, 1200, dtype=np.int16))
+    assert buffer.available == 1000
+    assert np.array_equal(buffer.pull(1000), np.arange(200, 1200))
+    buffer.push(np.arange(3000, dtype=np.int16))  # larger than the cap in one push
+    assert np.array_equal(buffer.pull(1000), np.arange(2000, 3000))
+    assert buffer.underruns == 0
+
+
+def test_buffer_default_cap_is_200_ms():
+    buffer = SampleBuffer()
+    buffer.push(np.ones(SAMPLE_RATE, np.int16))
+    assert buffer.available == SAMPLE_RATE // 5
