@@ -19,8 +19,8 @@ def _size(text: str) -> tuple[int, int]:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    if width < 16 or height < 16 or width % 2 or height % 2:
-        raise argparse.ArgumentTypeError("width and height must be even and at least 16")
+    if width < 16 or height < 16 or width % 2 or height % 4:
+        raise argparse.ArgumentTypeError("width must be even, height a multiple of 4, both at least 16")
     return width, height
 
 

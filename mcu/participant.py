@@ -63,6 +63,7 @@ class Participant:
         self._on_failed = on_failed
         self._resampler: av.AudioResampler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def answer(self, offer_sdp: str, ice_servers: list[dict]) -> str:
         """Apply the peer's offer (first or renegotiation) and return the SDP answer."""
@@ -91,7 +92,8 @@ class Participant:
             if pc.connectionState == "connected":
                 # A new or reconnected peer starts on a fresh keyframe.
                 self.video_out.restart()
-            elif pc.connectionState == "failed":
+            elif pc.connectionState in ("failed", "closed") and not self._closed:
+                # Failed ICE/DTLS, or the peer closed its side: it is gone.
                 self._on_failed(self)
 
         # Our transceivers exist before the offer so that the codec preferences
@@ -135,6 +137,7 @@ class Participant:
 
     async def close(self) -> None:
         """Stop every track and task; safe to call more than once."""
+        self._closed = True
         self.video_out.stop()
         self.audio_out.stop()
         if self.pc is not None:

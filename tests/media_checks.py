@@ -1,0 +1,50 @@
+"""Checks on what a peer received: colours in the composite's cells, tones in the mix."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+
+from compositor.layout import grid_layout
+
+YUV = tuple[int, int, int]
+
+
+def cell_colours(frame: av.VideoFrame, count: int) -> list[YUV]:
+    """Mean Y, U, V of a 16x16 block at the centre of each of `count` grid cells."""
+    planes = frame.to_ndarray(format="yuv420p")
+    height, width = frame.height, frame.width
+    y = planes[:height]
+    u = planes[height : height + height // 4].reshape(height // 2, width // 2)
+    v = planes[height + height // 4 :].reshape(height // 2, width // 2)
+    colours = []
+    for cell in grid_layout(count, width, height):
+        cx, cy = cell.x + cell.width // 2, cell.y + cell.height // 2
+        colours.append(
+            (
+                int(y[cy - 8 : cy + 8, cx - 8 : cx + 8].mean()),
+                int(u[cy // 2 - 4 : cy // 2 + 4, cx // 2 - 4 : cx // 2 + 4].mean()),
+                int(v[cy // 2 - 4 : cy // 2 + 4, cx // 2 - 4 : cx // 2 + 4].mean()),
+            )
+        )
+    return colours
+
+
+def close_to(actual: YUV, expected: YUV, tolerance: int = 14) -> bool:
+    return all(abs(a - e) <= tolerance for a, e in zip(actual, expected))
+
+
+def contains_colour(colours: list[YUV], expected: YUV) -> bool:
+    return any(close_to(c, expected) for c in colours)
+
+
+def tone_levels(samples: np.ndarray, frequencies: list[float], rate: int = 48000) -> dict[float, float]:
+    """Level in dB of each frequency (peak of a Hann-windowed FFT within ±5 Hz)."""
+    window = samples.astype(np.float64) * np.hanning(len(samples))
+    spectrum = np.abs(np.fft.rfft(window))
+    freqs = np.fft.rfftfreq(len(samples), 1 / rate)
+    levels = {}
+    for f in frequencies:
+        band = (freqs > f - 5) & (freqs < f + 5)
+        levels[f] = 20 * np.log10(spectrum[band].max() + 1e-9)
+    return levels

@@ -1,0 +1,167 @@
+"""Real aiortc peers through the real server: the composite, the mix, joins and leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from client.peer import Peer
+from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
+from media_checks import cell_colours, close_to, contains_colour, tone_levels
+
+PEOPLE = [("alice", "red", 440.0), ("bob", "green", 660.0), ("carol", "blue", 1000.0)]
+BLACK = (16, 128, 128)
+
+
+def make_peer(server, name: str, colour: str, frequency: float, room: str = "room1") -> Peer:
+    return Peer(server.url, room, name, video=ColorTrack(COLORS[colour]), audio=ToneTrack(frequency))
+
+
+async def join_all(peers: list[Peer]) -> None:
+    for peer in peers:
+        await peer.join()
+
+
+async def close_all(peers: list[Peer]) -> None:
+    await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)
+
+
+def expected(colour: str):
+    return rgb_to_yuv(COLORS[colour])
+
+
+async def test_three_peers_see_each_other_and_hear_everyone_but_themselves(server):
+    peers = [make_peer(server, *person) for person in PEOPLE]
+    try:
+        await join_all(peers)
+        everyone = {expected(colour) for _, colour, _ in PEOPLE}
+
+        def composites_complete() -> bool:
+            return all(
+                p.video_frame is not None and all(contains_colour(cell_colours(p.video_frame, 3), c) for c in everyone)
+                for p in peers
+            )
+
+        await peers[0].wait_for(composites_complete, timeout=10)
+        for peer in peers:
+            colours = cell_colours(peer.video_frame, 3)
+            # Grid order is join order; the fourth cell of the 2x2 grid stays black.
+            for cell, (_, colour, _) in zip(colours, PEOPLE):
+                assert close_to(cell, expected(colour)), (peer.name, colours)
+            assert close_to(cell_colours(peer.video_frame, 4)[3], BLACK)
+
+        # Let the mix run for a while so a whole second of steady audio is there.
+        await asyncio.sleep(2.5)
+        frequencies = [f for _, _, f in PEOPLE]
+        for peer, (_, _, own) in zip(peers, PEOPLE):
+            levels = tone_levels(peer.audio(1.0), frequencies)
+            others = [levels[f] for f in frequencies if f != own]
+            assert min(others) - levels[own] >= 30, (peer.name, levels)
+            # The others really are there, well above the residue of the own tone.
+            assert min(others) > 100, (peer.name, levels)
+    finally:
+        await close_all(peers)
+
+
+async def test_leaver_disappears_from_the_composite_within_3_seconds(server):
+    peers = [make_peer(server, *person) for person in PEOPLE]
+    try:
+        await join_all(peers)
+        await peers[0].wait_for(lambda: all(p.video_frame is not None for p in peers), timeout=10)
+        carol = peers.pop()
+        await peers[0].wait_for(
+            lambda: contains_colour(cell_colours(peers[0].video_frame, 3), expected("blue")), timeout=10
+        )
+        left_at = time.monotonic()
+        await carol.close()
+
+        def carol_gone() -> bool:
+            return all(
+                not contains_colour(cell_colours(p.video_frame, n), expected("blue"))
+                and contains_colour(cell_colours(p.video_frame, 2), expected("red"))
+                and contains_colour(cell_colours(p.video_frame, 2), expected("green"))
+                for p in peers
+                for n in (2, 3)
+            )
+
+        await peers[0].wait_for(carol_gone, timeout=3)
+        assert time.monotonic() - left_at < 3
+        await peers[0].wait_for(lambda: all(carol.peer_id not in p.participants for p in peers), timeout=3)
+        assert len(server.conference.rooms["room1"].participants) == 2
+    finally:
+        await close_all(peers)
+
+
+async def test_late_joiner_gets_a_picture_within_one_second(server):
+    early = [make_peer(server, *person) for person in PEOPLE[:2]]
+    late = make_peer(server, "dave", "yellow", 1300.0)
+    try:
+        await join_all(early)
+        await early[0].wait_for(lambda: all(p.video_frame is not None for p in early), timeout=10)
+        await asyncio.sleep(1.5)  # the room is running: its last keyframe is old
+        await late.join()
+        await late.wait_for(lambda: late.first_frame_time is not None, timeout=5)
+        assert late.connected_time is not None
+        assert late.first_frame_time - late.connected_time < 1.0
+        assert late.participants == {early[0].peer_id: "alice", early[1].peer_id: "bob"}
+        assert all(p.participants.get(late.peer_id) == "dave" for p in early)
+    finally:
+        await close_all(early + [late])
+
+
+async def test_pli_produces_a_rate_limited_keyframe(server):
+    peer = make_peer(server, *PEOPLE[0])
+    try:
+        await peer.join()
+        await peer.wait_for(lambda: peer.video_frames > 10, timeout=10)
+        encoder = server.conference.rooms["room1"].video.encoder
+        receiver = next(t.receiver for t in peer.pc.getTransceivers() if t.kind == "video")
+        ssrc = receiver.getSynchronizationSources()[0].source
+        await asyncio.sleep(0.5)
+        before = encoder.keyframes
+        await receiver._send_rtcp_pli(ssrc)
+        await peer.wait_for(lambda: encoder.keyframes > before, timeout=1)
+        # A storm of PLIs gives a keyframe at most every 300 ms, not one per request.
+        before = encoder.keyframes
+        for _ in range(20):
+            await receiver._send_rtcp_pli(ssrc)
+            await asyncio.sleep(0.025)
+        assert encoder.keyframes - before <= 3
+    finally:
+        await peer.close()
+
+
+async def test_peer_whose_websocket_drops_leaves_the_room(server):
+    peers = [make_peer(server, *person) for person in PEOPLE[:2]]
+    try:
+        await join_all(peers)
+        bob = peers[1]
+        await bob._ws.close()  # no `leave`: the connection just goes away
+        await peers[0].wait_for(lambda: bob.peer_id not in peers[0].participants, timeout=3)
+        await peers[0].wait_for(lambda: len(server.conference.rooms["room1"].participants) == 1, timeout=3)
+    finally:
+        await close_all(peers)
+
+
+async def test_peer_whose_media_connection_ends_leaves_the_room(server):
+    peers = [make_peer(server, *person) for person in PEOPLE[:2]]
+    try:
+        await join_all(peers)
+        bob = peers[1]
+        await bob.wait_for(lambda: bob.video_frames > 0, timeout=10)
+        await bob.pc.close()  # media gone, WebSocket still open
+        await peers[0].wait_for(lambda: bob.peer_id not in peers[0].participants, timeout=5)
+        await bob.wait_for(lambda: any(e["code"] == "media_failed" for e in bob.errors), timeout=3)
+        assert list(server.conference.rooms["room1"].participants) == [peers[0].peer_id]
+    finally:
+        await close_all(peers)
+
+
+async def test_room_is_removed_with_its_last_peer(server):
+    peer = make_peer(server, *PEOPLE[0], room="short-lived")
+    await peer.join()
+    assert "short-lived" in server.conference.rooms
+    await peer.close()
+    await peer.wait_for(lambda: "short-lived" not in server.conference.rooms, timeout=3)
