@@ -67,14 +67,15 @@ class Participant:
 
     async def answer(self, offer_sdp: str, ice_servers: list[dict]) -> str:
         """Apply the peer's offer (first or renegotiation) and return the SDP answer."""
-        if self.pc is None:
-            self.pc = self._create_peer_connection(ice_servers)
-        pc = self.pc
+        pc = self.pc or self._create_peer_connection(ice_servers)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
         except (ValueError, OperationError, InvalidStateError, InvalidAccessError) as exc:
+            if pc is not self.pc:
+                await pc.close()  # a first offer that failed leaves nothing behind
             raise NegotiationError(f"The SDP offer could not be answered: {exc}") from exc
+        self.pc = pc
         return pc.localDescription.sdp
 
     def _create_peer_connection(self, ice_servers: list[dict]) -> RTCPeerConnection:
@@ -92,7 +93,7 @@ class Participant:
             if pc.connectionState == "connected":
                 # A new or reconnected peer starts on a fresh keyframe.
                 self.video_out.restart()
-            elif pc.connectionState in ("failed", "closed") and not self._closed:
+            elif pc.connectionState in ("failed", "closed") and pc is self.pc and not self._closed:
                 # Failed ICE/DTLS, or the peer closed its side: it is gone.
                 self._on_failed(self)
 
