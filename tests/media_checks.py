@@ -10,8 +10,8 @@ from compositor.layout import grid_layout
 YUV = tuple[int, int, int]
 
 
-def cell_colours(frame: av.VideoFrame, count: int) -> list[YUV]:
-    """Mean Y, U, V of a 16x16 block at the centre of each of `count` grid cells."""
+def cell_colours(frame: av.VideoFrame, count: int, at: tuple[float, float] = (0.5, 0.5)) -> list[YUV]:
+    """Mean Y, U, V of a 16x16 block in each of `count` grid cells (`at`: where, as fractions)."""
     planes = frame.to_ndarray(format="yuv420p")
     height, width = frame.height, frame.width
     y = planes[:height]
@@ -19,7 +19,7 @@ def cell_colours(frame: av.VideoFrame, count: int) -> list[YUV]:
     v = planes[height + height // 4 :].reshape(height // 2, width // 2)
     colours = []
     for cell in grid_layout(count, width, height):
-        cx, cy = cell.x + cell.width // 2, cell.y + cell.height // 2
+        cx, cy = cell.x + int(cell.width * at[0]), cell.y + int(cell.height * at[1])
         colours.append(
             (
                 int(y[cy - 8 : cy + 8, cx - 8 : cx + 8].mean()),

@@ -13,6 +13,8 @@ from media_checks import cell_colours, close_to, contains_colour, tone_levels
 
 PEOPLE = [("alice", "red", 440.0), ("bob", "green", 660.0), ("carol", "blue", 1000.0)]
 BLACK = (16, 128, 128)
+# The placeholder tile: dark grey, neutral chroma, its name in the middle.
+PLACEHOLDER = (40, 128, 128)
 
 
 def make_peer(server, name: str, colour: str, frequency: float, room: str = "room1") -> Peer:
@@ -165,3 +167,47 @@ async def test_room_is_removed_with_its_last_peer(server):
     assert "short-lived" in server.conference.rooms
     await peer.close()
     await peer.wait_for(lambda: "short-lived" not in server.conference.rooms, timeout=3)
+
+
+class FreezableColorTrack(ColorTrack):
+    """A colour track that can stop delivering frames, as a stalled camera would."""
+
+    def __init__(self, colour: str) -> None:
+        super().__init__(COLORS[colour])
+        self.running = asyncio.Event()
+        self.running.set()
+
+    async def recv(self):
+        await self.running.wait()
+        return await super().recv()
+
+
+async def test_missing_or_stalled_video_shows_the_placeholder(server):
+    alice = make_peer(server, *PEOPLE[0])
+    camera = FreezableColorTrack("green")
+    bob = Peer(server.url, "room1", "bob", video=camera, audio=ToneTrack(660))
+    silent = Peer(server.url, "room1", "carol", video=None, audio=ToneTrack(1000))  # no camera at all
+    peers = [alice, bob, silent]
+    try:
+        await join_all(peers)
+
+        def cells():
+            # Above the centre: the placeholder draws its name there.
+            return cell_colours(alice.video_frame, 3, at=(0.5, 0.3)) if alice.video_frame is not None else []
+
+        def looks(expected_bob) -> bool:
+            c = cells()
+            return len(c) == 3 and close_to(c[0], expected("red")) and close_to(c[1], expected_bob) and close_to(
+                c[2], PLACEHOLDER
+            )
+
+        await alice.wait_for(lambda: looks(expected("green")), timeout=10)
+        camera.running.clear()
+        stalled_at = time.monotonic()
+        await alice.wait_for(lambda: looks(PLACEHOLDER), timeout=5)
+        # Not before the 2 s of grace, and not long after.
+        assert 1.8 <= time.monotonic() - stalled_at <= 3.5
+        camera.running.set()
+        await alice.wait_for(lambda: looks(expected("green")), timeout=5)
+    finally:
+        await close_all(peers)
