@@ -24,6 +24,8 @@ from aiortc.mediastreams import MediaStreamError
 
 from signaling.ice import is_loopback_host, rtc_configuration, use_host_addresses
 
+from .encoded import install_encoded_receiver
+
 logger = logging.getLogger(__name__)
 
 #: Received audio kept for analysis (mono samples at 48 kHz).
@@ -45,6 +47,7 @@ class Peer:
         video: MediaStreamTrack | None = None,
         audio: MediaStreamTrack | None = None,
         record: str | None = None,
+        decode: bool = True,
     ) -> None:
         self.url = url
         self.room = room
@@ -60,6 +63,10 @@ class Peer:
         self.first_frame_time: float | None = None
         self.connected_time: float | None = None
         self.audio_frames = 0
+        #: Encoded bytes received, counted only when not decoding (load peers).
+        self.video_bytes = 0
+        self.audio_bytes = 0
+        self._decode = decode
         self._audio: deque[np.ndarray] = deque(maxlen=AUDIO_KEEP_SECONDS * 50)
         self._video_source = video
         self._audio_source = audio
@@ -141,6 +148,11 @@ class Peer:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
+            if not self._decode:
+                receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
+                install_encoded_receiver(receiver)
+                self._tasks.append(asyncio.ensure_future(self._consume_encoded(track)))
+                return
             consume = self._consume_video if track.kind == "video" else self._consume_audio
             self._tasks.append(asyncio.ensure_future(consume(self._relay.subscribe(track))))
             if self._recorder is not None:
@@ -189,6 +201,22 @@ class Peer:
                     self.first_frame_time = now
                 self.video_frame = frame
                 self.video_frames += 1
+        except MediaStreamError:
+            pass
+
+    async def _consume_encoded(self, track: MediaStreamTrack) -> None:
+        """Count encoded frames and bytes: a load peer's receiving costs no decode."""
+        try:
+            while True:
+                frame = await track.recv()
+                if track.kind == "video":
+                    if self.first_frame_time is None:
+                        self.first_frame_time = time.monotonic()
+                    self.video_frames += 1
+                    self.video_bytes += len(frame.data)
+                else:
+                    self.audio_frames += 1
+                    self.audio_bytes += len(frame.data)
         except MediaStreamError:
             pass
 

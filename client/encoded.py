@@ -1,0 +1,190 @@
+"""Media for load peers that costs almost nothing on the client.
+
+A benchmark's load generator must not spend its CPU on codecs, or it measures
+itself instead of the server. Here a short clip is encoded once per process
+(and shared by every track with the same parameters), and the tracks hand out
+its packets in a loop: aiortc's senders then only packetize them.
+`install_encoded_receiver` does the same on the way in: frames leave the
+jitter buffer as encoded bytes and are never decoded.
+
+Both rely on aiortc internals, covered by tests/test_aiortc_internals.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import functools
+import threading
+
+import av
+import cv2
+import numpy as np
+from aiortc import RTCRtpReceiver
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from .sources import FRAME_SAMPLES, SAMPLE_RATE, _Paced, rgb_to_yuv
+
+VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
+AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+
+
+@functools.lru_cache(maxsize=None)
+def encode_video_clip(
+    color: tuple[int, int, int],
+    width: int = 320,
+    height: int = 240,
+    fps: int = 15,
+    seconds: float = 2.0,
+    bitrate: int = 300_000,
+) -> tuple[bytes, ...]:
+    """A looping VP8 clip in `color`, one payload per frame, a keyframe first.
+
+    The picture is the colour with a scrolling texture and a moving block, so
+    that it is not trivially compressible (≈300 kbit/s at the defaults). Each
+    lap starts on a keyframe, so a receiver can start at any lap.
+    """
+    frames = round(seconds * fps)
+    y, u, v = rgb_to_yuv(color)
+    rng = np.random.default_rng(sum(color))
+    texture = cv2.GaussianBlur(rng.normal(0, 40, (height, width)).astype(np.float32), (0, 0), 1)
+    codec = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+    codec.bit_rate = bitrate
+    codec.time_base = fractions.Fraction(1, fps)
+    codec.framerate = fps
+    codec.gop_size = 2 * frames
+    codec.thread_count = 1
+    rate = str(bitrate)
+    codec.options = {"deadline": "realtime", "lag-in-frames": "0", "minrate": rate, "maxrate": rate, "bufsize": rate}
+    block = height // 4
+    payloads: list[bytes] = []
+    # Two passes over the clip: the first lets rate control settle, the second,
+    # from a keyframe on, is kept.
+    for index in range(2 * frames):
+        position = index % frames
+        buffer = np.empty((height * 3 // 2, width), np.uint8)
+        luma = np.roll(texture, round(position * width / frames), axis=1) + y
+        left = round(position * (width - block) / frames)
+        luma[block : 2 * block, left : left + block] = 235 if y < 128 else 16
+        buffer[:height] = np.clip(luma, 16, 235)
+        chroma = buffer[height:].reshape(-1)
+        chroma[: chroma.size // 2] = u
+        chroma[chroma.size // 2 :] = v
+        frame = av.VideoFrame.from_numpy_buffer(buffer, format="yuv420p")
+        frame.pts = index
+        if index == frames:
+            frame.pict_type = av.video.frame.PictureType.I
+        payloads.extend(bytes(packet) for packet in codec.encode(frame))
+    payloads.extend(bytes(packet) for packet in codec.encode(None))
+    if len(payloads) != 2 * frames:
+        raise RuntimeError(f"libvpx made {len(payloads)} packets from {2 * frames} frames")
+    payloads = payloads[frames:]
+    return tuple(payloads)
+
+
+@functools.lru_cache(maxsize=None)
+def encode_audio_clip(frequency: float, seconds: float = 1.0, amplitude: float = 0.3) -> tuple[bytes, ...]:
+    """A looping Opus clip of a tone: mono, 48 kHz, one payload per 20 ms."""
+    count = round(seconds * SAMPLE_RATE / FRAME_SAMPLES)
+    codec = av.CodecContext.create("libopus", "w")
+    codec.sample_rate = SAMPLE_RATE
+    codec.format = "s16"
+    codec.layout = "mono"
+    codec.bit_rate = 32000
+    codec.time_base = AUDIO_TIME_BASE
+    payloads: list[bytes] = []
+    # One frame more than needed: the encoder's lookahead holds the last one back.
+    for index in range(count + 1):
+        t = (np.arange(FRAME_SAMPLES) + index * FRAME_SAMPLES) / SAMPLE_RATE
+        samples = (np.sin(2 * np.pi * frequency * t) * amplitude * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = index * FRAME_SAMPLES
+        payloads.extend(bytes(packet) for packet in codec.encode(frame))
+    return tuple(payloads[:count])
+
+
+class _PacketLoop(_Paced):
+    """Hands out a clip's payloads in a loop, paced, with ever increasing pts."""
+
+    def __init__(self, payloads: tuple[bytes, ...], rate: float, step: int, time_base: fractions.Fraction) -> None:
+        super().__init__(rate)
+        self._payloads = payloads
+        self._step = step
+        self._time_base = time_base
+
+    async def recv(self) -> av.Packet:
+        index = await self._next_index()
+        # A packet of its own: its pts is this track's, even when the clip is shared.
+        packet = av.Packet(self._payloads[index % len(self._payloads)])
+        packet.pts = index * self._step
+        packet.time_base = self._time_base
+        return packet
+
+
+class PreEncodedVideoTrack(_PacketLoop):
+    """A VP8 test pattern in a colour, encoded once and looped (see `encode_video_clip`)."""
+
+    kind = "video"
+
+    def __init__(
+        self,
+        color: tuple[int, int, int],
+        width: int = 320,
+        height: int = 240,
+        fps: int = 15,
+        seconds: float = 2.0,
+        bitrate: int = 300_000,
+    ) -> None:
+        clip = encode_video_clip(color, width, height, fps, seconds, bitrate)
+        super().__init__(clip, fps, 90000 // fps, VIDEO_TIME_BASE)
+
+
+class PreEncodedAudioTrack(_PacketLoop):
+    """An Opus tone, encoded once and looped, 50 packets per second."""
+
+    kind = "audio"
+
+    def __init__(self, frequency: float, seconds: float = 1.0, amplitude: float = 0.3) -> None:
+        clip = encode_audio_clip(frequency, seconds, amplitude)
+        super().__init__(clip, SAMPLE_RATE / FRAME_SAMPLES, FRAME_SAMPLES, AUDIO_TIME_BASE)
+
+
+class _EncodedHandoff:
+    """Stands in for an RTCRtpReceiver's decoder queue.
+
+    `put()` runs on the event loop (from the receiver's RTP handler): frames go
+    straight to the remote track. `get()` runs on aiortc's decoder thread: it
+    blocks until the receiver stops (puts None) and then returns None, so the
+    thread ends the track and exits as it would after decoding.
+    """
+
+    def __init__(self, track_queue: asyncio.Queue) -> None:
+        self._track_queue = track_queue
+        self._stopped = threading.Event()
+
+    def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
+        if item is None:
+            self._stopped.set()
+        elif not self._stopped.is_set():
+            self._track_queue.put_nowait(item[1])
+
+    def get(self) -> None:
+        self._stopped.wait()
+        return None
+
+
+def install_encoded_receiver(receiver: RTCRtpReceiver) -> None:
+    """Make `receiver`'s track yield encoded `JitterFrame`s instead of decoded frames.
+
+    Call it before the receiver starts, i.e. in the peer connection's "track"
+    event. The jitter buffer, NACK, REMB and receiver reports still run; the
+    receiver no longer sends PLIs on decode errors, since there are none.
+    """
+    if receiver._RTCRtpReceiver__decoder_thread is not None:  # type: ignore[attr-defined]
+        raise RuntimeError("the receiver has already started decoding")
+    if receiver._track is None:
+        raise RuntimeError("the receiver has no remote track yet")
+    receiver._RTCRtpReceiver__decoder_queue = _EncodedHandoff(receiver._track._queue)  # type: ignore[attr-defined]

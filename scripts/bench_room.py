@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""Server cost of one room: a shared composite encode against one encode per peer.
+
+For each mode and each number of peers N, a fresh `mcu serve` runs as a
+subprocess on 127.0.0.1 (1280x720@30 composite) and N load peers join one room
+from ONE other process (this script, run as `_load`), so that the server's CPU
+is its own. The load peers send a pre-encoded clip (VP8 320x240@15 ≈ 300 kbit/s
+plus Opus) and count what they receive without decoding it.
+
+Over the window after the warm-up: the server's CPU (utime + stime of every
+thread, from /proc, in % of one core), the composite frame rate and audio
+packet rate that each peer actually received (mean and worst peer), the
+downstream payload bitrate per peer, and the load process's own CPU.
+
+    .venv/bin/python scripts/bench_room.py [--peers 2,4,8,16] [--seconds 20] [--warmup 5]
+                                          [--write docs/benchmarks.md]
+
+A run that needs more than CPU_CAP % of the server or whose peers fall under
+the collapse thresholds is recorded as collapsed, and larger N of that mode are
+skipped: the per-peer baseline would only saturate the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import colorsys
+import datetime
+import json
+import os
+import shlex
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+SIZE, FPS = "1280x720", 30
+MODES = {"shared": [], "per-peer": ["--encode-per-peer"]}
+#: Above this the server has used up both cores of the reference machine.
+CPU_CAP = 190.0
+#: A peer under these rates means the room no longer works.
+MIN_FPS = FPS / 2
+MIN_AUDIO = 40.0
+BEGIN, END = "<!-- bench_room:begin -->", "<!-- bench_room:end -->"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    mode: str
+    peers: int
+    server_cpu: float = 0.0
+    fps_mean: float = 0.0
+    fps_min: float = 0.0
+    audio_mean: float = 0.0
+    audio_min: float = 0.0
+    kbps_mean: float = 0.0
+    load_cpu: float = 0.0
+    failure: str = ""
+
+    @property
+    def collapsed(self) -> bool:
+        return bool(self.failure) or (
+            self.server_cpu > CPU_CAP or self.fps_min < MIN_FPS or self.audio_min < MIN_AUDIO
+        )
+
+    @property
+    def status(self) -> str:
+        if self.failure:
+            return f"collapsed ({self.failure})"
+        reasons = []
+        if self.server_cpu > CPU_CAP:
+            reasons.append(f"CPU > {CPU_CAP:.0f} %")
+        if self.fps_min < MIN_FPS:
+            reasons.append(f"fps < {MIN_FPS:.0f}")
+        if self.audio_min < MIN_AUDIO:
+            reasons.append(f"audio < {MIN_AUDIO:.0f}/s")
+        if reasons:
+            return "collapsed (" + ", ".join(reasons) + ")"
+        # A saturated load process limits what the peers can receive.
+        return "ok, load process saturated" if self.load_cpu > 90 else "ok"
+
+
+# --- the load generator (a subprocess) ---------------------------------------------
+
+
+def peer_colour(index: int) -> tuple[int, int, int]:
+    """Distinct, saturated colours for any number of peers (golden-ratio hues)."""
+    r, g, b = colorsys.hsv_to_rgb((index * 0.618034) % 1, 0.8, 0.9)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def emit(event: str, **fields: object) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+async def run_load(url: str, count: int, warmup: float, seconds: float) -> None:
+    """Join `count` load peers, wait for media, then report one measurement window."""
+    from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
+    from client.peer import Peer
+
+    peers = [
+        Peer(
+            url,
+            "bench",
+            f"load{i}",
+            video=PreEncodedVideoTrack(peer_colour(i)),
+            audio=PreEncodedAudioTrack(300.0 + 75 * i),
+            decode=False,
+        )
+        for i in range(count)
+    ]
+    try:
+        for peer in peers:
+            await peer.join(timeout=10)
+        await peers[0].wait_for(lambda: all(p.video_frames and p.audio_frames for p in peers), timeout=30)
+        await asyncio.sleep(warmup)
+
+        def snapshot() -> tuple[float, float, list[tuple[int, int, int]]]:
+            times = os.times()
+            counters = [(p.video_frames, p.audio_frames, p.video_bytes + p.audio_bytes) for p in peers]
+            return time.monotonic(), times.user + times.system, counters
+
+        start = snapshot()
+        emit("start")
+        await asyncio.sleep(seconds)
+        end = snapshot()
+        wall = end[0] - start[0]
+        deltas = [[b - a for a, b in zip(first, last)] for first, last in zip(start[2], end[2])]
+        emit(
+            "result",
+            fps=[d[0] / wall for d in deltas],
+            audio=[d[1] / wall for d in deltas],
+            kbps=[d[2] * 8 / wall / 1000 for d in deltas],
+            cpu=(end[1] - start[1]) / wall * 100,
+        )
+    finally:
+        await asyncio.wait_for(asyncio.gather(*(p.close() for p in peers), return_exceptions=True), 15)
+
+
+# --- the driver --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a whole process (every thread), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name may contain spaces: fields are counted after its ')'.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+async def wait_healthy(port: int, server: asyncio.subprocess.Process, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if server.returncode is not None:
+                raise RuntimeError(f"the server exited with status {server.returncode}")
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError("the server did not answer /healthz in time")
+
+
+async def stop(process: asyncio.subprocess.Process | None, grace: float = 10) -> None:
+    """Terminate one process we started, by its PID; kill it if it does not go in time."""
+    if process is None or process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except asyncio.TimeoutError:
+        process.kill()
+        await asyncio.wait_for(process.wait(), 5)
+
+
+async def next_event(load: asyncio.subprocess.Process, timeout: float) -> dict:
+    """The next JSON event line from the load process."""
+    assert load.stdout is not None
+
+    async def read() -> dict:
+        while line := await load.stdout.readline():
+            if line.startswith(b"{"):
+                return json.loads(line)
+        raise RuntimeError(f"the load process exited (status {await load.wait()})")
+
+    return await asyncio.wait_for(read(), timeout)
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -> Result:
+    """One fresh server, one load process, one measurement window."""
+    result = Result(mode, count)
+    port = free_port()
+    server_log, load_log = logs / f"server-{mode}-{count}.log", logs / f"load-{mode}-{count}.log"
+    server = load = None
+    try:
+        with server_log.open("wb") as log:
+            # A session of their own: Ctrl-C reaches only this script, which stops them in order.
+            server = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                "--size", SIZE, "--fps", str(FPS), "--log-level", "WARNING", *MODES[mode],
+                cwd=REPO, stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        await wait_healthy(port, server)
+        with load_log.open("wb") as log:
+            load = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "_load", f"ws://127.0.0.1:{port}/ws", str(count),
+                str(args.warmup), str(args.seconds),
+                cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        try:
+            await next_event(load, timeout=10 * count + 40 + args.warmup)
+            started, ticks = time.monotonic(), cpu_ticks(server.pid)
+            report = await next_event(load, timeout=args.seconds + 20)
+            elapsed, used = time.monotonic() - started, cpu_ticks(server.pid) - ticks
+        except (RuntimeError, TimeoutError) as exc:
+            result.failure = str(exc) or "timed out"
+            print(f"  {mode} N={count}: {result.failure}; load log:\n{tail(load_log)}", file=sys.stderr)
+            return result
+        result.server_cpu = used / CLK_TCK / elapsed * 100
+        result.fps_mean, result.fps_min = sum(report["fps"]) / count, min(report["fps"])
+        result.audio_mean, result.audio_min = sum(report["audio"]) / count, min(report["audio"])
+        result.kbps_mean = sum(report["kbps"]) / count
+        result.load_cpu = report["cpu"]
+        await asyncio.wait_for(load.wait(), 20)
+        return result
+    finally:
+        await stop(load)
+        await stop(server)
+
+
+def format_table(results: list[Result]) -> str:
+    lines = [
+        "| mode | N | server CPU, % of one core | fps mean | fps min | audio pkt/s mean | audio pkt/s min "
+        "| downstream kbit/s per peer | load process CPU % | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.failure:
+            lines.append(f"| {r.mode} | {r.peers} | | | | | | | | {r.status} |")
+            continue
+        lines.append(
+            f"| {r.mode} | {r.peers} | {r.server_cpu:.1f} | {r.fps_mean:.1f} | {r.fps_min:.1f} "
+            f"| {r.audio_mean:.1f} | {r.audio_min:.1f} | {r.kbps_mean:.0f} | {r.load_cpu:.1f} | {r.status} |"
+        )
+    return "\n".join(lines)
+
+
+def ratio_line(results: list[Result], peers: int = 8) -> str:
+    by_mode = {r.mode: r for r in results if r.peers == peers}
+    shared, per_peer = by_mode.get("shared"), by_mode.get("per-peer")
+    if not by_mode and not any(r.collapsed for r in results):
+        return f"N={peers} was not part of this run: no per-peer / shared ratio."
+    if shared is None or shared.failure or shared.server_cpu <= 0:
+        return f"No usable shared-encoder run at N={peers}."
+    if per_peer is None or per_peer.failure:
+        return f"The per-peer baseline did not run at N={peers} (it collapsed at a smaller N)."
+    ratio = per_peer.server_cpu / shared.server_cpu
+    suffix = " (the per-peer run collapsed: a lower bound)" if per_peer.collapsed else ""
+    return f"Server CPU at N={peers}, per-peer / shared: {ratio:.2f}×{suffix}."
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, nproc {os.cpu_count()}"
+
+
+def rerun_command() -> str:
+    python = Path(sys.executable)
+    if python.is_relative_to(REPO):
+        python = python.relative_to(REPO)
+    script = Path(__file__).resolve().relative_to(REPO)
+    return shlex.join([str(python), str(script), *sys.argv[1:]])
+
+
+def section(results: list[Result], args: argparse.Namespace) -> str:
+    return "\n".join(
+        [
+            BEGIN,
+            "## One room: shared composite encode vs one encode per peer",
+            "",
+            f"Measured {datetime.date.today().isoformat()} on {machine()}. Each row is a fresh `mcu serve` "
+            f"({SIZE}@{FPS} composite) with N load peers in one separate process, each sending a pre-encoded "
+            "VP8 320x240@15 clip (≈300 kbit/s) and Opus, and receiving without decoding. "
+            f"Warm-up {args.warmup:g} s, window {args.seconds:g} s. Server CPU is utime + stime of the server "
+            "process (all threads) over the window; fps and audio are what each peer received (mean and worst "
+            "peer); downstream is encoded payload without RTP overhead. A run is collapsed above "
+            f"{CPU_CAP:.0f} % CPU, under {MIN_FPS:.0f} fps or under {MIN_AUDIO:.0f} audio packets/s for any peer; "
+            "larger N of that mode are then skipped.",
+            "",
+            format_table(results),
+            "",
+            ratio_line(results),
+            "",
+            f"Re-run: `{rerun_command()}`",
+            END,
+        ]
+    )
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace the marked section of `path` (or add it; create the file if missing)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            "# Benchmarks\n\nMeasured figures of the MCU; each section names the script and command that "
+            "re-run it.\n\n" + text + "\n"
+        )
+        return
+    current = path.read_text()
+    if BEGIN in current and END in current:
+        before, rest = current.split(BEGIN, 1)
+        after = rest.split(END, 1)[1]
+        path.write_text(before + text + after)
+    else:
+        path.write_text(current.rstrip("\n") + "\n\n" + text + "\n")
+
+
+async def run_all(args: argparse.Namespace) -> list[Result]:
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench_room-") as logs:
+        for mode in args.modes:
+            for count in args.peers:
+                print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
+                result = await run_one(mode, count, args, Path(logs))
+                results.append(result)
+                print(f"  {format_table([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
+                if result.collapsed:
+                    break
+    return results
+
+
+def numbers(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["_load"]:
+        url, count, warmup, seconds = sys.argv[2:6]
+        asyncio.run(run_load(url, int(count), float(warmup), float(seconds)))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", type=numbers, default=[2, 4, 8, 16], help="numbers of peers (default 2,4,8,16)")
+    parser.add_argument("--seconds", type=float, default=20, help="measurement window in s (default 20)")
+    parser.add_argument("--warmup", type=float, default=5, help="warm-up after all peers receive, in s (default 5)")
+    parser.add_argument(
+        "--modes", type=lambda t: t.split(","), default=list(MODES), help="modes to run (default shared,per-peer)"
+    )
+    parser.add_argument(
+        "--write", type=Path, help="replace the bench_room section of this file (e.g. docs/benchmarks.md)"
+    )
+    args = parser.parse_args()
+    if unknown := set(args.modes) - set(MODES):
+        parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
+    try:
+        results = asyncio.run(run_all(args))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    print(format_table(results))
+    print(ratio_line(results))
+    if args.write:
+        write_section(args.write, section(results, args))
+        print(f"wrote {args.write}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The aiortc internals that the MCU and its load client rely on, one test each.
+
+An aiortc upgrade that changes one of them must fail here, not in a benchmark:
+- a track whose `recv()` returns `av.Packet` is only packetized, and one packet
+  object may go to several senders (the shared encoder's fan-out);
+- `RTCRtpSender._send_keyframe` is what an incoming PLI calls (keyframe routing);
+- `RTCRtpReceiver`'s private decoder queue can be replaced before `receive()`
+  (receiving without decoding, `client.encoded.install_encoded_receiver`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import threading
+from collections.abc import AsyncIterator, Callable
+
+import av
+import pytest
+from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import MediaStreamError
+
+from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip, install_encoded_receiver
+from signaling.ice import rtc_configuration, use_host_addresses
+
+RED = (230, 30, 30)
+DECODER_THREADS = ("video-decoder", "audio-decoder")
+
+
+class FanOutTrack(MediaStreamTrack):
+    """Yields whatever packet objects the test pushes, like the MCU's PacketTrack."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: asyncio.Queue[av.Packet] = asyncio.Queue()
+
+    async def recv(self) -> av.Packet:
+        return await self.queue.get()
+
+
+@pytest.fixture
+async def pcs() -> AsyncIterator[tuple[RTCPeerConnection, RTCPeerConnection]]:
+    """A sending and a receiving peer connection, closed (and their threads joined) after the test."""
+    use_host_addresses(["127.0.0.1"])
+    sender, receiver = RTCPeerConnection(rtc_configuration([])), RTCPeerConnection(rtc_configuration([]))
+    try:
+        yield sender, receiver
+    finally:
+        await asyncio.wait_for(asyncio.gather(sender.close(), receiver.close()), 10)
+
+
+async def connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
+    """Offer/answer without trickle (aiortc gathers before setLocalDescription returns)."""
+    await offerer.setLocalDescription(await offerer.createOffer())
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(answerer.localDescription)
+
+
+async def within(seconds: float, predicate: Callable[[], bool]) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), seconds)
+
+
+async def test_packet_track_is_packetized_not_encoded_and_one_packet_feeds_two_senders(pcs, monkeypatch) -> None:
+    sending, receiving = pcs
+    encodes = 0
+    original_encode = Vp8Encoder.encode
+
+    def counting_encode(self, *args, **kwargs):
+        nonlocal encodes
+        encodes += 1
+        return original_encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(Vp8Encoder, "encode", counting_encode)
+    tracks = [FanOutTrack(), FanOutTrack()]
+    for track in tracks:
+        sending.addTrack(track)
+    received: list[MediaStreamTrack] = []
+    receiving.on("track", received.append)
+    await connect(sending, receiving)
+
+    async def feed() -> None:
+        for index, payload in enumerate(encode_video_clip(RED) * 10):
+            packet = av.Packet(payload)
+            packet.pts, packet.time_base = index * 6000, fractions.Fraction(1, 90000)
+            for track in tracks:
+                track.queue.put_nowait(packet)  # the same object to both senders
+            await asyncio.sleep(1 / 15)
+
+    feeder = asyncio.ensure_future(feed())
+    try:
+        assert len(received) == 2
+        for track in received:
+            for _ in range(5):
+                frame = await asyncio.wait_for(track.recv(), 10)
+                assert isinstance(frame, av.VideoFrame)
+                assert (frame.width, frame.height) == (320, 240)
+    finally:
+        feeder.cancel()
+    assert encodes == 0
+
+
+async def test_pli_from_the_far_receiver_calls_the_senders_send_keyframe(pcs) -> None:
+    sending, receiving = pcs
+    transceiver = sending.addTransceiver(PreEncodedVideoTrack(RED), direction="sendonly")
+    requests = asyncio.Event()
+    transceiver.sender._send_keyframe = requests.set
+    await connect(sending, receiving)
+    await within(10, lambda: sending.connectionState == "connected")
+
+    far_receiver = receiving.getTransceivers()[0].receiver
+    await far_receiver._send_rtcp_pli(transceiver.sender._ssrc)
+    await asyncio.wait_for(requests.wait(), 5)
+
+
+def looks_like_vp8(data: bytes) -> bool:
+    """A VP8 frame tag whose first partition fits (RFC 6386 section 9.1)."""
+    if len(data) < 3:
+        return False
+    first_partition = (data[0] | data[1] << 8 | data[2] << 16) >> 5
+    keyframe = not data[0] & 1
+    return first_partition < len(data) and (not keyframe or data[3:6] == b"\x9d\x01\x2a")
+
+
+async def test_encoded_receiver_yields_frames_undecoded_and_its_thread_exits_on_close(pcs) -> None:
+    sending, receiving = pcs
+    sending.addTransceiver(PreEncodedVideoTrack(RED), direction="sendonly")
+    sending.addTransceiver(PreEncodedAudioTrack(440.0), direction="sendonly")
+    received: dict[str, MediaStreamTrack] = {}
+
+    @receiving.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        receiver = next(t.receiver for t in receiving.getTransceivers() if t.receiver.track is track)
+        install_encoded_receiver(receiver)
+        received[track.kind] = track
+
+    await connect(sending, receiving)
+    assert set(received) == {"video", "audio"}
+    video = [await asyncio.wait_for(received["video"].recv(), 10) for _ in range(20)]
+    audio = [await asyncio.wait_for(received["audio"].recv(), 10) for _ in range(20)]
+    assert all(isinstance(frame, JitterFrame) for frame in video + audio)
+    assert all(looks_like_vp8(frame.data) for frame in video)
+    assert any(not frame.data[0] & 1 for frame in video), "no keyframe among the first frames"
+    assert all(frame.data for frame in audio)
+    assert any(t.name in DECODER_THREADS for t in threading.enumerate())
+
+    await asyncio.wait_for(receiving.close(), 10)
+    assert not [t.name for t in threading.enumerate() if t.name in DECODER_THREADS]
+    for track in received.values():
+        # The decoder thread ended the track on its way out; frames still queued come first.
+        with pytest.raises(MediaStreamError):
+            while True:
+                await asyncio.wait_for(track.recv(), 5)
