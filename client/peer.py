@@ -19,12 +19,12 @@ import aiohttp
 import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaRecorder, MediaRelay
 from aiortc.mediastreams import MediaStreamError
 
 from signaling.ice import is_loopback_host, rtc_configuration, use_host_addresses
 
 from .encoded import install_encoded_receiver
+from .recorder import Recorder
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +70,7 @@ class Peer:
         self._audio: deque[np.ndarray] = deque(maxlen=AUDIO_KEEP_SECONDS * 50)
         self._video_source = video
         self._audio_source = audio
-        self._record_path = record
-        self._recorder: MediaRecorder | None = None
-        self._relay = MediaRelay()
+        self._recorder = Recorder(record) if record else None
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -123,7 +121,7 @@ class Peer:
         if self.pc is not None:
             await self.pc.close()
         if self._recorder is not None:
-            await self._recorder.stop()
+            await asyncio.get_running_loop().run_in_executor(None, self._recorder.close)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -143,8 +141,6 @@ class Peer:
         pc = RTCPeerConnection(rtc_configuration(ice_servers))
         for kind, source in (("audio", self._audio_source), ("video", self._video_source)):
             pc.addTransceiver(source if source is not None else kind, direction="sendrecv")
-        if self._record_path:
-            self._recorder = MediaRecorder(self._record_path)
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -154,16 +150,12 @@ class Peer:
                 self._tasks.append(asyncio.ensure_future(self._consume_encoded(track)))
                 return
             consume = self._consume_video if track.kind == "video" else self._consume_audio
-            self._tasks.append(asyncio.ensure_future(consume(self._relay.subscribe(track))))
-            if self._recorder is not None:
-                self._recorder.addTrack(self._relay.subscribe(track))
+            self._tasks.append(asyncio.ensure_future(consume(track)))
 
         @pc.on("connectionstatechange")
-        async def on_state() -> None:
+        def on_state() -> None:
             if pc.connectionState == "connected":
                 self.connected_time = time.monotonic()
-                if self._recorder is not None:
-                    await self._recorder.start()
 
         return pc
 
@@ -201,6 +193,8 @@ class Peer:
                     self.first_frame_time = now
                 self.video_frame = frame
                 self.video_frames += 1
+                if self._recorder is not None:
+                    self._recorder.video(frame)
         except MediaStreamError:
             pass
 
@@ -227,5 +221,7 @@ class Peer:
                 samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
                 self._audio.append(samples.mean(axis=1).astype(np.int16))
                 self.audio_frames += 1
+                if self._recorder is not None:
+                    self._recorder.audio(frame)
         except MediaStreamError:
             pass
