@@ -36,8 +36,9 @@ def create_app(config: Config) -> web.Application:
 
 async def _healthz(request: web.Request) -> web.Response:
     conference = request.app[CONFERENCE]
-    peers = sum(len(room.participants) for room in conference.rooms.values())
-    return web.json_response({"status": "ok", "rooms": len(conference.rooms), "peers": peers})
+    rooms = {name: room.stats() for name, room in conference.rooms.items()}
+    peers = sum(room["peers"] for room in rooms.values())
+    return web.json_response({"status": "ok", "peers": peers, "rooms": rooms})
 
 
 async def _index(request: web.Request) -> web.StreamResponse:

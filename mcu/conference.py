@@ -35,9 +35,7 @@ class Conference:
             logger.info("room %s: created", room.name)
         peer_id = secrets.token_hex(6)
         others = [{"peerId": p.peer_id, "name": p.name} for p in room.participants.values()]
-        # Without a shared encoder (the per-peer baseline) aiortc handles keyframes itself.
-        keyframes = None if self.config.encode_per_peer else room.video.request_keyframe
-        participant = Participant(peer_id, message.name, keyframes, self._media_failed)
+        participant = Participant(peer_id, message.name, room.video.request_keyframe, self._media_failed)
         room.add(participant)
         session.peer_id, session.room = peer_id, room.name
         self._sessions[peer_id] = session

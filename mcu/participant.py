@@ -47,7 +47,7 @@ class Participant:
         self,
         peer_id: str,
         name: str,
-        request_keyframe: Callable[[], None] | None,
+        request_keyframe: Callable[[], None],
         on_failed: Callable[[Participant], None],
     ) -> None:
         self.peer_id = peer_id
@@ -59,7 +59,6 @@ class Participant:
         #: The latest decoded picture and when it arrived (loop time).
         self.video_frame: av.VideoFrame | None = None
         self.video_frame_time = float("-inf")
-        self._request_keyframe = request_keyframe
         self._on_failed = on_failed
         self._resampler: av.AudioResampler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -106,11 +105,11 @@ class Participant:
         return pc
 
     def _attach(self, sender: RTCRtpSender) -> None:
-        if sender.kind == "video" and self._request_keyframe is not None:
+        if sender.kind == "video":
             # aiortc only honours PLI/FIR on its own encode path; with packets the
             # request must reach the shared encoder (aiortc internal, see
             # tests/test_aiortc_internals.py).
-            sender._send_keyframe = self._request_keyframe  # type: ignore[method-assign]
+            sender._send_keyframe = self.video_out.request_keyframe  # type: ignore[method-assign]
 
     async def _consume_video(self, track: MediaStreamTrack) -> None:
         loop = asyncio.get_running_loop()

@@ -47,6 +47,21 @@ class Room:
     def empty(self) -> bool:
         return not self.participants
 
+    def stats(self) -> dict:
+        """Counters since the room started: what the media clocks achieved and what they cost."""
+        video, audio, encoder = self.video.stats, self.audio.stats, self.video.encoder
+        return {
+            "peers": len(self.participants),
+            "videoFrames": video.frames,
+            "videoTicksSkipped": video.skipped,
+            "composeSeconds": round(video.compose_seconds, 3),
+            "encodeSeconds": round(encoder.encode_seconds, 3),
+            "keyframes": encoder.keyframes,
+            "audioTicks": audio.ticks,
+            "audioEncodes": audio.encodes,
+            "audioTicksDropped": audio.dropped_ticks,
+        }
+
     async def close(self) -> None:
         await asyncio.gather(self.video.stop(), self.audio.stop())
 

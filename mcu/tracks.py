@@ -22,27 +22,22 @@ QUEUE_LIMIT = 32
 class PacketTrack(MediaStreamTrack):
     """A track fed by `push()` with packets of a shared encoder."""
 
-    def __init__(self, kind: str, request_keyframe: Callable[[], None] | None = None) -> None:
+    def __init__(self, kind: str, keyframe_requested: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.kind = kind
-        self._queue: asyncio.Queue[av.Packet | av.VideoFrame | None] = asyncio.Queue()
-        self._request_keyframe = request_keyframe
+        #: Where this peer's keyframe requests go: the encoder that feeds it.
+        self.keyframe_requested = keyframe_requested
+        self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue()
         # A decoder can only start on a keyframe: deltas before it are useless.
         self._awaiting_keyframe = kind == "video"
         self.dropped = 0
 
-    def push(self, packet: av.Packet | av.VideoFrame) -> None:
-        """Queue a packet for this peer; never blocks.
-
-        A raw frame is accepted for the per-peer-encoding benchmark baseline:
-        aiortc then encodes it for this peer alone.
-        """
+    def push(self, packet: av.Packet) -> None:
+        """Queue a packet for this peer; never blocks."""
         if self.readyState != "live":
             return
         if self._awaiting_keyframe:
-            if isinstance(packet, av.VideoFrame):
-                self._awaiting_keyframe = False
-            elif not packet.is_keyframe:
+            if not packet.is_keyframe:
                 self.dropped += 1
                 return
             self._awaiting_keyframe = False
@@ -59,10 +54,14 @@ class PacketTrack(MediaStreamTrack):
             self._queue.get_nowait()
         if self.kind == "video":
             self._awaiting_keyframe = True
-            if self._request_keyframe is not None:
-                self._request_keyframe()
+            self.request_keyframe()
 
-    async def recv(self) -> av.Packet | av.VideoFrame:
+    def request_keyframe(self) -> None:
+        """A PLI/FIR from this peer, or a fresh start: ask the encoder that feeds it."""
+        if self.keyframe_requested is not None:
+            self.keyframe_requested()
+
+    async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         packet = await self._queue.get()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,10 +11,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import av
+import numpy as np
 
 from compositor.video import Compositor, Tile
 
-from .encoders import VIDEO_TIME_BASE, VideoEncoder
+from .encoders import VideoEncoder
 from .tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ class VideoPipeline:
         self.fps = fps
         self.encode_per_peer = encode_per_peer
         self.encoder = VideoEncoder(width, height, fps, bitrate)
+        self._encoder_settings = (width, height, fps, bitrate)
+        self._peer_encoders: dict[PacketTrack, VideoEncoder] = {}
+        self._peer_busy: set[PacketTrack] = set()
         self.stats = VideoStats()
         self._compositor = Compositor(width, height)
         self._tiles = tiles
@@ -84,7 +89,7 @@ class VideoPipeline:
                 self._busy = True
                 pts = round((loop.time() - start) * 90000)
                 future = loop.run_in_executor(self._executor, self._compose_encode, list(self._tiles()), pts)
-                future.add_done_callback(self._deliver)
+                future.add_done_callback(functools.partial(self._deliver, pts=pts))
             next_tick += interval
             delay = next_tick - loop.time()
             if delay < -interval:
@@ -93,26 +98,56 @@ class VideoPipeline:
                 delay = 0
             await asyncio.sleep(max(delay, 0))
 
-    def _compose_encode(self, tiles: list[Tile], pts: int) -> list[av.Packet] | list[av.VideoFrame]:
+    def _compose_encode(self, tiles: list[Tile], pts: int) -> tuple[list[av.Packet], np.ndarray | None]:
         started = time.monotonic()
         frame = self._compositor.compose(tiles)
         self.stats.compose_seconds += time.monotonic() - started
         if self.encode_per_peer:
-            # The compositor reuses its buffer: each peer's encoder needs its own copy.
-            copy = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
-            copy.pts, copy.time_base = pts, VIDEO_TIME_BASE
-            return [copy]
-        return self.encoder.encode(frame, pts)
+            # The compositor reuses its buffer: the per-peer encodes need a copy.
+            return [], frame.to_ndarray()
+        return self.encoder.encode(frame, pts), None
 
-    def _deliver(self, future: asyncio.Future[list[av.Packet] | list[av.VideoFrame]]) -> None:
+    def _deliver(self, future: asyncio.Future[tuple[list[av.Packet], np.ndarray | None]], pts: int) -> None:
         self._busy = False
         if future.cancelled():
             return
         if future.exception() is not None:
             logger.error("video compose/encode failed", exc_info=future.exception())
             return
-        packets = future.result()
+        packets, picture = future.result()
         self.stats.frames += 1
+        if picture is not None:
+            self._encode_per_peer(picture, pts)
+            return
         for sink in self._sinks():
             for packet in packets:
+                sink.push(packet)
+
+    def _encode_per_peer(self, picture: np.ndarray, pts: int) -> None:
+        """The benchmark baseline: what a naive MCU does, one encoder per peer.
+
+        Each encode runs in the loop's default thread pool, as aiortc's own
+        per-sender encodes do, with the same settings as the shared encoder.
+        """
+        loop = asyncio.get_running_loop()
+        sinks = list(self._sinks())
+        for gone in self._peer_encoders.keys() - set(sinks):
+            del self._peer_encoders[gone]
+        for sink in sinks:
+            if sink in self._peer_busy:
+                self.stats.skipped += 1
+                continue
+            encoder = self._peer_encoders.get(sink)
+            if encoder is None:
+                encoder = self._peer_encoders[sink] = VideoEncoder(*self._encoder_settings)
+                sink.keyframe_requested = encoder.request_keyframe
+            self._peer_busy.add(sink)
+            frame = av.VideoFrame.from_numpy_buffer(picture, format="yuv420p")
+            future = loop.run_in_executor(None, encoder.encode, frame, pts)
+            future.add_done_callback(functools.partial(self._deliver_to_peer, sink))
+
+    def _deliver_to_peer(self, sink: PacketTrack, future: asyncio.Future[list[av.Packet]]) -> None:
+        self._peer_busy.discard(sink)
+        if not future.cancelled() and future.exception() is None:
+            for packet in future.result():
                 sink.push(packet)
