@@ -3,26 +3,19 @@
 A benchmark's load generator must not spend its CPU on codecs, or it measures
 itself instead of the server. Here a short clip is encoded once per process
 (and shared by every track with the same parameters), and the tracks hand out
-its packets in a loop: aiortc's senders then only packetize them.
-`install_encoded_receiver` does the same on the way in: frames leave the
-jitter buffer as encoded bytes and are never decoded.
-
-Both rely on aiortc internals, covered by tests/test_aiortc_internals.py.
+its packets in a loop: aiortc's senders then only packetize them (an aiortc
+internal, covered by tests/test_aiortc_internals.py). The way in is
+`signaling.receiver.install_encoded_receiver`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fractions
 import functools
-import threading
 
 import av
 import cv2
 import numpy as np
-from aiortc import RTCRtpReceiver
-from aiortc.jitterbuffer import JitterFrame
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from .sources import FRAME_SAMPLES, SAMPLE_RATE, _Paced, rgb_to_yuv
 
@@ -150,41 +143,3 @@ class PreEncodedAudioTrack(_PacketLoop):
     def __init__(self, frequency: float, seconds: float = 1.0, amplitude: float = 0.3) -> None:
         clip = encode_audio_clip(frequency, seconds, amplitude)
         super().__init__(clip, SAMPLE_RATE / FRAME_SAMPLES, FRAME_SAMPLES, AUDIO_TIME_BASE)
-
-
-class _EncodedHandoff:
-    """Stands in for an RTCRtpReceiver's decoder queue.
-
-    `put()` runs on the event loop (from the receiver's RTP handler): frames go
-    straight to the remote track. `get()` runs on aiortc's decoder thread: it
-    blocks until the receiver stops (puts None) and then returns None, so the
-    thread ends the track and exits as it would after decoding.
-    """
-
-    def __init__(self, track_queue: asyncio.Queue) -> None:
-        self._track_queue = track_queue
-        self._stopped = threading.Event()
-
-    def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
-        if item is None:
-            self._stopped.set()
-        elif not self._stopped.is_set():
-            self._track_queue.put_nowait(item[1])
-
-    def get(self) -> None:
-        self._stopped.wait()
-        return None
-
-
-def install_encoded_receiver(receiver: RTCRtpReceiver) -> None:
-    """Make `receiver`'s track yield encoded `JitterFrame`s instead of decoded frames.
-
-    Call it before the receiver starts, i.e. in the peer connection's "track"
-    event. The jitter buffer, NACK, REMB and receiver reports still run; the
-    receiver no longer sends PLIs on decode errors, since there are none.
-    """
-    if receiver._RTCRtpReceiver__decoder_thread is not None:  # type: ignore[attr-defined]
-        raise RuntimeError("the receiver has already started decoding")
-    if receiver._track is None:
-        raise RuntimeError("the receiver has no remote track yet")
-    receiver._RTCRtpReceiver__decoder_queue = _EncodedHandoff(receiver._track._queue)  # type: ignore[attr-defined]

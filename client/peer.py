@@ -22,8 +22,8 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from signaling.ice import is_loopback_host, rtc_configuration, use_host_addresses
+from signaling.receiver import install_encoded_receiver
 
-from .encoded import install_encoded_receiver
 from .recorder import Recorder
 
 logger = logging.getLogger(__name__)

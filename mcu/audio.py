@@ -1,4 +1,10 @@
-"""The room's audio clock: every 20 ms, mix-minus for each listener and encode Opus."""
+"""The room's audio clock: every 20 ms, decode, mix-minus for each listener, encode Opus.
+
+All of a room's audio codec work runs on one thread of its own, off the video
+encoder's: the peers' Opus packets arrive undecoded (no decoder thread per peer,
+no hop back to the event loop per frame), are decoded at the tick, summed once,
+and each listener's mix (the sum minus their own voice) is encoded for them.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from typing import Callable, Sequence
 import av
 import numpy as np
 
-from compositor.audio import FRAME_SAMPLES, SAMPLE_RATE, mix_minus
+from compositor.audio import FRAME_SAMPLES, SAMPLE_RATE, SampleBuffer, mix_minus
 
 from .encoders import AudioEncoder
 from .participant import Participant
@@ -21,6 +27,9 @@ logger = logging.getLogger(__name__)
 FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
 #: Mix jobs allowed in flight before ticks are dropped (the thread is overloaded).
 MAX_PENDING = 5
+#: Audio waiting in a participant's buffer is capped: under clock drift or a
+#: burst the oldest samples go, so the mix never lags by more than this.
+BUFFER_SECONDS = 0.12
 
 
 @dataclass
@@ -28,19 +37,43 @@ class AudioStats:
     ticks: int = 0
     encodes: int = 0
     dropped_ticks: int = 0
+    #: Packets that failed to decode (corrupt payloads): skipped, the mix goes on.
+    decode_errors: int = 0
+
+
+class _Channel:
+    """One participant's audio codec state; used only on the audio thread."""
+
+    def __init__(self) -> None:
+        decoder = av.CodecContext.create("libopus", "r")
+        decoder.format = "s16"
+        decoder.layout = "mono"
+        decoder.sample_rate = SAMPLE_RATE
+        self.decoder = decoder
+        self.buffer = SampleBuffer(max_samples=int(SAMPLE_RATE * BUFFER_SECONDS))
+        self.encoder = AudioEncoder()
+
+    def decode(self, payloads: list[bytes]) -> int:
+        """Decode into the buffer; returns the number of payloads that failed."""
+        errors = 0
+        for payload in payloads:
+            try:
+                frames = self.decoder.decode(av.Packet(payload))
+            except av.FFmpegError:
+                errors += 1
+                continue
+            for frame in frames:
+                self.buffer.push(frame.to_ndarray().reshape(-1))
+        return errors
 
 
 class AudioPipeline:
-    """Mixes on a thread separate from the video encoder, so Opus never starves.
-
-    Each listener hears the sum of everyone minus their own contribution
-    (one sum, one subtraction per listener), encoded by their own Opus encoder.
-    """
+    """Each listener hears the sum of everyone minus their own contribution."""
 
     def __init__(self, name: str, participants: Callable[[], Sequence[Participant]]) -> None:
         self.stats = AudioStats()
         self._participants = participants
-        self._encoders: dict[str, AudioEncoder] = {}
+        self._channels: dict[str, _Channel] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"audio-{name}")
         self._pending = 0
         self._task: asyncio.Task[None] | None = None
@@ -55,7 +88,7 @@ class AudioPipeline:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def remove(self, peer_id: str) -> None:
-        self._encoders.pop(peer_id, None)
+        self._channels.pop(peer_id, None)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -78,11 +111,23 @@ class AudioPipeline:
         if self._pending >= MAX_PENDING:
             self.stats.dropped_ticks += 1
             return
-        contributions = np.stack([p.audio_in.pull(FRAME_SAMPLES) for p in participants])
-        encoders = [self._encoders.setdefault(p.peer_id, AudioEncoder()) for p in participants]
+        channels = [self._channel(p.peer_id) for p in participants]
+        payloads = [p.take_audio() for p in participants]
         self._pending += 1
-        future = loop.run_in_executor(self._executor, _mix_encode, contributions, encoders, pts)
+        future = loop.run_in_executor(self._executor, self._mix_encode, channels, payloads, pts)
         future.add_done_callback(lambda f: self._deliver(f, participants))
+
+    def _channel(self, peer_id: str) -> _Channel:
+        channel = self._channels.get(peer_id)
+        if channel is None:
+            channel = self._channels[peer_id] = _Channel()
+        return channel
+
+    def _mix_encode(self, channels: list[_Channel], payloads: list[list[bytes]], pts: int) -> list[list[av.Packet]]:
+        for channel, pending in zip(channels, payloads):
+            self.stats.decode_errors += channel.decode(pending)
+        mix = mix_minus(np.stack([channel.buffer.pull(FRAME_SAMPLES) for channel in channels]))
+        return [channel.encoder.encode(mix.minus[i], pts) for i, channel in enumerate(channels)]
 
     def _deliver(self, future: asyncio.Future[list[list[av.Packet]]], participants: list[Participant]) -> None:
         self._pending -= 1
@@ -95,8 +140,3 @@ class AudioPipeline:
         for participant, packets in zip(participants, future.result()):
             for packet in packets:
                 participant.audio_out.push(packet)
-
-
-def _mix_encode(contributions: np.ndarray, encoders: list[AudioEncoder], pts: int) -> list[list[av.Packet]]:
-    mix = mix_minus(contributions)
-    return [encoder.encode(mix.minus[i], pts) for i, encoder in enumerate(encoders)]

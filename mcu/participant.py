@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Callable
 
 import av
@@ -17,16 +18,15 @@ from aiortc import (
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError
 
-from compositor.audio import SAMPLE_RATE, SampleBuffer, to_mono_s16
 from signaling.ice import rtc_configuration
+from signaling.receiver import install_encoded_receiver
 
 from .tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
 
-#: Audio waiting in a participant's buffer is capped: under clock drift or a
-#: burst the oldest samples go, so the mix never lags by more than this.
-AUDIO_BUFFER_SECONDS = 0.12
+#: Opus payloads kept between two audio ticks; more means the mix has stalled.
+AUDIO_BACKLOG = 25
 
 
 def _shared_codecs(kind: str) -> list[RTCRtpCodecCapability]:
@@ -55,12 +55,12 @@ class Participant:
         self.pc: RTCPeerConnection | None = None
         self.video_out = PacketTrack("video", request_keyframe)
         self.audio_out = PacketTrack("audio")
-        self.audio_in = SampleBuffer(max_samples=int(SAMPLE_RATE * AUDIO_BUFFER_SECONDS))
+        #: Opus payloads received since the last audio tick, decoded by the room.
+        self._audio_payloads: deque[bytes] = deque(maxlen=AUDIO_BACKLOG)
         #: The latest decoded picture and when it arrived (loop time).
         self.video_frame: av.VideoFrame | None = None
         self.video_frame_time = float("-inf")
         self._on_failed = on_failed
-        self._resampler: av.AudioResampler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -82,6 +82,10 @@ class Participant:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio":
+                # The room decodes audio on its own thread: no decoder thread here.
+                receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
+                install_encoded_receiver(receiver)
             consume = self._consume_video if track.kind == "video" else self._consume_audio
             task = asyncio.ensure_future(consume(track))
             self._tasks.add(task)
@@ -125,15 +129,15 @@ class Participant:
         try:
             while True:
                 frame = await track.recv()
-                if frame.sample_rate == SAMPLE_RATE and frame.format.name in ("s16", "s16p"):
-                    self.audio_in.push(to_mono_s16(frame))
-                    continue
-                if self._resampler is None:
-                    self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-                for resampled in self._resampler.resample(frame):
-                    self.audio_in.push(to_mono_s16(resampled))
+                self._audio_payloads.append(frame.data)
         except MediaStreamError:
             pass
+
+    def take_audio(self) -> list[bytes]:
+        """The Opus payloads received since the last call (for the audio tick)."""
+        payloads = list(self._audio_payloads)
+        self._audio_payloads.clear()
+        return payloads
 
     async def close(self) -> None:
         """Stop every track and task; safe to call more than once."""

@@ -5,7 +5,7 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
   object may go to several senders (the shared encoder's fan-out);
 - `RTCRtpSender._send_keyframe` is what an incoming PLI calls (keyframe routing);
 - `RTCRtpReceiver`'s private decoder queue can be replaced before `receive()`
-  (receiving without decoding, `client.encoded.install_encoded_receiver`).
+  (receiving without decoding, `signaling.receiver.install_encoded_receiver`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
-from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip, install_encoded_receiver
+from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip
+from signaling.receiver import install_encoded_receiver
 from signaling.ice import rtc_configuration, use_host_addresses
 
 RED = (230, 30, 30)
