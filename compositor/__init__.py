@@ -4,7 +4,7 @@ Imports nothing of the other packages and does no I/O, so it can be tested
 and benchmarked frame by frame.
 """
 
-from .audio import FRAME_SAMPLES, SAMPLE_RATE, Mix, SampleBuffer, mix_minus, to_mono_s16, tone
+from .audio import FRAME_SAMPLES, SAMPLE_RATE, Mix, SampleBuffer, mix_minus
 from .layout import Rect, fit, grid_layout, grid_shape
 from .video import Compositor, Tile
 
@@ -20,6 +20,4 @@ __all__ = [
     "grid_layout",
     "grid_shape",
     "mix_minus",
-    "to_mono_s16",
-    "tone",
 ]

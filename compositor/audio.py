@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import av
 import numpy as np
 
 SAMPLE_RATE = 48000
@@ -51,27 +50,6 @@ def mix_minus(contributions: np.ndarray) -> Mix:
         )
     total = contributions.sum(axis=0, dtype=np.int32)
     return Mix(total=_saturate(total), minus=_saturate(total - contributions))
-
-
-def to_mono_s16(frame: av.AudioFrame) -> np.ndarray:
-    """Return a 48 kHz s16/s16p frame's samples as mono int16, averaging the channels.
-
-    Other rates and formats must go through av.AudioResampler first: resampling
-    needs state across frames, which belongs to the caller's stream.
-    """
-    name = frame.format.name
-    if name not in ("s16", "s16p") or frame.sample_rate != SAMPLE_RATE:
-        raise ValueError(
-            f"expected s16 or s16p at {SAMPLE_RATE} Hz, got {name} at {frame.sample_rate} Hz; "
-            "resample with av.AudioResampler first"
-        )
-    channels = frame.layout.nb_channels
-    data = frame.to_ndarray()
-    if channels == 1:
-        return data.reshape(-1)
-    # Packed is (1, samples * channels) interleaved; planar is (channels, samples).
-    per_channel = data.reshape(-1, channels).T if name == "s16" else data
-    return (per_channel.sum(axis=0, dtype=np.int32) // channels).astype(np.int16)
 
 
 class SampleBuffer:
@@ -125,16 +103,3 @@ class SampleBuffer:
         if taken < count:
             self.underruns += 1
         return out
-
-
-def tone(
-    frequency: float, samples: int, amplitude: float = 0.3, phase_samples: int = 0
-) -> np.ndarray:
-    """Return an int16 sine of `amplitude` (0..1 of full scale) starting at sample `phase_samples`.
-
-    Passing the running sample count as phase_samples keeps consecutive frames continuous.
-    """
-    if not 0.0 <= amplitude <= 1.0:
-        raise ValueError(f"amplitude must be within 0..1, got {amplitude}")
-    t = np.arange(phase_samples, phase_samples + samples) / SAMPLE_RATE
-    return np.round(amplitude * _INT16_MAX * np.sin(2 * np.pi * frequency * t)).astype(np.int16)

@@ -48,3 +48,16 @@ def tone_levels(samples: np.ndarray, frequencies: list[float], rate: int = 48000
         band = (freqs > f - 5) & (freqs < f + 5)
         levels[f] = 20 * np.log10(spectrum[band].max() + 1e-9)
     return levels
+
+
+def tone(
+    frequency: float, samples: int, amplitude: float = 0.3, phase_samples: int = 0
+) -> np.ndarray:
+    """Return an int16 sine of `amplitude` (0..1 of full scale) starting at sample `phase_samples`.
+
+    Passing the running sample count as phase_samples keeps consecutive frames continuous.
+    """
+    if not 0.0 <= amplitude <= 1.0:
+        raise ValueError(f"amplitude must be within 0..1, got {amplitude}")
+    t = np.arange(phase_samples, phase_samples + samples) / 48000
+    return np.round(amplitude * 32767 * np.sin(2 * np.pi * frequency * t)).astype(np.int16)

@@ -23,8 +23,8 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip
-from signaling.receiver import install_encoded_receiver
 from signaling.ice import rtc_configuration, use_host_addresses
+from signaling.receiver import install_encoded_receiver
 
 RED = (230, 30, 30)
 DECODER_THREADS = ("video-decoder", "audio-decoder")

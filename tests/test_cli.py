@@ -10,10 +10,10 @@ from pathlib import Path
 
 import av
 import pytest
-
-from client.sources import COLORS, rgb_to_yuv
 from conftest import free_port
 from media_checks import cell_colours, contains_colour
+
+from client.sources import COLORS, rgb_to_yuv
 
 BIN = Path(sys.executable).parent
 

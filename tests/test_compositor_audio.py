@@ -1,8 +1,9 @@
 import av
 import numpy as np
 import pytest
+from media_checks import tone
 
-from compositor import FRAME_SAMPLES, SAMPLE_RATE, SampleBuffer, mix_minus, to_mono_s16, tone
+from compositor import FRAME_SAMPLES, SAMPLE_RATE, SampleBuffer, mix_minus
 
 
 def test_constants():
@@ -72,33 +73,6 @@ def audio_frame(array, format, layout, rate=SAMPLE_RATE):
     frame = av.AudioFrame.from_ndarray(array, format=format, layout=layout)
     frame.sample_rate = rate
     return frame
-
-
-def test_to_mono_from_stereo_packed():
-    left = np.array([100, -200, 32767, -32768], np.int16)
-    right = np.array([300, -400, 32767, -32768], np.int16)
-    interleaved = np.stack([left, right], axis=1).reshape(1, -1)
-    mono = to_mono_s16(audio_frame(interleaved, "s16", "stereo"))
-    assert mono.dtype == np.int16
-    assert mono.tolist() == [200, -300, 32767, -32768]
-
-
-def test_to_mono_from_stereo_planar():
-    planar = np.array([[100, -200, 7], [300, -400, 9]], np.int16)
-    assert to_mono_s16(audio_frame(planar, "s16p", "stereo")).tolist() == [200, -300, 8]
-
-
-def test_to_mono_from_mono():
-    samples = tone(440.0, FRAME_SAMPLES)
-    mono = to_mono_s16(audio_frame(samples[np.newaxis], "s16", "mono"))
-    assert mono.dtype == np.int16 and np.array_equal(mono, samples)
-
-
-def test_to_mono_rejects_other_rates_and_formats():
-    with pytest.raises(ValueError, match="AudioResampler"):
-        to_mono_s16(audio_frame(np.zeros((1, 480), np.int16), "s16", "mono", rate=16000))
-    with pytest.raises(ValueError, match="AudioResampler"):
-        to_mono_s16(audio_frame(np.zeros((1, 480), np.float32), "flt", "mono"))
 
 
 def test_buffer_keeps_order_across_wrap_around():

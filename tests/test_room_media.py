@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
+from media_checks import cell_colours, close_to, contains_colour, tone_levels
 
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
-from media_checks import cell_colours, close_to, contains_colour, tone_levels
 
 PEOPLE = [("alice", "red", 440.0), ("bob", "green", 660.0), ("carol", "blue", 1000.0)]
 BLACK = (16, 128, 128)
