@@ -9,9 +9,10 @@ import urllib.request
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 from conftest import free_port
-from media_checks import cell_colours, contains_colour
+from media_checks import cell_colours, contains_colour, tone, tone_levels
 
 from client.sources import COLORS, rgb_to_yuv
 
@@ -58,9 +59,33 @@ def client(url: str, name: str, *extra: str) -> subprocess.Popen:
     )
 
 
+def write_clip(path: Path, rgb: tuple[int, int, int], frequency: float, seconds: int = 3) -> None:
+    """A small WebM file: a solid colour and a tone, as a user's media file would be."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libvpx", rate=15)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        audio = container.add_stream("libopus", rate=48000)
+        picture = np.zeros((240, 320, 3), np.uint8)
+        picture[:] = rgb
+        for i in range(seconds * 15):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        samples = tone(frequency, 48000 * seconds)
+        for i in range(0, len(samples), 960):
+            frame = av.AudioFrame.from_ndarray(samples[i : i + 960].reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate, frame.pts = 48000, i
+            container.mux(audio.encode(frame))
+        container.mux(video.encode(None))
+        container.mux(audio.encode(None))
+
+
 def test_two_clients_through_a_served_mcu_record_the_composite(served, tmp_path):
     recording = tmp_path / "bob.webm"
-    alice = client(served, "alice", "--video", "color:red", "--audio", "tone:440", "--duration", "7")
+    clip = tmp_path / "alice.webm"
+    write_clip(clip, COLORS["red"], 440.0)
+    # Alice sends a media file (looped), Bob a test pattern and a tone.
+    alice = client(served, "alice", "--video", str(clip), "--audio", str(clip), "--duration", "7")
     time.sleep(1)
     bob = client(
         served, "bob", "--video", "color:green", "--audio", "tone:660", "--duration", "5", "--record", str(recording)
@@ -74,6 +99,14 @@ def test_two_clients_through_a_served_mcu_record_the_composite(served, tmp_path)
         kinds = {stream.type for stream in container.streams}
         assert kinds == {"video", "audio"}
         frames = [f for f in container.decode(video=0)]
+    with av.open(str(recording)) as container:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
+        heard = np.concatenate(
+            [r.to_ndarray().reshape(-1) for f in container.decode(audio=0) for r in resampler.resample(f)]
+        )
+    # Bob's file carries Alice's tone (from her media file) and not his own.
+    levels = tone_levels(heard[-48000 * 2 :], [440.0, 660.0])
+    assert levels[440.0] - levels[660.0] >= 30, levels
     assert len(frames) > 20
     colours = cell_colours(frames[-1].reformat(width=640, height=360), 2)
     assert contains_colour(colours, rgb_to_yuv(COLORS["red"])), colours
