@@ -275,7 +275,16 @@ def ratio_line(results: list[Result], peers: int = 8) -> str:
         return f"The per-peer baseline did not run at N={peers} (it collapsed at a smaller N)."
     ratio = per_peer.server_cpu / shared.server_cpu
     suffix = " (the per-peer run collapsed: a lower bound)" if per_peer.collapsed else ""
-    return f"Server CPU at N={peers}, per-peer / shared: {ratio:.2f}×{suffix}."
+    line = f"Server CPU at N={peers}, per-peer / shared: {ratio:.2f}×{suffix}."
+    if per_peer.fps_mean < shared.fps_mean - 1 and per_peer.fps_mean > 0:
+        # A saturated baseline delivers fewer frames for its CPU: compare the cost
+        # of a delivered composite frame as well.
+        per_frame = (per_peer.server_cpu / per_peer.fps_mean) / (shared.server_cpu / shared.fps_mean)
+        line += (
+            f" The per-peer run saturated the machine at {per_peer.fps_mean:.1f} fps; per delivered"
+            f" frame, per-peer / shared: {per_frame:.2f}×."
+        )
+    return line
 
 
 def machine() -> str:
