@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from compositor.audio import FRAME_SAMPLES, SAMPLE_RATE, SampleBuffer, mix_minus
 
+from .clock import MediaClock
 from .encoders import AudioEncoder
 from .participant import Participant
 
@@ -67,25 +67,15 @@ class _Channel:
         return errors
 
 
-class AudioPipeline:
+class AudioPipeline(MediaClock):
     """Each listener hears the sum of everyone minus their own contribution."""
 
     def __init__(self, name: str, participants: Callable[[], Sequence[Participant]]) -> None:
+        super().__init__(f"audio-{name}")
         self.stats = AudioStats()
         self._participants = participants
         self._channels: dict[str, _Channel] = {}
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"audio-{name}")
         self._pending = 0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def remove(self, peer_id: str) -> None:
         self._channels.pop(peer_id, None)

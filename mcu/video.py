@@ -6,7 +6,6 @@ import asyncio
 import functools
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from compositor.video import Compositor, Tile
 
+from .clock import MediaClock
 from .encoders import VideoEncoder
 from .tracks import PacketTrack
 
@@ -32,7 +32,7 @@ class VideoStats:
     compose_seconds: float = 0.0
 
 
-class VideoPipeline:
+class VideoPipeline(MediaClock):
     """Composes and encodes the room picture on a thread of its own.
 
     The clock never waits for an input: each tick takes whatever frame each
@@ -51,6 +51,7 @@ class VideoPipeline:
         sinks: Callable[[], Iterable[PacketTrack]],
         encode_per_peer: bool = False,
     ) -> None:
+        super().__init__(f"video-{name}")
         self.fps = fps
         self.encode_per_peer = encode_per_peer
         self.encoder = VideoEncoder(width, height, fps, bitrate)
@@ -61,21 +62,10 @@ class VideoPipeline:
         self._compositor = Compositor(width, height)
         self._tiles = tiles
         self._sinks = sinks
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"video-{name}")
         self._busy = False
-        self._task: asyncio.Task[None] | None = None
 
     def request_keyframe(self) -> None:
         self.encoder.request_keyframe()
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
