@@ -1,9 +1,12 @@
-"""The room's audio clock: every 20 ms, decode, mix-minus for each listener, encode Opus.
+"""The room's audio clock: every 20 ms, decode, mix-minus, encode Opus once per distinct mix.
 
 All of a room's audio codec work runs on one thread of its own, off the video
 encoder's: the peers' Opus packets arrive undecoded (no decoder thread per peer,
-no hop back to the event loop per frame), are decoded at the tick, summed once,
-and each listener's mix (the sum minus their own voice) is encoded for them.
+no hop back to the event loop per frame) and are decoded at the tick. The mix
+is the sum of the talkers, the K loudest (or everyone, when K is not set): a
+talker hears that sum minus their own voice, with an Opus encode of their own;
+every other listener hears the sum itself, and they all share one encode. So a
+room runs K + 1 Opus encodes per tick, whatever its size.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import av
 import numpy as np
 
 from compositor.audio import FRAME_SAMPLES, SAMPLE_RATE, SampleBuffer, mix_minus
+from compositor.speakers import TalkerSelector, levels
 
 from .clock import MediaClock
 from .encoders import AudioEncoder
@@ -35,6 +39,8 @@ BUFFER_SECONDS = 0.12
 @dataclass
 class AudioStats:
     ticks: int = 0
+    #: Ticks mixed on the audio thread, and the Opus encodes they ran.
+    mixes: int = 0
     encodes: int = 0
     dropped_ticks: int = 0
     #: Packets that failed to decode (corrupt payloads): skipped, the mix goes on.
@@ -70,12 +76,20 @@ class _Channel:
 class AudioPipeline(MediaClock):
     """Each listener hears the sum of everyone minus their own contribution."""
 
-    def __init__(self, name: str, participants: Callable[[], Sequence[Participant]]) -> None:
+    def __init__(self, name: str, participants: Callable[[], Sequence[Participant]], talkers: int | None) -> None:
         super().__init__(f"audio-{name}")
         self.stats = AudioStats()
+        #: None: everyone is a talker (a personal mix and encode for each listener).
+        self._selector = None if talkers is None else TalkerSelector(talkers)
+        self._shared_encoder = AudioEncoder()
         self._participants = participants
         self._channels: dict[str, _Channel] = {}
         self._pending = 0
+
+    @property
+    def talkers(self) -> set[str] | None:
+        """The peers that currently get a personal mix (None: every listener does)."""
+        return None if self._selector is None else self._selector.talkers  # type: ignore[return-value]
 
     def remove(self, peer_id: str) -> None:
         self._channels.pop(peer_id, None)
@@ -104,7 +118,8 @@ class AudioPipeline(MediaClock):
         channels = [self._channel(p.peer_id) for p in participants]
         payloads = [p.take_audio() for p in participants]
         self._pending += 1
-        future = loop.run_in_executor(self._executor, self._mix_encode, channels, payloads, pts)
+        ids = [p.peer_id for p in participants]
+        future = loop.run_in_executor(self._executor, self._mix_encode, ids, channels, payloads, pts)
         future.add_done_callback(lambda f: self._deliver(f, participants))
 
     def _channel(self, peer_id: str) -> _Channel:
@@ -113,11 +128,29 @@ class AudioPipeline(MediaClock):
             channel = self._channels[peer_id] = _Channel()
         return channel
 
-    def _mix_encode(self, channels: list[_Channel], payloads: list[list[bytes]], pts: int) -> list[list[av.Packet]]:
+    def _mix_encode(
+        self, ids: list[str], channels: list[_Channel], payloads: list[list[bytes]], pts: int
+    ) -> list[list[av.Packet]]:
         for channel, pending in zip(channels, payloads):
             self.stats.decode_errors += channel.decode(pending)
-        mix = mix_minus(np.stack([channel.buffer.pull(FRAME_SAMPLES) for channel in channels]))
-        return [channel.encoder.encode(mix.minus[i], pts) for i, channel in enumerate(channels)]
+        frames = np.stack([channel.buffer.pull(FRAME_SAMPLES) for channel in channels])
+        if self._selector is None:
+            talking = list(range(len(ids)))
+        else:
+            chosen = self._selector.update(ids, levels(frames))
+            talking = [i for i, key in enumerate(ids) if key in chosen]
+        mix = mix_minus(frames[talking])
+        packets: list[list[av.Packet] | None] = [None] * len(ids)
+        for row, i in enumerate(talking):
+            packets[i] = channels[i].encoder.encode(mix.minus[row], pts)
+        self.stats.mixes += 1
+        self.stats.encodes += len(talking)
+        if len(talking) < len(ids):
+            # Everyone else hears the talkers' sum: one encode, the same packets.
+            shared = self._shared_encoder.encode(mix.total, pts)
+            self.stats.encodes += 1
+            packets = [shared if p is None else p for p in packets]
+        return packets  # type: ignore[return-value]
 
     def _deliver(self, future: asyncio.Future[list[list[av.Packet]]], participants: list[Participant]) -> None:
         self._pending -= 1
@@ -126,7 +159,6 @@ class AudioPipeline(MediaClock):
         if future.exception() is not None:
             logger.error("audio mix/encode failed", exc_info=future.exception())
             return
-        self.stats.encodes += len(participants)
         for participant, packets in zip(participants, future.result()):
             for packet in packets:
                 participant.audio_out.push(packet)

@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Default: 127.0.0.1 when --host is a loopback address, else every interface",
     )
     serve.add_argument(
+        "--audio-talkers",
+        type=int,
+        default=Config.audio_talkers,
+        help="the K loudest talkers get a personal mix, everyone else shares one (default 3; 0: everyone "
+        "gets a personal mix)",
+    )
+    serve.add_argument(
         "--encode-per-peer",
         action="store_true",
         help="benchmark baseline: encode the composite once per peer instead of once per room",
@@ -70,6 +77,7 @@ def serve(args: argparse.Namespace) -> None:
         fps=args.fps,
         video_bitrate=args.video_bitrate,
         encode_per_peer=args.encode_per_peer,
+        audio_talkers=args.audio_talkers or None,
     )
     print(f"mcu: serving on http://{args.host}:{args.port}/ (signaling at /ws)", flush=True)
     web.run_app(create_app(config), host=args.host, port=args.port, print=None, shutdown_timeout=5)

@@ -16,6 +16,9 @@ class Config:
     video_bitrate: int = 1_200_000
     #: A participant silent on video this long shows its placeholder tile.
     stale_video_seconds: float = 2.0
+    #: The loudest this many talkers get a personal mix-minus; every other listener
+    #: shares one mix of them. None: every listener gets a personal mix.
+    audio_talkers: int | None = 3
     #: Benchmark baseline only: hand each peer the raw composite so that aiortc
     #: encodes it once per peer, as a naive MCU would.
     encode_per_peer: bool = False

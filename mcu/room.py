@@ -29,7 +29,7 @@ class Room:
             sinks=lambda: [p.video_out for p in self.participants.values()],
             encode_per_peer=config.encode_per_peer,
         )
-        self.audio = AudioPipeline(name, lambda: list(self.participants.values()))
+        self.audio = AudioPipeline(name, lambda: list(self.participants.values()), config.audio_talkers)
         self._started = False
 
     def add(self, participant: Participant) -> None:
@@ -58,6 +58,7 @@ class Room:
             "encodeSeconds": round(encoder.encode_seconds, 3),
             "keyframes": encoder.keyframes,
             "audioTicks": audio.ticks,
+            "audioMixes": audio.mixes,
             "audioEncodes": audio.encodes,
             "audioTicksDropped": audio.dropped_ticks,
         }
