@@ -61,6 +61,9 @@ class Result:
     audio_min: float = 0.0
     kbps_mean: float = 0.0
     load_cpu: float = 0.0
+    #: Share of the whole machine taken by the hypervisor over the window: on a
+    #: shared VM this is why two runs of the same room differ.
+    steal: float = 0.0
     failure: str = ""
 
     @property
@@ -152,6 +155,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def steal_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of the whole machine, from the first line of /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    return fields[7], sum(fields[:8])
+
+
 def cpu_ticks(pid: int) -> int:
     """utime + stime of a whole process (every thread), in clock ticks."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -228,9 +238,11 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
             )  # fmt: skip
         try:
             await next_event(load, timeout=10 * count + 40 + args.warmup)
-            started, ticks = time.monotonic(), cpu_ticks(server.pid)
+            started, ticks, (steal, total) = time.monotonic(), cpu_ticks(server.pid), steal_ticks()
             report = await next_event(load, timeout=args.seconds + 20)
             elapsed, used = time.monotonic() - started, cpu_ticks(server.pid) - ticks
+            steal_end, total_end = steal_ticks()
+            result.steal = 100 * (steal_end - steal) / max(total_end - total, 1)
         except (RuntimeError, TimeoutError) as exc:
             result.failure = str(exc) or "timed out"
             print(f"  {mode} N={count}: {result.failure}; load log:\n{tail(load_log)}", file=sys.stderr)
@@ -250,16 +262,17 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
 def format_table(results: list[Result]) -> str:
     lines = [
         "| mode | N | server CPU, % of one core | fps mean | fps min | audio pkt/s mean | audio pkt/s min "
-        "| downstream kbit/s per peer | load process CPU % | status |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| downstream kbit/s per peer | load process CPU % | steal % | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r.failure:
-            lines.append(f"| {r.mode} | {r.peers} | | | | | | | | {r.status} |")
+            lines.append(f"| {r.mode} | {r.peers} | | | | | | | | | {r.status} |")
             continue
         lines.append(
             f"| {r.mode} | {r.peers} | {r.server_cpu:.1f} | {r.fps_mean:.1f} | {r.fps_min:.1f} "
-            f"| {r.audio_mean:.1f} | {r.audio_min:.1f} | {r.kbps_mean:.0f} | {r.load_cpu:.1f} | {r.status} |"
+            f"| {r.audio_mean:.1f} | {r.audio_min:.1f} | {r.kbps_mean:.0f} | {r.load_cpu:.1f} | {r.steal:.1f} "
+            f"| {r.status} |"
         )
     return "\n".join(lines)
 
@@ -318,7 +331,10 @@ def section(results: list[Result], args: argparse.Namespace) -> str:
             "VP8 320x240@15 clip (≈300 kbit/s) and Opus, and receiving without decoding. "
             f"Warm-up {args.warmup:g} s, window {args.seconds:g} s. Server CPU is utime + stime of the server "
             "process (all threads) over the window; fps and audio are what each peer received (mean and worst "
-            "peer); downstream is encoded payload without RTP overhead. A run is collapsed above "
+            "peer); downstream is encoded payload without RTP overhead; steal is the share of the machine "
+            "the hypervisor took over the window (these VMs are shared: with steal above a few percent, "
+            "expect fps and CPU to be worse than on a quiet machine). The load peers all talk at once at "
+            "the same level. A run is collapsed above "
             f"{CPU_CAP:.0f} % CPU, under {MIN_FPS:.0f} fps or under {MIN_AUDIO:.0f} audio packets/s for any peer; "
             "larger N of that mode are then skipped.",
             "",
