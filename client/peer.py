@@ -96,6 +96,10 @@ class Peer:
         assert self._ws is not None
         await self._ws.send_str(json.dumps(message))
 
+    async def set_media(self, video: bool, audio: bool) -> None:
+        """Tell the room what this peer sends: a camera off shows its placeholder."""
+        await self.send({"type": "setMedia", "video": video, "audio": audio})
+
     async def wait_for(self, predicate, timeout: float) -> None:
         """Poll `predicate()` until true, or raise TimeoutError after `timeout` s."""
         deadline = time.monotonic() + timeout

@@ -119,7 +119,8 @@ class AudioPipeline(MediaClock):
         payloads = [p.take_audio() for p in participants]
         self._pending += 1
         ids = [p.peer_id for p in participants]
-        future = loop.run_in_executor(self._executor, self._mix_encode, ids, channels, payloads, pts)
+        muted = [not p.sending_audio for p in participants]
+        future = loop.run_in_executor(self._executor, self._mix_encode, ids, channels, payloads, muted, pts)
         future.add_done_callback(lambda f: self._deliver(f, participants))
 
     def _channel(self, peer_id: str) -> _Channel:
@@ -129,11 +130,13 @@ class AudioPipeline(MediaClock):
         return channel
 
     def _mix_encode(
-        self, ids: list[str], channels: list[_Channel], payloads: list[list[bytes]], pts: int
+        self, ids: list[str], channels: list[_Channel], payloads: list[list[bytes]], muted: list[bool], pts: int
     ) -> list[list[av.Packet]]:
         for channel, pending in zip(channels, payloads):
             self.stats.decode_errors += channel.decode(pending)
         frames = np.stack([channel.buffer.pull(FRAME_SAMPLES) for channel in channels])
+        # A muted peer's decoder keeps running (its state stays valid); its voice does not count.
+        frames[muted] = 0
         if self._selector is None:
             talking = list(range(len(ids)))
         else:

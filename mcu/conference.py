@@ -9,7 +9,7 @@ import secrets
 from aiortc.sdp import candidate_from_sdp
 
 from signaling import protocol
-from signaling.protocol import Candidate, Join, Offer, ProtocolError
+from signaling.protocol import Candidate, Join, Offer, ProtocolError, SetMedia
 from signaling.websocket import Session
 
 from .config import Config
@@ -34,7 +34,10 @@ class Conference:
             room = self.rooms[message.room] = Room(message.room, self.config)
             logger.info("room %s: created", room.name)
         peer_id = secrets.token_hex(6)
-        others = [{"peerId": p.peer_id, "name": p.name} for p in room.participants.values()]
+        others = [
+            {"peerId": p.peer_id, "name": p.name, "video": p.sending_video, "audio": p.sending_audio}
+            for p in room.participants.values()
+        ]
         participant = Participant(peer_id, message.name, room.video.request_keyframe, self._media_failed)
         room.add(participant)
         session.peer_id, session.room = peer_id, room.name
@@ -67,6 +70,12 @@ class Conference:
         if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
             candidate.sdpMLineIndex = 0
         await pc.addIceCandidate(candidate)
+
+    async def set_media(self, session: Session, message: SetMedia) -> None:
+        participant = self._participant(session)
+        participant.sending_video, participant.sending_audio = message.video, message.audio
+        room = self.rooms[session.room]  # type: ignore[index]
+        self._broadcast(room, protocol.participant_media(participant.peer_id, message.video, message.audio))
 
     async def leave(self, session: Session) -> None:
         if session.peer_id is None or session.room is None:

@@ -54,6 +54,9 @@ class Participant:
         self.name = name
         self.pc: RTCPeerConnection | None = None
         self.video_out = PacketTrack("video", request_keyframe)
+        #: What the peer says it sends (`setMedia`): off shows the placeholder / leaves the mix.
+        self.sending_video = True
+        self.sending_audio = True
         self.audio_out = PacketTrack("audio")
         #: Opus payloads received since the last audio tick, decoded by the room.
         self._audio_payloads: deque[bytes] = deque(maxlen=AUDIO_BACKLOG)

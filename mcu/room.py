@@ -69,7 +69,8 @@ class Room:
     def _tiles(self) -> list[Tile]:
         """The latest frame of each participant; a stale or missing one shows the placeholder."""
         now = asyncio.get_running_loop().time()
+        stale = self.config.stale_video_seconds
         return [
-            Tile(p.name, p.video_frame if now - p.video_frame_time < self.config.stale_video_seconds else None)
+            Tile(p.name, p.video_frame if p.sending_video and now - p.video_frame_time < stale else None)
             for p in self.participants.values()
         ]

@@ -92,7 +92,15 @@ class Leave:
     """Leave the room; the WebSocket stays open and may join again."""
 
 
-ClientMessage = Join | Offer | Candidate | Leave
+@dataclass(frozen=True)
+class SetMedia:
+    """What the peer is sending: a camera turned off shows the placeholder, not black."""
+
+    video: bool
+    audio: bool
+
+
+ClientMessage = Join | Offer | Candidate | Leave | SetMedia
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -100,7 +108,7 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_KIND_NAMES: dict[type, str] = {str: "a string", int: "an integer", dict: "an object"}
+_KIND_NAMES: dict[type, str] = {str: "a string", int: "an integer", dict: "an object", bool: "true or false"}
 
 
 def _field(
@@ -198,11 +206,16 @@ def _parse_leave(obj: dict[str, Any]) -> Leave:
     return Leave()
 
 
+def _parse_set_media(obj: dict[str, Any]) -> SetMedia:
+    return SetMedia(video=_field(obj, "video", bool, "video"), audio=_field(obj, "audio", bool, "audio"))
+
+
 _PARSERS = {
     "join": _parse_join,
     "offer": _parse_offer,
     "candidate": _parse_candidate,
     "leave": _parse_leave,
+    "setMedia": _parse_set_media,
 }
 
 
@@ -272,6 +285,11 @@ def participant_joined(peer_id: str, name: str) -> dict:
 def participant_left(peer_id: str) -> dict:
     """Tell the others in a room that a peer left, closed or lost its connection."""
     return {"type": "participantLeft", "peerId": peer_id}
+
+
+def participant_media(peer_id: str, video: bool, audio: bool) -> dict:
+    """Tell the room what a peer now sends (camera or microphone turned off or on)."""
+    return {"type": "participantMedia", "peerId": peer_id, "video": video, "audio": audio}
 
 
 def error(code: str, message: str) -> dict:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from aiohttp import WSMsgType, web
 
 from . import protocol
-from .protocol import Candidate, Join, Leave, Offer, ProtocolError
+from .protocol import Candidate, Join, Leave, Offer, ProtocolError, SetMedia
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ class Conference(Protocol):
     async def candidate(self, session: Session, message: Candidate) -> None: ...
 
     async def leave(self, session: Session) -> None: ...
+
+    async def set_media(self, session: Session, message: SetMedia) -> None: ...
 
 
 class Session:
@@ -106,6 +108,8 @@ async def dispatch(conference: Conference, session: Session, text: str | bytes) 
         await conference.candidate(session, message)
     elif isinstance(message, Leave):
         await conference.leave(session)
+    elif isinstance(message, SetMedia):
+        await conference.set_media(session, message)
 
 
 def websocket_handler(conference: Conference):

@@ -210,3 +210,27 @@ async def test_missing_or_stalled_video_shows_the_placeholder(server):
         await alice.wait_for(lambda: looks(expected("green")), timeout=5)
     finally:
         await close_all(peers)
+
+
+async def test_camera_off_shows_the_placeholder_and_mute_leaves_the_mix(server):
+    alice, bob = make_peer(server, *PEOPLE[0]), make_peer(server, *PEOPLE[1])
+    try:
+        await join_all([alice, bob])
+
+        def bob_cell():
+            return cell_colours(alice.video_frame, 2, at=(0.5, 0.3))[1] if alice.video_frame is not None else None
+
+        await alice.wait_for(lambda: bob_cell() is not None and close_to(bob_cell(), expected("green")), timeout=10)
+        await bob.set_media(video=False, audio=True)
+        await alice.wait_for(lambda: close_to(bob_cell(), PLACEHOLDER), timeout=1)
+        await alice.wait_for(lambda: any(e["type"] == "participantMedia" and not e["video"] for e in alice.events), 1)
+
+        await asyncio.sleep(1.2)
+        assert tone_levels(alice.audio(1.0), [660.0])[660.0] > 100  # bob is heard
+        await bob.set_media(video=True, audio=False)
+        await alice.wait_for(lambda: close_to(bob_cell(), expected("green")), timeout=2)
+        await asyncio.sleep(1.2)
+        levels = tone_levels(alice.audio(1.0), [440.0, 660.0])
+        assert levels[660.0] < 100, levels  # muted: bob's tone has left alice's mix
+    finally:
+        await close_all([alice, bob])

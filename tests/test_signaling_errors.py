@@ -67,6 +67,7 @@ BEFORE_JOIN = [
     ({"type": "offer", "sdp": BROKEN_SDP}, "not_joined"),
     ({"type": "candidate", "candidate": {"candidate": "", "sdpMid": "0"}}, "not_joined"),
     ({"type": "leave"}, "not_joined"),
+    ({"type": "setMedia", "video": False, "audio": True}, "not_joined"),
 ]
 
 AFTER_JOIN = [
@@ -77,6 +78,8 @@ AFTER_JOIN = [
     ({"type": "offer", "sdp": "hello"}, "invalid_sdp"),
     ({"type": "offer", "sdp": BROKEN_SDP}, "invalid_sdp"),
     ({"type": "candidate", "candidate": "x"}, "invalid_message"),
+    ({"type": "setMedia", "video": "off", "audio": True}, "invalid_message"),
+    ({"type": "setMedia", "video": False}, "invalid_message"),
     ({"type": "candidate", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0"}},
      "invalid_candidate"),
 ]
@@ -95,7 +98,7 @@ async def test_bad_input_gets_an_error_and_the_room_keeps_running(server, raw):
         await raw.send({"type": "join", "room": "room1", "name": "eve"})
         joined = await raw.receive()
         assert joined["type"] == "joined", joined
-        assert joined["participants"] == [{"peerId": peer.peer_id, "name": "alice"}]
+        assert joined["participants"] == [{"peerId": peer.peer_id, "name": "alice", "video": True, "audio": True}]
 
         for payload, code in AFTER_JOIN:
             await raw.expect_error(payload, code)
