@@ -1,0 +1,240 @@
+"""The web page in real browsers (Debian's chromium, driven by Playwright) with a Python peer.
+
+Chromium's fake devices play generated files: a solid colour and a tone per browser.
+The test runs inside a network namespace of its own (scripts/test does that), where
+loopback is the only interface, so every packet stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from media_checks import cell_colours, close_to, tone_levels
+
+from client.peer import Peer
+from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+PLACEHOLDER = (40, 128, 128)
+
+if not CHROMIUM.exists():
+    pytest.skip("Debian's chromium is not installed (scripts/test installs it)", allow_module_level=True)
+if any(name != "lo" for _, name in socket.if_nameindex()):
+    pytest.skip(
+        "browser tests run only in a network namespace with loopback alone: run them through scripts/test",
+        allow_module_level=True,
+    )
+
+
+def write_y4m(path: Path, rgb: tuple[int, int, int], width: int = 320, height: int = 240) -> None:
+    """A short solid-colour clip; Chromium's fake camera loops it."""
+    y, u, v = rgb_to_yuv(rgb)
+    quarter = width * height // 4
+    frame = b"FRAME\n" + bytes([y]) * (width * height) + bytes([u]) * quarter + bytes([v]) * quarter
+    with path.open("wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F15:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(15):
+            out.write(frame)
+
+
+def write_wav(path: Path, frequency: float, seconds: int = 2) -> None:
+    """A tone; Chromium's fake microphone loops it."""
+    t = np.arange(48000 * seconds) / 48000
+    samples = (np.sin(2 * np.pi * frequency * t) * 0.3 * 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48000)
+        out.writeframes(samples.tobytes())
+
+
+def chromium_args(video: Path, audio: Path) -> list[str]:
+    return [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={video}",
+        f"--use-file-for-fake-audio-capture={audio}",
+        "--autoplay-policy=no-user-gesture-required",
+        # The namespace has loopback only; Chromium leaves it out of ICE unless told.
+        "--allow-loopback-in-peer-connection",
+    ]
+
+
+# Samples the composite from <video id="remote">: RGB at the centre of each grid cell
+# (the server's grid, scaled to the video's size) and above it (clear of a placeholder's name).
+SAMPLE_JS = """
+({cells, at}) => {
+  const video = document.getElementById('remote');
+  if (!video.videoWidth || video.readyState < 2) return null;
+  const canvas = document.createElement('canvas');
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  const context = canvas.getContext('2d');
+  context.drawImage(video, 0, 0);
+  return cells.map(([x, y, w, h]) => {
+    const px = context.getImageData(Math.round((x + w * at[0]) * canvas.width) - 4,
+                                     Math.round((y + h * at[1]) * canvas.height) - 4, 8, 8).data;
+    let r = 0, g = 0, b = 0;
+    for (let i = 0; i < px.length; i += 4) { r += px[i]; g += px[i + 1]; b += px[i + 2]; }
+    const n = px.length / 4;
+    return [r / n, g / n, b / n];
+  });
+}
+"""
+
+
+def grid_fractions(count: int) -> list[list[float]]:
+    from compositor.layout import grid_layout
+
+    return [[c.x / 640, c.y / 360, c.width / 640, c.height / 360] for c in grid_layout(count, 640, 360)]
+
+
+def rgb_close(actual: list[float], expected: tuple[int, int, int], tolerance: float = 45) -> bool:
+    return all(abs(a - e) <= tolerance for a, e in zip(actual, expected))
+
+
+@pytest.fixture
+async def browsers(tmp_path):
+    """Launches Chromium instances, each with its own fake camera and microphone files."""
+    async with playwright_api.async_playwright() as playwright:
+        launched = []
+
+        async def launch(colour: str, frequency: float):
+            video, audio = tmp_path / f"{colour}.y4m", tmp_path / f"{frequency:.0f}.wav"
+            write_y4m(video, COLORS[colour])
+            write_wav(audio, frequency)
+            browser = await playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=chromium_args(video, audio)
+            )
+            launched.append(browser)
+            return await browser.new_page(viewport={"width": 1280, "height": 720})
+
+        try:
+            yield launch
+        finally:
+            for browser in launched:
+                await browser.close()
+
+
+async def wait_until(predicate, timeout: float, what: str):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def test_two_browsers_and_a_python_peer_in_one_room(server, browsers):
+    url = f"http://127.0.0.1:{server.port}/?room=browsers&name="
+    anna = await browsers("red", 500.0)
+    ben = await browsers("green", 700.0)
+    await anna.goto(url + "anna")
+    await ben.goto(url + "ben")
+    await wait_until(lambda: anna.locator("#participants li").count(), 10, "anna's participant list")
+    py = Peer(server.url, "browsers", "py", video=ColorTrack(COLORS["blue"]), audio=ToneTrack(900.0))
+    try:
+        await py.join()
+        cells = grid_fractions(3)
+        colours = [COLORS["red"], COLORS["green"], COLORS["blue"]]
+
+        async def shows_everyone(page):
+            # The grid follows join order, and the two browsers race to join: any order.
+            sample = await page.evaluate(SAMPLE_JS, {"cells": cells, "at": [0.5, 0.35]})
+            return sample is not None and all(any(rgb_close(s, c) for s in sample) for c in colours)
+
+        for page in (anna, ben):
+            await wait_until(lambda page=page: shows_everyone(page), 15, "the three colours in a browser")
+            names = await page.locator("#participants li").all_text_contents()
+            assert len(names) == 3 and any("py" in n for n in names), names
+        await py.wait_for(
+            lambda: py.video_frame is not None
+            and all(any(close_to(c, rgb_to_yuv(col)) for c in cell_colours(py.video_frame, 3)) for col in colours),
+            timeout=10,
+        )
+        ben_cell = next(
+            i for i, c in enumerate(cell_colours(py.video_frame, 3)) if close_to(c, rgb_to_yuv(COLORS["green"]))
+        )
+
+        # The Python peer hears both browsers, not itself.
+        await asyncio.sleep(1.5)
+        levels = tone_levels(py.audio(1.0), [500.0, 700.0, 900.0])
+        assert levels[500.0] > 100 and levels[700.0] > 100, levels
+        assert min(levels[500.0], levels[700.0]) - levels[900.0] >= 30, levels
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        await anna.screenshot(path=str(ARTIFACTS / "three-party.png"))
+
+        # Ben turns his camera off: the others see his placeholder, not black.
+        await ben.click("#camera")
+        await py.wait_for(
+            lambda: close_to(cell_colours(py.video_frame, 3, at=(0.5, 0.3))[ben_cell], PLACEHOLDER), 3
+        )
+
+        async def anna_sees_placeholder():
+            sample = await anna.evaluate(SAMPLE_JS, {"cells": cells, "at": [0.5, 0.3]})
+            return sample is not None and rgb_close(sample[ben_cell], (28, 28, 28), 20)
+
+        await wait_until(anna_sees_placeholder, 5, "ben's placeholder in anna's page")
+        assert "camera off" in " ".join(await anna.locator("#participants li").all_text_contents())
+
+        # Anna mutes: her tone leaves the mix.
+        await anna.click("#mute")
+        await asyncio.sleep(1.5)
+        levels = tone_levels(py.audio(1.0), [500.0, 700.0])
+        assert levels[500.0] < 100 < levels[700.0], levels
+    finally:
+        await py.close()
+
+
+async def test_invalid_room_shows_the_error_and_does_not_reconnect(server, browsers):
+    page = await browsers("red", 500.0)
+    await page.goto(f"http://127.0.0.1:{server.port}/?room=bad%20room!&name=eve")
+    await wait_until(lambda: page.locator("#error").is_visible(), 10, "the error")
+    assert "room name is not valid" in await page.locator("#error").text_content()
+    await asyncio.sleep(3)  # a looping page would be reconnecting by now
+    assert await page.evaluate("window.meeting.stopped && window.meeting.retries === 0")
+    assert not server.conference.rooms
+
+
+async def test_denied_camera_joins_with_audio_only(server, browsers, tmp_path):
+    page = await browsers("red", 500.0)
+    # Take the camera away before the page asks for it, as a denied permission would.
+    await page.add_init_script(
+        """
+        const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+        navigator.mediaDevices.getUserMedia = (c) => c.video
+          ? Promise.reject(new DOMException('denied', 'NotAllowedError')) : real(c);
+        """
+    )
+    await page.goto(f"http://127.0.0.1:{server.port}/?room=deny&name=nocam")
+    py = Peer(server.url, "deny", "py", video=ColorTrack(COLORS["blue"]), audio=ToneTrack(900.0))
+    try:
+        await py.join()
+        await py.wait_for(
+            lambda: py.video_frame is not None
+            and close_to(cell_colours(py.video_frame, 2, at=(0.5, 0.3))[0], PLACEHOLDER),
+            timeout=10,
+        )
+        assert "audio only" in await page.locator("#error").text_content()
+        await asyncio.sleep(1.5)
+        assert tone_levels(py.audio(1.0), [500.0])[500.0] > 100  # her microphone still works
+    finally:
+        await py.close()
