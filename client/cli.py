@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--video", help="color:NAME (a test pattern: red, green, #rrggbb...) or a media file")
     join.add_argument("--audio", help="tone:HZ (a sine tone) or a media file")
     join.add_argument("--record", metavar="FILE", help="write what is received (video and audio) to FILE")
+    join.add_argument(
+        "--relay-only", action="store_true", help="reach the server only through the TURN server it hands out"
+    )
     join.add_argument("--duration", type=float, help="leave after this many seconds (default: until Ctrl-C)")
     join.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -54,7 +57,15 @@ async def run_join(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"mcu-client: {exc}", file=sys.stderr)
         return 2
-    peer = Peer(args.url, args.room, args.name, video=video, audio=audio, record=args.record)
+    peer = Peer(
+        args.url,
+        args.room,
+        args.name,
+        video=video,
+        audio=audio,
+        record=args.record,
+        ice_transport_policy="relay" if args.relay_only else "all",
+    )
     try:
         await peer.join()
         print(f"joined room {args.room} as {peer.peer_id}; others: {list(peer.participants.values())}", flush=True)

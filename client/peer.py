@@ -21,7 +21,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from signaling.ice import is_loopback_host, rtc_configuration, use_host_addresses
+from signaling.ice import is_loopback_host, is_turn_url, rtc_configuration, use_host_addresses
 from signaling.receiver import install_encoded_receiver
 
 from .recorder import Recorder
@@ -48,6 +48,7 @@ class Peer:
         audio: MediaStreamTrack | None = None,
         record: str | None = None,
         decode: bool = True,
+        ice_transport_policy: str = "all",
     ) -> None:
         self.url = url
         self.room = room
@@ -67,6 +68,8 @@ class Peer:
         self.video_bytes = 0
         self.audio_bytes = 0
         self._decode = decode
+        #: "relay" uses TURN relay candidates only (a browser's iceTransportPolicy).
+        self._ice_transport_policy = ice_transport_policy
         self._audio: deque[np.ndarray] = deque(maxlen=AUDIO_KEEP_SECONDS * 50)
         self._video_source = video
         self._audio_source = audio
@@ -87,6 +90,9 @@ class Peer:
         await self.send({"type": "join", "room": self.room, "name": self.name})
         await self._wait(self._joined, timeout, "join")
         joined = next(e for e in self.events if e["type"] == "joined")
+        turn = [url for server in joined["iceServers"] for url in server["urls"] if is_turn_url(url)]
+        if self._ice_transport_policy == "relay" and not turn:
+            raise PeerError("relay only: the server offers no TURN server")
         self.pc = self._create_peer_connection(joined["iceServers"])
         await self.pc.setLocalDescription(await self.pc.createOffer())
         await self.send({"type": "offer", "sdp": self.pc.localDescription.sdp})
@@ -142,7 +148,7 @@ class Peer:
             raise PeerError(self.errors[-1]["message"])
 
     def _create_peer_connection(self, ice_servers: list[dict]) -> RTCPeerConnection:
-        pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        pc = RTCPeerConnection(rtc_configuration(ice_servers, self._ice_transport_policy))
         for kind, source in (("audio", self._audio_source), ("video", self._video_source)):
             pc.addTransceiver(source if source is not None else kind, direction="sendrecv")
 

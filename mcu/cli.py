@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from aiohttp import web
 
-from signaling.ice import is_loopback_host, use_host_addresses
+from signaling.ice import IceServers, is_loopback_host, use_host_addresses
 
 from .app import create_app
 from .config import Config
@@ -42,6 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
         "Default: 127.0.0.1 when --host is a loopback address, else every interface",
     )
     serve.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="STUN or TURN server handed to clients and used by the server (stun:, turn:, turns: URL); repeatable",
+    )
+    serve.add_argument("--turn-username", help="static TURN username, for every client")
+    serve.add_argument("--turn-credential", help="static TURN credential (password), for every client")
+    serve.add_argument(
+        "--turn-secret",
+        default=os.environ.get("MCU_TURN_SECRET"),
+        help="secret shared with coturn (use-auth-secret): each client gets its own time-limited "
+        "credential. Default: the MCU_TURN_SECRET environment variable, which keeps it out of `ps`",
+    )
+    serve.add_argument(
+        "--turn-ttl", type=int, default=86400, help="lifetime of issued TURN credentials, seconds (default 86400)"
+    )
+    serve.add_argument(
         "--audio-talkers",
         type=int,
         default=Config.audio_talkers,
@@ -63,7 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
 GIL_SWITCH_INTERVAL = 0.002
 
 
-def serve(args: argparse.Namespace) -> None:
+def ice_servers(args: argparse.Namespace) -> IceServers:
+    """The ICE servers of the command line; ValueError says what is wrong with them."""
+    return IceServers(
+        urls=tuple(args.ice_server),
+        username=args.turn_username,
+        credential=args.turn_credential,
+        secret=args.turn_secret,
+        ttl=args.turn_ttl,
+    )
+
+
+def serve(args: argparse.Namespace, ice: IceServers) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.media_address:
@@ -78,15 +108,21 @@ def serve(args: argparse.Namespace) -> None:
         video_bitrate=args.video_bitrate,
         encode_per_peer=args.encode_per_peer,
         audio_talkers=args.audio_talkers or None,
+        ice_servers=ice,
     )
     print(f"mcu: serving on http://{args.host}:{args.port}/ (signaling at /ws)", flush=True)
     web.run_app(create_app(config), host=args.host, port=args.port, print=None, shutdown_timeout=5)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "serve":
-        serve(args)
+        try:
+            ice = ice_servers(args)
+        except ValueError as exc:
+            parser.error(str(exc))
+        serve(args, ice)
     else:  # pragma: no cover - argparse rejects unknown commands
         sys.exit(2)
 

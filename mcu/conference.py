@@ -18,6 +18,9 @@ from .room import Room
 
 logger = logging.getLogger(__name__)
 
+#: The user the server's own TURN credentials are issued to (clients get their peerId).
+SERVER_TURN_USER = "mcu"
+
 
 class Conference:
     """Every room of this process, driven by signaling sessions."""
@@ -42,14 +45,14 @@ class Conference:
         room.add(participant)
         session.peer_id, session.room = peer_id, room.name
         self._sessions[peer_id] = session
-        session.send(protocol.joined(room.name, peer_id, others, self.config.ice_servers))
+        session.send(protocol.joined(room.name, peer_id, others, self.config.ice_servers.for_user(peer_id)))
         self._broadcast(room, protocol.participant_joined(peer_id, message.name), exclude=peer_id)
         logger.info("room %s: %s (%s) joined", room.name, peer_id, message.name)
 
     async def offer(self, session: Session, message: Offer) -> None:
         participant = self._participant(session)
         try:
-            sdp = await participant.answer(message.sdp, self.config.ice_servers)
+            sdp = await participant.answer(message.sdp, self.config.ice_servers.for_user(SERVER_TURN_USER))
         except NegotiationError as exc:
             raise ProtocolError(protocol.INVALID_SDP, str(exc)) from exc
         session.send(protocol.answer(sdp))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from signaling.ice import IceServers
+
 
 @dataclass
 class Config:
@@ -22,5 +24,6 @@ class Config:
     #: Benchmark baseline only: hand each peer the raw composite so that aiortc
     #: encodes it once per peer, as a naive MCU would.
     encode_per_peer: bool = False
-    #: ICE servers handed to clients in `joined` and used by the server itself.
-    ice_servers: list[dict] = field(default_factory=list)
+    #: STUN/TURN servers handed to clients in `joined` (with per-client TURN
+    #: credentials) and used by the server itself; none by default (host candidates only).
+    ice_servers: IceServers = field(default_factory=IceServers)
