@@ -8,6 +8,7 @@ loopback is the only interface, so every packet stays on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import wave
 from pathlib import Path
@@ -132,9 +133,12 @@ async def browsers(tmp_path):
 
 
 async def wait_until(predicate, timeout: float, what: str):
+    """Poll `predicate` (plain or async) until it is true, or fail after `timeout` s."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        result = await predicate()
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         if asyncio.get_running_loop().time() > deadline:
@@ -238,3 +242,30 @@ async def test_denied_camera_joins_with_audio_only(server, browsers, tmp_path):
         assert tone_levels(py.audio(1.0), [500.0])[500.0] > 100  # her microphone still works
     finally:
         await py.close()
+
+
+async def test_page_reconnects_by_itself_when_the_websocket_drops(server, browsers):
+    page = await browsers("red", 500.0)
+    await page.goto(f"http://127.0.0.1:{server.port}/?room=drop&name=dora")
+
+    def dora_ids() -> set[str]:
+        room = server.conference.rooms.get("drop")
+        return set(room.participants) if room else set()
+
+    await wait_until(lambda: len(dora_ids()) == 1, 10, "the first join")
+    first = dora_ids()
+    for session in list(server.conference._sessions.values()):
+        await session.ws.close()  # the network drops the signaling connection
+
+    async def rejoined():
+        ids = dora_ids()
+        return len(ids) == 1 and ids != first and "In room" in await page.locator("#status").text_content()
+
+    await wait_until(rejoined, 10, "the page to rejoin")
+    # The new peer connection carries media again.
+    room = server.conference.rooms["drop"]
+    participant = next(iter(room.participants.values()))
+    frames = room.video.stats.frames
+    await wait_until(
+        lambda: participant.video_frame is not None and room.video.stats.frames > frames, 10, "media after reconnecting"
+    )
