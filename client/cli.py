@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
+from typing import Any
 
 from aiortc import MediaStreamTrack
 from aiortc.contrib.media import MediaPlayer
@@ -43,11 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--audio", help="tone:HZ (a sine tone) or a media file")
     join.add_argument("--record", metavar="FILE", help="write what is received (video and audio) to FILE")
     join.add_argument(
+        "--chat", action="append", default=[], metavar="TEXT", help="send TEXT to the room's chat once connected"
+    )
+    join.add_argument(
         "--relay-only", action="store_true", help="reach the server only through the TURN server it hands out"
     )
     join.add_argument("--duration", type=float, help="leave after this many seconds (default: until Ctrl-C)")
     join.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
+
+
+def format_chat(message: dict[str, Any]) -> str:
+    """A chat line as a person reads it: `[HH:MM:SS] name: text`, in local time."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(message["timestamp"] / 1000))
+    return f"[{stamp}] {message['name']}: {message['text']}"
 
 
 async def run_join(args: argparse.Namespace) -> int:
@@ -71,13 +82,21 @@ async def run_join(args: argparse.Namespace) -> int:
         print(f"joined room {args.room} as {peer.peer_id}; others: {list(peer.participants.values())}", flush=True)
         loop = asyncio.get_running_loop()
         deadline = None if args.duration is None else loop.time() + args.duration
-        reported = 0
+        for text in args.chat:
+            await peer.chat(text)
+        reported = chats = chat_errors = 0
         while deadline is None or loop.time() < deadline:
-            await asyncio.sleep(1)
+            await asyncio.sleep(0.2)
             for event in peer.events[reported:]:
                 if event["type"] in ("participantJoined", "participantLeft", "error"):
                     print(f"event: {event}", flush=True)
             reported = len(peer.events)
+            for message in peer.chat_messages[chats:]:
+                print(format_chat(message), flush=True)
+            chats = len(peer.chat_messages)
+            for error in peer.chat_errors[chat_errors:]:
+                print(f"chat error {error['code']}: {error['message']}", flush=True)
+            chat_errors = len(peer.chat_errors)
         print(f"received {peer.video_frames} video frames, {peer.audio_frames} audio frames", flush=True)
         return 0
     except (PeerError, OSError) as exc:

@@ -18,9 +18,10 @@ from urllib.parse import urlparse
 import aiohttp
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from signaling import chat
 from signaling.ice import is_loopback_host, is_turn_url, rtc_configuration, use_host_addresses
 from signaling.receiver import install_encoded_receiver
 
@@ -58,6 +59,11 @@ class Peer:
         self.events: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.pc: RTCPeerConnection | None = None
+        #: The "chat" data channel, the chat messages received (own ones included,
+        #: as the server echoes them) and the errors it sent back on the channel.
+        self.chat_channel: RTCDataChannel | None = None
+        self.chat_messages: list[dict[str, Any]] = []
+        self.chat_errors: list[dict[str, Any]] = []
         #: The latest decoded composite picture and counters about it.
         self.video_frame: av.VideoFrame | None = None
         self.video_frames = 0
@@ -79,6 +85,7 @@ class Peer:
         self._tasks: list[asyncio.Task[None]] = []
         self._joined = asyncio.Event()
         self._answered = asyncio.Event()
+        self._chat_open = asyncio.Event()
 
     async def join(self, timeout: float = 10) -> None:
         """Join the room and start media; returns once the server has answered."""
@@ -105,6 +112,12 @@ class Peer:
     async def set_media(self, video: bool, audio: bool) -> None:
         """Tell the room what this peer sends: a camera off shows its placeholder."""
         await self.send({"type": "setMedia", "video": video, "audio": audio})
+
+    async def chat(self, text: str, timeout: float = 10) -> None:
+        """Send a chat message to the room, once the chat channel is open."""
+        await self._wait(self._chat_open, timeout, "chat channel")
+        assert self.chat_channel is not None
+        self.chat_channel.send(json.dumps({"type": "chat", "text": text}, ensure_ascii=False))
 
     async def wait_for(self, predicate, timeout: float) -> None:
         """Poll `predicate()` until true, or raise TimeoutError after `timeout` s."""
@@ -151,6 +164,10 @@ class Peer:
         pc = RTCPeerConnection(rtc_configuration(ice_servers, self._ice_transport_policy))
         for kind, source in (("audio", self._audio_source), ("video", self._video_source)):
             pc.addTransceiver(source if source is not None else kind, direction="sendrecv")
+        # Created before the offer, so that the offer carries the data channel section.
+        self.chat_channel = pc.createDataChannel(chat.LABEL)
+        self.chat_channel.on("open", self._chat_open.set)
+        self.chat_channel.on("message", self._on_chat)
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -193,6 +210,19 @@ class Peer:
                 self.errors.append(message)
                 if not self._joined.is_set():
                     self._joined.set()
+
+    def _on_chat(self, data: str | bytes) -> None:
+        try:
+            message = json.loads(data)
+        except ValueError:
+            logger.warning("chat: a message that is not JSON")
+            return
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "chat":
+            self.chat_messages.append(message)
+        elif kind == "error":
+            logger.warning("chat error %s: %s", message.get("code"), message.get("message"))
+            self.chat_errors.append(message)
 
     async def _consume_video(self, track: MediaStreamTrack) -> None:
         try:

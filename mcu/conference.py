@@ -41,7 +41,9 @@ class Conference:
             {"peerId": p.peer_id, "name": p.name, "video": p.sending_video, "audio": p.sending_audio}
             for p in room.participants.values()
         ]
-        participant = Participant(peer_id, message.name, room.video.request_keyframe, self._media_failed)
+        participant = Participant(
+            peer_id, message.name, room.video.request_keyframe, self._media_failed, room.chat.receive
+        )
         room.add(participant)
         session.peer_id, session.room = peer_id, room.name
         self._sessions[peer_id] = session

@@ -10,6 +10,7 @@ from typing import Callable
 import av
 from aiortc import (
     MediaStreamTrack,
+    RTCDataChannel,
     RTCPeerConnection,
     RTCRtpCodecCapability,
     RTCRtpSender,
@@ -18,6 +19,7 @@ from aiortc import (
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError
 
+from signaling import chat
 from signaling.ice import rtc_configuration
 from signaling.receiver import install_encoded_receiver
 
@@ -49,6 +51,7 @@ class Participant:
         name: str,
         request_keyframe: Callable[[], None],
         on_failed: Callable[[Participant], None],
+        on_chat: Callable[[Participant, str | bytes], None],
     ) -> None:
         self.peer_id = peer_id
         self.name = name
@@ -64,6 +67,9 @@ class Participant:
         self.video_frame: av.VideoFrame | None = None
         self.video_frame_time = float("-inf")
         self._on_failed = on_failed
+        #: The peer's "chat" data channel, once it has opened one.
+        self.chat_channel: RTCDataChannel | None = None
+        self._on_chat = on_chat
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -93,6 +99,14 @@ class Participant:
             task = asyncio.ensure_future(consume(track))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            if channel.label != chat.LABEL:
+                return  # not ours to serve
+            # A peer that opens another chat channel is answered on the newest.
+            self.chat_channel = channel
+            channel.on("message", lambda data: self._on_chat(self, data))
 
         @pc.on("connectionstatechange")
         def on_state() -> None:

@@ -7,6 +7,7 @@ import asyncio
 from compositor.video import Tile
 
 from .audio import AudioPipeline
+from .chat import ChatRelay
 from .config import Config
 from .participant import Participant
 from .video import VideoPipeline
@@ -30,6 +31,7 @@ class Room:
             encode_per_peer=config.encode_per_peer,
         )
         self.audio = AudioPipeline(name, lambda: list(self.participants.values()), config.audio_talkers)
+        self.chat = ChatRelay(name, self.participants)
         self._started = False
 
     def add(self, participant: Participant) -> None:
@@ -41,6 +43,7 @@ class Room:
 
     def remove(self, peer_id: str) -> Participant | None:
         self.audio.remove(peer_id)
+        self.chat.remove(peer_id)
         return self.participants.pop(peer_id, None)
 
     @property
@@ -49,7 +52,7 @@ class Room:
 
     def stats(self) -> dict:
         """Counters since the room started: what the media clocks achieved and what they cost."""
-        video, audio, encoder = self.video.stats, self.audio.stats, self.video.encoder
+        video, audio, encoder, chat = self.video.stats, self.audio.stats, self.video.encoder, self.chat.stats
         return {
             "peers": len(self.participants),
             "videoFrames": video.frames,
@@ -61,6 +64,9 @@ class Room:
             "audioMixes": audio.mixes,
             "audioEncodes": audio.encodes,
             "audioTicksDropped": audio.dropped_ticks,
+            "chatRelayed": chat.relayed,
+            "chatRefused": chat.refused,
+            "chatDropped": chat.dropped,
         }
 
     async def close(self) -> None:

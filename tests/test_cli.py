@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -87,13 +88,15 @@ def test_two_clients_through_a_served_mcu_record_the_composite(served, tmp_path)
     # Alice sends a media file (looped), Bob a test pattern and a tone.
     alice = client(served, "alice", "--video", str(clip), "--audio", str(clip), "--duration", "7")
     time.sleep(1)
-    bob = client(
-        served, "bob", "--video", "color:green", "--audio", "tone:660", "--duration", "5", "--record", str(recording)
-    )
+    media = ("--video", "color:green", "--audio", "tone:660", "--record", str(recording))
+    bob = client(served, "bob", *media, "--duration", "5", "--chat", "hi from bob")
     outputs = [p.communicate(timeout=30)[0] for p in (alice, bob)]
     assert alice.returncode == 0 and bob.returncode == 0, outputs
     assert "joined room cli" in outputs[0]
     assert "participantJoined" in outputs[0] and "bob" in outputs[0]
+    # Bob's chat reaches Alice, printed as a chat line; Bob sees the room's copy of it too.
+    assert re.search(r"^\[\d\d:\d\d:\d\d\] bob: hi from bob$", outputs[0], re.MULTILINE), outputs[0]
+    assert "] bob: hi from bob" in outputs[1], outputs[1]
 
     with av.open(str(recording)) as container:
         kinds = {stream.type for stream in container.streams}
