@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import time
 import wave
 from pathlib import Path
 
@@ -182,6 +183,19 @@ async def test_two_browsers_and_a_python_peer_in_one_room(server, browsers):
         levels = tone_levels(py.audio(1.0), [500.0, 700.0, 900.0])
         assert levels[500.0] > 100 and levels[700.0] > 100, levels
         assert min(levels[500.0], levels[700.0]) - levels[900.0] >= 30, levels
+
+        # Chat from a browser reaches the other browser and the Python peer, with the sender's name.
+        await anna.fill("#chat-text", "hello from anna")
+        await anna.click("#chat-send")
+        await wait_until(
+            lambda: ben.locator("#chat-log li", has_text="hello from anna").count(), 5, "anna's chat in ben's page"
+        )
+        assert "anna" in await ben.locator("#chat-log li").first.text_content()
+        await py.wait_for(lambda: any(m["text"] == "hello from anna" for m in py.chat_messages), 5)
+        message = next(m for m in py.chat_messages if m["text"] == "hello from anna")
+        assert message["name"] == "anna" and abs(message["timestamp"] / 1000 - time.time()) < 10
+        await py.chat("hello from py")
+        await wait_until(lambda: anna.locator("#chat-log li", has_text="hello from py").count(), 5, "py's chat")
 
         ARTIFACTS.mkdir(exist_ok=True)
         await anna.screenshot(path=str(ARTIFACTS / "three-party.png"))
