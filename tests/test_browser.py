@@ -243,6 +243,8 @@ async def test_denied_camera_joins_with_audio_only(server, browsers, tmp_path):
         """
     )
     await page.goto(f"http://127.0.0.1:{server.port}/?room=deny&name=nocam")
+    # Her tile first: the grid follows join order.
+    await wait_until(lambda: "deny" in server.conference.rooms, 10, "the page to join")
     py = Peer(server.url, "deny", "py", video=ColorTrack(COLORS["blue"]), audio=ToneTrack(900.0))
     try:
         await py.join()
