@@ -50,8 +50,10 @@ class Peer:
         record: str | None = None,
         decode: bool = True,
         ice_transport_policy: str = "all",
+        chat: bool = True,
     ) -> None:
         self.url = url
+        self._chat = chat
         self.room = room
         self.name = name
         self.peer_id: str | None = None
@@ -165,9 +167,10 @@ class Peer:
         for kind, source in (("audio", self._audio_source), ("video", self._video_source)):
             pc.addTransceiver(source if source is not None else kind, direction="sendrecv")
         # Created before the offer, so that the offer carries the data channel section.
-        self.chat_channel = pc.createDataChannel(chat.LABEL)
-        self.chat_channel.on("open", self._chat_open.set)
-        self.chat_channel.on("message", self._on_chat)
+        if self._chat:
+            self.chat_channel = pc.createDataChannel(chat.LABEL)
+            self.chat_channel.on("open", self._chat_open.set)
+            self.chat_channel.on("message", self._on_chat)
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:

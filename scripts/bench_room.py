@@ -115,6 +115,7 @@ async def run_load(url: str, count: int, warmup: float, seconds: float) -> None:
             video=PreEncodedVideoTrack(peer_colour(i)),
             audio=PreEncodedAudioTrack(300.0 + 75 * i),
             decode=False,
+            chat=False,  # media only: the room's cost without an SCTP association per peer
         )
         for i in range(count)
     ]
