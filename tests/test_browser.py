@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import socket
 import time
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_checks import (
+    PLACEHOLDER,
+    PLACEHOLDER_RGB,
+    SAMPLE_FUNCTION,
+    grid_fractions,
+    isolated_network,
+    python_peer_sees_and_hears,
+    rgb_close,
+)
 from media_checks import cell_colours, close_to, tone_levels
 
 from client.peer import Peer
@@ -25,11 +33,10 @@ playwright_api = pytest.importorskip("playwright.async_api")
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-PLACEHOLDER = (40, 128, 128)
 
 if not CHROMIUM.exists():
     pytest.skip("Debian's chromium is not installed (scripts/test installs it)", allow_module_level=True)
-if any(name != "lo" for _, name in socket.if_nameindex()):
+if not isolated_network():
     pytest.skip(
         "browser tests run only in a network namespace with loopback alone: run them through scripts/test",
         allow_module_level=True,
@@ -77,37 +84,7 @@ def chromium_args(video: Path, audio: Path) -> list[str]:
     ]
 
 
-# Samples the composite from <video id="remote">: RGB at the centre of each grid cell
-# (the server's grid, scaled to the video's size) and above it (clear of a placeholder's name).
-SAMPLE_JS = """
-({cells, at}) => {
-  const video = document.getElementById('remote');
-  if (!video.videoWidth || video.readyState < 2) return null;
-  const canvas = document.createElement('canvas');
-  canvas.width = video.videoWidth;
-  canvas.height = video.videoHeight;
-  const context = canvas.getContext('2d');
-  context.drawImage(video, 0, 0);
-  return cells.map(([x, y, w, h]) => {
-    const px = context.getImageData(Math.round((x + w * at[0]) * canvas.width) - 4,
-                                     Math.round((y + h * at[1]) * canvas.height) - 4, 8, 8).data;
-    let r = 0, g = 0, b = 0;
-    for (let i = 0; i < px.length; i += 4) { r += px[i]; g += px[i + 1]; b += px[i + 2]; }
-    const n = px.length / 4;
-    return [r / n, g / n, b / n];
-  });
-}
-"""
-
-
-def grid_fractions(count: int) -> list[list[float]]:
-    from compositor.layout import grid_layout
-
-    return [[c.x / 640, c.y / 360, c.width / 640, c.height / 360] for c in grid_layout(count, 640, 360)]
-
-
-def rgb_close(actual: list[float], expected: tuple[int, int, int], tolerance: float = 45) -> bool:
-    return all(abs(a - e) <= tolerance for a, e in zip(actual, expected))
+SAMPLE_JS = f"({{cells, at}}) => ({SAMPLE_FUNCTION})(cells, at)"
 
 
 @pytest.fixture
@@ -169,20 +146,9 @@ async def test_two_browsers_and_a_python_peer_in_one_room(server, browsers):
             await wait_until(lambda page=page: shows_everyone(page), 15, "the three colours in a browser")
             names = await page.locator("#participants li").all_text_contents()
             assert len(names) == 3 and any("py" in n for n in names), names
-        await py.wait_for(
-            lambda: py.video_frame is not None
-            and all(any(close_to(c, rgb_to_yuv(col)) for c in cell_colours(py.video_frame, 3)) for col in colours),
-            timeout=10,
-        )
-        ben_cell = next(
-            i for i, c in enumerate(cell_colours(py.video_frame, 3)) if close_to(c, rgb_to_yuv(COLORS["green"]))
-        )
-
-        # The Python peer hears both browsers, not itself.
-        await asyncio.sleep(1.5)
-        levels = tone_levels(py.audio(1.0), [500.0, 700.0, 900.0])
-        assert levels[500.0] > 100 and levels[700.0] > 100, levels
-        assert min(levels[500.0], levels[700.0]) - levels[900.0] >= 30, levels
+        # The Python peer sees everyone and hears both browsers, not itself.
+        cells_yuv = await python_peer_sees_and_hears(py, colours, [500.0, 700.0], 900.0)
+        ben_cell = next(i for i, c in enumerate(cells_yuv) if close_to(c, rgb_to_yuv(COLORS["green"])))
 
         # Chat from a browser reaches the other browser and the Python peer, with the sender's name.
         await anna.fill("#chat-text", "hello from anna")
@@ -208,7 +174,7 @@ async def test_two_browsers_and_a_python_peer_in_one_room(server, browsers):
 
         async def anna_sees_placeholder():
             sample = await anna.evaluate(SAMPLE_JS, {"cells": cells, "at": [0.5, 0.3]})
-            return sample is not None and rgb_close(sample[ben_cell], (28, 28, 28), 20)
+            return sample is not None and rgb_close(sample[ben_cell], PLACEHOLDER_RGB, 20)
 
         await wait_until(anna_sees_placeholder, 5, "ben's placeholder in anna's page")
         assert "camera off" in " ".join(await anna.locator("#participants li").all_text_contents())

@@ -24,6 +24,16 @@ import time
 from pathlib import Path
 
 import pytest
+from browser_checks import (
+    PLACEHOLDER,
+    PLACEHOLDER_RGB,
+    SAMPLE_FUNCTION,
+    grid_fractions,
+    isolated_network,
+    python_peer_sees_and_hears,
+    rgb_close,
+)
+from conftest import free_port
 from media_checks import cell_colours, close_to, tone_levels
 
 from client.peer import Peer
@@ -34,11 +44,10 @@ psutil = pytest.importorskip("psutil", reason="psutil is not installed (marionet
 By = pytest.importorskip("marionette_driver.by").By
 
 FIREFOX = Path("/usr/bin/firefox-esr")
-PLACEHOLDER = (40, 128, 128)
 
 if not FIREFOX.exists():
     pytest.skip("Debian's firefox-esr is not installed (scripts/test installs it)", allow_module_level=True)
-if any(name != "lo" for _, name in socket.if_nameindex()):
+if not isolated_network():
     pytest.skip(
         "browser tests run only in a network namespace with loopback alone: run them through scripts/test",
         allow_module_level=True,
@@ -158,26 +167,7 @@ document.documentElement.appendChild(script);
 script.remove();
 """
 
-# Samples the composite from <video id="remote"> (as in test_browser.py): RGB at a point of
-# each grid cell, scaled to the video's size; null until the video plays.
-SAMPLE_JS = """
-const [cells, at] = arguments;
-const video = document.getElementById('remote');
-if (!video.videoWidth || video.readyState < 2 || video.paused) return null;
-const canvas = document.createElement('canvas');
-canvas.width = video.videoWidth;
-canvas.height = video.videoHeight;
-const context = canvas.getContext('2d');
-context.drawImage(video, 0, 0);
-return cells.map(([x, y, w, h]) => {
-  const px = context.getImageData(Math.round((x + w * at[0]) * canvas.width) - 4,
-                                   Math.round((y + h * at[1]) * canvas.height) - 4, 8, 8).data;
-  let r = 0, g = 0, b = 0;
-  for (let i = 0; i < px.length; i += 4) { r += px[i]; g += px[i + 1]; b += px[i + 2]; }
-  const n = px.length / 4;
-  return [r / n, g / n, b / n];
-});
-"""
+SAMPLE_JS = f"return ({SAMPLE_FUNCTION})(...arguments);"
 
 # What the page is doing, for the message of a failed wait.
 STATE_JS = r"""
@@ -204,25 +194,9 @@ CHAT_JS = "return [...document.querySelectorAll('#chat-log li')].map((li) => li.
 PARTICIPANTS_JS = "return [...document.querySelectorAll('#participants li')].map((li) => li.textContent);"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def user_js(port: int) -> str:
     prefs = {"marionette.port": port, **PREFS}
     return "".join(f"user_pref({json.dumps(k)}, {json.dumps(v)});\n" for k, v in prefs.items())
-
-
-def grid_fractions(count: int) -> list[list[float]]:
-    from compositor.layout import grid_layout
-
-    return [[c.x / 640, c.y / 360, c.width / 640, c.height / 360] for c in grid_layout(count, 640, 360)]
-
-
-def rgb_close(actual: list[float], expected: tuple[int, int, int], tolerance: float = 45) -> bool:
-    return all(abs(a - e) <= tolerance for a, e in zip(actual, expected))
 
 
 class Firefox:
@@ -403,22 +377,9 @@ async def test_two_firefoxes_and_a_python_peer_in_one_room(server, firefoxes):
             )
             names = await participants(browser)
             assert len(names) == 3 and any("py" in n for n in names), names
-        await py.wait_for(
-            lambda: (
-                py.video_frame is not None
-                and all(any(close_to(c, rgb_to_yuv(col)) for c in cell_colours(py.video_frame, 3)) for col in colours)
-            ),
-            timeout=10,
-        )
-        ben_cell = next(
-            i for i, c in enumerate(cell_colours(py.video_frame, 3)) if close_to(c, rgb_to_yuv(COLORS["green"]))
-        )
-
-        # The Python peer hears both browsers, not itself.
-        await asyncio.sleep(1.5)
-        levels = tone_levels(py.audio(1.0), [500.0, 700.0, 900.0])
-        assert levels[500.0] > 100 and levels[700.0] > 100, levels
-        assert min(levels[500.0], levels[700.0]) - levels[900.0] >= 30, levels
+        # The Python peer sees everyone and hears both browsers, not itself.
+        cells_yuv = await python_peer_sees_and_hears(py, colours, [500.0, 700.0], 900.0)
+        ben_cell = next(i for i, c in enumerate(cells_yuv) if close_to(c, rgb_to_yuv(COLORS["green"])))
 
         # Chat from a browser reaches the other browser and the Python peer, with the sender's name.
         def anna_chats() -> None:
@@ -444,7 +405,7 @@ async def test_two_firefoxes_and_a_python_peer_in_one_room(server, firefoxes):
 
         async def anna_sees_placeholder():
             sample = await call(anna, "execute_script", SAMPLE_JS, script_args=[cells, [0.5, 0.3]])
-            return (sample is not None and rgb_close(sample[ben_cell], (28, 28, 28), 20)) or Miss(sample)
+            return (sample is not None and rgb_close(sample[ben_cell], PLACEHOLDER_RGB, 20)) or Miss(sample)
 
         await wait_until(anna_sees_placeholder, 5, "ben's placeholder in anna's page", anna)
         assert "camera off" in " ".join(await participants(anna))

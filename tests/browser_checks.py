@@ -1,0 +1,71 @@
+"""What the Chromium and Firefox tests share: sampling the page's composite, and where to look."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from media_checks import cell_colours, close_to, tone_levels
+
+from client.sources import rgb_to_yuv
+from compositor.layout import grid_layout
+
+#: The placeholder tile in YUV, and as a browser's canvas shows it in RGB.
+PLACEHOLDER = (40, 128, 128)
+PLACEHOLDER_RGB = (28, 28, 28)
+
+# A JavaScript function: RGB (mean of 8x8 pixels) at a point `at` of each grid cell of
+# <video id="remote">, cells given as fractions of the picture; null until the video plays.
+SAMPLE_FUNCTION = """
+function sample(cells, at) {
+  const video = document.getElementById('remote');
+  if (!video.videoWidth || video.readyState < 2 || video.paused) return null;
+  const canvas = document.createElement('canvas');
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  const context = canvas.getContext('2d');
+  context.drawImage(video, 0, 0);
+  return cells.map(([x, y, w, h]) => {
+    const px = context.getImageData(Math.round((x + w * at[0]) * canvas.width) - 4,
+                                     Math.round((y + h * at[1]) * canvas.height) - 4, 8, 8).data;
+    let r = 0, g = 0, b = 0;
+    for (let i = 0; i < px.length; i += 4) { r += px[i]; g += px[i + 1]; b += px[i + 2]; }
+    const n = px.length / 4;
+    return [r / n, g / n, b / n];
+  });
+}
+"""
+
+
+def isolated_network() -> bool:
+    """True in a network namespace whose only interface is loopback (scripts/test makes one)."""
+    return all(name == "lo" for _, name in socket.if_nameindex())
+
+
+def grid_fractions(count: int, width: int = 640, height: int = 360) -> list[list[float]]:
+    """The server's grid cells for `count` tiles, as fractions of the composite."""
+    return [[c.x / width, c.y / height, c.width / width, c.height / height] for c in grid_layout(count, width, height)]
+
+
+def rgb_close(actual: list[float], expected: tuple[int, int, int], tolerance: float = 45) -> bool:
+    return all(abs(a - e) <= tolerance for a, e in zip(actual, expected))
+
+
+async def python_peer_sees_and_hears(py, colours: list, browser_tones: list[float], own_tone: float) -> list:
+    """The Python peer of a browser test sees every colour (any order) and hears the browsers, not itself.
+
+    Returns the composite's cell colours (YUV), so the caller can find a browser's tile.
+    """
+    def sees_everyone() -> bool:
+        if py.video_frame is None:
+            return False
+        cells = cell_colours(py.video_frame, len(colours))
+        return all(any(close_to(c, rgb_to_yuv(col)) for c in cells) for col in colours)
+
+    await py.wait_for(sees_everyone, timeout=10)
+    cells = cell_colours(py.video_frame, len(colours))
+    await asyncio.sleep(1.5)
+    levels = tone_levels(py.audio(1.0), [*browser_tones, own_tone])
+    assert all(levels[f] > 100 for f in browser_tones), levels
+    assert min(levels[f] for f in browser_tones) - levels[own_tone] >= 30, levels
+    return cells
