@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, stop_process
 from media_checks import cell_colours, contains_colour, tone, tone_levels
 
 from client.sources import COLORS, rgb_to_yuv
@@ -43,12 +43,7 @@ def served():
     try:
         yield f"ws://127.0.0.1:{port}/ws"
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process, grace=10)
 
 
 def client(url: str, name: str, *extra: str) -> subprocess.Popen:

@@ -33,7 +33,7 @@ from browser_checks import (
     python_peer_sees_and_hears,
     rgb_close,
 )
-from conftest import free_port
+from conftest import free_port, stop_process
 from media_checks import cell_colours, close_to, tone_levels
 
 from client.peer import Peer
@@ -275,12 +275,7 @@ class Firefox:
             children = psutil.Process(self.process.pid).children(recursive=True)
         except psutil.Error:
             children = []
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process)
         for child in children:
             try:
                 child.wait(2)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from aioice import turn
 from aioice.stun import TransactionFailed
+from conftest import stop_process
 from media_checks import cell_colours, close_to
 
 from client.peer import Peer, PeerError
@@ -192,12 +193,7 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
                 time.sleep(0.05)
         yield Coturn(port, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
 
 
 @pytest.fixture
