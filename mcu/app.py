@@ -8,12 +8,12 @@ from aiohttp import web
 
 from signaling.websocket import websocket_handler
 
+from . import api
+from .api import CONFERENCE
 from .conference import Conference
 from .config import Config
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "client" / "web"
-
-CONFERENCE = web.AppKey("conference", Conference)
 
 
 def create_app(config: Config) -> web.Application:
@@ -23,6 +23,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFERENCE] = conference
     app.router.add_get("/ws", websocket_handler(conference))
     app.router.add_get("/healthz", _healthz)
+    api.add_routes(app)
     app.router.add_get("/", _index)
     if WEB_ROOT.is_dir():
         app.router.add_static("/static/", WEB_ROOT)

@@ -108,6 +108,13 @@ class Conference:
         if self._closing:
             await asyncio.wait(self._closing, timeout=5)
 
+    def require(self, session: Session, grant: str) -> Participant:
+        """The session's participant, if it holds `grant` (signaling/grants.py); else `forbidden`."""
+        participant = self._participant(session)
+        if grant not in participant.grants:
+            raise ProtocolError(protocol.FORBIDDEN, f"You are not allowed to do this here (needs {grant!r}).")
+        return participant
+
     def _participant(self, session: Session) -> Participant:
         room = self.rooms[session.room]  # type: ignore[index]
         return room.participants[session.peer_id]  # type: ignore[index]

@@ -20,6 +20,7 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationEr
 from aiortc.mediastreams import MediaStreamError
 
 from signaling import chat
+from signaling.grants import ALL_GRANTS
 from signaling.ice import rtc_configuration
 from signaling.receiver import install_encoded_receiver
 
@@ -55,6 +56,8 @@ class Participant:
     ) -> None:
         self.peer_id = peer_id
         self.name = name
+        #: What this peer may do (signaling/grants.py); its join token narrows it.
+        self.grants: frozenset[str] = ALL_GRANTS
         self.pc: RTCPeerConnection | None = None
         self.video_out = PacketTrack("video", request_keyframe)
         #: What the peer says it sends (`setMedia`): off shows the placeholder / leaves the mix.

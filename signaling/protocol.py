@@ -27,6 +27,8 @@ ALREADY_JOINED = "already_joined"
 INVALID_CANDIDATE = "invalid_candidate"
 BINARY_NOT_SUPPORTED = "binary_not_supported"
 MEDIA_FAILED = "media_failed"
+UNAUTHORIZED = "unauthorized"
+FORBIDDEN = "forbidden"
 INTERNAL_ERROR = "internal_error"
 
 MAX_NAME_LENGTH = 64

@@ -1,0 +1,75 @@
+"""The HTTP API under /api: what operators and their tools do to rooms without joining them.
+
+Every handler names the grant it needs (signaling/grants.py); `authorize`
+checks it. Errors are JSON bodies shaped like signaling's `error` message
+(`{"type": "error", "code", "message"}`) with a fitting HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from signaling import protocol
+
+from .conference import Conference
+from .room import Room
+
+CONFERENCE = web.AppKey("conference", Conference)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/rooms", _rooms)
+    app.router.add_get("/api/rooms/{room}", _room)
+
+
+def error(status: type[web.HTTPException], code: str, message: str) -> web.HTTPException:
+    """An HTTP error whose body is a signaling-style `error` message."""
+    return status(text=web.json_response(protocol.error(code, message)).text, content_type="application/json")
+
+
+def authorize(request: web.Request, grant: str, room: str | None = None) -> None:
+    """Allow the request if it may use `grant` (in `room`); raise 401/403 otherwise.
+
+    Without a server secret every caller holds every grant, like every peer.
+    """
+    return None
+
+
+def room_or_404(request: web.Request) -> Room:
+    room = request.app[CONFERENCE].rooms.get(request.match_info["room"])
+    if room is None:
+        raise error(web.HTTPNotFound, "room_not_found", "There is no such room.")
+    return room
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request's JSON body, or a 400 `invalid_json`."""
+    try:
+        return await request.json()
+    except ValueError:
+        raise error(web.HTTPBadRequest, protocol.INVALID_JSON, "The body is not valid JSON.") from None
+
+
+def _describe(room: Room) -> dict[str, Any]:
+    return {
+        "room": room.name,
+        "participants": [
+            {"peerId": p.peer_id, "name": p.name, "video": p.sending_video, "audio": p.sending_audio}
+            for p in room.participants.values()
+        ],
+        "stats": room.stats(),
+    }
+
+
+async def _rooms(request: web.Request) -> web.Response:
+    authorize(request, "moderate")
+    rooms = request.app[CONFERENCE].rooms.values()
+    return web.json_response({"rooms": [_describe(room) for room in rooms]})
+
+
+async def _room(request: web.Request) -> web.Response:
+    room = room_or_404(request)
+    authorize(request, "moderate", room.name)
+    return web.json_response(_describe(room))
