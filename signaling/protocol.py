@@ -67,6 +67,8 @@ class Join:
 
     room: str
     name: str
+    #: A join token (signaling/tokens.py); required when the server has a secret.
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,8 @@ def _parse_join(obj: dict[str, Any]) -> Join:
             INVALID_NAME,
             "The name must not contain control characters or invalid Unicode.",
         )
-    return Join(room=room, name=name)
+    token = _field(obj, "token", str, "token", optional=True)
+    return Join(room=room, name=name, token=token)
 
 
 def _parse_offer(obj: dict[str, Any]) -> Offer:
