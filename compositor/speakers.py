@@ -106,3 +106,122 @@ class TalkerSelector:
                 self._talkers[key] = _Talker(level)
         self._challenging = challenging
         return set(self._talkers)
+
+
+@dataclass
+class SpeakerEvents:
+    """What changed in one tick: speaking starts and stops, and the floor."""
+
+    started: list[Hashable]
+    stopped: list[Hashable]
+    #: The floor changed hands this tick (to `active`; None when its holder left).
+    floor_changed: bool = False
+    #: The state after the tick, a snapshot safe to hand to another thread.
+    active: Hashable | None = None
+    speaking: frozenset = frozenset()
+    order: tuple = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.started or self.stopped or self.floor_changed)
+
+
+class SpeakerDetector:
+    """Who is speaking, and who holds the floor (the active speaker), with hysteresis.
+
+    A participant starts speaking when its smoothed level stays above `start_db`
+    for `start_ticks` and stops when it stays below `stop_db` (lower: hysteresis)
+    for `stop_ticks`, so pauses between words do not toggle it. The floor goes
+    to the loudest speaker once it has been the loudest, by `margin_db` over the
+    holder (or the holder is silent), for `floor_ticks` in a row: a cough or a
+    short interjection never takes it. The holder keeps the floor while nobody
+    else takes it, even silent, like the last speaker shown large in a call.
+    """
+
+    def __init__(
+        self,
+        start_db: float = -45.0,
+        stop_db: float = -52.0,
+        start_ticks: int = 3,
+        stop_ticks: int = 40,
+        floor_ticks: int = 50,
+        margin_db: float = 3.0,
+        smoothing: float = 0.3,
+    ) -> None:
+        self.start_db = start_db
+        self.stop_db = stop_db
+        self.start_ticks = start_ticks
+        self.stop_ticks = stop_ticks
+        self.floor_ticks = floor_ticks
+        self.margin_db = margin_db
+        self.smoothing = smoothing
+        self.active: Hashable | None = None
+        self.speaking: set[Hashable] = set()
+        #: Most recent speaker first (who started speaking last).
+        self.order: list[Hashable] = []
+        self._power: dict[Hashable, float] = {}
+        #: Ticks a non-speaker has been above start_db, or a speaker below stop_db.
+        self._run: dict[Hashable, int] = {}
+        self._challenger: Hashable | None = None
+        self._challenge = 0
+
+    def level(self, key: Hashable) -> float:
+        """The smoothed level of `key` in dBFS."""
+        return max(10 * np.log10(max(self._power.get(key, 0.0), 1e-300)), SILENCE_DB)
+
+    def update(self, ids: Sequence[Hashable], frame_levels: Sequence[float]) -> SpeakerEvents:
+        """Feed one tick's levels (dBFS, one per id); returns what changed."""
+        events = SpeakerEvents([], [])
+        present = set(ids)
+        for gone in self._power.keys() - present:
+            del self._power[gone]
+            self._run.pop(gone, None)
+            if gone in self.speaking:
+                self.speaking.discard(gone)
+                events.stopped.append(gone)
+        self.order = [key for key in self.order if key in present]
+        if self.active is not None and self.active not in present:
+            self.active = None
+            events.floor_changed = True
+
+        powers = 10 ** (np.asarray(frame_levels, dtype=np.float64) / 10)
+        for key, power in zip(ids, powers):
+            previous = self._power.get(key, 0.0)
+            self._power[key] = previous + self.smoothing * (float(power) - previous)
+            level = self.level(key)
+            if key in self.speaking:
+                self._run[key] = self._run.get(key, 0) + 1 if level < self.stop_db else 0
+                if self._run[key] >= self.stop_ticks:
+                    self.speaking.discard(key)
+                    self._run[key] = 0
+                    events.stopped.append(key)
+            else:
+                self._run[key] = self._run.get(key, 0) + 1 if level > self.start_db else 0
+                if self._run[key] >= self.start_ticks:
+                    self.speaking.add(key)
+                    self._run[key] = 0
+                    events.started.append(key)
+                    self.order = [key] + [k for k in self.order if k != key]
+
+        self._update_floor(events)
+        events.active, events.speaking, events.order = self.active, frozenset(self.speaking), tuple(self.order)
+        return events
+
+    def _update_floor(self, events: SpeakerEvents) -> None:
+        if not self.speaking:
+            self._challenger, self._challenge = None, 0
+            return
+        loudest = max(self.speaking, key=self.level)
+        if self._challenger in self.speaking and self.level(self._challenger) >= self.level(loudest) - self.margin_db:
+            loudest = self._challenger  # similar voices do not reset the count by turns
+        holder_silent = self.active not in self.speaking
+        if loudest == self.active or not (
+            holder_silent or self.level(loudest) > self.level(self.active) + self.margin_db
+        ):
+            self._challenger, self._challenge = None, 0
+            return
+        self._challenge = self._challenge + 1 if loudest == self._challenger else 1
+        self._challenger = loudest
+        if self._challenge >= self.floor_ticks:
+            self.active = loudest
+            self._challenger, self._challenge = None, 0
+            events.floor_changed = True

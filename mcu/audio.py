@@ -20,7 +20,7 @@ import av
 import numpy as np
 
 from compositor.audio import FRAME_SAMPLES, SAMPLE_RATE, SampleBuffer, mix_minus
-from compositor.speakers import TalkerSelector, levels
+from compositor.speakers import SpeakerDetector, SpeakerEvents, TalkerSelector, levels
 
 from .clock import MediaClock
 from .encoders import AudioEncoder
@@ -85,6 +85,14 @@ class AudioPipeline(MediaClock):
         self._participants = participants
         self._channels: dict[str, _Channel] = {}
         self._pending = 0
+        self._detector = SpeakerDetector()
+        #: Who holds the floor, who is speaking and who spoke last (most recent
+        #: first). Updated on the event loop when a tick's results are delivered.
+        self.active_speaker: str | None = None
+        self.speaking: frozenset[str] = frozenset()
+        self.speaker_order: list[str] = []
+        #: Called on the event loop when speaking starts/stops or the floor changes.
+        self.on_speakers: Callable[[SpeakerEvents], None] | None = None
 
     @property
     def talkers(self) -> set[str] | None:
@@ -131,16 +139,18 @@ class AudioPipeline(MediaClock):
 
     def _mix_encode(
         self, ids: list[str], channels: list[_Channel], payloads: list[list[bytes]], muted: list[bool], pts: int
-    ) -> list[list[av.Packet]]:
+    ) -> tuple[list[list[av.Packet]], SpeakerEvents]:
         for channel, pending in zip(channels, payloads):
             self.stats.decode_errors += channel.decode(pending)
         frames = np.stack([channel.buffer.pull(FRAME_SAMPLES) for channel in channels])
         # A muted peer's decoder keeps running (its state stays valid); its voice does not count.
         frames[muted] = 0
+        frame_levels = levels(frames)
+        events = self._detector.update(ids, frame_levels)
         if self._selector is None:
             talking = list(range(len(ids)))
         else:
-            chosen = self._selector.update(ids, levels(frames))
+            chosen = self._selector.update(ids, frame_levels)
             talking = [i for i, key in enumerate(ids) if key in chosen]
         mix = mix_minus(frames[talking])
         packets: list[list[av.Packet] | None] = [None] * len(ids)
@@ -153,15 +163,24 @@ class AudioPipeline(MediaClock):
             shared = self._shared_encoder.encode(mix.total, pts)
             self.stats.encodes += 1
             packets = [shared if p is None else p for p in packets]
-        return packets  # type: ignore[return-value]
+        return packets, events  # type: ignore[return-value]
 
-    def _deliver(self, future: asyncio.Future[list[list[av.Packet]]], participants: list[Participant]) -> None:
+    def _deliver(
+        self, future: asyncio.Future[tuple[list[list[av.Packet]], SpeakerEvents]], participants: list[Participant]
+    ) -> None:
         self._pending -= 1
         if future.cancelled():
             return
         if future.exception() is not None:
             logger.error("audio mix/encode failed", exc_info=future.exception())
             return
-        for participant, packets in zip(participants, future.result()):
+        packets_per_peer, events = future.result()
+        for participant, packets in zip(participants, packets_per_peer):
             for packet in packets:
                 participant.audio_out.push(packet)
+        if events:
+            self.active_speaker = events.active  # type: ignore[assignment]
+            self.speaking = events.speaking
+            self.speaker_order = list(events.order)  # type: ignore[arg-type]
+            if self.on_speakers is not None:
+                self.on_speakers(events)
