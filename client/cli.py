@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument(
         "--relay-only", action="store_true", help="reach the server only through the TURN server it hands out"
     )
+    join.add_argument(
+        "--token",
+        default=os.environ.get("MCU_TOKEN"),
+        help="join token, when the server has a secret (default: the MCU_TOKEN environment variable)",
+    )
     join.add_argument("--duration", type=float, help="leave after this many seconds (default: until Ctrl-C)")
     join.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -76,6 +82,7 @@ async def run_join(args: argparse.Namespace) -> int:
         audio=audio,
         record=args.record,
         ice_transport_policy="relay" if args.relay_only else "all",
+        token=args.token,
     )
     try:
         await peer.join()

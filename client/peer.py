@@ -51,8 +51,11 @@ class Peer:
         decode: bool = True,
         ice_transport_policy: str = "all",
         chat: bool = True,
+        token: str | None = None,
     ) -> None:
         self.url = url
+        #: The join token a server with a secret asks for (`mcu token`).
+        self.token = token
         self._chat = chat
         self.room = room
         self.name = name
@@ -96,7 +99,10 @@ class Peer:
         self._session = aiohttp.ClientSession()
         self._ws = await self._session.ws_connect(self.url)
         self._tasks.append(asyncio.ensure_future(self._read()))
-        await self.send({"type": "join", "room": self.room, "name": self.name})
+        join: dict[str, Any] = {"type": "join", "room": self.room, "name": self.name}
+        if self.token:
+            join["token"] = self.token
+        await self.send(join)
         await self._wait(self._joined, timeout, "join")
         joined = next(e for e in self.events if e["type"] == "joined")
         turn = [url for server in joined["iceServers"] for url in server["urls"] if is_turn_url(url)]

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from signaling import protocol
+from signaling import protocol, tokens
 
 from .conference import Conference
 from .room import Room
@@ -32,9 +32,24 @@ def error(status: type[web.HTTPException], code: str, message: str) -> web.HTTPE
 def authorize(request: web.Request, grant: str, room: str | None = None) -> None:
     """Allow the request if it may use `grant` (in `room`); raise 401/403 otherwise.
 
-    Without a server secret every caller holds every grant, like every peer.
+    With a server secret the request carries a token (`Authorization: Bearer
+    <token>`) for that room, or for every room (room claim "*"), holding the
+    grant. Without one every caller holds every grant, like every peer.
     """
-    return None
+    secret = request.app[CONFERENCE].config.secret
+    if secret is None:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise error(web.HTTPUnauthorized, protocol.UNAUTHORIZED, "Send a token: Authorization: Bearer <token>.")
+    try:
+        claims = tokens.verify(secret, token.strip(), room)
+    except tokens.TokenError as exc:
+        raise error(web.HTTPUnauthorized, protocol.UNAUTHORIZED, str(exc)) from None
+    if room is None and claims.room != tokens.ANY_ROOM:
+        raise error(web.HTTPForbidden, protocol.FORBIDDEN, "This needs a token for every room (room \"*\").")
+    if grant not in claims.grants:
+        raise error(web.HTTPForbidden, protocol.FORBIDDEN, f"The token does not grant {grant!r}.")
 
 
 def room_or_404(request: web.Request) -> Room:
@@ -70,6 +85,6 @@ async def _rooms(request: web.Request) -> web.Response:
 
 
 async def _room(request: web.Request) -> web.Response:
+    authorize(request, "moderate", request.match_info["room"])  # before saying whether it exists
     room = room_or_404(request)
-    authorize(request, "moderate", room.name)
     return web.json_response(_describe(room))

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
-from signaling import chat, protocol
+from signaling import chat, grants, protocol
 from signaling.chat import CHAT_BURST, CHAT_RATE, TokenBucket
 from signaling.protocol import ProtocolError
 
@@ -62,6 +62,8 @@ class ChatRelay:
         self._buckets.pop(peer_id, None)
 
     def _relay(self, participant: Participant, data: str | bytes) -> None:
+        if grants.CHAT not in participant.grants:
+            raise ProtocolError(protocol.FORBIDDEN, "You are not allowed to chat in this room.")
         now = time.monotonic()
         bucket = self._buckets.get(participant.peer_id)
         if bucket is None:

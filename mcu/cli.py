@@ -8,7 +8,10 @@ import os
 import sys
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
+from signaling import tokens
+from signaling.grants import ALL_GRANTS
 from signaling.ice import IceServers, is_loopback_host, use_host_addresses
 
 from .app import create_app
@@ -23,6 +26,42 @@ def _size(text: str) -> tuple[int, int]:
     if width < 16 or height < 16 or width % 2 or height % 4:
         raise argparse.ArgumentTypeError("width must be even, height a multiple of 4, both at least 16")
     return width, height
+
+
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: What `mcu token` grants unless told: a participant's rights, not a moderator's.
+DEFAULT_GRANTS = ("publish", "subscribe", "chat")
+SECRET_ENV = "MCU_SECRET"
+
+
+def _ttl(text: str) -> int:
+    """Seconds from "90", "30m", "1h", "2d"."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _TTL_UNITS else (text, "s")
+    try:
+        seconds = int(float(number) * _TTL_UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90, 30m, 1h or 2d, got {text!r}") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the duration must be positive")
+    return seconds
+
+
+def _grants(text: str) -> list[str]:
+    names = [g.strip() for g in text.split(",") if g.strip()]
+    if names == ["all"]:
+        return sorted(ALL_GRANTS)
+    unknown = set(names) - ALL_GRANTS
+    if unknown or not names:
+        choices = ", ".join(sorted(ALL_GRANTS))
+        raise argparse.ArgumentTypeError(
+            f"unknown grant(s) {', '.join(sorted(unknown)) or text!r}; choose among {choices}, or all"
+        )
+    return names
+
+
+def _add_secret(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--secret", default=os.environ.get(SECRET_ENV), help=f"{help}. Default: the {SECRET_ENV} "
+                        "environment variable, which keeps it out of `ps`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="benchmark baseline: encode the composite once per peer instead of once per room",
     )
+    _add_secret(serve, "key that signs join tokens: with it, every join and API call needs a token")
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="listen on a non-loopback --host without --secret (anyone who reaches it may join any room)",
+    )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    token = commands.add_parser("token", help="print a join token (needs the server's secret)")
+    token.add_argument("--room", required=True, help='the room it admits to ("*": every room, for the HTTP API)')
+    token.add_argument("--identity", required=True, help="who holds it (the token's subject)")
+    token.add_argument("--ttl", type=_ttl, default=3600, help="lifetime: 90, 30m, 1h, 2d (default 1h)")
+    token.add_argument(
+        "--grant",
+        type=_grants,
+        action="append",
+        help=f"comma-separated grants among {', '.join(sorted(ALL_GRANTS))}, or all; repeatable "
+        f"(default {','.join(DEFAULT_GRANTS)})",
+    )
+    _add_secret(token, "the server's --secret")
     return parser
 
 
@@ -80,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
 #: take it back between C calls. Python's default 5 ms turn made a 16-peer room
 #: compose at 19 fps; 2 ms gave 26 fps at the same CPU (docs/benchmarks.md).
 GIL_SWITCH_INTERVAL = 0.002
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request without its query string: invitation links carry tokens (`/?token=...`)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %.1f ms', request.remote, request.method, request.path, response.status, time * 1000
+        )
 
 
 def ice_servers(args: argparse.Namespace) -> IceServers:
@@ -109,20 +176,38 @@ def serve(args: argparse.Namespace, ice: IceServers) -> None:
         encode_per_peer=args.encode_per_peer,
         audio_talkers=args.audio_talkers or None,
         ice_servers=ice,
+        secret=args.secret or None,
     )
+    if config.secret is None:
+        print("mcu: no --secret: anyone who reaches this address may join any room", flush=True)
     print(f"mcu: serving on http://{args.host}:{args.port}/ (signaling at /ws)", flush=True)
-    web.run_app(create_app(config), host=args.host, port=args.port, print=None, shutdown_timeout=5)
+    web.run_app(
+        create_app(config),
+        host=args.host,
+        port=args.port,
+        print=None,
+        shutdown_timeout=5,
+        access_log_class=AccessLogger,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
+        if not args.secret and not is_loopback_host(args.host) and not args.allow_anonymous:
+            parser.error(f"--host {args.host} without --secret would let anyone join: give --secret (or "
+                         f"{SECRET_ENV}), or --allow-anonymous if that is what you want")
         try:
             ice = ice_servers(args)
         except ValueError as exc:
             parser.error(str(exc))
         serve(args, ice)
+    elif args.command == "token":
+        if not args.secret:
+            parser.error(f"give the server's secret with --secret or {SECRET_ENV}")
+        grants = sorted({g for group in args.grant or [DEFAULT_GRANTS] for g in group})
+        print(tokens.issue(args.secret, args.room, args.identity, args.ttl, grants))
     else:  # pragma: no cover - argparse rejects unknown commands
         sys.exit(2)
 

@@ -8,7 +8,8 @@ import secrets
 
 from aiortc.sdp import candidate_from_sdp
 
-from signaling import protocol
+from signaling import protocol, tokens
+from signaling.grants import ALL_GRANTS
 from signaling.protocol import Candidate, Join, Offer, ProtocolError, SetMedia
 from signaling.websocket import Session
 
@@ -32,6 +33,7 @@ class Conference:
         self._closing: set[asyncio.Task[None]] = set()
 
     async def join(self, session: Session, message: Join) -> None:
+        grants = self._admit(message)
         room = self.rooms.get(message.room)
         if room is None:
             room = self.rooms[message.room] = Room(message.room, self.config)
@@ -44,6 +46,7 @@ class Conference:
         participant = Participant(
             peer_id, message.name, room.video.request_keyframe, self._media_failed, room.chat.receive
         )
+        participant.grants = grants
         room.add(participant)
         session.peer_id, session.room = peer_id, room.name
         self._sessions[peer_id] = session
@@ -107,6 +110,17 @@ class Conference:
             await self.leave(session)
         if self._closing:
             await asyncio.wait(self._closing, timeout=5)
+
+    def _admit(self, message: Join) -> frozenset[str]:
+        """The grants a join gets: all without a secret, else those of its valid token."""
+        if self.config.secret is None:
+            return ALL_GRANTS
+        if not message.token:
+            raise ProtocolError(protocol.UNAUTHORIZED, "This server needs a join token.")
+        try:
+            return tokens.verify(self.config.secret, message.token, message.room).grants
+        except tokens.TokenError as exc:
+            raise ProtocolError(protocol.UNAUTHORIZED, str(exc)) from None
 
     def require(self, session: Session, grant: str) -> Participant:
         """The session's participant, if it holds `grant` (signaling/grants.py); else `forbidden`."""

@@ -27,3 +27,6 @@ class Config:
     #: STUN/TURN servers handed to clients in `joined` (with per-client TURN
     #: credentials) and used by the server itself; none by default (host candidates only).
     ice_servers: IceServers = field(default_factory=IceServers)
+    #: The key that signs join tokens (signaling/tokens.py). None: anyone who
+    #: reaches the server may join any room with every grant.
+    secret: str | None = field(default=None, repr=False)

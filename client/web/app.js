@@ -100,7 +100,7 @@ class Meeting {
     let opened = false;
     ws.onopen = () => {
       opened = true;
-      this.send({ type: "join", room: this.room, name: this.name });
+      this.send(this.joinMessage());
     };
     ws.onmessage = (event) => this.onMessage(JSON.parse(event.data));
     ws.onclose = () => {
@@ -110,6 +110,14 @@ class Meeting {
       if (!opened) showError("Cannot reach the server. Retrying…");
       this.reconnectLater();
     };
+  }
+
+  // The join, with what the page's address adds to it (?token=... from an invitation link).
+  joinMessage() {
+    const message = { type: "join", room: this.room, name: this.name };
+    const token = new URLSearchParams(location.search).get("token");
+    if (token) message.token = token;
+    return message;
   }
 
   reconnectLater() {
@@ -166,7 +174,7 @@ class Meeting {
     } else if (error.code === "media_failed") {
       this.peerId = null;
       this.closePeer();
-      this.send({ type: "join", room: this.room, name: this.name });
+      this.send(this.joinMessage());
     }
   }
 
