@@ -5,19 +5,42 @@ and benchmarked frame by frame.
 """
 
 from .audio import FRAME_SAMPLES, SAMPLE_RATE, Mix, SampleBuffer, mix_minus
-from .layout import Rect, fit, grid_layout, grid_shape
+from .layout import (
+    BUILT_IN,
+    GRID,
+    PIP,
+    SPEAKER,
+    Layout,
+    LayoutError,
+    Rect,
+    Region,
+    fit,
+    grid_layout,
+    grid_shape,
+    last_n,
+    parse_layout,
+)
 from .video import Compositor, Tile
 
 __all__ = [
+    "BUILT_IN",
     "FRAME_SAMPLES",
+    "GRID",
+    "PIP",
     "SAMPLE_RATE",
+    "SPEAKER",
     "Compositor",
+    "Layout",
+    "LayoutError",
     "Mix",
     "Rect",
+    "Region",
     "SampleBuffer",
     "Tile",
     "fit",
     "grid_layout",
     "grid_shape",
+    "last_n",
     "mix_minus",
+    "parse_layout",
 ]

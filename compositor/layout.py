@@ -1,4 +1,4 @@
-"""Grid layouts for the composite canvas.
+"""Layouts for the composite canvas, as data: built-in `grid`, `speaker` and `pip`, or custom regions.
 
 Every coordinate and size is even: yuv420p stores chroma at half resolution,
 so an odd edge would split a chroma sample between two tiles.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Sequence
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,223 @@ def fit(src_width: int, src_height: int, cell: Rect) -> Rect:
         width,
         height,
     )
+
+
+@dataclass(frozen=True)
+class Region:
+    """A place for one tile as fractions of the canvas; a higher `z` is drawn on top.
+
+    In a custom layout, the region marked `speaker` shows the participant who
+    holds the floor; the other regions take the other tiles in order.
+    """
+
+    x: float
+    y: float
+    width: float
+    height: float
+    z: int = 0
+    speaker: bool = False
+
+    def rect(self, width: int, height: int) -> Rect:
+        """This region in pixels of a width x height canvas: even edges, at least 2x2, inside it.
+
+        Both edges are rounded (not the size), so regions that touch as
+        fractions touch in pixels, without a gap or an overlap.
+        """
+        left, top = _even_round(self.x * width), _even_round(self.y * height)
+        right = min(_even_round((self.x + self.width) * width), _even(width))
+        bottom = min(_even_round((self.y + self.height) * height), _even(height))
+        left, top = min(left, right - 2), min(top, bottom - 2)
+        return Rect(left, top, right - left, bottom - top)
+
+
+def _even_round(value: float) -> int:
+    """Round to the nearest even integer, halves up.
+
+    The nudge makes an edge computed two ways (x + width of one region, x of
+    the next) round alike despite float error.
+    """
+    return 2 * math.floor(value / 2 + 0.5 + 1e-9)
+
+
+#: A built-in layout's regions for (tile count, index of the floor holder).
+Arrange = Callable[[int, int], list[Region]]
+
+#: Built-in strip and inset sizes, as fractions of the canvas.
+STRIP_HEIGHT = 0.25
+STRIP_MIN_CELLS = 4
+INSET_SIZE = 0.2
+INSET_MARGIN = 0.025
+INSETS_PER_ROW = 4
+#: The largest custom layout accepted, in regions.
+MAX_REGIONS = 64
+#: The smallest custom region, as a fraction of the canvas on each axis.
+MIN_REGION = 0.02
+
+
+def _speaker_regions(count: int, speaker: int) -> list[Region]:
+    """The floor holder large on top; the others in one row below, in their order."""
+    if count == 1:
+        return [Region(0, 0, 1, 1)]
+    others = count - 1
+    cell = 1 / max(others, STRIP_MIN_CELLS)
+    left = (1 - cell * others) / 2
+    strip = iter(Region(left + i * cell, 1 - STRIP_HEIGHT, cell, STRIP_HEIGHT) for i in range(others))
+    large = Region(0, 0, 1, 1 - STRIP_HEIGHT)
+    return [large if index == speaker else next(strip) for index in range(count)]
+
+
+def _pip_regions(count: int, speaker: int) -> list[Region]:
+    """The floor holder fills the canvas; the others are small insets on top of it.
+
+    Insets fill the bottom row from the right, then the rows above.
+    """
+    insets = iter(
+        Region(
+            1 - (INSET_MARGIN + INSET_SIZE) * (i % INSETS_PER_ROW + 1),
+            1 - (INSET_MARGIN + INSET_SIZE) * (i // INSETS_PER_ROW + 1),
+            INSET_SIZE,
+            INSET_SIZE,
+            z=1,
+        )
+        for i in range(count - 1)
+    )
+    return [Region(0, 0, 1, 1) if index == speaker else next(insets) for index in range(count)]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a canvas is shared between tiles: a built-in arrangement or custom regions.
+
+    A layout is data: it says where each tile goes for a given tile count and
+    floor holder, and the compositor draws accordingly at any canvas size.
+    """
+
+    name: str
+    #: The custom regions (empty for a built-in layout).
+    regions: tuple[Region, ...] = ()
+    #: The most tiles it places; None: any number.
+    capacity: int | None = None
+
+    def rects(self, count: int, width: int, height: int, speaker: int | None = None) -> list[tuple[Rect, int]]:
+        """Where each of `count` tiles goes on a width x height canvas, and its z-order.
+
+        `speaker` is the index of the tile holding the floor (the first one if
+        None). A custom layout places at most its number of regions.
+        """
+        if count <= 0:
+            return []
+        main = speaker if speaker is not None and 0 <= speaker < count else 0
+        if self.name == "grid":
+            return [(rect, 0) for rect in grid_layout(count, width, height)]
+        if self.regions:
+            regions = _assign(self.regions, count, main)
+        else:
+            regions = _BUILT_IN[self.name](count, main)
+        return [(region.rect(width, height), region.z) for region in regions]
+
+    def to_json(self) -> str | dict[str, Any]:
+        """The layout as `setLayout` takes it and `layoutChanged` reports it."""
+        if not self.regions:
+            return self.name
+        return {
+            "regions": [
+                {"x": r.x, "y": r.y, "width": r.width, "height": r.height, "z": r.z}
+                | ({"speaker": True} if r.speaker else {})
+                for r in self.regions
+            ]
+        }
+
+
+def _assign(regions: tuple[Region, ...], count: int, speaker: int) -> list[Region]:
+    """A custom layout's regions for the first `count` tiles: the floor holder to the speaker region."""
+    reserved = next((r for r in regions if r.speaker), None)
+    if reserved is None or speaker >= len(regions):
+        return list(regions[:count])
+    rest = iter(r for r in regions if r is not reserved)
+    return [reserved if index == speaker else next(rest) for index in range(min(count, len(regions)))]
+
+
+_BUILT_IN: dict[str, Arrange] = {"speaker": _speaker_regions, "pip": _pip_regions}
+
+GRID = Layout("grid")
+SPEAKER = Layout("speaker")
+PIP = Layout("pip", capacity=1 + INSETS_PER_ROW * INSETS_PER_ROW)
+BUILT_IN: dict[str, Layout] = {layout.name: layout for layout in (GRID, SPEAKER, PIP)}
+
+
+class LayoutError(ValueError):
+    """Layout data that cannot be used; the message says which part and why."""
+
+
+def _number(value: Any, where: str) -> float:
+    # bool is an int in Python, but true is not a number in JSON.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise LayoutError(f"{where} must be a number.")
+    return float(value)
+
+
+def _region(data: Any, index: int) -> Region:
+    where = f"regions[{index}]"
+    if not isinstance(data, dict):
+        raise LayoutError(f"{where} must be an object with x, y, width and height.")
+    values = {}
+    for key in ("x", "y", "width", "height"):
+        if key not in data:
+            raise LayoutError(f"{where}.{key} is missing.")
+        values[key] = _number(data[key], f"{where}.{key}")
+    x, y, width, height = values["x"], values["y"], values["width"], values["height"]
+    if not (0 <= x < 1 and 0 <= y < 1):
+        raise LayoutError(f"{where}: x and y must be fractions of the canvas, from 0 up to (not including) 1.")
+    if width < MIN_REGION or height < MIN_REGION:
+        raise LayoutError(f"{where}: width and height must be at least {MIN_REGION} of the canvas.")
+    if x + width > 1 + 1e-9 or y + height > 1 + 1e-9:
+        raise LayoutError(f"{where} goes beyond the canvas: x + width and y + height must be at most 1.")
+    z = data.get("z", 0)
+    if isinstance(z, bool) or not isinstance(z, int) or abs(z) > 1000:
+        raise LayoutError(f"{where}.z must be an integer from -1000 to 1000.")
+    speaker = data.get("speaker", False)
+    if not isinstance(speaker, bool):
+        raise LayoutError(f"{where}.speaker must be true or false.")
+    return Region(x, y, min(width, 1 - x), min(height, 1 - y), z, speaker)
+
+
+def parse_layout(data: Any) -> Layout:
+    """A layout from its wire form: a built-in name, or `{"regions": [...]}`.
+
+    :raises LayoutError: with a message that names the faulty part.
+    """
+    if isinstance(data, str):
+        layout = BUILT_IN.get(data)
+        if layout is None:
+            raise LayoutError(f"There is no layout {data[:64]!r}: use one of {', '.join(BUILT_IN)}, or regions.")
+        return layout
+    if not isinstance(data, dict):
+        raise LayoutError("A layout is a name (grid, speaker, pip) or an object with regions.")
+    regions = data.get("regions")
+    if not isinstance(regions, list) or not 1 <= len(regions) <= MAX_REGIONS:
+        raise LayoutError(f"A custom layout needs regions: a list of 1 to {MAX_REGIONS} regions.")
+    parsed = tuple(_region(region, index) for index, region in enumerate(regions))
+    if sum(region.speaker for region in parsed) > 1:
+        raise LayoutError("At most one region may be the speaker's.")
+    return Layout("custom", parsed, capacity=len(parsed))
+
+
+def last_n(ids: Sequence[Hashable], recent: Sequence[Hashable], limit: int) -> tuple[list[Hashable], int]:
+    """Which of `ids` get a tile when at most `limit` tiles fit, and how many are left out.
+
+    All of them if they fit; otherwise `limit - 1` (one tile counts the
+    others, "+N"): the most recent speakers first (`recent`, most recent
+    first), then the earliest joiners. The chosen keep the order of `ids`.
+    """
+    if len(ids) <= limit:
+        return list(ids), 0
+    keep = max(limit - 1, 0)
+    present = set(ids)
+    ranked = [key for key in recent if key in present]
+    chosen = set(ranked[:keep])
+    for key in ids:
+        if len(chosen) >= keep:
+            break
+        chosen.add(key)
+    return [key for key in ids if key in chosen], len(ids) - len(chosen)

@@ -2,7 +2,9 @@
 
 The canvas is one contiguous yuv420p buffer that is handed to the encoder
 without a copy, and a cell is only redrawn when what it shows changes: inputs
-arrive at about half the output rate, so most ticks rescale nothing.
+arrive at about half the output rate, so most ticks rescale nothing. A cell
+drawn over another (a higher z, as in `pip`) is redrawn whenever the one under
+it is.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import av
 import cv2
 import numpy as np
 
-from .layout import Rect, fit, grid_layout
+from .layout import GRID, Layout, Rect, fit
 
 # OpenCV's worker threads compete with the codec threads on small machines;
 # callers parallelise across rooms instead.
@@ -27,6 +29,8 @@ NEUTRAL_CHROMA = 128
 PLACEHOLDER_Y = 40
 LABEL_BOX_Y = 32
 TEXT_Y = 235
+#: The speaking tile's border: amber, RGB (255, 191, 0) in BT.601 limited range.
+BORDER_YUV = (177, 34, 170)
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
@@ -37,11 +41,12 @@ class Tile:
     """One participant's cell: a frame of any format and size, or None for the placeholder.
 
     The name labels the cell; Hershey fonts only draw ASCII, so any other
-    character is drawn as '?'.
+    character is drawn as '?'. A speaking tile gets a highlighted border.
     """
 
     name: str
     frame: av.VideoFrame | None
+    speaking: bool = False
 
 
 @dataclass
@@ -51,6 +56,7 @@ class _Shown:
     name: str
     frame: av.VideoFrame | None
     area: Rect
+    speaking: bool
 
 
 def _printable(name: str) -> str:
@@ -135,8 +141,12 @@ def _scale_into(src: np.ndarray, dst: np.ndarray) -> None:
     cv2.resize(src, (width, height), dst=dst, interpolation=cv2.INTER_LINEAR)
 
 
+def _overlaps(a: Rect, b: Rect) -> bool:
+    return a.x < b.x + b.width and b.x < a.x + a.width and a.y < b.y + b.height and b.y < a.y + a.height
+
+
 class Compositor:
-    """Composes participants' frames into one yuv420p canvas on an auto grid.
+    """Composes participants' frames into one yuv420p canvas, placed by a layout.
 
     Each picture keeps its aspect inside its cell on a black background and is
     labelled at its bottom-left. The canvas persists between calls, so one
@@ -159,44 +169,82 @@ class Compositor:
         self._y = flat[:luma].reshape(height, width)
         self._u = flat[luma : luma + chroma].reshape(height // 2, width // 2)
         self._v = flat[luma + chroma :].reshape(height // 2, width // 2)
+        #: (tile index, cell, z) in drawing order, for the last tile count, layout and speaker.
+        self._placement: list[tuple[int, Rect, int]] = []
+        #: For each drawing position, the later positions drawn over it.
+        self._covering: list[list[int]] = []
         self._shown: list[_Shown | None] = []
         self._clear(Rect(0, 0, width, height))
 
-    def compose(self, tiles: Sequence[Tile]) -> av.VideoFrame:
-        """Draw the tiles on the canvas and return it as a yuv420p frame.
+    def compose(self, tiles: Sequence[Tile], layout: Layout = GRID, speaker: int | None = None) -> av.VideoFrame:
+        """Draw the tiles where `layout` puts them and return the canvas as a yuv420p frame.
+
+        `speaker` is the index of the tile holding the floor (the large one in
+        `speaker` and `pip`). A change of layout, tile count or speaker clears
+        the canvas, so nothing of the previous arrangement is left.
 
         The frame wraps the canvas without a copy: it is only valid until the
         next compose call, so encode it (or copy it) before composing again.
         Input frames are treated as immutable; a new picture must be a new
         frame object, as decoders produce.
         """
-        if len(tiles) != len(self._shown):
+        rects = layout.rects(len(tiles), self.width, self.height, speaker)
+        placement = sorted(((index, rect, z) for index, (rect, z) in enumerate(rects)), key=lambda placed: placed[2])
+        if placement != self._placement:
             self._clear(Rect(0, 0, self.width, self.height))
-            self._shown = [None] * len(tiles)
-        cells = grid_layout(len(tiles), self.width, self.height)
-        for index, (tile, cell) in enumerate(zip(tiles, cells)):
-            self._shown[index] = self._draw(tile, cell, self._shown[index])
+            self._placement = placement
+            self._covering = [
+                [later for later in range(position + 1, len(placement)) if _overlaps(rect, placement[later][1])]
+                for position, (_, rect, _) in enumerate(placement)
+            ]
+            self._shown = [None] * len(placement)
+        stale = [False] * len(placement)
+        for position, (index, cell, _) in enumerate(placement):
+            shown = None if stale[position] else self._shown[position]
+            drawn = self._draw(tiles[index], cell, shown)
+            if drawn is not shown:
+                for later in self._covering[position]:
+                    stale[later] = True
+            self._shown[position] = drawn
         return av.VideoFrame.from_numpy_buffer(self._buffer, format="yuv420p")
 
     def _draw(self, tile: Tile, cell: Rect, shown: _Shown | None) -> _Shown:
         """Redraw a cell only if its content changed; return what it now shows."""
         frame = tile.frame
         area = cell if frame is None else fit(frame.width, frame.height, cell)
-        same_geometry = shown is not None and shown.name == tile.name and shown.area == area
+        same_geometry = (
+            shown is not None and shown.name == tile.name and shown.area == area and shown.speaking == tile.speaking
+        )
         if same_geometry and shown.frame is frame:
             return shown
         if frame is None:
             self._paste_luma(_placeholder_patch(tile.name, cell.width, cell.height), cell)
-            return _Shown(tile.name, None, cell)
-        if not same_geometry:
-            self._clear(cell)  # the old picture, bars or label may lie outside the new one
-        y, u, v = _yuv420p_planes(frame)
-        _scale_into(y, self._y[area.y : area.y + area.height, area.x : area.x + area.width])
-        rows, columns = _chroma_slices(area)
-        _scale_into(u, self._u[rows, columns])
-        _scale_into(v, self._v[rows, columns])
-        self._draw_label(tile.name, cell, area)
-        return _Shown(tile.name, frame, area)
+        else:
+            if not same_geometry:
+                self._clear(cell)  # the old picture, bars, label or border may lie outside the new one
+            y, u, v = _yuv420p_planes(frame)
+            _scale_into(y, self._y[area.y : area.y + area.height, area.x : area.x + area.width])
+            rows, columns = _chroma_slices(area)
+            _scale_into(u, self._u[rows, columns])
+            _scale_into(v, self._v[rows, columns])
+            self._draw_label(tile.name, cell, area)
+        if tile.speaking:
+            self._draw_border(cell)
+        return _Shown(tile.name, frame, area, tile.speaking)
+
+    def _draw_border(self, cell: Rect) -> None:
+        """Frame the cell, inside its edges, in the highlight colour (even thickness for chroma)."""
+        thickness = max(2, min(cell.width, cell.height) // 40 // 2 * 2)
+        for edge in (
+            Rect(cell.x, cell.y, cell.width, thickness),
+            Rect(cell.x, cell.y + cell.height - thickness, cell.width, thickness),
+            Rect(cell.x, cell.y, thickness, cell.height),
+            Rect(cell.x + cell.width - thickness, cell.y, thickness, cell.height),
+        ):
+            self._y[edge.y : edge.y + edge.height, edge.x : edge.x + edge.width] = BORDER_YUV[0]
+            rows, columns = _chroma_slices(edge)
+            self._u[rows, columns] = BORDER_YUV[1]
+            self._v[rows, columns] = BORDER_YUV[2]
 
     def _draw_label(self, name: str, cell: Rect, area: Rect) -> None:
         """Paste the name at the bottom-left of the picture, cropped to it."""

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import compositor.video as video
-from compositor import Compositor, Rect, Tile, fit, grid_layout
+from compositor import GRID, PIP, SPEAKER, Compositor, Rect, Tile, fit, grid_layout, parse_layout
 
 # BT.601 limited-range YUV of pure colours.
 RED = (81, 90, 240)
@@ -194,3 +194,102 @@ def test_downscaled_picture_keeps_its_content(size):
     assert_region(image, right, BLUE, 3)
     assert_black_outside(image[cell.y : cell.y + cell.height, cell.x : cell.x + cell.width],
                          [Rect(picture.x - cell.x, picture.y - cell.y, picture.width, picture.height)])
+
+
+# Layouts, z-order, the speaking border.
+
+def test_speaker_layout_draws_the_floor_holder_large():
+    tiles = [Tile("a", solid(320, 240, RED)), Tile("b", solid(320, 240, GREEN)), Tile("c", solid(320, 240, BLUE))]
+    image = planes(Compositor(WIDTH, HEIGHT).compose(tiles, SPEAKER, speaker=1))
+    placed = SPEAKER.rects(3, WIDTH, HEIGHT, 1)
+    assert placed[1][0] == Rect(0, 0, WIDTH, 540)
+    for (cell, _), colour in zip(placed, (RED, GREEN, BLUE)):
+        assert_colour(image, *centre(cell), colour)
+    assert_black_outside(image, [fit(320, 240, cell) for cell, _ in placed])
+
+
+def test_pip_inset_stays_on_top_when_the_full_picture_changes():
+    compositor = Compositor(WIDTH, HEIGHT)
+    small = Tile("small", solid(320, 240, GREEN))
+    compositor.compose([Tile("big", solid(1280, 720, RED)), small], PIP)
+    inset = PIP.rects(2, WIDTH, HEIGHT)[1][0]
+    # A new picture under the inset (the inset's own frame unchanged): it must be redrawn on top.
+    image = planes(compositor.compose([Tile("big", solid(1280, 720, BLUE)), small], PIP))
+    assert_colour(image, *centre(inset), GREEN)
+    assert_colour(image, 100, 100, BLUE)
+
+
+def test_z_order_not_list_order_decides_what_is_on_top():
+    layout = parse_layout({"regions": [{"x": 0.25, "y": 0.25, "width": 0.5, "height": 0.5, "z": 5},
+                                       {"x": 0, "y": 0, "width": 1, "height": 1}]})
+    image = planes(Compositor(WIDTH, HEIGHT).compose(
+        [Tile("", solid(1280, 720, GREEN)), Tile("", solid(1280, 720, RED))], layout))
+    assert_colour(image, WIDTH // 2, HEIGHT // 2, GREEN)
+    assert_colour(image, 50, 50, RED)
+
+
+@pytest.mark.parametrize("width, height", [(1280, 720), (640, 360)])
+def test_any_canvas_size(width, height):
+    layout = parse_layout({"regions": [{"x": 0, "y": 0, "width": 0.5, "height": 1},
+                                       {"x": 0.5, "y": 0, "width": 0.5, "height": 1}]})
+    frame = Compositor(width, height).compose([Tile("", solid(320, 240, RED)), Tile("", solid(320, 240, BLUE))],
+                                              layout)
+    assert (frame.width, frame.height) == (width, height)
+    y = frame.to_ndarray()[:height]
+    assert abs(int(y[height // 2, width // 4]) - RED[0]) <= 3
+    assert abs(int(y[height // 2, 3 * width // 4]) - BLUE[0]) <= 3
+
+
+@pytest.mark.parametrize("switch", [(GRID, SPEAKER), (SPEAKER, PIP), (PIP, GRID), (SPEAKER, SPEAKER)])
+def test_layout_switch_leaves_no_stale_pixels(switch):
+    before, after = switch
+    compositor = Compositor(WIDTH, HEIGHT)
+    tiles = [Tile("a", solid(320, 240, RED)), Tile("b", solid(320, 240, GREEN)), Tile("c", solid(320, 240, BLUE))]
+    compositor.compose(tiles, before, speaker=0)
+    # The same frames (cached cells) in the new arrangement; for SPEAKER -> SPEAKER the floor moves.
+    image = planes(compositor.compose(tiles, after, speaker=2))
+    placed = after.rects(3, WIDTH, HEIGHT, 2)
+    for (cell, _), colour in zip(placed, (RED, GREEN, BLUE)):
+        assert_colour(image, *centre(cell), colour)
+    if after is not PIP:
+        assert_black_outside(image, [fit(320, 240, cell) for cell, _ in placed])
+
+
+def border_mask(image, tolerance=3):
+    return np.all(np.abs(image - video.BORDER_YUV) <= tolerance, axis=-1)
+
+
+def test_speaking_tile_gets_a_border_and_loses_it():
+    compositor = Compositor(WIDTH, HEIGHT)
+    red, green = solid(320, 240, RED), solid(320, 240, GREEN)
+    image = planes(compositor.compose([Tile("a", red), Tile("b", green, speaking=True)]))
+    cells = grid_layout(2, WIDTH, HEIGHT)
+    border = border_mask(image)
+    speaking = cells[1]
+    thickness = min(speaking.width, speaking.height) // 40 // 2 * 2
+    assert thickness == 16
+    # A frame of `thickness` px inside the cell's edges, on all four sides, and nowhere else.
+    inner = np.zeros_like(border)
+    inner[speaking.y : speaking.y + speaking.height, speaking.x : speaking.x + speaking.width] = True
+    inner[speaking.y + thickness : speaking.y + speaking.height - thickness,
+          speaking.x + thickness : speaking.x + speaking.width - thickness] = False
+    assert np.array_equal(border, inner)
+    assert_colour(image, *centre(speaking), GREEN)
+    # Stops speaking (same frame object): the border goes, the picture and bars come back.
+    image = planes(compositor.compose([Tile("a", red), Tile("b", green)]))
+    assert not border_mask(image).any()
+    assert_black_outside(image, [fit(320, 240, cell) for cell in cells])
+
+
+def test_speaking_placeholder_gets_a_border_too():
+    image = planes(Compositor(WIDTH, HEIGHT).compose([Tile("a", None, speaking=True)]))
+    assert border_mask(image)[:4].all()
+    assert_colour(image, WIDTH // 2, 200, (video.PLACEHOLDER_Y, 128, 128))
+
+
+def test_plus_n_tile_is_a_placeholder_with_its_count():
+    image = planes(Compositor(WIDTH, HEIGHT).compose([Tile("a", solid(320, 240, RED)), Tile("+7", None)]))
+    cell = grid_layout(2, WIDTH, HEIGHT)[1]
+    cx, cy = centre(cell)
+    assert image[cy - 60 : cy + 60, cx - 100 : cx + 100, 0].max() > 200  # "+7" drawn large in the middle
+    assert_colour(image, cell.x + 10, cell.y + 10, (video.PLACEHOLDER_Y, 128, 128))
