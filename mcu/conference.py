@@ -13,7 +13,7 @@ from signaling.grants import ALL_GRANTS
 from signaling.protocol import Candidate, Join, Offer, ProtocolError, SetMedia
 from signaling.websocket import Session
 
-from .config import Config
+from .config import DEFAULT_TIER, Config
 from .participant import NegotiationError, Participant
 from .room import Room
 
@@ -34,6 +34,11 @@ class Conference:
 
     async def join(self, session: Session, message: Join) -> None:
         grants = self._admit(message)
+        tiers = self.config.output_tiers()
+        if message.tier is not None and message.tier not in tiers:
+            raise ProtocolError(
+                protocol.UNKNOWN_TIER, f"The tier must be one of {', '.join(sorted(tiers))}, not {message.tier[:32]!r}."
+            )
         room = self.rooms.get(message.room)
         if room is None:
             room = self.rooms[message.room] = Room(message.room, self.config)
@@ -44,7 +49,13 @@ class Conference:
             for p in room.participants.values()
         ]
         participant = Participant(
-            peer_id, message.name, room.video.request_keyframe, self._media_failed, room.chat.receive
+            peer_id,
+            message.name,
+            room.video.request_keyframe,
+            self._media_failed,
+            room.chat.receive,
+            tier=message.tier or DEFAULT_TIER,
+            hide_self=message.hide_self,
         )
         participant.grants = grants
         room.add(participant)

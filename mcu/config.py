@@ -7,15 +7,32 @@ from dataclasses import dataclass, field
 from signaling.ice import IceServers
 
 
+@dataclass(frozen=True)
+class Tier:
+    """An output a peer may choose at join: the composite's size, frame rate and bitrate."""
+
+    width: int
+    height: int
+    fps: int
+    bitrate: int
+
+
+#: The name of the tier described by `Config.width`, `height`, `fps` and `video_bitrate`.
+DEFAULT_TIER = "high"
+
+
 @dataclass
 class Config:
     """What a room's media clock produces and what clients are told."""
 
+    #: The default tier ("high"): peers that name no tier get this composite.
     width: int = 1280
     height: int = 720
     fps: int = 30
-    #: The composite's VP8 bitrate, shared by every peer of the room.
-    video_bitrate: int = 1_200_000
+    #: The default tier's bitrate, shared by every peer of that tier and codec.
+    video_bitrate: int = 1_500_000
+    #: The other tiers a peer may choose at join (`mcu serve --tier NAME=WxH@FPS:BITRATE`).
+    tiers: dict[str, Tier] = field(default_factory=lambda: {"low": Tier(640, 360, 15, 400_000)})
     #: A participant silent on video this long shows its placeholder tile.
     stale_video_seconds: float = 2.0
     #: The loudest this many talkers get a personal mix-minus; every other listener
@@ -30,3 +47,7 @@ class Config:
     #: The key that signs join tokens (signaling/tokens.py). None: anyone who
     #: reaches the server may join any room with every grant.
     secret: str | None = field(default=None, repr=False)
+
+    def output_tiers(self) -> dict[str, Tier]:
+        """Every tier by name, the default one included."""
+        return {**self.tiers, DEFAULT_TIER: Tier(self.width, self.height, self.fps, self.video_bitrate)}

@@ -1,4 +1,4 @@
-"""Encoders shared by many peers: one VP8 encode of a composite, one Opus per mix.
+"""Encoders shared by many peers: one VP8 or H.264 encode per composite output, one Opus per mix.
 
 Both produce `av.Packet`s that aiortc's senders only packetize; the packets carry
 timestamps of the room's media clock, so a peer may switch from one encoder's
@@ -10,6 +10,7 @@ from __future__ import annotations
 import fractions
 import threading
 import time
+from dataclasses import dataclass
 
 import av
 import numpy as np
@@ -24,36 +25,83 @@ AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 KEYFRAME_MIN_INTERVAL = 0.3
 
 
-class VideoEncoder:
-    """A realtime VP8 encoder whose keyframes are requested, rate-limited, by peers."""
+#: The video codecs that the room's shared encoders make, by the name peers negotiate.
+VIDEO_CODECS = ("vp8", "h264")
 
-    def __init__(self, width: int, height: int, fps: int, bitrate: int) -> None:
-        codec = av.CodecContext.create("libvpx", "w")
+
+@dataclass(frozen=True)
+class Output:
+    """What one video encoder makes: a codec at a tier, for the room or for one peer.
+
+    `personal` names the peer whose own canvas (hide-self: every tile but its
+    own) this output encodes; None is the room's shared canvas of that tier.
+    """
+
+    codec: str
+    tier: str
+    personal: str | None = None
+
+    def __str__(self) -> str:
+        """"vp8/high", or "h264/low/personal" for a hide-self canvas."""
+        return f"{self.codec}/{self.tier}" + ("/personal" if self.personal else "")
+
+
+def _vp8_context(bitrate: int) -> av.CodecContext:
+    codec = av.CodecContext.create("libvpx", "w")
+    rate = str(bitrate)
+    codec.options = {
+        "deadline": "realtime",
+        # 12: twice as fast as 8 on a 720p composite at the same PSNR; 16 loses 3 dB
+        # (scripts/bench_encoder.py, docs/benchmarks.md).
+        "cpu-used": "12",
+        "lag-in-frames": "0",
+        "static-thresh": "1",
+        "noise-sensitivity": "0",
+        "partitions": "0",
+        "undershoot-pct": "100",
+        "overshoot-pct": "15",
+        "minrate": rate,
+        "maxrate": rate,
+        "bufsize": rate,
+    }
+    return codec
+
+
+def _h264_context(bitrate: int, gop: int) -> av.CodecContext:
+    """Constrained baseline (profile-level-id 42e01f), Annex B as aiortc's H.264 packetizer splits it."""
+    codec = av.CodecContext.create("libx264", "w")
+    codec.profile = "Constrained Baseline"
+    rate = str(bitrate)
+    codec.options = {
+        "preset": "ultrafast",
+        "tune": "zerolatency",
+        "level": "3.1",
+        # Keyframes come on request (PLI, joins), not on scene cuts.
+        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+        "maxrate": rate,
+        "bufsize": rate,
+    }
+    return codec
+
+
+class VideoEncoder:
+    """A realtime VP8 or H.264 encoder whose keyframes are requested, rate-limited, by peers."""
+
+    def __init__(self, width: int, height: int, fps: int, bitrate: int, codec_name: str = "vp8") -> None:
+        if codec_name not in VIDEO_CODECS:
+            raise ValueError(f"unknown video codec {codec_name!r}")
+        gop = 10 * fps
+        codec = _vp8_context(bitrate) if codec_name == "vp8" else _h264_context(bitrate, gop)
         codec.width = width
         codec.height = height
         codec.pix_fmt = "yuv420p"
         codec.bit_rate = bitrate
         codec.time_base = VIDEO_TIME_BASE
         codec.framerate = fps
-        codec.gop_size = 10 * fps
+        codec.gop_size = gop
         # One thread: the other core handles packets, decodes and Opus.
         codec.thread_count = 1
-        rate = str(bitrate)
-        codec.options = {
-            "deadline": "realtime",
-            # 12: twice as fast as 8 on a 720p composite at the same PSNR; 16 loses 3 dB
-            # (scripts/bench_encoder.py, docs/benchmarks.md).
-            "cpu-used": "12",
-            "lag-in-frames": "0",
-            "static-thresh": "1",
-            "noise-sensitivity": "0",
-            "partitions": "0",
-            "undershoot-pct": "100",
-            "overshoot-pct": "15",
-            "minrate": rate,
-            "maxrate": rate,
-            "bufsize": rate,
-        }
+        self.codec_name = codec_name
         self._codec = codec
         self._lock = threading.Lock()
         self._keyframe_pending = True

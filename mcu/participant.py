@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from typing import Callable
@@ -18,12 +19,15 @@ from aiortc import (
 )
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription
 
 from signaling import chat
 from signaling.grants import ALL_GRANTS
 from signaling.ice import rtc_configuration
 from signaling.receiver import install_encoded_receiver
 
+from .config import DEFAULT_TIER
+from .encoders import Output
 from .tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
@@ -32,11 +36,38 @@ logger = logging.getLogger(__name__)
 AUDIO_BACKLOG = 25
 
 
+#: The H.264 profiles answered: constrained baseline (what the encoder makes) first,
+#: then baseline, whose decoders also decode constrained baseline.
+H264_PROFILES = ("42e01f", "42001f")
+
+
 def _shared_codecs(kind: str) -> list[RTCRtpCodecCapability]:
-    """The codecs that the room's shared encoders produce (VP8 with RTX, Opus)."""
-    wanted = "video/vp8" if kind == "video" else "audio/opus"
+    """The codecs that the room's shared encoders produce, preferred first: VP8, H.264 (with RTX); Opus.
+
+    The answer keeps this order among what the offer has, so a client that
+    offers both gets VP8 and one that offers only H.264 gets H.264.
+    """
     codecs = RTCRtpSender.getCapabilities(kind).codecs
-    return [c for c in codecs if c.mimeType.lower() in (wanted, "video/rtx")]
+    if kind == "audio":
+        return [c for c in codecs if c.mimeType.lower() == "audio/opus"]
+    vp8 = [c for c in codecs if c.mimeType.lower() == "video/vp8"]
+    h264 = [
+        c
+        for profile in H264_PROFILES
+        for c in codecs
+        if c.mimeType.lower() == "video/h264"
+        and c.parameters.get("profile-level-id") == profile
+        and c.parameters.get("packetization-mode") == "1"
+    ]
+    return vp8 + h264 + [c for c in codecs if c.mimeType.lower() == "video/rtx"]
+
+
+def negotiated_video_codec(sdp: str) -> str | None:
+    """The video codec an answer settled on ("vp8", "h264"): the first of its video section."""
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind == "video" and media.rtp.codecs:
+            return media.rtp.codecs[0].mimeType.split("/")[1].lower()
+    return None
 
 
 class NegotiationError(Exception):
@@ -50,16 +81,23 @@ class Participant:
         self,
         peer_id: str,
         name: str,
-        request_keyframe: Callable[[], None],
+        request_keyframe: Callable[[PacketTrack], None],
         on_failed: Callable[[Participant], None],
         on_chat: Callable[[Participant, str | bytes], None],
+        tier: str = DEFAULT_TIER,
+        hide_self: bool = False,
     ) -> None:
         self.peer_id = peer_id
         self.name = name
+        #: The output tier chosen at join, and whether the peer's own tile is left out of
+        #: its picture (a personal canvas: one more composite and encode).
+        self.tier = tier
+        self.hide_self = hide_self
         #: What this peer may do (signaling/grants.py); its join token narrows it.
         self.grants: frozenset[str] = ALL_GRANTS
         self.pc: RTCPeerConnection | None = None
-        self.video_out = PacketTrack("video", request_keyframe)
+        self.video_out = PacketTrack("video")
+        self.video_out.keyframe_requested = functools.partial(request_keyframe, self.video_out)
         #: What the peer says it sends (`setMedia`): off shows the placeholder / leaves the mix.
         self.sending_video = True
         self.sending_audio = True
@@ -87,7 +125,17 @@ class Participant:
                 await pc.close()  # a first offer that failed leaves nothing behind
             raise NegotiationError(f"The SDP offer could not be answered: {exc}") from exc
         self.pc = pc
+        self._use_codec(negotiated_video_codec(pc.localDescription.sdp))
         return pc.localDescription.sdp
+
+    def _use_codec(self, codec: str | None) -> None:
+        """Attach the video track to the encoder of its codec and tier (personal with hide-self)."""
+        output = None if codec is None else Output(codec, self.tier, self.peer_id if self.hide_self else None)
+        if output != self.video_out.output:
+            changed = self.video_out.output is not None
+            self.video_out.output = output
+            if changed:
+                self.video_out.restart()  # another encoder's stream: start on its keyframe
 
     def _create_peer_connection(self, ice_servers: list[dict]) -> RTCPeerConnection:
         pc = RTCPeerConnection(rtc_configuration(ice_servers))

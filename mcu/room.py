@@ -8,7 +8,7 @@ from compositor.video import Tile
 
 from .audio import AudioPipeline
 from .chat import ChatRelay
-from .config import Config
+from .config import DEFAULT_TIER, Config
 from .participant import Participant
 from .video import VideoPipeline
 
@@ -22,10 +22,8 @@ class Room:
         self.participants: dict[str, Participant] = {}
         self.video = VideoPipeline(
             name,
-            config.width,
-            config.height,
-            config.fps,
-            config.video_bitrate,
+            config.output_tiers(),
+            DEFAULT_TIER,
             tiles=self._tiles,
             sinks=lambda: [p.video_out for p in self.participants.values()],
             encode_per_peer=config.encode_per_peer,
@@ -52,14 +50,16 @@ class Room:
 
     def stats(self) -> dict:
         """Counters since the room started: what the media clocks achieved and what they cost."""
-        video, audio, encoder, chat = self.video.stats, self.audio.stats, self.video.encoder, self.chat.stats
+        video, audio, chat = self.video.stats, self.audio.stats, self.chat.stats
         return {
             "peers": len(self.participants),
             "videoFrames": video.frames,
             "videoTicksSkipped": video.skipped,
             "composeSeconds": round(video.compose_seconds, 3),
-            "encodeSeconds": round(encoder.encode_seconds, 3),
-            "keyframes": encoder.keyframes,
+            "encodeSeconds": round(video.encode_seconds, 3),
+            "keyframes": video.keyframes,
+            "videoEncoders": sorted(str(output) for output in self.video.encoders),
+            "tierFrames": dict(video.tier_frames),
             "audioTicks": audio.ticks,
             "audioMixes": audio.mixes,
             "audioEncodes": audio.encodes,
@@ -72,11 +72,13 @@ class Room:
     async def close(self) -> None:
         await asyncio.gather(self.video.stop(), self.audio.stop())
 
-    def _tiles(self) -> list[Tile]:
-        """The latest frame of each participant; a stale or missing one shows the placeholder."""
+    def _tiles(self, leave_out: str | None = None) -> list[Tile]:
+        """The latest frame of each participant but `leave_out` (hide-self); a stale or missing one shows
+        the placeholder."""
         now = asyncio.get_running_loop().time()
         stale = self.config.stale_video_seconds
         return [
             Tile(p.name, p.video_frame if p.sending_video and now - p.video_frame_time < stale else None)
             for p in self.participants.values()
+            if p.peer_id != leave_out
         ]

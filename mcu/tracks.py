@@ -9,14 +9,22 @@ room's time.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import Callable, Protocol
 
 import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from .encoders import Output
+
 #: About one second of video at 30 fps, or of audio at 50 packets/s.
 QUEUE_LIMIT = 32
+
+
+class PacketSink(Protocol):
+    """A consumer of a shared encoder's packets that is not a peer (a recording)."""
+
+    def push(self, packet: av.Packet) -> None: ...
 
 
 class PacketTrack(MediaStreamTrack):
@@ -27,6 +35,8 @@ class PacketTrack(MediaStreamTrack):
         self.kind = kind
         #: Where this peer's keyframe requests go: the encoder that feeds it.
         self.keyframe_requested = keyframe_requested
+        #: The encoder output whose packets this track carries (video: set once the codec is negotiated).
+        self.output: Output | None = None
         self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue()
         # A decoder can only start on a keyframe: deltas before it are useless.
         self._awaiting_keyframe = kind == "video"

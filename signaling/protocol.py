@@ -30,6 +30,7 @@ MEDIA_FAILED = "media_failed"
 UNAUTHORIZED = "unauthorized"
 FORBIDDEN = "forbidden"
 INTERNAL_ERROR = "internal_error"
+UNKNOWN_TIER = "unknown_tier"
 
 MAX_NAME_LENGTH = 64
 
@@ -69,6 +70,10 @@ class Join:
     name: str
     #: A join token (signaling/tokens.py); required when the server has a secret.
     token: str | None = None
+    #: The output tier to receive ("low", "high", ...); None: the server's default.
+    tier: str | None = None
+    #: Leave the peer's own tile out of the picture it receives (a personal composite).
+    hide_self: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,9 @@ def _parse_join(obj: dict[str, Any]) -> Join:
             "The name must not contain control characters or invalid Unicode.",
         )
     token = _field(obj, "token", str, "token", optional=True)
-    return Join(room=room, name=name, token=token)
+    tier = _field(obj, "tier", str, "tier", optional=True)
+    hide_self = _field(obj, "hideSelf", bool, "hideSelf", optional=True) or False
+    return Join(room=room, name=name, token=token, tier=tier, hide_self=hide_self)
 
 
 def _parse_offer(obj: dict[str, Any]) -> Offer:

@@ -117,7 +117,8 @@ async def test_pli_produces_a_rate_limited_keyframe(server):
     try:
         await peer.join()
         await peer.wait_for(lambda: peer.video_frames > 10, timeout=10)
-        encoder = server.conference.rooms["room1"].video.encoder
+        room = server.conference.rooms["room1"]
+        encoder = room.video.encoders[room.participants[peer.peer_id].video_out.output]
         receiver = next(t.receiver for t in peer.pc.getTransceivers() if t.kind == "video")
         ssrc = receiver.getSynchronizationSources()[0].source
         await asyncio.sleep(0.5)
