@@ -21,7 +21,7 @@ def create_app(config: Config) -> web.Application:
     conference = Conference(config)
     app = web.Application()
     app[CONFERENCE] = conference
-    app.router.add_get("/ws", websocket_handler(conference))
+    app.router.add_get("/ws", websocket_handler(conference, config.limits))
     app.router.add_get("/healthz", _healthz)
     api.add_routes(app)
     app.router.add_get("/", _index)

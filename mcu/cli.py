@@ -13,6 +13,7 @@ from aiohttp.abc import AbstractAccessLogger
 from signaling import tokens
 from signaling.grants import ALL_GRANTS
 from signaling.ice import IceServers, is_loopback_host, use_host_addresses
+from signaling.limits import Limits
 
 from .app import create_app
 from .config import Config
@@ -118,6 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen on a non-loopback --host without --secret (anyone who reaches it may join any room)",
     )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    limits = serve.add_argument_group("limits (each refusal has its own error code)")
+    default = Limits()
+    for flag, kind, value, text in (
+        ("--max-rooms", int, default.max_rooms, "rooms at once (too_many_rooms)"),
+        ("--max-peers", int, default.max_peers_per_room, "peers per room (room_full)"),
+        ("--max-message-bytes", int, default.max_message_bytes, "signaling message size (message_too_large)"),
+        (
+            "--max-messages-per-second",
+            float,
+            default.messages_per_second,
+            "signaling messages per second per connection, twice that at once (rate_limited)",
+        ),
+        ("--join-timeout", float, default.join_timeout, "seconds to join after connecting (join_timeout)"),
+        ("--max-sdp-bytes", int, default.max_sdp_bytes, "SDP offer size (sdp_too_large)"),
+        ("--max-tracks", int, default.max_tracks_per_peer, "audio and video sections per offer (too_many_tracks)"),
+    ):
+        limits.add_argument(flag, type=kind, default=value, help=f"{text}; default {value:g}")
 
     token = commands.add_parser("token", help="print a join token (needs the server's secret)")
     token.add_argument("--room", required=True, help='the room it admits to ("*": every room, for the HTTP API)')
@@ -177,6 +195,16 @@ def serve(args: argparse.Namespace, ice: IceServers) -> None:
         audio_talkers=args.audio_talkers or None,
         ice_servers=ice,
         secret=args.secret or None,
+        limits=Limits(
+            max_rooms=args.max_rooms,
+            max_peers_per_room=args.max_peers,
+            max_message_bytes=args.max_message_bytes,
+            messages_per_second=args.max_messages_per_second,
+            message_burst=max(1, round(2 * args.max_messages_per_second)),
+            join_timeout=args.join_timeout,
+            max_sdp_bytes=args.max_sdp_bytes,
+            max_tracks_per_peer=args.max_tracks,
+        ),
     )
     if config.secret is None:
         print("mcu: no --secret: anyone who reaches this address may join any room", flush=True)

@@ -40,6 +40,11 @@ class Conference:
                 protocol.UNKNOWN_TIER, f"The tier must be one of {', '.join(sorted(tiers))}, not {message.tier[:32]!r}."
             )
         room = self.rooms.get(message.room)
+        limits = self.config.limits
+        if room is None and len(self.rooms) >= limits.max_rooms:
+            raise ProtocolError(protocol.TOO_MANY_ROOMS, f"This server holds its maximum of {limits.max_rooms} rooms.")
+        if room is not None and len(room.participants) >= limits.max_peers_per_room:
+            raise ProtocolError(protocol.ROOM_FULL, f"This room is full ({limits.max_peers_per_room} participants).")
         if room is None:
             room = self.rooms[message.room] = Room(message.room, self.config)
             logger.info("room %s: created", room.name)

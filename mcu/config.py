@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from signaling.ice import IceServers
+from signaling.limits import Limits
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class Config:
     #: The key that signs join tokens (signaling/tokens.py). None: anyone who
     #: reaches the server may join any room with every grant.
     secret: str | None = field(default=None, repr=False)
+    #: What one server, room and connection may use (signaling/limits.py).
+    limits: Limits = field(default_factory=Limits)
 
     def output_tiers(self) -> dict[str, Tier]:
         """Every tier by name, the default one included."""

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 from aiohttp import WSMsgType, web
 
 from . import protocol
+from .chat import TokenBucket
+from .limits import Limits
 from .protocol import Candidate, Join, Leave, Offer, ProtocolError, SetMedia
 
 logger = logging.getLogger(__name__)
@@ -92,9 +94,9 @@ class Session:
                 return
 
 
-async def dispatch(conference: Conference, session: Session, text: str | bytes) -> None:
+async def dispatch(conference: Conference, session: Session, text: str | bytes, limits: Limits = Limits()) -> None:
     """Validate one inbound message and hand it to the conference."""
-    message = protocol.parse_client_message(text)
+    message = protocol.parse_client_message(text, limits.max_message_bytes)
     if isinstance(message, Join):
         if session.joined:
             raise ProtocolError(protocol.ALREADY_JOINED, "This connection has already joined a room.")
@@ -103,6 +105,7 @@ async def dispatch(conference: Conference, session: Session, text: str | bytes) 
     if not session.joined:
         raise ProtocolError(protocol.NOT_JOINED, "Join a room before sending this message.")
     if isinstance(message, Offer):
+        limits.check_offer(message.sdp)
         await conference.offer(session, message)
     elif isinstance(message, Candidate):
         await conference.candidate(session, message)
@@ -112,15 +115,19 @@ async def dispatch(conference: Conference, session: Session, text: str | bytes) 
         await conference.set_media(session, message)
 
 
-def websocket_handler(conference: Conference):
-    """An aiohttp handler serving the signaling protocol for `conference`."""
+def websocket_handler(conference: Conference, limits: Limits = Limits()):
+    """An aiohttp handler serving the signaling protocol for `conference` within `limits`."""
 
     async def handle(request: web.Request) -> web.WebSocketResponse:
         # aiohttp enforces the size limit itself; keep it just above ours so an
         # oversized message gets our error reply instead of a closed socket.
-        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4 * protocol.MAX_MESSAGE_BYTES)
+        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4 * limits.max_message_bytes)
         await ws.prepare(request)
         session = Session(ws)
+        loop = asyncio.get_running_loop()
+        bucket = TokenBucket(limits.messages_per_second, limits.message_burst, loop.time())
+        # A connection that never joins holds a socket and a task for nothing.
+        join_timer = loop.call_later(limits.join_timeout, _join_timeout, session, limits.join_timeout)
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
@@ -129,17 +136,37 @@ def websocket_handler(conference: Conference):
                     data = msg.data
                 else:
                     break
+                if not bucket.take(loop.time()):
+                    session.send_error(
+                        protocol.RATE_LIMITED,
+                        f"Too many messages: at most {limits.messages_per_second:g} per second; this one was dropped.",
+                    )
+                    continue
                 try:
-                    await dispatch(conference, session, data)
+                    await dispatch(conference, session, data, limits)
+                    if session.joined:
+                        join_timer.cancel()
                 except ProtocolError as exc:
                     session.send_error(exc.code, exc.message)
                 except Exception:
                     logger.exception("session %s: failed to handle a message", session.id)
                     session.send_error(protocol.INTERNAL_ERROR, "The server failed to handle this message.")
         finally:
+            join_timer.cancel()
             if session.joined:
                 await conference.leave(session)
             await session.close()
         return ws
 
     return handle
+
+
+def _join_timeout(session: Session, seconds: float) -> None:
+    if not session.joined:
+        session.send_error(protocol.JOIN_TIMEOUT, f"No join within {seconds:g} seconds of connecting: closing.")
+        asyncio.ensure_future(_close_after_flush(session))
+
+
+async def _close_after_flush(session: Session) -> None:
+    await session.close()
+    await session.ws.close()
