@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 import av
 import numpy as np
 
-from compositor.audio import FRAME_SAMPLES, SAMPLE_RATE, SampleBuffer, mix_minus
-from compositor.speakers import SpeakerDetector, SpeakerEvents, TalkerSelector, levels
+from compositor.audio import FRAME_SAMPLES, SAMPLE_RATE, Limiter, SampleBuffer, mix_sums
+from compositor.speakers import SILENCE_DB, SpeakerDetector, SpeakerEvents, TalkerSelector, levels
 
 from .clock import MediaClock
 from .encoders import AudioEncoder
@@ -57,12 +57,14 @@ class _Channel:
         decoder.sample_rate = SAMPLE_RATE
         self.decoder = decoder
         self.buffer = SampleBuffer(max_samples=int(SAMPLE_RATE * BUFFER_SECONDS))
+        #: The personal mix's encoder and limiter, used while this participant is a talker.
         self.encoder = AudioEncoder()
+        self.limiter = Limiter()
 
-    def decode(self, payloads: list[bytes]) -> int:
+    def decode(self, payloads: list[tuple[bytes, int | None]]) -> int:
         """Decode into the buffer; returns the number of payloads that failed."""
         errors = 0
-        for payload in payloads:
+        for payload, _ in payloads:
             try:
                 frames = self.decoder.decode(av.Packet(payload))
             except av.FFmpegError:
@@ -82,6 +84,7 @@ class AudioPipeline(MediaClock):
         #: None: everyone is a talker (a personal mix and encode for each listener).
         self._selector = None if talkers is None else TalkerSelector(talkers)
         self._shared_encoder = AudioEncoder()
+        self._shared_limiter = Limiter()
         self._participants = participants
         self._channels: dict[str, _Channel] = {}
         self._pending = 0
@@ -127,8 +130,8 @@ class AudioPipeline(MediaClock):
         payloads = [p.take_audio() for p in participants]
         self._pending += 1
         ids = [p.peer_id for p in participants]
-        muted = [not p.sending_audio for p in participants]
-        future = loop.run_in_executor(self._executor, self._mix_encode, ids, channels, payloads, muted, pts)
+        gains = np.array([p.audio_gain for p in participants])
+        future = loop.run_in_executor(self._executor, self._mix_encode, ids, channels, payloads, gains, pts)
         future.add_done_callback(lambda f: self._deliver(f, participants))
 
     def _channel(self, peer_id: str) -> _Channel:
@@ -138,29 +141,42 @@ class AudioPipeline(MediaClock):
         return channel
 
     def _mix_encode(
-        self, ids: list[str], channels: list[_Channel], payloads: list[list[bytes]], muted: list[bool], pts: int
+        self,
+        ids: list[str],
+        channels: list[_Channel],
+        payloads: list[list[tuple[bytes, int | None]]],
+        gains: np.ndarray,
+        pts: int,
     ) -> tuple[list[list[av.Packet]], SpeakerEvents]:
         for channel, pending in zip(channels, payloads):
             self.stats.decode_errors += channel.decode(pending)
         frames = np.stack([channel.buffer.pull(FRAME_SAMPLES) for channel in channels])
-        # A muted peer's decoder keeps running (its state stays valid); its voice does not count.
-        frames[muted] = 0
         frame_levels = levels(frames)
+        # The sender's own measure (RFC 6464) where it sends one: what it captured, before coding.
+        for i, pending in enumerate(payloads):
+            sent = [level for _, level in pending if level is not None]
+            if sent:
+                frame_levels[i] = max(sent)
+        if np.any(gains != 1.0):
+            # Moderator volume and mutes (a muted peer's decoder keeps running: its state stays valid).
+            frames = np.clip(np.rint(frames * gains[:, None]), -32768, 32767).astype(np.int16)
+            with np.errstate(divide="ignore"):
+                frame_levels = np.maximum(frame_levels + 20 * np.log10(gains), SILENCE_DB)
         events = self._detector.update(ids, frame_levels)
         if self._selector is None:
             talking = list(range(len(ids)))
         else:
             chosen = self._selector.update(ids, frame_levels)
             talking = [i for i, key in enumerate(ids) if key in chosen]
-        mix = mix_minus(frames[talking])
+        total, minus = mix_sums(frames[talking])
         packets: list[list[av.Packet] | None] = [None] * len(ids)
         for row, i in enumerate(talking):
-            packets[i] = channels[i].encoder.encode(mix.minus[row], pts)
+            packets[i] = channels[i].encoder.encode(channels[i].limiter.process(minus[row]), pts)
         self.stats.mixes += 1
         self.stats.encodes += len(talking)
         if len(talking) < len(ids):
             # Everyone else hears the talkers' sum: one encode, the same packets.
-            shared = self._shared_encoder.encode(mix.total, pts)
+            shared = self._shared_encoder.encode(self._shared_limiter.process(total), pts)
             self.stats.encodes += 1
             packets = [shared if p is None else p for p in packets]
         return packets, events  # type: ignore[return-value]

@@ -8,6 +8,7 @@ import secrets
 
 from aiortc.sdp import candidate_from_sdp
 
+from compositor.speakers import SpeakerEvents
 from signaling import protocol, tokens
 from signaling.grants import ALL_GRANTS
 from signaling.protocol import Candidate, Join, Offer, ProtocolError, SetMedia
@@ -40,13 +41,9 @@ class Conference:
                 protocol.UNKNOWN_TIER, f"The tier must be one of {', '.join(sorted(tiers))}, not {message.tier[:32]!r}."
             )
         room = self.rooms.get(message.room)
-        limits = self.config.limits
-        if room is None and len(self.rooms) >= limits.max_rooms:
-            raise ProtocolError(protocol.TOO_MANY_ROOMS, f"This server holds its maximum of {limits.max_rooms} rooms.")
-        if room is not None and len(room.participants) >= limits.max_peers_per_room:
-            raise ProtocolError(protocol.ROOM_FULL, f"This room is full ({limits.max_peers_per_room} participants).")
         if room is None:
             room = self.rooms[message.room] = Room(message.room, self.config)
+            room.audio.on_speakers = lambda events, room=room: self._speakers(room, events)
             logger.info("room %s: created", room.name)
         peer_id = secrets.token_hex(6)
         others = [
@@ -162,6 +159,15 @@ class Conference:
         task = asyncio.ensure_future(participant.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    def _speakers(self, room: Room, events: SpeakerEvents) -> None:
+        """Tell the room who started or stopped speaking, and who now holds the floor."""
+        for peer_id in events.stopped:
+            self._broadcast(room, protocol.speaking(peer_id, False))  # type: ignore[arg-type]
+        for peer_id in events.started:
+            self._broadcast(room, protocol.speaking(peer_id, True))  # type: ignore[arg-type]
+        if events.floor_changed:
+            self._broadcast(room, protocol.active_speaker(events.active))  # type: ignore[arg-type]
 
     def _broadcast(self, room: Room, message: dict, exclude: str | None = None) -> None:
         for peer_id in room.participants:

@@ -101,9 +101,13 @@ class Participant:
         #: What the peer says it sends (`setMedia`): off shows the placeholder / leaves the mix.
         self.sending_video = True
         self.sending_audio = True
+        #: Set by a moderator: a muted peer leaves every mix; volume scales its voice (0..2).
+        self.moderator_muted = False
+        self.volume = 1.0
         self.audio_out = PacketTrack("audio")
-        #: Opus payloads received since the last audio tick, decoded by the room.
-        self._audio_payloads: deque[bytes] = deque(maxlen=AUDIO_BACKLOG)
+        #: Opus payloads received since the last audio tick, decoded by the room, each with
+        #: its RFC 6464 level in dBov when the peer sends that header (browsers do).
+        self._audio_payloads: deque[tuple[bytes, int | None]] = deque(maxlen=AUDIO_BACKLOG)
         #: The latest decoded picture and when it arrived (loop time).
         self.video_frame: av.VideoFrame | None = None
         self.video_frame_time = float("-inf")
@@ -197,12 +201,17 @@ class Participant:
         try:
             while True:
                 frame = await track.recv()
-                self._audio_payloads.append(frame.data)
+                self._audio_payloads.append((frame.data, frame.audio_level))
         except MediaStreamError:
             pass
 
-    def take_audio(self) -> list[bytes]:
-        """The Opus payloads received since the last call (for the audio tick)."""
+    @property
+    def audio_gain(self) -> float:
+        """What the room multiplies this peer's voice by: 0 when muted by itself or a moderator."""
+        return 0.0 if self.moderator_muted or not self.sending_audio else self.volume
+
+    def take_audio(self) -> list[tuple[bytes, int | None]]:
+        """The Opus payloads (and their levels) received since the last call (for the audio tick)."""
         payloads = list(self._audio_payloads)
         self._audio_payloads.clear()
         return payloads

@@ -29,12 +29,6 @@ BINARY_NOT_SUPPORTED = "binary_not_supported"
 MEDIA_FAILED = "media_failed"
 UNAUTHORIZED = "unauthorized"
 FORBIDDEN = "forbidden"
-TOO_MANY_ROOMS = "too_many_rooms"
-ROOM_FULL = "room_full"
-RATE_LIMITED = "rate_limited"
-JOIN_TIMEOUT = "join_timeout"
-SDP_TOO_LARGE = "sdp_too_large"
-TOO_MANY_TRACKS = "too_many_tracks"
 INTERNAL_ERROR = "internal_error"
 UNKNOWN_TIER = "unknown_tier"
 
@@ -237,7 +231,7 @@ _PARSERS = {
 }
 
 
-def parse_client_message(text: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> ClientMessage:
+def parse_client_message(text: str | bytes) -> ClientMessage:
     """
     Validate one WebSocket message from a client and return it typed.
 
@@ -248,8 +242,14 @@ def parse_client_message(text: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) 
             BINARY_NOT_SUPPORTED, "Binary messages are not supported: send JSON text."
         )
     # A character is at least one byte, so a long string needs no encoding to reject.
-    if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
-        raise ProtocolError(MESSAGE_TOO_LARGE, f"The message is larger than {max_bytes} bytes.")
+    if (
+        len(text) > MAX_MESSAGE_BYTES
+        or len(text.encode("utf-8", "surrogatepass")) > MAX_MESSAGE_BYTES
+    ):
+        raise ProtocolError(
+            MESSAGE_TOO_LARGE,
+            f"The message is larger than {MAX_MESSAGE_BYTES} bytes.",
+        )
 
     try:
         obj = json.loads(text, parse_constant=_reject_constant)
@@ -302,6 +302,16 @@ def participant_left(peer_id: str) -> dict:
 def participant_media(peer_id: str, video: bool, audio: bool) -> dict:
     """Tell the room what a peer now sends (camera or microphone turned off or on)."""
     return {"type": "participantMedia", "peerId": peer_id, "video": video, "audio": audio}
+
+
+def speaking(peer_id: str, is_speaking: bool) -> dict:
+    """Tell the room that a participant started or stopped speaking."""
+    return {"type": "speaking", "peerId": peer_id, "speaking": is_speaking}
+
+
+def active_speaker(peer_id: str | None) -> dict:
+    """Tell the room who holds the floor now (None: its holder left, nobody has it)."""
+    return {"type": "activeSpeaker", "peerId": peer_id}
 
 
 def error(code: str, message: str) -> dict:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 from aiortc import RTCRtpReceiver
-from aiortc.jitterbuffer import JitterFrame
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 
 
 class _EncodedHandoff:
@@ -39,15 +41,53 @@ class _EncodedHandoff:
         return None
 
 
+#: RTP timestamps whose audio level is remembered until their frame leaves the jitter buffer.
+_LEVELS_KEPT = 64
+
+
+class _LevelTagger:
+    """Wraps an audio receiver's jitter buffer: each frame out carries its RFC 6464 level.
+
+    aiortc parses the `ssrc-audio-level` header extension into
+    `packet.extensions.audio_level` (voice activity, level in -dBov) but drops it
+    when it assembles frames. Frames leave the buffer a few packets after they
+    arrive (prefetch), so levels are kept by RTP timestamp until then. A frame
+    gets `audio_level`: the level in dBov (-127..0), or None when the sender did
+    not send the header.
+    """
+
+    def __init__(self, buffer: JitterBuffer) -> None:
+        self._buffer = buffer
+        self._levels: dict[int, int] = {}
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        level = packet.extensions.audio_level
+        if level is not None:
+            self._levels[packet.timestamp] = -level[1]
+            if len(self._levels) > _LEVELS_KEPT:
+                del self._levels[next(iter(self._levels))]
+        pli, frame = self._buffer.add(packet)
+        if frame is not None:
+            frame.audio_level = self._levels.pop(frame.timestamp, None)  # type: ignore[attr-defined]
+        return pli, frame
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._buffer, name)
+
+
 def install_encoded_receiver(receiver: RTCRtpReceiver) -> None:
     """Make `receiver`'s track yield encoded `JitterFrame`s instead of decoded frames.
 
     Call it before the receiver starts, i.e. in the peer connection's "track"
     event. The jitter buffer, NACK, REMB and receiver reports still run; the
-    receiver no longer sends PLIs on decode errors, since there are none.
+    receiver no longer sends PLIs on decode errors, since there are none. Audio
+    frames carry the sender's RFC 6464 level as `audio_level` (see `_LevelTagger`).
     """
     if receiver._RTCRtpReceiver__decoder_thread is not None:  # type: ignore[attr-defined]
         raise RuntimeError("the receiver has already started decoding")
     if receiver._track is None:
         raise RuntimeError("the receiver has no remote track yet")
     receiver._RTCRtpReceiver__decoder_queue = _EncodedHandoff(receiver._track._queue)  # type: ignore[attr-defined]
+    if receiver._track.kind == "audio":
+        buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+        receiver._RTCRtpReceiver__jitter_buffer = _LevelTagger(buffer)  # type: ignore[attr-defined]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 from media_checks import tone
 
+from client.peer import Peer
+from client.sources import ToneTrack
 from compositor.speakers import SILENCE_DB, SpeakerDetector, levels
 
 
@@ -82,3 +86,48 @@ def test_levels_of_real_frames_drive_it():
     for _ in range(60):
         detector.update(["loud", "quiet"], levels(np.stack([loud, quiet])))
     assert detector.speaking == {"loud"} and detector.active == "loud"
+
+
+def events_of(peer: Peer, kind: str) -> list[dict]:
+    return [e for e in peer.events if e["type"] == kind]
+
+
+async def test_peers_get_speaking_and_active_speaker_events(server):
+    """End to end (aiortc peers send the RFC 6464 header): the floor moves after the hold, a cough does not take it."""
+    tones = {"ana": ToneTrack(440.0, 0.1), "bo": ToneTrack(660.0, 0.0), "cy": ToneTrack(880.0, 0.0)}
+    peers = {name: Peer(server.url, "floor", name, audio=track) for name, track in tones.items()}
+    try:
+        for peer in peers.values():
+            await peer.join()
+        ana, bo, cy = (peers[name].peer_id for name in ("ana", "bo", "cy"))
+        audio = server.conference.rooms["floor"].audio
+        everyone = list(peers.values())
+
+        def all_got(kind: str, **fields) -> bool:
+            return all(any(all(e.get(k) == v for k, v in fields.items()) for e in events_of(p, kind)) for p in everyone)
+
+        await everyone[0].wait_for(lambda: all_got("activeSpeaker", peerId=ana), timeout=15)
+        assert all_got("speaking", peerId=ana, speaking=True)
+        assert audio.active_speaker == ana and audio.speaking == {ana} and audio.speaker_order[0] == ana
+
+        # A cough from cy: 0.3 s, 20 dB louder than ana. It may count as speaking, never as the floor.
+        tones["cy"].amplitude = 1.0
+        await asyncio.sleep(0.3)
+        tones["cy"].amplitude = 0.0
+        await asyncio.sleep(2.5)
+        assert not any(e["peerId"] == cy for p in everyone for e in events_of(p, "activeSpeaker"))
+        assert audio.active_speaker == ana
+
+        # bo speaks 12 dB louder than ana: the floor moves after the hold (1 s), not before.
+        tones["bo"].amplitude = 0.4
+        await asyncio.sleep(0.6)
+        assert not any(e["peerId"] == bo for p in everyone for e in events_of(p, "activeSpeaker"))
+        await everyone[0].wait_for(lambda: all_got("activeSpeaker", peerId=bo), timeout=5)
+        assert audio.speaker_order == [bo, cy, ana]  # the cough counted as speaking
+
+        # ana stops: everyone is told, after the stop hold.
+        tones["ana"].amplitude = 0.0
+        await everyone[0].wait_for(lambda: all_got("speaking", peerId=ana, speaking=False), timeout=5)
+        assert audio.active_speaker == bo
+    finally:
+        await asyncio.gather(*(p.close() for p in peers.values()), return_exceptions=True)

@@ -5,7 +5,9 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
   object may go to several senders (the shared encoder's fan-out);
 - `RTCRtpSender._send_keyframe` is what an incoming PLI calls (keyframe routing);
 - `RTCRtpReceiver`'s private decoder queue can be replaced before `receive()`
-  (receiving without decoding, `signaling.receiver.install_encoded_receiver`).
+  (receiving without decoding, `signaling.receiver.install_encoded_receiver`);
+- its private jitter buffer can be wrapped to keep each audio packet's RFC 6464
+  level (`packet.extensions.audio_level`) on the frame (active speaker).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip
+from client.sources import ToneTrack
 from signaling.ice import rtc_configuration, use_host_addresses
 from signaling.receiver import install_encoded_receiver
 
@@ -160,3 +163,20 @@ async def test_encoded_receiver_yields_frames_undecoded_and_its_thread_exits_on_
         with pytest.raises(MediaStreamError):
             while True:
                 await asyncio.wait_for(track.recv(), 5)
+
+
+async def test_encoded_audio_frames_carry_the_rfc6464_level_the_sender_measured(pcs) -> None:
+    """aiortc sends `ssrc-audio-level` when it encodes; the receiver's jitter buffer can be wrapped to keep it."""
+    sending, receiving = pcs
+    sending.addTransceiver(ToneTrack(440.0, 0.1), direction="sendonly")
+    received: list[MediaStreamTrack] = []
+
+    @receiving.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        install_encoded_receiver(receiving.getTransceivers()[0].receiver)
+        received.append(track)
+
+    await connect(sending, receiving)
+    frames = [await asyncio.wait_for(received[0].recv(), 10) for _ in range(30)]
+    # A sine of amplitude 0.1 is 0.1/sqrt(2) RMS: -23 dBov.
+    assert [frame.audio_level for frame in frames[5:]] == [-23] * 25

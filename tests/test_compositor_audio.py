@@ -4,6 +4,7 @@ import pytest
 from media_checks import tone
 
 from compositor import FRAME_SAMPLES, SAMPLE_RATE, SampleBuffer, mix_minus
+from compositor.audio import Limiter, mix_sums
 
 
 def test_constants():
@@ -113,3 +114,69 @@ def test_buffer_default_cap_is_200_ms():
     buffer = SampleBuffer()
     buffer.push(np.ones(SAMPLE_RATE, np.int16))
     assert buffer.available == SAMPLE_RATE // 5
+
+
+TALKER_FREQUENCIES = [220.0 * 1.19**i for i in range(10)]
+
+
+def talkers_frames(count: int, amplitude: float, frame: int) -> np.ndarray:
+    """One 20 ms frame of `count` continuous tones (frame index `frame`)."""
+    return np.stack([tone(f, FRAME_SAMPLES, amplitude, frame * FRAME_SAMPLES) for f in TALKER_FREQUENCIES[:count]])
+
+
+def test_limiter_keeps_ten_loud_talkers_off_the_rails_and_recovers():
+    limiter, clipped_rails, out = Limiter(), 0, []
+    for frame in range(50):
+        total, minus = mix_sums(talkers_frames(10, 0.5, frame))
+        assert np.abs(total).max() > 1.5 * 32767  # far beyond int16
+        clipped_rails += int(np.sum(np.abs(mix_minus(talkers_frames(10, 0.5, frame)).total) >= 32767))
+        out.append(limiter.process(total))
+    loud = np.concatenate(out)
+    assert clipped_rails > 1000  # hard clipping sits on the rails: the crackle
+    assert np.abs(loud.astype(np.int32)).max() <= limiter.ceiling < 32767
+    assert np.abs(loud[FRAME_SAMPLES:].astype(np.int32)).max() > 0.9 * limiter.ceiling  # limited, not muted
+    assert limiter.gain < 0.5
+    # They stop; one quiet talker goes on: the gain rises back smoothly, and within 4 s
+    # (0.3 s release) the limiter is at rest and the mix passes unchanged.
+    gains = []
+    for frame in range(50, 250):
+        limiter.process(mix_sums(talkers_frames(1, 0.1, frame))[0])
+        gains.append(limiter.gain)
+    assert np.all(np.diff(gains) >= 0) and gains[25] < 1.0  # a release, not a jump
+    quiet = mix_sums(talkers_frames(1, 0.1, 250))[0]
+    assert limiter.gain == 1.0
+    assert np.array_equal(limiter.process(quiet), quiet)
+
+
+def test_limiter_distorts_ten_talkers_less_than_clipping():
+    """Energy outside the tones' own frequencies: what a listener hears as crackle."""
+    frames = [talkers_frames(10, 0.5, frame) for frame in range(50)]
+    limiter = Limiter()
+    limited = np.concatenate([limiter.process(mix_sums(f)[0]) for f in frames])[-SAMPLE_RATE // 2 :]
+    clipped = np.concatenate([mix_minus(f).total for f in frames])[-SAMPLE_RATE // 2 :]
+
+    def distortion_db(samples: np.ndarray) -> float:
+        spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples)))) ** 2
+        freqs = np.fft.rfftfreq(len(samples), 1 / SAMPLE_RATE)
+        near = np.zeros(len(freqs), bool)
+        for f in TALKER_FREQUENCIES:
+            near |= np.abs(freqs - f) < 10
+        return 10 * np.log10(spectrum[~near].sum() / spectrum[near].sum())
+
+    assert distortion_db(limited) < distortion_db(clipped) - 10, (distortion_db(limited), distortion_db(clipped))
+
+
+def test_limiter_passes_a_quiet_mix_bit_exact():
+    limiter = Limiter()
+    for frame in range(20):
+        total, minus = mix_sums(talkers_frames(3, 0.2, frame))
+        assert np.array_equal(limiter.process(total), total)
+    assert limiter.gain == 1.0
+
+
+def test_limiter_output_under_the_ceiling_for_any_input():
+    rng = np.random.default_rng(1)
+    limiter = Limiter()
+    for _ in range(20):
+        samples = rng.integers(-400_000, 400_000, FRAME_SAMPLES).astype(np.int32)
+        assert np.abs(limiter.process(samples).astype(np.int32)).max() <= limiter.ceiling

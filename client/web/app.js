@@ -160,6 +160,16 @@ class Meeting {
         this.renderParticipants();
         break;
       }
+      case "speaking": {
+        const entry = this.participants.get(message.peerId);
+        if (entry) entry.speaking = message.speaking;
+        this.renderParticipants();
+        break;
+      }
+      case "activeSpeaker":
+        this.activeSpeaker = message.peerId;
+        this.renderParticipants();
+        break;
       case "error":
         this.onError(message);
         break;
@@ -266,6 +276,9 @@ class Meeting {
       const item = document.createElement("li");
       item.dataset.peerId = peerId;
       item.textContent = p.name;
+      // Who speaks now, and who holds the floor (activeSpeaker).
+      item.classList.toggle("speaking", Boolean(p.speaking));
+      item.classList.toggle("floor", peerId === this.activeSpeaker);
       const off = [p.video === false && "camera off", p.audio === false && "muted"].filter(Boolean);
       if (off.length) {
         const state = document.createElement("span");
