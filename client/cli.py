@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("MCU_TOKEN"),
         help="join token, when the server has a secret (default: the MCU_TOKEN environment variable)",
     )
+    join.add_argument("--tier", help="output tier to receive, e.g. low or high (default: the server's)")
+    join.add_argument("--hide-self", action="store_true", help="leave your own tile out of the picture you receive")
+    join.add_argument("--codec", choices=["vp8", "h264"], help="offer only this video codec (default: both)")
     join.add_argument("--duration", type=float, help="leave after this many seconds (default: until Ctrl-C)")
     join.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -83,6 +86,9 @@ async def run_join(args: argparse.Namespace) -> int:
         record=args.record,
         ice_transport_policy="relay" if args.relay_only else "all",
         token=args.token,
+        tier=args.tier,
+        hide_self=args.hide_self,
+        video_codec=args.codec,
     )
     try:
         await peer.join()

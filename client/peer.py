@@ -18,7 +18,14 @@ from urllib.parse import urlparse
 import aiohttp
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCRtpCodecCapability,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 
 from signaling import chat
@@ -31,6 +38,15 @@ logger = logging.getLogger(__name__)
 
 #: Received audio kept for analysis (mono samples at 48 kHz).
 AUDIO_KEEP_SECONDS = 10
+
+
+def _codecs_of(name: str) -> list[RTCRtpCodecCapability]:
+    """Our video capabilities for one codec ("vp8", "h264"), with RTX: what a client limited to it offers."""
+    codecs = RTCRtpSender.getCapabilities("video").codecs
+    chosen = [c for c in codecs if c.mimeType.lower() in (f"video/{name.lower()}", "video/rtx")]
+    if len(chosen) == len([c for c in codecs if c.mimeType.lower() == "video/rtx"]):
+        raise ValueError(f"unknown video codec {name!r}")
+    return chosen
 
 
 class PeerError(Exception):
@@ -52,8 +68,16 @@ class Peer:
         ice_transport_policy: str = "all",
         chat: bool = True,
         token: str | None = None,
+        tier: str | None = None,
+        hide_self: bool = False,
+        video_codec: str | None = None,
     ) -> None:
         self.url = url
+        #: The output tier to receive (None: the server's default), whether to leave our own
+        #: tile out of it, and the only video codec to offer ("vp8", "h264"; None: all).
+        self.tier = tier
+        self.hide_self = hide_self
+        self.video_codec = video_codec
         #: The join token a server with a secret asks for (`mcu token`).
         self.token = token
         self._chat = chat
@@ -102,6 +126,10 @@ class Peer:
         join: dict[str, Any] = {"type": "join", "room": self.room, "name": self.name}
         if self.token:
             join["token"] = self.token
+        if self.tier:
+            join["tier"] = self.tier
+        if self.hide_self:
+            join["hideSelf"] = True
         await self.send(join)
         await self._wait(self._joined, timeout, "join")
         joined = next(e for e in self.events if e["type"] == "joined")
@@ -171,7 +199,9 @@ class Peer:
     def _create_peer_connection(self, ice_servers: list[dict]) -> RTCPeerConnection:
         pc = RTCPeerConnection(rtc_configuration(ice_servers, self._ice_transport_policy))
         for kind, source in (("audio", self._audio_source), ("video", self._video_source)):
-            pc.addTransceiver(source if source is not None else kind, direction="sendrecv")
+            transceiver = pc.addTransceiver(source if source is not None else kind, direction="sendrecv")
+            if kind == "video" and self.video_codec:
+                transceiver.setCodecPreferences(_codecs_of(self.video_codec))
         # Created before the offer, so that the offer carries the data channel section.
         if self._chat:
             self.chat_channel = pc.createDataChannel(chat.LABEL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 from aiohttp import web
@@ -16,7 +17,7 @@ from signaling.ice import IceServers, is_loopback_host, use_host_addresses
 from signaling.limits import Limits
 
 from .app import create_app
-from .config import Config
+from .config import DEFAULT_TIER, Config, Tier
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -65,6 +66,24 @@ def _add_secret(parser: argparse.ArgumentParser, help: str) -> None:
                         "environment variable, which keeps it out of `ps`")
 
 
+_TIER_RE = re.compile(r"([A-Za-z0-9_-]{1,32})=(\d+)x(\d+)@(\d+):(\d+(?:\.\d+)?)([kKmM]?)")
+
+
+def _tier(text: str) -> tuple[str, Tier]:
+    """NAME=WxH@FPS:BITRATE, the bitrate in bit/s or with a k or M suffix."""
+    match = _TIER_RE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected NAME=WxH@FPS:BITRATE such as low=640x360@15:400k, got {text!r}")
+    name, width, height, fps, rate, unit = match.groups()
+    _size(f"{width}x{height}")
+    if not 1 <= int(fps) <= 60:
+        raise argparse.ArgumentTypeError("the frame rate must be 1 to 60")
+    bitrate = round(float(rate) * {"": 1, "k": 1000, "m": 1_000_000}[unit.lower()])
+    if bitrate < 10_000:
+        raise argparse.ArgumentTypeError("the bitrate must be at least 10k")
+    return name, Tier(int(width), int(height), int(fps), bitrate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcu", description="A WebRTC MCU: one composite downstream per peer.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--fps", type=int, default=30, help="composite frame rate (default 30)")
     serve.add_argument(
         "--video-bitrate", type=int, default=Config.video_bitrate, help="composite bitrate in bit/s"
+    )
+    serve.add_argument(
+        "--tier",
+        type=_tier,
+        action="append",
+        default=[],
+        metavar="NAME=WxH@FPS:BITRATE",
+        help="an output tier peers may choose at join, e.g. low=640x360@15:400k (built in: low=640x360@15:400k; "
+        f"{DEFAULT_TIER} is --size, --fps and --video-bitrate); repeatable",
     )
     serve.add_argument(
         "--media-address",
@@ -185,12 +213,14 @@ def serve(args: argparse.Namespace, ice: IceServers) -> None:
         use_host_addresses(args.media_address)
     elif is_loopback_host(args.host):
         use_host_addresses(["127.0.0.1"])
-    width, height = args.size
+    tiers = {**Config().tiers, **dict(args.tier)}
+    default = tiers.pop(DEFAULT_TIER, Tier(*args.size, args.fps, args.video_bitrate))
     config = Config(
-        width=width,
-        height=height,
-        fps=args.fps,
-        video_bitrate=args.video_bitrate,
+        width=default.width,
+        height=default.height,
+        fps=default.fps,
+        video_bitrate=default.bitrate,
+        tiers=tiers,
         encode_per_peer=args.encode_per_peer,
         audio_talkers=args.audio_talkers or None,
         ice_servers=ice,

@@ -45,6 +45,8 @@ class VideoStats:
     keyframes: int = 0
     #: Frames encoded per tier, all of its outputs counted once per encode.
     tier_frames: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    #: Canvases made by scaling a larger one down instead of composing again.
+    scaled: int = 0
     encoders_created: int = 0
     encoders_released: int = 0
 
@@ -88,6 +90,13 @@ class VideoPipeline(MediaClock):
         self._extra_sinks: list[PacketSink] = []
         self._due: set[str] = set()
         self._busy = False
+
+    async def stop(self) -> None:
+        """Stop the clock and release every encoder (the room closed)."""
+        await super().stop()
+        released = len(self.encoders)
+        self.encoders.clear()
+        self.stats.encoders_released += released
 
     def _clock_fps(self, outputs: Iterable[Output]) -> int:
         """The clock's rate: the highest frame rate among the tiers in use."""
@@ -220,6 +229,7 @@ class VideoPipeline(MediaClock):
             )
             if source is not None:
                 canvases[width, height] = self._scale(canvases[source], (width, height))
+                self.stats.scaled += 1
                 continue
             compositor = self._compositors.get((width, height))
             if compositor is None:
