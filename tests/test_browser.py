@@ -28,6 +28,7 @@ from media_checks import cell_colours, close_to, tone_levels
 
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
+from mcu.config import Tier
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -251,3 +252,20 @@ async def test_page_reconnects_by_itself_when_the_websocket_drops(server, browse
     await wait_until(
         lambda: participant.video_frame is not None and room.video.stats.frames > frames, 10, "media after reconnecting"
     )
+
+
+async def test_a_page_with_tier_low_receives_the_low_picture(server, browsers):
+    server.conference.config.tiers["low"] = Tier(320, 180, 15, 200_000)  # before the room exists
+    page = await browsers("red", 500.0)
+    await page.goto(f"http://127.0.0.1:{server.port}/?room=tiers&name=lo&tier=low")
+    py = Peer(server.url, "tiers", "py", video=ColorTrack(COLORS["blue"]), audio=ToneTrack(900.0))
+    try:
+        await py.join()
+        size = "[document.getElementById('remote').videoWidth, document.getElementById('remote').videoHeight]"
+        await wait_until(lambda: page.evaluate(f"{size}[0] > 0"), 15, "the page's picture")
+        assert await page.evaluate(size) == [320, 180]
+        await py.wait_for(lambda: py.video_frame is not None, 10)
+        config = server.conference.config
+        assert (py.video_frame.width, py.video_frame.height) == (config.width, config.height)
+    finally:
+        await py.close()

@@ -6,13 +6,14 @@ const $ = (id) => document.getElementById(id);
 // Errors after which reconnecting cannot help: the page stops and says why.
 const FATAL = new Set([
   "invalid_room", "invalid_name", "invalid_message", "unknown_type", "unauthorized",
-  "forbidden", "room_full", "too_many_rooms",
+  "forbidden", "room_full", "too_many_rooms", "unknown_tier",
 ]);
 
 const WORDS = {
   invalid_room: "That room name is not valid: use 1 to 64 letters, digits, _ or -.",
   invalid_name: "That name is not valid: use 1 to 64 characters.",
   room_full: "This room is full.",
+  unknown_tier: "This server has no such picture size (the tier in the link).",
   too_many_rooms: "The server has no room for another meeting right now.",
   unauthorized: "You are not allowed in this room (missing or expired invitation).",
   forbidden: "You are not allowed to do that in this room.",
@@ -112,11 +113,16 @@ class Meeting {
     };
   }
 
-  // The join, with what the page's address adds to it (?token=... from an invitation link).
+  // The join, with what the page's address adds to it (?token=... from an invitation link,
+  // ?tier=low for a smaller picture, ?hideSelf=1 to leave our own tile out).
   joinMessage() {
     const message = { type: "join", room: this.room, name: this.name };
-    const token = new URLSearchParams(location.search).get("token");
+    const params = new URLSearchParams(location.search);
+    const token = params.get("token");
     if (token) message.token = token;
+    const tier = params.get("tier");
+    if (tier) message.tier = tier;
+    if (["1", "true"].includes(params.get("hideSelf"))) message.hideSelf = true;
     return message;
   }
 
