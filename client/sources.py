@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
+from typing import Callable
 
 import av
 import cv2
@@ -49,15 +50,17 @@ def rgb_to_yuv(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
 class _Paced(MediaStreamTrack):
     """Emits frames at a fixed rate against the wall clock."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, start: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self._interval = 1 / rate
+        #: When frame 0 is due, asked on the first recv(): tracks that share it share one clock.
+        self._start_at = start
         self._start: float | None = None
         self._index = 0
 
     async def _next_index(self) -> int:
         if self._start is None:
-            self._start = time.monotonic()
+            self._start = self._start_at()
         wait = self._start + self._index * self._interval - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
@@ -103,6 +106,71 @@ class ToneTrack(_Paced):
         index = await self._next_index()
         t = (np.arange(FRAME_SAMPLES) + index * FRAME_SAMPLES) / SAMPLE_RATE
         samples = (np.sin(2 * np.pi * self.frequency * t) * self.amplitude * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = index * FRAME_SAMPLES
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        return frame
+
+
+class FlashBeep:
+    """A white flash and a beep at the same instants, from one clock: to measure audio/video sync.
+
+    Every `period` seconds, for `length` seconds, the picture turns from dark to
+    white and a tone sounds; `video` and `audio` are the two tracks. Frame times
+    are exact on both (pick a period that is a whole number of frames of each).
+    """
+
+    def __init__(
+        self, period: float = 1.0, length: float = 0.2, fps: int = 15, frequency: float = 1000.0
+    ) -> None:
+        self.period, self.length = period, length
+        self._start: float | None = None
+        self.video = _FlashTrack(self, fps)
+        self.audio = _BeepTrack(self, frequency)
+
+    def start(self) -> float:
+        """The shared start, fixed when the first of the two tracks asks."""
+        if self._start is None:
+            self._start = time.monotonic()
+        return self._start
+
+    def on(self, seconds: np.ndarray) -> np.ndarray:
+        """Whether each instant (seconds since the start) is within a flash."""
+        return np.mod(seconds, self.period) < self.length
+
+
+class _FlashTrack(_Paced):
+    kind = "video"
+
+    def __init__(self, source: FlashBeep, fps: int, width: int = 320, height: int = 240) -> None:
+        super().__init__(fps, source.start)
+        self.fps, self._source = fps, source
+        self._white = ColorTrack(COLORS["white"], width, height, fps)._buffer
+        self._dark = np.full_like(self._white, 128)
+        self._dark[:height] = 30
+
+    async def recv(self) -> av.VideoFrame:
+        index = await self._next_index()
+        white = self._source.on(np.array([index / self.fps]))[0]
+        frame = av.VideoFrame.from_numpy_buffer(self._white if white else self._dark, format="yuv420p")
+        frame.pts = index * (90000 // self.fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        return frame
+
+
+class _BeepTrack(_Paced):
+    kind = "audio"
+
+    def __init__(self, source: FlashBeep, frequency: float, amplitude: float = 0.5) -> None:
+        super().__init__(SAMPLE_RATE / FRAME_SAMPLES, source.start)
+        self._source, self.frequency, self.amplitude = source, frequency, amplitude
+
+    async def recv(self) -> av.AudioFrame:
+        index = await self._next_index()
+        t = (np.arange(FRAME_SAMPLES) + index * FRAME_SAMPLES) / SAMPLE_RATE
+        tone = np.sin(2 * np.pi * self.frequency * t) * self.amplitude * 32767
+        samples = np.where(self._source.on(t), tone, 0).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = index * FRAME_SAMPLES

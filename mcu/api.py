@@ -22,6 +22,7 @@ CONFERENCE = web.AppKey("conference", Conference)
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/rooms", _rooms)
     app.router.add_get("/api/rooms/{room}", _room)
+    app.router.add_patch("/api/rooms/{room}/participants/{peerId}", _moderate_participant)
 
 
 def error(status: type[web.HTTPException], code: str, message: str) -> web.HTTPException:
@@ -65,6 +66,24 @@ async def json_body(request: web.Request) -> Any:
         return await request.json()
     except ValueError:
         raise error(web.HTTPBadRequest, protocol.INVALID_JSON, "The body is not valid JSON.") from None
+
+
+async def _moderate_participant(request: web.Request) -> web.Response:
+    """Mute/unmute a participant or set its volume: the body is `{"muted": bool, "volume": 0..2}` (either or both)."""
+    authorize(request, "moderate", request.match_info["room"])
+    room = room_or_404(request)
+    target = room.participants.get(request.match_info["peerId"])
+    if target is None:
+        raise error(web.HTTPNotFound, protocol.PARTICIPANT_NOT_FOUND, "There is no such participant in this room.")
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise error(web.HTTPBadRequest, protocol.INVALID_MESSAGE, "The body must be a JSON object.")
+    try:
+        change = protocol.parse_moderate_audio({**body, "peerId": target.peer_id})
+    except protocol.ProtocolError as exc:
+        raise error(web.HTTPBadRequest, exc.code, exc.message) from None
+    request.app[CONFERENCE].set_participant_audio(room, target, change.muted, change.volume)
+    return web.json_response({"peerId": target.peer_id, "muted": target.moderator_muted, "volume": target.volume})
 
 
 def _describe(room: Room) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from compositor.speakers import SILENCE_DB, SpeakerDetector, SpeakerEvents, Talk
 from .clock import MediaClock
 from .encoders import AudioEncoder
 from .participant import Participant
+from .tracks import PacketSink
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,10 @@ class AudioPipeline(MediaClock):
         self._shared_limiter = Limiter()
         self._participants = participants
         self._channels: dict[str, _Channel] = {}
+        self._departed_underruns = 0
         self._pending = 0
+        #: Consumers of the whole room's mix that are not peers (a recording), fed on the audio thread.
+        self._sinks: list[PacketSink] = []
         self._detector = SpeakerDetector()
         #: Who holds the floor, who is speaking and who spoke last (most recent
         #: first). Updated on the event loop when a tick's results are delivered.
@@ -102,8 +106,22 @@ class AudioPipeline(MediaClock):
         """The peers that currently get a personal mix (None: every listener does)."""
         return None if self._selector is None else self._selector.talkers  # type: ignore[return-value]
 
+    def add_sink(self, sink: PacketSink) -> None:
+        """Also push the shared mix's packets (everyone's voices) to `sink`; called on the audio thread."""
+        self._sinks = [*self._sinks, sink]
+
+    def remove_sink(self, sink: PacketSink) -> None:
+        self._sinks = [s for s in self._sinks if s is not sink]
+
     def remove(self, peer_id: str) -> None:
-        self._channels.pop(peer_id, None)
+        channel = self._channels.pop(peer_id, None)
+        if channel is not None:
+            self._departed_underruns += channel.buffer.underruns
+
+    @property
+    def underruns(self) -> int:
+        """Participant frames mixed as silence because none of their audio had arrived."""
+        return self._departed_underruns + sum(c.buffer.underruns for c in list(self._channels.values()))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -174,11 +192,15 @@ class AudioPipeline(MediaClock):
             packets[i] = channels[i].encoder.encode(channels[i].limiter.process(minus[row]), pts)
         self.stats.mixes += 1
         self.stats.encodes += len(talking)
-        if len(talking) < len(ids):
+        sinks = self._sinks
+        if len(talking) < len(ids) or sinks:
             # Everyone else hears the talkers' sum: one encode, the same packets.
             shared = self._shared_encoder.encode(self._shared_limiter.process(total), pts)
             self.stats.encodes += 1
             packets = [shared if p is None else p for p in packets]
+            for sink in sinks:
+                for packet in shared:
+                    sink.push(packet)
         return packets, events  # type: ignore[return-value]
 
     def _deliver(

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -18,6 +19,7 @@ from signaling.limits import Limits
 
 from .app import create_app
 from .config import DEFAULT_TIER, Config, Tier
+from .recording import RecordingError, check_directory
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -146,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="listen on a non-loopback --host without --secret (anyone who reaches it may join any room)",
     )
+    serve.add_argument("--record-dir", help="directory for recordings (startRecording, the HTTP API, --auto-record)")
+    serve.add_argument("--auto-record", action="store_true", help="record every room for as long as it lives")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     limits = serve.add_argument_group("limits (each refusal has its own error code)")
     default = Limits()
@@ -225,6 +229,8 @@ def serve(args: argparse.Namespace, ice: IceServers) -> None:
         audio_talkers=args.audio_talkers or None,
         ice_servers=ice,
         secret=args.secret or None,
+        record_dir=args.record_dir,
+        auto_record=args.auto_record,
         limits=Limits(
             max_rooms=args.max_rooms,
             max_peers_per_room=args.max_peers,
@@ -260,6 +266,13 @@ def main(argv: list[str] | None = None) -> None:
             ice = ice_servers(args)
         except ValueError as exc:
             parser.error(str(exc))
+        if args.auto_record and not args.record_dir:
+            parser.error("--auto-record needs --record-dir")
+        if args.record_dir:
+            try:
+                check_directory(Path(args.record_dir))
+            except RecordingError as exc:
+                parser.error(str(exc))
         serve(args, ice)
     elif args.command == "token":
         if not args.secret:

@@ -9,7 +9,7 @@ import secrets
 from aiortc.sdp import candidate_from_sdp
 
 from compositor.speakers import SpeakerEvents
-from signaling import protocol, tokens
+from signaling import grants, protocol, tokens
 from signaling.grants import ALL_GRANTS
 from signaling.protocol import Candidate, Join, Offer, ProtocolError, SetMedia
 from signaling.websocket import Session
@@ -159,6 +159,25 @@ class Conference:
         task = asyncio.ensure_future(participant.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    async def moderate_audio(self, session: Session, message: protocol.ModerateAudio) -> None:
+        moderator = self.require(session, grants.MODERATE)
+        room = self.rooms[session.room]  # type: ignore[index]
+        target = room.participants.get(message.peer_id)
+        if target is None:
+            raise ProtocolError(protocol.PARTICIPANT_NOT_FOUND, "There is no such participant in this room.")
+        self.set_participant_audio(room, target, message.muted, message.volume, moderator.peer_id)
+
+    def set_participant_audio(
+        self, room: Room, target: Participant, muted: bool | None, volume: float | None, by: str | None = None
+    ) -> None:
+        """Mute/unmute `target` in every mix or scale its voice (from the next audio tick), and tell the room."""
+        if muted is not None:
+            target.moderator_muted = muted
+        if volume is not None:
+            target.volume = volume
+        logger.info("room %s: %s muted=%s volume=%s by %s", room.name, target.peer_id, muted, volume, by)
+        self._broadcast(room, protocol.participant_audio(target.peer_id, target.moderator_muted, target.volume, by))
 
     def _speakers(self, room: Room, events: SpeakerEvents) -> None:
         """Tell the room who started or stopped speaking, and who now holds the floor."""

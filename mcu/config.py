@@ -45,6 +45,10 @@ class Config:
     #: STUN/TURN servers handed to clients in `joined` (with per-client TURN
     #: credentials) and used by the server itself; none by default (host candidates only).
     ice_servers: IceServers = field(default_factory=IceServers)
+    #: Where recordings are written (mcu/recording.py); None: this server does not record.
+    record_dir: str | None = None
+    #: Record every room from its creation to its end (needs record_dir).
+    auto_record: bool = False
     #: The key that signs join tokens (signaling/tokens.py). None: anyone who
     #: reaches the server may join any room with every grant.
     secret: str | None = field(default=None, repr=False)

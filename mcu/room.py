@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Callable
 
 from compositor.video import Tile
 
@@ -10,6 +12,7 @@ from .audio import AudioPipeline
 from .chat import ChatRelay
 from .config import DEFAULT_TIER, Config
 from .participant import Participant
+from .recording import Recording
 from .video import VideoPipeline
 
 
@@ -30,6 +33,8 @@ class Room:
         )
         self.audio = AudioPipeline(name, lambda: list(self.participants.values()), config.audio_talkers)
         self.chat = ChatRelay(name, self.participants)
+        #: The recording in progress, if any.
+        self.recording: Recording | None = None
         self._started = False
 
     def add(self, participant: Participant) -> None:
@@ -69,8 +74,29 @@ class Room:
             "chatDropped": chat.dropped,
         }
 
+    def start_recording(self, directory: Path, on_failed: Callable[[Recording, str], None]) -> Recording:
+        """Mux the shared encoders' packets into a new file (RecordingError if it cannot start)."""
+        recording = Recording(self.name, directory, self.config.width, self.config.height, on_failed)
+        self.recording = recording
+        self.video.add_sink(recording.video)
+        self.audio.add_sink(recording.audio)
+        # The file opens on a picture: the recording drops everything before this keyframe.
+        self.video.request_keyframe()
+        return recording
+
+    async def stop_recording(self) -> Recording | None:
+        """Finish the file (duration and index); None if the room was not recording."""
+        recording, self.recording = self.recording, None
+        if recording is None:
+            return None
+        self.video.remove_sink(recording.video)
+        self.audio.remove_sink(recording.audio)
+        await recording.stop()
+        return recording
+
     async def close(self) -> None:
         await asyncio.gather(self.video.stop(), self.audio.stop())
+        await self.stop_recording()
 
     def _tiles(self, leave_out: str | None = None) -> list[Tile]:
         """The latest frame of each participant but `leave_out` (hide-self); a stale or missing one shows

@@ -29,6 +29,8 @@ BINARY_NOT_SUPPORTED = "binary_not_supported"
 MEDIA_FAILED = "media_failed"
 UNAUTHORIZED = "unauthorized"
 FORBIDDEN = "forbidden"
+PARTICIPANT_NOT_FOUND = "participant_not_found"
+INVALID_VOLUME = "invalid_volume"
 INTERNAL_ERROR = "internal_error"
 UNKNOWN_TIER = "unknown_tier"
 
@@ -102,6 +104,15 @@ class Leave:
 
 
 @dataclass(frozen=True)
+class ModerateAudio:
+    """Mute, unmute or set the volume of another participant's voice (grant ``moderate``)."""
+
+    peer_id: str
+    muted: bool | None
+    volume: float | None
+
+
+@dataclass(frozen=True)
 class SetMedia:
     """What the peer is sending: a camera turned off shows the placeholder, not black."""
 
@@ -109,7 +120,7 @@ class SetMedia:
     audio: bool
 
 
-ClientMessage = Join | Offer | Candidate | Leave | SetMedia
+ClientMessage = Join | Offer | Candidate | Leave | SetMedia | ModerateAudio
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -222,12 +233,31 @@ def _parse_set_media(obj: dict[str, Any]) -> SetMedia:
     return SetMedia(video=_field(obj, "video", bool, "video"), audio=_field(obj, "audio", bool, "audio"))
 
 
+#: The gain a moderator may give a participant's voice: 0 (silent) to 2 (+6 dB).
+MAX_VOLUME = 2.0
+
+
+def parse_moderate_audio(obj: dict[str, Any]) -> ModerateAudio:
+    peer_id = _field(obj, "peerId", str, "peerId")
+    muted = _field(obj, "muted", bool, "muted", optional=True)
+    volume = obj.get("volume")
+    if volume is not None:
+        if isinstance(volume, bool) or not isinstance(volume, (int, float)):
+            raise ProtocolError(INVALID_MESSAGE, 'The "volume" field must be a number or null.')
+        if not 0 <= volume <= MAX_VOLUME:
+            raise ProtocolError(INVALID_VOLUME, f"The volume must be a gain from 0 to {MAX_VOLUME:g}.")
+    if muted is None and volume is None:
+        raise ProtocolError(INVALID_MESSAGE, 'Give "muted", "volume" or both.')
+    return ModerateAudio(peer_id=peer_id, muted=muted, volume=None if volume is None else float(volume))
+
+
 _PARSERS = {
     "join": _parse_join,
     "offer": _parse_offer,
     "candidate": _parse_candidate,
     "leave": _parse_leave,
     "setMedia": _parse_set_media,
+    "moderateAudio": parse_moderate_audio,
 }
 
 
@@ -302,6 +332,11 @@ def participant_left(peer_id: str) -> dict:
 def participant_media(peer_id: str, video: bool, audio: bool) -> dict:
     """Tell the room what a peer now sends (camera or microphone turned off or on)."""
     return {"type": "participantMedia", "peerId": peer_id, "video": video, "audio": audio}
+
+
+def participant_audio(peer_id: str, muted: bool, volume: float, by: str | None) -> dict:
+    """Tell the room that a moderator (`by`; None: the HTTP API) muted or set the volume of a peer."""
+    return {"type": "participantAudio", "peerId": peer_id, "muted": muted, "volume": volume, "by": by}
 
 
 def speaking(peer_id: str, is_speaking: bool) -> dict:

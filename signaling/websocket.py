@@ -43,6 +43,8 @@ class Conference(Protocol):
 
     async def set_media(self, session: Session, message: SetMedia) -> None: ...
 
+    async def moderate_audio(self, session: Session, message: protocol.ModerateAudio) -> None: ...
+
 
 class Session:
     """One signaling connection and, once joined, one participant."""
@@ -113,6 +115,8 @@ async def dispatch(conference: Conference, session: Session, text: str | bytes, 
         await conference.leave(session)
     elif isinstance(message, SetMedia):
         await conference.set_media(session, message)
+    elif isinstance(message, protocol.ModerateAudio):
+        await conference.moderate_audio(session, message)
 
 
 def websocket_handler(conference: Conference, limits: Limits = Limits()):

@@ -1,0 +1,193 @@
+"""Recording a room's composite: real peers, a real server, files checked with ffprobe/ffmpeg."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import av
+import pytest
+from media_checks import cell_colours, contains_colour
+
+from client.peer import Peer
+from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
+from mcu.config import Config
+
+BIN = Path(sys.executable).parent
+FILE_NAME = re.compile(r"^rec-\d{8}T\d{6}Z(-\d+)?\.webm$")
+#: EBML ids of the Matroska elements a finished file has and a killed one lacks.
+CUES_ID = bytes.fromhex("1C53BB6B")
+DURATION_ID = bytes.fromhex("4489")
+
+needs_ffmpeg = pytest.mark.skipif(
+    shutil.which("ffprobe") is None or shutil.which("ffmpeg") is None, reason="ffmpeg/ffprobe not installed"
+)
+
+
+@pytest.fixture
+def config(tmp_path) -> Config:
+    return Config(width=640, height=360, fps=15, video_bitrate=600_000, record_dir=str(tmp_path))
+
+
+def ffprobe(path: Path) -> dict:
+    """ffprobe's view of a file: its format and streams (fails the test if ffprobe cannot read it)."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-of", "json", "-show_format", "-show_streams", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def decoded_until(path: Path) -> tuple[float, float]:
+    """The last video and audio times that ffmpeg decodes from the file, in seconds."""
+    ends = []
+    for stream in ("v", "a"):
+        out = subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", stream, "-show_entries", "frame=pts_time", "-of", "csv=p=0",
+             str(path)],
+            capture_output=True, text=True, timeout=60,
+        )
+        times = [float(t) for t in out.stdout.split() if t.strip() not in ("", "N/A")]
+        ends.append(max(times, default=0.0))
+    decode = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True,
+                            text=True, timeout=120)
+    assert decode.returncode == 0, decode.stderr
+    return ends[0], ends[1]
+
+
+def events(peer: Peer, kind: str) -> list[dict]:
+    return [e for e in peer.events if e["type"] == kind]
+
+
+def error_codes(peer: Peer) -> list[str]:
+    return [e["code"] for e in peer.errors]
+
+
+def make_peer(url: str, name: str, colour: str, frequency: float, room: str = "rec") -> Peer:
+    return Peer(url, room, name, video=ColorTrack(COLORS[colour]), audio=ToneTrack(frequency), chat=False)
+
+
+@needs_ffmpeg
+async def test_start_stop_by_signaling_gives_a_finished_webm_of_the_recorded_length(server, tmp_path):
+    alice = make_peer(server.url, "alice", "red", 440.0)
+    bob = make_peer(server.url, "bob", "blue", 660.0)
+    try:
+        await alice.join()
+        await alice.wait_for(lambda: alice.video_frames > 0, 20)
+        await alice.send({"type": "startRecording"})
+        await alice.wait_for(lambda: events(alice, "recordingStarted"), 10)
+        started = time.monotonic()
+        await bob.join()
+        # A late joiner learns that the room is being recorded.
+        joined = events(bob, "joined")[0]
+        started_event = events(alice, "recordingStarted")[0]
+        assert joined["recording"] == {"file": started_event["file"], "startedAt": started_event["startedAt"]}
+        await asyncio.sleep(4)
+        await alice.send({"type": "stopRecording"})
+        await alice.wait_for(lambda: events(alice, "recordingStopped"), 10)
+        recorded = time.monotonic() - started
+        await bob.wait_for(lambda: events(bob, "recordingStopped"), 10)
+    finally:
+        await asyncio.gather(alice.close(), bob.close())
+    stopped = events(alice, "recordingStopped")[0]
+    assert stopped["reason"] == "stopped" and "message" not in stopped
+    assert FILE_NAME.match(stopped["file"]), stopped
+    path = tmp_path / stopped["file"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stopped["file"]]
+
+    probe = ffprobe(path)
+    codecs = {s["codec_type"]: s for s in probe["streams"]}
+    assert codecs["video"]["codec_name"] == "vp8" and codecs["audio"]["codec_name"] == "opus"
+    assert (codecs["video"]["width"], codecs["video"]["height"]) == (640, 360)
+    assert int(codecs["audio"]["sample_rate"]) == 48000
+    duration = float(probe["format"]["duration"])
+    assert abs(duration - recorded) <= 0.5, (duration, recorded)
+    assert abs(stopped["duration"] - duration) <= 0.2, (stopped, duration)
+    data = path.read_bytes()
+    assert CUES_ID in data and DURATION_ID in data  # finalized: an index and a duration
+
+    # The file opens on a picture: its first packet is a keyframe, decodable at once.
+    with av.open(str(path)) as container:
+        first = next(container.demux(video=0))
+        assert first.is_keyframe
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        # Alice's picture, whether Bob's tile was there yet or not.
+        assert contains_colour(cell_colours(frame, 1) + cell_colours(frame, 2), rgb_to_yuv(COLORS["red"]))
+
+
+async def test_recording_errors_are_clear_and_the_room_goes_on(server, tmp_path):
+    alice = make_peer(server.url, "alice", "red", 440.0)
+    try:
+        await alice.join()
+        await alice.wait_for(lambda: alice.video_frames > 0, 20)
+        await alice.send({"type": "stopRecording"})
+        await alice.wait_for(lambda: "not_recording" in error_codes(alice), 10)
+        await alice.send({"type": "startRecording"})
+        await alice.send({"type": "startRecording"})
+        await alice.wait_for(lambda: "already_recording" in error_codes(alice), 10)
+        await alice.send({"type": "stopRecording"})
+        await alice.wait_for(lambda: events(alice, "recordingStopped"), 10)
+        # A directory that does not exist, and one that no one may write in (not even root).
+        for directory in (tmp_path / "missing", Path("/proc")):
+            server.conference.config.record_dir = str(directory)
+            before = error_codes(alice).count("recording_failed")
+            await alice.send({"type": "startRecording"})
+            await alice.wait_for(lambda: error_codes(alice).count("recording_failed") > before, 10)
+            assert str(directory) in alice.errors[-1]["message"]
+        server.conference.config.record_dir = None
+        await alice.send({"type": "startRecording"})
+        await alice.wait_for(lambda: error_codes(alice).count("recording_failed") == 3, 10)
+        assert "--record-dir" in alice.errors[-1]["message"]
+        # The session and the media go on.
+        frames = alice.video_frames
+        await alice.wait_for(lambda: alice.video_frames > frames + 10, 10)
+        assert len(events(alice, "recordingStarted")) == 1
+        assert server.conference.rooms["rec"].recording is None
+    finally:
+        await alice.close()
+
+
+async def test_http_api_starts_and_stops_a_recording(server, tmp_path):
+    base = f"http://127.0.0.1:{server.port}/api/rooms"
+    alice = make_peer(server.url, "alice", "red", 440.0)
+
+    def call(method: str, room: str = "rec") -> tuple[int, dict]:
+        request = urllib.request.Request(f"{base}/{room}/recording", method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    loop = asyncio.get_running_loop()
+    try:
+        await alice.join()
+        await alice.wait_for(lambda: alice.video_frames > 0, 20)
+        status, body = await loop.run_in_executor(None, call, "POST", "nobody")
+        assert status == 404 and body["code"] == "room_not_found"
+        status, body = await loop.run_in_executor(None, call, "DELETE")
+        assert status == 409 and body["code"] == "not_recording"
+        status, body = await loop.run_in_executor(None, call, "POST")
+        assert status == 201 and FILE_NAME.match(body["file"]), body
+        await alice.wait_for(lambda: events(alice, "recordingStarted"), 10)
+        assert events(alice, "recordingStarted")[0]["file"] == body["file"]
+        status, again = await loop.run_in_executor(None, call, "POST")
+        assert status == 409 and again["code"] == "already_recording"
+        await asyncio.sleep(2)
+        status, stopped = await loop.run_in_executor(None, call, "DELETE")
+        assert status == 200 and stopped["file"] == body["file"] and stopped["duration"] > 1.5, stopped
+        await alice.wait_for(lambda: events(alice, "recordingStopped"), 10)
+    finally:
+        await alice.close()
+    assert (tmp_path / body["file"]).stat().st_size > 10_000
