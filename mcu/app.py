@@ -12,6 +12,7 @@ from . import api
 from .api import CONFERENCE
 from .conference import Conference
 from .config import Config
+from .metrics import add_metrics
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "client" / "web"
 
@@ -24,6 +25,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/ws", websocket_handler(conference, config.limits))
     app.router.add_get("/healthz", _healthz)
     api.add_routes(app)
+    add_metrics(app, conference)
     app.router.add_get("/", _index)
     if WEB_ROOT.is_dir():
         app.router.add_static("/static/", WEB_ROOT)

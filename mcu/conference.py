@@ -17,6 +17,7 @@ from signaling.websocket import Session
 from .config import DEFAULT_TIER, Config
 from .participant import NegotiationError, Participant
 from .room import Room
+from .traffic import Traffic
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class Conference:
         self.rooms: dict[str, Room] = {}
         self._sessions: dict[str, Session] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self.traffic = Traffic()
 
     async def join(self, session: Session, message: Join) -> None:
         grants = self._admit(message)
@@ -41,6 +43,11 @@ class Conference:
                 protocol.UNKNOWN_TIER, f"The tier must be one of {', '.join(sorted(tiers))}, not {message.tier[:32]!r}."
             )
         room = self.rooms.get(message.room)
+        limits = self.config.limits
+        if room is None and len(self.rooms) >= limits.max_rooms:
+            raise ProtocolError(protocol.TOO_MANY_ROOMS, f"This server holds its maximum of {limits.max_rooms} rooms.")
+        if room is not None and len(room.participants) >= limits.max_peers_per_room:
+            raise ProtocolError(protocol.ROOM_FULL, f"This room is full ({limits.max_peers_per_room} participants).")
         if room is None:
             room = self.rooms[message.room] = Room(message.room, self.config)
             room.audio.on_speakers = lambda events, room=room: self._speakers(room, events)
@@ -154,7 +161,13 @@ class Conference:
         session.send_error(protocol.MEDIA_FAILED, "The media connection failed; join again to retry.")
         asyncio.ensure_future(self.leave(session))
 
+    def media_bytes(self) -> tuple[int, int]:
+        """(sent, received) bytes of every peer connection since the server started."""
+        return self.traffic.totals(p.pc for room in self.rooms.values() for p in room.participants.values() if p.pc)
+
     def _close_later(self, participant: Participant) -> None:
+        if participant.pc is not None:
+            self.traffic.depart(participant.pc)
         # Closing a peer connection joins its decoder threads: not on the caller's time.
         task = asyncio.ensure_future(participant.close())
         self._closing.add(task)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,8 @@ class Room:
     def __init__(self, name: str, config: Config) -> None:
         self.name = name
         self.config = config
+        #: When the room opened (time.monotonic()), for rates since then.
+        self.created = time.monotonic()
         self.participants: dict[str, Participant] = {}
         self.video = VideoPipeline(
             name,
@@ -69,6 +72,7 @@ class Room:
             "audioMixes": audio.mixes,
             "audioEncodes": audio.encodes,
             "audioTicksDropped": audio.dropped_ticks,
+            "audioUnderruns": self.audio.underruns,
             "chatRelayed": chat.relayed,
             "chatRefused": chat.refused,
             "chatDropped": chat.dropped,

@@ -29,6 +29,12 @@ BINARY_NOT_SUPPORTED = "binary_not_supported"
 MEDIA_FAILED = "media_failed"
 UNAUTHORIZED = "unauthorized"
 FORBIDDEN = "forbidden"
+TOO_MANY_ROOMS = "too_many_rooms"
+ROOM_FULL = "room_full"
+RATE_LIMITED = "rate_limited"
+JOIN_TIMEOUT = "join_timeout"
+SDP_TOO_LARGE = "sdp_too_large"
+TOO_MANY_TRACKS = "too_many_tracks"
 PARTICIPANT_NOT_FOUND = "participant_not_found"
 INVALID_VOLUME = "invalid_volume"
 INTERNAL_ERROR = "internal_error"
@@ -261,7 +267,7 @@ _PARSERS = {
 }
 
 
-def parse_client_message(text: str | bytes) -> ClientMessage:
+def parse_client_message(text: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> ClientMessage:
     """
     Validate one WebSocket message from a client and return it typed.
 
@@ -272,14 +278,8 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
             BINARY_NOT_SUPPORTED, "Binary messages are not supported: send JSON text."
         )
     # A character is at least one byte, so a long string needs no encoding to reject.
-    if (
-        len(text) > MAX_MESSAGE_BYTES
-        or len(text.encode("utf-8", "surrogatepass")) > MAX_MESSAGE_BYTES
-    ):
-        raise ProtocolError(
-            MESSAGE_TOO_LARGE,
-            f"The message is larger than {MAX_MESSAGE_BYTES} bytes.",
-        )
+    if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ProtocolError(MESSAGE_TOO_LARGE, f"The message is larger than {max_bytes} bytes.")
 
     try:
         obj = json.loads(text, parse_constant=_reject_constant)

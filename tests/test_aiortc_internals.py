@@ -26,6 +26,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip
 from client.sources import ToneTrack
+from mcu.traffic import transport_bytes
 from signaling.ice import rtc_configuration, use_host_addresses
 from signaling.receiver import install_encoded_receiver
 
@@ -180,3 +181,17 @@ async def test_encoded_audio_frames_carry_the_rfc6464_level_the_sender_measured(
     frames = [await asyncio.wait_for(received[0].recv(), 10) for _ in range(30)]
     # A sine of amplitude 0.1 is 0.1/sqrt(2) RMS: -23 dBov.
     assert [frame.audio_level for frame in frames[5:]] == [-23] * 25
+
+
+async def test_dtls_transport_byte_counters_match_its_stats(pcs) -> None:
+    """mcu/traffic.py reads the DTLS transport's private byte counters; getStats() reports the same ones."""
+    sending, receiving = pcs
+    sending.addTransceiver(ToneTrack(440.0, 0.1), direction="sendonly")
+    await connect(sending, receiving)
+    await within(10, lambda: transport_bytes(receiving)[1] > 5_000)
+    await asyncio.sleep(0.1)
+    sent, received = transport_bytes(sending)
+    stats = [s for s in (await sending.getStats()).values() if s.type == "transport"]
+    assert sent > 5_000 and received > 0
+    assert sent <= sum(s.bytesSent for s in stats) and received <= sum(s.bytesReceived for s in stats)
+    assert sum(s.bytesSent for s in stats) - sent < 5_000  # the same counter, read a moment later

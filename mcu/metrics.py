@@ -1,0 +1,137 @@
+"""Prometheus metrics at /metrics (prometheus-client), read from the conference when scraped.
+
+Room counters live in the rooms themselves (`Room.stats()`); a custom collector
+turns them into metric families at scrape time, so the media path pays nothing
+for being observed. Event-loop lag is sampled by a small task: it is the first
+sign of an overloaded process (every peer's packets wait on that loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .conference import Conference
+
+#: How often the loop-lag probe wakes up.
+LAG_PROBE_SECONDS = 0.1
+
+#: Room counters exported as `mcu_<name>_total{room}`: (stats key, metric name, help).
+_ROOM_COUNTERS = (
+    ("videoFrames", "composite_frames", "Composite frames produced"),
+    (
+        "videoTicksSkipped",
+        "composite_ticks_skipped",
+        "Video clock ticks skipped (dropped frames): the previous compose was still running",
+    ),
+    ("composeSeconds", "compose_seconds", "Seconds spent composing"),
+    ("encodeSeconds", "encode_seconds", "Seconds spent encoding video"),
+    ("audioTicks", "audio_ticks", "Audio clock ticks"),
+    ("audioTicksDropped", "audio_ticks_dropped", "Audio ticks dropped: the audio thread was overloaded"),
+    ("audioUnderruns", "audio_underruns", "Participant audio frames filled with silence: nothing had arrived in time"),
+    ("audioEncodes", "audio_encodes", "Opus encodes"),
+)
+
+
+class ConferenceCollector(Collector):
+    """Rooms, peers, bytes and per-room media counters, read at scrape time."""
+
+    def __init__(self, conference: Conference) -> None:
+        self._conference = conference
+        #: Per room: (frames, time) at the previous scrape, for the fps gauge.
+        self._last: dict[str, tuple[int, float]] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        conference = self._conference
+        rooms = dict(conference.rooms)
+        yield GaugeMetricFamily("mcu_rooms", "Rooms open", value=len(rooms))
+        yield GaugeMetricFamily(
+            "mcu_peers", "Participants in all rooms", value=sum(len(r.participants) for r in rooms.values())
+        )
+        sent, received = conference.media_bytes()
+        yield CounterMetricFamily(
+            "mcu_media_bytes_sent", "Media bytes sent to peers (RTP and data channels, encrypted)", value=sent
+        )
+        yield CounterMetricFamily(
+            "mcu_media_bytes_received",
+            "Media bytes received from peers (RTP and data channels, encrypted)",
+            value=received,
+        )
+        stats = {name: room.stats() for name, room in rooms.items()}
+        counters = {
+            key: CounterMetricFamily(f"mcu_{name}", help, labels=["room"]) for key, name, help in _ROOM_COUNTERS
+        }
+        peers = GaugeMetricFamily("mcu_room_peers", "Participants in the room", labels=["room"])
+        fps = GaugeMetricFamily(
+            "mcu_composite_fps", "Composite frames per second since the previous scrape", labels=["room"]
+        )
+        now = time.monotonic()
+        for name, room_stats in stats.items():
+            peers.add_metric([name], room_stats["peers"])
+            for key, counter in counters.items():
+                counter.add_metric([name], room_stats.get(key, 0))
+            frames = room_stats["videoFrames"]
+            last_frames, last_time = self._last.get(name, (0, rooms[name].created))
+            if now > last_time:
+                fps.add_metric([name], (frames - last_frames) / (now - last_time))
+            self._last[name] = (frames, now)
+        for gone in self._last.keys() - stats.keys():
+            del self._last[gone]
+        yield peers
+        yield fps
+        yield from counters.values()
+
+
+class LoopLagProbe:
+    """Samples how late the event loop wakes a sleeping task: time every peer's packets wait."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.histogram = Histogram(
+            "mcu_event_loop_lag_seconds",
+            "How late the event loop ran a task that asked to wake up",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=registry,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_PROBE_SECONDS
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            self.histogram.observe(max(0.0, loop.time() - due))
+
+
+def add_metrics(app: web.Application, conference: Conference) -> None:
+    """Serve /metrics for `conference`, with a registry of this app's own (no process globals)."""
+    registry = CollectorRegistry()
+    registry.register(ConferenceCollector(conference))
+    probe = LoopLagProbe(registry)
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def start(app: web.Application) -> None:
+        probe.start()
+
+    async def stop(app: web.Application) -> None:
+        await probe.stop()
+
+    app.router.add_get("/metrics", metrics)
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
