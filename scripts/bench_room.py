@@ -33,14 +33,18 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE, FPS = "1280x720", 30
-MODES = {"shared": [], "per-peer": ["--encode-per-peer"]}
+MODES = {"shared": [], "per-peer": ["--encode-per-peer"], "mixed": []}
+#: The frame rate each built-in tier must hold (mcu/config.py); "mixed" peers ask for these.
+TIER_FPS = {"low": 15, "high": FPS}
+DEFAULT_MIX = ["low/vp8", "high/vp8", "low/h264", "high/h264"]
+TIERS_BEGIN, TIERS_END = "<!-- bench_room_tiers:begin -->", "<!-- bench_room_tiers:end -->"
 #: Above this the server has used up both cores of the reference machine.
 CPU_CAP = 190.0
 #: A peer under these rates means the room no longer works.
@@ -65,12 +69,20 @@ class Result:
     #: shared VM this is why two runs of the same room differ.
     steal: float = 0.0
     failure: str = ""
+    #: "mixed" mode: per "tier/codec" label, (peers, fps mean, fps min, kbit/s mean).
+    groups: dict[str, tuple[int, float, float, float]] = field(default_factory=dict)
 
     @property
     def collapsed(self) -> bool:
         return bool(self.failure) or (
-            self.server_cpu > CPU_CAP or self.fps_min < MIN_FPS or self.audio_min < MIN_AUDIO
+            self.server_cpu > CPU_CAP or self.fps_min < self.min_fps or self.audio_min < MIN_AUDIO
         )
+
+    @property
+    def min_fps(self) -> float:
+        """Half the rate of the slowest tier received (mixed tiers: low's 15 fps)."""
+        tiers = {label.split("/")[0] for label in self.groups} or {"high"}
+        return min(TIER_FPS[tier] for tier in tiers) / 2
 
     @property
     def status(self) -> str:
@@ -79,8 +91,8 @@ class Result:
         reasons = []
         if self.server_cpu > CPU_CAP:
             reasons.append(f"CPU > {CPU_CAP:.0f} %")
-        if self.fps_min < MIN_FPS:
-            reasons.append(f"fps < {MIN_FPS:.0f}")
+        if self.fps_min < self.min_fps:
+            reasons.append(f"fps < {self.min_fps:.0f}")
         if self.audio_min < MIN_AUDIO:
             reasons.append(f"audio < {MIN_AUDIO:.0f}/s")
         if reasons:
@@ -102,11 +114,16 @@ def emit(event: str, **fields: object) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
-async def run_load(url: str, count: int, warmup: float, seconds: float) -> None:
-    """Join `count` load peers, wait for media, then report one measurement window."""
+async def run_load(url: str, count: int, warmup: float, seconds: float, mix: list[str] | None = None) -> None:
+    """Join `count` load peers, wait for media, then report one measurement window.
+
+    With `mix` ("tier/codec" labels), peer i asks for the tier and offers only
+    the codec of label i modulo its length.
+    """
     from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
     from client.peer import Peer
 
+    labels = [mix[i % len(mix)] if mix else "" for i in range(count)]
     peers = [
         Peer(
             url,
@@ -116,8 +133,10 @@ async def run_load(url: str, count: int, warmup: float, seconds: float) -> None:
             audio=PreEncodedAudioTrack(300.0 + 75 * i),
             decode=False,
             chat=False,  # media only: the room's cost without an SCTP association per peer
+            tier=label.split("/")[0] if label else None,
+            video_codec=label.split("/")[1] if label else None,
         )
-        for i in range(count)
+        for i, label in enumerate(labels)
     ]
     try:
         for peer in peers:
@@ -142,6 +161,7 @@ async def run_load(url: str, count: int, warmup: float, seconds: float) -> None:
             audio=[d[1] / wall for d in deltas],
             kbps=[d[2] * 8 / wall / 1000 for d in deltas],
             cpu=(end[1] - start[1]) / wall * 100,
+            labels=labels,
         )
     finally:
         await asyncio.wait_for(asyncio.gather(*(p.close() for p in peers), return_exceptions=True), 15)
@@ -234,7 +254,7 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
         with load_log.open("wb") as log:
             load = await asyncio.create_subprocess_exec(
                 sys.executable, __file__, "_load", f"ws://127.0.0.1:{port}/ws", str(count),
-                str(args.warmup), str(args.seconds),
+                str(args.warmup), str(args.seconds), *([",".join(args.mix)] if mode == "mixed" else []),
                 cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True,
             )  # fmt: skip
         try:
@@ -253,6 +273,11 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
         result.audio_mean, result.audio_min = sum(report["audio"]) / count, min(report["audio"])
         result.kbps_mean = sum(report["kbps"]) / count
         result.load_cpu = report["cpu"]
+        for label in sorted(set(report["labels"]) - {""}):
+            mine = [i for i, other in enumerate(report["labels"]) if other == label]
+            fps = [report["fps"][i] for i in mine]
+            kbps = sum(report["kbps"][i] for i in mine) / len(mine)
+            result.groups[label] = (len(mine), sum(fps) / len(fps), min(fps), kbps)
         await asyncio.wait_for(load.wait(), 20)
         return result
     finally:
@@ -349,6 +374,43 @@ def section(results: list[Result], args: argparse.Namespace) -> str:
     )
 
 
+def format_tiers_table(results: list[Result]) -> str:
+    """Mixed tiers and codecs: one row per tier/codec group of each run."""
+    rows = [
+        "| N | server CPU, % of one core | tier/codec | peers | fps mean | fps min | kbit/s mean per peer "
+        "| steal % | status |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for label, (peers, fps_mean, fps_min, kbps) in r.groups.items() or {"-": (0, 0.0, 0.0, 0.0)}.items():
+            rows.append(
+                f"| {r.peers} | {r.server_cpu:.1f} | {label} | {peers} | {fps_mean:.1f} | {fps_min:.1f} | {kbps:.0f} "
+                f"| {r.steal:.1f} | {r.status} |"
+            )
+    return "\n".join(rows)
+
+
+def tiers_section(results: list[Result], args: argparse.Namespace) -> str:
+    return "\n".join(
+        [
+            TIERS_BEGIN,
+            "## One room, mixed output tiers and codecs",
+            "",
+            f"Measured {datetime.date.today().isoformat()} on {machine()}. A fresh `mcu serve` (tiers high = "
+            f"{SIZE}@{FPS}, 1.5 Mbit/s, and low = 640x360@15, 400 kbit/s) with N load peers in one process, as "
+            f"above; the peers ask in turn for {', '.join(args.mix)} (tier / the only video codec offered). "
+            "The server runs one encoder per tier and codec in use, whatever N; the low canvas is the high one "
+            "scaled down. fps is what the peers of each group received; a group must hold half its tier's rate. "
+            f"Warm-up {args.warmup:g} s, window {args.seconds:g} s.",
+            "",
+            format_tiers_table(results),
+            "",
+            f"Re-run: `{rerun_command()}`",
+            TIERS_END,
+        ]
+    )
+
+
 def write_section(path: Path, text: str) -> None:
     """Replace the marked section of `path` (or add it; create the file if missing)."""
     if not path.exists():
@@ -359,9 +421,10 @@ def write_section(path: Path, text: str) -> None:
         )
         return
     current = path.read_text()
-    if BEGIN in current and END in current:
-        before, rest = current.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
+    begin, end = text.split("\n", 1)[0], text.rsplit("\n", 1)[1]
+    if begin in current and end in current:
+        before, rest = current.split(begin, 1)
+        after = rest.split(end, 1)[1]
         path.write_text(before + text + after)
     else:
         path.write_text(current.rstrip("\n") + "\n\n" + text + "\n")
@@ -388,14 +451,25 @@ def numbers(text: str) -> list[int]:
 def main() -> None:
     if sys.argv[1:2] == ["_load"]:
         url, count, warmup, seconds = sys.argv[2:6]
-        asyncio.run(run_load(url, int(count), float(warmup), float(seconds)))
+        mix = sys.argv[6].split(",") if len(sys.argv) > 6 else None
+        asyncio.run(run_load(url, int(count), float(warmup), float(seconds), mix))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", type=numbers, default=[2, 4, 8, 16], help="numbers of peers (default 2,4,8,16)")
     parser.add_argument("--seconds", type=float, default=20, help="measurement window in s (default 20)")
     parser.add_argument("--warmup", type=float, default=5, help="warm-up after all peers receive, in s (default 5)")
     parser.add_argument(
-        "--modes", type=lambda t: t.split(","), default=list(MODES), help="modes to run (default shared,per-peer)"
+        "--modes",
+        type=lambda t: t.split(","),
+        default=["shared", "per-peer"],
+        help="modes to run among shared, per-peer, mixed (default shared,per-peer); mixed: peers on tiers and "
+        "codecs by --mix",
+    )
+    parser.add_argument(
+        "--mix",
+        type=lambda t: t.split(","),
+        default=DEFAULT_MIX,
+        help=f"mixed mode: tier/codec given to the peers in turn (default {','.join(DEFAULT_MIX)})",
     )
     parser.add_argument(
         "--write", type=Path, help="replace the bench_room section of this file (e.g. docs/benchmarks.md)"
@@ -407,10 +481,18 @@ def main() -> None:
         results = asyncio.run(run_all(args))
     except KeyboardInterrupt:
         sys.exit(130)
-    print(format_table(results))
-    print(ratio_line(results))
+    mixed = [r for r in results if r.mode == "mixed"]
+    results = [r for r in results if r.mode != "mixed"]
+    if results:
+        print(format_table(results))
+        print(ratio_line(results))
+    if mixed:
+        print(format_tiers_table(mixed))
     if args.write:
-        write_section(args.write, section(results, args))
+        if results:
+            write_section(args.write, section(results, args))
+        if mixed:
+            write_section(args.write, tiers_section(mixed, args))
         print(f"wrote {args.write}")
 
 
