@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 #: The user the server's own TURN credentials are issued to (clients get their peerId).
 SERVER_TURN_USER = "mcu"
+#: How long shutdown waits for peer connections to close (their decoder threads to join).
+SHUTDOWN_SECONDS = 2.5
 
 
 class Conference:
@@ -125,11 +127,21 @@ class Conference:
             logger.info("room %s: closed", room.name)
 
     async def close(self) -> None:
-        """Leave every session and close every room (server shutdown)."""
-        for session in list(self._sessions.values()):
+        """Server shutdown: tell every peer, close every room (finishing its recording), hang up.
+
+        Bounded to SHUTDOWN_SECONDS, well inside the 5 s an orchestrator gives
+        between SIGTERM and SIGKILL.
+        """
+        sessions = list(self._sessions.values())
+        for session in sessions:
+            session.send_error(protocol.SERVER_SHUTDOWN, "The server is shutting down; join again in a moment.")
+        for session in sessions:
             await self.leave(session)
+        # Flush what each session has queued (the shutdown notice), then close its WebSocket.
+        await asyncio.gather(*(session.close() for session in sessions))
+        await asyncio.gather(*(session.ws.close() for session in sessions), return_exceptions=True)
         if self._closing:
-            await asyncio.wait(self._closing, timeout=5)
+            await asyncio.wait(self._closing, timeout=SHUTDOWN_SECONDS)
 
     def _admit(self, message: Join) -> frozenset[str]:
         """The grants a join gets: all without a secret, else those of its valid token."""

@@ -18,6 +18,7 @@ const WORDS = {
   unauthorized: "You are not allowed in this room (missing or expired invitation).",
   forbidden: "You are not allowed to do that in this room.",
   media_failed: "The media connection failed. Reconnecting…",
+  server_shutdown: "The server is restarting. Reconnecting…",
   invalid_sdp: "Your browser's media offer was refused by the server.",
   chat_too_large: "That message is too long to send.",
   chat_rate_limited: "You are sending messages too fast; wait a moment.",
