@@ -85,6 +85,8 @@ class Peer:
         self.name = name
         self.peer_id: str | None = None
         self.participants: dict[str, str] = {}
+        #: The room's layout as the server last announced it (`joined`, `layoutChanged`).
+        self.layout: str | dict[str, Any] | None = None
         self.events: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.pc: RTCPeerConnection | None = None
@@ -148,6 +150,10 @@ class Peer:
     async def set_media(self, video: bool, audio: bool) -> None:
         """Tell the room what this peer sends: a camera off shows its placeholder."""
         await self.send({"type": "setMedia", "video": video, "audio": audio})
+
+    async def set_layout(self, layout: str | dict[str, Any]) -> None:
+        """Change the room's layout: "grid", "speaker", "pip" or {"regions": [...]} (needs the layout grant)."""
+        await self.send({"type": "setLayout", "layout": layout})
 
     async def chat(self, text: str, timeout: float = 10) -> None:
         """Send a chat message to the room, once the chat channel is open."""
@@ -236,6 +242,7 @@ class Peer:
             if kind == "joined":
                 self.peer_id = message["peerId"]
                 self.participants = {p["peerId"]: p["name"] for p in message["participants"]}
+                self.layout = message.get("layout")
                 self._joined.set()
             elif kind == "answer" and self.pc is not None:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="answer"))
@@ -244,6 +251,8 @@ class Peer:
                 self.participants[message["peerId"]] = message["name"]
             elif kind == "participantLeft":
                 self.participants.pop(message["peerId"], None)
+            elif kind == "layoutChanged":
+                self.layout = message["layout"]
             elif kind == "error":
                 logger.warning("server error %s: %s", message.get("code"), message.get("message"))
                 self.errors.append(message)

@@ -20,7 +20,7 @@ from .layout import (
     last_n,
     parse_layout,
 )
-from .video import Compositor, Tile
+from .video import Compositor, Scene, Tile
 
 __all__ = [
     "BUILT_IN",
@@ -36,6 +36,7 @@ __all__ = [
     "Rect",
     "Region",
     "SampleBuffer",
+    "Scene",
     "Tile",
     "fit",
     "grid_layout",

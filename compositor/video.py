@@ -49,6 +49,19 @@ class Tile:
     speaking: bool = False
 
 
+@dataclass(frozen=True)
+class Scene:
+    """What one canvas shows on one tick: the tiles in order, their layout, and who holds the floor.
+
+    `speaker` is the index of the floor holder's tile (None: nobody yet), the
+    large one in `speaker` and `pip` layouts.
+    """
+
+    tiles: tuple[Tile, ...] = ()
+    layout: Layout = GRID
+    speaker: int | None = None
+
+
 @dataclass
 class _Shown:
     """What a cell currently shows; holding the frame keeps its identity unique."""

@@ -22,6 +22,8 @@ CONFERENCE = web.AppKey("conference", Conference)
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/rooms", _rooms)
     app.router.add_get("/api/rooms/{room}", _room)
+    app.router.add_get("/api/rooms/{room}/layout", _get_layout)
+    app.router.add_put("/api/rooms/{room}/layout", _put_layout)
     app.router.add_patch("/api/rooms/{room}/participants/{peerId}", _moderate_participant)
 
 
@@ -89,6 +91,7 @@ async def _moderate_participant(request: web.Request) -> web.Response:
 def _describe(room: Room) -> dict[str, Any]:
     return {
         "room": room.name,
+        "layout": room.layout.to_json(),
         "participants": [
             {"peerId": p.peer_id, "name": p.name, "video": p.sending_video, "audio": p.sending_audio}
             for p in room.participants.values()
@@ -107,3 +110,23 @@ async def _room(request: web.Request) -> web.Response:
     authorize(request, "moderate", request.match_info["room"])  # before saying whether it exists
     room = room_or_404(request)
     return web.json_response(_describe(room))
+
+
+async def _get_layout(request: web.Request) -> web.Response:
+    authorize(request, "layout", request.match_info["room"])
+    room = room_or_404(request)
+    return web.json_response({"room": room.name, "layout": room.layout.to_json()})
+
+
+async def _put_layout(request: web.Request) -> web.Response:
+    """Change the room's layout: the body is `{"layout": ...}`, as in signaling's `setLayout`."""
+    authorize(request, "layout", request.match_info["room"])
+    room = room_or_404(request)
+    body = await json_body(request)
+    if not isinstance(body, dict) or "layout" not in body:
+        raise error(web.HTTPBadRequest, protocol.INVALID_MESSAGE, 'The body must be an object with a "layout" field.')
+    try:
+        request.app[CONFERENCE].change_layout(room, body["layout"])
+    except protocol.ProtocolError as exc:
+        raise error(web.HTTPBadRequest, exc.code, exc.message) from None
+    return web.json_response({"room": room.name, "layout": room.layout.to_json()})

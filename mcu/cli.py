@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from compositor.layout import BUILT_IN
 from signaling import tokens
 from signaling.grants import ALL_GRANTS
 from signaling.ice import IceServers, is_loopback_host, use_host_addresses
@@ -30,6 +31,17 @@ def _size(text: str) -> tuple[int, int]:
     if width < 16 or height < 16 or width % 2 or height % 4:
         raise argparse.ArgumentTypeError("width must be even, height a multiple of 4, both at least 16")
     return width, height
+
+
+def _max_tiles(text: str) -> int:
+    """At least 2: one picture and the +N tile."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tiles, got {text!r}") from None
+    if count < 2:
+        raise argparse.ArgumentTypeError("at least 2 tiles (one picture and the +N tile)")
+    return count
 
 
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -94,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.add_argument("--size", type=_size, default=(1280, 720), help="composite size, WxH (default 1280x720)")
     serve.add_argument("--fps", type=int, default=30, help="composite frame rate (default 30)")
+    serve.add_argument(
+        "--max-tiles", type=_max_tiles, default=16,
+        help="most tiles in a composite; a larger room shows its recent speakers and a +N tile (default 16)",
+    )
+    serve.add_argument(
+        "--layout", choices=sorted(BUILT_IN), default="grid", help="a new room's layout (default grid)"
+    )
     serve.add_argument(
         "--video-bitrate", type=int, default=Config.video_bitrate, help="composite bitrate in bit/s"
     )
@@ -227,6 +246,8 @@ def serve(args: argparse.Namespace, ice: IceServers) -> None:
         tiers=tiers,
         encode_per_peer=args.encode_per_peer,
         audio_talkers=args.audio_talkers or None,
+        max_tiles=args.max_tiles,
+        layout=args.layout,
         ice_servers=ice,
         secret=args.secret or None,
         record_dir=args.record_dir,

@@ -8,10 +8,18 @@ import secrets
 
 from aiortc.sdp import candidate_from_sdp
 
+from compositor.layout import LayoutError, parse_layout
 from compositor.speakers import SpeakerEvents
 from signaling import grants, protocol, tokens
 from signaling.grants import ALL_GRANTS
-from signaling.protocol import Candidate, Join, Offer, ProtocolError, SetMedia
+from signaling.protocol import (
+    Candidate,
+    Join,
+    Offer,
+    ProtocolError,
+    SetLayout,
+    SetMedia,
+)
 from signaling.websocket import Session
 
 from .config import DEFAULT_TIER, Config
@@ -23,8 +31,6 @@ logger = logging.getLogger(__name__)
 
 #: The user the server's own TURN credentials are issued to (clients get their peerId).
 SERVER_TURN_USER = "mcu"
-#: How long shutdown waits for peer connections to close (their decoder threads to join).
-SHUTDOWN_SECONDS = 2.5
 
 
 class Conference:
@@ -72,7 +78,15 @@ class Conference:
         room.add(participant)
         session.peer_id, session.room = peer_id, room.name
         self._sessions[peer_id] = session
-        session.send(protocol.joined(room.name, peer_id, others, self.config.ice_servers.for_user(peer_id)))
+        session.send(
+            protocol.joined(
+                room.name,
+                peer_id,
+                others,
+                self.config.ice_servers.for_user(peer_id),
+                layout=room.layout.to_json(),
+            )
+        )
         self._broadcast(room, protocol.participant_joined(peer_id, message.name), exclude=peer_id)
         logger.info("room %s: %s (%s) joined", room.name, peer_id, message.name)
 
@@ -126,22 +140,28 @@ class Conference:
             await room.close()
             logger.info("room %s: closed", room.name)
 
-    async def close(self) -> None:
-        """Server shutdown: tell every peer, close every room (finishing its recording), hang up.
+    async def set_layout(self, session: Session, message: SetLayout) -> None:
+        participant = self.require(session, grants.LAYOUT)
+        self.change_layout(self.rooms[session.room], message.layout, participant.peer_id)  # type: ignore[index]
 
-        Bounded to SHUTDOWN_SECONDS, well inside the 5 s an orchestrator gives
-        between SIGTERM and SIGKILL.
+    def change_layout(self, room: Room, data: object, by: str | None = None) -> None:
+        """Give `room` the layout `data` (its wire form) from its next tick on, and tell its peers.
+
+        :raises ProtocolError: ``invalid_layout``, saying what is wrong with it.
         """
-        sessions = list(self._sessions.values())
-        for session in sessions:
-            session.send_error(protocol.SERVER_SHUTDOWN, "The server is shutting down; join again in a moment.")
-        for session in sessions:
+        try:
+            room.layout = parse_layout(data)
+        except LayoutError as exc:
+            raise ProtocolError(protocol.INVALID_LAYOUT, str(exc)) from None
+        logger.info("room %s: layout %s", room.name, room.layout.name)
+        self._broadcast(room, protocol.layout_changed(room.layout.to_json(), by))
+
+    async def close(self) -> None:
+        """Leave every session and close every room (server shutdown)."""
+        for session in list(self._sessions.values()):
             await self.leave(session)
-        # Flush what each session has queued (the shutdown notice), then close its WebSocket.
-        await asyncio.gather(*(session.close() for session in sessions))
-        await asyncio.gather(*(session.ws.close() for session in sessions), return_exceptions=True)
         if self._closing:
-            await asyncio.wait(self._closing, timeout=SHUTDOWN_SECONDS)
+            await asyncio.wait(self._closing, timeout=5)
 
     def _admit(self, message: Join) -> frozenset[str]:
         """The grants a join gets: all without a secret, else those of its valid token."""

@@ -36,6 +36,11 @@ class Config:
     tiers: dict[str, Tier] = field(default_factory=lambda: {"low": Tier(640, 360, 15, 400_000)})
     #: A participant silent on video this long shows its placeholder tile.
     stale_video_seconds: float = 2.0
+    #: At most this many tiles in a composite: a larger room shows the most recent
+    #: speakers and one "+N" tile for the others (`mcu serve --max-tiles`).
+    max_tiles: int = 16
+    #: The layout of a new room (compositor/layout.py): grid, speaker or pip.
+    layout: str = "grid"
     #: The loudest this many talkers get a personal mix-minus; every other listener
     #: shares one mix of them. None: every listener gets a personal mix.
     audio_talkers: int | None = 3

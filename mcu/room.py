@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from compositor.video import Tile
+from compositor.layout import Layout, last_n, parse_layout
+from compositor.video import Scene, Tile
 
 from .audio import AudioPipeline
 from .chat import ChatRelay
@@ -38,6 +39,8 @@ class Room:
         self.chat = ChatRelay(name, self.participants)
         #: The recording in progress, if any.
         self.recording: Recording | None = None
+        #: What the composite looks like; changed at run time (setLayout, the HTTP API), shown on the next tick.
+        self.layout: Layout = parse_layout(config.layout)
         self._started = False
 
     def add(self, participant: Participant) -> None:
@@ -102,13 +105,28 @@ class Room:
         await asyncio.gather(self.video.stop(), self.audio.stop())
         await self.stop_recording()
 
-    def _tiles(self, leave_out: str | None = None) -> list[Tile]:
-        """The latest frame of each participant but `leave_out` (hide-self); a stale or missing one shows
-        the placeholder."""
+    def _tiles(self, leave_out: str | None = None) -> Scene:
+        """The scene of this tick: the latest frame of each participant shown but `leave_out` (hide-self).
+
+        A stale or missing frame shows the placeholder. When more participants
+        than `max_tiles` (or than the layout holds) are left, the most recent
+        speakers are shown and one "+N" tile counts the others.
+        """
         now = asyncio.get_running_loop().time()
         stale = self.config.stale_video_seconds
-        return [
-            Tile(p.name, p.video_frame if p.sending_video and now - p.video_frame_time < stale else None)
-            for p in self.participants.values()
-            if p.peer_id != leave_out
+        audio = self.audio
+        limit = min(self.config.max_tiles, self.layout.capacity or self.config.max_tiles)
+        ids = [peer_id for peer_id in self.participants if peer_id != leave_out]
+        shown, hidden = last_n(ids, audio.speaker_order, limit)
+        tiles = [
+            Tile(
+                p.name,
+                p.video_frame if p.sending_video and now - p.video_frame_time < stale else None,
+                speaking=p.peer_id in audio.speaking,
+            )
+            for p in (self.participants[peer_id] for peer_id in shown)
         ]
+        if hidden:
+            tiles.append(Tile(f"+{hidden}", None))
+        speaker = shown.index(audio.active_speaker) if audio.active_speaker in shown else None
+        return Scene(tuple(tiles), self.layout, speaker)

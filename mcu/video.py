@@ -13,13 +13,13 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import av
 import cv2
 import numpy as np
 
-from compositor.video import Compositor, Tile
+from compositor.video import Compositor, Scene
 
 from .clock import MediaClock
 from .config import Tier
@@ -28,8 +28,8 @@ from .tracks import PacketSink, PacketTrack
 
 logger = logging.getLogger(__name__)
 
-#: The tiles to compose, leaving out the peer whose id is given (hide-self), or nobody.
-TilesSource = Callable[[str | None], Sequence[Tile]]
+#: The scene to compose (tiles, layout, floor holder), leaving out the peer whose id is given (hide-self), or nobody.
+TilesSource = Callable[[str | None], Scene]
 
 
 @dataclass
@@ -160,15 +160,15 @@ class VideoPipeline(MediaClock):
                 delay = 0
             await asyncio.sleep(max(delay, 0))
 
-    def _scenes(self, due: list[Output]) -> dict[str | None, list[Tile]]:
+    def _scenes(self, due: list[Output]) -> dict[str | None, Scene]:
         """The tiles to compose, read on the loop: the shared ones and each personal canvas's."""
         wanted = {output.personal for output in due}
         if self.encode_per_peer:
             wanted.add(None)
-        return {personal: list(self._tiles(personal)) for personal in wanted}
+        return {personal: self._tiles(personal) for personal in wanted}
 
     def _compose_encode(
-        self, scenes: dict[str | None, list[Tile]], due: list[Output], in_use: set[Output], pts: int
+        self, scenes: dict[str | None, Scene], due: list[Output], in_use: set[Output], pts: int
     ) -> tuple[dict[Output, list[av.Packet]], np.ndarray | None]:
         """On the video thread: release unused encoders, compose the canvases due, encode each output once."""
         for output in self.encoders.keys() - in_use:
@@ -183,7 +183,7 @@ class VideoPipeline(MediaClock):
             # The compositor reuses its buffer: the per-peer encodes need a copy.
             return {}, canvases[tier.width, tier.height].to_ndarray()
         sizes = {self._size(output) for output in due if output.personal is None}
-        canvases = self._shared_canvases(scenes.get(None, []), sizes)
+        canvases = self._shared_canvases(scenes.get(None, Scene()), sizes)
         pictures = {}
         for output in due:
             if output.personal is None:
@@ -192,7 +192,8 @@ class VideoPipeline(MediaClock):
                 compositor = self._compositors.get(output)
                 if compositor is None:
                     compositor = self._compositors[output] = Compositor(*self._size(output))
-                pictures[output] = compositor.compose(scenes[output.personal])
+                scene = scenes[output.personal]
+                pictures[output] = compositor.compose(scene.tiles, scene.layout, scene.speaker)
         self.stats.compose_seconds += time.monotonic() - started
         packets = {}
         for output, frame in pictures.items():
@@ -215,7 +216,7 @@ class VideoPipeline(MediaClock):
         return tier.width, tier.height
 
     def _shared_canvases(
-        self, tiles: list[Tile], sizes: set[tuple[int, int]]
+        self, scene: Scene, sizes: set[tuple[int, int]]
     ) -> dict[tuple[int, int], av.VideoFrame]:
         """Compose the largest canvas; a smaller one of the same aspect is that canvas scaled down.
 
@@ -234,7 +235,7 @@ class VideoPipeline(MediaClock):
             compositor = self._compositors.get((width, height))
             if compositor is None:
                 compositor = self._compositors[width, height] = Compositor(width, height)
-            canvases[width, height] = compositor.compose(tiles)
+            canvases[width, height] = compositor.compose(scene.tiles, scene.layout, scene.speaker)
         return canvases
 
     def _scale(self, canvas: av.VideoFrame, size: tuple[int, int]) -> av.VideoFrame:

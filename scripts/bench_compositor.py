@@ -4,7 +4,7 @@ Inputs change every other call, like 15 fps inputs at a 30 fps output; the
 worst case (every input new on every call) and the cost of clearing the whole
 canvas are printed for comparison.
 
-    python scripts/bench_compositor.py [--calls 300]
+    python scripts/bench_compositor.py [--calls 300] [--layout grid|speaker|pip]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 import av
 import numpy as np
 
-from compositor import Compositor, Tile
+from compositor import BUILT_IN, Compositor, Layout, Tile
 
 WIDTH, HEIGHT = 1280, 720
 
@@ -28,16 +28,16 @@ def noise_frame(rng: np.random.Generator, width: int = 320, height: int = 240) -
     return frame
 
 
-def time_compose(count: int, calls: int, change_every: int) -> float:
+def time_compose(count: int, calls: int, change_every: int, layout: Layout) -> float:
     """Mean milliseconds per compose when every input changes every `change_every` calls."""
     rng = np.random.default_rng(count)
     versions = [[noise_frame(rng) for _ in range(count)] for _ in range(2)]
     compositor = Compositor(WIDTH, HEIGHT)
-    compositor.compose([Tile(f"Participant {i}", f) for i, f in enumerate(versions[1])])
+    compositor.compose([Tile(f"Participant {i}", f) for i, f in enumerate(versions[1])], layout)
     start = time.perf_counter()
     for call in range(calls):
         frames = versions[(call // change_every) % 2]
-        compositor.compose([Tile(f"Participant {i}", f) for i, f in enumerate(frames)])
+        compositor.compose([Tile(f"Participant {i}", f) for i, f in enumerate(frames)], layout)
     return (time.perf_counter() - start) * 1000 / calls
 
 
@@ -54,11 +54,13 @@ def time_full_clear(calls: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--layout", choices=sorted(BUILT_IN), default="grid")
     args = parser.parse_args()
-    print(f"compose into {WIDTH}x{HEIGHT} yuv420p, 320x240 inputs, {args.calls} calls each")
+    layout = BUILT_IN[args.layout]
+    print(f"compose into {WIDTH}x{HEIGHT} yuv420p, {args.layout} layout, 320x240 inputs, {args.calls} calls each")
     for count in (4, 9, 16):
-        half_rate = time_compose(count, args.calls, change_every=2)
-        every_call = time_compose(count, args.calls, change_every=1)
+        half_rate = time_compose(count, args.calls, change_every=2, layout=layout)
+        every_call = time_compose(count, args.calls, change_every=1, layout=layout)
         print(
             f"{count:2d} tiles: {half_rate:.3f} ms/compose (inputs new every other call), "
             f"{every_call:.3f} ms (inputs new every call)"

@@ -39,6 +39,7 @@ TOO_MANY_TRACKS = "too_many_tracks"
 PARTICIPANT_NOT_FOUND = "participant_not_found"
 INVALID_VOLUME = "invalid_volume"
 INTERNAL_ERROR = "internal_error"
+INVALID_LAYOUT = "invalid_layout"
 UNKNOWN_TIER = "unknown_tier"
 
 MAX_NAME_LENGTH = 64
@@ -127,7 +128,18 @@ class SetMedia:
     audio: bool
 
 
-ClientMessage = Join | Offer | Candidate | Leave | SetMedia | ModerateAudio
+@dataclass(frozen=True)
+class SetLayout:
+    """Change the room's layout (grant ``layout``): a built-in name or ``{"regions": [...]}``.
+
+    Only the shape is checked here; the media side validates the layout itself
+    (``invalid_layout``).
+    """
+
+    layout: str | dict[str, Any]
+
+
+ClientMessage = Join | Offer | Candidate | Leave | SetMedia | SetLayout | ModerateAudio
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -258,6 +270,13 @@ def parse_moderate_audio(obj: dict[str, Any]) -> ModerateAudio:
     return ModerateAudio(peer_id=peer_id, muted=muted, volume=None if volume is None else float(volume))
 
 
+def _parse_set_layout(obj: dict[str, Any]) -> SetLayout:
+    layout = obj.get("layout")
+    if not isinstance(layout, (str, dict)):
+        raise ProtocolError(INVALID_MESSAGE, 'The "layout" field must be a layout name or an object with regions.')
+    return SetLayout(layout=layout)
+
+
 _PARSERS = {
     "join": _parse_join,
     "offer": _parse_offer,
@@ -265,6 +284,7 @@ _PARSERS = {
     "leave": _parse_leave,
     "setMedia": _parse_set_media,
     "moderateAudio": parse_moderate_audio,
+    "setLayout": _parse_set_layout,
 }
 
 
@@ -300,11 +320,16 @@ def parse_client_message(text: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) 
 
 
 def joined(
-    room: str, peer_id: str, participants: list[dict], ice_servers: list[dict]
+    room: str,
+    peer_id: str,
+    participants: list[dict],
+    ice_servers: list[dict],
+    layout: str | dict = "grid",
 ) -> dict:
     """
     Confirm a join: the caller's ``peer_id``, who else is in the room (dicts with
-    ``peerId`` and ``name``), and the ICE servers to configure before offering.
+    ``peerId`` and ``name``), the ICE servers to configure before offering, and
+    the room's current layout (as ``setLayout`` takes it).
     """
     return {
         "type": "joined",
@@ -312,6 +337,7 @@ def joined(
         "peerId": peer_id,
         "participants": list(participants),
         "iceServers": list(ice_servers),
+        "layout": layout,
     }
 
 
@@ -348,6 +374,11 @@ def speaking(peer_id: str, is_speaking: bool) -> dict:
 def active_speaker(peer_id: str | None) -> dict:
     """Tell the room who holds the floor now (None: its holder left, nobody has it)."""
     return {"type": "activeSpeaker", "peerId": peer_id}
+
+
+def layout_changed(layout: str | dict, by: str | None) -> dict:
+    """Tell the room its layout changed: the layout as ``setLayout`` takes it, and who set it (None: the API)."""
+    return {"type": "layoutChanged", "layout": layout, "by": by}
 
 
 def error(code: str, message: str) -> dict:

@@ -20,7 +20,15 @@ from aiohttp import WSMsgType, web
 from . import protocol
 from .chat import TokenBucket
 from .limits import Limits
-from .protocol import Candidate, Join, Leave, Offer, ProtocolError, SetMedia
+from .protocol import (
+    Candidate,
+    Join,
+    Leave,
+    Offer,
+    ProtocolError,
+    SetLayout,
+    SetMedia,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,8 @@ class Conference(Protocol):
     async def leave(self, session: Session) -> None: ...
 
     async def set_media(self, session: Session, message: SetMedia) -> None: ...
+
+    async def set_layout(self, session: Session, message: SetLayout) -> None: ...
 
     async def moderate_audio(self, session: Session, message: protocol.ModerateAudio) -> None: ...
 
@@ -115,6 +125,8 @@ async def dispatch(conference: Conference, session: Session, text: str | bytes, 
         await conference.leave(session)
     elif isinstance(message, SetMedia):
         await conference.set_media(session, message)
+    elif isinstance(message, SetLayout):
+        await conference.set_layout(session, message)
     elif isinstance(message, protocol.ModerateAudio):
         await conference.moderate_audio(session, message)
 

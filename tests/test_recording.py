@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import av
 import pytest
+from conftest import free_port, stop_process
 from media_checks import cell_colours, contains_colour
 
 from client.peer import Peer
@@ -191,3 +194,110 @@ async def test_http_api_starts_and_stops_a_recording(server, tmp_path):
     finally:
         await alice.close()
     assert (tmp_path / body["file"]).stat().st_size > 10_000
+
+
+def start_server(tmp_path: Path, *extra: str, file_limit: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`mcu serve --record-dir tmp_path --auto-record` as a process (optionally with a file size limit)."""
+    port = free_port()
+
+    def limit() -> None:
+        if file_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    process = subprocess.Popen(
+        [BIN / "mcu", "serve", "--port", str(port), "--size", "640x360", "--fps", "15", "--record-dir", str(tmp_path),
+         "--auto-record", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=limit,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return process, f"ws://127.0.0.1:{port}/ws"
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail(f"mcu serve did not start: {process.communicate()[0]}")
+            time.sleep(0.2)
+
+
+@needs_ffmpeg
+async def test_kill_9_leaves_a_file_that_plays_to_within_2_seconds_of_the_kill(tmp_path):
+    process, url = start_server(tmp_path)
+    peer = make_peer(url, "alice", "red", 440.0)
+    try:
+        await peer.join()
+        await peer.wait_for(lambda: peer.video_frames > 0, 20)
+        recording = events(peer, "joined")[0]["recording"]
+        assert recording is not None and FILE_NAME.match(recording["file"]), recording
+        await asyncio.sleep(6)
+        # Killed while the peer is still in the room: nothing gets to finish the file.
+        killed_at = time.time()
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        stop_process(process)
+        await asyncio.wait_for(peer.close(), 15)
+    path = tmp_path / recording["file"]
+    data = path.read_bytes()
+    assert CUES_ID not in data  # really cut short: no index was written
+    codecs = {s["codec_type"]: s["codec_name"] for s in ffprobe(path)["streams"]}
+    assert codecs == {"video": "vp8", "audio": "opus"}
+    video_end, audio_end = decoded_until(path)
+    recorded = killed_at - recording["startedAt"] / 1000
+    assert video_end >= recorded - 2 and audio_end >= recorded - 2, (video_end, audio_end, recorded)
+
+
+@needs_ffmpeg
+async def test_sigterm_finalizes_the_file_with_its_duration_and_index(tmp_path):
+    process, url = start_server(tmp_path)
+    try:
+        peer = make_peer(url, "alice", "red", 440.0)
+        await peer.join()
+        await peer.wait_for(lambda: peer.video_frames > 0, 20)
+        recording = events(peer, "joined")[0]["recording"]
+        await asyncio.sleep(4)
+        terminated_at = time.time()
+        process.send_signal(signal.SIGTERM)
+        output = await asyncio.get_running_loop().run_in_executor(None, lambda: process.communicate(timeout=20)[0])
+        assert process.returncode == 0, output
+        await asyncio.wait_for(peer.close(), 15)
+    finally:
+        stop_process(process)
+    path = tmp_path / recording["file"]
+    data = path.read_bytes()
+    assert CUES_ID in data and DURATION_ID in data
+    duration = float(ffprobe(path)["format"]["duration"])
+    recorded = terminated_at - recording["startedAt"] / 1000
+    assert abs(duration - recorded) <= 0.5, (duration, recorded)
+    assert "recording" in output and "stopped after" in output, output
+
+
+@needs_ffmpeg
+async def test_a_full_disk_stops_the_recording_the_room_goes_on_and_the_file_stays_readable(tmp_path):
+    limit = 150_000
+    process, url = start_server(tmp_path, file_limit=limit)
+    peer = make_peer(url, "alice", "red", 440.0)
+    try:
+        await peer.join()
+        await peer.wait_for(lambda: events(peer, "recordingStopped"), 60)
+        stopped = events(peer, "recordingStopped")[0]
+        assert stopped["reason"] == "failed" and "message" in stopped, stopped
+        # The room goes on: media still flows and another peer can join.
+        frames = peer.video_frames
+        await peer.wait_for(lambda: peer.video_frames > frames + 15, 10)
+        bob = make_peer(url, "bob", "blue", 660.0)
+        await bob.join()
+        await bob.wait_for(lambda: bob.video_frames > 0, 20)
+        await bob.close()
+        assert process.poll() is None
+    finally:
+        await asyncio.wait_for(peer.close(), 15)
+        stop_process(process)
+    path = tmp_path / stopped["file"]
+    assert 0 < path.stat().st_size <= limit
+    video_end, audio_end = decoded_until(path)
+    assert video_end > 1 and audio_end > 1
