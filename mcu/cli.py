@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import sys
@@ -18,6 +17,7 @@ from signaling.grants import ALL_GRANTS
 from signaling.ice import IceServers, is_loopback_host, use_host_addresses
 from signaling.limits import Limits
 
+from . import logs
 from .app import create_app
 from .config import DEFAULT_TIER, Config, Tier
 from .recording import RecordingError, check_directory
@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--record-dir", help="directory for recordings (startRecording, the HTTP API, --auto-record)")
     serve.add_argument("--auto-record", action="store_true", help="record every room for as long as it lives")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="text, or JSON lines with room and peer ids"
+    )
     limits = serve.add_argument_group("limits (each refusal has its own error code)")
     default = Limits()
     for flag, kind, value, text in (
@@ -231,7 +234,7 @@ def ice_servers(args: argparse.Namespace) -> IceServers:
 
 def serve(args: argparse.Namespace, ice: IceServers) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
     if args.media_address:
         use_host_addresses(args.media_address)
     elif is_loopback_host(args.host):

@@ -24,6 +24,7 @@ from signaling.websocket import Session
 
 from .config import DEFAULT_TIER, Config
 from .participant import NegotiationError, Participant
+from . import logs
 from .room import Room
 from .traffic import Traffic
 
@@ -77,6 +78,7 @@ class Conference:
         participant.grants = grants
         room.add(participant)
         session.peer_id, session.room = peer_id, room.name
+        logs.bind(room.name, peer_id)
         self._sessions[peer_id] = session
         session.send(
             protocol.joined(
