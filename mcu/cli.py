@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import ssl
 import sys
 from pathlib import Path
 
@@ -169,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--record-dir", help="directory for recordings (startRecording, the HTTP API, --auto-record)")
     serve.add_argument("--auto-record", action="store_true", help="record every room for as long as it lives")
+    serve.add_argument("--cert", help="TLS certificate chain (PEM): serve HTTPS and WSS; needs --key")
+    serve.add_argument("--key", help="TLS private key (PEM) of --cert")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.add_argument(
         "--log-format", default="text", choices=["text", "json"], help="text, or JSON lines with room and peer ids"
@@ -232,7 +235,7 @@ def ice_servers(args: argparse.Namespace) -> IceServers:
     )
 
 
-def serve(args: argparse.Namespace, ice: IceServers) -> None:
+def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None = None) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     logs.configure(args.log_level, args.log_format)
     if args.media_address:
@@ -253,8 +256,6 @@ def serve(args: argparse.Namespace, ice: IceServers) -> None:
         layout=args.layout,
         ice_servers=ice,
         secret=args.secret or None,
-        record_dir=args.record_dir,
-        auto_record=args.auto_record,
         limits=Limits(
             max_rooms=args.max_rooms,
             max_peers_per_room=args.max_peers,
@@ -265,10 +266,13 @@ def serve(args: argparse.Namespace, ice: IceServers) -> None:
             max_sdp_bytes=args.max_sdp_bytes,
             max_tracks_per_peer=args.max_tracks,
         ),
+        record_dir=args.record_dir,
+        auto_record=args.auto_record,
     )
     if config.secret is None:
         print("mcu: no --secret: anyone who reaches this address may join any room", flush=True)
-    print(f"mcu: serving on http://{args.host}:{args.port}/ (signaling at /ws)", flush=True)
+    scheme = "https" if tls else "http"
+    print(f"mcu: serving on {scheme}://{args.host}:{args.port}/ (signaling at /ws)", flush=True)
     web.run_app(
         create_app(config),
         host=args.host,
@@ -276,7 +280,22 @@ def serve(args: argparse.Namespace, ice: IceServers) -> None:
         print=None,
         shutdown_timeout=5,
         access_log_class=AccessLogger,
+        ssl_context=tls,
     )
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server's TLS context from PEM files, or None for plain HTTP; ValueError says what is wrong."""
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ValueError("--cert and --key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot use --cert {cert} --key {key}: {exc}") from None
+    return context
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -288,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"{SECRET_ENV}), or --allow-anonymous if that is what you want")
         try:
             ice = ice_servers(args)
+            tls = tls_context(args.cert, args.key)
         except ValueError as exc:
             parser.error(str(exc))
         if args.auto_record and not args.record_dir:
@@ -297,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
                 check_directory(Path(args.record_dir))
             except RecordingError as exc:
                 parser.error(str(exc))
-        serve(args, ice)
+        serve(args, ice, tls)
     elif args.command == "token":
         if not args.secret:
             parser.error(f"give the server's secret with --secret or {SECRET_ENV}")
