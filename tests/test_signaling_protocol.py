@@ -85,7 +85,7 @@ VALID = [
     (join("room", "👩‍💻" * 16), Join(room="room", name="👩‍💻" * 16)),
     (join("room", " " + "n" * 64 + " "), Join(room="room", name="n" * 64)),
     (
-        dumps({"type": "join", "room": "r", "name": "n", "token": 1, "v": [1]}),
+        dumps({"type": "join", "room": "r", "name": "n", "extra": 1, "v": [1]}),
         Join(room="r", name="n"),
     ),
     # offer
@@ -367,13 +367,15 @@ def test_server_messages() -> None:
     ice_servers = [{"urls": ["stun:stun.example.org:3478"]}]
     cases = [
         (
-            protocol.joined("room", "p2", participants, ice_servers),
+            protocol.joined("room", "p2", participants, ice_servers, {"file": "f.webm", "startedAt": 1}, "pip"),
             {
                 "type": "joined",
                 "room": "room",
                 "peerId": "p2",
                 "participants": participants,
                 "iceServers": ice_servers,
+                "recording": {"file": "f.webm", "startedAt": 1},
+                "layout": "pip",
             },
         ),
         (
@@ -384,6 +386,8 @@ def test_server_messages() -> None:
                 "peerId": "p1",
                 "participants": [],
                 "iceServers": [],
+                "recording": None,
+                "layout": "grid",
             },
         ),
         (protocol.answer(SDP), {"type": "answer", "sdp": SDP}),
