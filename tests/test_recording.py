@@ -15,12 +15,13 @@ import urllib.request
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 from conftest import free_port, stop_process
-from media_checks import cell_colours, contains_colour
+from media_checks import cell_colours, close_to, contains_colour
 
 from client.peer import Peer
-from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
+from client.sources import COLORS, ColorTrack, FlashBeep, ToneTrack, rgb_to_yuv
 from mcu.config import Config
 
 BIN = Path(sys.executable).parent
@@ -301,3 +302,79 @@ async def test_a_full_disk_stops_the_recording_the_room_goes_on_and_the_file_sta
     assert 0 < path.stat().st_size <= limit
     video_end, audio_end = decoded_until(path)
     assert video_end > 1 and audio_end > 1
+
+
+def onsets(times: np.ndarray, on: np.ndarray) -> np.ndarray:
+    """The times at which `on` turns true (after being false)."""
+    rising = np.flatnonzero(on[1:] & ~on[:-1]) + 1
+    return times[rising]
+
+
+@needs_ffmpeg
+async def test_audio_and_video_are_in_sync_within_80_ms(server, tmp_path):
+    source = FlashBeep(period=1.0, length=0.2, fps=15)
+    peer = Peer(server.url, "rec", "flash", video=source.video, audio=source.audio, chat=False)
+    try:
+        await peer.join()
+        await peer.wait_for(lambda: peer.video_frames > 0, 20)
+        await peer.send({"type": "startRecording"})
+        await peer.wait_for(lambda: events(peer, "recordingStarted"), 10)
+        await asyncio.sleep(8)
+        await peer.send({"type": "stopRecording"})
+        await peer.wait_for(lambda: events(peer, "recordingStopped"), 10)
+    finally:
+        await peer.close()
+    path = tmp_path / events(peer, "recordingStopped")[0]["file"]
+    with av.open(str(path)) as container:
+        frames = [(f.time, f.to_ndarray(format="gray").mean()) for f in container.decode(video=0)]
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
+        decoded = container.decode(audio=0)
+        chunks = [(f.time, r.to_ndarray().reshape(-1)) for f in decoded for r in resampler.resample(f)]
+    video_times, luma = (np.array(v) for v in zip(*frames))
+    flashes = onsets(video_times, luma > (luma.min() + luma.max()) / 2)
+    # Audio loudness per millisecond, from the decoded samples' own timestamps.
+    samples = np.concatenate([c for _, c in chunks]).astype(np.float64)
+    audio_start = chunks[0][0]
+    envelope = np.abs(samples[: len(samples) // 48 * 48]).reshape(-1, 48).max(axis=1)
+    beeps = onsets(audio_start + np.arange(len(envelope)) / 1000, envelope > 0.25 * 32767)
+    assert len(flashes) >= 5 and len(beeps) >= 5, (flashes, beeps)
+    offsets = [beeps[np.abs(beeps - t).argmin()] - t for t in flashes]
+    offset = float(np.median(offsets))
+    print(f"audio - video: median {offset * 1000:.0f} ms over {len(offsets)} flashes: {np.round(offsets, 3)}")
+    assert abs(offset) <= 0.080, offsets
+
+
+@needs_ffmpeg
+async def test_a_participant_who_joins_and_leaves_shows_in_and_disappears_from_the_file(server, tmp_path):
+    alice = make_peer(server.url, "alice", "red", 440.0)
+    bob = make_peer(server.url, "bob", "blue", 660.0)
+    red, blue = rgb_to_yuv(COLORS["red"]), rgb_to_yuv(COLORS["blue"])
+    try:
+        await alice.join()
+        await alice.wait_for(lambda: alice.video_frames > 0, 20)
+        await alice.send({"type": "startRecording"})
+        await alice.wait_for(lambda: events(alice, "recordingStarted"), 10)
+        started = time.monotonic()
+        await asyncio.sleep(3)
+        await bob.join()
+        joined = time.monotonic() - started
+        await asyncio.sleep(4)
+        await bob.close()
+        left = time.monotonic() - started
+        await asyncio.sleep(3)
+        await alice.send({"type": "stopRecording"})
+        await alice.wait_for(lambda: events(alice, "recordingStopped"), 10)
+    finally:
+        await asyncio.gather(alice.close(), bob.close())
+    path = tmp_path / events(alice, "recordingStopped")[0]["file"]
+    with av.open(str(path)) as container:
+        frames = [(f.time, cell_colours(f, 1), cell_colours(f, 2)) for f in container.decode(video=0)]
+    before = [f for f in frames if f[0] < joined - 0.5]
+    during = [f for f in frames if joined + 2 < f[0] < left - 0.5]
+    after = [f for f in frames if f[0] > left + 1.5]
+    assert len(before) > 20 and len(during) > 10 and len(after) > 10, (len(before), len(during), len(after))
+    # Alone, Alice fills the one cell; with Bob, the two cells are Alice's red and Bob's blue.
+    assert all(close_to(one[0], red) for _, one, _ in before)
+    assert all(close_to(two[0], red) and close_to(two[1], blue) for _, _, two in during)
+    assert all(close_to(one[0], red) and not contains_colour(two, blue) for _, one, two in after)
