@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -46,6 +47,8 @@ class AudioStats:
     dropped_ticks: int = 0
     #: Packets that failed to decode (corrupt payloads): skipped, the mix goes on.
     decode_errors: int = 0
+    #: CPU time the audio thread spent on the ticks (decode, mix, encode), in seconds.
+    cpu_seconds: float = 0.0
 
 
 class _Channel:
@@ -166,6 +169,7 @@ class AudioPipeline(MediaClock):
         gains: np.ndarray,
         pts: int,
     ) -> tuple[list[list[av.Packet]], SpeakerEvents]:
+        started = time.thread_time()
         for channel, pending in zip(channels, payloads):
             self.stats.decode_errors += channel.decode(pending)
         frames = np.stack([channel.buffer.pull(FRAME_SAMPLES) for channel in channels])
@@ -201,6 +205,7 @@ class AudioPipeline(MediaClock):
             for sink in sinks:
                 for packet in shared:
                     sink.push(packet)
+        self.stats.cpu_seconds += time.thread_time() - started
         return packets, events  # type: ignore[return-value]
 
     def _deliver(

@@ -74,6 +74,7 @@ class Room:
             "audioTicks": audio.ticks,
             "audioMixes": audio.mixes,
             "audioEncodes": audio.encodes,
+            "audioCpuSeconds": round(audio.cpu_seconds, 3),
             "audioTicksDropped": audio.dropped_ticks,
             "audioUnderruns": self.audio.underruns,
             "chatRelayed": chat.relayed,
