@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from pathlib import Path
 
 from aiortc.sdp import candidate_from_sdp
 
@@ -19,12 +20,15 @@ from signaling.protocol import (
     ProtocolError,
     SetLayout,
     SetMedia,
+    StartRecording,
+    StopRecording,
 )
 from signaling.websocket import Session
 
+from . import logs
 from .config import DEFAULT_TIER, Config
 from .participant import NegotiationError, Participant
-from . import logs
+from .recording import Recording, RecordingError
 from .room import Room
 from .traffic import Traffic
 
@@ -32,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: The user the server's own TURN credentials are issued to (clients get their peerId).
 SERVER_TURN_USER = "mcu"
+#: How long shutdown waits for peer connections to close (their decoder threads to join).
+SHUTDOWN_SECONDS = 2.5
 
 
 class Conference:
@@ -45,7 +51,7 @@ class Conference:
         self.traffic = Traffic()
 
     async def join(self, session: Session, message: Join) -> None:
-        grants = self._admit(message)
+        granted = self._admit(message)
         tiers = self.config.output_tiers()
         if message.tier is not None and message.tier not in tiers:
             raise ProtocolError(
@@ -61,6 +67,11 @@ class Conference:
             room = self.rooms[message.room] = Room(message.room, self.config)
             room.audio.on_speakers = lambda events, room=room: self._speakers(room, events)
             logger.info("room %s: created", room.name)
+            if self.config.auto_record:
+                try:
+                    self.begin_recording(room)
+                except ProtocolError as exc:
+                    logger.error("room %s: could not record: %s", room.name, exc.message)
         peer_id = secrets.token_hex(6)
         others = [
             {"peerId": p.peer_id, "name": p.name, "video": p.sending_video, "audio": p.sending_audio}
@@ -75,17 +86,26 @@ class Conference:
             tier=message.tier or DEFAULT_TIER,
             hide_self=message.hide_self,
         )
-        participant.grants = grants
+        participant.grants = granted
+        if grants.PUBLISH not in granted:
+            # A viewer: no tile, no voice in the mix, whatever it sends.
+            participant.sending_video = participant.sending_audio = False
+        if grants.SUBSCRIBE not in granted:
+            # Nothing flows to it: its outbound tracks end, and no encoder is kept for it.
+            participant.video_out.stop()
+            participant.audio_out.stop()
         room.add(participant)
         session.peer_id, session.room = peer_id, room.name
         logs.bind(room.name, peer_id)
         self._sessions[peer_id] = session
+        recording = room.recording.describe() if room.recording is not None else None
         session.send(
             protocol.joined(
                 room.name,
                 peer_id,
                 others,
                 self.config.ice_servers.for_user(peer_id),
+                recording,
                 layout=room.layout.to_json(),
             )
         )
@@ -119,6 +139,8 @@ class Conference:
 
     async def set_media(self, session: Session, message: SetMedia) -> None:
         participant = self._participant(session)
+        if (message.video or message.audio) and grants.PUBLISH not in participant.grants:
+            raise ProtocolError(protocol.FORBIDDEN, "You may watch and listen in this room, not publish.")
         participant.sending_video, participant.sending_audio = message.video, message.audio
         room = self.rooms[session.room]  # type: ignore[index]
         self._broadcast(room, protocol.participant_media(participant.peer_id, message.video, message.audio))
@@ -158,12 +180,70 @@ class Conference:
         logger.info("room %s: layout %s", room.name, room.layout.name)
         self._broadcast(room, protocol.layout_changed(room.layout.to_json(), by))
 
+    async def start_recording(self, session: Session, message: StartRecording) -> None:
+        self.require(session, grants.RECORD)
+        self.begin_recording(self.rooms[session.room])  # type: ignore[index]
+
+    async def stop_recording(self, session: Session, message: StopRecording) -> None:
+        self.require(session, grants.RECORD)
+        await self.end_recording(self.rooms[session.room])  # type: ignore[index]
+
+    def begin_recording(self, room: Room) -> Recording:
+        """Start recording `room` (signaling, HTTP or --auto-record) and tell its peers."""
+        if room.recording is not None:
+            raise ProtocolError(protocol.ALREADY_RECORDING, "This room is already being recorded.")
+        if self.config.record_dir is None:
+            raise ProtocolError(protocol.RECORDING_FAILED, "This server does not record (no --record-dir).")
+        if self.config.encode_per_peer:
+            raise ProtocolError(protocol.RECORDING_FAILED, "The per-peer baseline has no shared stream to record.")
+        try:
+            recording = room.start_recording(Path(self.config.record_dir), self._recording_failed)
+        except RecordingError as exc:
+            raise ProtocolError(protocol.RECORDING_FAILED, str(exc)) from None
+        logger.info("room %s: recording to %s", room.name, recording.path)
+        described = recording.describe()
+        self._broadcast(room, protocol.recording_started(described["file"], described["startedAt"]))
+        return recording
+
+    async def end_recording(self, room: Room) -> Recording:
+        """Stop `room`'s recording, finish its file and tell its peers."""
+        recording = await room.stop_recording()
+        if recording is None:
+            raise ProtocolError(protocol.NOT_RECORDING, "This room is not being recorded.")
+        reason = "stopped" if recording.error is None else "failed"
+        self._broadcast(room, self._recording_stopped(recording, reason))
+        return recording
+
+    def _recording_stopped(self, recording: Recording, reason: str) -> dict:
+        described = recording.describe()
+        return protocol.recording_stopped(
+            described["file"], described["startedAt"], round(recording.duration, 3), reason, recording.error
+        )
+
+    def _recording_failed(self, recording: Recording, message: str) -> None:
+        """A write failed (full disk...): the room goes on without it; what was written stays."""
+        room = next((r for r in self.rooms.values() if r.recording is recording), None)
+        if room is not None:
+            task = asyncio.ensure_future(self.end_recording(room))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     async def close(self) -> None:
-        """Leave every session and close every room (server shutdown)."""
-        for session in list(self._sessions.values()):
+        """Server shutdown: tell every peer, close every room (finishing its recording), hang up.
+
+        Bounded to SHUTDOWN_SECONDS, well inside the 5 s an orchestrator gives
+        between SIGTERM and SIGKILL.
+        """
+        sessions = list(self._sessions.values())
+        for session in sessions:
+            session.send_error(protocol.SERVER_SHUTDOWN, "The server is shutting down; join again in a moment.")
+        for session in sessions:
             await self.leave(session)
+        # Flush what each session has queued (the shutdown notice), then close its WebSocket.
+        await asyncio.gather(*(session.close() for session in sessions))
+        await asyncio.gather(*(session.ws.close() for session in sessions), return_exceptions=True)
         if self._closing:
-            await asyncio.wait(self._closing, timeout=5)
+            await asyncio.wait(self._closing, timeout=SHUTDOWN_SECONDS)
 
     def _admit(self, message: Join) -> frozenset[str]:
         """The grants a join gets: all without a secret, else those of its valid token."""

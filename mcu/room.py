@@ -9,6 +9,7 @@ from typing import Callable
 
 from compositor.layout import Layout, last_n, parse_layout
 from compositor.video import Scene, Tile
+from signaling import grants
 
 from .audio import AudioPipeline
 from .chat import ChatRelay
@@ -32,7 +33,7 @@ class Room:
             config.output_tiers(),
             DEFAULT_TIER,
             tiles=self._tiles,
-            sinks=lambda: [p.video_out for p in self.participants.values()],
+            sinks=lambda: [p.video_out for p in self.participants.values() if grants.SUBSCRIBE in p.grants],
             encode_per_peer=config.encode_per_peer,
         )
         self.audio = AudioPipeline(name, lambda: list(self.participants.values()), config.audio_talkers)
@@ -117,7 +118,7 @@ class Room:
         stale = self.config.stale_video_seconds
         audio = self.audio
         limit = min(self.config.max_tiles, self.layout.capacity or self.config.max_tiles)
-        ids = [peer_id for peer_id in self.participants if peer_id != leave_out]
+        ids = [i for i, p in self.participants.items() if i != leave_out and grants.PUBLISH in p.grants]
         shown, hidden = last_n(ids, audio.speaker_order, limit)
         tiles = [
             Tile(

@@ -16,9 +16,10 @@ import aiohttp
 import jwt
 import pytest
 from conftest import free_port, stop_process
+from media_checks import cell_colours, contains_colour, tone_levels
 
 from client.peer import Peer, PeerError
-from client.sources import COLORS, ColorTrack, ToneTrack
+from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
 from mcu.config import Config
 from signaling import tokens
 from signaling.grants import ALL_GRANTS
@@ -254,3 +255,35 @@ async def test_secrets_and_tokens_stay_out_of_the_logs() -> None:
     assert "serving on" in output and '"GET /"' in output  # the log is there...
     assert SECRET not in output and token not in output  # ...without what would let a reader in
     assert "no --secret" not in output
+
+
+async def test_publish_and_subscribe_grants(server) -> None:
+    """A viewer (no `publish`) has no tile and no voice; a peer without `subscribe` receives nothing."""
+    host = Peer(server.url, "ps", "Host", video=ColorTrack(COLORS["red"]), audio=ToneTrack(500),
+                token=tokens.issue(SECRET, "ps", "host", 60, ["publish", "subscribe"]))
+    viewer = Peer(server.url, "ps", "Viewer", video=ColorTrack(COLORS["green"]), audio=ToneTrack(700),
+                  token=tokens.issue(SECRET, "ps", "viewer", 60, ["subscribe"]))
+    camera = Peer(server.url, "ps", "Camera", video=ColorTrack(COLORS["blue"]), audio=ToneTrack(1100),
+                  token=tokens.issue(SECRET, "ps", "camera", 60, ["publish"]))
+    peers = [host, viewer, camera]
+    try:
+        for peer in peers:
+            await peer.join()
+        await host.wait_for(lambda: host.video_frames > 30 and viewer.video_frames > 30, 20)
+        await asyncio.sleep(2)
+        # Two publishers, two tiles: the viewer's green is nowhere; the host hears the camera, not the viewer.
+        for watcher in (host, viewer):
+            colours = cell_colours(watcher.video_frame, 2)
+            assert contains_colour(colours, rgb_to_yuv(COLORS["red"]))
+            assert contains_colour(colours, rgb_to_yuv(COLORS["blue"]))
+            assert not contains_colour(cell_colours(watcher.video_frame, 4), rgb_to_yuv(COLORS["green"]))
+        levels = tone_levels(host.audio(1.0), [700, 1100])
+        assert levels[1100] - levels[700] >= 30, levels
+        # The camera sends but receives nothing at all.
+        assert camera.video_frames == 0 and camera.audio_frames == 0
+        # And a viewer may not turn its camera on.
+        await viewer.set_media(video=True, audio=True)
+        await viewer.wait_for(lambda: viewer.errors, 5)
+        assert viewer.errors[-1]["code"] == "forbidden"
+    finally:
+        await asyncio.gather(*(peer.close() for peer in peers))
