@@ -18,7 +18,7 @@ from signaling.grants import ALL_GRANTS
 from signaling.ice import IceServers, is_loopback_host, use_host_addresses
 from signaling.limits import Limits
 
-from . import logs
+from . import compose, logs
 from .app import create_app
 from .config import DEFAULT_TIER, Config, Tier
 from .recording import RecordingError, check_directory
@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {','.join(DEFAULT_GRANTS)})",
     )
     _add_secret(token, "the server's --secret")
+    compose.add_parser(commands, _size)
     return parser
 
 
@@ -318,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
             except RecordingError as exc:
                 parser.error(str(exc))
         serve(args, ice, tls)
+    elif args.command == "compose":
+        sys.exit(compose.run(args))
     elif args.command == "token":
         if not args.secret:
             parser.error(f"give the server's secret with --secret or {SECRET_ENV}")
