@@ -76,6 +76,7 @@ class Result:
     def collapsed(self) -> bool:
         return bool(self.failure) or (
             self.server_cpu > CPU_CAP or self.fps_min < self.min_fps or self.audio_min < MIN_AUDIO
+            or any(fps_min < TIER_FPS[label.split("/")[0]] / 2 for label, (_, _, fps_min, _) in self.groups.items())
         )
 
     @property
@@ -95,6 +96,9 @@ class Result:
             reasons.append(f"fps < {self.min_fps:.0f}")
         if self.audio_min < MIN_AUDIO:
             reasons.append(f"audio < {MIN_AUDIO:.0f}/s")
+        for label, (_, _, fps_min, _) in self.groups.items():
+            if fps_min < TIER_FPS[label.split("/")[0]] / 2:
+                reasons.append(f"{label} fps < {TIER_FPS[label.split('/')[0]] / 2:.0f}")
         if reasons:
             return "collapsed (" + ", ".join(reasons) + ")"
         # A saturated load process limits what the peers can receive.
