@@ -3,6 +3,13 @@
 
 const $ = (id) => document.getElementById(id);
 
+/** The "recording" indicator: shown while the room is being recorded (recording: {file, startedAt} or null). */
+function showRecording(recording) {
+  const indicator = $("recording");
+  indicator.hidden = !recording;
+  indicator.title = recording ? `Recording to ${recording.file} since ${new Date(recording.startedAt).toLocaleTimeString()}` : "";
+}
+
 // Errors after which reconnecting cannot help: the page stops and says why.
 const FATAL = new Set([
   "invalid_room", "invalid_name", "invalid_message", "unknown_type", "unauthorized",
@@ -147,6 +154,7 @@ class Meeting {
         this.participants = new Map(message.participants.map((p) => [p.peerId, p]));
         this.participants.set(this.peerId, { name: `${this.name} (you)`, ...this.sending });
         this.renderParticipants();
+        showRecording(message.recording);
         setStatus(`In room ${this.room}`);
         await this.startPeer(message.iceServers);
         break;
@@ -176,6 +184,12 @@ class Meeting {
       case "activeSpeaker":
         this.activeSpeaker = message.peerId;
         this.renderParticipants();
+        break;
+      case "recordingStarted":
+        showRecording(message);
+        break;
+      case "recordingStopped":
+        showRecording(null);
         break;
       case "error":
         this.onError(message);
