@@ -46,7 +46,8 @@ async def window(pid: int, seconds: float) -> float:
 async def run(args: argparse.Namespace) -> dict:
     port = bench_room.free_port()
     order = [on for i in range(args.rounds) for on in ((False, True) if i % 2 == 0 else (True, False))]
-    total = len(order) * (args.window + SETTLE) + 30
+    # The load stays until it is stopped at the end; this only bounds it if the driver dies.
+    total = len(order) * (args.window + SETTLE) * 5 + 120
     with tempfile.TemporaryDirectory() as records:
         server = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mcu.cli", "serve", "--port", str(port), "--size", bench_room.SIZE,
