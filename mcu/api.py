@@ -25,6 +25,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/rooms/{room}/layout", _get_layout)
     app.router.add_put("/api/rooms/{room}/layout", _put_layout)
     app.router.add_patch("/api/rooms/{room}/participants/{peerId}", _moderate_participant)
+    app.router.add_post("/api/rooms/{room}/recording", _start_recording)
+    app.router.add_delete("/api/rooms/{room}/recording", _stop_recording)
 
 
 def error(status: type[web.HTTPException], code: str, message: str) -> web.HTTPException:
@@ -130,3 +132,31 @@ async def _put_layout(request: web.Request) -> web.Response:
     except protocol.ProtocolError as exc:
         raise error(web.HTTPBadRequest, exc.code, exc.message) from None
     return web.json_response({"room": room.name, "layout": room.layout.to_json()})
+
+
+#: HTTP statuses of the recording errors.
+_RECORDING_STATUS: dict[str, type[web.HTTPException]] = {
+    protocol.ALREADY_RECORDING: web.HTTPConflict,
+    protocol.NOT_RECORDING: web.HTTPConflict,
+    protocol.RECORDING_FAILED: web.HTTPInternalServerError,
+}
+
+
+async def _start_recording(request: web.Request) -> web.Response:
+    authorize(request, "record", request.match_info["room"])
+    room = room_or_404(request)
+    try:
+        recording = request.app[CONFERENCE].begin_recording(room)
+    except protocol.ProtocolError as exc:
+        raise error(_RECORDING_STATUS[exc.code], exc.code, exc.message) from None
+    return web.json_response({"room": room.name, **recording.describe()}, status=201)
+
+
+async def _stop_recording(request: web.Request) -> web.Response:
+    authorize(request, "record", request.match_info["room"])
+    room = room_or_404(request)
+    try:
+        recording = await request.app[CONFERENCE].end_recording(room)
+    except protocol.ProtocolError as exc:
+        raise error(_RECORDING_STATUS[exc.code], exc.code, exc.message) from None
+    return web.json_response({"room": room.name, **recording.describe(), "duration": round(recording.duration, 3)})
