@@ -39,8 +39,11 @@ TOO_MANY_TRACKS = "too_many_tracks"
 PARTICIPANT_NOT_FOUND = "participant_not_found"
 INVALID_VOLUME = "invalid_volume"
 INTERNAL_ERROR = "internal_error"
-INVALID_LAYOUT = "invalid_layout"
+RECORDING_FAILED = "recording_failed"
+ALREADY_RECORDING = "already_recording"
+NOT_RECORDING = "not_recording"
 UNKNOWN_TIER = "unknown_tier"
+INVALID_LAYOUT = "invalid_layout"
 
 MAX_NAME_LENGTH = 64
 
@@ -129,6 +132,16 @@ class SetMedia:
 
 
 @dataclass(frozen=True)
+class StartRecording:
+    """Record the room's composite and mix to a file on the server (grant ``record``)."""
+
+
+@dataclass(frozen=True)
+class StopRecording:
+    """Stop the room's recording and finish its file (grant ``record``)."""
+
+
+@dataclass(frozen=True)
 class SetLayout:
     """Change the room's layout (grant ``layout``): a built-in name or ``{"regions": [...]}``.
 
@@ -139,7 +152,7 @@ class SetLayout:
     layout: str | dict[str, Any]
 
 
-ClientMessage = Join | Offer | Candidate | Leave | SetMedia | SetLayout | ModerateAudio
+ClientMessage = Join | Offer | Candidate | Leave | SetMedia | StartRecording | StopRecording | SetLayout | ModerateAudio
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -252,6 +265,13 @@ def _parse_set_media(obj: dict[str, Any]) -> SetMedia:
     return SetMedia(video=_field(obj, "video", bool, "video"), audio=_field(obj, "audio", bool, "audio"))
 
 
+def _parse_set_layout(obj: dict[str, Any]) -> SetLayout:
+    layout = obj.get("layout")
+    if not isinstance(layout, (str, dict)):
+        raise ProtocolError(INVALID_MESSAGE, 'The "layout" field must be a layout name or an object with regions.')
+    return SetLayout(layout=layout)
+
+
 #: The gain a moderator may give a participant's voice: 0 (silent) to 2 (+6 dB).
 MAX_VOLUME = 2.0
 
@@ -270,13 +290,6 @@ def parse_moderate_audio(obj: dict[str, Any]) -> ModerateAudio:
     return ModerateAudio(peer_id=peer_id, muted=muted, volume=None if volume is None else float(volume))
 
 
-def _parse_set_layout(obj: dict[str, Any]) -> SetLayout:
-    layout = obj.get("layout")
-    if not isinstance(layout, (str, dict)):
-        raise ProtocolError(INVALID_MESSAGE, 'The "layout" field must be a layout name or an object with regions.')
-    return SetLayout(layout=layout)
-
-
 _PARSERS = {
     "join": _parse_join,
     "offer": _parse_offer,
@@ -284,6 +297,8 @@ _PARSERS = {
     "leave": _parse_leave,
     "setMedia": _parse_set_media,
     "moderateAudio": parse_moderate_audio,
+    "startRecording": lambda obj: StartRecording(),
+    "stopRecording": lambda obj: StopRecording(),
     "setLayout": _parse_set_layout,
 }
 
@@ -324,12 +339,14 @@ def joined(
     peer_id: str,
     participants: list[dict],
     ice_servers: list[dict],
+    recording: dict | None = None,
     layout: str | dict = "grid",
 ) -> dict:
     """
     Confirm a join: the caller's ``peer_id``, who else is in the room (dicts with
-    ``peerId`` and ``name``), the ICE servers to configure before offering, and
-    the room's current layout (as ``setLayout`` takes it).
+    ``peerId`` and ``name``), the ICE servers to configure before offering,
+    the room's recording in progress (``file``, ``startedAt``) or None, and the
+    room's current layout (as ``setLayout`` takes it).
     """
     return {
         "type": "joined",
@@ -337,6 +354,7 @@ def joined(
         "peerId": peer_id,
         "participants": list(participants),
         "iceServers": list(ice_servers),
+        "recording": recording,
         "layout": layout,
     }
 
@@ -374,6 +392,20 @@ def speaking(peer_id: str, is_speaking: bool) -> dict:
 def active_speaker(peer_id: str | None) -> dict:
     """Tell the room who holds the floor now (None: its holder left, nobody has it)."""
     return {"type": "activeSpeaker", "peerId": peer_id}
+
+
+def recording_started(file: str, started_at: int) -> dict:
+    """Tell the room that its recording started: the file name and when (ms since the epoch)."""
+    return {"type": "recordingStarted", "file": file, "startedAt": started_at}
+
+
+def recording_stopped(file: str, started_at: int, duration: float, reason: str, message: str | None = None) -> dict:
+    """Tell the room that its recording ended (`reason` "stopped" or "failed", with a `message`)."""
+    stopped = {"type": "recordingStopped", "file": file, "startedAt": started_at, "duration": duration}
+    stopped["reason"] = reason
+    if message is not None:
+        stopped["message"] = message
+    return stopped
 
 
 def layout_changed(layout: str | dict, by: str | None) -> dict:

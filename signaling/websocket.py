@@ -28,6 +28,8 @@ from .protocol import (
     ProtocolError,
     SetLayout,
     SetMedia,
+    StartRecording,
+    StopRecording,
 )
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,10 @@ class Conference(Protocol):
     async def set_layout(self, session: Session, message: SetLayout) -> None: ...
 
     async def moderate_audio(self, session: Session, message: protocol.ModerateAudio) -> None: ...
+
+    async def start_recording(self, session: Session, message: StartRecording) -> None: ...
+
+    async def stop_recording(self, session: Session, message: StopRecording) -> None: ...
 
 
 class Session:
@@ -129,6 +135,10 @@ async def dispatch(conference: Conference, session: Session, text: str | bytes, 
         await conference.set_layout(session, message)
     elif isinstance(message, protocol.ModerateAudio):
         await conference.moderate_audio(session, message)
+    elif isinstance(message, StartRecording):
+        await conference.start_recording(session, message)
+    elif isinstance(message, StopRecording):
+        await conference.stop_recording(session, message)
 
 
 def websocket_handler(conference: Conference, limits: Limits = Limits()):
