@@ -287,3 +287,25 @@ async def test_publish_and_subscribe_grants(server) -> None:
         assert viewer.errors[-1]["code"] == "forbidden"
     finally:
         await asyncio.gather(*(peer.close() for peer in peers))
+
+
+async def test_recording_needs_its_grant(server, tmp_path) -> None:
+    server.conference.config.record_dir = str(tmp_path)
+    guest = Peer(server.url, "rec", "Guest", video=ColorTrack(COLORS["red"]), audio=ToneTrack(500),
+                 token=tokens.issue(SECRET, "rec", "guest", 60, ["publish", "subscribe"]))
+    host = Peer(server.url, "rec", "Host", video=ColorTrack(COLORS["green"]), audio=ToneTrack(700),
+                token=tokens.issue(SECRET, "rec", "host", 60, ["publish", "subscribe", "record"]))
+    try:
+        await guest.join()
+        await host.join()
+        await guest.send({"type": "startRecording"})
+        await guest.wait_for(lambda: guest.errors, 5)
+        assert guest.errors[-1]["code"] == "forbidden"
+        assert server.conference.rooms["rec"].recording is None and not list(tmp_path.iterdir())
+        await host.send({"type": "startRecording"})
+        await host.wait_for(lambda: any(e["type"] == "recordingStarted" for e in guest.events), 5)
+        await guest.send({"type": "stopRecording"})
+        await guest.wait_for(lambda: len(guest.errors) == 2, 5)
+        assert guest.errors[-1]["code"] == "forbidden" and server.conference.rooms["rec"].recording is not None
+    finally:
+        await asyncio.gather(host.close(), guest.close())
