@@ -16,6 +16,9 @@ import functools
 import av
 import cv2
 import numpy as np
+from aiortc import RTCRtpSender
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpsender import RTCEncodedFrame
 
 from .sources import FRAME_SAMPLES, SAMPLE_RATE, _Paced, rgb_to_yuv
 
@@ -77,6 +80,24 @@ def encode_video_clip(
     return tuple(payloads)
 
 
+def audio_level_dbov(samples: np.ndarray) -> int:
+    """The RFC 6464 level of int16 samples: RMS in dBov, -127..0, as browsers and aiortc send it."""
+    rms = np.sqrt(np.mean(np.square(samples, dtype=np.float64))) / 32767
+    return max(-127, round(20 * np.log10(rms))) if rms > 0 else -127
+
+
+@functools.lru_cache(maxsize=None)
+def audio_clip_levels(frequency: float, seconds: float = 1.0, amplitude: float = 0.3) -> tuple[int, ...]:
+    """The RFC 6464 level of each frame of `encode_audio_clip` with the same arguments."""
+    count = round(seconds * SAMPLE_RATE / FRAME_SAMPLES)
+    return tuple(audio_level_dbov(_tone_frame(frequency, amplitude, index)) for index in range(count))
+
+
+def _tone_frame(frequency: float, amplitude: float, index: int) -> np.ndarray:
+    t = (np.arange(FRAME_SAMPLES) + index * FRAME_SAMPLES) / SAMPLE_RATE
+    return (np.sin(2 * np.pi * frequency * t) * amplitude * 32767).astype(np.int16)
+
+
 @functools.lru_cache(maxsize=None)
 def encode_audio_clip(frequency: float, seconds: float = 1.0, amplitude: float = 0.3) -> tuple[bytes, ...]:
     """A looping Opus clip of a tone: mono, 48 kHz, one payload per 20 ms."""
@@ -90,8 +111,7 @@ def encode_audio_clip(frequency: float, seconds: float = 1.0, amplitude: float =
     payloads: list[bytes] = []
     # One frame more than needed: the encoder's lookahead holds the last one back.
     for index in range(count + 1):
-        t = (np.arange(FRAME_SAMPLES) + index * FRAME_SAMPLES) / SAMPLE_RATE
-        samples = (np.sin(2 * np.pi * frequency * t) * amplitude * 32767).astype(np.int16)
+        samples = _tone_frame(frequency, amplitude, index)
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = index * FRAME_SAMPLES
@@ -136,10 +156,47 @@ class PreEncodedVideoTrack(_PacketLoop):
 
 
 class PreEncodedAudioTrack(_PacketLoop):
-    """An Opus tone, encoded once and looped, 50 packets per second."""
+    """An Opus tone, encoded once and looped, 50 packets per second.
+
+    Like a browser, it sends each packet's level in the RFC 6464 header once
+    `attach_sender` has hooked its sender (the server then need not decode a
+    peer that is not talking).
+    """
 
     kind = "audio"
 
-    def __init__(self, frequency: float, seconds: float = 1.0, amplitude: float = 0.3) -> None:
+    def __init__(
+        self, frequency: float, seconds: float = 1.0, amplitude: float = 0.3, send_levels: bool = True
+    ) -> None:
         clip = encode_audio_clip(frequency, seconds, amplitude)
         super().__init__(clip, SAMPLE_RATE / FRAME_SAMPLES, FRAME_SAMPLES, AUDIO_TIME_BASE)
+        #: False: send no RFC 6464 header (a client that does not, as aiortc with packets).
+        self.send_levels = send_levels
+        self._levels = audio_clip_levels(frequency, seconds, amplitude)
+        #: The level (dBov) of the packet that `recv` returned last.
+        self.audio_level = self._levels[0]
+
+    async def recv(self) -> av.Packet:
+        packet = await super().recv()
+        self.audio_level = self._levels[(packet.pts // FRAME_SAMPLES) % len(self._levels)]
+        return packet
+
+    def attach_sender(self, sender: RTCRtpSender) -> None:
+        """Make `sender` put this track's levels in the RFC 6464 header (aiortc internal).
+
+        aiortc only measures the level of frames it encodes itself; for packets it
+        builds its `RTCEncodedFrame` with no level. Its `audio_level` is read when
+        the frame is packetized, right after `_next_encoded_frame` returns, so
+        setting it there sends the header (tests/test_aiortc_internals.py).
+        """
+        if not self.send_levels:
+            return
+        next_encoded_frame = sender._next_encoded_frame
+
+        async def with_level(codec: RTCRtpCodecParameters) -> RTCEncodedFrame | None:
+            frame = await next_encoded_frame(codec)
+            if frame is not None:
+                frame.audio_level = self.audio_level
+            return frame
+
+        sender._next_encoded_frame = with_level  # type: ignore[method-assign]

@@ -206,6 +206,8 @@ class Peer:
         pc = RTCPeerConnection(rtc_configuration(ice_servers, self._ice_transport_policy))
         for kind, source in (("audio", self._audio_source), ("video", self._video_source)):
             transceiver = pc.addTransceiver(source if source is not None else kind, direction="sendrecv")
+            if hasattr(source, "attach_sender"):
+                source.attach_sender(transceiver.sender)  # a pre-encoded track that sends its levels
             if kind == "video" and self.video_codec:
                 transceiver.setCodecPreferences(_codecs_of(self.video_codec))
         # Created before the offer, so that the offer carries the data channel section.

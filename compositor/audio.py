@@ -152,6 +152,10 @@ class SampleBuffer:
         self._ring[: count - first] = samples[first:]
         self._size += count
 
+    def clear(self) -> None:
+        """Drop what is buffered (its audio will not be played)."""
+        self._start = self._size = 0
+
     def pull(self, count: int = FRAME_SAMPLES) -> np.ndarray:
         """Return exactly `count` samples, zero-padded at the end on underrun."""
         out = np.zeros(count, np.int16)

@@ -65,6 +65,20 @@ class TalkerSelector:
     def talkers(self) -> set[Hashable]:
         return set(self._talkers)
 
+    def may_talk(self, level_db: float) -> bool:
+        """Whether a non-talker at this level could join the talkers soon.
+
+        True above the gate while a place is free (it joins at the next update),
+        or when it is within half the margin of challenging the weakest talker
+        (a challenge takes `switch_ticks`). The room need not decode the others.
+        """
+        if level_db <= self.gate_db:
+            return False
+        if len(self._talkers) < self.count:
+            return True
+        weakest = min(talker.level for talker in self._talkers.values())
+        return level_db > weakest + self.margin_db / 2
+
     def update(self, ids: Sequence[Hashable], frame_levels: Sequence[float]) -> set[Hashable]:
         """Feed one tick's levels (dBFS, one per id); returns the talker set."""
         for gone in self._smoothed.keys() - set(ids):

@@ -2,7 +2,9 @@
 
 All of a room's audio codec work runs on one thread of its own, off the video
 encoder's: the peers' Opus packets arrive undecoded (no decoder thread per peer,
-no hop back to the event loop per frame) and are decoded at the tick. The mix
+no hop back to the event loop per frame) and are decoded at the tick, those
+that may be heard only: a peer that sends the RFC 6464 level header (browsers
+do) and is too quiet to become a talker soon is not decoded at all. The mix
 is the sum of the talkers, the K loudest (or everyone, when K is not set): a
 talker hears that sum minus their own voice, with an Opus encode of their own;
 every other listener hears the sum itself, and they all share one encode. So a
@@ -49,6 +51,9 @@ class AudioStats:
     decode_errors: int = 0
     #: CPU time the audio thread spent on the ticks (decode, mix, encode), in seconds.
     cpu_seconds: float = 0.0
+    #: Participants decoded, summed over the ticks: a peer that cannot become a talker
+    #: soon (its RFC 6464 level says so) is not decoded.
+    decodes: int = 0
 
 
 class _Channel:
@@ -64,6 +69,13 @@ class _Channel:
         #: The personal mix's encoder and limiter, used while this participant is a talker.
         self.encoder = AudioEncoder()
         self.limiter = Limiter()
+        #: The latest RFC 6464 level the peer sent (dBov), NaN until it sends one.
+        self.sent_level = np.nan
+
+    def skip(self) -> None:
+        """Decode nothing this tick: the peer is not heard. Its decoder resumes on the next
+        packets (Opus conceals the gap; tests/test_audio_decoding.py: the voice enters clean)."""
+        self.buffer.clear()
 
     def decode(self, payloads: list[tuple[bytes, int | None]]) -> int:
         """Decode into the buffer; returns the number of payloads that failed."""
@@ -170,20 +182,28 @@ class AudioPipeline(MediaClock):
         pts: int,
     ) -> tuple[list[list[av.Packet]], SpeakerEvents]:
         started = time.thread_time()
-        for channel, pending in zip(channels, payloads):
-            self.stats.decode_errors += channel.decode(pending)
-        frames = np.stack([channel.buffer.pull(FRAME_SAMPLES) for channel in channels])
-        frame_levels = levels(frames)
         # The sender's own measure (RFC 6464) where it sends one: what it captured, before coding.
-        for i, pending in enumerate(payloads):
-            sent = [level for _, level in pending if level is not None]
-            if sent:
-                frame_levels[i] = max(sent)
+        for channel, pending in zip(channels, payloads):
+            channel.sent_level = max((level for _, level in pending if level is not None), default=channel.sent_level)
+        sent = np.array([channel.sent_level for channel in channels])
+        with np.errstate(divide="ignore"):
+            gain_db = 20 * np.log10(gains)
+        decoding = self._must_decode(ids, sent + gain_db)
+        for channel, pending, decode in zip(channels, payloads, decoding):
+            if decode:
+                self.stats.decode_errors += channel.decode(pending)
+            else:
+                channel.skip()
+        self.stats.decodes += int(np.count_nonzero(decoding))
+        # A skipped peer is silent here (not an underrun: it is not late, it is not heard).
+        frames = np.zeros((len(channels), FRAME_SAMPLES), np.int16)
+        for i in np.flatnonzero(decoding):
+            frames[i] = channels[i].buffer.pull(FRAME_SAMPLES)
+        frame_levels = np.where(np.isnan(sent), levels(frames), sent)
         if np.any(gains != 1.0):
-            # Moderator volume and mutes (a muted peer's decoder keeps running: its state stays valid).
+            # Moderator volume and mutes.
             frames = np.clip(np.rint(frames * gains[:, None]), -32768, 32767).astype(np.int16)
-            with np.errstate(divide="ignore"):
-                frame_levels = np.maximum(frame_levels + 20 * np.log10(gains), SILENCE_DB)
+            frame_levels = np.maximum(frame_levels + gain_db, SILENCE_DB)
         events = self._detector.update(ids, frame_levels)
         if self._selector is None:
             talking = list(range(len(ids)))
@@ -207,6 +227,20 @@ class AudioPipeline(MediaClock):
                     sink.push(packet)
         self.stats.cpu_seconds += time.thread_time() - started
         return packets, events  # type: ignore[return-value]
+
+    def _must_decode(self, ids: list[str], sent_levels: np.ndarray) -> np.ndarray:
+        """Which peers to decode this tick: the talkers, those who may become one, and
+        those whose level is unknown (no RFC 6464 header). Nobody else is mixed."""
+        if self._selector is None:
+            return np.ones(len(ids), bool)
+        talkers = self._selector.talkers
+        return np.array(
+            [
+                np.isnan(level) or key in talkers or self._selector.may_talk(float(level))
+                for key, level in zip(ids, sent_levels)
+            ],
+            bool,
+        )
 
     def _deliver(
         self, future: asyncio.Future[tuple[list[list[av.Packet]], SpeakerEvents]], participants: list[Participant]

@@ -76,6 +76,7 @@ class Room:
             "audioMixes": audio.mixes,
             "audioEncodes": audio.encodes,
             "audioCpuSeconds": round(audio.cpu_seconds, 3),
+            "audioDecodes": audio.decodes,
             "audioTicksDropped": audio.dropped_ticks,
             "audioUnderruns": self.audio.underruns,
             "chatRelayed": chat.relayed,

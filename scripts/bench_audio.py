@@ -19,8 +19,10 @@ rate that each peer received (mean and worst peer).
                                            [--write docs/benchmarks.md]
 
 Modes: `k3` is the default server (the 3 loudest talkers get a personal
-mix-minus and encode, everyone else shares one); `personal` is
-`--audio-talkers 0` (a personal mix and encode for every listener).
+mix-minus and encode, everyone else shares one) with peers that send the
+RFC 6464 level header as browsers do (so the server decodes only who may be
+heard); `k3-no-header` the same with peers that do not (every peer decoded);
+`personal` is `--audio-talkers 0` (a personal mix and encode for every listener).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ from bench_room import (  # noqa: E402  (a sibling script, not a package)
     write_section,
 )
 
-MODES = {"k3": [], "personal": ["--audio-talkers", "0"]}
+#: Server flags, and whether the load peers send the RFC 6464 level header (as browsers do).
+MODES = {"k3": ([], True), "k3-no-header": ([], False), "personal": (["--audio-talkers", "0"], True)}
 PEERS_PER_LOAD = 40
 MIN_AUDIO = 45.0
 BEGIN, END = "<!-- bench_audio:begin -->", "<!-- bench_audio:end -->"
@@ -69,6 +72,7 @@ class Result:
     server_cpu: float = 0.0
     audio_thread_cpu: float = 0.0
     encodes_per_tick: float = 0.0
+    decodes_per_tick: float = 0.0
     audio_mean: float = 0.0
     audio_min: float = 0.0
     load_cpu: float = 0.0
@@ -83,14 +87,14 @@ class Result:
         return "ok, load processes saturated" if self.load_cpu > 90 else "ok"
 
 
-async def run_load(url: str, first: int, count: int, warmup: float, seconds: float) -> None:
+async def run_load(url: str, first: int, count: int, seconds: float, send_levels: bool) -> None:
     """Join `count` audio-only load peers, wait for media, report one window (on a 'go' line)."""
     from client.encoded import PreEncodedAudioTrack
     from client.peer import Peer
 
     peers = [
-        Peer(url, "bench", f"load{i}", audio=PreEncodedAudioTrack(200.0 + 37 * i, amplitude=0.1), decode=False,
-             chat=False)
+        Peer(url, "bench", f"load{i}", audio=PreEncodedAudioTrack(200.0 + 37 * i, amplitude=0.1,
+             send_levels=send_levels), decode=False, chat=False)
         for i in range(first, first + count)
     ]  # fmt: skip
     try:
@@ -114,11 +118,11 @@ async def run_load(url: str, first: int, count: int, warmup: float, seconds: flo
         await asyncio.wait_for(asyncio.gather(*(p.close() for p in peers), return_exceptions=True), 30)
 
 
-async def room_counters(port: int) -> tuple[int, int, float]:
+async def room_counters(port: int) -> tuple[int, int, float, int]:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{port}/api/rooms/bench") as response:
             stats = (await response.json())["stats"]
-    return stats["audioMixes"], stats["audioEncodes"], stats["audioCpuSeconds"]
+    return stats["audioMixes"], stats["audioEncodes"], stats["audioCpuSeconds"], stats["audioDecodes"]
 
 
 async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -> Result:
@@ -131,7 +135,7 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
         with (logs / f"server-{mode}-{count}.log").open("wb") as log:
             server = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--size", "160x96", "--fps", "1", "--log-level", "WARNING", *MODES[mode],
+                "--size", "160x96", "--fps", "1", "--log-level", "WARNING", *MODES[mode][0],
                 cwd=REPO, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         await wait_healthy(port, server)
@@ -141,7 +145,7 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
                 loads.append(
                     await asyncio.create_subprocess_exec(
                         sys.executable, __file__, "_load", f"ws://127.0.0.1:{port}/ws", str(first),
-                        str(min(PEERS_PER_LOAD, count - first)), str(args.warmup), str(args.seconds),
+                        str(min(PEERS_PER_LOAD, count - first)), str(args.seconds), str(int(MODES[mode][1])),
                         cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
                         start_new_session=True,
                     )  # fmt: skip
@@ -154,11 +158,11 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
                 assert load.stdin is not None
                 load.stdin.write(b"go\n")
             started, ticks = time.monotonic(), cpu_ticks(server.pid)
-            mixes, encodes, audio_seconds = await room_counters(port)
+            mixes, encodes, audio_seconds, decodes = await room_counters(port)
             reports = [await next_event(load, timeout=args.seconds + 30) for load in loads]
             elapsed = time.monotonic() - started
             used = cpu_ticks(server.pid) - ticks
-            mixes_end, encodes_end, audio_seconds_end = await room_counters(port)
+            mixes_end, encodes_end, audio_seconds_end, decodes_end = await room_counters(port)
             for load in loads:
                 assert load.stdin is not None
                 load.stdin.write(b"done\n")
@@ -169,6 +173,7 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
         result.server_cpu = used / CLK_TCK / elapsed * 100
         result.audio_thread_cpu = (audio_seconds_end - audio_seconds) / elapsed * 100
         result.encodes_per_tick = (encodes_end - encodes) / max(mixes_end - mixes, 1)
+        result.decodes_per_tick = (decodes_end - decodes) / max(mixes_end - mixes, 1)
         audio = [rate for report in reports for rate in report["audio"]]
         result.audio_mean, result.audio_min = sum(audio) / len(audio), min(audio)
         result.load_cpu = max(report["cpu"] for report in reports)
@@ -182,17 +187,19 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
 
 def format_table(results: list[Result]) -> str:
     lines = [
-        "| mode | N | server CPU, % of one core | audio thread CPU % | Opus encodes per tick | audio pkt/s mean "
+        "| mode | N | server CPU, % of one core | audio thread CPU % | Opus encodes per tick | peers decoded per tick "
+        "| audio pkt/s mean "
         "| audio pkt/s min | busiest load process CPU % | Janus AudioBridge CPU % | status |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         janus = f"{JANUS[r.peers]:.1f}" if r.peers in JANUS else ""
         if r.failure:
-            lines.append(f"| {r.mode} | {r.peers} | | | | | | | {janus} | {r.status} |")
+            lines.append(f"| {r.mode} | {r.peers} | | | | | | | | {janus} | {r.status} |")
             continue
         lines.append(
             f"| {r.mode} | {r.peers} | {r.server_cpu:.1f} | {r.audio_thread_cpu:.1f} | {r.encodes_per_tick:.2f} "
+            f"| {r.decodes_per_tick:.2f} "
             f"| {r.audio_mean:.1f} | {r.audio_min:.1f} | {r.load_cpu:.1f} | {janus} | {r.status} |"
         )
     return "\n".join(lines)
@@ -208,6 +215,9 @@ def section(results: list[Result], args: argparse.Namespace) -> str:
             f"audio-only load peers (at most {PEERS_PER_LOAD} per load process), each sending a pre-encoded Opus "
             "tone of its own, all at once, and counting the packets it receives without decoding. `k3`: the "
             "default server, the 3 loudest get a personal mix-minus and encode and the others share one; "
+            "`k3-no-header`: the same, but the peers send no RFC 6464 level header, so the server decodes every "
+            "peer to know its level (with the header, as browsers send it, it decodes only the talkers and "
+            "those who may become one); "
             "`personal`: `--audio-talkers 0`, a mix and an encode for every listener. The composite is "
             "160x96@1 fps of placeholders, so the video path costs next to nothing. Server CPU is every thread "
             "of the server process over the window; the audio thread (decode, mix, encode) is also shown "
@@ -240,8 +250,8 @@ async def run_all(args: argparse.Namespace) -> list[Result]:
 
 def main() -> None:
     if sys.argv[1:2] == ["_load"]:
-        url, first, count, warmup, seconds = sys.argv[2:7]
-        asyncio.run(run_load(url, int(first), int(count), float(warmup), float(seconds)))
+        url, first, count, seconds, send_levels = sys.argv[2:7]
+        asyncio.run(run_load(url, int(first), int(count), float(seconds), send_levels == "1"))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", type=lambda t: [int(v) for v in t.split(",")], default=[10, 20, 40, 80])

@@ -7,7 +7,8 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
 - `RTCRtpReceiver`'s private decoder queue can be replaced before `receive()`
   (receiving without decoding, `signaling.receiver.install_encoded_receiver`);
 - its private jitter buffer can be wrapped to keep each audio packet's RFC 6464
-  level (`packet.extensions.audio_level`) on the frame (active speaker).
+  level (`packet.extensions.audio_level`) on the frame (active speaker), and a
+  sender of packets can be made to send that level (`RTCEncodedFrame.audio_level`).
 """
 
 from __future__ import annotations
@@ -195,3 +196,20 @@ async def test_dtls_transport_byte_counters_match_its_stats(pcs) -> None:
     assert sent > 5_000 and received > 0
     assert sent <= sum(s.bytesSent for s in stats) and received <= sum(s.bytesReceived for s in stats)
     assert sum(s.bytesSent for s in stats) - sent < 5_000  # the same counter, read a moment later
+
+
+async def test_a_pre_encoded_audio_sender_can_send_the_rfc6464_level(pcs) -> None:
+    """aiortc sends no level for packets it did not encode; setting it on the encoded frame sends the header."""
+    sending, receiving = pcs
+    track = PreEncodedAudioTrack(440.0, amplitude=0.1)
+    track.attach_sender(sending.addTransceiver(track, direction="sendonly").sender)
+    received: list[MediaStreamTrack] = []
+
+    @receiving.on("track")
+    def on_track(remote: MediaStreamTrack) -> None:
+        install_encoded_receiver(receiving.getTransceivers()[0].receiver)
+        received.append(remote)
+
+    await connect(sending, receiving)
+    frames = [await asyncio.wait_for(received[0].recv(), 10) for _ in range(30)]
+    assert [frame.audio_level for frame in frames[5:]] == [-23] * 25
