@@ -22,6 +22,7 @@ from signaling.chat import (
     TokenBucket,
     parse_chat,
 )
+from signaling.grants import ALL_GRANTS
 from signaling.protocol import ProtocolError
 
 
@@ -130,7 +131,7 @@ class FakeChannel:
 
 def test_relay_skips_slow_and_unopened_channels_without_waiting():
     fast, slow, small, opening = (
-        SimpleNamespace(peer_id=n, name=n, chat_channel=c)
+        SimpleNamespace(peer_id=n, name=n, chat_channel=c, grants=ALL_GRANTS)
         for n, c in [
             ("fast", FakeChannel()),
             ("slow", FakeChannel(buffered=CHAT_BUFFER_LIMIT + 1)),
@@ -138,14 +139,14 @@ def test_relay_skips_slow_and_unopened_channels_without_waiting():
             ("new", FakeChannel(state="connecting")),
         ]
     )
-    absent = SimpleNamespace(peer_id="absent", name="absent", chat_channel=None)  # no channel yet
+    absent = SimpleNamespace(peer_id="absent", name="absent", chat_channel=None, grants=ALL_GRANTS)  # no channel yet
     relay = ChatRelay("room", {p.peer_id: p for p in (small, slow, absent, fast, opening)})
     relay.receive(fast, message("hi"))
     assert [m["text"] for m in fast.chat_channel.sent] == ["hi"]
     assert slow.chat_channel.sent == small.chat_channel.sent == opening.chat_channel.sent == []
     assert (relay.stats.relayed, relay.stats.dropped) == (1, 2)
     # A peer that has left the room is not heard any more.
-    gone = SimpleNamespace(peer_id="gone", name="gone", chat_channel=FakeChannel())
+    gone = SimpleNamespace(peer_id="gone", name="gone", chat_channel=FakeChannel(), grants=ALL_GRANTS)
     relay.receive(gone, message("still?"))
     assert gone.chat_channel.sent == [] and relay.stats.relayed == 1
 
