@@ -32,6 +32,7 @@ import asyncio
 import datetime
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -49,7 +50,6 @@ from bench_room import (  # noqa: E402  (a sibling script, not a package)
     free_port,
     machine,
     next_event,
-    rerun_command,
     stop,
     tail,
     wait_healthy,
@@ -118,6 +118,11 @@ async def run_load(url: str, first: int, count: int, seconds: float, send_levels
         await asyncio.wait_for(asyncio.gather(*(p.close() for p in peers), return_exceptions=True), 30)
 
 
+def rerun_command() -> str:
+    script = Path(__file__).resolve().relative_to(REPO)
+    return shlex.join([".venv/bin/python", str(script), *sys.argv[1:]])
+
+
 async def room_counters(port: int) -> tuple[int, int, float, int]:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{port}/api/rooms/bench") as response:
@@ -135,7 +140,7 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
         with (logs / f"server-{mode}-{count}.log").open("wb") as log:
             server = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--size", "160x96", "--fps", "1", "--log-level", "WARNING", *MODES[mode][0],
+                "--size", "160x96", "--fps", "1", "--max-peers", str(count), "--log-level", "WARNING", *MODES[mode][0],
                 cwd=REPO, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         await wait_healthy(port, server)
@@ -168,7 +173,8 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
                 load.stdin.write(b"done\n")
         except (RuntimeError, TimeoutError) as exc:
             result.failure = str(exc) or "timed out"
-            print(f"  {mode} N={count}: {result.failure}; load log:\n{tail(load_logs[0])}", file=sys.stderr)
+            logs_tail = "\n".join(tail(log) for log in load_logs)
+            print(f"  {mode} N={count}: {result.failure}; load logs:\n{logs_tail}", file=sys.stderr)
             return result
         result.server_cpu = used / CLK_TCK / elapsed * 100
         result.audio_thread_cpu = (audio_seconds_end - audio_seconds) / elapsed * 100
