@@ -99,9 +99,9 @@ async def _join_error(server, join: dict) -> dict:
     ("token", "words"),
     [
         (None, "needs a join token"),
-        (tokens.issue("another-secret-that-is-also-long-enough!!", "r", "a", 60, ALL_GRANTS), "signature"),
+        (tokens.issue("another-secret-that-is-also-long-enough!!", "r", "a", 3600, ALL_GRANTS), "signature"),
         (tokens.issue(SECRET, "r", "a", 60, ALL_GRANTS, now=time.time() - 3600), "expired"),
-        (tokens.issue(SECRET, "elsewhere", "a", 60, ALL_GRANTS), "another room"),
+        (tokens.issue(SECRET, "elsewhere", "a", 3600, ALL_GRANTS), "another room"),
     ],
     ids=["missing", "forged", "expired", "wrong-room"],
 )
