@@ -4,9 +4,9 @@ Hypothesis draws batches of messages that are malformed by construction (random
 JSON, wrong types, huge strings, binary frames, deep nesting, known types with
 broken fields); each is sent on a joined and on a not-yet-joined connection.
 What the server must answer is worked out here from the protocol itself, so a
-wrong code fails as surely as a missing reply. The room, its two media peers and
-the two fuzz connections live for the whole run on an event loop in a background
-thread; the server runs as its own process, as in production.
+wrong code fails as surely as a missing reply. The batches are drawn before the
+room starts; the two media peers and the two fuzz connections then live on an
+event loop in a background thread, the server in its own process, as in production.
 """
 
 from __future__ import annotations
