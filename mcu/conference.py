@@ -110,6 +110,11 @@ class Conference:
             )
         )
         self._broadcast(room, protocol.participant_joined(peer_id, message.name), exclude=peer_id)
+        # What the room's clients already know about who speaks, the joiner learns at once.
+        for speaker in room.audio.speaking:
+            session.send(protocol.speaking(speaker, True))
+        if room.audio.active_speaker is not None:
+            session.send(protocol.active_speaker(room.audio.active_speaker))
         logger.info("room %s: %s (%s) joined", room.name, peer_id, message.name)
 
     async def offer(self, session: Session, message: Offer) -> None:

@@ -125,6 +125,13 @@ async def test_peers_get_speaking_and_active_speaker_events(server):
         await everyone[0].wait_for(lambda: all_got("activeSpeaker", peerId=bo), timeout=5)
         assert audio.speaker_order == [bo, cy, ana]  # the cough counted as speaking
 
+        # A late joiner learns at once who speaks and who holds the floor.
+        late = peers["dee"] = Peer(server.url, "floor", "dee", audio=ToneTrack(990.0, 0.0))
+        await late.join()
+        told = [e for e in late.events if e["type"] in ("speaking", "activeSpeaker")]
+        assert {e["peerId"] for e in told if e["type"] == "speaking"} == set(audio.speaking) >= {ana, bo}
+        assert told[-1] == {"type": "activeSpeaker", "peerId": bo}
+
         # ana stops: everyone is told, after the stop hold.
         tones["ana"].amplitude = 0.0
         await everyone[0].wait_for(lambda: all_got("speaking", peerId=ana, speaking=False), timeout=5)

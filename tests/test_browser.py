@@ -147,6 +147,11 @@ async def test_two_browsers_and_a_python_peer_in_one_room(server, browsers):
             await wait_until(lambda page=page: shows_everyone(page), 15, "the three colours in a browser")
             names = await page.locator("#participants li").all_text_contents()
             assert len(names) == 3 and any("py" in n for n in names), names
+            # Everyone talks (tones): the list marks who speaks, and who holds the floor.
+            await wait_until(
+                lambda page=page: page.locator("#participants li.speaking", has_text="py").count(), 10, "py speaking"
+            )
+            await wait_until(lambda page=page: page.locator("#participants li.floor").count(), 10, "the floor")
         # The Python peer sees everyone and hears both browsers, not itself.
         cells_yuv = await python_peer_sees_and_hears(py, colours, [500.0, 700.0], 900.0)
         ben_cell = next(i for i, c in enumerate(cells_yuv) if close_to(c, rgb_to_yuv(COLORS["green"])))
