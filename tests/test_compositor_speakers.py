@@ -62,3 +62,11 @@ def test_a_participant_who_leaves_is_forgotten():
     selector = TalkerSelector(3)
     run(selector, ["a", "b"], [[-20, -20]] * 10)
     assert run(selector, ["b"], [[-20]]) == {"b"}
+
+
+def test_may_talk_says_who_could_join_the_talkers_soon():
+    selector = TalkerSelector(2, gate_db=-50, margin_db=6)
+    assert selector.may_talk(-40) and not selector.may_talk(-55)  # a place is free: anyone above the gate
+    run(selector, ["a", "b"], [[-20, -30]] * 10)
+    # Full: only a voice within half the margin of beating the weakest talker (-30 dB) may get in.
+    assert selector.may_talk(-26) and not selector.may_talk(-28) and not selector.may_talk(-45)
