@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -19,6 +25,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+BIN = Path(sys.executable).parent
+
+
+def start_mcu(port: int, *args: str, tls: ssl.SSLContext | None = None, **popen: Any) -> subprocess.Popen:
+    """`mcu serve --port PORT ARGS...` as a process, returned once its /healthz answers (20 s at most).
+
+    Output goes to one text pipe unless `popen` says otherwise; `tls` trusts an HTTPS server's certificate.
+    """
+    options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, **popen}
+    process = subprocess.Popen([BIN / "mcu", "serve", "--port", str(port), *args], **options)
+    health = f"{'https' if tls else 'http'}://127.0.0.1:{port}/healthz"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(health, timeout=1, context=tls):
+                return process
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail(f"mcu serve did not start: {process.communicate()[0]}")
+            time.sleep(0.2)
 
 
 def stop_process(process: subprocess.Popen, grace: float = 5) -> None:

@@ -4,42 +4,22 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-from conftest import free_port, stop_process
+from conftest import BIN, free_port, start_mcu, stop_process
 from media_checks import cell_colours, contains_colour, tone, tone_levels
 
 from client.sources import COLORS, rgb_to_yuv
-
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
 def served():
     port = free_port()
-    process = subprocess.Popen(
-        [BIN / "mcu", "serve", "--host", "127.0.0.1", "--port", str(port), "--size", "640x360", "--fps", "15"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as reply:
-                assert reply.status == 200
-                break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail(f"mcu serve did not start: {process.communicate()[0]}")
-            time.sleep(0.2)
+    process = start_mcu(port, "--size", "640x360", "--fps", "15")
     try:
         yield f"ws://127.0.0.1:{port}/ws"
     finally:

@@ -9,7 +9,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -17,14 +16,13 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import free_port, stop_process
+from conftest import free_port, start_mcu, stop_process
 from media_checks import cell_colours, close_to, contains_colour
 
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, FlashBeep, ToneTrack, rgb_to_yuv
 from mcu.config import Config
 
-BIN = Path(sys.executable).parent
 FILE_NAME = re.compile(r"^rec-\d{8}T\d{6}Z(-\d+)?\.webm$")
 #: EBML ids of the Matroska elements a finished file has and a killed one lacks.
 CUES_ID = bytes.fromhex("1C53BB6B")
@@ -205,24 +203,11 @@ def start_server(tmp_path: Path, *extra: str, file_limit: int | None = None) -> 
         if file_limit is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
-    process = subprocess.Popen(
-        [BIN / "mcu", "serve", "--port", str(port), "--size", "640x360", "--fps", "15", "--record-dir", str(tmp_path),
-         "--auto-record", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    process = start_mcu(
+        port, "--size", "640x360", "--fps", "15", "--record-dir", str(tmp_path), "--auto-record", *extra,
         preexec_fn=limit,
     )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return process, f"ws://127.0.0.1:{port}/ws"
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail(f"mcu serve did not start: {process.communicate()[0]}")
-            time.sleep(0.2)
+    return process, f"ws://127.0.0.1:{port}/ws"
 
 
 @needs_ffmpeg

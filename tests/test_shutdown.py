@@ -4,41 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import av
-from conftest import free_port, stop_process
+from conftest import free_port, start_mcu, stop_process
 
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, ToneTrack
 
-BIN = Path(sys.executable).parent
-
 
 async def test_sigterm_is_a_graceful_shutdown(tmp_path: Path) -> None:
     port = free_port()
-    process = subprocess.Popen(
-        [BIN / "mcu", "serve", "--port", str(port), "--size", "320x180", "--fps", "15",
-         "--record-dir", str(tmp_path), "--auto-record"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    process = start_mcu(port, "--size", "320x180", "--fps", "15", "--record-dir", str(tmp_path), "--auto-record")
     peers = [
         Peer(f"ws://127.0.0.1:{port}/ws", "bye", "Ana", video=ColorTrack(COLORS["red"]), audio=ToneTrack(500)),
         Peer(f"ws://127.0.0.1:{port}/ws", "bye", "Bo", video=ColorTrack(COLORS["green"]), audio=ToneTrack(700)),
     ]
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and process.poll() is None, "mcu serve did not start"
-                await asyncio.sleep(0.2)
         for peer in peers:
             await peer.join()
         await peers[0].wait_for(lambda: all(p.video_frames > 15 for p in peers), 15)

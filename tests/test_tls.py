@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ipaddress
 import ssl
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import aiohttp
-from conftest import free_port, stop_process
+from conftest import BIN, free_port, start_mcu, stop_process
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
-BIN = Path(sys.executable).parent
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -48,22 +43,10 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 async def test_https_and_wss(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     port = free_port()
-    process = subprocess.Popen(
-        [BIN / "mcu", "serve", "--port", str(port), "--size", "320x180", "--cert", str(cert), "--key", str(key)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
     trust = ssl.create_default_context(cafile=str(cert))
+    process = start_mcu(port, "--size", "320x180", "--cert", str(cert), "--key", str(key), tls=trust)
     try:
         async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    async with session.get(f"https://127.0.0.1:{port}/healthz", ssl=trust) as reply:
-                        assert reply.status == 200
-                        break
-                except aiohttp.ClientConnectionError:
-                    assert time.monotonic() < deadline and process.poll() is None, "mcu serve did not start"
-                    await asyncio.sleep(0.2)
             async with session.ws_connect(f"wss://127.0.0.1:{port}/ws", ssl=trust) as ws:
                 await ws.send_json({"type": "join", "room": "tls", "name": "Ana"})
                 assert (await ws.receive_json(timeout=5))["type"] == "joined"

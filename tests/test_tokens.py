@@ -6,16 +6,14 @@ import asyncio
 import base64
 import json
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import aiohttp
 import jwt
 import pytest
-from conftest import free_port, stop_process
+from conftest import BIN, free_port, start_mcu, stop_process
 from media_checks import cell_colours, contains_colour, tone_levels
 
 from client.peer import Peer, PeerError
@@ -25,9 +23,6 @@ from signaling import tokens
 from signaling.grants import ALL_GRANTS
 
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
-BIN = Path(sys.executable).parent
-
-
 def _b64(data: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
@@ -212,29 +207,12 @@ def test_no_secret_means_loopback_only_unless_asked() -> None:
     assert refused.returncode == 2 and "--secret" in refused.stderr and "--allow-anonymous" in refused.stderr
 
 
-def _wait_healthy(port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail(f"mcu serve did not start: {process.communicate()[0]}")
-            time.sleep(0.2)
-
-
 async def test_secrets_and_tokens_stay_out_of_the_logs() -> None:
     port = free_port()
-    process = subprocess.Popen(
-        [BIN / "mcu", "serve", "--port", str(port), "--size", "320x180", "--fps", "10", "--log-level", "DEBUG"],
-        env={"MCU_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    process = start_mcu(port, "--size", "320x180", "--fps", "10", "--log-level", "DEBUG",
+                        env={"MCU_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
     token = tokens.issue(SECRET, "logs", "ana", 60, ALL_GRANTS)
     try:
-        _wait_healthy(port, process)
         # The invitation link a browser opens, and an API call with the token in its header.
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/?room=logs&name=Ana&token={token}", timeout=5):
             pass
