@@ -43,7 +43,10 @@ MESSAGES = 2_000
 #: What the two media peers get through the fuzz: this share of their rate before it.
 FPS_KEPT = 0.9
 #: Events the room may send a joined connection between its error replies.
-BROADCASTS = {"participantJoined", "participantLeft", "speaking", "activeSpeaker", "mediaChanged", "layoutChanged"}
+BROADCASTS = {
+    "participantJoined", "participantLeft", "participantMedia", "participantAudio", "speaking", "activeSpeaker",
+    "layoutChanged", "recordingStarted", "recordingStopped", "chat",
+}
 
 
 # --- strategies: each yields a payload (str or bytes) that is wrong somehow ----------------------------------
