@@ -17,6 +17,7 @@ from signaling import tokens
 from signaling.grants import ALL_GRANTS
 from signaling.ice import IceServers, is_loopback_host, use_host_addresses
 from signaling.limits import Limits
+from signaling.protocol import MODES
 
 from . import compose, logs
 from .app import create_app
@@ -113,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--layout", choices=sorted(BUILT_IN), default="grid", help="a new room's layout (default grid)"
+    )
+    serve.add_argument(
+        "--mode", choices=MODES, default="mcu",
+        help="a new room's mode when its first join names none: mcu (composite), sfu (forward) or mesh (default mcu)",
     )
     serve.add_argument(
         "--video-bitrate", type=int, default=Config.video_bitrate, help="composite bitrate in bit/s"
@@ -255,6 +260,7 @@ def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None 
         audio_talkers=args.audio_talkers or None,
         max_tiles=args.max_tiles,
         layout=args.layout,
+        mode=args.mode,
         ice_servers=ice,
         secret=args.secret or None,
         limits=Limits(

@@ -14,6 +14,7 @@ from compositor.speakers import SpeakerEvents
 from signaling import grants, protocol, tokens
 from signaling.grants import ALL_GRANTS
 from signaling.protocol import (
+    Answer,
     Candidate,
     Join,
     Offer,
@@ -58,13 +59,17 @@ class Conference:
                 protocol.UNKNOWN_TIER, f"The tier must be one of {', '.join(sorted(tiers))}, not {message.tier[:32]!r}."
             )
         room = self.rooms.get(message.room)
+        if room is not None and message.mode is not None and message.mode != room.mode:
+            raise ProtocolError(
+                protocol.MODE_MISMATCH, f"This room is a {room.mode} room; join it without a mode or as {room.mode}."
+            )
         limits = self.config.limits
         if room is None and len(self.rooms) >= limits.max_rooms:
             raise ProtocolError(protocol.TOO_MANY_ROOMS, f"This server holds its maximum of {limits.max_rooms} rooms.")
         if room is not None and len(room.participants) >= limits.max_peers_per_room:
             raise ProtocolError(protocol.ROOM_FULL, f"This room is full ({limits.max_peers_per_room} participants).")
         if room is None:
-            room = self.rooms[message.room] = Room(message.room, self.config)
+            room = self.rooms[message.room] = Room(message.room, self.config, message.mode or self.config.mode)
             room.audio.on_speakers = lambda events, room=room: self._speakers(room, events)
             logger.info("room %s: created", room.name)
             if self.config.auto_record:
@@ -107,6 +112,7 @@ class Conference:
                 self.config.ice_servers.for_user(peer_id),
                 recording,
                 layout=room.layout.to_json(),
+                mode=room.mode,
             )
         )
         self._broadcast(room, protocol.participant_joined(peer_id, message.name), exclude=peer_id)
@@ -124,6 +130,10 @@ class Conference:
         except NegotiationError as exc:
             raise ProtocolError(protocol.INVALID_SDP, str(exc)) from exc
         session.send(protocol.answer(sdp))
+
+    async def answer(self, session: Session, message: Answer) -> None:
+        """The client's answer to a server offer (an sfu room's renegotiation)."""
+        raise ProtocolError(protocol.UNEXPECTED_ANSWER, "There is no offer of the server to answer.")
 
     async def candidate(self, session: Session, message: Candidate) -> None:
         pc = self._participant(session).pc

@@ -59,6 +59,8 @@ class Config:
     secret: str | None = field(default=None, repr=False)
     #: What one server, room and connection may use (signaling/limits.py).
     limits: Limits = field(default_factory=Limits)
+    #: The mode of a room whose first join names none: mcu, sfu or mesh (signaling/protocol.py MODES).
+    mode: str = "mcu"
 
     def output_tiers(self) -> dict[str, Tier]:
         """Every tier by name, the default one included."""

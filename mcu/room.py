@@ -22,9 +22,11 @@ from .video import VideoPipeline
 class Room:
     """Participants in join order (the grid order) and one video and one audio pipeline."""
 
-    def __init__(self, name: str, config: Config) -> None:
+    def __init__(self, name: str, config: Config, mode: str = "mcu") -> None:
         self.name = name
         self.config = config
+        #: How the room carries media (protocol.MODES), fixed when its first join creates it.
+        self.mode = mode
         #: When the room opened (time.monotonic()), for rates since then.
         self.created = time.monotonic()
         self.participants: dict[str, Participant] = {}
@@ -46,7 +48,8 @@ class Room:
 
     def add(self, participant: Participant) -> None:
         self.participants[participant.peer_id] = participant
-        if not self._started:
+        if not self._started and self.mode == "mcu":
+            # Only an MCU room composes and mixes: sfu and mesh rooms start no codec.
             self._started = True
             self.video.start()
             self.audio.start()

@@ -44,6 +44,12 @@ ALREADY_RECORDING = "already_recording"
 NOT_RECORDING = "not_recording"
 UNKNOWN_TIER = "unknown_tier"
 INVALID_LAYOUT = "invalid_layout"
+UNKNOWN_MODE = "unknown_mode"
+MODE_MISMATCH = "mode_mismatch"
+UNEXPECTED_ANSWER = "unexpected_answer"
+
+#: How a room carries media: composited (mcu), forwarded (sfu) or peer to peer (mesh).
+MODES = ("mcu", "sfu", "mesh")
 
 MAX_NAME_LENGTH = 64
 
@@ -87,11 +93,20 @@ class Join:
     tier: str | None = None
     #: Leave the peer's own tile out of the picture it receives (a personal composite).
     hide_self: bool = False
+    #: The room's mode (one of MODES) if this join creates it; None: the server's default.
+    mode: str | None = None
 
 
 @dataclass(frozen=True)
 class Offer:
     """The client's SDP offer for its one upstream (audio and video)."""
+
+    sdp: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The client's SDP answer to an offer of the server (an sfu room's renegotiation)."""
 
     sdp: str
 
@@ -152,7 +167,9 @@ class SetLayout:
     layout: str | dict[str, Any]
 
 
-ClientMessage = Join | Offer | Candidate | Leave | SetMedia | StartRecording | StopRecording | SetLayout | ModerateAudio
+ClientMessage = (
+    Join | Offer | Answer | Candidate | Leave | SetMedia | StartRecording | StopRecording | SetLayout | ModerateAudio
+)
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -207,7 +224,10 @@ def _parse_join(obj: dict[str, Any]) -> Join:
     token = _field(obj, "token", str, "token", optional=True)
     tier = _field(obj, "tier", str, "tier", optional=True)
     hide_self = _field(obj, "hideSelf", bool, "hideSelf", optional=True) or False
-    return Join(room=room, name=name, token=token, tier=tier, hide_self=hide_self)
+    mode = _field(obj, "mode", str, "mode", optional=True)
+    if mode is not None and mode not in MODES:
+        raise ProtocolError(UNKNOWN_MODE, f"The mode must be one of {', '.join(MODES)}, not {mode[:32]!r}.")
+    return Join(room=room, name=name, token=token, tier=tier, hide_self=hide_self, mode=mode)
 
 
 def _parse_offer(obj: dict[str, Any]) -> Offer:
@@ -222,6 +242,13 @@ def _parse_offer(obj: dict[str, Any]) -> Offer:
             INVALID_SDP, "The offer must contain an audio and a video media section."
         )
     return Offer(sdp=sdp)
+
+
+def _parse_answer(obj: dict[str, Any]) -> Answer:
+    sdp = _field(obj, "sdp", str, "sdp")
+    if not _SDP_START_RE.match(sdp):
+        raise ProtocolError(INVALID_SDP, 'The answer is not an SDP description: it must start with a "v=0" line.')
+    return Answer(sdp=sdp)
 
 
 def _parse_candidate(obj: dict[str, Any]) -> Candidate:
@@ -293,6 +320,7 @@ def parse_moderate_audio(obj: dict[str, Any]) -> ModerateAudio:
 _PARSERS = {
     "join": _parse_join,
     "offer": _parse_offer,
+    "answer": _parse_answer,
     "candidate": _parse_candidate,
     "leave": _parse_leave,
     "setMedia": _parse_set_media,
@@ -341,12 +369,13 @@ def joined(
     ice_servers: list[dict],
     recording: dict | None = None,
     layout: str | dict = "grid",
+    mode: str = "mcu",
 ) -> dict:
     """
     Confirm a join: the caller's ``peer_id``, who else is in the room (dicts with
     ``peerId`` and ``name``), the ICE servers to configure before offering,
     the room's recording in progress (``file``, ``startedAt``) or None, and the
-    room's current layout (as ``setLayout`` takes it).
+    room's current layout (as ``setLayout`` takes it) and the room's mode.
     """
     return {
         "type": "joined",
@@ -356,12 +385,19 @@ def joined(
         "iceServers": list(ice_servers),
         "recording": recording,
         "layout": layout,
+        "mode": mode,
     }
 
 
 def answer(sdp: str) -> dict:
     """The server's SDP answer; it carries all of the server's ICE candidates."""
     return {"type": "answer", "sdp": sdp}
+
+
+def server_offer(sdp: str, tracks: list[dict]) -> dict:
+    """The server's renegotiation offer in an sfu room, with the full map of ``mid`` to publisher
+    (``peerId``, ``kind``) of the tracks it forwards to this peer; the client answers."""
+    return {"type": "offer", "sdp": sdp, "tracks": list(tracks)}
 
 
 def participant_joined(peer_id: str, name: str) -> dict:

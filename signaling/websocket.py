@@ -21,6 +21,7 @@ from . import protocol
 from .chat import TokenBucket
 from .limits import Limits
 from .protocol import (
+    Answer,
     Candidate,
     Join,
     Leave,
@@ -46,6 +47,8 @@ class Conference(Protocol):
     async def join(self, session: Session, message: Join) -> None: ...
 
     async def offer(self, session: Session, message: Offer) -> None: ...
+
+    async def answer(self, session: Session, message: Answer) -> None: ...
 
     async def candidate(self, session: Session, message: Candidate) -> None: ...
 
@@ -125,6 +128,9 @@ async def dispatch(conference: Conference, session: Session, text: str | bytes, 
     if isinstance(message, Offer):
         limits.check_offer(message.sdp)
         await conference.offer(session, message)
+    elif isinstance(message, Answer):
+        # Its sections mirror the server's own offer: only the message size bounds it.
+        await conference.answer(session, message)
     elif isinstance(message, Candidate):
         await conference.candidate(session, message)
     elif isinstance(message, Leave):

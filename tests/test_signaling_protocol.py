@@ -9,6 +9,7 @@ import pytest
 from signaling import protocol
 from signaling.protocol import (
     MAX_MESSAGE_BYTES,
+    MODES,
     Candidate,
     Join,
     Leave,
@@ -88,6 +89,10 @@ VALID = [
         dumps({"type": "join", "room": "r", "name": "n", "extra": 1, "v": [1]}),
         Join(room="r", name="n"),
     ),
+    *[(dumps({"type": "join", "room": "r", "name": "n", "mode": m}), Join(room="r", name="n", mode=m)) for m in MODES],
+    (dumps({"type": "join", "room": "r", "name": "n", "mode": None}), Join(room="r", name="n")),
+    # answer (to a server offer in an sfu room)
+    (dumps({"type": "answer", "sdp": SDP}), protocol.Answer(sdp=SDP)),
     # offer
     (offer(SDP), Offer(sdp=SDP)),
     (offer(SDP.replace("\r\n", "\n")), Offer(sdp=SDP.replace("\r\n", "\n"))),
@@ -181,7 +186,14 @@ INVALID = [
     ('{"type": "bye"}', protocol.UNKNOWN_TYPE),
     ('{"type": ""}', protocol.UNKNOWN_TYPE),
     ('{"type": "Join", "room": "r", "name": "n"}', protocol.UNKNOWN_TYPE),
-    ('{"type": "answer", "sdp": "v=0\\r\\n"}', protocol.UNKNOWN_TYPE),
+    ('{"type": "answered", "sdp": "v=0\\r\\n"}', protocol.UNKNOWN_TYPE),
+    # join: the mode
+    (dumps({"type": "join", "room": "r", "name": "n", "mode": "p2p"}), protocol.UNKNOWN_MODE),
+    (dumps({"type": "join", "room": "r", "name": "n", "mode": "SFU"}), protocol.UNKNOWN_MODE),
+    (dumps({"type": "join", "room": "r", "name": "n", "mode": 1}), protocol.INVALID_MESSAGE),
+    # answer
+    ('{"type": "answer"}', protocol.INVALID_MESSAGE),
+    ('{"type": "answer", "sdp": "hello"}', protocol.INVALID_SDP),
     ('{"type": "joined"}', protocol.UNKNOWN_TYPE),
     # join: field types
     ('{"type": "join", "name": "n"}', protocol.INVALID_MESSAGE),
@@ -376,6 +388,7 @@ def test_server_messages() -> None:
                 "iceServers": ice_servers,
                 "recording": {"file": "f.webm", "startedAt": 1},
                 "layout": "pip",
+                "mode": "mcu",
             },
         ),
         (
@@ -388,7 +401,12 @@ def test_server_messages() -> None:
                 "iceServers": [],
                 "recording": None,
                 "layout": "grid",
+                "mode": "mcu",
             },
+        ),
+        (
+            protocol.server_offer(SDP, [{"mid": "2", "peerId": "p1", "kind": "video"}]),
+            {"type": "offer", "sdp": SDP, "tracks": [{"mid": "2", "peerId": "p1", "kind": "video"}]},
         ),
         (protocol.answer(SDP), {"type": "answer", "sdp": SDP}),
         (
