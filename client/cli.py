@@ -13,6 +13,8 @@ from typing import Any
 from aiortc import MediaStreamTrack
 from aiortc.contrib.media import MediaPlayer
 
+from signaling.protocol import MODES
+
 from .peer import Peer, PeerError
 from .sources import ColorTrack, ToneTrack, parse_color
 
@@ -59,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--tier", help="output tier to receive, e.g. low or high (default: the server's)")
     join.add_argument("--hide-self", action="store_true", help="leave your own tile out of the picture you receive")
     join.add_argument("--codec", choices=["vp8", "h264"], help="offer only this video codec (default: both)")
+    join.add_argument(
+        "--mode",
+        choices=MODES,
+        help="the mode of a room this join creates: mcu (one composite), sfu (forwarded) or mesh (peer to peer); "
+        "default: the server's",
+    )
     join.add_argument("--duration", type=float, help="leave after this many seconds (default: until Ctrl-C)")
     join.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -89,6 +97,7 @@ async def run_join(args: argparse.Namespace) -> int:
         tier=args.tier,
         hide_self=args.hide_self,
         video_codec=args.codec,
+        mode=args.mode,
     )
     try:
         await peer.join()
@@ -111,6 +120,11 @@ async def run_join(args: argparse.Namespace) -> int:
                 print(f"chat error {error['code']}: {error['message']}", flush=True)
             chat_errors = len(peer.chat_errors)
         print(f"received {peer.video_frames} video frames, {peer.audio_frames} audio frames", flush=True)
+        for peer_id, publisher in peer.remote.items():
+            print(
+                f"from {peer_id}: {publisher.video_frames} video frames, {publisher.audio_frames} audio frames",
+                flush=True,
+            )
         return 0
     except (PeerError, OSError) as exc:
         print(f"mcu-client: {exc}", file=sys.stderr)

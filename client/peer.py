@@ -24,6 +24,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCRtpCodecCapability,
     RTCRtpSender,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
@@ -32,7 +33,9 @@ from signaling import chat
 from signaling.ice import is_loopback_host, is_turn_url, rtc_configuration, use_host_addresses
 from signaling.receiver import install_encoded_receiver
 
+from .mesh import MeshLinks
 from .recorder import Recorder
+from .remote import RemotePublisher
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +74,15 @@ class Peer:
         tier: str | None = None,
         hide_self: bool = False,
         video_codec: str | None = None,
+        mode: str | None = None,
     ) -> None:
         self.url = url
+        #: The room mode asked for at join ("mcu", "sfu", "mesh"; None: the server's default).
+        self.mode = mode
+        #: sfu and mesh rooms: what each other publisher sends, by peerId (client/remote.py).
+        self.remote: dict[str, RemotePublisher] = {}
+        #: mesh rooms: our peer connection to each other participant (client/mesh.py).
+        self.mesh: MeshLinks | None = None
         #: The output tier to receive (None: the server's default), whether to leave our own
         #: tile out of it, and the only video codec to offer ("vp8", "h264"; None: all).
         self.tier = tier
@@ -132,16 +142,37 @@ class Peer:
             join["tier"] = self.tier
         if self.hide_self:
             join["hideSelf"] = True
+        if self.mode:
+            join["mode"] = self.mode
         await self.send(join)
         await self._wait(self._joined, timeout, "join")
         joined = next(e for e in self.events if e["type"] == "joined")
         turn = [url for server in joined["iceServers"] for url in server["urls"] if is_turn_url(url)]
         if self._ice_transport_policy == "relay" and not turn:
             raise PeerError("relay only: the server offers no TURN server")
+        if self.mesh is not None:
+            await self._offer_to_everyone([p["peerId"] for p in joined["participants"]], timeout)
+            return
         self.pc = self._create_peer_connection(joined["iceServers"])
         await self.pc.setLocalDescription(await self.pc.createOffer())
         await self.send({"type": "offer", "sdp": self.pc.localDescription.sdp})
         await self._wait(self._answered, timeout, "answer")
+
+    async def _offer_to_everyone(self, others: list[str], timeout: float) -> None:
+        """Mesh: the newcomer offers to each participant already there; returns once all have answered."""
+        assert self.mesh is not None
+        mesh = self.mesh
+        for peer_id in others:
+            await mesh.offer_to(peer_id)
+        try:
+            # One that left meanwhile is no longer waited for.
+            await self.wait_for(lambda: set(others) & set(mesh.pcs) <= mesh.answered, timeout)
+        except TimeoutError:
+            raise PeerError(f"no answer from {sorted(set(others) - mesh.answered)}") from None
+
+    def _on_remote_track(self, peer_id: str, track: MediaStreamTrack, transceiver: RTCRtpTransceiver) -> None:
+        publisher = self.remote.setdefault(peer_id, RemotePublisher(peer_id))
+        publisher.receive(track, transceiver.receiver, self._decode)
 
     async def send(self, message: dict[str, Any]) -> None:
         assert self._ws is not None
@@ -185,6 +216,8 @@ class Peer:
             await self._ws.close()
         if self.pc is not None:
             await self.pc.close()
+        if self.mesh is not None:
+            await self.mesh.close()
         if self._recorder is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._recorder.close)
         for task in self._tasks:
@@ -241,10 +274,18 @@ class Peer:
             message = json.loads(msg.data)
             self.events.append(message)
             kind = message.get("type")
-            if kind == "joined":
+            if "from" in message and self.mesh is not None:
+                await self.mesh.handle(message)  # relayed by the server from another peer
+            elif kind == "joined":
                 self.peer_id = message["peerId"]
                 self.participants = {p["peerId"]: p["name"] for p in message["participants"]}
                 self.layout = message.get("layout")
+                if message.get("mode") == "mesh":
+                    # Made here, not in join(): a later newcomer's offer may come next.
+                    sources = [s for s in (self._audio_source, self._video_source) if s is not None]
+                    self.mesh = MeshLinks(
+                        self.send, message["iceServers"], sources, self._on_remote_track, self._ice_transport_policy
+                    )
                 self._joined.set()
             elif kind == "answer" and self.pc is not None:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="answer"))
@@ -253,6 +294,10 @@ class Peer:
                 self.participants[message["peerId"]] = message["name"]
             elif kind == "participantLeft":
                 self.participants.pop(message["peerId"], None)
+                if self.mesh is not None:
+                    await self.mesh.drop(message["peerId"])
+                    if (publisher := self.remote.get(message["peerId"])) is not None:
+                        publisher.end()
             elif kind == "layoutChanged":
                 self.layout = message["layout"]
             elif kind == "error":

@@ -28,6 +28,7 @@ from signaling.websocket import Session
 
 from . import logs
 from .config import DEFAULT_TIER, Config
+from .mesh import MESH, MeshRelay, addressed_to_peer
 from .participant import NegotiationError, Participant
 from .recording import Recording, RecordingError
 from .room import Room
@@ -50,6 +51,8 @@ class Conference:
         self._sessions: dict[str, Session] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.traffic = Traffic()
+        #: Mesh rooms: the signaling passed from peer to peer.
+        self.mesh = MeshRelay(self._sessions)
 
     async def join(self, session: Session, message: Join) -> None:
         granted = self._admit(message)
@@ -124,6 +127,8 @@ class Conference:
         logger.info("room %s: %s (%s) joined", room.name, peer_id, message.name)
 
     async def offer(self, session: Session, message: Offer) -> None:
+        if self._relayed(session, message.to, "offer", {"type": "offer", "sdp": message.sdp}):
+            return
         participant = self._participant(session)
         try:
             sdp = await participant.answer(message.sdp, self.config.ice_servers.for_user(SERVER_TURN_USER))
@@ -132,10 +137,14 @@ class Conference:
         session.send(protocol.answer(sdp))
 
     async def answer(self, session: Session, message: Answer) -> None:
-        """The client's answer to a server offer (an sfu room's renegotiation)."""
+        """The client's answer to a server offer (an sfu room's renegotiation), or a mesh peer's to relay."""
+        if self._relayed(session, message.to, "answer", {"type": "answer", "sdp": message.sdp}):
+            return
         raise ProtocolError(protocol.UNEXPECTED_ANSWER, "There is no offer of the server to answer.")
 
     async def candidate(self, session: Session, message: Candidate) -> None:
+        if self._relayed(session, message.to, "candidate", {"type": "candidate", "candidate": message.to_json()}):
+            return
         pc = self._participant(session).pc
         if pc is None:
             raise ProtocolError(protocol.INVALID_CANDIDATE, "Send the offer before ICE candidates.")
@@ -207,6 +216,8 @@ class Conference:
         """Start recording `room` (signaling, HTTP or --auto-record) and tell its peers."""
         if room.recording is not None:
             raise ProtocolError(protocol.ALREADY_RECORDING, "This room is already being recorded.")
+        if room.mode == MESH:
+            raise ProtocolError(protocol.RECORDING_FAILED, "A mesh room's media never reaches the server to record.")
         if self.config.record_dir is None:
             raise ProtocolError(protocol.RECORDING_FAILED, "This server does not record (no --record-dir).")
         if self.config.encode_per_peer:
@@ -277,6 +288,14 @@ class Conference:
         if grant not in participant.grants:
             raise ProtocolError(protocol.FORBIDDEN, f"You are not allowed to do this here (needs {grant!r}).")
         return participant
+
+    def _relayed(self, session: Session, to: str | None, kind: str, message: dict) -> bool:
+        """Mesh rooms: pass a peer's message on to `to` (mcu/mesh.py); False when it is for the server."""
+        room = self.rooms[session.room]  # type: ignore[index]
+        if not addressed_to_peer(room.mode, to, kind):
+            return False
+        self.mesh.relay(session.peer_id, room.participants, to, message)  # type: ignore[arg-type]
+        return True
 
     def _participant(self, session: Session) -> Participant:
         room = self.rooms[session.room]  # type: ignore[index]

@@ -47,6 +47,8 @@ INVALID_LAYOUT = "invalid_layout"
 UNKNOWN_MODE = "unknown_mode"
 MODE_MISMATCH = "mode_mismatch"
 UNEXPECTED_ANSWER = "unexpected_answer"
+WRONG_MODE = "wrong_mode"
+UNKNOWN_PEER = "unknown_peer"
 
 #: How a room carries media: composited (mcu), forwarded (sfu) or peer to peer (mesh).
 MODES = ("mcu", "sfu", "mesh")
@@ -102,6 +104,8 @@ class Offer:
     """The client's SDP offer for its one upstream (audio and video)."""
 
     sdp: str
+    #: Mesh rooms: the peerId of the participant it is for (the server relays it).
+    to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,8 @@ class Answer:
     """The client's SDP answer to an offer of the server (an sfu room's renegotiation)."""
 
     sdp: str
+    #: Mesh rooms: the peerId of the participant whose offer it answers (the server relays it).
+    to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,12 @@ class Candidate:
     candidate: str
     sdp_mid: str | None
     sdp_mline_index: int | None
+    #: Mesh rooms: the peerId of the participant it is for (the server relays it).
+    to: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The inner candidate object as the wire carries it (what a relay passes on)."""
+        return {"candidate": self.candidate, "sdpMid": self.sdp_mid, "sdpMLineIndex": self.sdp_mline_index}
 
 
 @dataclass(frozen=True)
@@ -241,14 +253,14 @@ def _parse_offer(obj: dict[str, Any]) -> Offer:
         raise ProtocolError(
             INVALID_SDP, "The offer must contain an audio and a video media section."
         )
-    return Offer(sdp=sdp)
+    return Offer(sdp=sdp, to=_field(obj, "to", str, "to", optional=True))
 
 
 def _parse_answer(obj: dict[str, Any]) -> Answer:
     sdp = _field(obj, "sdp", str, "sdp")
     if not _SDP_START_RE.match(sdp):
         raise ProtocolError(INVALID_SDP, 'The answer is not an SDP description: it must start with a "v=0" line.')
-    return Answer(sdp=sdp)
+    return Answer(sdp=sdp, to=_field(obj, "to", str, "to", optional=True))
 
 
 def _parse_candidate(obj: dict[str, Any]) -> Candidate:
@@ -280,7 +292,10 @@ def _parse_candidate(obj: dict[str, Any]) -> Candidate:
                 "sdpMLineIndex.",
             )
     return Candidate(
-        candidate=candidate, sdp_mid=sdp_mid, sdp_mline_index=sdp_mline_index
+        candidate=candidate,
+        sdp_mid=sdp_mid,
+        sdp_mline_index=sdp_mline_index,
+        to=_field(obj, "to", str, "to", optional=True),
     )
 
 

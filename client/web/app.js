@@ -13,7 +13,7 @@ function showRecording(recording) {
 // Errors after which reconnecting cannot help: the page stops and says why.
 const FATAL = new Set([
   "invalid_room", "invalid_name", "invalid_message", "unknown_type", "unauthorized",
-  "forbidden", "room_full", "too_many_rooms", "unknown_tier",
+  "forbidden", "room_full", "too_many_rooms", "unknown_tier", "unknown_mode", "mode_mismatch",
 ]);
 
 const WORDS = {
@@ -21,6 +21,8 @@ const WORDS = {
   invalid_name: "That name is not valid: use 1 to 64 characters.",
   room_full: "This room is full.",
   unknown_tier: "This server has no such picture size (the tier in the link).",
+  unknown_mode: "This server has no such room mode (the mode in the link).",
+  mode_mismatch: "This room already runs in another mode: join without a mode, or pick another room.",
   too_many_rooms: "The server has no room for another meeting right now.",
   unauthorized: "You are not allowed in this room (missing or expired invitation).",
   forbidden: "You are not allowed to do that in this room.",
@@ -35,6 +37,23 @@ function describe(error) {
   return WORDS[error.code] ?? error.message ?? "Something went wrong.";
 }
 
+/** Play a received video; where autoplay with sound is refused, muted until the user clicks it. */
+function play(video) {
+  video.play().catch(() => {
+    video.muted = true;
+    video.play().catch(() => {});
+    setStatus("Click a picture to turn the sound on.");
+    video.addEventListener("click", () => { video.muted = false; }, { once: true });
+  });
+}
+
+/** A trickled candidate as the signaling protocol carries it (null: end of candidates). */
+function candidateJson(candidate) {
+  return candidate
+    ? { candidate: candidate.candidate, sdpMid: candidate.sdpMid, sdpMLineIndex: candidate.sdpMLineIndex }
+    : { candidate: "" };
+}
+
 function setStatus(text) {
   $("status").textContent = text;
 }
@@ -46,9 +65,15 @@ function showError(text) {
 }
 
 class Meeting {
-  constructor(room, name) {
+  constructor(room, name, mode) {
     this.room = room;
     this.name = name;
+    this.mode = mode; // asked for when creating a room ("" : the server's default)
+    this.roomMode = "mcu"; // what the room is, from joined
+    this.iceServers = [];
+    this.links = new Map(); // mesh: peerId -> RTCPeerConnection
+    this.streams = new Map(); // sfu and mesh: peerId -> MediaStream shown in its tile
+    this.inbox = Promise.resolve(); // messages are handled one after the other
     this.participants = new Map(); // peerId -> {name, video, audio}
     this.peerId = null;
     this.ws = null;
@@ -111,7 +136,11 @@ class Meeting {
       opened = true;
       this.send(this.joinMessage());
     };
-    ws.onmessage = (event) => this.onMessage(JSON.parse(event.data));
+    // One at a time: a relayed candidate must not overtake the offer it belongs to.
+    ws.onmessage = (event) => {
+      const message = JSON.parse(event.data);
+      this.inbox = this.inbox.then(() => this.onMessage(message)).catch((error) => console.error(error));
+    };
     ws.onclose = () => {
       if (ws !== this.ws) return;
       this.closePeer();
@@ -131,6 +160,7 @@ class Meeting {
     const tier = params.get("tier");
     if (tier) message.tier = tier;
     if (["1", "true"].includes(params.get("hideSelf"))) message.hideSelf = true;
+    if (this.mode) message.mode = this.mode;
     return message;
   }
 
@@ -156,10 +186,20 @@ class Meeting {
         this.renderParticipants();
         showRecording(message.recording);
         setStatus(`In room ${this.room}`);
-        await this.startPeer(message.iceServers);
+        this.showMode(message.mode ?? "mcu", message.iceServers);
+        if (this.roomMode === "mesh") await this.startMesh(message.participants);
+        else await this.startPeer(message.iceServers);
         break;
       case "answer":
-        await this.pc?.setRemoteDescription({ type: "answer", sdp: message.sdp });
+        if (message.from) await this.onPeerAnswer(message);
+        else await this.pc?.setRemoteDescription({ type: "answer", sdp: message.sdp });
+        break;
+      case "offer":
+        if (message.from) await this.onPeerOffer(message);
+        else await this.onServerOffer(message);
+        break;
+      case "candidate":
+        if (message.from) await this.onPeerCandidate(message);
         break;
       case "participantJoined":
         this.participants.set(message.peerId, { name: message.name, video: true, audio: true });
@@ -167,6 +207,7 @@ class Meeting {
         break;
       case "participantLeft":
         this.participants.delete(message.peerId);
+        this.dropPeer(message.peerId);
         this.renderParticipants();
         break;
       case "participantMedia": {
@@ -255,6 +296,128 @@ class Meeting {
     if (!this.sending.video || !this.sending.audio) this.sendMedia();
   }
 
+  // The room's mode decides what the stage shows: the composite (mcu), or one tile per
+  // other participant (sfu: tracks forwarded by the server; mesh: a connection to each).
+  showMode(mode, iceServers) {
+    this.roomMode = mode;
+    this.iceServers = iceServers;
+    $("remote").hidden = mode !== "mcu";
+    $("tiles").hidden = mode === "mcu";
+    // Chat travels on a data channel to the server, which a mesh room does not have.
+    $("chat-text").disabled = $("chat-send").disabled = mode === "mesh";
+    $("chat-text").placeholder = mode === "mesh" ? "No chat in a mesh room" : "Message";
+  }
+
+  // sfu: the server offers what it forwards, with the map of mid -> publisher; we answer.
+  async onServerOffer(message) {
+    const pc = this.pc;
+    if (!pc) return;
+    await pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    this.send({ type: "answer", sdp: pc.localDescription.sdp });
+    const owners = new Map((message.tracks ?? []).map((t) => [t.mid, t.peerId]));
+    for (const transceiver of pc.getTransceivers()) {
+      const peerId = owners.get(transceiver.mid);
+      if (peerId) this.showTrack(peerId, transceiver.receiver.track);
+    }
+    const publishers = new Set(owners.values());
+    for (const peerId of [...this.streams.keys()]) if (!publishers.has(peerId)) this.dropTile(peerId);
+  }
+
+  // mesh: the newcomer offers to everyone already there; they answer (so offers never cross).
+  async startMesh(participants) {
+    this.closePeer();
+    for (const p of participants) await this.offerTo(p.peerId);
+    if (!this.sending.video || !this.sending.audio) this.sendMedia();
+  }
+
+  link(peerId) {
+    let pc = this.links.get(peerId);
+    if (pc) return pc;
+    pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    this.links.set(peerId, pc);
+    pc.ontrack = (event) => this.showTrack(peerId, event.track);
+    pc.onicecandidate = ({ candidate }) => this.send({ type: "candidate", to: peerId, candidate: candidateJson(candidate) });
+    return pc;
+  }
+
+  async offerTo(peerId) {
+    const pc = this.link(peerId);
+    for (const kind of ["audio", "video"]) {
+      const track = this.local.getTracks().find((t) => t.kind === kind);
+      pc.addTransceiver(track ?? kind, { direction: track ? "sendrecv" : "recvonly", streams: [this.local] });
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    this.send({ type: "offer", to: peerId, sdp: pc.localDescription.sdp });
+  }
+
+  async onPeerOffer(message) {
+    const pc = this.link(message.from);
+    await pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
+    for (const track of this.local.getTracks()) {
+      if (!pc.getSenders().some((sender) => sender.track === track)) pc.addTrack(track, this.local);
+    }
+    await pc.setLocalDescription(await pc.createAnswer());
+    this.send({ type: "answer", to: message.from, sdp: pc.localDescription.sdp });
+  }
+
+  async onPeerAnswer(message) {
+    const pc = this.links.get(message.from);
+    if (pc?.signalingState === "have-local-offer") await pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+  }
+
+  async onPeerCandidate(message) {
+    const pc = this.links.get(message.from);
+    if (!pc) return;
+    try {
+      await pc.addIceCandidate(message.candidate.candidate ? message.candidate : null);
+    } catch (error) {
+      console.warn("candidate from", message.from, error);
+    }
+  }
+
+  dropPeer(peerId) {
+    this.links.get(peerId)?.close();
+    this.links.delete(peerId);
+    this.dropTile(peerId);
+  }
+
+  // A named tile per publisher, playing the tracks received from it.
+  showTrack(peerId, track) {
+    let stream = this.streams.get(peerId);
+    if (!stream) {
+      stream = new MediaStream();
+      this.streams.set(peerId, stream);
+      const figure = document.createElement("figure");
+      figure.className = "tile";
+      figure.dataset.peerId = peerId;
+      const video = document.createElement("video");
+      video.autoplay = video.playsInline = true;
+      video.srcObject = stream;
+      figure.append(video, document.createElement("figcaption"));
+      $("tiles").append(figure);
+      this.renderTiles();
+    }
+    for (const old of stream.getTracks()) if (old.kind === track.kind && old !== track) stream.removeTrack(old);
+    if (!stream.getTracks().includes(track)) stream.addTrack(track);
+    play(this.tile(peerId).querySelector("video"));
+  }
+
+  tile(peerId) {
+    return [...$("tiles").children].find((figure) => figure.dataset.peerId === peerId);
+  }
+
+  dropTile(peerId) {
+    this.streams.delete(peerId);
+    this.tile(peerId)?.remove();
+  }
+
+  renderTiles() {
+    for (const figure of $("tiles").children) {
+      figure.querySelector("figcaption").textContent = this.participants.get(figure.dataset.peerId)?.name ?? "";
+    }
+  }
+
   openChat(channel) {
     this.chat = channel;
     channel.onmessage = (event) => {
@@ -309,6 +472,7 @@ class Meeting {
       }
       return item;
     }));
+    this.renderTiles();
   }
 
   sendMedia() {
@@ -332,6 +496,10 @@ class Meeting {
   }
 
   closePeer() {
+    for (const pc of this.links.values()) pc.close();
+    this.links.clear();
+    this.streams.clear();
+    $("tiles").replaceChildren();
     this.chat = null;
     if (this.pc) {
       this.pc.close();
@@ -353,16 +521,16 @@ class Meeting {
 
 let meeting = null;
 
-function join(room, name) {
+function join(room, name, mode) {
   showError("");
-  meeting = new Meeting(room, name);
+  meeting = new Meeting(room, name, mode);
   window.meeting = meeting; // for the console and the browser tests
   meeting.start();
 }
 
 $("join-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  join($("room").value.trim(), $("name").value.trim());
+  join($("room").value.trim(), $("name").value.trim(), $("mode").value);
 });
 $("mute").addEventListener("click", () => meeting?.toggle("audio"));
 $("camera").addEventListener("click", () => meeting?.toggle("video"));
@@ -377,4 +545,6 @@ $("chat-form").addEventListener("submit", (event) => {
 const params = new URLSearchParams(location.search);
 if (params.get("room")) $("room").value = params.get("room");
 if (params.get("name")) $("name").value = params.get("name");
-if (params.get("room") && params.get("name")) join(params.get("room"), params.get("name"));
+// ?mode=sfu (or mcu, mesh) creates the room in that mode.
+if (params.get("mode")) $("mode").value = params.get("mode");
+if (params.get("room") && params.get("name")) join(params.get("room"), params.get("name"), params.get("mode") ?? "");

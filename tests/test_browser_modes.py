@@ -1,0 +1,170 @@
+"""The web page in sfu and mesh rooms: the same page code, only the mode differs.
+
+A Chromium page (Debian's, driven by Playwright, fake camera and microphone) and
+two Python peers in one room: the page shows each peer in a named tile of its own,
+playing, and the peers receive the page's picture and tone. Run inside a
+loopback-only network namespace (scripts/test does that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browser_checks import isolated_network, rgb_close
+from media_checks import cell_colours, close_to, tone_levels
+
+from client.peer import Peer
+from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+if not CHROMIUM.exists():
+    pytest.skip("Debian's chromium is not installed (scripts/test installs it)", allow_module_level=True)
+if not isolated_network():
+    pytest.skip(
+        "browser tests run only in a network namespace with loopback alone: run them through scripts/test",
+        allow_module_level=True,
+    )
+
+# Every tile of the page: its publisher, caption, picture size, frames shown and the
+# colour (mean RGB of 8x8 pixels) at its centre; null colour until it plays.
+TILES_JS = """
+() => [...document.querySelectorAll('#tiles figure')].map((figure) => {
+  const video = figure.querySelector('video');
+  let rgb = null;
+  if (video.videoWidth && video.readyState >= 2) {
+    const canvas = document.createElement('canvas');
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    const context = canvas.getContext('2d');
+    context.drawImage(video, 0, 0);
+    const px = context.getImageData(canvas.width / 2 - 4, canvas.height / 2 - 4, 8, 8).data;
+    rgb = [0, 1, 2].map((c) => px.filter((_, i) => i % 4 === c).reduce((a, b) => a + b, 0) / 64);
+  }
+  return {
+    peerId: figure.dataset.peerId,
+    name: figure.querySelector('figcaption').textContent,
+    width: video.videoWidth,
+    frames: video.getVideoPlaybackQuality().totalVideoFrames,
+    paused: video.paused,
+    rgb,
+  };
+})
+"""
+
+
+def write_y4m(path: Path, rgb: tuple[int, int, int], width: int = 320, height: int = 240) -> None:
+    """A short solid-colour clip; Chromium's fake camera loops it."""
+    y, u, v = rgb_to_yuv(rgb)
+    quarter = width * height // 4
+    frame = b"FRAME\n" + bytes([y]) * (width * height) + bytes([u]) * quarter + bytes([v]) * quarter
+    with path.open("wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F15:1 Ip A1:1 C420jpeg\n".encode())
+        out.write(frame * 15)
+
+
+def write_wav(path: Path, frequency: float) -> None:
+    """A tone; Chromium's fake microphone loops it."""
+    t = np.arange(48000 * 2) / 48000
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48000)
+        out.writeframes((np.sin(2 * np.pi * frequency * t) * 0.3 * 32767).astype(np.int16).tobytes())
+
+
+@pytest.fixture
+async def page(tmp_path):
+    """One Chromium page whose camera shows red and whose microphone plays 500 Hz."""
+    video, audio = tmp_path / "red.y4m", tmp_path / "500.wav"
+    write_y4m(video, COLORS["red"])
+    write_wav(audio, 500.0)
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={video}",
+        f"--use-file-for-fake-audio-capture={audio}",
+        "--autoplay-policy=no-user-gesture-required",
+        "--allow-loopback-in-peer-connection",
+    ]
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        try:
+            yield await browser.new_page(viewport={"width": 1280, "height": 720})
+        finally:
+            await browser.close()
+
+
+async def poll(check, timeout: float, what: str):
+    """Await `check()` until it returns something true, or fail after `timeout` s."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (result := await check()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+    return result
+
+
+@pytest.mark.parametrize("mode", ["sfu", "mesh"])
+async def test_the_page_shows_each_peer_and_the_peers_receive_the_page(server, page, mode):
+    room = f"page-{mode}"
+    await page.goto(f"http://127.0.0.1:{server.port}/?room={room}&name=anna&mode={mode}")
+    page_id = await poll(lambda: page.evaluate("window.meeting?.peerId"), 10, "the page to join")
+    assert await page.evaluate("window.meeting.roomMode") == mode
+    people = {"ben": ("green", 700.0), "cleo": ("blue", 900.0)}
+    peers = [
+        Peer(server.url, room, name, video=ColorTrack(COLORS[colour]), audio=ToneTrack(tone), mode=mode)
+        for name, (colour, tone) in people.items()
+    ]
+    try:
+        for peer in peers:
+            await peer.join()
+        colour_of = {peer.peer_id: COLORS[people[peer.name][0]] for peer in peers}
+
+        async def tiles_show_everyone():
+            tiles = await page.evaluate(TILES_JS)
+            shown = {t["peerId"] for t in tiles if t["peerId"] in colour_of and t["rgb"]}
+            shown = {p for p in shown if rgb_close(next(t["rgb"] for t in tiles if t["peerId"] == p), colour_of[p])}
+            return tiles if len(tiles) == 2 and shown == colour_of.keys() else None
+
+        tiles = await poll(tiles_show_everyone, 20, "two tiles playing the two peers' colours")
+        # Named, playing, and its frames advance; the composite's element stays hidden.
+        names = {peer.peer_id: peer.name for peer in peers}
+        assert {t["peerId"]: t["name"] for t in tiles} == names
+        assert all(t["width"] > 0 and not t["paused"] for t in tiles), tiles
+        await asyncio.sleep(1)
+        later = {t["peerId"]: t["frames"] for t in await page.evaluate(TILES_JS)}
+        assert all(later[t["peerId"]] > t["frames"] for t in tiles), (tiles, later)
+        assert await page.locator("#remote").is_hidden()
+
+        # Each peer receives the page (red, 500 Hz) and the other peer, not itself.
+        for peer in peers:
+            await peer.wait_for(
+                lambda peer=peer: (remote := peer.remote.get(page_id)) is not None
+                and remote.video_frame is not None
+                and close_to(cell_colours(remote.video_frame, 1)[0], rgb_to_yuv(COLORS["red"])),
+                15,
+            )
+            assert peer.peer_id not in peer.remote and len(peer.remote) == 2, peer.remote
+        await asyncio.sleep(1.2)
+        for peer in peers:
+            levels = tone_levels(peer.remote[page_id].audio(1.0), [500.0, 700.0, 900.0])
+            assert levels[500.0] > 100 and levels[500.0] - max(levels[700.0], levels[900.0]) >= 30, levels
+
+        # One leaves: its tile goes.
+        await peers[1].close()
+        await poll(
+            lambda: page.evaluate("document.querySelectorAll('#tiles figure').length === 1"), 10, "cleo's tile to go"
+        )
+    finally:
+        await asyncio.gather(*(peer.close() for peer in peers))
