@@ -274,3 +274,25 @@ async def test_a_page_with_tier_low_receives_the_low_picture(server, browsers):
         assert (py.video_frame.width, py.video_frame.height) == (config.width, config.height)
     finally:
         await py.close()
+
+
+async def test_the_page_shows_while_the_room_is_recorded(server, browsers, tmp_path):
+    server.conference.config.record_dir = str(tmp_path)
+    indicator = "#recording"
+    watcher = await browsers("red", 500.0)
+    await watcher.goto(f"http://127.0.0.1:{server.port}/?room=rec&name=watcher")
+    await wait_until(lambda: "rec" in server.conference.rooms, 10, "the page to join")
+    assert not await watcher.locator(indicator).is_visible()
+
+    room = server.conference.rooms["rec"]
+    recording = server.conference.begin_recording(room)
+    await wait_until(lambda: watcher.locator(indicator).is_visible(), 5, "the indicator on recordingStarted")
+    assert recording.path.name in await watcher.locator(indicator).get_attribute("title")
+    # A page that joins a room already being recorded shows it from `joined`.
+    late = await browsers("blue", 700.0)
+    await late.goto(f"http://127.0.0.1:{server.port}/?room=rec&name=late")
+    await wait_until(lambda: late.locator(indicator).is_visible(), 10, "the indicator from joined")
+
+    await server.conference.end_recording(room)
+    await wait_until(lambda: watcher.locator(indicator).is_hidden(), 5, "the indicator gone on recordingStopped")
+    await wait_until(lambda: late.locator(indicator).is_hidden(), 5, "the late page's indicator gone")
