@@ -127,6 +127,11 @@ class Peer:
         self._joined = asyncio.Event()
         self._answered = asyncio.Event()
         self._chat_open = asyncio.Event()
+        #: The mode of the room joined (`joined`), and in sfu rooms the server's last map of
+        #: mid -> {"peerId", "kind"} with the tracks received on those mids.
+        self.room_mode: str | None = None
+        self._sfu_tracks: dict[str, dict[str, Any]] = {}
+        self._sfu_received: dict[str, tuple[str, MediaStreamTrack]] = {}
 
     async def join(self, timeout: float = 10) -> None:
         """Join the room and start media; returns once the server has answered."""
@@ -251,6 +256,9 @@ class Peer:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
+            if self.room_mode == "sfu":
+                self._on_forwarded_track(pc, track)
+                return
             if not self._decode:
                 receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
                 install_encoded_receiver(receiver)
@@ -280,6 +288,7 @@ class Peer:
                 self.peer_id = message["peerId"]
                 self.participants = {p["peerId"]: p["name"] for p in message["participants"]}
                 self.layout = message.get("layout")
+                self.room_mode = message.get("mode")
                 if message.get("mode") == "mesh":
                     # Made here, not in join(): a later newcomer's offer may come next.
                     sources = [s for s in (self._audio_source, self._video_source) if s is not None]
@@ -290,6 +299,8 @@ class Peer:
             elif kind == "answer" and self.pc is not None:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="answer"))
                 self._answered.set()
+            elif kind == "offer" and self.pc is not None:
+                await self._answer_server(message)
             elif kind == "participantJoined":
                 self.participants[message["peerId"]] = message["name"]
             elif kind == "participantLeft":
@@ -305,6 +316,30 @@ class Peer:
                 self.errors.append(message)
                 if not self._joined.is_set():
                     self._joined.set()
+
+    def _on_forwarded_track(self, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
+        """sfu: a track the server forwards, attributed to its publisher by the server's map of mids."""
+        transceiver = next(t for t in pc.getTransceivers() if t.receiver.track is track)
+        entry = self._sfu_tracks.get(transceiver.mid or "")
+        if entry is None:
+            logger.warning("sfu: a track on mid %s that the server did not announce", transceiver.mid)
+            return
+        self._sfu_received[transceiver.mid] = (entry["peerId"], track)  # type: ignore[index]
+        publisher = self.remote.setdefault(entry["peerId"], RemotePublisher(entry["peerId"]))
+        publisher.receive(track, transceiver.receiver, self._decode)
+
+    async def _answer_server(self, message: dict[str, Any]) -> None:
+        """sfu: the server's offer changes whose tracks we receive; a mid left out of its map has ended."""
+        assert self.pc is not None
+        self._sfu_tracks = {entry["mid"]: entry for entry in message.get("tracks", [])}
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
+        for mid, (peer_id, track) in list(self._sfu_received.items()):
+            if mid not in self._sfu_tracks:
+                del self._sfu_received[mid]
+                if (publisher := self.remote.get(peer_id)) is not None:
+                    publisher.end(track)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        await self.send({"type": "answer", "sdp": self.pc.localDescription.sdp})
 
     def _on_chat(self, data: str | bytes) -> None:
         try:

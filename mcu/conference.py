@@ -32,6 +32,7 @@ from .mesh import MESH, MeshRelay, addressed_to_peer
 from .participant import NegotiationError, Participant
 from .recording import Recording, RecordingError
 from .room import Room
+from .sfu import SfuParticipant
 from .traffic import Traffic
 
 logger = logging.getLogger(__name__)
@@ -85,15 +86,20 @@ class Conference:
             {"peerId": p.peer_id, "name": p.name, "video": p.sending_video, "audio": p.sending_audio}
             for p in room.participants.values()
         ]
-        participant = Participant(
-            peer_id,
-            message.name,
-            room.video.request_keyframe,
-            self._media_failed,
-            room.chat.receive,
-            tier=message.tier or DEFAULT_TIER,
-            hide_self=message.hide_self,
-        )
+        if room.forwarder is not None:
+            participant: Participant = SfuParticipant(
+                peer_id, message.name, room.forwarder, session.send, self._media_failed, room.chat.receive
+            )
+        else:
+            participant = Participant(
+                peer_id,
+                message.name,
+                room.video.request_keyframe,
+                self._media_failed,
+                room.chat.receive,
+                tier=message.tier or DEFAULT_TIER,
+                hide_self=message.hide_self,
+            )
         participant.grants = granted
         if grants.PUBLISH not in granted:
             # A viewer: no tile, no voice in the mix, whatever it sends.
@@ -140,7 +146,13 @@ class Conference:
         """The client's answer to a server offer (an sfu room's renegotiation), or a mesh peer's to relay."""
         if self._relayed(session, message.to, "answer", {"type": "answer", "sdp": message.sdp}):
             return
-        raise ProtocolError(protocol.UNEXPECTED_ANSWER, "There is no offer of the server to answer.")
+        participant = self._participant(session)
+        if not isinstance(participant, SfuParticipant):
+            raise ProtocolError(protocol.UNEXPECTED_ANSWER, "There is no offer of the server to answer.")
+        try:
+            await participant.accept(message.sdp)
+        except NegotiationError as exc:
+            raise ProtocolError(protocol.INVALID_SDP, str(exc)) from exc
 
     async def candidate(self, session: Session, message: Candidate) -> None:
         if self._relayed(session, message.to, "candidate", {"type": "candidate", "candidate": message.to_json()}):
@@ -218,6 +230,8 @@ class Conference:
             raise ProtocolError(protocol.ALREADY_RECORDING, "This room is already being recorded.")
         if room.mode == MESH:
             raise ProtocolError(protocol.RECORDING_FAILED, "A mesh room's media never reaches the server to record.")
+        if room.forwarder is not None:
+            raise ProtocolError(protocol.RECORDING_FAILED, "An sfu room forwards: nothing is composed to record.")
         if self.config.record_dir is None:
             raise ProtocolError(protocol.RECORDING_FAILED, "This server does not record (no --record-dir).")
         if self.config.encode_per_peer:

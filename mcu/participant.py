@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections import deque
-from typing import Callable
+from typing import Any, Callable, Coroutine
 
 import av
 from aiortc import (
@@ -14,6 +14,7 @@ from aiortc import (
     RTCDataChannel,
     RTCPeerConnection,
     RTCRtpCodecCapability,
+    RTCRtpReceiver,
     RTCRtpSender,
     RTCSessionDescription,
 )
@@ -146,14 +147,8 @@ class Participant:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "audio":
-                # The room decodes audio on its own thread: no decoder thread here.
-                receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
-                install_encoded_receiver(receiver)
-            consume = self._consume_video if track.kind == "video" else self._consume_audio
-            task = asyncio.ensure_future(consume(track))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
+            self._on_track(track, receiver)
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
@@ -166,19 +161,38 @@ class Participant:
         @pc.on("connectionstatechange")
         def on_state() -> None:
             if pc.connectionState == "connected":
-                # A new or reconnected peer starts on a fresh keyframe.
-                self.video_out.restart()
+                self._connected()
             elif pc.connectionState in ("failed", "closed") and pc is self.pc and not self._closed:
                 # Failed ICE/DTLS, or the peer closed its side: it is gone.
                 self._on_failed(self)
 
+        self._add_transceivers(pc)
+        return pc
+
+    def _add_transceivers(self, pc: RTCPeerConnection) -> None:
         # Our transceivers exist before the offer so that the codec preferences
         # apply to it: the answer then carries only what the shared encoders make.
         for track in (self.audio_out, self.video_out):
             transceiver = pc.addTransceiver(track, direction="sendrecv")
             transceiver.setCodecPreferences(_shared_codecs(track.kind))
             self._attach(transceiver.sender)
-        return pc
+
+    def _on_track(self, track: MediaStreamTrack, receiver: RTCRtpReceiver) -> None:
+        """The peer's upstream `track` arrived (the peer connection's "track" event)."""
+        if track.kind == "audio":
+            # The room decodes audio on its own thread: no decoder thread here.
+            install_encoded_receiver(receiver)
+        self._spawn(self._consume_video(track) if track.kind == "video" else self._consume_audio(track))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run `coroutine` as a task of this participant, cancelled when it closes."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _connected(self) -> None:
+        """ICE and DTLS are up: a new or reconnected peer starts on a fresh keyframe."""
+        self.video_out.restart()
 
     def _attach(self, sender: RTCRtpSender) -> None:
         if sender.kind == "video":

@@ -16,6 +16,7 @@ from .chat import ChatRelay
 from .config import DEFAULT_TIER, Config
 from .participant import Participant
 from .recording import Recording
+from .sfu import Forwarder
 from .video import VideoPipeline
 
 
@@ -27,6 +28,8 @@ class Room:
         self.config = config
         #: How the room carries media (protocol.MODES), fixed when its first join creates it.
         self.mode = mode
+        #: An sfu room forwards instead of composing and mixing.
+        self.forwarder = Forwarder() if mode == "sfu" else None
         #: When the room opened (time.monotonic()), for rates since then.
         self.created = time.monotonic()
         self.participants: dict[str, Participant] = {}
@@ -48,6 +51,8 @@ class Room:
 
     def add(self, participant: Participant) -> None:
         self.participants[participant.peer_id] = participant
+        if self.forwarder is not None:
+            self.forwarder.add(participant)  # type: ignore[arg-type]
         if not self._started and self.mode == "mcu":
             # Only an MCU room composes and mixes: sfu and mesh rooms start no codec.
             self._started = True
@@ -57,6 +62,8 @@ class Room:
     def remove(self, peer_id: str) -> Participant | None:
         self.audio.remove(peer_id)
         self.chat.remove(peer_id)
+        if self.forwarder is not None:
+            self.forwarder.remove(peer_id)
         return self.participants.pop(peer_id, None)
 
     @property
@@ -85,6 +92,8 @@ class Room:
             "chatRelayed": chat.relayed,
             "chatRefused": chat.refused,
             "chatDropped": chat.dropped,
+            "mode": self.mode,
+            **(self.forwarder.describe() if self.forwarder is not None else {}),
         }
 
     def start_recording(self, directory: Path, on_failed: Callable[[Recording, str], None]) -> Recording:

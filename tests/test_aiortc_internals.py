@@ -8,7 +8,8 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
   (receiving without decoding, `signaling.receiver.install_encoded_receiver`);
 - its private jitter buffer can be wrapped to keep each audio packet's RFC 6464
   level (`packet.extensions.audio_level`) on the frame (active speaker), and a
-  sender of packets can be made to send that level (`RTCEncodedFrame.audio_level`).
+  sender of packets can be made to send that level (`RTCEncodedFrame.audio_level`);
+- a receiver can send a PLI for the media SSRC it receives (the SFU forwards keyframe requests upstream).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip
 from client.sources import ToneTrack
+from mcu.sfu import send_pli
 from mcu.traffic import transport_bytes
 from signaling.ice import rtc_configuration, use_host_addresses
 from signaling.receiver import install_encoded_receiver
@@ -213,3 +215,23 @@ async def test_a_pre_encoded_audio_sender_can_send_the_rfc6464_level(pcs) -> Non
     await connect(sending, receiving)
     frames = [await asyncio.wait_for(received[0].recv(), 10) for _ in range(30)]
     assert [frame.audio_level for frame in frames[5:]] == [-23] * 25
+
+
+async def test_an_encoded_receiver_can_ask_its_sender_for_a_keyframe(pcs) -> None:
+    """mcu/sfu.py `send_pli`: the receiver's private `_send_rtcp_pli`, for the media SSRC among those it saw
+    (its private `__active_ssrc`, less `__rtx_ssrc`), reaches the far sender's `_send_keyframe`."""
+    sending, receiving = pcs
+    transceiver = sending.addTransceiver(PreEncodedVideoTrack(RED), direction="sendonly")
+    requests = asyncio.Event()
+    transceiver.sender._send_keyframe = requests.set
+
+    @receiving.on("track")
+    def on_track(remote: MediaStreamTrack) -> None:
+        install_encoded_receiver(receiving.getTransceivers()[0].receiver)
+
+    await connect(sending, receiving)
+    receiver = receiving.getTransceivers()[0].receiver
+    await within(10, lambda: bool(receiver._RTCRtpReceiver__active_ssrc))
+    assert set(receiver._RTCRtpReceiver__rtx_ssrc.values()) == {transceiver.sender._ssrc}
+    assert send_pli(receiver)
+    await asyncio.wait_for(requests.wait(), 5)

@@ -1,0 +1,251 @@
+"""The sfu mode: real aiortc peers through the real server, which forwards and never decodes or encodes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from media_checks import cell_colours, close_to, tone_levels
+
+from client.peer import Peer, PeerError
+from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
+from mcu.sfu import KEYFRAME_INTERVAL, SfuParticipant
+from mcu.tracks import PacketTrack
+from signaling import protocol
+from signaling.receiver import _EncodedHandoff
+
+PEOPLE = [("alice", "red", 440.0), ("bob", "green", 660.0), ("carol", "blue", 880.0)]
+ROOM = "forward"
+
+
+def make_peer(server, name: str, colour: str, frequency: float, decode: bool = True) -> Peer:
+    return Peer(
+        server.url, ROOM, name, video=ColorTrack(COLORS[colour]), audio=ToneTrack(frequency), decode=decode, mode="sfu"
+    )
+
+
+async def close_all(peers: list[Peer]) -> None:
+    await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)
+
+
+def centre(frame) -> tuple[int, int, int]:
+    return cell_colours(frame, 1)[0]
+
+
+def pictures_from(peer: Peer, others: list[Peer]) -> bool:
+    """`peer` has a decoded picture from each of `others`."""
+    return all(o.peer_id in peer.remote and peer.remote[o.peer_id].video_frame is not None for o in others)
+
+
+async def test_three_peers_each_receive_the_other_two_as_tracks_of_their_own(server):
+    peers = [make_peer(server, *person) for person in PEOPLE]
+    try:
+        for peer in peers:
+            await peer.join()
+        assert all(p.room_mode == "sfu" for p in peers)
+        await peers[0].wait_for(lambda: all(pictures_from(p, [o for o in peers if o is not p]) for p in peers), 10)
+        await asyncio.sleep(2)  # a whole second of steady audio from everybody
+        frequencies = [f for _, _, f in PEOPLE]
+        for peer in peers:
+            assert peer.peer_id not in peer.remote, "a peer received its own track"
+            assert peer.video_frame is None  # no composite either
+            for other, (_, colour, frequency) in zip(peers, PEOPLE):
+                if other is peer:
+                    continue
+                publisher = peer.remote[other.peer_id]
+                assert close_to(centre(publisher.video_frame), rgb_to_yuv(COLORS[colour])), (peer.name, other.name)
+                levels = tone_levels(publisher.audio(1.0), frequencies)
+                # Each track carries its publisher's tone alone: no mix.
+                assert levels[frequency] > 100, (peer.name, other.name, levels)
+                assert min(levels[f] for f in frequencies if f != frequency) < levels[frequency] - 30, levels
+            # Exactly two publishers, each one video and one audio track, mapped by the server's mids.
+            assert sorted(peer.remote) == sorted(o.peer_id for o in peers if o is not peer)
+            assert sorted(peer._sfu_tracks[mid]["kind"] for mid in peer._sfu_received) == ["audio"] * 2 + ["video"] * 2
+        # Chat goes through the server's peer connection as in an mcu room.
+        await peers[0].chat("forwarded")
+        await peers[2].wait_for(lambda: [m["text"] for m in peers[2].chat_messages] == ["forwarded"], 5)
+    finally:
+        await close_all(peers)
+
+
+async def test_the_server_decodes_and_encodes_nothing_in_an_sfu_room(server):
+    peers = [make_peer(server, *person) for person in PEOPLE]
+    try:
+        for peer in peers:
+            await peer.join()
+        await peers[0].wait_for(lambda: all(pictures_from(p, [o for o in peers if o is not p]) for p in peers), 10)
+        room = server.conference.rooms[ROOM]
+        stats = room.stats()
+        # The media clocks never started: no composite, no mix, no encoder, no audio decode.
+        assert room.video._task is None and room.audio._task is None
+        codec_work = (stats["videoFrames"], stats["audioTicks"], stats["audioDecodes"], stats["videoEncoders"])
+        assert codec_work == (0, 0, 0, [])
+        assert room.video.stats.encoders_created == 0
+        receivers = senders = 0
+        for participant in room.participants.values():
+            assert isinstance(participant, SfuParticipant)
+            for transceiver in participant.pc.getTransceivers():
+                receiver, sender = transceiver.receiver, transceiver.sender
+                if receiver.track is not None:
+                    # Frames go to the forwarder: aiortc's decoder thread is handed nothing.
+                    assert isinstance(receiver._RTCRtpReceiver__decoder_queue, _EncodedHandoff)
+                    receivers += 1
+                if transceiver.direction == "sendonly":
+                    # Packets in, packets out: aiortc only encodes tracks that yield frames.
+                    assert isinstance(sender.track, PacketTrack)
+                    senders += 1
+        assert (receivers, senders) == (6, 12)
+        assert stats["mode"] == "sfu"
+        # Each frame that comes in goes out once to each of the two other peers.
+        await asyncio.sleep(1)
+        later = room.stats()
+        frames = later["forwardedFrames"] - stats["forwardedFrames"]
+        assert later["forwardedPackets"] - stats["forwardedPackets"] == 2 * frames > 2 * 3 * (15 + 50) * 0.8
+    finally:
+        await close_all(peers)
+
+
+async def test_late_joiner_gets_every_publisher_within_a_second_and_a_leaver_ends(server):
+    early = [make_peer(server, *person) for person in PEOPLE[:2]]
+    late = make_peer(server, *PEOPLE[2])
+    try:
+        for peer in early:
+            await peer.join()
+        await early[0].wait_for(lambda: all(pictures_from(p, [o for o in early if o is not p]) for p in early), 10)
+        await asyncio.sleep(1.5)  # the publishers' last keyframes are old
+        await late.join()
+        await late.wait_for(lambda: pictures_from(late, early), 5)
+        assert late.connected_time is not None
+        first = max(late.remote[p.peer_id].first_frame_time for p in early)
+        assert first - late.connected_time < 1.0
+        # The others get the newcomer's tracks by renegotiation: a server offer, answered.
+        await early[0].wait_for(lambda: all(pictures_from(p, [late]) for p in early), 5)
+        assert all(any(e["type"] == "offer" for e in p.events) for p in early)
+        colour = rgb_to_yuv(COLORS[PEOPLE[2][1]])
+        assert all(close_to(centre(p.remote[late.peer_id].video_frame), colour) for p in early)
+
+        # The late joiner leaves: its tracks end for the others (next offer), the others' go on.
+        await late.close()
+        await early[0].wait_for(lambda: all(p.remote[late.peer_id].ended for p in early), 5)
+        frames = early[1].remote[early[0].peer_id].video_frames
+        await early[1].wait_for(lambda: early[1].remote[early[0].peer_id].video_frames > frames + 5, 5)
+        assert not early[1].remote[early[0].peer_id].ended
+        room = server.conference.rooms[ROOM]
+        assert all(late.peer_id not in publication.sinks for publication in room.forwarder.publications)
+        assert {p.peer_id for p in room.forwarder.publications} == {p.peer_id for p in early}
+    finally:
+        await close_all(early + [late])
+
+
+async def test_a_subscribers_pli_reaches_the_publisher_rate_limited(server):
+    publisher = make_peer(server, *PEOPLE[0])
+    subscriber = make_peer(server, *PEOPLE[1], decode=False)
+    try:
+        await publisher.join()
+        await subscriber.join()
+        await subscriber.wait_for(lambda: publisher.peer_id in subscriber.remote, 10)
+        received = subscriber.remote[publisher.peer_id]
+        await subscriber.wait_for(lambda: received.video_frames > 10, 10)
+        # Count the keyframe requests that reach the publisher's encoder (aiortc's PLI handler).
+        sender = next(t.sender for t in publisher.pc.getTransceivers() if t.kind == "video")
+        requests: list[float] = []
+        original = sender._send_keyframe
+
+        def counted() -> None:
+            requests.append(time.monotonic())
+            original()
+
+        sender._send_keyframe = counted
+        transceiver = next(
+            t
+            for t in subscriber.pc.getTransceivers()
+            if subscriber._sfu_tracks.get(t.mid or "", {}).get("kind") == "video"
+        )
+        ssrc = transceiver.receiver.getSynchronizationSources()[0].source
+        await asyncio.sleep(KEYFRAME_INTERVAL)
+        keyframes = received.keyframes
+        await transceiver.receiver._send_rtcp_pli(ssrc)
+        await subscriber.wait_for(lambda: received.keyframes > keyframes, 1)
+        assert len(requests) == 1
+
+        # A storm of 20 PLIs in 0.5 s reaches the publisher at most once per KEYFRAME_INTERVAL.
+        await asyncio.sleep(KEYFRAME_INTERVAL)
+        requests.clear()
+        started = time.monotonic()
+        for _ in range(20):
+            await transceiver.receiver._send_rtcp_pli(ssrc)
+            await asyncio.sleep(0.025)
+        await asyncio.sleep(KEYFRAME_INTERVAL + 0.2)
+        span = requests[-1] - started if requests else 0
+        assert 1 <= len(requests) <= 1 + span / KEYFRAME_INTERVAL + 0.5, requests
+        gaps = [b - a for a, b in zip(requests, requests[1:])]
+        assert all(gap >= KEYFRAME_INTERVAL - 0.05 for gap in gaps), gaps
+        stats = server.conference.rooms[ROOM].stats()
+        assert stats["keyframeRequests"] >= 21 and stats["plisSent"] < stats["keyframeRequests"]
+    finally:
+        await close_all([publisher, subscriber])
+
+
+class Raw:
+    """A bare signaling connection: what it sends and the replies it reads."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send_str(json.dumps(message))
+
+    async def receive(self, kind: str) -> dict[str, Any]:
+        """The next message of type `kind` (the room's own events are read past), within 5 s."""
+        while True:
+            message = json.loads((await asyncio.wait_for(self.ws.receive(), 5)).data)
+            if message["type"] == kind:
+                return message
+
+    async def join(self, room: str, mode: str | None) -> dict[str, Any]:
+        await self.send({"type": "join", "room": room, "name": "raw", **({"mode": mode} if mode else {})})
+        return await self.receive("joined")
+
+
+@pytest.mark.parametrize("mode", ["mcu", "sfu"])
+async def test_mode_mismatch_and_unexpected_answer_leave_the_session_going(server, mode):
+    async with aiohttp.ClientSession() as http:
+        first, second = Raw(await http.ws_connect(server.url)), Raw(await http.ws_connect(server.url))
+        assert (await first.join("modes", mode))["mode"] == mode
+        other = "mesh" if mode == "sfu" else "sfu"
+        await second.send({"type": "join", "room": "modes", "name": "raw", "mode": other})
+        assert (await second.receive("error"))["code"] == protocol.MODE_MISMATCH
+        # The session goes on: joining as the room is (or naming no mode) works.
+        assert (await second.join("modes", None))["mode"] == mode
+        # No offer of the server is pending (and an mcu room never sends one).
+        await first.send({"type": "answer", "sdp": "v=0\r\n"})
+        assert (await first.receive("error"))["code"] == protocol.UNEXPECTED_ANSWER
+        # Nothing is composed in an sfu room: there is nothing to record.
+        if mode == "sfu":
+            await first.send({"type": "startRecording"})
+            refused = await first.receive("error")
+            assert refused["code"] == protocol.RECORDING_FAILED and "sfu" in refused["message"], refused
+        await first.send({"type": "leave"})
+        assert (await second.receive("participantLeft"))["peerId"]
+
+
+async def test_an_sfu_room_takes_vp8_only(server):
+    peer = Peer(server.url, ROOM, "h264", video=ColorTrack(COLORS["red"]), video_codec="h264", mode="sfu")
+    try:
+        with pytest.raises(PeerError):
+            await peer.join(timeout=3)
+        assert peer.errors[-1]["code"] == protocol.INVALID_SDP
+    finally:
+        await peer.close()
+
+
+async def test_the_server_default_mode_applies_to_a_join_that_names_none(server):
+    server.conference.config.mode = "sfu"
+    async with aiohttp.ClientSession() as http:
+        raw = Raw(await http.ws_connect(server.url))
+        assert (await raw.join("defaulted", None))["mode"] == "sfu"
+        assert server.conference.rooms["defaulted"].forwarder is not None
