@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: Received audio kept for analysis (mono samples at 48 kHz).
 AUDIO_KEEP_SECONDS = 10
+#: After a `reconnect` error, how long the peer keeps trying to join the room again.
+REJOIN_SECONDS = 30
 
 
 def _codecs_of(name: str) -> list[RTCRtpCodecCapability]:
@@ -132,6 +134,8 @@ class Peer:
         self.room_mode: str | None = None
         self._sfu_tracks: dict[str, dict[str, Any]] = {}
         self._sfu_received: dict[str, tuple[str, MediaStreamTrack]] = {}
+        #: Times this peer joined its room again after a `reconnect` error (its media server went away).
+        self.reconnects = 0
 
     async def join(self, timeout: float = 10) -> None:
         """Join the room and start media; returns once the server has answered."""
@@ -151,7 +155,7 @@ class Peer:
             join["mode"] = self.mode
         await self.send(join)
         await self._wait(self._joined, timeout, "join")
-        joined = next(e for e in self.events if e["type"] == "joined")
+        joined = next(e for e in reversed(self.events) if e["type"] == "joined")
         turn = [url for server in joined["iceServers"] for url in server["urls"] if is_turn_url(url)]
         if self._ice_transport_policy == "relay" and not turn:
             raise PeerError("relay only: the server offers no TURN server")
@@ -316,6 +320,30 @@ class Peer:
                 self.errors.append(message)
                 if not self._joined.is_set():
                     self._joined.set()
+                if message.get("code") == "reconnect" and self.peer_id is not None:
+                    self._tasks.append(asyncio.ensure_future(self._rejoin()))
+
+    async def _rejoin(self) -> None:
+        """The room's media server went away: join the same room again (new socket, new offer) until it works."""
+        deadline = time.monotonic() + REJOIN_SECONDS
+        while True:
+            self.peer_id = None
+            for closing in (self.pc, self._ws, self._session):
+                if closing is not None:
+                    await closing.close()
+            self.pc = None
+            for event in (self._joined, self._answered, self._chat_open):
+                event.clear()
+            try:
+                await self.join()
+                self.reconnects += 1
+                logger.info("joined %s again after reconnect", self.room)
+                return
+            except (PeerError, aiohttp.ClientError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    logger.error("could not join %s again: %s", self.room, exc)
+                    return
+                await asyncio.sleep(0.5)
 
     def _on_forwarded_track(self, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
         """sfu: a track the server forwards, attributed to its publisher by the server's map of mids."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import ssl
@@ -14,6 +15,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from compositor.layout import BUILT_IN
 from signaling import tokens
+from signaling.directory import DirectoryUnavailable, RedisDirectory
 from signaling.grants import ALL_GRANTS
 from signaling.ice import IceServers, is_loopback_host, use_host_addresses
 from signaling.limits import Limits
@@ -22,6 +24,7 @@ from signaling.protocol import MODES
 from . import compose, logs
 from .app import create_app
 from .config import DEFAULT_TIER, Config, Tier
+from .front import create_front_app, end_with_parent
 from .recording import RecordingError, check_directory
 
 
@@ -177,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--auto-record", action="store_true", help="record every room for as long as it lives")
     serve.add_argument("--cert", help="TLS certificate chain (PEM): serve HTTPS and WSS; needs --key")
     serve.add_argument("--key", help="TLS private key (PEM) of --cert")
+    scale = serve.add_argument_group("scale (docs/operations.md)")
+    scale.add_argument(
+        "--workers", type=_workers, default=1,
+        help="media worker processes behind this address, each room on one (auto: one per core; default 1: "
+        "everything in this process)",
+    )
+    scale.add_argument("--redis", metavar="URL", help="share a room directory with other nodes in Redis "
+                       "(redis://host:port/db); Redis must answer at start")
+    scale.add_argument("--advertise-url", metavar="URL", help="this node's signaling URL as the other nodes reach "
+                       "it (default ws://HOST:PORT/ws)")
+    scale.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)  # set by the front for its workers
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.add_argument(
         "--log-format", default="text", choices=["text", "json"], help="text, or JSON lines with room and peer ids"
@@ -276,19 +290,50 @@ def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None 
         record_dir=args.record_dir,
         auto_record=args.auto_record,
     )
-    if config.secret is None:
+    host, port = args.host, args.port
+    if args.worker_port:  # a worker of a front: loopback, plain HTTP; the front tells the clients
+        app, host, port, tls = create_app(config), "127.0.0.1", args.worker_port, None
+        end_with_parent()
+    elif args.workers > 1 or args.redis:
+        cluster = RedisDirectory(args.redis) if args.redis else None
+        advertise = args.advertise_url or f"ws://{args.host}:{args.port}/ws"
+        app = create_front_app(config, args.argv, args.workers, cluster, advertise if cluster else None)
+    else:
+        app = create_app(config)
+    if config.secret is None and not args.worker_port:
         print("mcu: no --secret: anyone who reaches this address may join any room", flush=True)
     scheme = "https" if tls else "http"
-    print(f"mcu: serving on {scheme}://{args.host}:{args.port}/ (signaling at /ws)", flush=True)
+    print(f"mcu: serving on {scheme}://{host}:{port}/ (signaling at /ws)", flush=True)
     web.run_app(
-        create_app(config),
-        host=args.host,
-        port=args.port,
+        app,
+        host=host,
+        port=port,
         print=None,
         shutdown_timeout=5,
         access_log_class=AccessLogger,
         ssl_context=tls,
     )
+
+
+def _workers(text: str) -> int:
+    """A number of worker processes, or "auto": one per core."""
+    if text == "auto":
+        return os.cpu_count() or 1
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or auto, got {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("at least 1 worker")
+    return count
+
+
+async def _check_redis(url: str) -> None:
+    directory = RedisDirectory(url)
+    try:
+        await directory.ping()
+    finally:
+        await directory.close()
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -309,6 +354,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
+        #: The front starts its workers with the same command line.
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        if args.redis and not args.worker_port:
+            try:
+                asyncio.run(_check_redis(args.redis))
+            except DirectoryUnavailable as exc:
+                print(f"mcu: cannot start with --redis {args.redis}: {exc}", file=sys.stderr)
+                sys.exit(1)
         if not args.secret and not is_loopback_host(args.host) and not args.allow_anonymous:
             parser.error(f"--host {args.host} without --secret would let anyone join: give --secret (or "
                          f"{SECRET_ENV}), or --allow-anonymous if that is what you want")

@@ -50,6 +50,9 @@ def least_loaded(candidates: Sequence[Load], prefer: str | None = None) -> Load:
 class Directory(Protocol):
     """Where rooms live, and who may host them."""
 
+    #: Seconds an entry lives without renewal.
+    lease: float
+
     async def owner(self, room: str) -> str | None:
         """The URL of the owner hosting `room`, or None when nobody holds its lease."""
         ...

@@ -49,6 +49,10 @@ MODE_MISMATCH = "mode_mismatch"
 UNEXPECTED_ANSWER = "unexpected_answer"
 WRONG_MODE = "wrong_mode"
 UNKNOWN_PEER = "unknown_peer"
+#: The room's media process (a worker or a node) went away: join again, a new one takes the room.
+RECONNECT = "reconnect"
+#: The room directory (Redis) is unreachable: a room not already on this node cannot be placed.
+DIRECTORY_UNAVAILABLE = "directory_unavailable"
 
 #: How a room carries media: composited (mcu), forwarded (sfu) or peer to peer (mesh).
 MODES = ("mcu", "sfu", "mesh")

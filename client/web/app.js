@@ -28,6 +28,8 @@ const WORDS = {
   forbidden: "You are not allowed to do that in this room.",
   media_failed: "The media connection failed. Reconnecting…",
   server_shutdown: "The server is restarting. Reconnecting…",
+  reconnect: "The room's media server went away. Reconnecting…",
+  directory_unavailable: "The server cannot open new rooms right now. Retrying…",
   invalid_sdp: "Your browser's media offer was refused by the server.",
   chat_too_large: "That message is too long to send.",
   chat_rate_limited: "You are sending messages too fast; wait a moment.",
@@ -247,6 +249,9 @@ class Meeting {
       this.peerId = null;
       this.closePeer();
       this.send(this.joinMessage());
+    } else if (error.code === "directory_unavailable") {
+      // Redis is away: the room cannot be placed yet; the server closes nothing, so ask again later.
+      setTimeout(() => { if (!this.stopped && !this.peerId) this.send(this.joinMessage()); }, 3000);
     }
   }
 

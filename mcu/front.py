@@ -1,0 +1,492 @@
+"""The front: one HTTP/WebSocket address before media worker processes, and a node of a service.
+
+A room lives in one worker process (`mcu serve` on a loopback port, the
+in-process MCU of one core). The front reads a connection's first `join`, asks
+the directory who owns the room (placing it if nobody does), then relays that
+WebSocket's messages both ways to the owner's internal `/ws`. Media does not
+pass here: the owner's answer carries its own ICE candidates, so RTP flows
+between the client and the worker directly.
+
+With Redis (`--redis`) the front is also a node: rooms are first placed on a
+node (signaling/directory.py, RedisDirectory); a join reaching another node is
+relayed to the owning node's front, which relays it to its worker. Proxying,
+not redirecting: clients keep one URL (one TLS endpoint, one origin for the
+page), at the cost of one hop for signaling messages only.
+
+When an owner goes away (a worker dies, a node dies) its clients get an
+`error` with code `reconnect` and the socket closes; they join again, and the
+directory places the room on a live owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from signaling import protocol
+from signaling.directory import Directory, DirectoryUnavailable, Load, MemoryDirectory
+from signaling.protocol import Join, ProtocolError
+
+from .config import Config
+
+logger = logging.getLogger(__name__)
+
+#: Set on the connections a front opens to an owner: a relayed join is never relayed again.
+RELAYED_HEADER = "X-MCU-Relayed"
+#: How long a worker may take to answer /healthz after it is spawned.
+WORKER_START_SECONDS = 30.0
+#: A join waits at most this long for its owner to become reachable (a dead node's lease to expire).
+ROUTE_SECONDS = 12.0
+#: How often the front measures its workers, renews its leases and announces its load.
+HEARTBEAT_SECONDS = 1.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+WEB_ROOT = Path(__file__).resolve().parent.parent / "client" / "web"
+
+
+@dataclass
+class Worker:
+    """One media worker process on a loopback port."""
+
+    index: int
+    port: int
+    process: asyncio.subprocess.Process
+    #: CPU seconds at the last heartbeat and the cores used since the one before.
+    cpu_seconds: float = 0.0
+    cpu: float = 0.0
+    measured: float = field(default_factory=time.monotonic)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    def measure(self) -> None:
+        """Update `cpu` (cores) from /proc: utime + stime since the last call."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return
+        seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        now = time.monotonic()
+        if now > self.measured:
+            self.cpu = (seconds - self.cpu_seconds) / (now - self.measured)
+        self.cpu_seconds, self.measured = seconds, now
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class WorkerPool:
+    """N worker processes running `mcu serve ARGV --worker-port P`; a worker that dies is started again."""
+
+    def __init__(self, argv: list[str], count: int, on_exit) -> None:
+        self.argv = argv
+        self.count = count
+        self.workers: list[Worker | None] = [None] * count
+        self.restarts = 0
+        self._on_exit = on_exit
+        self._closing = False
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._http = aiohttp.ClientSession()
+        await asyncio.gather(*(self._spawn(index) for index in range(self.count)))
+
+    def live(self) -> list[Worker]:
+        return [w for w in self.workers if w is not None and w.alive]
+
+    def by_url(self, url: str) -> Worker | None:
+        return next((w for w in self.live() if w.url == url), None)
+
+    async def _spawn(self, index: int) -> None:
+        port = _free_port()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mcu.cli", *self.argv, "--worker-port", str(port)
+        )
+        worker = Worker(index, port, process)
+        deadline = time.monotonic() + WORKER_START_SECONDS
+        while process.returncode is None and time.monotonic() < deadline:
+            try:
+                assert self._http is not None
+                async with self._http.get(f"http://127.0.0.1:{port}/healthz", timeout=aiohttp.ClientTimeout(1)):
+                    break
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                await asyncio.sleep(0.1)
+        else:
+            process.kill()
+            raise RuntimeError(f"worker {index} did not start (exit status {process.returncode})")
+        worker.measure()
+        self.workers[index] = worker
+        logger.info("worker %d: pid %d on port %d", index, process.pid, port)
+        watcher = asyncio.ensure_future(self._watch(worker))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, worker: Worker) -> None:
+        status = await worker.process.wait()
+        if self._closing:
+            return
+        logger.error("worker %d (pid %d) exited with status %s: starting it again", worker.index,
+                     worker.process.pid, status)
+        await self._on_exit(worker)
+        self.restarts += 1
+        while not self._closing:
+            try:
+                await self._spawn(worker.index)
+                return
+            except RuntimeError as exc:
+                logger.error("%s; retrying", exc)
+                await asyncio.sleep(1)
+
+    async def health(self) -> list[dict]:
+        """Each live worker's /healthz, with its index, pid and port."""
+        assert self._http is not None
+
+        async def one(worker: Worker) -> dict:
+            url = f"http://127.0.0.1:{worker.port}/healthz"
+            try:
+                async with self._http.get(url, timeout=aiohttp.ClientTimeout(2)) as response:  # type: ignore[union-attr]
+                    body = await response.json()
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                body = {"status": "unreachable", "rooms": {}, "peers": 0}
+            return {"index": worker.index, "pid": worker.process.pid, "port": worker.port, **body}
+
+        return list(await asyncio.gather(*(one(w) for w in self.live())))
+
+    async def stop(self) -> None:
+        """SIGTERM to every worker (each says server_shutdown to its peers), SIGKILL after 6 s."""
+        self._closing = True
+        live = self.live()
+        for worker in live:
+            worker.process.terminate()
+        for worker in live:
+            try:
+                await asyncio.wait_for(worker.process.wait(), 6)
+            except asyncio.TimeoutError:
+                worker.process.kill()
+                await worker.process.wait()
+        for watcher in list(self._watchers):
+            watcher.cancel()
+        if self._http is not None:
+            await self._http.close()
+
+
+class Front:
+    """Routes each connection's join to the room's owner and relays its signaling."""
+
+    def __init__(self, config: Config, pool: WorkerPool, cluster: Directory | None = None,
+                 advertise: str | None = None) -> None:
+        self.config = config
+        self.pool = pool
+        #: Rooms on this node's workers (the embedded directory).
+        self.local: Directory = MemoryDirectory()
+        #: Rooms on the service's nodes (Redis), if this front is a node of one.
+        self.cluster = cluster
+        self.advertise = advertise
+        #: Connections relayed to this node's workers, by room.
+        self.sessions: dict[str, int] = {}
+        self.cluster_reachable = True
+        #: Which worker hosts each room with connections here.
+        self._room_worker: dict[str, str] = {}
+        #: Owners (nodes) this front could not reach lately: not chosen for a new room until their lease is over.
+        self._unreachable: dict[str, float] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
+        self._http: aiohttp.ClientSession | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        self._http = aiohttp.ClientSession()
+        await self.pool.start()
+        await self._beat()
+        self._heartbeat = asyncio.ensure_future(self._beat_forever())
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        await self.pool.stop()
+        if self.cluster is not None:
+            try:
+                for room in list(self.sessions):
+                    await self.cluster.release(room, self.advertise)  # type: ignore[arg-type]
+                await self.cluster.withdraw(self.advertise)  # type: ignore[arg-type]
+            except DirectoryUnavailable:
+                pass
+            await self.cluster.close()
+        if self._http is not None:
+            await self._http.close()
+
+    # --- routing ---------------------------------------------------------------------------
+
+    async def route(self, room: str, relayed: bool) -> tuple[str, bool]:
+        """The URL to relay `room`'s join to, and whether it is one of this node's workers."""
+        if self.cluster is not None:
+            try:
+                owner = await self.cluster.owner(room)
+                if owner is None:
+                    now = time.monotonic()
+                    live = [c for c in await self.cluster.owners() if self._unreachable.get(c.url, 0) < now]
+                    owner = await self.cluster.place(room, live, prefer=self.advertise)
+            except DirectoryUnavailable:
+                if room not in self.sessions:
+                    raise
+                owner = self.advertise  # a room in progress here goes on without the directory
+            if owner != self.advertise:
+                if relayed:
+                    raise ProtocolError(protocol.RECONNECT, "The room moved while joining; join again.")
+                return owner, False  # type: ignore[return-value]
+        url = await self.local.owner(room)
+        if url is None or self.pool.by_url(url) is None:
+            if url is not None:
+                await self.local.release(room, url)  # a worker that died: its exit is being handled
+            await self._announce_workers()
+            url = await self.local.place(room, await self.local.owners())
+        return url, True
+
+    def _loads(self) -> list[Load]:
+        loads = []
+        for worker in self.pool.live():
+            rooms = [r for r in self.sessions if self._room_worker.get(r) == worker.url]
+            loads.append(Load(worker.url, sum(self.sessions[r] for r in rooms), len(rooms), worker.cpu))
+        return loads
+
+    async def _announce_workers(self) -> None:
+        for load in self._loads():
+            await self.local.announce(load)
+
+    def _enter(self, room: str, worker_url: str) -> None:
+        self._room_worker[room] = worker_url
+        self.sessions[room] = self.sessions.get(room, 0) + 1
+
+    def _leave(self, room: str) -> None:
+        self.sessions[room] -= 1
+        if self.sessions[room] == 0:
+            del self.sessions[room]
+            worker = self._room_worker.pop(room, None)
+            if worker is not None:
+                task = asyncio.ensure_future(self._release(room, worker))
+                self._releasing.add(task)
+                task.add_done_callback(self._releasing.discard)
+
+    async def _release(self, room: str, worker: str) -> None:
+        if room in self.sessions:  # someone joined again meanwhile
+            return
+        await self.local.release(room, worker)
+        if self.cluster is not None:
+            try:
+                await self.cluster.release(room, self.advertise)  # type: ignore[arg-type]
+            except DirectoryUnavailable:
+                pass  # its lease expires by itself
+
+    async def worker_exited(self, worker: Worker) -> None:
+        """Its rooms are free at once: the clients' next joins place them on a live worker."""
+        await self.local.withdraw(worker.url)
+        self._room_worker = {r: w for r, w in self._room_worker.items() if w != worker.url}
+
+    # --- heartbeat -------------------------------------------------------------------------
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self._beat()
+            except Exception:
+                logger.exception("heartbeat failed")
+
+    async def _beat(self) -> None:
+        """Measure the workers, renew this node's leases and say what it carries."""
+        for worker in self.pool.live():
+            worker.measure()
+        await self._announce_workers()
+        for url in set(self._room_worker.values()):
+            await self.local.renew([r for r, w in self._room_worker.items() if w == url], url)
+        if self.cluster is None:
+            return
+        loads = self._loads()
+        node = Load(self.advertise, sum(x.peers for x in loads), sum(x.rooms for x in loads),  # type: ignore[arg-type]
+                    round(sum(x.cpu for x in loads), 3))
+        try:
+            await self.cluster.announce(node)
+            lost = await self.cluster.renew(list(self.sessions), self.advertise)  # type: ignore[arg-type]
+        except DirectoryUnavailable as exc:
+            if self.cluster_reachable:
+                logger.error("%s: rooms in progress go on, new rooms are refused", exc)
+            self.cluster_reachable = False
+            return
+        if not self.cluster_reachable:
+            logger.warning("the room directory (Redis) is back")
+        self.cluster_reachable = True
+        for room in lost:
+            logger.error("room %s: another node took it while the directory was unreachable", room)
+
+    # --- the WebSocket endpoint -----------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        limits = self.config.limits
+        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4 * limits.max_message_bytes)
+        await ws.prepare(request)
+        relayed = RELAYED_HEADER in request.headers
+        deadline = time.monotonic() + limits.join_timeout
+        while not ws.closed:
+            try:
+                msg = await ws.receive(timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                await self._send(ws, protocol.error(protocol.JOIN_TIMEOUT,
+                                                    f"No join within {limits.join_timeout:g} seconds of connecting: "
+                                                    "closing."))
+                break
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                break
+            try:
+                message = protocol.parse_client_message(msg.data, limits.max_message_bytes)
+                if not isinstance(message, Join):
+                    raise ProtocolError(protocol.NOT_JOINED, "Join a room before sending this message.")
+                lost = await self._join(ws, message, msg.data, relayed)
+            except ProtocolError as exc:
+                await self._send(ws, protocol.error(exc.code, exc.message))
+                continue
+            except DirectoryUnavailable as exc:
+                await self._send(ws, protocol.error(protocol.DIRECTORY_UNAVAILABLE, str(exc)))
+                continue
+            if lost and not self._closing:
+                await self._send(ws, protocol.error(protocol.RECONNECT, "The room's media server went away; join "
+                                                    "again to get the room back."))
+            break
+        await ws.close()
+        return ws
+
+    async def _join(self, ws: web.WebSocketResponse, join: Join, first: str | bytes, relayed: bool) -> bool:
+        """Relay this connection to the room's owner until either side closes; True if the owner was lost."""
+        deadline = time.monotonic() + ROUTE_SECONDS
+        while True:
+            url, local = await self.route(join.room, relayed)
+            try:
+                assert self._http is not None
+                upstream = await self._http.ws_connect(
+                    url, headers={RELAYED_HEADER: "1"}, max_msg_size=0, heartbeat=20
+                )
+                break
+            except (aiohttp.ClientError, OSError) as exc:
+                # A worker just died (its exit is being handled) or a dead node still holds the lease.
+                if time.monotonic() > deadline:
+                    raise ProtocolError(protocol.RECONNECT, "The room's media server cannot be reached; join again.")
+                logger.warning("room %s: owner %s unreachable (%s); waiting for the directory", join.room, url, exc)
+                if not local and self.cluster is not None:
+                    self._unreachable[url] = time.monotonic() + self.cluster.lease
+                await asyncio.sleep(0.5)
+        if local:
+            self._enter(join.room, url)
+        try:
+            await (upstream.send_str(first) if isinstance(first, str) else upstream.send_bytes(first))
+            return await _relay(ws, upstream)
+        finally:
+            await upstream.close()
+            if local:
+                self._leave(join.room)
+
+    @staticmethod
+    async def _send(ws: web.WebSocketResponse, message: dict) -> None:
+        try:
+            await ws.send_json(message)
+        except (ConnectionError, RuntimeError):
+            pass
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        workers = await self.pool.health()
+        rooms = {name: {**stats, "worker": w["index"]} for w in workers for name, stats in w["rooms"].items()}
+        return web.json_response({
+            "status": "ok",
+            "peers": sum(w["peers"] for w in workers),
+            "rooms": rooms,
+            "workers": [{k: w[k] for k in ("index", "pid", "port", "status", "peers")} for w in workers],
+            "restarts": self.pool.restarts,
+            "node": self.advertise,
+            "directory": None if self.cluster is None else ("ok" if self.cluster_reachable else "unreachable"),
+        })
+
+
+async def _relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> bool:
+    """Copy messages both ways until one side closes; True if the upstream went away uncleanly."""
+
+    async def down() -> None:
+        async for msg in upstream:
+            if msg.type != WSMsgType.TEXT:
+                break
+            await client.send_str(msg.data)
+
+    async def up() -> None:
+        async for msg in client:
+            if msg.type == WSMsgType.TEXT:
+                await upstream.send_str(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await upstream.send_bytes(msg.data)
+            else:
+                break
+
+    tasks = {asyncio.ensure_future(down()): "down", asyncio.ensure_future(up()): "up"}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    first = next(iter(done))
+    if tasks[first] == "up" or client.closed:
+        return False
+    # The owner closed: a clean close (join_timeout, server_shutdown) is passed on; a lost one asks to reconnect.
+    return upstream.close_code not in (1000, 1001)
+
+
+def create_front_app(config: Config, argv: list[str], workers: int, cluster: Directory | None = None,
+                     advertise: str | None = None) -> web.Application:
+    """The front's application: /ws relayed to the workers (and nodes), /healthz over all of them, the page."""
+    app = web.Application()
+    front = Front(config, WorkerPool(argv, workers, lambda worker: front.worker_exited(worker)), cluster, advertise)
+    app.router.add_get("/ws", front.handle)
+    app.router.add_get("/healthz", front.healthz)
+
+    async def index(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(WEB_ROOT / "index.html")
+
+    app.router.add_get("/", index)
+    if WEB_ROOT.is_dir():
+        app.router.add_static("/static/", WEB_ROOT)
+
+    async def start(app: web.Application) -> None:
+        await front.start()
+
+    async def stop(app: web.Application) -> None:
+        await front.close()
+
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
+    return app
+
+
+def end_with_parent() -> None:
+    """A worker ends (SIGTERM) when its front dies, even by SIGKILL: no orphan keeps a room's media (Linux)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        logger.warning("this system cannot end a worker with its front")
