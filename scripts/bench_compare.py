@@ -1,0 +1,557 @@
+#!/usr/bin/env python3
+"""MCU, SFU and mesh side by side: what each costs the server and a client, N = 2 to 16.
+
+For each mode and each N, in one run: a fresh `mcu serve` (1280x720@30
+composite in mcu rooms) and, each in a process of its own so that /proc gives
+each its own CPU,
+
+- N-2 load peers (scripts/loadgen.py: pre-encoded clips, receive without decoding);
+- one stamper: a live VP8 320x240@15 source that draws its capture time into
+  the picture (client/stamp.py);
+- one observer, joining last: it decodes everything it receives, as a
+  low-power client would, and reads the stamps back on the same machine clock.
+
+Over the measurement window: server CPU, observer CPU, load and stamper CPU
+(apart), the observer's upload and download (DTLS bytes on the wire), the added
+latency of the stamper's frames from capture to decoded arrival at the observer
+(median and p95; in an mcu room the stamper's tile is found in the grid), and
+the observer's time from its join to the first picture of the stamper.
+
+    .venv/bin/python scripts/bench_compare.py [--peers 2,4,8,12,16] [--modes mcu,sfu,mesh]
+        [--seconds 15] [--warmup 3] [--quick] [--write docs/benchmarks.md] [--plots docs/plots]
+
+A run whose observer gets less than half the video it should, or whose
+server needs more than CPU_CAP % of the machine, is marked collapsed, and
+larger N of that mode are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import shlex
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# The helpers of the other bench scripts (this directory is on sys.path when a script runs).
+from bench_room import cpu_ticks, free_port, machine, steal_ticks, stop, wait_healthy, write_section  # noqa: E402
+
+ROOM = "bench"
+MODES = ("mcu", "sfu", "mesh")
+SIZE, FPS = (1280, 720), 30
+CLIP_FPS = 15
+#: The stamper's picture size (it is fitted into its tile in an mcu room).
+STAMP_SIZE = (320, 240)
+#: Above this the server has used up both cores of the reference machine.
+CPU_CAP = 190.0
+BEGIN, END = "<!-- bench_compare:begin -->", "<!-- bench_compare:end -->"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LOADGEN = REPO / "scripts" / "loadgen.py"
+
+
+def emit(event: str, **fields: object) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def mode_options(mode: str) -> dict[str, Any]:
+    return {"mode": mode} if mode != "mcu" else {}
+
+
+# --- the stamper and the observer (subprocesses) -------------------------------------------------------------
+
+
+async def run_stamper(url: str, mode: str) -> None:
+    """Join with the stamped source and stay until SIGTERM."""
+    from client.encoded import PreEncodedAudioTrack
+    from client.peer import Peer
+    from client.stamp import StampedVideoTrack
+
+    stop_event = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop_event.set)
+    video, audio = StampedVideoTrack(*STAMP_SIZE, CLIP_FPS), PreEncodedAudioTrack(1000.0)
+    peer = Peer(url, ROOM, "stamper", video=video, audio=audio, decode=False, chat=False, **mode_options(mode))
+    try:
+        await peer.join(timeout=20)
+        emit("joined")
+        await stop_event.wait()
+    finally:
+        await asyncio.wait_for(peer.close(), 10)
+
+
+class StampReader:
+    """Reads the stamper's capture time in every decoded picture the observer receives."""
+
+    def __init__(self, mode: str, peers: int) -> None:
+        self._mode, self._peers = mode, peers
+        self.started = time.monotonic()
+        self.first_picture: float | None = None
+        self.first_stamp: float | None = None
+        self.latencies: list[int] = []
+        self.reads = 0
+        self._last_stamp: int | None = None
+        #: sfu/mesh: per remote track, whether it carries stamps (None: not known yet) and frames tried.
+        self._tracks: dict[int, list[Any]] = {}
+        #: mcu: the tiles to look in, the one last found first.
+        self._rects: list[tuple[int, int, int, int]] = []
+
+    def on_frame(self, track: Any, frame: Any) -> None:
+        from client.stamp import latency_ms, luma_of, now_ms, read_stamp
+
+        arrival = now_ms()
+        if self.first_picture is None:
+            self.first_picture = time.monotonic()
+        luma = luma_of(frame)
+        if self._mode == "mcu":
+            stamp = self._read_composite(luma, frame.width, frame.height)
+        else:
+            state = self._tracks.setdefault(id(track), [None, 0])
+            if state[0] is False:
+                return
+            stamp = read_stamp(luma)
+            state[1] += 1
+            if stamp is not None:
+                state[0] = True
+            elif state[0] is None and state[1] >= 30:
+                state[0] = False  # 2 s of pictures and never a stamp: another peer's track
+        if stamp is None:
+            return
+        self.reads += 1
+        if self.first_stamp is None:
+            self.first_stamp = time.monotonic()
+        if stamp != self._last_stamp:  # a composite shows one source frame on several ticks: its first arrival
+            self._last_stamp = stamp
+            self.latencies.append(latency_ms(stamp, arrival))
+
+    def _read_composite(self, luma: Any, width: int, height: int) -> int | None:
+        from client.stamp import read_stamp
+        from compositor.layout import fit, grid_layout
+
+        if not self._rects:
+            cells = grid_layout(self._peers, width, height)
+            self._rects = [(r.x, r.y, r.width, r.height) for r in (fit(*STAMP_SIZE, cell) for cell in cells)]
+        for index, (x, y, w, h) in enumerate(self._rects):
+            stamp = read_stamp(luma[y : y + h, x : x + w])
+            if stamp is not None:
+                if index:
+                    self._rects.insert(0, self._rects.pop(index))
+                return stamp
+        return None
+
+
+async def run_observer(url: str, mode: str, peers: int, warmup: float, seconds: float) -> None:
+    """Join last, decode everything, read stamps; report one window."""
+    import aiortc.rtcrtpreceiver as rtcrtpreceiver
+    from loadgen import counters, peer_colour, rates
+
+    from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
+    from client.peer import Peer
+
+    reader = StampReader(mode, peers)
+    recv = rtcrtpreceiver.RemoteStreamTrack.recv
+
+    async def reading_recv(self: Any) -> Any:
+        # Every decoded picture of every remote track passes here, in any mode, as the client gets it.
+        frame = await recv(self)
+        if self.kind == "video":
+            reader.on_frame(self, frame)
+        return frame
+
+    rtcrtpreceiver.RemoteStreamTrack.recv = reading_recv  # type: ignore[method-assign]
+    peer = Peer(url, ROOM, "observer", video=PreEncodedVideoTrack(peer_colour(99)), audio=PreEncodedAudioTrack(220.0),
+                decode=True, chat=False, **mode_options(mode))  # fmt: skip
+    try:
+        reader.started = time.monotonic()
+        await peer.join(timeout=30)
+        await peer.wait_for(lambda: reader.first_stamp is not None, timeout=30)
+        await asyncio.sleep(warmup)
+        emit("start")
+        first = counters(peer)
+        reader.latencies.clear()
+        await asyncio.sleep(seconds)
+        last = counters(peer)
+        window = rates(first, last)
+        emit(
+            "result",
+            latencies=reader.latencies,
+            first_picture_ms=(reader.first_picture - reader.started) * 1000,
+            first_stamp_ms=(reader.first_stamp - reader.started) * 1000,
+            **window,
+        )
+    finally:
+        await asyncio.wait_for(peer.close(), 10)
+
+
+# --- the driver ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    mode: str
+    peers: int
+    server_cpu: float = 0.0
+    observer_cpu: float = 0.0
+    load_cpu: float = 0.0
+    stamper_cpu: float = 0.0
+    up_kbps: float = 0.0
+    down_kbps: float = 0.0
+    fps_in: float = 0.0
+    streams: int = 0
+    latency_median: float = 0.0
+    latency_p95: float = 0.0
+    latency_samples: int = 0
+    first_picture_ms: float = 0.0
+    load_average: float = 0.0
+    steal: float = 0.0
+    failure: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def expected_fps(self) -> float:
+        return FPS if self.mode == "mcu" else CLIP_FPS * (self.peers - 1)
+
+    @property
+    def collapsed(self) -> bool:
+        return bool(self.failure) or self.server_cpu > CPU_CAP or self.fps_in < self.expected_fps / 2
+
+    @property
+    def status(self) -> str:
+        if self.failure:
+            return f"collapsed ({self.failure})"
+        reasons = []
+        if self.server_cpu > CPU_CAP:
+            reasons.append(f"server CPU > {CPU_CAP:.0f} %")
+        if self.fps_in < self.expected_fps / 2:
+            reasons.append(f"observer got {self.fps_in:.0f} of {self.expected_fps:.0f} fps")
+        return f"collapsed ({', '.join(reasons)})" if reasons else "ok"
+
+
+async def next_event(process: asyncio.subprocess.Process, timeout: float, prefix: bytes = b"{") -> dict | str:
+    """The next line of `process` that starts with `prefix` (a JSON event, or a text line)."""
+    assert process.stdout is not None
+
+    async def read() -> dict | str:
+        while line := await process.stdout.readline():
+            if line.startswith(prefix):
+                return json.loads(line) if prefix == b"{" else line.decode()
+        raise RuntimeError(f"process {process.pid} exited (status {await process.wait()})")
+
+    return await asyncio.wait_for(read(), timeout)
+
+
+async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -> Result:
+    """One fresh server, the load, the stamper and the observer; one window."""
+    result = Result(mode, count, load_average=os.getloadavg()[0])
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/ws"
+    processes: dict[str, asyncio.subprocess.Process] = {}
+
+    async def start(name: str, *command: str, pipe: bool = True) -> asyncio.subprocess.Process:
+        with (logs / f"{name}-{mode}-{count}.log").open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                *command, cwd=REPO, stdout=asyncio.subprocess.PIPE if pipe else log, stderr=log,
+                start_new_session=True,  # Ctrl-C reaches only this script, which stops them in order
+            )  # fmt: skip
+        processes[name] = process
+        return process
+
+    try:
+        server = await start("server", sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port",
+                             str(port), "--size", f"{SIZE[0]}x{SIZE[1]}", "--fps", str(FPS), "--mode", mode,
+                             "--log-level", "WARNING", pipe=False)  # fmt: skip
+        await wait_healthy(port, server)
+        if count > 2:
+            load = await start("load", sys.executable, str(LOADGEN), url, "--room", ROOM, "--peers",
+                               str(count - 2), "--mode", mode, "--ramp", "0.1", "--display", "plain",
+                               "--interval", "100000")  # fmt: skip
+            await next_event(load, timeout=10 * count + 30, prefix=b"ready:")
+        stamper = await start("stamper", sys.executable, __file__, "_stamper", url, mode)
+        await next_event(stamper, timeout=30)
+        observer = await start("observer", sys.executable, __file__, "_observer", url, mode, str(count),
+                               str(args.warmup), str(args.seconds))  # fmt: skip
+        measured = [name for name in ("server", "observer", "load", "stamper") if name in processes]
+        await next_event(observer, timeout=60 + args.warmup)
+        ticks = {name: cpu_ticks(processes[name].pid) for name in measured}
+        started, (steal, total) = time.monotonic(), steal_ticks()
+        report = await next_event(observer, timeout=args.seconds + 20)
+        elapsed = time.monotonic() - started
+        used = {name: cpu_ticks(processes[name].pid) - ticks[name] for name in measured}
+        steal_end, total_end = steal_ticks()
+    except (RuntimeError, TimeoutError, asyncio.TimeoutError) as exc:
+        result.failure = str(exc) or "timed out"
+        print(f"  {mode} N={count}: {result.failure}; logs in {logs}", file=sys.stderr)
+        return result
+    finally:
+        for name in ("observer", "stamper", "load", "server"):
+            await stop(processes.get(name))
+    assert isinstance(report, dict)
+    cpu = {name: ticks_used / CLK_TCK / elapsed * 100 for name, ticks_used in used.items()}
+    result.server_cpu, result.observer_cpu = cpu["server"], cpu["observer"]
+    result.load_cpu, result.stamper_cpu = cpu.get("load", 0.0), cpu["stamper"]
+    result.steal = 100 * (steal_end - steal) / max(total_end - total, 1)
+    result.up_kbps, result.down_kbps = report["kbps_out"], report["kbps_in"]
+    result.fps_in, result.streams = report["fps_in"], report["streams"]
+    latencies = sorted(report["latencies"])
+    result.latency_samples = len(latencies)
+    if latencies:
+        result.latency_median = statistics.median(latencies)
+        result.latency_p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
+    result.first_picture_ms = report["first_stamp_ms"]
+    return result
+
+
+def format_table(results: list[Result]) -> str:
+    lines = [
+        "| mode | N | server CPU % | observer CPU % | load peers CPU % (N-2) | stamper CPU % | observer up kbit/s "
+        "| observer down kbit/s | observer fps in (streams) | latency median ms | latency p95 ms | first picture ms "
+        "| load avg | steal % | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.failure:
+            lines.append(f"| {r.mode} | {r.peers} |" + " |" * 12 + f" {r.status} |")
+            continue
+        lines.append(
+            f"| {r.mode} | {r.peers} | {r.server_cpu:.1f} | {r.observer_cpu:.1f} | {r.load_cpu:.1f} "
+            f"| {r.stamper_cpu:.1f} | {r.up_kbps:.0f} | {r.down_kbps:.0f} | {r.fps_in:.1f} ({r.streams}) "
+            f"| {r.latency_median:.0f} | {r.latency_p95:.0f} | {r.first_picture_ms:.0f} | {r.load_average:.2f} "
+            f"| {r.steal:.1f} | {r.status} |"
+        )
+    return "\n".join(lines)
+
+
+def series(results: list[Result], mode: str, measure: str) -> tuple[list[int], list[float]]:
+    rows = [r for r in results if r.mode == mode and not r.failure]
+    return [r.peers for r in rows], [getattr(r, measure) for r in rows]
+
+
+def targets(results: list[Result]) -> list[str]:
+    """The issue's three targets, each checked against this run's rows."""
+    lines = []
+    n, cpu = series(results, "mcu", "observer_cpu")
+    if 2 in n and 16 in n:
+        ratio = cpu[n.index(16)] / max(cpu[n.index(2)], 1e-9)
+        verdict = "met" if ratio <= 1.2 else "**not met**"
+        lines.append(f"- MCU observer CPU at N = 16 / N = 2: {cpu[n.index(16)]:.1f} / {cpu[n.index(2)]:.1f} % = "
+                     f"{ratio:.2f}× (target ≤ 1.2×): {verdict}.")  # fmt: skip
+    else:
+        lines.append("- MCU observer CPU at N = 16 vs N = 2: not both measured in this run.")
+    for mode, measure, what in (
+        ("sfu", "observer_cpu", "SFU observer CPU"),
+        ("mesh", "up_kbps", "Mesh upload per client"),
+    ):
+        n, values = series(results, mode, measure)
+        if len(n) >= 2:
+            grows = all(b > a for a, b in zip(values, values[1:]))
+            text = " → ".join(f"{v:.0f} (N={k})" for k, v in zip(n, values))
+            lines.append(f"- {what} grows with N: {text}: {'met' if grows else '**not met**'}.")
+        else:
+            lines.append(f"- {what} grows with N: fewer than two N measured in this run.")
+    return lines
+
+
+MEASURES = {
+    "server_cpu": ("Server CPU", "% of one core"),
+    "observer_cpu": ("Observer client CPU (decodes all it receives)", "% of one core"),
+    "up_kbps": ("Upload per client (observer)", "kbit/s"),
+    "down_kbps": ("Download per client (observer)", "kbit/s"),
+    "latency_median": ("Added video latency, capture to decoded arrival (median; dashed: p95)", "ms"),
+    "first_picture_ms": ("Time from join to the first picture of another peer", "ms"),
+}
+
+
+def plot(results: list[Result], directory: Path) -> list[Path]:
+    """One PNG per measure against N, one line per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for measure, (title, unit) in MEASURES.items():
+        figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+        for mode in MODES:
+            n, values = series(results, mode, measure)
+            if not n:
+                continue
+            line = axes.plot(n, values, marker="o", label=mode)[0]
+            if measure == "latency_median":
+                axes.plot(*series(results, mode, "latency_p95"), linestyle="--", color=line.get_color())
+        axes.set_title(title, fontsize=10)
+        axes.set_xlabel("peers in the room (N)")
+        axes.set_ylabel(unit)
+        axes.set_xticks(sorted({r.peers for r in results}))
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        path = directory / f"compare-{measure.replace('_', '-')}.png"
+        figure.savefig(path)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def prose(results: list[Result]) -> list[str]:
+    """What the plots show, in words, from this run's numbers."""
+
+    def span(mode: str, measure: str, unit: str) -> str:
+        n, values = series(results, mode, measure)
+        if not n:
+            return f"{mode}: not measured"
+        return f"{mode} {values[0]:.0f} → {values[-1]:.0f} {unit} (N = {n[0]} → {n[-1]})"
+
+    out = []
+    out.append("- **Server CPU**: " + "; ".join(span(m, "server_cpu", "%") for m in MODES) + ". The MCU decodes N "
+               "upstreams and encodes one composite; the SFU only forwards packets (no codec), so its cost is per "
+               "forwarded packet, N·(N-1) streams; in a mesh the server relays signaling only.")  # fmt: skip
+    out.append("- **Observer CPU** (a client that decodes what it gets): " + "; ".join(
+        span(m, "observer_cpu", "%") for m in MODES) + ". In an MCU room it decodes one composite whatever N; in "
+        "SFU and mesh rooms it decodes N-1 streams.")  # fmt: skip
+    out.append("- **Upload per client**: " + "; ".join(span(m, "up_kbps", "kbit/s") for m in MODES) + ". Only the "
+               "mesh client sends its stream once per other peer.")  # fmt: skip
+    out.append("- **Download per client**: " + "; ".join(span(m, "down_kbps", "kbit/s") for m in MODES) + ". The "
+               "composite has a fixed bitrate; SFU and mesh clients receive N-1 streams.")  # fmt: skip
+    out.append("- **Added latency** (median): " + "; ".join(span(m, "latency_median", "ms") for m in MODES) + ". "
+               "The MCU adds a decode, a wait for its next composite tick and an encode; the SFU forwards packets "
+               "as they come; the mesh goes peer to peer. Latency on this loaded 2-core machine grows with its "
+               "load, whatever the mode.")  # fmt: skip
+    out.append("- **First picture** after join: " + "; ".join(span(m, "first_picture_ms", "ms") for m in MODES)
+               + ".")  # fmt: skip
+    return out
+
+
+def rerun_command() -> str:
+    python = Path(sys.executable)
+    if python.is_relative_to(REPO):
+        python = python.relative_to(REPO)
+    script = Path(__file__).resolve().relative_to(REPO)
+    return shlex.join([str(python), str(script), *sys.argv[1:]])
+
+
+def section(results: list[Result], args: argparse.Namespace, plots: list[Path], doc: Path) -> str:
+    images = [f"![{MEASURES[p.stem.removeprefix('compare-').replace('-', '_')][0]}]"
+              f"({os.path.relpath(p, doc.parent)})" for p in plots]  # fmt: skip
+    return "\n".join(
+        [
+            BEGIN,
+            "## MCU, SFU and mesh: server and client cost, latency, first picture",
+            "",
+            f"Measured {datetime.date.today().isoformat()} on {machine()} by `scripts/bench_compare.py`. Each row "
+            f"is a fresh `mcu serve --mode MODE` ({SIZE[0]}x{SIZE[1]}@{FPS} composite in mcu rooms) and four kinds "
+            "of process, so that /proc gives each its own CPU: N-2 load peers in one process (scripts/loadgen.py: "
+            "pre-encoded VP8 320x240@15 ≈ 300 kbit/s and Opus, no decoding), one stamper (a live VP8 320x240@15 "
+            "source that draws its capture time, in ms, as a checked barcode: client/stamp.py), and one "
+            "observer that joins last and decodes everything it receives (video and audio), as a low-power "
+            "client would. Over a window of "
+            f"{args.seconds:g} s after a {args.warmup:g} s warm-up: CPU of each process (utime + stime, all "
+            "threads, % of one core); the observer's upload and download (DTLS bytes on the wire, RTP and SRTP "
+            "overhead included) and the video frames it decoded per second (all streams); the latency of each "
+            "stamper frame from capture to its decoded arrival at the observer (the same machine clock; in an "
+            "mcu room its tile is found in the grid); first picture: from the observer's join to the first "
+            "decoded picture carrying a stamp. Load avg is the 1-minute load average when the row started and "
+            "steal the share of the machine the hypervisor took during the window: this is a shared 2-core VM "
+            "where other engineers run tests, so CPU and latency are those of a loaded machine. A row is "
+            f"collapsed when the observer decodes under half the frames it should (composite {FPS} fps; "
+            f"(N-1)·{CLIP_FPS} in sfu and mesh) or the server passes {CPU_CAP:.0f} % CPU; larger N of that mode "
+            "are then skipped.",
+            "",
+            format_table(results),
+            "",
+            "Targets of the issue, in this run:",
+            "",
+            *targets(results),
+            "",
+            "What the plots show:",
+            "",
+            *prose(results),
+            "",
+            *images,
+            "",
+            "Janus VideoRoom: " + args.janus_note,
+            "",
+            f"Re-run: `{rerun_command()}`",
+            END,
+        ]
+    )
+
+
+JANUS_NOTE = (
+    "not compared in this run. Debian's `janus` 1.1.2 is in the archive, but comparing needs a VideoRoom client "
+    "(Janus's own JSON API to publish and subscribe) driving the same load; it is not written yet."
+)
+
+
+async def run_all(args: argparse.Namespace) -> list[Result]:
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench_compare-") as logs:
+        for mode in args.modes:
+            for count in args.peers:
+                print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
+                result = await run_one(mode, count, args, Path(logs))
+                results.append(result)
+                print(f"  {format_table([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
+                if result.collapsed:
+                    break
+    return results
+
+
+def numbers(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",")]
+    if min(values) < 2:
+        raise argparse.ArgumentTypeError("N is at least 2 (the stamper and the observer)")
+    return values
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["_stamper"]:
+        asyncio.run(run_stamper(*sys.argv[2:4]))
+        return
+    if sys.argv[1:2] == ["_observer"]:
+        url, mode, count, warmup, seconds = sys.argv[2:7]
+        asyncio.run(run_observer(url, mode, int(count), float(warmup), float(seconds)))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", type=numbers, default=[2, 4, 8, 12, 16], help="values of N (default 2,4,8,12,16)")
+    parser.add_argument("--modes", type=lambda t: t.split(","), default=list(MODES), help="default mcu,sfu,mesh")
+    parser.add_argument("--seconds", type=float, default=15, help="measurement window in s (default 15)")
+    parser.add_argument("--warmup", type=float, default=3, help="warm-up after the observer's first picture (3)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: N = 2,4, 4 s windows, 1 s warm-up")
+    parser.add_argument("--write", type=Path, help="replace the bench_compare section of this file")
+    parser.add_argument("--plots", type=Path, default=REPO / "docs" / "plots", help="where the PNGs go (docs/plots)")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    if unknown := set(args.modes) - set(MODES):
+        parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
+    if args.quick:
+        args.peers, args.seconds, args.warmup = [2, 4], 4.0, 1.0
+    args.janus_note = JANUS_NOTE
+    try:
+        results = asyncio.run(run_all(args))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    print(format_table(results))
+    print("\n".join(targets(results)))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    if args.write:
+        plots = plot(results, args.plots)
+        write_section(args.write, section(results, args, plots, args.write))
+        print(f"wrote {args.write} and {len(plots)} plots in {args.plots}")
+
+
+if __name__ == "__main__":
+    main()
