@@ -27,8 +27,8 @@ PEOPLE = [("red", 440.0), ("green", 660.0), ("blue", 880.0)]
 TONES = [440.0, 660.0, 880.0, 1100.0]
 
 
-def mesh_peer(url: str, room: str, colour: str, tone: float) -> Peer:
-    return Peer(url, room, colour, video=ColorTrack(COLORS[colour]), audio=ToneTrack(tone), mode="mesh")
+def mesh_peer(url: str, room: str, colour: str, tone: float, **options) -> Peer:
+    return Peer(url, room, colour, video=ColorTrack(COLORS[colour]), audio=ToneTrack(tone), mode="mesh", **options)
 
 
 def shows(peer: Peer, publisher: str, colour: str) -> bool:
