@@ -15,11 +15,12 @@ from client.peer import Peer, PeerError
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
 from mcu.sfu import KEYFRAME_INTERVAL, SfuParticipant
 from mcu.tracks import PacketTrack
-from signaling import protocol
+from signaling import grants, protocol, tokens
 from signaling.receiver import _EncodedHandoff
 
 PEOPLE = [("alice", "red", 440.0), ("bob", "green", 660.0), ("carol", "blue", 880.0)]
 ROOM = "forward"
+SECRET = "test-secret-that-is-long-enough-for-hs256!"
 
 
 def make_peer(server, name: str, colour: str, frequency: float, decode: bool = True) -> Peer:
@@ -249,3 +250,83 @@ async def test_the_server_default_mode_applies_to_a_join_that_names_none(server)
         raw = Raw(await http.ws_connect(server.url))
         assert (await raw.join("defaulted", None))["mode"] == "sfu"
         assert server.conference.rooms["defaulted"].forwarder is not None
+
+
+async def test_an_answer_that_cannot_be_applied_is_invalid_sdp_and_the_next_one_works(server):
+    first, second = make_peer(server, *PEOPLE[0]), make_peer(server, *PEOPLE[1])
+    try:
+        await first.join()
+        answer_server = first._answer_server
+
+        async def broken_then_right(message: dict[str, Any]) -> None:
+            # The server handles a session's messages in order: the broken answer first.
+            await first.send({"type": "answer", "sdp": "v=0\r\n"})
+            await answer_server(message)
+
+        first._answer_server = broken_then_right
+        await second.join()
+        await first.wait_for(lambda: pictures_from(first, [second]), 10)
+        assert [e["code"] for e in first.errors] == [protocol.INVALID_SDP]
+    finally:
+        await close_all([first, second])
+
+
+async def test_grants_a_viewer_is_forwarded_to_nobody_and_who_may_not_subscribe_gets_no_offer(server):
+    server.conference.config.secret = SECRET
+
+    def peer(name: str, colour: str, *granted: str) -> Peer:
+        token = tokens.issue(SECRET, ROOM, name, 600, granted)
+        return Peer(server.url, ROOM, name, video=ColorTrack(COLORS[colour]), token=token, mode="sfu")
+
+    member = peer("member", "red", grants.PUBLISH, grants.SUBSCRIBE)
+    viewer = peer("viewer", "green", grants.SUBSCRIBE)
+    speaker = peer("speaker", "blue", grants.PUBLISH)
+    try:
+        for each in (member, viewer, speaker):
+            await each.join()
+        await viewer.wait_for(lambda: pictures_from(viewer, [member, speaker]) and pictures_from(member, [speaker]), 10)
+        await asyncio.sleep(1)
+        assert viewer.peer_id not in member.remote  # it sends, but nobody receives it
+        assert not speaker.remote and not [e for e in speaker.events if e["type"] == "offer"]
+    finally:
+        await close_all([member, viewer, speaker])
+
+
+async def test_changes_while_an_offer_is_in_flight_are_folded_into_the_next(server):
+    watcher = make_peer(server, "watcher", "yellow", 1200.0)
+    publishers = [make_peer(server, *person) for person in PEOPLE[:2]]
+    try:
+        await watcher.join()
+        room = server.conference.rooms[ROOM]
+        offers: list[dict[str, Any]] = []
+        send = room.participants[watcher.peer_id]._send
+
+        def sent(message: dict[str, Any]) -> None:
+            if message["type"] == "offer":
+                offers.append(message)
+            send(message)
+
+        room.participants[watcher.peer_id]._send = sent
+        release = asyncio.Event()
+        answer_server = watcher._answer_server
+
+        async def held(message: dict[str, Any]) -> None:
+            await release.wait()
+            await answer_server(message)
+
+        watcher._answer_server = held
+        await publishers[0].join()
+        await watcher.wait_for(lambda: len(offers) == 1, 5)
+        await publishers[1].join()
+        await watcher.wait_for(lambda: len(room.forwarder.publications) == 6, 5)
+        await asyncio.sleep(0.3)
+        assert len(offers) == 1  # the first is unanswered: nothing more is offered meanwhile
+        release.set()
+        await watcher.wait_for(lambda: pictures_from(watcher, publishers), 10)
+        # The second publisher's tracks came in one offer after the answer, with the full map.
+        assert [sorted((t["peerId"], t["kind"]) for t in offer["tracks"]) for offer in offers] == [
+            sorted((publishers[0].peer_id, kind) for kind in ("audio", "video")),
+            sorted((p.peer_id, kind) for p in publishers for kind in ("audio", "video")),
+        ]
+    finally:
+        await close_all([watcher, *publishers])
