@@ -296,3 +296,40 @@ async def test_the_page_shows_while_the_room_is_recorded(server, browsers, tmp_p
     await server.conference.end_recording(room)
     await wait_until(lambda: watcher.locator(indicator).is_hidden(), 5, "the indicator gone on recordingStopped")
     await wait_until(lambda: late.locator(indicator).is_hidden(), 5, "the late page's indicator gone")
+
+
+async def test_the_page_rejoins_by_itself_when_its_worker_dies(browsers):
+    """`mcu serve --workers 2`: the room's worker is killed; the page gets `reconnect`, joins again, and its
+    picture is composed by the other (or the restarted) worker."""
+    import json
+    import os
+    import signal
+    import urllib.request
+
+    from conftest import free_port, start_mcu, stop_process
+
+    port = free_port()
+    front = start_mcu(port, "--workers", "2", "--size", "640x360", "--fps", "15")
+
+    def room() -> dict | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            state = json.load(response)
+        stats = state["rooms"].get("work")
+        return stats and {**stats, "pid": next(w["pid"] for w in state["workers"] if w["index"] == stats["worker"])}
+
+    try:
+        page = await browsers("red", 500.0)
+        await page.goto(f"http://127.0.0.1:{port}/?room=work&name=wendy")
+        # The page's voice is decoded by the worker: its media reaches it directly.
+        await wait_until(lambda: (r := room()) and r["peers"] == 1 and r["audioDecodes"] > 50, 20, "the first join")
+        victim = room()["pid"]  # type: ignore[index]
+        os.kill(victim, signal.SIGKILL)
+
+        async def rejoined():
+            now = room()
+            return (now and now["pid"] != victim and now["peers"] == 1 and now["audioDecodes"] > 50
+                    and "In room" in await page.locator("#status").text_content())
+
+        await wait_until(rejoined, 15, "the page to join again on a live worker")
+    finally:
+        stop_process(front, grace=10)
