@@ -13,7 +13,7 @@ import time
 from typing import Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -120,6 +120,9 @@ def add_metrics(app: web.Application, conference: Conference) -> None:
     """Serve /metrics for `conference`, with a registry of this app's own (no process globals)."""
     registry = CollectorRegistry()
     registry.register(ConferenceCollector(conference))
+    # Read at scrape time on the loop thread: a count that keeps growing while peers come and go is a leak.
+    tasks = Gauge("mcu_asyncio_tasks", "Asyncio tasks alive in the server's event loop", registry=registry)
+    tasks.set_function(lambda: len(asyncio.all_tasks()))
     probe = LoopLagProbe(registry)
 
     async def metrics(request: web.Request) -> web.Response:
