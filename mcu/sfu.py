@@ -37,6 +37,7 @@ from signaling import grants, protocol
 from signaling.protocol import ProtocolError
 from signaling.receiver import install_encoded_receiver
 
+from .numbering import keep_numbering
 from .participant import NegotiationError, Participant
 from .tracks import PacketTrack
 
@@ -265,7 +266,9 @@ class SfuParticipant(Participant):
             await pc.setLocalDescription(await pc.createOffer())
             self._offer_pending = True
             self.forwarder.stats.offers += 1
-            self._send(protocol.server_offer(pc.localDescription.sdp, self.track_map()))
+            # In the peer's numbering: a browser refuses an offer that renumbers (mcu/numbering.py).
+            offer = keep_numbering(pc.localDescription.sdp, pc.remoteDescription.sdp)
+            self._send(protocol.server_offer(offer, self.track_map()))
         except (InvalidStateError, OperationError) as exc:
             logger.warning("%s: could not renegotiate: %s", self.peer_id, exc)
         finally:

@@ -1,0 +1,55 @@
+"""A server offer that keeps the peer's numbering of codecs and RTP header extensions.
+
+aiortc's `createOffer()` numbers payload types and header extensions its own way (Opus 96,
+VP8 97, mid = 1...), even on a connection whose first offer came from the peer with
+other numbers. Chromium refuses a renegotiation offer that renumbers an extension of a
+live section ("RTP extension ID reassignment not supported"), and in one bundle a
+payload type must keep meaning one codec. So an sfu room's offers take the numbers the
+peer chose, for old and new sections alike. aiortc then learns them back from the
+peer's answer, as it does for every answer.
+"""
+
+from __future__ import annotations
+
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.sdp import SessionDescription
+
+CodecKey = tuple[str, int, int | None]
+
+
+def _key(codec: RTCRtpCodecParameters) -> CodecKey:
+    return codec.mimeType.lower(), codec.clockRate, codec.channels
+
+
+def keep_numbering(offer_sdp: str, peer_sdp: str) -> str:
+    """`offer_sdp` with the payload types and extension ids that `peer_sdp` (the peer's last description) uses."""
+    peer = SessionDescription.parse(peer_sdp)
+    payload_types: dict[CodecKey, int] = {}
+    rtx_for: dict[int, int] = {}  # the peer's primary payload type -> its RTX payload type
+    extension_ids: dict[str, int] = {}
+    for media in peer.media:
+        for codec in media.rtp.codecs:
+            if codec.mimeType.lower().endswith("/rtx") and "apt" in codec.parameters:
+                rtx_for.setdefault(int(codec.parameters["apt"]), codec.payloadType)  # type: ignore[arg-type]
+            else:
+                payload_types.setdefault(_key(codec), codec.payloadType)  # type: ignore[arg-type]
+        for extension in media.rtp.headerExtensions:
+            extension_ids.setdefault(extension.uri, extension.id)
+
+    offer = SessionDescription.parse(offer_sdp)
+    for media in (m for m in offer.media if m.kind in ("audio", "video")):
+        renumbered: dict[int, int] = {}
+        for codec in media.rtp.codecs:
+            if not codec.mimeType.lower().endswith("/rtx"):
+                renumbered[codec.payloadType] = payload_types.get(_key(codec), codec.payloadType)  # type: ignore[index]
+        for codec in media.rtp.codecs:
+            if codec.mimeType.lower().endswith("/rtx") and "apt" in codec.parameters:
+                primary = renumbered.get(int(codec.parameters["apt"]), int(codec.parameters["apt"]))
+                codec.parameters["apt"] = primary
+                codec.payloadType = rtx_for.get(primary, codec.payloadType)
+            else:
+                codec.payloadType = renumbered[codec.payloadType]  # type: ignore[index]
+        media.fmt = [codec.payloadType for codec in media.rtp.codecs]
+        for extension in media.rtp.headerExtensions:
+            extension.id = extension_ids.get(extension.uri, extension.id)
+    return str(offer)

@@ -1,0 +1,72 @@
+"""The server's renegotiation offers keep the numbering a browser chose (mcu/numbering.py)."""
+
+from __future__ import annotations
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import SessionDescription
+
+from mcu.numbering import keep_numbering
+from mcu.sfu import forwarded_codecs
+
+# Chromium's numbers, unlike aiortc's (Opus 96, VP8 97, RTX 98; mid 1, audio level 2, abs-send-time 3).
+CHROME_PT = {"opus": 111, "VP8": 96, "rtx": 97}
+CHROME_EXT = {
+    "urn:ietf:params:rtp-hdrext:ssrc-audio-level": 1,
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time": 2,
+    "urn:ietf:params:rtp-hdrext:sdes:mid": 4,
+}
+
+
+def numbered_like_chrome(sdp: str) -> str:
+    description = SessionDescription.parse(sdp)
+    for media in description.media:
+        for codec in media.rtp.codecs:
+            codec.payloadType = CHROME_PT[codec.name]
+            if codec.name == "rtx":
+                codec.parameters["apt"] = CHROME_PT["VP8"]
+        media.fmt = [c.payloadType for c in media.rtp.codecs] if media.kind != "application" else media.fmt
+        for extension in media.rtp.headerExtensions:
+            extension.id = CHROME_EXT[extension.uri]
+    return str(description)
+
+
+def numbers(sdp: str) -> tuple[set, set]:
+    """Every (kind, codec, payload type, apt) and (extension uri, id) of an SDP's media sections."""
+    media = [m for m in SessionDescription.parse(sdp).media if m.kind != "application"]
+    codecs = {(m.kind, c.name, c.payloadType, c.parameters.get("apt")) for m in media for c in m.rtp.codecs}
+    return codecs, {(e.uri, e.id) for m in media for e in m.rtp.headerExtensions}
+
+
+async def test_a_renegotiation_offer_takes_the_browsers_payload_types_and_extension_ids():
+    browser, server = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        browser.createDataChannel("chat")
+        for kind in ("audio", "video"):
+            browser.addTransceiver(kind).setCodecPreferences(forwarded_codecs(kind))
+            server.addTransceiver(kind, direction="recvonly").setCodecPreferences(forwarded_codecs(kind))
+        await browser.setLocalDescription(await browser.createOffer())
+        offer = numbered_like_chrome(browser.localDescription.sdp)
+        await server.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        await server.setLocalDescription(await server.createAnswer())
+        # A publisher joins: the server offers two new sections.
+        for kind in ("audio", "video"):
+            server.addTransceiver(kind, direction="sendonly").setCodecPreferences(forwarded_codecs(kind))
+        await server.setLocalDescription(await server.createOffer())
+        raw = server.localDescription.sdp
+
+        codecs = {("audio", "opus", 111, None), ("video", "VP8", 96, None), ("video", "rtx", 97, 96)}
+        chrome = (codecs, set(CHROME_EXT.items()))
+        assert numbers(raw) != chrome  # aiortc renumbers: what Chromium refuses
+        kept = keep_numbering(raw, server.remoteDescription.sdp)
+        assert numbers(kept) == chrome
+        before, after = SessionDescription.parse(raw), SessionDescription.parse(kept)
+        kinds = ["audio", "video", "application", "audio", "video"]
+        assert [m.kind for m in after.media] == [m.kind for m in before.media] == kinds
+        for old, new in zip(before.media, after.media):
+            assert new.fmt == ([c.payloadType for c in new.rtp.codecs] if new.kind != "application" else old.fmt)
+            same = ("direction", "ice_candidates", "ssrc", "sctp_port")
+            assert [getattr(new, a) for a in same] == [getattr(old, a) for a in same]
+            assert new.rtp.muxId == old.rtp.muxId
+    finally:
+        await browser.close()
+        await server.close()
