@@ -101,7 +101,8 @@ async def run_join(args: argparse.Namespace) -> int:
     )
     try:
         await peer.join()
-        print(f"joined room {args.room} as {peer.peer_id}; others: {list(peer.participants.values())}", flush=True)
+        others = list(peer.participants.values())
+        print(f"joined room {args.room} ({peer.room_mode} mode) as {peer.peer_id}; others: {others}", flush=True)
         loop = asyncio.get_running_loop()
         deadline = None if args.duration is None else loop.time() + args.duration
         for text in args.chat:

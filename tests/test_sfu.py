@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import subprocess
 import time
+import urllib.request
 from typing import Any
 
 import aiohttp
 import pytest
+from conftest import BIN, free_port, start_mcu, stop_process
 from media_checks import cell_colours, close_to, tone_levels
 
 from client.peer import Peer, PeerError
@@ -330,3 +334,43 @@ async def test_changes_while_an_offer_is_in_flight_are_folded_into_the_next(serv
         ]
     finally:
         await close_all([watcher, *publishers])
+
+
+def room_peers(port: int, room: str) -> list:
+    """The participants of `room` as the HTTP API lists them (none while it does not exist)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/rooms/{room}", timeout=2) as reply:
+            return json.load(reply)["participants"]
+    except OSError:
+        return []
+
+
+def test_mcu_serve_mode_sfu_and_mcu_client_join():
+    """`mcu serve --mode sfu` makes rooms forward; `mcu-client join`, with `--mode sfu` or none, receives the other."""
+    port = free_port()
+    server = start_mcu(port, "--mode", "sfu")
+    url = f"ws://127.0.0.1:{port}/ws"
+    try:
+        clients = []
+        # The first stays until well after the second (which may take seconds to start) has left.
+        options = (["--mode", "sfu", "--duration", "12"], ["--duration", "5"])
+        for (name, colour, frequency), extra in zip(PEOPLE[:2], options):
+            clients.append(
+                subprocess.Popen(
+                    [BIN / "mcu-client", "join", url, "--room", "cli", "--name", name, "--video", f"color:{colour}",
+                     "--audio", f"tone:{frequency:g}", *extra],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                )
+            )
+            deadline = time.monotonic() + 15
+            while len(room_peers(port, "cli")) < len(clients) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        outputs = [c.communicate(timeout=30)[0] for c in clients]
+        assert [c.returncode for c in clients] == [0, 0], outputs
+        for output in outputs:
+            assert "joined room cli (sfu mode)" in output, output
+            assert "received 0 video frames" in output, output  # no composite
+            counts = re.findall(r"^from \w+: (\d+) video frames, (\d+) audio frames$", output, re.MULTILINE)
+            assert len(counts) == 1 and int(counts[0][0]) > 20 and int(counts[0][1]) > 100, output
+    finally:
+        stop_process(server, grace=10)
