@@ -293,6 +293,9 @@ class Peer:
                 self.participants = {p["peerId"]: p["name"] for p in message["participants"]}
                 self.layout = message.get("layout")
                 self.room_mode = message.get("mode")
+                if self.mesh is not None:
+                    await self.mesh.close()  # joined again (reconnect): the old links are gone
+                    self.mesh = None
                 if message.get("mode") == "mesh":
                     # Made here, not in join(): a later newcomer's offer may come next.
                     sources = [s for s in (self._audio_source, self._video_source) if s is not None]

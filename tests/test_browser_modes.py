@@ -146,6 +146,9 @@ async def test_the_page_shows_each_peer_and_the_peers_receive_the_page(server, p
         later = {t["peerId"]: t["frames"] for t in await page.evaluate(TILES_JS)}
         assert all(later[t["peerId"]] > t["frames"] for t in tiles), (tiles, later)
         assert await page.locator("#remote").is_hidden()
+        if mode == "mesh":
+            # Three offers and their answers, candidates inside: the page trickled nothing.
+            assert server.conference.mesh.relayed == 6
 
         # Each peer receives the page (red, 500 Hz) and the other peer, not itself.
         for peer in peers:

@@ -332,7 +332,7 @@ class Meeting {
   // mesh: the newcomer offers to everyone already there; they answer (so offers never cross).
   async startMesh(participants) {
     this.closePeer();
-    for (const p of participants) await this.offerTo(p.peerId);
+    await Promise.all(participants.map((p) => this.offerTo(p.peerId)));
     if (!this.sending.video || !this.sending.audio) this.sendMedia();
   }
 
@@ -342,8 +342,27 @@ class Meeting {
     pc = new RTCPeerConnection({ iceServers: this.iceServers });
     this.links.set(peerId, pc);
     pc.ontrack = (event) => this.showTrack(peerId, event.track);
-    pc.onicecandidate = ({ candidate }) => this.send({ type: "candidate", to: peerId, candidate: candidateJson(candidate) });
+    // Candidates found before the description went out travel inside it; only later ones trickle.
+    pc.onicecandidate = ({ candidate }) => {
+      if (pc.trickle) this.send({ type: "candidate", to: peerId, candidate: candidateJson(candidate) });
+    };
     return pc;
+  }
+
+  // mesh: one message per connection rather than one per candidate, since the server's rate limit
+  // counts what it relays (a newcomer offers to everyone at once): wait for gathering, 2 s at most.
+  async describe(pc, type, peerId) {
+    await pc.setLocalDescription(type === "offer" ? await pc.createOffer() : await pc.createAnswer());
+    if (pc.iceGatheringState !== "complete") {
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, 2000);
+        pc.addEventListener("icegatheringstatechange", () => {
+          if (pc.iceGatheringState === "complete") { clearTimeout(timer); resolve(); }
+        });
+      });
+    }
+    pc.trickle = pc.iceGatheringState !== "complete";
+    this.send({ type, to: peerId, sdp: pc.localDescription.sdp });
   }
 
   async offerTo(peerId) {
@@ -352,8 +371,7 @@ class Meeting {
       const track = this.local.getTracks().find((t) => t.kind === kind);
       pc.addTransceiver(track ?? kind, { direction: track ? "sendrecv" : "recvonly", streams: [this.local] });
     }
-    await pc.setLocalDescription(await pc.createOffer());
-    this.send({ type: "offer", to: peerId, sdp: pc.localDescription.sdp });
+    await this.describe(pc, "offer", peerId);
   }
 
   async onPeerOffer(message) {
@@ -362,8 +380,7 @@ class Meeting {
     for (const track of this.local.getTracks()) {
       if (!pc.getSenders().some((sender) => sender.track === track)) pc.addTrack(track, this.local);
     }
-    await pc.setLocalDescription(await pc.createAnswer());
-    this.send({ type: "answer", to: message.from, sdp: pc.localDescription.sdp });
+    await this.describe(pc, "answer", message.from);
   }
 
   async onPeerAnswer(message) {
