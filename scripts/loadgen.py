@@ -344,7 +344,7 @@ async def run(args: argparse.Namespace) -> int:
         await asyncio.gather(*joins, return_exceptions=True)
         end = time.monotonic()
         for p in peers:
-            p.tick()
+            p.last = counters(p.peer)  # the window's end; the display keeps the last tick's rates
         if window_start is None:  # never steady: measure from the last join
             window_start = max((p.joined_at for p in peers if p.joined_at), default=end)
             for p in peers:
