@@ -432,8 +432,7 @@ def prose(results: list[Result]) -> list[str]:
                "composite has a fixed bitrate; SFU and mesh clients receive N-1 streams.")  # fmt: skip
     out.append("- **Added latency** (median): " + "; ".join(span(m, "latency_median", "ms") for m in MODES) + ". "
                "The MCU adds a decode, a wait for its next composite tick and an encode; the SFU forwards packets "
-               "as they come; the mesh goes peer to peer. Latency on this loaded 2-core machine grows with its "
-               "load, whatever the mode.")  # fmt: skip
+               "as they come; the mesh goes peer to peer.")  # fmt: skip
     out.append("- **First picture** after join: " + "; ".join(span(m, "first_picture_ms", "ms") for m in MODES)
                + ".")  # fmt: skip
     return out
