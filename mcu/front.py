@@ -21,6 +21,7 @@ directory places the room on a live owner.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -409,6 +410,50 @@ class Front:
         except (ConnectionError, RuntimeError):
             pass
 
+    # --- the HTTP API, served by the room's owner ---------------------------------------
+
+    async def api_room(self, request: web.Request) -> web.StreamResponse:
+        """/api/rooms/{room}/...: forwarded to the worker (or node) hosting the room, which authorizes it.
+
+        A room hosted nowhere goes to any worker: it checks the token first, then says 404.
+        """
+        room = request.match_info["room"]
+        base = None
+        url = await self.local.owner(room)
+        if url is None and self.cluster is not None:
+            try:
+                owner = await self.cluster.owner(room)
+            except DirectoryUnavailable:
+                owner = None
+            if owner not in (None, self.advertise) and RELAYED_HEADER not in request.headers:
+                base = _http_base(owner)  # type: ignore[arg-type]
+        if base is None:
+            worker = self.pool.by_url(url) if url else None
+            live = self.pool.live()
+            if worker is None and not live:
+                raise web.HTTPServiceUnavailable(text="no worker is running")
+            base = _http_base((worker or live[0]).url)
+        response = await self._forward(request, base)
+        return web.Response(status=response[0], body=response[1], content_type=response[2])
+
+    async def api_rooms(self, request: web.Request) -> web.Response:
+        """GET /api/rooms: every room of this node's workers (each worker authorizes the request)."""
+        rooms = []
+        for worker in self.pool.live():
+            status, body, content_type = await self._forward(request, _http_base(worker.url))
+            if status != 200:
+                return web.Response(status=status, body=body, content_type=content_type)
+            rooms += json.loads(body)["rooms"]
+        return web.json_response({"rooms": rooms})
+
+    async def _forward(self, request: web.Request, base: str) -> tuple[int, bytes, str]:
+        assert self._http is not None
+        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
+        headers[RELAYED_HEADER] = "1"
+        async with self._http.request(request.method, base + request.rel_url.path_qs, headers=headers,
+                                      data=await request.read(), timeout=aiohttp.ClientTimeout(10)) as response:
+            return response.status, await response.read(), response.content_type
+
     async def healthz(self, request: web.Request) -> web.Response:
         workers = await self.pool.health()
         rooms = {name: {**stats, "worker": w["index"]} for w in workers for name, stats in w["rooms"].items()}
@@ -455,6 +500,12 @@ async def _relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocke
     return upstream.close_code not in (1000, 1001)
 
 
+def _http_base(ws_url: str) -> str:
+    """http(s)://host:port of a signaling URL ws(s)://host:port/ws."""
+    scheme, rest = ws_url.split("://", 1)
+    return f"{'https' if scheme == 'wss' else 'http'}://{rest.split('/', 1)[0]}"
+
+
 def create_front_app(config: Config, argv: list[str], workers: int, cluster: Directory | None = None,
                      advertise: str | None = None) -> web.Application:
     """The front's application: /ws relayed to the workers (and nodes), /healthz over all of them, the page."""
@@ -462,6 +513,8 @@ def create_front_app(config: Config, argv: list[str], workers: int, cluster: Dir
     front = Front(config, WorkerPool(argv, workers, lambda worker: front.worker_exited(worker)), cluster, advertise)
     app.router.add_get("/ws", front.handle)
     app.router.add_get("/healthz", front.healthz)
+    app.router.add_get("/api/rooms", front.api_rooms)
+    app.router.add_route("*", "/api/rooms/{room}{tail:(/.*)?}", front.api_room)
 
     async def index(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(WEB_ROOT / "index.html")

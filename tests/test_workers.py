@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -22,6 +23,14 @@ SMALL = ("--size", "640x360", "--fps", "15")
 
 def health(port: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+        return json.load(response)
+
+
+def api(port: int, method: str, path: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
 
 
@@ -71,6 +80,16 @@ async def test_two_workers_host_two_rooms_one_each(front) -> None:
         assert {state["rooms"]["one"]["worker"], state["rooms"]["two"]["worker"]} == {0, 1}
         assert all(state["rooms"][r]["peers"] == 2 for r in rooms)
         assert all(w["peers"] == 2 for w in workers.values())
+
+        # The HTTP API at the front reaches the worker that hosts each room.
+        listed = api(port, "GET", "/api/rooms")
+        assert sorted((r["room"], len(r["participants"])) for r in listed["rooms"]) == [("one", 2), ("two", 2)]
+        assert api(port, "PUT", "/api/rooms/two/layout", {"layout": "speaker"})["layout"] == "speaker"
+        await everyone[0].wait_for(lambda: all(p.layout == "speaker" for p in rooms["two"]), timeout=5)
+        assert all(p.layout == "grid" for p in rooms["one"])
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            api(port, "GET", "/api/rooms/nowhere")
+        assert missing.value.code == 404 and json.load(missing.value)["code"] == "room_not_found"
     finally:
         await asyncio.gather(*(p.close() for p in everyone), return_exceptions=True)
 
