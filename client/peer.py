@@ -133,7 +133,7 @@ class Peer:
         #: mid -> {"peerId", "kind"} with the tracks received on those mids.
         self.room_mode: str | None = None
         self._sfu_tracks: dict[str, dict[str, Any]] = {}
-        self._sfu_received: dict[str, tuple[str, MediaStreamTrack]] = {}
+        self._sfu_received: dict[str, tuple[str | None, MediaStreamTrack]] = {}
         #: Times this peer joined its room again after a `reconnect` error (its media server went away).
         self.reconnects = 0
 
@@ -360,15 +360,24 @@ class Peer:
         publisher.receive(track, transceiver.receiver, self._decode)
 
     async def _answer_server(self, message: dict[str, Any]) -> None:
-        """sfu: the server's offer changes whose tracks we receive; a mid left out of its map has ended."""
+        """sfu: the server's offer changes whose tracks we receive (new mids arrive as "track" events).
+
+        A mid left out of its map has ended; a mid that went inactive before may come
+        back carrying another publisher (the server reuses sections): same track, new owner.
+        """
         assert self.pc is not None
         self._sfu_tracks = {entry["mid"]: entry for entry in message.get("tracks", [])}
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
+        receivers = {t.mid: t.receiver for t in self.pc.getTransceivers()}
         for mid, (peer_id, track) in list(self._sfu_received.items()):
-            if mid not in self._sfu_tracks:
-                del self._sfu_received[mid]
-                if (publisher := self.remote.get(peer_id)) is not None:
-                    publisher.end(track)
+            owner = self._sfu_tracks[mid]["peerId"] if mid in self._sfu_tracks else None
+            if owner == peer_id:
+                continue
+            if peer_id is not None and (publisher := self.remote.get(peer_id)) is not None:
+                publisher.end(track)
+            self._sfu_received[mid] = (owner, track)
+            if owner is not None:
+                self.remote.setdefault(owner, RemotePublisher(owner)).receive(track, receivers[mid], self._decode)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self.send({"type": "answer", "sdp": self.pc.localDescription.sdp})
 

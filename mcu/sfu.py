@@ -115,16 +115,17 @@ class Publication:
             sink.push(packet)
         self._stats.packets_out += len(self.sinks)
 
-    def subscribe(self, subscriber: str) -> PacketTrack:
-        """A track of this publication for `subscriber` (video waits for a keyframe)."""
-        track = PacketTrack(self.kind, self.request_keyframe)
+    def subscribe(self, subscriber: str, track: PacketTrack) -> None:
+        """Push to `track` for `subscriber` from now on; video restarts on a keyframe of this publisher."""
+        track.keyframe_requested = self.request_keyframe
+        track.restart()
         self.sinks[subscriber] = track
-        return track
 
     def unsubscribe(self, subscriber: str) -> None:
+        """Stop pushing to `subscriber`'s track; the track stays the subscriber's (its section may be reused)."""
         track = self.sinks.pop(subscriber, None)
         if track is not None:
-            track.stop()
+            track.keyframe_requested = None
 
     def request_keyframe(self) -> None:
         """A subscriber needs a keyframe: a PLI now, or once `KEYFRAME_INTERVAL` has passed since the last."""
@@ -203,7 +204,9 @@ class SfuParticipant(Participant):
     """A peer of an sfu room: its upstream is published as it comes, and it receives the others' tracks.
 
     Its own offer is answered with no downstream track; from then on the server
-    offers whenever what it should receive changes, and the peer answers.
+    offers whenever what it should receive changes, and the peer answers. A section
+    whose publisher left goes inactive and carries the next publisher of its kind,
+    so a peer's SDP grows with the room's size, not with its churn.
     """
 
     def __init__(
@@ -222,6 +225,8 @@ class SfuParticipant(Participant):
         #: The publications it should receive, and those it receives: their transceiver and track.
         self._wanted: dict[Publication, None] = {}
         self._sending: dict[Publication, tuple[RTCRtpTransceiver, PacketTrack]] = {}
+        #: Sections made inactive by an offer already sent, and their tracks: reused first.
+        self._idle: list[tuple[RTCRtpTransceiver, PacketTrack]] = []
         self._answered = False
         self._offer_pending = False
         self._negotiating = False
@@ -275,20 +280,35 @@ class SfuParticipant(Participant):
             self._negotiating = False
 
     def _apply_changes(self, pc: RTCPeerConnection) -> bool:
-        """Make the transceivers match what the peer should receive; True if anything changed."""
+        """Make the transceivers match what the peer should receive; True if anything changed.
+
+        A new publication takes an idle section of its kind, else a new one. A section
+        goes idle (inactive) in this offer and may be reused from the next: a client
+        then always sees it end before it carries someone else.
+        """
         gone = [p for p in self._sending if p not in self._wanted]
         new = [p for p in self._wanted if p not in self._sending]
+        for publication in new:
+            slot = next((s for s in self._idle if s[1].kind == publication.kind), None)
+            if slot is not None:
+                self._idle.remove(slot)
+                transceiver, track = slot
+                transceiver.direction = "sendonly"
+            else:
+                # The track lives as long as its section: aiortc's sender stops for good with its track.
+                track = PacketTrack(publication.kind)
+                transceiver = pc.addTransceiver(track, direction="sendonly")
+                transceiver.setCodecPreferences(forwarded_codecs(publication.kind))
+                # aiortc only honours PLI/FIR on its own encode path: route them to the publisher.
+                transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+            publication.subscribe(self.peer_id, track)
+            self._sending[publication] = (transceiver, track)
         for publication in gone:
-            transceiver, _ = self._sending.pop(publication)
+            transceiver, track = self._sending.pop(publication)
             transceiver.direction = "inactive"
             publication.unsubscribe(self.peer_id)
-        for publication in new:
-            track = publication.subscribe(self.peer_id)
-            transceiver = pc.addTransceiver(track, direction="sendonly")
-            transceiver.setCodecPreferences(forwarded_codecs(publication.kind))
-            # aiortc only honours PLI/FIR on its own encode path: route them to the publisher.
-            transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
-            self._sending[publication] = (transceiver, track)
+            track.restart()  # drop what the publisher left queued
+            self._idle.append((transceiver, track))
         return bool(gone or new)
 
     async def accept(self, answer_sdp: str) -> None:
@@ -342,5 +362,8 @@ class SfuParticipant(Participant):
 
     async def close(self) -> None:
         await super().close()
-        for publication in list(self._sending):
+        for publication, (_, track) in list(self._sending.items()):
             publication.unsubscribe(self.peer_id)
+            track.stop()
+        for _, track in self._idle:
+            track.stop()

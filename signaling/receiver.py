@@ -83,6 +83,8 @@ def install_encoded_receiver(receiver: RTCRtpReceiver) -> None:
     receiver no longer sends PLIs on decode errors, since there are none. Audio
     frames carry the sender's RFC 6464 level as `audio_level` (see `_LevelTagger`).
     """
+    if isinstance(receiver._RTCRtpReceiver__decoder_queue, _EncodedHandoff):  # type: ignore[attr-defined]
+        return  # already: a track handed to another consumer (an sfu section carrying another publisher)
     if receiver._RTCRtpReceiver__decoder_thread is not None:  # type: ignore[attr-defined]
         raise RuntimeError("the receiver has already started decoding")
     if receiver._track is None:

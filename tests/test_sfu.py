@@ -374,3 +374,33 @@ def test_mcu_serve_mode_sfu_and_mcu_client_join():
             assert len(counts) == 1 and int(counts[0][0]) > 20 and int(counts[0][1]) > 100, output
     finally:
         stop_process(server, grace=10)
+
+
+async def test_a_leavers_sections_carry_the_next_publisher_so_churn_does_not_grow_the_sdp(server):
+    watcher = make_peer(server, "watcher", "yellow", 1200.0)
+    try:
+        await watcher.join()
+        sections: list[int] = []
+        mids: list[set[str]] = []
+        for round, (name, colour, frequency) in enumerate(PEOPLE * 2):
+            publisher = make_peer(server, f"{name}{round}", colour, frequency)
+            await publisher.join()
+            try:
+                await watcher.wait_for(lambda: pictures_from(watcher, [publisher]), 10)
+                # The picture under this publisher's name is its own (a reused section shows no one else's).
+                expected = rgb_to_yuv(COLORS[colour])
+                await watcher.wait_for(
+                    lambda: close_to(centre(watcher.remote[publisher.peer_id].video_frame), expected), 5
+                )
+                sections.append(len(watcher.pc.getTransceivers()))
+                mids.append({mid for mid, (owner, _) in watcher._sfu_received.items() if owner == publisher.peer_id})
+            finally:
+                await publisher.close()
+            await watcher.wait_for(lambda: watcher.remote[publisher.peer_id].ended, 5)
+        # Two sections of its own (sending) and two that each publisher in turn used.
+        assert sections == [4] * 6, sections
+        assert all(m == mids[0] and len(m) == 2 for m in mids), mids
+        server_side = server.conference.rooms[ROOM].participants[watcher.peer_id].pc
+        assert len(server_side.getTransceivers()) == 4
+    finally:
+        await watcher.close()
