@@ -118,7 +118,14 @@ async def poll(check, timeout: float, what: str):
 @pytest.mark.parametrize("mode", ["sfu", "mesh"])
 async def test_the_page_shows_each_peer_and_the_peers_receive_the_page(server, page, mode):
     room = f"page-{mode}"
-    await page.goto(f"http://127.0.0.1:{server.port}/?room={room}&name=anna&mode={mode}")
+    if mode == "sfu":  # from the link
+        await page.goto(f"http://127.0.0.1:{server.port}/?room={room}&name=anna&mode={mode}")
+    else:  # from the join form
+        await page.goto(f"http://127.0.0.1:{server.port}/")
+        await page.fill("#room", room)
+        await page.fill("#name", "anna")
+        await page.select_option("#mode", mode)
+        await page.click("#join")
     page_id = await poll(lambda: page.evaluate("window.meeting?.peerId"), 10, "the page to join")
     assert await page.evaluate("window.meeting.roomMode") == mode
     people = {"ben": ("green", 700.0), "cleo": ("blue", 900.0)}

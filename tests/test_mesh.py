@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import aiohttp
 import pytest
+from conftest import BIN
 from media_checks import cell_colours, close_to, tone_levels
 
 from client.peer import Peer
@@ -105,6 +107,28 @@ async def test_a_late_joiner_gets_pictures_within_a_second_and_a_leaver_is_dropp
         assert peers[0].remote[peers[1].peer_id].video_frames > frames  # the rest goes on
     finally:
         await asyncio.gather(*(peer.close() for peer in [*peers, late]))
+
+
+async def test_mcu_client_joins_a_mesh_with_mode_and_reports_each_peer(server):
+    python = mesh_peer(server.url, "cli-mesh", "red", 440.0)
+    await python.join()
+    client = await asyncio.create_subprocess_exec(
+        BIN / "mcu-client", "join", server.url, "--room", "cli-mesh", "--name", "cli", "--mode", "mesh",
+        "--video", "color:blue", "--audio", "tone:660", "--duration", "5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        # The terminal client offered to the peer already there, and sends its colour.
+        await python.wait_for(lambda: any(shows(python, p, "blue") for p in python.participants), 15)
+        output = (await asyncio.wait_for(client.communicate(), 20))[0].decode()
+        assert client.returncode == 0, output
+        received = re.search(rf"from {python.peer_id}: (\d+) video frames, (\d+) audio frames", output)
+        assert received and int(received[1]) > 20 and int(received[2]) > 100, output
+    finally:
+        if client.returncode is None:
+            client.kill()
+            await client.wait()
+        await python.close()
 
 
 class Raw:
