@@ -31,6 +31,9 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from signaling import protocol
 from signaling.directory import Directory, DirectoryUnavailable, Load, MemoryDirectory
@@ -454,6 +457,19 @@ class Front:
                                       data=await request.read(), timeout=aiohttp.ClientTimeout(10)) as response:
             return response.status, await response.read(), response.content_type
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        """/metrics: every worker's metrics in one scrape, each sample labelled with its worker's index."""
+        assert self._http is not None
+        texts: dict[int, str] = {}
+        for worker in self.pool.live():
+            try:
+                async with self._http.get(f"{_http_base(worker.url)}/metrics",
+                                          timeout=aiohttp.ClientTimeout(5)) as response:
+                    texts[worker.index] = await response.text()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                logger.warning("worker %d: no metrics", worker.index)
+        return web.Response(body=merge_metrics(texts), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     async def healthz(self, request: web.Request) -> web.Response:
         workers = await self.pool.health()
         rooms = {name: {**stats, "worker": w["index"]} for w in workers for name, stats in w["rooms"].items()}
@@ -500,6 +516,24 @@ async def _relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocke
     return upstream.close_code not in (1000, 1001)
 
 
+def merge_metrics(texts: dict[int, str]) -> bytes:
+    """Prometheus text expositions of several workers as one, with a `worker` label on every sample."""
+    families: dict[str, Metric] = {}
+    for index, text in texts.items():
+        for family in text_string_to_metric_families(text):
+            merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            for sample in family.samples:
+                merged.add_sample(sample.name, {**sample.labels, "worker": str(index)}, sample.value, sample.timestamp)
+
+    class Gathered:
+        def collect(self):
+            return iter(families.values())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Gathered())
+    return generate_latest(registry)
+
+
 def _http_base(ws_url: str) -> str:
     """http(s)://host:port of a signaling URL ws(s)://host:port/ws."""
     scheme, rest = ws_url.split("://", 1)
@@ -514,6 +548,7 @@ def create_front_app(config: Config, argv: list[str], workers: int, cluster: Dir
     app.router.add_get("/ws", front.handle)
     app.router.add_get("/healthz", front.healthz)
     app.router.add_get("/api/rooms", front.api_rooms)
+    app.router.add_get("/metrics", front.metrics)
     app.router.add_route("*", "/api/rooms/{room}{tail:(/.*)?}", front.api_room)
 
     async def index(request: web.Request) -> web.StreamResponse:

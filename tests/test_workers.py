@@ -90,6 +90,14 @@ async def test_two_workers_host_two_rooms_one_each(front) -> None:
         with pytest.raises(urllib.error.HTTPError) as missing:
             api(port, "GET", "/api/rooms/nowhere")
         assert missing.value.code == 404 and json.load(missing.value)["code"] == "room_not_found"
+
+        # /metrics at the front: each worker's samples, labelled with the worker.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        for name in ("one", "two"):
+            worker = state["rooms"][name]["worker"]
+            assert f'mcu_room_peers{{room="{name}",worker="{worker}"}} 2.0' in metrics, metrics
+        assert metrics.count("# TYPE mcu_room_peers gauge") == 1
     finally:
         await asyncio.gather(*(p.close() for p in everyone), return_exceptions=True)
 
