@@ -80,29 +80,41 @@ def write_wav(path: Path, frequency: float) -> None:
 
 
 @pytest.fixture
-async def page(tmp_path):
-    """One Chromium page whose camera shows red and whose microphone plays 500 Hz."""
-    video, audio = tmp_path / "red.y4m", tmp_path / "500.wav"
-    write_y4m(video, COLORS["red"])
-    write_wav(audio, 500.0)
-    args = [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-video-capture={video}",
-        f"--use-file-for-fake-audio-capture={audio}",
-        "--autoplay-policy=no-user-gesture-required",
-        "--allow-loopback-in-peer-connection",
-    ]
+async def browsers(tmp_path):
+    """Launches Chromium pages, each with its own fake camera (a colour) and microphone (a tone)."""
     async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        launched = []
+
+        async def launch(colour: str, frequency: float):
+            video, audio = tmp_path / f"{colour}.y4m", tmp_path / f"{frequency:.0f}.wav"
+            write_y4m(video, COLORS[colour])
+            write_wav(audio, frequency)
+            args = [
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-video-capture={video}",
+                f"--use-file-for-fake-audio-capture={audio}",
+                "--autoplay-policy=no-user-gesture-required",
+                "--allow-loopback-in-peer-connection",
+            ]
+            launched.append(await playwright.chromium.launch(executable_path=str(CHROMIUM), args=args))
+            return await launched[-1].new_page(viewport={"width": 1280, "height": 720})
+
         try:
-            yield await browser.new_page(viewport={"width": 1280, "height": 720})
+            yield launch
         finally:
-            await browser.close()
+            for browser in launched:
+                await browser.close()
+
+
+@pytest.fixture
+async def page(browsers):
+    """One page whose camera shows red and whose microphone plays 500 Hz."""
+    return await browsers("red", 500.0)
 
 
 async def poll(check, timeout: float, what: str):
@@ -178,3 +190,42 @@ async def test_the_page_shows_each_peer_and_the_peers_receive_the_page(server, p
         )
     finally:
         await asyncio.gather(*(peer.close() for peer in peers))
+
+
+async def tiles_showing(page, colours: dict) -> dict | None:
+    """The page's tiles by peerId once it shows exactly `colours` (peerId -> RGB), each playing; else None."""
+    tiles = {t["peerId"]: t for t in await page.evaluate(TILES_JS)}
+    if tiles.keys() != colours.keys():
+        return None
+    playing = all(t["rgb"] and not t["paused"] and rgb_close(t["rgb"], colours[p]) for p, t in tiles.items())
+    return tiles if playing else None
+
+
+async def test_a_page_joining_a_mesh_offers_to_everyone_browsers_included(server, browsers):
+    url = f"http://127.0.0.1:{server.port}/?room=newcomer&mode=mesh&name="
+    anna = await browsers("red", 500.0)
+    await anna.goto(url + "anna")
+    anna_id = await poll(lambda: anna.evaluate("window.meeting?.peerId"), 10, "anna to join")
+    ben = Peer(server.url, "newcomer", "ben", video=ColorTrack(COLORS["green"]), audio=ToneTrack(700.0), mode="mesh")
+    try:
+        await ben.join()
+        # Dora comes last: her page offers to a page and to a Python peer.
+        dora = await browsers("yellow", 900.0)
+        await dora.goto(url + "dora")
+        dora_id = await poll(lambda: dora.evaluate("window.meeting?.peerId"), 10, "dora to join")
+        everyone = {anna_id: COLORS["red"], ben.peer_id: COLORS["green"], dora_id: COLORS["yellow"]}
+        names = {anna_id: "anna", ben.peer_id: "ben", dora_id: "dora"}
+        for page, own in ((anna, anna_id), (dora, dora_id)):
+            others = {p: c for p, c in everyone.items() if p != own}
+            tiles = await poll(lambda page=page, others=others: tiles_showing(page, others), 20, "the others' tiles")
+            assert {p: t["name"] for p, t in tiles.items()} == {p: names[p] for p in others}
+        await ben.wait_for(
+            lambda: (remote := ben.remote.get(dora_id)) is not None
+            and remote.video_frame is not None
+            and close_to(cell_colours(remote.video_frame, 1)[0], rgb_to_yuv(COLORS["yellow"])),
+            15,
+        )
+        # Nothing goes through the server but signaling.
+        assert server.conference.media_bytes() == (0, 0)
+    finally:
+        await ben.close()
