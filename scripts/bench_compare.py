@@ -33,8 +33,10 @@ import datetime
 import json
 import os
 import shlex
+import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -490,7 +492,7 @@ def section(results: list[Result], args: argparse.Namespace, plots: list[Path], 
             "",
             *images,
             "",
-            "Janus VideoRoom: " + args.janus_note,
+            *janus_section(results, args.janus_rows, args.janus_why),
             "",
             f"Re-run: `{rerun_command()}`",
             END,
@@ -498,10 +500,67 @@ def section(results: list[Result], args: argparse.Namespace, plots: list[Path], 
     )
 
 
-JANUS_NOTE = (
-    "not compared in this run. Debian's `janus` 1.1.2 is in the archive, but comparing needs a VideoRoom client "
-    "(Janus's own JSON API to publish and subscribe) driving the same load; it is not written yet."
-)
+def run_janus(args: argparse.Namespace) -> tuple[list[dict], str]:
+    """Janus VideoRoom under the same load (scripts/janus_videoroom.py, in a network namespace of its own).
+
+    Returns its rows, or none and why it could not run.
+    """
+    if not args.janus_peers:
+        return [], "not run (--janus-peers empty)."
+    if shutil.which("janus") is None:
+        return [], "not run: the Debian package `janus` is not installed (`apt-get install janus`)."
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return (
+            [],
+            "not run: it needs root and `unshare` for a network namespace of its own (see scripts/janus_videoroom.py).",
+        )
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = ["unshare", "-n", sys.executable, str(REPO / "scripts" / "janus_videoroom.py"), "--namespace",
+                   "--peers", ",".join(map(str, args.janus_peers)), "--seconds", str(args.seconds),
+                   "--warmup", str(args.warmup), "--json", out.name]  # fmt: skip
+        print(f"janus N={args.janus_peers} ...", file=sys.stderr, flush=True)
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120 * len(args.janus_peers))
+        rows = json.loads(Path(out.name).read_text() or "[]") if done.returncode == 0 else []
+    if not rows:
+        return [], f"did not run here: `{shlex.join(command[:4])}` failed: {done.stderr.strip()[-300:]}"
+    return rows, ""
+
+
+def janus_table(results: list[Result], rows: list[dict]) -> str:
+    """Server CPU per forwarded stream: Janus VideoRoom against our sfu rows of the same N."""
+    ours = {r.peers: r for r in results if r.mode == "sfu" and not r.failure}
+    lines = [
+        "| N | forwarded video streams N·(N-1) | Janus CPU % | Janus % per stream | Janus fps per stream (min) "
+        "| our sfu server CPU % | our sfu % per stream | ours / Janus | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        streams = row["streams"]
+        janus = f"| {row['peers']} | {streams} | {row['janus_cpu']:.1f} | {row['janus_cpu'] / streams:.2f} " \
+                f"| {row['fps_per_stream_min']:.1f} "  # fmt: skip
+        sfu = ours.get(row["peers"])
+        if sfu is None:
+            lines.append(janus + "| | | | " + f"{row['load_average']:.2f} |")
+            continue
+        ratio = (sfu.server_cpu / streams) / max(row["janus_cpu"] / streams, 1e-9)
+        lines.append(janus + f"| {sfu.server_cpu:.1f} | {sfu.server_cpu / streams:.2f} | {ratio:.1f}× "
+                     f"| {row['load_average']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def janus_section(results: list[Result], rows: list[dict], why: str) -> list[str]:
+    if not rows:
+        return ["Janus VideoRoom: " + why]
+    return [
+        "Janus VideoRoom (Debian's `janus`, C) under the same load, measured in the same run: N aiortc peers in one "
+        "process publish the same clips and each subscribes to every other publisher, receiving without decoding "
+        "(scripts/janus_videoroom.py, in a network namespace of its own: Janus offers no loopback candidates). "
+        "Per forwarded stream is the server's CPU divided by N·(N-1) video streams (each with its audio); in our "
+        "sfu rows one of them is the stamper's lighter stream and the observer decodes, which costs the server "
+        "nothing.",
+        "",
+        janus_table(results, rows),
+    ]
 
 
 async def run_all(args: argparse.Namespace) -> list[Result]:
@@ -539,6 +598,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15, help="measurement window in s (default 15)")
     parser.add_argument("--warmup", type=float, default=3, help="warm-up after the observer's first picture (3)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: N = 2,4, 4 s windows, 1 s warm-up")
+    parser.add_argument(
+        "--janus-peers",
+        type=lambda t: [int(v) for v in t.split(",") if v],
+        default=[2, 4, 8],
+        help="N for Janus VideoRoom under the same load (default 2,4,8; empty: skip)",
+    )
     parser.add_argument("--keep-going", action="store_true", help="measure larger N of a mode after it collapsed")
     parser.add_argument("--write", type=Path, help="replace the bench_compare section of this file")
     parser.add_argument("--plots", type=Path, default=REPO / "docs" / "plots", help="where the PNGs go (docs/plots)")
@@ -548,13 +613,15 @@ def main() -> None:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
     if args.quick:
         args.peers, args.seconds, args.warmup = [2, 4], 4.0, 1.0
-    args.janus_note = JANUS_NOTE
+        args.janus_peers = [n for n in args.janus_peers if n <= 4]
     try:
         results = asyncio.run(run_all(args))
+        args.janus_rows, args.janus_why = run_janus(args)
     except KeyboardInterrupt:
         sys.exit(130)
     print(format_table(results))
     print("\n".join(targets(results)))
+    print(janus_table(results, args.janus_rows) if args.janus_rows else f"Janus: {args.janus_why}")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     if args.write:
