@@ -49,6 +49,8 @@ RELAYED_HEADER = "X-MCU-Relayed"
 WORKER_START_SECONDS = 30.0
 #: A join waits at most this long for its owner to become reachable (a dead node's lease to expire).
 ROUTE_SECONDS = 12.0
+#: The lease of a room on one of this front's workers.
+LOCAL_LEASE_SECONDS = 60.0
 #: How often the front measures its workers, renews its leases and announces its load.
 HEARTBEAT_SECONDS = 1.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -199,8 +201,9 @@ class Front:
                  advertise: str | None = None) -> None:
         self.config = config
         self.pool = pool
-        #: Rooms on this node's workers (the embedded directory).
-        self.local: Directory = MemoryDirectory()
+        #: Rooms on this node's workers (the embedded directory). A worker's death is seen at once (its exit),
+        #: so this lease only guards against a front that stops renewing: long, never splitting a live room.
+        self.local: Directory = MemoryDirectory(lease=LOCAL_LEASE_SECONDS)
         #: Rooms on the service's nodes (Redis), if this front is a node of one.
         self.cluster = cluster
         self.advertise = advertise
