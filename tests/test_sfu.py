@@ -256,21 +256,23 @@ async def test_the_server_default_mode_applies_to_a_join_that_names_none(server)
         assert server.conference.rooms["defaulted"].forwarder is not None
 
 
-async def test_an_answer_that_cannot_be_applied_is_invalid_sdp_and_the_next_one_works(server):
+async def test_a_broken_answer_or_a_crossing_offer_is_invalid_sdp_and_the_right_answer_works(server):
     first, second = make_peer(server, *PEOPLE[0]), make_peer(server, *PEOPLE[1])
     try:
         await first.join()
         answer_server = first._answer_server
 
         async def broken_then_right(message: dict[str, Any]) -> None:
-            # The server handles a session's messages in order: the broken answer first.
+            # The server handles a session's messages in order: the broken answer first,
+            # then an offer of ours (our first one again) that crosses the server's.
             await first.send({"type": "answer", "sdp": "v=0\r\n"})
+            await first.send({"type": "offer", "sdp": first.pc.localDescription.sdp})
             await answer_server(message)
 
         first._answer_server = broken_then_right
         await second.join()
         await first.wait_for(lambda: pictures_from(first, [second]), 10)
-        assert [e["code"] for e in first.errors] == [protocol.INVALID_SDP]
+        assert [e["code"] for e in first.errors] == [protocol.INVALID_SDP] * 2
     finally:
         await close_all([first, second])
 
