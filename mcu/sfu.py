@@ -348,11 +348,12 @@ class SfuParticipant(Participant):
         self._spawn(self._forward(track, publication, published))
 
     async def _forward(self, track: MediaStreamTrack, publication: Publication, published: bool) -> None:
-        """Forward the track's frames, or drop them for a peer that may not publish."""
+        """Forward the track's frames; drop them for a peer that may not publish, and its voice while muted."""
         try:
             while True:
                 frame = await track.recv()
-                if published:
+                # Muted by a moderator (or volume 0): unheard by all. Other volumes need a decode: ignored.
+                if published and (publication.kind == "video" or self.audio_gain > 0):
                     publication.forward(frame)
         except MediaStreamError:
             self.forwarder.unpublish(publication)

@@ -406,3 +406,28 @@ async def test_a_leavers_sections_carry_the_next_publisher_so_churn_does_not_gro
         assert len(server_side.getTransceivers()) == 4
     finally:
         await watcher.close()
+
+
+async def test_a_moderator_mute_stops_forwarding_that_voice(server):
+    speaker, listener = make_peer(server, *PEOPLE[0]), make_peer(server, *PEOPLE[1])
+    try:
+        await speaker.join()
+        await listener.join()
+        await listener.wait_for(lambda: speaker.peer_id in listener.remote, 10)
+        heard = listener.remote[speaker.peer_id]
+        await listener.wait_for(lambda: heard.audio_frames > 25, 10)
+
+        async def frames_in(seconds: float) -> int:
+            before = heard.audio_frames
+            await asyncio.sleep(seconds)
+            return heard.audio_frames - before
+
+        await listener.send({"type": "moderateAudio", "peerId": speaker.peer_id, "muted": True})
+        await asyncio.sleep(0.5)  # what was on its way
+        assert await frames_in(1.0) == 0
+        assert heard.video_frames > 0 and not heard.ended
+        await listener.send({"type": "moderateAudio", "peerId": speaker.peer_id, "muted": False})
+        await asyncio.sleep(0.5)
+        assert await frames_in(1.0) > 25
+    finally:
+        await close_all([speaker, listener])
