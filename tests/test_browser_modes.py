@@ -188,6 +188,13 @@ async def test_the_page_shows_each_peer_and_the_peers_receive_the_page(server, p
         await poll(
             lambda: page.evaluate("document.querySelectorAll('#tiles figure').length === 1"), 10, "cleo's tile to go"
         )
+        # Another comes (in sfu on the section cleo left): the page shows it under its own name and colour.
+        dan = Peer(server.url, room, "dan", video=ColorTrack(COLORS["yellow"]), audio=ToneTrack(1100.0), mode=mode)
+        peers.append(dan)
+        await dan.join()
+        colours = {peers[0].peer_id: COLORS["green"], dan.peer_id: COLORS["yellow"]}
+        tiles = await poll(lambda: tiles_showing(page, colours), 15, "ben's and dan's tiles")
+        assert tiles[dan.peer_id]["name"] == "dan"
     finally:
         await asyncio.gather(*(peer.close() for peer in peers))
 
