@@ -197,6 +197,8 @@ class Forwarder:
             "keyframeRequests": stats.keyframe_requests,
             "plisSent": stats.plis,
             "serverOffers": stats.offers,
+            # Frames a subscriber lost: its backlog when it fell behind, deltas while it awaited a keyframe.
+            "droppedPackets": sum(track.dropped for peer in self.peers.values() for track in peer.tracks()),
         }
 
 
@@ -240,6 +242,10 @@ class SfuParticipant(Participant):
         wanted = self._wanted.pop(publication, False) is None
         if wanted or publication in self._sending:
             self.negotiate()
+
+    def tracks(self) -> list[PacketTrack]:
+        """Every track it receives on, idle sections' included."""
+        return [track for _, track in (*self._sending.values(), *self._idle)]
 
     def track_map(self) -> list[dict]:
         """What the server's offer announces: each sending mid and whose track it carries."""

@@ -12,13 +12,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiortc.jitterbuffer import JitterFrame
 from conftest import BIN, free_port, start_mcu, stop_process
 from media_checks import cell_colours, close_to, tone_levels
 
 from client.peer import Peer, PeerError
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
+from mcu import sfu
 from mcu.sfu import KEYFRAME_INTERVAL, SfuParticipant
-from mcu.tracks import PacketTrack
+from mcu.tracks import QUEUE_LIMIT, PacketTrack
 from signaling import grants, protocol, tokens
 from signaling.receiver import _EncodedHandoff
 
@@ -431,3 +433,34 @@ async def test_a_moderator_mute_stops_forwarding_that_voice(server):
         assert await frames_in(1.0) > 25
     finally:
         await close_all([speaker, listener])
+
+
+async def test_a_subscriber_that_falls_behind_loses_its_backlog_and_resumes_on_a_keyframe(monkeypatch):
+    """Forwarding logic alone (no peers): the PLI that would go upstream is recorded instead."""
+    plis: list[float] = []
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(sfu, "send_pli", lambda receiver: plis.append(loop.time()) or True)
+    stats = sfu.ForwardStats()
+    publication = sfu.Publication("publisher", "video", None, stats)
+    track = PacketTrack("video")
+    publication.subscribe("subscriber", track)
+    assert len(plis) == 1  # a new subscriber asks for a keyframe
+    key, delta = b"\x10\x02\x00\x9d\x01\x2a", b"\x11\x02\x00"
+
+    def frame(data: bytes, index: int) -> JitterFrame:
+        return JitterFrame(data=data, timestamp=index * 6000)
+
+    publication.forward(frame(delta, 0))  # before any keyframe: useless, dropped
+    for index in range(1, 1 + QUEUE_LIMIT):  # a keyframe, then deltas that nobody sends on
+        publication.forward(frame(key if index == 1 else delta, index))
+    assert track._queue.qsize() == QUEUE_LIMIT
+    publication.forward(frame(delta, 99))  # one too many: the backlog goes, a keyframe is asked for
+    assert track._queue.qsize() == 0 and track.dropped == 1 + QUEUE_LIMIT
+    publication.forward(frame(delta, 100))
+    assert track._queue.qsize() == 0  # deltas wait for the keyframe
+    await asyncio.sleep(sfu.KEYFRAME_INTERVAL + 0.1)
+    assert len(plis) == 2 and plis[1] - plis[0] >= sfu.KEYFRAME_INTERVAL - 0.01  # rate-limited, not lost
+    publication.forward(frame(key, 101))
+    packet = await asyncio.wait_for(track.recv(), 1)
+    assert packet.is_keyframe and packet.pts == 101 * 6000 and packet.time_base == sfu.TIME_BASES["video"]
+    assert stats.keyframe_requests == 2 and stats.plis == 2
