@@ -162,6 +162,9 @@ class Peer:
         if self.mesh is not None:
             await self._offer_to_everyone([p["peerId"] for p in joined["participants"]], timeout)
             return
+        # A new peer connection (a first join, or one again after `reconnect`): mids start afresh.
+        self._sfu_tracks.clear()
+        self._sfu_received.clear()
         self.pc = self._create_peer_connection(joined["iceServers"])
         await self.pc.setLocalDescription(await self.pc.createOffer())
         await self.send({"type": "offer", "sdp": self.pc.localDescription.sdp})
