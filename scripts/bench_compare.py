@@ -416,26 +416,35 @@ def prose(results: list[Result]) -> list[str]:
     """What the plots show, in words, from this run's numbers."""
 
     def span(mode: str, measure: str, unit: str) -> str:
-        n, values = series(results, mode, measure)
-        if not n:
+        rows = [r for r in results if r.mode == mode and not r.failure]
+        if not rows:
             return f"{mode}: not measured"
-        return f"{mode} {values[0]:.0f} → {values[-1]:.0f} {unit} (N = {n[0]} → {n[-1]})"
+        text = " → ".join(f"{getattr(r, measure):.0f}{'*' if r.collapsed else ''}" for r in rows)
+        return f"{mode} {text} {unit} (N = {', '.join(str(r.peers) for r in rows)})"
 
+    measured = [r for r in results if not r.failure]
+    modes = [m for m in MODES if any(r.mode == m for r in results)]
+    loads = [r.load_average for r in measured]
     out = []
-    out.append("- **Server CPU**: " + "; ".join(span(m, "server_cpu", "%") for m in MODES) + ". The MCU decodes N "
+    if measured:
+        out.append(f"- **This run**: {sum(r.collapsed for r in results)} of {len(results)} rows collapsed; the "
+                   f"machine's 1-minute load average went from {min(loads):.1f} to {max(loads):.1f} over the rows "
+                   "(2 cores). A figure with * comes from a collapsed row: the processes were starved, so it is "
+                   "not the mode's cost at that N.")  # fmt: skip
+    out.append("- **Server CPU**: " + "; ".join(span(m, "server_cpu", "%") for m in modes) + ". The MCU decodes N "
                "upstreams and encodes one composite; the SFU only forwards packets (no codec), so its cost is per "
                "forwarded packet, N·(N-1) streams; in a mesh the server relays signaling only.")  # fmt: skip
     out.append("- **Observer CPU** (a client that decodes what it gets): " + "; ".join(
-        span(m, "observer_cpu", "%") for m in MODES) + ". In an MCU room it decodes one composite whatever N; in "
+        span(m, "observer_cpu", "%") for m in modes) + ". In an MCU room it decodes one composite whatever N; in "
         "SFU and mesh rooms it decodes N-1 streams.")  # fmt: skip
-    out.append("- **Upload per client**: " + "; ".join(span(m, "up_kbps", "kbit/s") for m in MODES) + ". Only the "
+    out.append("- **Upload per client**: " + "; ".join(span(m, "up_kbps", "kbit/s") for m in modes) + ". Only the "
                "mesh client sends its stream once per other peer.")  # fmt: skip
-    out.append("- **Download per client**: " + "; ".join(span(m, "down_kbps", "kbit/s") for m in MODES) + ". The "
+    out.append("- **Download per client**: " + "; ".join(span(m, "down_kbps", "kbit/s") for m in modes) + ". The "
                "composite has a fixed bitrate; SFU and mesh clients receive N-1 streams.")  # fmt: skip
-    out.append("- **Added latency** (median): " + "; ".join(span(m, "latency_median", "ms") for m in MODES) + ". "
+    out.append("- **Added latency** (median): " + "; ".join(span(m, "latency_median", "ms") for m in modes) + ". "
                "The MCU adds a decode, a wait for its next composite tick and an encode; the SFU forwards packets "
                "as they come; the mesh goes peer to peer.")  # fmt: skip
-    out.append("- **First picture** after join: " + "; ".join(span(m, "first_picture_ms", "ms") for m in MODES)
+    out.append("- **First picture** after join: " + "; ".join(span(m, "first_picture_ms", "ms") for m in modes)
                + ".")  # fmt: skip
     return out
 
@@ -494,7 +503,7 @@ def section(results: list[Result], args: argparse.Namespace, plots: list[Path], 
             "",
             *janus_section(results, args.janus_rows, args.janus_why),
             "",
-            f"Re-run: `{rerun_command()}`",
+            f"Re-run: `{rerun_command()}` (the rows as JSON: {os.path.relpath(args.plots, doc.parent)}/compare.json)",
             END,
         ]
     )
@@ -531,8 +540,8 @@ def janus_table(results: list[Result], rows: list[dict]) -> str:
     ours = {r.peers: r for r in results if r.mode == "sfu" and not r.failure}
     lines = [
         "| N | forwarded video streams N·(N-1) | Janus CPU % | Janus % per stream | Janus fps per stream (min) "
-        "| our sfu server CPU % | our sfu % per stream | ours / Janus | load avg |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| our sfu server CPU % | our sfu % per stream | ours / Janus | our sfu row | Janus load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         streams = row["streams"]
@@ -540,11 +549,11 @@ def janus_table(results: list[Result], rows: list[dict]) -> str:
                 f"| {row['fps_per_stream_min']:.1f} "  # fmt: skip
         sfu = ours.get(row["peers"])
         if sfu is None:
-            lines.append(janus + "| | | | " + f"{row['load_average']:.2f} |")
+            lines.append(janus + "| | | | not measured | " + f"{row['load_average']:.2f} |")
             continue
         ratio = (sfu.server_cpu / streams) / max(row["janus_cpu"] / streams, 1e-9)
         lines.append(janus + f"| {sfu.server_cpu:.1f} | {sfu.server_cpu / streams:.2f} | {ratio:.1f}× "
-                     f"| {row['load_average']:.2f} |")  # fmt: skip
+                     f"| {sfu.status} | {row['load_average']:.2f} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -627,6 +636,7 @@ def main() -> None:
     if args.write:
         plots = plot(results, args.plots)
         write_section(args.write, section(results, args, plots, args.write))
+        (args.plots / "compare.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
         print(f"wrote {args.write} and {len(plots)} plots in {args.plots}")
 
 
