@@ -1,0 +1,184 @@
+"""Churn: 8 steady peers while 100 others join and leave, against `mcu serve` as a process of its own.
+
+The server runs apart from the peers so that its /proc counts (threads, file
+descriptors, RSS) are its own; its asyncio tasks come from its /metrics
+(`mcu_asyncio_tasks`). Every peer is a cheap load peer (pre-encoded clip sent,
+composite counted without decoding), so that this 2-core machine spends its
+CPU on the server. The room is 640x360@15: a composite this machine holds with
+18 peers in it while its other core runs the peers and the joins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import aiohttp
+from conftest import free_port, start_mcu, stop_process
+from prometheus_client.parser import text_string_to_metric_families
+
+from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
+from client.peer import Peer
+
+FPS = 15
+#: The steady peers' composite must never fall under this in any window of the run.
+MIN_FPS = 0.9 * FPS
+STEADY, CHURNERS, WAVE = 8, 100, 10
+#: RSS bounds, MiB. The server grows to the high-water mark of many peers at once (codec contexts and
+#: buffers, decoder threads' malloc arenas) within the first waves and then stays there: measured here
+#: +46 MiB over this whole churn, and in a longer run (4 steady peers, 15 waves of 10) +44 MiB over the
+#: first 5 waves, then +1 and +4 over the next two sets of 50 peers. A leak of 250 KiB a peer would add
+#: 12 MiB over the last 50: the second bound catches it; the first only says the high-water mark is sane.
+RSS_GROWTH_MIB = 80
+RSS_GROWTH_LAST_HALF_MIB = 12
+
+
+def colour(index: int) -> tuple[int, int, int]:
+    return (40 + 37 * index % 200, 200 - 23 * index % 160, 60 + 53 * index % 180)
+
+
+def load_peer(url: str, name: str, index: int, chat: bool = False) -> Peer:
+    return Peer(
+        url,
+        "churn",
+        name,
+        video=PreEncodedVideoTrack(colour(index)),
+        audio=PreEncodedAudioTrack(300.0 + 20 * index),
+        decode=False,
+        chat=chat,
+    )
+
+
+def proc_counts(pid: int) -> tuple[int, int, int]:
+    """(threads, open file descriptors, RSS in KiB) of a process, from /proc."""
+    threads = len(os.listdir(f"/proc/{pid}/task"))
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return threads, fds, rss
+
+
+async def server_tasks(port: int) -> int:
+    """The server's own count of its asyncio tasks (the /metrics request's handler among them)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as reply:
+            text = await reply.text()
+    family = next(f for f in text_string_to_metric_families(text) if f.name == "mcu_asyncio_tasks")
+    return int(family.samples[0].value)
+
+
+async def resources(pid: int, port: int) -> tuple[int, int, int]:
+    """(tasks, threads, fds): /proc first, so that the scrape's own connection is not among the fds."""
+    threads, fds, _ = proc_counts(pid)
+    return await server_tasks(port), threads, fds
+
+
+async def sample_frames(peers: list[Peer], samples: list[tuple[float, list[int]]]) -> None:
+    """Once a second: the time and each peer's count of composite frames received."""
+    while True:
+        samples.append((time.monotonic(), [p.video_frames for p in peers]))
+        await asyncio.sleep(1)
+
+
+async def settle(steady: list[Peer], others: int, timeout: float) -> None:
+    """Wait until the steady peers see `others` other peers; fail at once if the server dropped one of them."""
+    deadline = time.monotonic() + timeout
+    while len(steady[0].participants) != others:
+        dropped = [(p.name, p.errors) for p in steady if p.errors]
+        assert not dropped, f"the server dropped steady peers: {dropped}"
+        assert time.monotonic() < deadline, f"{len(steady[0].participants)} other peers, not {others}"
+        await asyncio.sleep(0.05)
+
+
+async def churn_wave(url: str, wave: int, steady: list[Peer], measure) -> tuple[int, int, int]:
+    """WAVE peers join at once, receive the composite, and leave: half say `leave`, half just drop.
+
+    Returns `measure()` taken while they are all in.
+    """
+    peers = [load_peer(url, f"churn{wave}-{i}", STEADY + i, chat=i % 2 == 0) for i in range(WAVE)]
+    try:
+        await asyncio.gather(*(peer.join(timeout=20) for peer in peers))
+        await peers[0].wait_for(lambda: all(p.video_frames >= 3 and p.audio_frames >= 3 for p in peers), 20)
+        await settle(steady, STEADY - 1 + WAVE, 10)
+        during = await measure()
+    finally:
+        for index, peer in enumerate(peers):
+            if index % 2 and peer._ws is not None:
+                await peer._ws.close()  # gone without a word: the server sees its socket close
+        await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)
+    await settle(steady, STEADY - 1, 15)
+    return during
+
+
+async def test_100_peers_come_and_go_without_leaks_or_a_slower_composite(tmp_path):
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/ws"
+    log = (tmp_path / "server.log").open("w")
+    server = start_mcu(
+        port, "--size", "640x360", "--fps", str(FPS), "--video-bitrate", "600000", "--log-level", "WARNING",
+        stdout=log,
+    )  # fmt: skip
+    steady = [load_peer(url, f"steady{i}", i) for i in range(STEADY)]
+    samples: list[tuple[float, list[int]]] = []
+    sampler: asyncio.Task[None] | None = None
+    try:
+        for peer in steady:
+            await peer.join(timeout=20)
+        await steady[0].wait_for(lambda: all(p.video_frames > 2 * FPS for p in steady), 30)
+        await asyncio.sleep(2)
+        before = await resources(server.pid, port)
+        rss_before = proc_counts(server.pid)[2]
+
+        sampler = asyncio.ensure_future(sample_frames(steady, samples))
+        started = time.monotonic()
+        peak = before
+        rss_waves = []
+        for wave in range(CHURNERS // WAVE):
+            during = await churn_wave(url, wave, steady, lambda: resources(server.pid, port))
+            peak = tuple(max(a, b) for a, b in zip(peak, during))
+            rss_waves.append(proc_counts(server.pid)[2] / 1024)
+        churn_seconds = time.monotonic() - started
+        await asyncio.sleep(1)
+        sampler.cancel()
+
+        # Everything the 100 held goes back: tasks, threads (decoders), sockets, within a bounded wait.
+        deadline = time.monotonic() + 20
+        after = await resources(server.pid, port)
+        while any(a > b for a, b in zip(after, before)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            after = await resources(server.pid, port)
+        rss_after = proc_counts(server.pid)[2]
+        growth = (rss_after - rss_before) / 1024
+        last_half = rss_after / 1024 - rss_waves[len(rss_waves) // 2 - 1]
+        rates = [
+            [(b - a) / (t1 - t0) for a, b in zip(f0, f1)]
+            for (t0, f0), (t1, f1) in zip(samples, samples[1:])
+        ]
+        worst = min(min(r) for r in rates)
+        print(
+            f"\nchurn: {CHURNERS} peers in {churn_seconds:.1f} s; (tasks, threads, fds) before {before}, "
+            f"peak {peak}, after {after}; RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MiB "
+            f"(+{growth:.1f}, +{last_half:.1f} over the last {CHURNERS // 2} peers; after each wave "
+            f"{[round(r) for r in rss_waves]}); steady fps: worst 1-s window {worst:.1f}, {len(rates)} windows"
+        )
+        assert peak[0] > before[0] + WAVE and peak[2] > before[2] + WAVE, (before, peak)  # they were there
+        assert after[0] <= before[0], ("asyncio tasks", before, after)
+        assert after[1] <= before[1], ("threads", before, after)
+        assert after[2] <= before[2], ("file descriptors", before, after)
+        assert growth < RSS_GROWTH_MIB, (growth, rss_waves)
+        assert last_half < RSS_GROWTH_LAST_HALF_MIB, (last_half, rss_waves)
+        assert len(rates) >= churn_seconds - 2
+        for index, window in enumerate(rates):
+            assert min(window) >= MIN_FPS, (f"window {index} s after churn began", window)
+        for peer in steady:
+            assert not peer.errors, peer.errors
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+        await asyncio.gather(*(peer.close() for peer in steady), return_exceptions=True)
+        stop_process(server)
+        log.close()
+    text = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in text and "ERROR" not in text, text[-3000:]
