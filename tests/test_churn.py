@@ -25,6 +25,10 @@ from client.peer import Peer
 FPS = 15
 #: The steady peers' composite must never fall under this in any window of the run.
 MIN_FPS = 0.9 * FPS
+#: Frames are counted every second over the last WINDOW seconds. At 15 fps a 1-s count moves by a frame
+#: with arrival jitter alone (the peers' own loop runs 0.1-0.5 s late while 10 peers join), 7 % of the
+#: target: 2 s keeps that under 4 % while a stall of 0.2 s still fails the window.
+WINDOW = 2
 STEADY, CHURNERS, WAVE = 8, 100, 10
 #: RSS bounds, MiB. The server grows to the high-water mark of many peers at once (codec contexts and
 #: buffers, decoder threads' malloc arenas) within the first waves and then stays there: measured here
@@ -154,14 +158,15 @@ async def test_100_peers_come_and_go_without_leaks_or_a_slower_composite(tmp_pat
         last_half = rss_after / 1024 - rss_waves[len(rss_waves) // 2 - 1]
         rates = [
             [(b - a) / (t1 - t0) for a, b in zip(f0, f1)]
-            for (t0, f0), (t1, f1) in zip(samples, samples[1:])
+            for (t0, f0), (t1, f1) in zip(samples, samples[WINDOW:])
         ]
-        worst = min(min(r) for r in rates)
+        mean = min(b - a for a, b in zip(samples[0][1], samples[-1][1])) / (samples[-1][0] - samples[0][0])
         print(
             f"\nchurn: {CHURNERS} peers in {churn_seconds:.1f} s; (tasks, threads, fds) before {before}, "
             f"peak {peak}, after {after}; RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MiB "
             f"(+{growth:.1f}, +{last_half:.1f} over the last {CHURNERS // 2} peers; after each wave "
-            f"{[round(r) for r in rss_waves]}); steady fps: worst 1-s window {worst:.1f}, {len(rates)} windows"
+            f"{[round(r) for r in rss_waves]}); steady fps, slowest peer per {WINDOW}-s window: "
+            f"{[round(min(r), 1) for r in rates]}, mean {mean:.1f}"
         )
         assert peak[0] > before[0] + WAVE and peak[2] > before[2] + WAVE, (before, peak)  # they were there
         assert after[0] <= before[0], ("asyncio tasks", before, after)
@@ -169,7 +174,7 @@ async def test_100_peers_come_and_go_without_leaks_or_a_slower_composite(tmp_pat
         assert after[2] <= before[2], ("file descriptors", before, after)
         assert growth < RSS_GROWTH_MIB, (growth, rss_waves)
         assert last_half < RSS_GROWTH_LAST_HALF_MIB, (last_half, rss_waves)
-        assert len(rates) >= churn_seconds - 2
+        assert len(rates) >= churn_seconds - WINDOW - 1
         for index, window in enumerate(rates):
             assert min(window) >= MIN_FPS, (f"window {index} s after churn began", window)
         for peer in steady:
