@@ -24,6 +24,7 @@ import asyncio
 import datetime
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -40,7 +41,6 @@ from bench_room import (  # noqa: E402 - a sibling script
     free_port,
     machine,
     peer_colour,
-    rerun_command,
     stop,
     tail,
     wait_healthy,
@@ -205,6 +205,13 @@ async def measure(rooms: list[asyncio.subprocess.Process], pids: list[int], coun
     return step
 
 
+def rerun_command() -> str:
+    python = Path(sys.executable)
+    if python.is_relative_to(REPO):
+        python = python.relative_to(REPO)
+    return shlex.join([str(python), str(Path(__file__).resolve().relative_to(REPO)), *sys.argv[1:]])
+
+
 def format_row(workers: int, s: Step, fps: int) -> str:
     status = s.failure or ("fits" if fits(s, fps) else "does not fit")
     return (f"| {workers} | {s.rooms} | {s.rooms * PEERS_PER_ROOM} | {s.fps_mean:.1f} | {s.fps_min:.1f} "
@@ -228,6 +235,17 @@ def verdict(all_series: list[Series], fps: int) -> str:
     return f"Rooms held at {floor} for every peer: {text}."
 
 
+def caveat(all_series: list[Series]) -> list[str]:
+    """A warning when other users loaded the machine beyond its cores during the run."""
+    peak = max((step.load_avg for s in all_series for step in s.steps), default=0.0)
+    cores = os.cpu_count() or 1
+    if peak <= cores:
+        return []
+    return ["", f"**Not a valid capacity figure:** the machine's load average reached {peak:.1f} on {cores} cores "
+            "during this run; other users' processes took CPU from the server and the load peers, so the rooms "
+            "held are a lower bound and the two series are not comparable. Re-run on a quiet machine."]
+
+
 def section(all_series: list[Series], args: argparse.Namespace) -> str:
     return "\n".join([
         BEGIN,
@@ -245,6 +263,7 @@ def section(all_series: list[Series], args: argparse.Namespace) -> str:
         table(all_series, args.fps),
         "",
         verdict(all_series, args.fps),
+        *caveat(all_series),
         "",
         f"Re-run: `{rerun_command()}`",
         "",
