@@ -93,6 +93,9 @@ async def run_room(url: str, room: str, index: int) -> None:
 # --- the driver --------------------------------------------------------------------
 
 
+#: Other processes' CPU (% of one core) above which a run's figures are flagged as not comparable.
+OTHERS_LIMIT = 25
+
 @dataclass
 class Step:
     """All rooms measured together once a new one has joined."""
@@ -103,7 +106,9 @@ class Step:
     audio_min: float = 0.0
     server_cpu: float = 0.0
     load_cpu: float = 0.0
-    load_avg: float = 0.0
+    #: What every other process of the machine used over the window (busy CPU from /proc/stat, minus
+    #: the server and the load processes), % of one core: the load average would count this run's own.
+    others_cpu: float = 0.0
     failure: str = ""
 
 
@@ -190,19 +195,28 @@ async def run_series(workers: int, args: argparse.Namespace, logs: Path) -> Seri
 
 async def measure(rooms: list[asyncio.subprocess.Process], pids: list[int], count: int, seconds: float) -> Step:
     """Every room over one window of `seconds`."""
-    ticks = sum(cpu_ticks(pid) for pid in pids)
+    ticks, busy = sum(cpu_ticks(pid) for pid in pids), machine_busy_ticks()
     began = time.monotonic()
     for room in rooms:
         room.stdin.write(f"measure {seconds}\n".encode())  # type: ignore[union-attr]
     reports = [await line_of(room, timeout=seconds + 30) for room in rooms]
     step = Step(count)
-    step.server_cpu = (sum(cpu_ticks(pid) for pid in pids) - ticks) / CLK_TCK / (time.monotonic() - began) * 100
+    elapsed = time.monotonic() - began
+    step.server_cpu = (sum(cpu_ticks(pid) for pid in pids) - ticks) / CLK_TCK / elapsed * 100
+    machine_cpu = (machine_busy_ticks() - busy) / CLK_TCK / elapsed * 100
     fps = [f for r in reports for f in r["fps"]]
     step.fps_min, step.fps_mean = min(fps), sum(fps) / len(fps)
     step.audio_min = min(a for r in reports for a in r["audio"])
     step.load_cpu = sum(r["cpu"] for r in reports)
-    step.load_avg = os.getloadavg()[0]
+    step.others_cpu = max(machine_cpu - step.server_cpu - step.load_cpu, 0.0)
     return step
+
+
+def machine_busy_ticks() -> int:
+    """Every core's busy time (user, nice, system, irq, softirq, steal) since boot, in clock ticks."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return user + nice + system + irq + softirq + steal
 
 
 def rerun_command() -> str:
@@ -215,12 +229,12 @@ def rerun_command() -> str:
 def format_row(workers: int, s: Step, fps: int) -> str:
     status = s.failure or ("fits" if fits(s, fps) else "does not fit")
     return (f"| {workers} | {s.rooms} | {s.rooms * PEERS_PER_ROOM} | {s.fps_mean:.1f} | {s.fps_min:.1f} "
-            f"| {s.audio_min:.1f} | {s.server_cpu:.0f} | {s.load_cpu:.0f} | {s.load_avg:.1f} | {status} |")
+            f"| {s.audio_min:.1f} | {s.server_cpu:.0f} | {s.load_cpu:.0f} | {s.others_cpu:.0f} | {status} |")
 
 
 def table(all_series: list[Series], fps: int) -> str:
     lines = ["| workers | rooms | peers | fps mean | fps min | audio pkt/s min | server CPU % | load CPU % "
-             "| load average | status |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| others' CPU % | status |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [format_row(s.workers, step, fps) for s in all_series for step in s.steps]
     return "\n".join(lines)
 
@@ -236,14 +250,13 @@ def verdict(all_series: list[Series], fps: int) -> str:
 
 
 def caveat(all_series: list[Series]) -> list[str]:
-    """A warning when other users loaded the machine beyond its cores during the run."""
-    peak = max((step.load_avg for s in all_series for step in s.steps), default=0.0)
-    cores = os.cpu_count() or 1
-    if peak <= cores:
+    """A warning when other processes took a noticeable share of the machine during the run."""
+    peak = max((step.others_cpu for s in all_series for step in s.steps), default=0.0)
+    if peak <= OTHERS_LIMIT:
         return []
-    return ["", f"**Not a valid capacity figure:** the machine's load average reached {peak:.1f} on {cores} cores "
-            "during this run; other users' processes took CPU from the server and the load peers, so the rooms "
-            "held are a lower bound and the two series are not comparable. Re-run on a quiet machine."]
+    return ["", f"**Not a valid capacity figure:** other processes used up to {peak:.0f} % of a core during "
+            "this run; they took CPU from the server and the load peers, so the rooms held are a lower bound "
+            "and the two series are not comparable. Re-run on a quiet machine."]
 
 
 def section(all_series: list[Series], args: argparse.Namespace) -> str:
@@ -257,8 +270,8 @@ def section(all_series: list[Series], args: argparse.Namespace) -> str:
         f"{args.warmup:g} s, then every room measured over {args.windows} windows of {args.seconds:g} s, the median "
         "window (by worst-peer fps) kept: the machine is shared. Server CPU is the front and its "
         "workers (W = 1: the one process), load CPU all load processes, both in % of one core; they share "
-        "the machine's cores, so the load's CPU is taken from what the server could use. The load average "
-        "is the machine's at each step (other users included).",
+        "the machine's cores, so the load's CPU is taken from what the server could use. Others' CPU is "
+        "what every other process used over the same window (/proc/stat's busy time minus both).",
         "",
         table(all_series, args.fps),
         "",
