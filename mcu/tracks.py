@@ -49,6 +49,10 @@ class PacketTrack(MediaStreamTrack):
         if self._awaiting_keyframe:
             if not packet.is_keyframe:
                 self.dropped += 1
+                # Ask again until one comes: a PLI is RTCP over UDP and may be lost, and a browser
+                # ignores one that comes too soon after its last keyframe. The encoder (or the
+                # publisher's PLI) is rate-limited, so this costs nothing more than waiting.
+                self.request_keyframe()
                 return
             self._awaiting_keyframe = False
         if self._queue.qsize() >= QUEUE_LIMIT:

@@ -463,4 +463,22 @@ async def test_a_subscriber_that_falls_behind_loses_its_backlog_and_resumes_on_a
     publication.forward(frame(key, 101))
     packet = await asyncio.wait_for(track.recv(), 1)
     assert packet.is_keyframe and packet.pts == 101 * 6000 and packet.time_base == sfu.TIME_BASES["video"]
-    assert stats.keyframe_requests == 2 and stats.plis == 2
+    # Asked at subscription, by the delta before any keyframe, at the overflow and by the delta after it:
+    # four requests, two PLIs (the last three folded into one after the interval).
+    assert stats.keyframe_requests == 4 and stats.plis == 2
+
+
+async def test_a_subscriber_waiting_for_a_keyframe_asks_again_until_one_comes(monkeypatch):
+    """A PLI may be lost (RTCP over UDP) or ignored by a browser: the deltas that keep coming ask again."""
+    plis: list[float] = []
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(sfu, "send_pli", lambda receiver: plis.append(loop.time()) or True)
+    publication = sfu.Publication("publisher", "video", None, sfu.ForwardStats())
+    track = PacketTrack("video")
+    publication.subscribe("subscriber", track)  # its PLI is lost: no keyframe comes
+    for index in range(12):  # 1.2 s of deltas
+        publication.forward(JitterFrame(data=b"\x11\x02\x00", timestamp=index * 9000))
+        await asyncio.sleep(0.1)
+    assert len(plis) >= 3, plis
+    assert all(b - a >= sfu.KEYFRAME_INTERVAL - 0.01 for a, b in zip(plis, plis[1:])), plis  # still rate-limited
+    assert track._queue.qsize() == 0 and track.dropped == 12

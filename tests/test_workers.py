@@ -134,7 +134,11 @@ async def test_a_dead_worker_is_restarted_and_its_peers_rejoin_by_themselves(fro
         assert victim["pid"] not in {w["pid"] for w in after["workers"]}
         assert after["rooms"]["hit"]["peers"] == 2
         assert after["rooms"]["spared"]["worker"] == spared_worker and spared[0].reconnects == 0
-        assert spared[0].video_frames > spared_frames + 15
+        # Its composite kept coming while the other worker died and a new one started (a CPU burst):
+        # at 80 % of its rate or more over at least 3 s since the kill.
+        await asyncio.sleep(max(0.0, 3 - (time.monotonic() - killed)))
+        rate = (spared[0].video_frames - spared_frames) / (time.monotonic() - killed)
+        assert rate >= 0.8 * int(SMALL[3]), rate
     finally:
         await asyncio.gather(*(p.close() for p in hit + spared), return_exceptions=True)
 
