@@ -32,12 +32,14 @@ from aiortc.mediastreams import MediaStreamError
 from signaling import chat
 from signaling.ice import is_loopback_host, is_turn_url, rtc_configuration, use_host_addresses
 from signaling.receiver import install_encoded_receiver
+from signaling.rtp import install_tolerant_extensions
 
 from .mesh import MeshLinks
 from .recorder import Recorder
 from .remote import RemotePublisher
 
 logger = logging.getLogger(__name__)
+install_tolerant_extensions()
 
 #: Received audio kept for analysis (mono samples at 48 kHz).
 AUDIO_KEEP_SECONDS = 10

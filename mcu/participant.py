@@ -26,12 +26,14 @@ from signaling import chat
 from signaling.grants import ALL_GRANTS
 from signaling.ice import rtc_configuration
 from signaling.receiver import install_encoded_receiver
+from signaling.rtp import install_tolerant_extensions
 
 from .config import DEFAULT_TIER
 from .encoders import Output
 from .tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
+install_tolerant_extensions()
 
 #: Opus payloads kept between two audio ticks; more means the mix has stalled.
 AUDIO_BACKLOG = 25

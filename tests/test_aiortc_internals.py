@@ -235,3 +235,22 @@ async def test_an_encoded_receiver_can_ask_its_sender_for_a_keyframe(pcs) -> Non
     assert set(receiver._RTCRtpReceiver__rtx_ssrc.values()) == {transceiver.sender._ssrc}
     assert send_pli(receiver)
     await asyncio.wait_for(requests.wait(), 5)
+
+
+def test_an_unreadable_header_extension_is_skipped_not_fatal():
+    """A zero-length value where the bundle expects an audio level: aiortc raised in its receive loop."""
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+    from aiortc.rtp import HeaderExtensionsMap
+
+    from signaling.rtp import install_tolerant_extensions
+
+    install_tolerant_extensions()
+    extensions = HeaderExtensionsMap()
+    extensions.configure(
+        RTCRtpParameters(
+            headerExtensions=[RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:ssrc-audio-level")]
+        )
+    )
+    two_byte_profile = 0x1000
+    assert extensions.get(two_byte_profile, b"\x01\x00\x00\x00").audio_level is None  # id 1, zero bytes
+    assert extensions.get(two_byte_profile, b"\x01\x01\x85\x00").audio_level == (True, 5)  # a real one still reads
