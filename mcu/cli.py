@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import re
 import ssl
 import sys
+import threading
 from pathlib import Path
 
 from aiohttp import web
@@ -313,6 +315,15 @@ def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None 
         access_log_class=AccessLogger,
         ssl_context=tls,
     )
+    # Shutdown closed every peer connection it could in its time. aiortc's decoder threads are not
+    # daemon threads: one whose connection it could not close would keep the process alive forever
+    # (seen with workers ended by their front's death), so the process leaves without them.
+    leftover = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if leftover:
+        logging.getLogger(__name__).warning("exiting with %d codec threads still running", len(leftover))
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def _workers(text: str) -> int:
