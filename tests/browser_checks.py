@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import wave
+from pathlib import Path
 
+import numpy as np
 from media_checks import cell_colours, close_to, tone_levels
 
 from client.sources import rgb_to_yuv
@@ -69,3 +72,44 @@ async def python_peer_sees_and_hears(py, colours: list, browser_tones: list[floa
     assert all(levels[f] > 100 for f in browser_tones), levels
     assert min(levels[f] for f in browser_tones) - levels[own_tone] >= 30, levels
     return cells
+
+
+def write_y4m(path: Path, rgb: tuple[int, int, int], width: int = 320, height: int = 240) -> None:
+    """A short solid-colour clip; Chromium's fake camera loops it."""
+    y, u, v = rgb_to_yuv(rgb)
+    quarter = width * height // 4
+    frame = b"FRAME\n" + bytes([y]) * (width * height) + bytes([u]) * quarter + bytes([v]) * quarter
+    with path.open("wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F15:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(15):
+            out.write(frame)
+
+
+def write_wav(path: Path, frequency: float, seconds: int = 2) -> None:
+    """A tone; Chromium's fake microphone loops it."""
+    t = np.arange(48000 * seconds) / 48000
+    samples = (np.sin(2 * np.pi * frequency * t) * 0.3 * 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48000)
+        out.writeframes(samples.tobytes())
+
+
+def chromium_args(video: Path, audio: Path) -> list[str]:
+    return [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={video}",
+        f"--use-file-for-fake-audio-capture={audio}",
+        "--autoplay-policy=no-user-gesture-required",
+        # The namespace has loopback only; Chromium leaves it out of ICE unless told.
+        "--allow-loopback-in-peer-connection",
+    ]

@@ -9,12 +9,10 @@ loopback-only network namespace (scripts/test does that).
 from __future__ import annotations
 
 import asyncio
-import wave
 from pathlib import Path
 
-import numpy as np
 import pytest
-from browser_checks import isolated_network, rgb_close
+from browser_checks import chromium_args, isolated_network, rgb_close, write_wav, write_y4m
 from media_checks import cell_colours, close_to, tone_levels
 
 from client.peer import Peer
@@ -59,26 +57,6 @@ TILES_JS = """
 """
 
 
-def write_y4m(path: Path, rgb: tuple[int, int, int], width: int = 320, height: int = 240) -> None:
-    """A short solid-colour clip; Chromium's fake camera loops it."""
-    y, u, v = rgb_to_yuv(rgb)
-    quarter = width * height // 4
-    frame = b"FRAME\n" + bytes([y]) * (width * height) + bytes([u]) * quarter + bytes([v]) * quarter
-    with path.open("wb") as out:
-        out.write(f"YUV4MPEG2 W{width} H{height} F15:1 Ip A1:1 C420jpeg\n".encode())
-        out.write(frame * 15)
-
-
-def write_wav(path: Path, frequency: float) -> None:
-    """A tone; Chromium's fake microphone loops it."""
-    t = np.arange(48000 * 2) / 48000
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(48000)
-        out.writeframes((np.sin(2 * np.pi * frequency * t) * 0.3 * 32767).astype(np.int16).tobytes())
-
-
 @pytest.fixture
 async def browsers(tmp_path):
     """Launches Chromium pages, each with its own fake camera (a colour) and microphone (a tone)."""
@@ -89,18 +67,7 @@ async def browsers(tmp_path):
             video, audio = tmp_path / f"{colour}.y4m", tmp_path / f"{frequency:.0f}.wav"
             write_y4m(video, COLORS[colour])
             write_wav(audio, frequency)
-            args = [
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-video-capture={video}",
-                f"--use-file-for-fake-audio-capture={audio}",
-                "--autoplay-policy=no-user-gesture-required",
-                "--allow-loopback-in-peer-connection",
-            ]
+            args = chromium_args(video, audio)
             launched.append(await playwright.chromium.launch(executable_path=str(CHROMIUM), args=args))
             return await launched[-1].new_page(viewport={"width": 1280, "height": 720})
 
