@@ -133,6 +133,9 @@ class Meeting {
     setStatus(this.retries ? "Reconnecting…" : "Connecting…");
     const ws = new WebSocket(this.wsUrl());
     this.ws = ws;
+    // A new connection's messages must not queue behind a handler of the old one that never
+    // settles (an await on its closed peer connection): the page would stay "Reconnecting…".
+    this.inbox = Promise.resolve();
     let opened = false;
     ws.onopen = () => {
       opened = true;
