@@ -13,6 +13,7 @@ from .api import CONFERENCE
 from .conference import Conference
 from .config import Config
 from .metrics import add_metrics
+from .video import prepare_process
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "client" / "web"
 
@@ -20,6 +21,8 @@ WEB_ROOT = Path(__file__).resolve().parent.parent / "client" / "web"
 def create_app(config: Config) -> web.Application:
     """An aiohttp application serving one in-process conference."""
     conference = Conference(config)
+    if config.mode == "mcu":
+        prepare_process()  # the first room's picture process, started ahead of it
     app = web.Application()
     app[CONFERENCE] = conference
     app.router.add_get("/ws", websocket_handler(conference, config.limits))

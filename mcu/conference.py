@@ -95,6 +95,7 @@ class Conference:
                 peer_id,
                 message.name,
                 room.video.request_keyframe,
+                room.video.upstream,
                 self._media_failed,
                 room.chat.receive,
                 tier=message.tier or DEFAULT_TIER,

@@ -7,16 +7,7 @@ from dataclasses import dataclass, field
 from signaling.ice import IceServers
 from signaling.limits import Limits
 
-
-@dataclass(frozen=True)
-class Tier:
-    """An output a peer may choose at join: the composite's size, frame rate and bitrate."""
-
-    width: int
-    height: int
-    fps: int
-    bitrate: int
-
+from .encoders import Tier
 
 #: The name of the tier described by `Config.width`, `height`, `fps` and `video_bitrate`.
 DEFAULT_TIER = "high"

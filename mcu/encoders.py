@@ -25,6 +25,16 @@ AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 KEYFRAME_MIN_INTERVAL = 0.3
 
 
+@dataclass(frozen=True)
+class Tier:
+    """An output a peer may choose at join: the composite's size, frame rate and bitrate."""
+
+    width: int
+    height: int
+    fps: int
+    bitrate: int
+
+
 #: The video codecs that the room's shared encoders make, by the name peers negotiate.
 VIDEO_CODECS = ("vp8", "h264")
 

@@ -8,7 +8,6 @@ import logging
 from collections import deque
 from typing import Any, Callable, Coroutine
 
-import av
 from aiortc import (
     MediaStreamTrack,
     RTCDataChannel,
@@ -85,6 +84,7 @@ class Participant:
         peer_id: str,
         name: str,
         request_keyframe: Callable[[PacketTrack], None],
+        on_video: Callable[[str, str, bytes, int], None],
         on_failed: Callable[[Participant], None],
         on_chat: Callable[[Participant, str | bytes], None],
         tier: str = DEFAULT_TIER,
@@ -111,9 +111,10 @@ class Participant:
         #: Opus payloads received since the last audio tick, decoded by the room, each with
         #: its RFC 6464 level in dBov when the peer sends that header (browsers do).
         self._audio_payloads: deque[tuple[bytes, int | None]] = deque(maxlen=AUDIO_BACKLOG)
-        #: The latest decoded picture and when it arrived (loop time).
-        self.video_frame: av.VideoFrame | None = None
-        self.video_frame_time = float("-inf")
+        #: Where the peer's encoded video frames go (the room's picture process decodes them).
+        self._on_video = on_video
+        #: The receiver of the peer's video, to ask it for keyframes.
+        self.video_receiver: RTCRtpReceiver | None = None
         self._on_failed = on_failed
         #: The peer's "chat" data channel, once it has opened one.
         self.chat_channel: RTCDataChannel | None = None
@@ -181,9 +182,10 @@ class Participant:
 
     def _on_track(self, track: MediaStreamTrack, receiver: RTCRtpReceiver) -> None:
         """The peer's upstream `track` arrived (the peer connection's "track" event)."""
-        if track.kind == "audio":
-            # The room decodes audio on its own thread: no decoder thread here.
-            install_encoded_receiver(receiver)
+        # The room decodes audio on its own thread and video in its picture process: no decoder here.
+        install_encoded_receiver(receiver)
+        if track.kind == "video":
+            self.video_receiver = receiver
         self._spawn(self._consume_video(track) if track.kind == "video" else self._consume_audio(track))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -204,12 +206,10 @@ class Participant:
             sender._send_keyframe = self.video_out.request_keyframe  # type: ignore[method-assign]
 
     async def _consume_video(self, track: MediaStreamTrack) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while True:
                 frame = await track.recv()
-                self.video_frame = frame
-                self.video_frame_time = loop.time()
+                self._on_video(self.peer_id, frame.codec_name, frame.data, frame.timestamp)
         except MediaStreamError:
             pass
 
@@ -241,4 +241,4 @@ class Participant:
             await self.pc.close()
         for task in list(self._tasks):
             task.cancel()
-        self.video_frame = None
+        self.video_receiver = None

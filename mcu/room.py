@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Callable
 
 from compositor.layout import Layout, last_n, parse_layout
-from compositor.video import Scene, Tile
 from signaling import grants
+from signaling.receiver import send_pli
 
 from .audio import AudioPipeline
 from .chat import ChatRelay
 from .config import DEFAULT_TIER, Config
 from .participant import Participant
+from .picture import SceneSpec, TileSpec
 from .recording import Recording
 from .sfu import Forwarder
 from .video import VideoPipeline
@@ -37,8 +38,10 @@ class Room:
             name,
             config.output_tiers(),
             DEFAULT_TIER,
-            tiles=self._tiles,
+            scenes=self._scene,
             sinks=lambda: [p.video_out for p in self.participants.values() if grants.SUBSCRIBE in p.grants],
+            on_pli=self._ask_keyframe,
+            stale_seconds=config.stale_video_seconds,
             encode_per_peer=config.encode_per_peer,
         )
         self.audio = AudioPipeline(name, lambda: list(self.participants.values()), config.audio_talkers)
@@ -61,6 +64,8 @@ class Room:
 
     def remove(self, peer_id: str) -> Participant | None:
         self.audio.remove(peer_id)
+        if self.mode == "mcu":
+            self.video.forget(peer_id)
         self.chat.remove(peer_id)
         if self.forwarder is not None:
             self.forwarder.remove(peer_id)
@@ -80,6 +85,11 @@ class Room:
             "composeSeconds": round(video.compose_seconds, 3),
             "encodeSeconds": round(video.encode_seconds, 3),
             "keyframes": video.keyframes,
+            "videoDecodes": video.decodes,
+            "videoDecodeSeconds": round(video.decode_seconds, 3),
+            "videoDecodeErrors": video.decode_errors,
+            "videoUpstreamDropped": video.upstream_dropped,
+            "pictureRestarts": video.restarts,
             "videoEncoders": sorted(str(output) for output in self.video.encoders),
             "tierFrames": dict(video.tier_frames),
             "audioTicks": audio.ticks,
@@ -120,28 +130,29 @@ class Room:
         await asyncio.gather(self.video.stop(), self.audio.stop())
         await self.stop_recording()
 
-    def _tiles(self, leave_out: str | None = None) -> Scene:
-        """The scene of this tick: the latest frame of each participant shown but `leave_out` (hide-self).
+    def _ask_keyframe(self, peer_id: str) -> None:
+        """The picture process cannot decode this publisher (an error, a lost frame): PLI."""
+        participant = self.participants.get(peer_id)
+        if participant is not None and participant.video_receiver is not None:
+            send_pli(participant.video_receiver)
 
-        A stale or missing frame shows the placeholder. When more participants
-        than `max_tiles` (or than the layout holds) are left, the most recent
+    def _scene(self, leave_out: str | None = None) -> SceneSpec:
+        """What a canvas shows: every publisher but `leave_out` (hide-self), named, with who speaks.
+
+        The picture process puts each one's latest picture in, or the placeholder
+        when it is stale, missing or turned off. When more participants than
+        `max_tiles` (or than the layout holds) are left, the most recent
         speakers are shown and one "+N" tile counts the others.
         """
-        now = asyncio.get_running_loop().time()
-        stale = self.config.stale_video_seconds
         audio = self.audio
         limit = min(self.config.max_tiles, self.layout.capacity or self.config.max_tiles)
         ids = [i for i, p in self.participants.items() if i != leave_out and grants.PUBLISH in p.grants]
         shown, hidden = last_n(ids, audio.speaker_order, limit)
         tiles = [
-            Tile(
-                p.name,
-                p.video_frame if p.sending_video and now - p.video_frame_time < stale else None,
-                speaking=p.peer_id in audio.speaking,
-            )
+            TileSpec(p.peer_id, p.name, p.peer_id in audio.speaking, p.sending_video)
             for p in (self.participants[peer_id] for peer_id in shown)
         ]
         if hidden:
-            tiles.append(Tile(f"+{hidden}", None))
+            tiles.append(TileSpec(None, f"+{hidden}"))
         speaker = shown.index(audio.active_speaker) if audio.active_speaker in shown else None
-        return Scene(tuple(tiles), self.layout, speaker)
+        return SceneSpec(tuple(tiles), self.layout, speaker)

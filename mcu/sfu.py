@@ -35,7 +35,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from signaling import grants, protocol
 from signaling.protocol import ProtocolError
-from signaling.receiver import install_encoded_receiver
+from signaling.receiver import install_encoded_receiver, send_pli
 
 from .numbering import keep_numbering
 from .participant import NegotiationError, Participant
@@ -58,23 +58,6 @@ def forwarded_codecs(kind: str) -> list[RTCRtpCodecCapability]:
 def is_vp8_keyframe(data: bytes) -> bool:
     """A VP8 frame is a key frame when bit 0 of its first byte (the inverse key frame flag) is 0 (RFC 6386 9.1)."""
     return bool(data) and not data[0] & 0x01
-
-
-def send_pli(receiver: RTCRtpReceiver) -> bool:
-    """Send a PLI for the stream `receiver` receives; False while it has received nothing.
-
-    aiortc's receiver sends PLIs itself only when its jitter buffer loses a frame; it
-    has no public way to ask for a keyframe, so this uses its private `_send_rtcp_pli`
-    and the SSRCs it saw, leaving out retransmission ones (aiortc internals, covered
-    by tests/test_aiortc_internals.py).
-    """
-    seen: dict = receiver._RTCRtpReceiver__active_ssrc  # type: ignore[attr-defined]
-    rtx: dict = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
-    media = [ssrc for ssrc in seen if ssrc not in rtx]
-    if not media:
-        return False
-    asyncio.ensure_future(receiver._send_rtcp_pli(max(media, key=seen.__getitem__)))
-    return True
 
 
 @dataclass
@@ -220,7 +203,7 @@ class SfuParticipant(Participant):
         on_failed: Callable[[Participant], None],
         on_chat: Callable[[Participant, str | bytes], None],
     ) -> None:
-        super().__init__(peer_id, name, lambda track: None, on_failed, on_chat)
+        super().__init__(peer_id, name, lambda track: None, lambda *frame: None, on_failed, on_chat)
         self.forwarder = forwarder
         #: Sends a message to this peer's signaling session (the server's offers).
         self._send = send

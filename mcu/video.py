@@ -1,44 +1,98 @@
-"""The room's video clock: compose once per canvas size, encode once per output, fan out packets.
+"""The room's video, seen from the server process: a picture process fed upstream frames, packets fanned out.
 
-An output is a (codec, tier) pair in use by at least one peer, or one peer's
-personal canvas (hide-self). Its encoder is created on first use and released
-with its last peer; every peer of an output gets the same packets.
+Decoding, composing and encoding run in the room's picture process
+(`mcu/picture.py`); this side forwards each publisher's encoded frames to it,
+tells it what each canvas shows and which outputs are in use, and hands the
+packets of each output to its peers. An output is a (codec, tier) pair in use by
+at least one peer, or one peer's personal canvas (hide-self). Its encoder is
+created on first use and released with its last peer; every peer of an output
+gets the same packets.
+
+Nothing here waits on the process: writes are buffered by the event loop, and
+an upstream frame that finds the buffer full is dropped (its publisher is then
+asked for a keyframe). A process that dies is started again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+import socket
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import av
-import cv2
-import numpy as np
 
-from compositor.video import Compositor, Scene
-
-from .clock import MediaClock
-from .config import Tier
-from .encoders import Output, VideoEncoder
+from .encoders import VIDEO_TIME_BASE, Output, Tier
+from .picture import MessageReader, SceneSpec, Settings, encode_message
 from .tracks import PacketSink, PacketTrack
 
 logger = logging.getLogger(__name__)
 
-#: The scene to compose (tiles, layout, floor holder), leaving out the peer whose id is given (hide-self), or nobody.
-TilesSource = Callable[[str | None], Scene]
+#: The scene of a canvas, leaving out the peer whose id is given (hide-self), or nobody.
+SceneSource = Callable[[str | None], SceneSpec]
+
+#: How often the server tells the picture process what its canvases show and who watches them.
+SYNC_INTERVAL = 0.04
+#: Bytes waiting for the process past which upstream frames are dropped: it has stalled.
+BACKLOG_LIMIT = 4 * 1024 * 1024
+#: A process that dies is started again after this long (and this many times at most).
+RESTART_DELAY = 0.5
+MAX_RESTARTS = 5
+#: How long `stop()` lets the process exit before killing it.
+EXIT_GRACE = 2.0
+
+Process = tuple[subprocess.Popen[bytes], socket.socket]
+
+#: A picture process started ahead of need: a new room's first picture (and the start of its
+#: recording) need not wait the ≈ 0.5 s an interpreter takes to start and import the codecs.
+_spare: Process | None = None
+
+
+def _start_process() -> Process:
+    ours, theirs = socket.socketpair()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mcu.picture", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        theirs.close()
+    return process, ours
+
+
+def prepare_process() -> None:
+    """Have a spare picture process ready for the next room (it waits, idle, for its settings)."""
+    global _spare
+    if _spare is None or _spare[0].poll() is not None:
+        if _spare is not None:
+            _spare[1].close()
+        _spare = _start_process()
+
+
+def _take_process() -> Process:
+    global _spare
+    taken, _spare = _spare, None
+    if taken is None or taken[0].poll() is not None:
+        if taken is not None:
+            taken[1].close()
+        taken = _start_process()
+    prepare_process()
+    return taken
 
 
 @dataclass
 class VideoStats:
-    """Counters for benchmarks and tests."""
+    """Counters for benchmarks and tests, as the picture process last reported them."""
 
     ticks: int = 0
     frames: int = 0
-    #: Ticks skipped because the previous compose and encode had not finished.
+    #: Ticks missed because compose and encode overran.
     skipped: int = 0
     compose_seconds: float = 0.0
     encode_seconds: float = 0.0
@@ -49,260 +103,267 @@ class VideoStats:
     scaled: int = 0
     encoders_created: int = 0
     encoders_released: int = 0
+    decodes: int = 0
+    decode_errors: int = 0
+    decode_seconds: float = 0.0
+    #: Upstream frames dropped because the picture process had fallen behind.
+    upstream_dropped: int = 0
+    restarts: int = 0
 
 
-class VideoPipeline(MediaClock):
-    """Composes and encodes the room's pictures on a thread of its own.
+@dataclass
+class EncoderInfo:
+    """One encoder of the picture process, as last reported."""
 
-    The clock never waits for an input: each tick takes whatever frame each
-    participant last delivered (`tiles()`), and a tick that finds the previous
-    encode still running is skipped rather than queued (a tier whose frame was
-    due then gets it on the next tick). The clock runs at the highest frame
-    rate in use; a slower tier encodes on its share of the ticks.
-    """
+    codec_name: str
+    frames: int = 0
+    keyframes: int = 0
+
+
+class _Channel(asyncio.Protocol):
+    def __init__(self, pipeline: VideoPipeline) -> None:
+        self._pipeline = pipeline
+        self._reader = MessageReader()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._reader.feed(data)
+        except Exception:
+            logger.exception("unreadable message from the picture process")
+            return
+        for message in messages:
+            self._pipeline._received(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class VideoPipeline:
+    """One room's video: its picture process, and the packets it makes handed to the room's peers."""
 
     def __init__(
         self,
         name: str,
         tiers: dict[str, Tier],
         default_tier: str,
-        tiles: TilesSource,
+        scenes: SceneSource,
         sinks: Callable[[], Iterable[PacketTrack]],
+        on_pli: Callable[[str], None],
+        stale_seconds: float = 2.0,
         encode_per_peer: bool = False,
     ) -> None:
-        super().__init__(f"video-{name}")
+        self.name = name
         self.tiers = tiers
         #: What non-peer sinks (`add_sink`) receive: the default tier in VP8.
         self.default_output = Output("vp8", default_tier)
         self.encode_per_peer = encode_per_peer
-        #: The encoder of each output in use; only the video thread adds or removes.
-        self.encoders: dict[Output, VideoEncoder] = {}
-        self._peer_encoders: dict[PacketTrack, VideoEncoder] = {}
-        self._peer_busy: set[PacketTrack] = set()
+        self.stale_seconds = stale_seconds
+        #: The encoders of the picture process, by output, as it last reported them.
+        self.encoders: dict[Output, EncoderInfo] = {}
         self.stats = VideoStats()
-        #: One compositor per shared canvas size, and one per personal output.
-        self._compositors: dict[tuple[int, int] | Output, Compositor] = {}
-        #: Canvases scaled down from a larger one of the same aspect.
-        self._scaled: dict[tuple[int, int], np.ndarray] = {}
-        self._tiles = tiles
+        self._scenes = scenes
         self._sinks = sinks
+        self._on_pli = on_pli
         #: Consumers that are not peers (a recording): the same packets, on the event loop.
         self._extra_sinks: list[PacketSink] = []
-        self._due: set[str] = set()
-        self._busy = False
+        self._transport: asyncio.Transport | None = None
+        #: What was written before the process was connected, sent once it is.
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._sent_outputs: frozenset[Output] | None = None
+        self._sent_scenes: dict[str | None, SceneSpec] | None = None
+        self._epoch = 0.0
+
+    # --- life -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the picture process and the task that keeps it told (returns at once)."""
+        self._epoch = time.monotonic()
+        self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        """Stop the clock and release every encoder (the room closed)."""
-        await super().stop()
-        released = len(self.encoders)
+        """Stop the process and release every encoder (the room closed)."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._end_process()
+        self.stats.encoders_released += len(self.encoders)
         self.encoders.clear()
-        self.stats.encoders_released += released
 
-    def _clock_fps(self, outputs: Iterable[Output]) -> int:
-        """The clock's rate: the highest frame rate among the tiers in use."""
-        in_use = {output.tier for output in outputs} or {self.default_output.tier}
-        return max(self.tiers[tier].fps for tier in in_use)
+    async def _run(self) -> None:
+        restarts = 0
+        while True:
+            closed = await self._spawn()
+            sync = asyncio.ensure_future(self._sync_forever())
+            try:
+                await closed
+            finally:
+                sync.cancel()
+            self._transport = None
+            await self._end_process()
+            restarts += 1
+            self.stats.restarts = restarts
+            if restarts > MAX_RESTARTS:
+                logger.error("room %s: the picture process died %d times; the room has no video", self.name, restarts)
+                return
+            logger.error("room %s: the picture process died; starting another", self.name)
+            await asyncio.sleep(RESTART_DELAY)
+            # The new process's decoders start from nothing: every publisher sends a keyframe.
+            self._pending.clear()
+            self._pending_bytes = 0
+            for peer_id in {t.peer_id for scene in (self._sent_scenes or {}).values() for t in scene.tiles}:
+                if peer_id is not None:
+                    self._on_pli(peer_id)
+
+    async def _spawn(self) -> asyncio.Future[None]:
+        """A new process, told the settings, the outputs and what each canvas shows; keyframes asked of publishers."""
+        self._process, ours = _take_process()
+        loop = asyncio.get_running_loop()
+        transport, channel = await loop.connect_accepted_socket(lambda: _Channel(self), ours)
+        settings = Settings(self.tiers, self.stale_seconds, self._epoch, self.encode_per_peer)
+        transport.write(encode_message(("settings", settings)))
+        for data in self._pending:
+            transport.write(data)
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._transport = transport  # type: ignore[assignment]
+        self._sent_outputs = self._sent_scenes = None
+        self._sync()
+        return channel.closed
+
+    async def _end_process(self) -> None:
+        process, self._process = self._process, None
+        if self._transport is not None:
+            self._write(("stop",))
+            self._transport.close()
+            self._transport = None
+        if process is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EXIT_GRACE
+        while process.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    # --- to the process ----------------------------------------------------------------
+
+    def _write(self, message: tuple) -> None:
+        data = encode_message(message)
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+        elif not self._stopping and self._pending_bytes + len(data) <= BACKLOG_LIMIT:
+            # The process is starting: its first frames (a publisher's first keyframe) must not be lost.
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+
+    def upstream(self, peer_id: str, codec_name: str, data: bytes, timestamp: int) -> None:
+        """A publisher's encoded video frame, for its decoder in the picture process."""
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size() > BACKLOG_LIMIT:
+            self.stats.upstream_dropped += 1
+            self._on_pli(peer_id)  # its decoder will have to start again on a keyframe
+            return
+        self._write(("frame", peer_id, codec_name, data, timestamp))
+
+    def forget(self, peer_id: str) -> None:
+        """A publisher left: its decoder and picture go."""
+        self._write(("gone", peer_id))
 
     def add_sink(self, sink: PacketSink) -> None:
         """Also push the default tier's VP8 packets to `sink` (it waits for a keyframe: request one)."""
         self._extra_sinks = [*self._extra_sinks, sink]
+        self._sync()
 
     def remove_sink(self, sink: PacketSink) -> None:
         self._extra_sinks = [s for s in self._extra_sinks if s is not sink]
 
     def request_keyframe(self, sink: PacketTrack | None = None) -> None:
         """A keyframe for the encoder that feeds `sink` (a peer's PLI), or for the non-peer sinks."""
-        output = self.default_output if sink is None else sink.output
-        encoder = self.encoders.get(output) if output is not None else None
-        if encoder is not None:
-            encoder.request_keyframe()
-        # An output without an encoder yet gets one that starts on a keyframe.
+        if sink is None:
+            output: Output | None = self.default_output
+        elif self.encode_per_peer:
+            output = self._peer_output(sink)
+        else:
+            output = sink.output
+        if output is not None:
+            # An output without an encoder yet gets one that starts on a keyframe.
+            self._write(("keyframe", output))
+
+    def _peer_output(self, sink: PacketTrack) -> Output:
+        """The benchmark baseline's output of one peer: its own encode of the shared canvas."""
+        return Output("vp8", self.default_output.tier, f"peer-{id(sink)}")
 
     def _outputs(self) -> dict[Output, list[PacketSink]]:
         """The sinks of each output in use."""
         outputs: dict[Output, list[PacketSink]] = defaultdict(list)
         for sink in self._sinks():
             if sink.output is not None and sink.output.tier in self.tiers:
-                outputs[sink.output].append(sink)
+                outputs[self._peer_output(sink) if self.encode_per_peer else sink.output].append(sink)
         if self._extra_sinks:
             outputs[self.default_output].extend(self._extra_sinks)
         return outputs
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        start = next_tick = loop.time()
-        tick = 0
+    async def _sync_forever(self) -> None:
         while True:
-            self.stats.ticks += 1
-            tick += 1
-            outputs = self._outputs()
-            fps = self._clock_fps(outputs)
-            for tier in {output.tier for output in outputs}:
-                rate = self.tiers[tier].fps
-                if tick * rate // fps != (tick - 1) * rate // fps:
-                    self._due.add(tier)
-            if self._busy:
-                self.stats.skipped += 1
-            elif self.encode_per_peer or outputs or self.encoders:
-                self._busy = True
-                due = [output for output in outputs if output.tier in self._due]
-                self._due.clear()
-                pts = round((loop.time() - start) * 90000)
-                scenes = self._scenes(due)
-                future = loop.run_in_executor(self._executor, self._compose_encode, scenes, due, set(outputs), pts)
-                future.add_done_callback(functools.partial(self._deliver, pts=pts))
-            interval = 1 / fps
-            next_tick += interval
-            delay = next_tick - loop.time()
-            if delay < -interval:
-                # The loop was held up: drop the missed ticks instead of bursting.
-                next_tick = loop.time()
-                delay = 0
-            await asyncio.sleep(max(delay, 0))
+            await asyncio.sleep(SYNC_INTERVAL)
+            self._sync()
 
-    def _scenes(self, due: list[Output]) -> dict[str | None, Scene]:
-        """The tiles to compose, read on the loop: the shared ones and each personal canvas's."""
-        wanted = {output.personal for output in due}
-        if self.encode_per_peer:
-            wanted.add(None)
-        return {personal: self._tiles(personal) for personal in wanted}
-
-    def _compose_encode(
-        self, scenes: dict[str | None, Scene], due: list[Output], in_use: set[Output], pts: int
-    ) -> tuple[dict[Output, list[av.Packet]], np.ndarray | None]:
-        """On the video thread: release unused encoders, compose the canvases due, encode each output once."""
-        for output in self.encoders.keys() - in_use:
-            del self.encoders[output]
-            self._compositors.pop(output, None)
-            self.stats.encoders_released += 1
-        started = time.monotonic()
-        if self.encode_per_peer:
-            tier = self.tiers[self.default_output.tier]
-            canvases = self._shared_canvases(scenes[None], {(tier.width, tier.height)})
-            self.stats.compose_seconds += time.monotonic() - started
-            # The compositor reuses its buffer: the per-peer encodes need a copy.
-            return {}, canvases[tier.width, tier.height].to_ndarray()
-        sizes = {self._size(output) for output in due if output.personal is None}
-        canvases = self._shared_canvases(scenes.get(None, Scene()), sizes)
-        pictures = {}
-        for output in due:
-            if output.personal is None:
-                pictures[output] = canvases[self._size(output)]
-            else:
-                compositor = self._compositors.get(output)
-                if compositor is None:
-                    compositor = self._compositors[output] = Compositor(*self._size(output))
-                scene = scenes[output.personal]
-                pictures[output] = compositor.compose(scene.tiles, scene.layout, scene.speaker)
-        self.stats.compose_seconds += time.monotonic() - started
-        packets = {}
-        for output, frame in pictures.items():
-            encoder = self.encoders.get(output)
-            if encoder is None:
-                tier = self.tiers[output.tier]
-                encoder = self.encoders[output] = VideoEncoder(
-                    tier.width, tier.height, tier.fps, tier.bitrate, output.codec
-                )
-                self.stats.encoders_created += 1
-            encode_started = time.monotonic()
-            packets[output] = encoder.encode(frame, pts)
-            self.stats.encode_seconds += time.monotonic() - encode_started
-            self.stats.keyframes += sum(packet.is_keyframe for packet in packets[output])
-            self.stats.tier_frames[output.tier] += 1
-        return packets, None
-
-    def _size(self, output: Output) -> tuple[int, int]:
-        tier = self.tiers[output.tier]
-        return tier.width, tier.height
-
-    def _shared_canvases(
-        self, scene: Scene, sizes: set[tuple[int, int]]
-    ) -> dict[tuple[int, int], av.VideoFrame]:
-        """Compose the largest canvas; a smaller one of the same aspect is that canvas scaled down.
-
-        Scaling the three planes once costs less than composing again at the
-        smaller size (docs/benchmarks.md), and looks the same.
-        """
-        canvases: dict[tuple[int, int], av.VideoFrame] = {}
-        for width, height in sorted(sizes, reverse=True):
-            source = next(
-                (size for size in canvases if size[0] * height == size[1] * width and size[0] > width), None
-            )
-            if source is not None:
-                canvases[width, height] = self._scale(canvases[source], (width, height))
-                self.stats.scaled += 1
-                continue
-            compositor = self._compositors.get((width, height))
-            if compositor is None:
-                compositor = self._compositors[width, height] = Compositor(width, height)
-            canvases[width, height] = compositor.compose(scene.tiles, scene.layout, scene.speaker)
-        return canvases
-
-    def _scale(self, canvas: av.VideoFrame, size: tuple[int, int]) -> av.VideoFrame:
-        """Scale a yuv420p canvas down to `size`, plane by plane, into a buffer kept for that size."""
-        width, height = size
-        scaled = self._scaled.get(size)
-        if scaled is None:
-            scaled = self._scaled[size] = np.empty((height * 3 // 2, width), np.uint8)
-        flat = scaled.reshape(-1)
-        luma, chroma = width * height, width * height // 4
-        targets = (
-            flat[:luma].reshape(height, width),
-            flat[luma : luma + chroma].reshape(height // 2, width // 2),
-            flat[luma + chroma :].reshape(height // 2, width // 2),
-        )
-        for plane, target in zip(canvas.planes, targets):
-            source = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
-            cv2.resize(source, (target.shape[1], target.shape[0]), dst=target, interpolation=cv2.INTER_AREA)
-        return av.VideoFrame.from_numpy_buffer(scaled, format="yuv420p")
-
-    def _deliver(
-        self, future: asyncio.Future[tuple[dict[Output, list[av.Packet]], np.ndarray | None]], pts: int
-    ) -> None:
-        self._busy = False
-        if future.cancelled():
+    def _sync(self) -> None:
+        """Tell the process the outputs in use and what each canvas shows, when either changed."""
+        if self._transport is None:
             return
-        if future.exception() is not None:
-            logger.error("video compose/encode failed", exc_info=future.exception())
-            return
-        packets, picture = future.result()
-        self.stats.frames += 1
-        if picture is not None:
-            self._encode_per_peer(picture, pts)
-            return
+        outputs = frozenset(self._outputs())
+        personal = {None} | {o.personal for o in outputs if o.personal is not None and not self.encode_per_peer}
+        scenes = {leave_out: self._scenes(leave_out) for leave_out in personal}
+        if scenes != self._sent_scenes:
+            self._write(("scenes", scenes))
+            self._sent_scenes = scenes
+        if outputs != self._sent_outputs:
+            self._write(("outputs", outputs))
+            self._sent_outputs = outputs
+
+    # --- from the process ----------------------------------------------------------------
+
+    def _received(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "tick":
+            _, pts, packets, counters = message
+            self._update(counters)
+            if packets:
+                self._deliver(pts, packets)
+        elif kind == "pli":
+            self._on_pli(message[1])
+
+    def _deliver(self, pts: int, packets: dict[Output, list[tuple[bytes, bool]]]) -> None:
         outputs = self._outputs()
         for output, encoded in packets.items():
-            for sink in outputs.get(output, ()):
-                for packet in encoded:
+            sinks = outputs.get(output)
+            if not sinks:
+                continue
+            for data, keyframe in encoded:
+                packet = av.Packet(data)
+                packet.pts = packet.dts = pts
+                packet.time_base = VIDEO_TIME_BASE
+                packet.is_keyframe = keyframe
+                for sink in sinks:
                     sink.push(packet)
 
-    def _encode_per_peer(self, picture: np.ndarray, pts: int) -> None:
-        """The benchmark baseline: what a naive MCU does, one encoder per peer.
-
-        Each encode runs in the loop's default thread pool, as aiortc's own
-        per-sender encodes do, with the same settings as the shared encoder.
-        """
-        loop = asyncio.get_running_loop()
-        sinks = list(self._sinks())
-        for gone in self._peer_encoders.keys() - set(sinks):
-            del self._peer_encoders[gone]
-        tier = self.tiers[self.default_output.tier]
-        for sink in sinks:
-            if sink in self._peer_busy:
-                self.stats.skipped += 1
-                continue
-            encoder = self._peer_encoders.get(sink)
-            if encoder is None:
-                encoder = self._peer_encoders[sink] = VideoEncoder(tier.width, tier.height, tier.fps, tier.bitrate)
-                sink.keyframe_requested = encoder.request_keyframe
-            self._peer_busy.add(sink)
-            frame = av.VideoFrame.from_numpy_buffer(picture, format="yuv420p")
-            future = loop.run_in_executor(None, encoder.encode, frame, pts)
-            future.add_done_callback(functools.partial(self._deliver_to_peer, sink))
-
-    def _deliver_to_peer(self, sink: PacketTrack, future: asyncio.Future[list[av.Packet]]) -> None:
-        self._peer_busy.discard(sink)
-        if not future.cancelled() and future.exception() is None:
-            for packet in future.result():
-                sink.push(packet)
-
+    def _update(self, counters: dict) -> None:
+        encoders = counters.pop("encoders")
+        for name, value in counters.items():
+            setattr(self.stats, name, defaultdict(int, value) if name == "tier_frames" else value)
+        for output in self.encoders.keys() - encoders.keys():
+            del self.encoders[output]
+        for output, (codec_name, frames, keyframes) in encoders.items():
+            info = self.encoders.get(output)
+            if info is None:
+                info = self.encoders[output] = EncoderInfo(codec_name)
+            info.frames, info.keyframes = frames, keyframes

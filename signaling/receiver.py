@@ -34,7 +34,10 @@ class _EncodedHandoff:
         if item is None:
             self._stopped.set()
         elif not self._stopped.is_set():
-            self._track_queue.put_nowait(item[1])
+            codec, frame = item
+            # Which decoder the frame needs: the receiver knows, the frame alone does not.
+            frame.codec_name = codec.name.lower()  # type: ignore[attr-defined]
+            self._track_queue.put_nowait(frame)
 
     def get(self) -> None:
         self._stopped.wait()
@@ -93,3 +96,20 @@ def install_encoded_receiver(receiver: RTCRtpReceiver) -> None:
     if receiver._track.kind == "audio":
         buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
         receiver._RTCRtpReceiver__jitter_buffer = _LevelTagger(buffer)  # type: ignore[attr-defined]
+
+
+def send_pli(receiver: RTCRtpReceiver) -> bool:
+    """Send a PLI for the stream `receiver` receives; False while it has received nothing.
+
+    aiortc's receiver sends PLIs itself only when its jitter buffer loses a frame; it
+    has no public way to ask for a keyframe, so this uses its private `_send_rtcp_pli`
+    and the SSRCs it saw, leaving out retransmission ones (aiortc internals, covered
+    by tests/test_aiortc_internals.py).
+    """
+    seen: dict = receiver._RTCRtpReceiver__active_ssrc  # type: ignore[attr-defined]
+    rtx: dict = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+    media = [ssrc for ssrc in seen if ssrc not in rtx]
+    if not media:
+        return False
+    asyncio.ensure_future(receiver._send_rtcp_pli(max(media, key=seen.__getitem__)))
+    return True

@@ -28,7 +28,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip
 from client.sources import ToneTrack
-from mcu.sfu import send_pli
+from signaling.receiver import send_pli
 from mcu.traffic import transport_bytes
 from signaling.ice import rtc_configuration, use_host_addresses
 from signaling.receiver import install_encoded_receiver
@@ -218,7 +218,7 @@ async def test_a_pre_encoded_audio_sender_can_send_the_rfc6464_level(pcs) -> Non
 
 
 async def test_an_encoded_receiver_can_ask_its_sender_for_a_keyframe(pcs) -> None:
-    """mcu/sfu.py `send_pli`: the receiver's private `_send_rtcp_pli`, for the media SSRC among those it saw
+    """signaling/receiver.py `send_pli`: the receiver's private `_send_rtcp_pli`, for the media SSRC among those it saw
     (its private `__active_ssrc`, less `__rtx_ssrc`), reaches the far sender's `_send_keyframe`."""
     sending, receiving = pcs
     transceiver = sending.addTransceiver(PreEncodedVideoTrack(RED), direction="sendonly")

@@ -1,0 +1,490 @@
+"""The room's picture process: decode every upstream, compose the canvases, encode each output once.
+
+A room's video runs in a process of its own (`python -m mcu.picture FD`), fed
+through a socket by `mcu.video.VideoPipeline`: encoded upstream frames and what
+the canvases show go in; encoded packets, keyframe requests for publishers and
+counters come out. In the server process the event loop handles every RTP
+packet of every peer and holds the GIL most of the time; a compose and encode
+sharing that GIL waited two thirds of its wall time for it, and a 16-peer room
+composed 15-20 frames a second instead of 30 (docs/benchmarks.md). Here the
+clock, the decoders and the encoders have an interpreter to themselves.
+
+Threads, no asyncio: one reads the socket, two decode (a peer is always
+decoded by the same one, in order), one ticks the clock and composes and
+encodes. Messages are length-prefixed pickles between a parent and the child
+it started (`send_message`, `MessageReader`).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+
+from compositor.layout import Layout
+from compositor.video import Compositor, Scene, Tile
+
+from .encoders import Output, Tier, VideoEncoder
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("!I")
+#: A message larger than this is a bug, not a picture.
+MAX_MESSAGE = 64 * 1024 * 1024
+
+#: The decoders of the upstream codecs a room answers (mcu/participant.py).
+DECODERS = {"vp8": "libvpx", "h264": "h264"}
+#: Threads that decode upstreams; each peer is decoded by one of them, in order.
+DECODE_THREADS = 2
+#: A decode error asks the publisher for a keyframe at most this often.
+PLI_INTERVAL = 0.5
+
+
+def encode_message(message: tuple) -> bytes:
+    """A message as it goes on the socket: its length, then its pickle."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class MessageReader:
+    """Splits a byte stream into messages (whatever chunks it arrives in)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple]:
+        self._buffer += data
+        messages = []
+        while len(self._buffer) >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(self._buffer)
+            if length > MAX_MESSAGE:
+                raise ValueError(f"a message of {length} bytes")
+            end = _HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            messages.append(pickle.loads(memoryview(self._buffer)[_HEADER.size : end]))
+            del self._buffer[:end]
+        return messages
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """One cell as the room sees it: whose picture (None: a label only, as "+3"), its name, whether it speaks."""
+
+    peer_id: str | None
+    name: str
+    speaking: bool = False
+    #: False when the peer turned its camera off: the placeholder, whatever it still sends.
+    video: bool = True
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """A canvas as the room sees it; this process fills in each peer's latest picture."""
+
+    tiles: tuple[TileSpec, ...] = ()
+    layout: Layout | None = None
+    speaker: int | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the parent tells a new picture process before anything else."""
+
+    tiers: dict[str, Tier]
+    #: A peer silent on video this long shows its placeholder.
+    stale_seconds: float
+    #: The time (time.monotonic(), the same clock in every process) the room's pts count from.
+    epoch: float
+    #: The benchmark baseline: every output is one peer's encode of the shared canvas.
+    encode_per_peer: bool = False
+
+
+@dataclass
+class Counters:
+    """What the engine did; sent with every tick so that the parent's copy is consistent."""
+
+    ticks: int = 0
+    frames: int = 0
+    skipped: int = 0
+    compose_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    keyframes: int = 0
+    tier_frames: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    scaled: int = 0
+    encoders_created: int = 0
+    encoders_released: int = 0
+    decodes: int = 0
+    decode_errors: int = 0
+    decode_seconds: float = 0.0
+
+
+class _Upstream:
+    """One publisher's decoder and latest picture."""
+
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self.executor = executor
+        self.codec_name: str | None = None
+        self.decoder: av.CodecContext | None = None
+        self.picture: av.VideoFrame | None = None
+        self.picture_time = float("-inf")
+        self.last_pli = float("-inf")
+
+
+class Engine:
+    """Decoders, compositors and encoders of one room, and the clock that drives them.
+
+    `send` hands a message to the parent; it is called from the clock and
+    decoder threads and must be thread-safe.
+    """
+
+    def __init__(self, settings: Settings, send: Any) -> None:
+        self.settings = settings
+        self._send = send
+        self.counters = Counters()
+        self._decoders = [ThreadPoolExecutor(1, thread_name_prefix="decode") for _ in range(DECODE_THREADS)]
+        self._upstreams: dict[str, _Upstream] = {}
+        self._lock = threading.Lock()
+        self._scenes: dict[str | None, SceneSpec] = {}
+        self._outputs: frozenset[Output] = frozenset()
+        self._keyframes: set[Output] = set()
+        self.encoders: dict[Output, VideoEncoder] = {}
+        self._compositors: dict[tuple[int, int] | Output, Compositor] = {}
+        self._scaled: dict[tuple[int, int], np.ndarray] = {}
+        self._per_peer_pool = ThreadPoolExecutor(thread_name_prefix="encode") if settings.encode_per_peer else None
+        self._stopped = threading.Event()
+        self._wake = threading.Event()
+        self._clock = threading.Thread(target=self._run, name="clock", daemon=True)
+
+    # --- from the parent (the reader thread) ---------------------------------------
+
+    def handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "frame":
+            self.frame(*message[1:])
+        elif kind == "scenes":
+            with self._lock:
+                self._scenes = message[1]
+        elif kind == "outputs":
+            with self._lock:
+                self._outputs = frozenset(message[1])
+            self._wake.set()  # an idle clock ticks once a second: a first output must not wait for it
+        elif kind == "keyframe":
+            self.request_keyframe(message[1])
+        elif kind == "gone":
+            with self._lock:
+                self._upstreams.pop(message[1], None)
+        elif kind == "stop":
+            self.stop()
+        else:
+            raise ValueError(f"unknown message {kind!r}")
+
+    def frame(self, peer_id: str, codec_name: str, data: bytes, timestamp: int) -> None:
+        """An encoded upstream frame: decode it on the peer's decoder thread."""
+        with self._lock:
+            upstream = self._upstreams.get(peer_id)
+            if upstream is None:
+                executor = self._decoders[len(self._upstreams) % DECODE_THREADS]
+                upstream = self._upstreams[peer_id] = _Upstream(executor)
+        upstream.executor.submit(self._decode, peer_id, upstream, codec_name, data, timestamp)
+
+    def request_keyframe(self, output: Output | None) -> None:
+        """A keyframe for `output` (None: every encoder); an output without an encoder yet starts on one."""
+        with self._lock:
+            encoders = list(self.encoders.values()) if output is None else [self.encoders.get(output)]
+        for encoder in encoders:
+            if encoder is not None:
+                encoder.request_keyframe()
+
+    def start(self) -> None:
+        self._clock.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+
+    def wait(self) -> None:
+        while self._clock.is_alive():
+            self._clock.join(0.5)
+        for executor in self._decoders:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- decoding ------------------------------------------------------------------
+
+    def _decode(self, peer_id: str, upstream: _Upstream, codec_name: str, data: bytes, timestamp: int) -> None:
+        started = time.monotonic()
+        if codec_name != upstream.codec_name:
+            decoder = DECODERS.get(codec_name)
+            if decoder is None:
+                logger.warning("no decoder for %s from %s", codec_name, peer_id)
+                return
+            upstream.decoder = av.CodecContext.create(decoder, "r")
+            upstream.codec_name = codec_name
+        packet = av.Packet(data)
+        packet.pts = timestamp
+        try:
+            frames = upstream.decoder.decode(packet)
+        except av.FFmpegError:
+            # Keep the decoder: resetting it would fail every frame until the next keyframe.
+            self.counters.decode_errors += 1
+            if started - upstream.last_pli >= PLI_INTERVAL:
+                upstream.last_pli = started
+                self._send(("pli", peer_id))
+            return
+        self.counters.decodes += 1
+        self.counters.decode_seconds += time.monotonic() - started
+        if frames:
+            # A new frame object per picture: the compositor redraws a cell when its frame changes.
+            upstream.picture, upstream.picture_time = frames[-1], time.monotonic()
+
+    # --- the clock -------------------------------------------------------------------
+
+    def _clock_fps(self, outputs: frozenset[Output]) -> int:
+        tiers = {output.tier for output in outputs if output.tier in self.settings.tiers}
+        return max((self.settings.tiers[tier].fps for tier in tiers), default=1)
+
+    def _run(self) -> None:
+        """Tick at the highest frame rate in use; a tier slower than that encodes on its share of ticks.
+
+        A tick never waits for an input: it takes each peer's latest picture.
+        When compose and encode overrun, the ticks missed are dropped, not
+        bunched.
+        """
+        next_tick = time.monotonic()
+        tick = 0
+        due: set[str] = set()
+        while not self._stopped.is_set():
+            with self._lock:
+                outputs = self._outputs
+            fps = self._clock_fps(outputs)
+            tick += 1
+            self.counters.ticks += 1
+            for tier in {output.tier for output in outputs if output.tier in self.settings.tiers}:
+                rate = self.settings.tiers[tier].fps
+                if tick * rate // fps != (tick - 1) * rate // fps:
+                    due.add(tier)
+            if outputs or self.encoders:
+                now = time.monotonic()
+                pts = round((now - self.settings.epoch) * 90000)
+                try:
+                    self._tick([o for o in outputs if o.tier in due], outputs, pts, now)
+                except Exception:
+                    logger.exception("compose/encode failed")
+                due.clear()
+            interval = 1 / fps
+            next_tick += interval
+            delay = next_tick - time.monotonic()
+            if delay < -interval:
+                self.counters.skipped += round(-delay / interval)
+                next_tick = time.monotonic()
+                delay = 0
+            if self._wake.wait(max(delay, 0)):
+                self._wake.clear()
+                next_tick = time.monotonic()
+
+    def _tick(self, due: list[Output], in_use: frozenset[Output], pts: int, now: float) -> None:
+        with self._lock:
+            for output in self.encoders.keys() - in_use:
+                del self.encoders[output]
+                self._compositors.pop(output, None)
+                self.counters.encoders_released += 1
+            scenes = {personal: self._scene(spec, now) for personal, spec in self._scenes.items()}
+        started = time.monotonic()
+        pictures = self._compose(scenes, due)
+        self.counters.compose_seconds += time.monotonic() - started
+        packets: dict[Output, list[tuple[bytes, bool]]] = {}
+        encoded = (
+            self._encode_per_peer(pictures, pts)
+            if self._per_peer_pool is not None
+            else ((output, self._encode(output, frame, pts)) for output, frame in pictures.items())
+        )
+        for output, made in encoded:
+            packets[output] = [(bytes(packet), packet.is_keyframe) for packet in made]
+            self.counters.keyframes += sum(packet.is_keyframe for packet in made)
+            self.counters.tier_frames[output.tier] += 1
+        self.counters.frames += 1
+        self._send(("tick", pts, packets, self._snapshot()))
+
+    def _scene(self, spec: SceneSpec, now: float) -> Scene:
+        """The tiles of a spec with each peer's latest picture, or its placeholder when stale or off."""
+        stale = self.settings.stale_seconds
+        tiles = []
+        for tile in spec.tiles:
+            upstream = self._upstreams.get(tile.peer_id) if tile.peer_id is not None and tile.video else None
+            fresh = upstream is not None and now - upstream.picture_time < stale
+            tiles.append(Tile(tile.name, upstream.picture if fresh else None, speaking=tile.speaking))
+        return Scene(tuple(tiles), spec.layout, spec.speaker) if spec.layout is not None else Scene(tuple(tiles))
+
+    def _compose(self, scenes: dict[str | None, Scene], due: list[Output]) -> dict[Output, av.VideoFrame]:
+        """Each due output's picture: the shared canvas of its size, or its personal one (hide-self)."""
+        shared = [o for o in due if o.personal is None or self._per_peer_pool is not None]
+        sizes = {self._size(output) for output in shared}
+        canvases = self._shared_canvases(scenes.get(None, Scene()), sizes)
+        pictures = {output: canvases[self._size(output)] for output in shared}
+        for output in due:
+            if output in pictures:
+                continue
+            compositor = self._compositors.get(output)
+            if compositor is None:
+                compositor = self._compositors[output] = Compositor(*self._size(output))
+            scene = scenes.get(output.personal, Scene())
+            pictures[output] = compositor.compose(scene.tiles, scene.layout, scene.speaker)
+        return pictures
+
+    def _encoder(self, output: Output) -> VideoEncoder:
+        encoder = self.encoders.get(output)
+        if encoder is None:
+            tier = self.settings.tiers[output.tier]
+            encoder = VideoEncoder(tier.width, tier.height, tier.fps, tier.bitrate, output.codec)
+            with self._lock:
+                self.encoders[output] = encoder
+            self.counters.encoders_created += 1
+        return encoder
+
+    def _encode(self, output: Output, frame: av.VideoFrame, pts: int) -> list[av.Packet]:
+        encoder = self._encoder(output)
+        started = time.monotonic()
+        packets = encoder.encode(frame, pts)
+        self.counters.encode_seconds += time.monotonic() - started
+        return packets
+
+    def _encode_per_peer(self, pictures: dict[Output, av.VideoFrame], pts: int) -> list[tuple[Output, list]]:
+        """The benchmark baseline, a naive MCU: the shared canvas encoded once per peer, in parallel."""
+        assert self._per_peer_pool is not None
+        # The compositor reuses its canvas: the encodes in parallel work on a copy of each.
+        copies = {id(frame): frame.to_ndarray() for frame in pictures.values()}
+
+        def encode(output: Output) -> tuple[Output, list[av.Packet]]:
+            frame = av.VideoFrame.from_numpy_buffer(copies[id(pictures[output])], format="yuv420p")
+            return output, self._encode(output, frame, pts)
+
+        for output in pictures:
+            self._encoder(output)
+        return list(self._per_peer_pool.map(encode, pictures))
+
+    def _snapshot(self) -> dict:
+        counters = self.counters
+        with self._lock:
+            encoders = {o: (e.codec_name, e.frames, e.keyframes) for o, e in self.encoders.items()}
+        return {
+            "ticks": counters.ticks,
+            "frames": counters.frames,
+            "skipped": counters.skipped,
+            "compose_seconds": counters.compose_seconds,
+            "encode_seconds": counters.encode_seconds,
+            "keyframes": counters.keyframes,
+            "tier_frames": dict(counters.tier_frames),
+            "scaled": counters.scaled,
+            "encoders_created": counters.encoders_created,
+            "encoders_released": counters.encoders_released,
+            "decodes": counters.decodes,
+            "decode_errors": counters.decode_errors,
+            "decode_seconds": counters.decode_seconds,
+            "encoders": encoders,
+        }
+
+    # --- canvases --------------------------------------------------------------------
+
+    def _size(self, output: Output) -> tuple[int, int]:
+        tier = self.settings.tiers[output.tier]
+        return tier.width, tier.height
+
+    def _shared_canvases(self, scene: Scene, sizes: set[tuple[int, int]]) -> dict[tuple[int, int], av.VideoFrame]:
+        """Compose the largest canvas; a smaller one of the same aspect is that canvas scaled down.
+
+        Scaling the three planes once costs less than composing again at the
+        smaller size (docs/benchmarks.md), and looks the same.
+        """
+        canvases: dict[tuple[int, int], av.VideoFrame] = {}
+        for width, height in sorted(sizes, reverse=True):
+            source = next(
+                (size for size in canvases if size[0] * height == size[1] * width and size[0] > width), None
+            )
+            if source is not None:
+                canvases[width, height] = self._scale(canvases[source], (width, height))
+                self.counters.scaled += 1
+                continue
+            compositor = self._compositors.get((width, height))
+            if compositor is None:
+                compositor = self._compositors[width, height] = Compositor(width, height)
+            canvases[width, height] = compositor.compose(scene.tiles, scene.layout, scene.speaker)
+        return canvases
+
+    def _scale(self, canvas: av.VideoFrame, size: tuple[int, int]) -> av.VideoFrame:
+        """Scale a yuv420p canvas down to `size`, plane by plane, into a buffer kept for that size."""
+        width, height = size
+        scaled = self._scaled.get(size)
+        if scaled is None:
+            scaled = self._scaled[size] = np.empty((height * 3 // 2, width), np.uint8)
+        flat = scaled.reshape(-1)
+        luma, chroma = width * height, width * height // 4
+        targets = (
+            flat[:luma].reshape(height, width),
+            flat[luma : luma + chroma].reshape(height // 2, width // 2),
+            flat[luma + chroma :].reshape(height // 2, width // 2),
+        )
+        for plane, target in zip(canvas.planes, targets):
+            source = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+            cv2.resize(source, (target.shape[1], target.shape[0]), dst=target, interpolation=cv2.INTER_AREA)
+        return av.VideoFrame.from_numpy_buffer(scaled, format="yuv420p")
+
+
+def main(fd: int) -> None:
+    """Serve one room over the inherited socket `fd` until the parent says stop or goes away."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="picture %(levelname)s %(message)s")
+    # The server ends this process through the socket (or by going away): a Ctrl-C or SIGTERM sent to
+    # the whole process group must not take the picture away while the server finishes its recordings.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Short GIL slices: the decoders' and the clock's hand-overs are short (see mcu/cli.py).
+    sys.setswitchinterval(0.002)
+    sock = socket.socket(fileno=fd)
+    write_lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        data = encode_message(message)
+        with write_lock:
+            try:
+                sock.sendall(data)
+            except OSError:
+                engine.stop()  # the parent is gone
+
+    reader = MessageReader()
+    engine: Engine | None = None
+    while True:
+        try:
+            data = sock.recv(1 << 20)
+        except OSError:
+            data = b""
+        if not data:
+            break
+        for message in reader.feed(data):
+            if engine is None:
+                if message[0] != "settings":
+                    raise ValueError("the first message must be the settings")
+                engine = Engine(message[1], send)
+                engine.start()
+            else:
+                engine.handle(message)
+        if engine is not None and engine._stopped.is_set():
+            break
+    if engine is not None:
+        engine.stop()
+        engine.wait()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

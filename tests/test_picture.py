@@ -1,0 +1,177 @@
+"""The room's picture process: decoding, composing and encoding away from the server's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import time
+
+import av
+import numpy as np
+from media_checks import cell_colours, close_to
+from test_room_media import PLACEHOLDER, expected, make_peer
+
+from mcu.encoders import Output, Tier, VideoEncoder
+from mcu.picture import Engine, MessageReader, SceneSpec, Settings, TileSpec, encode_message
+
+TIERS = {"high": Tier(320, 180, 30, 300_000)}
+HIGH = Output("vp8", "high")
+
+
+def colour_frame(yuv: tuple[int, int, int], width: int = 160, height: int = 120) -> av.VideoFrame:
+    planes = np.empty((height * 3 // 2, width), np.uint8)
+    planes[:height] = yuv[0]
+    planes[height : height + height // 4] = yuv[1]
+    planes[height + height // 4 :] = yuv[2]
+    return av.VideoFrame.from_numpy_buffer(planes, format="yuv420p")
+
+
+class Upstream:
+    """A publisher's VP8 stream: what a browser would send, as encoded frames."""
+
+    def __init__(self, colour: str) -> None:
+        self.encoder = VideoEncoder(160, 120, 15, 200_000)
+        self.yuv = expected(colour)
+        self.pts = 0
+
+    def next(self) -> tuple[bytes, int]:
+        self.pts += 6000
+        packets = self.encoder.encode(colour_frame(self.yuv), self.pts)
+        return b"".join(bytes(p) for p in packets), self.pts
+
+
+class Parent:
+    """What the server would see: the engine's messages, decoded pictures of one output."""
+
+    def __init__(self) -> None:
+        self.messages: queue.Queue[tuple] = queue.Queue()
+        self.decoder = av.CodecContext.create("libvpx", "r")
+        self.picture: av.VideoFrame | None = None
+        self.keyframes = 0
+
+    def send(self, message: tuple) -> None:
+        # Through the wire format, as the real socket carries it.
+        (decoded,) = MessageReader().feed(encode_message(message))
+        self.messages.put(decoded)
+
+    def drain(self, until: float) -> list[tuple]:
+        seen = []
+        while time.monotonic() < until:
+            try:
+                message = self.messages.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            seen.append(message)
+            if message[0] == "tick":
+                for data, keyframe in message[2].get(HIGH, []):
+                    self.keyframes += keyframe
+                    for frame in self.decoder.decode(av.Packet(data)):
+                        self.picture = frame
+        return seen
+
+
+def engine_with(parent: Parent, stale: float = 2.0) -> Engine:
+    engine = Engine(Settings(TIERS, stale, time.monotonic()), parent.send)
+    engine.start()
+    return engine
+
+
+def test_messages_survive_any_split_of_the_stream():
+    stream = b"".join(encode_message(("frame", "p", "vp8", bytes(range(256)) * 40, i)) for i in range(3))
+    reader = MessageReader()
+    got = []
+    for start in range(0, len(stream), 777):
+        got.extend(reader.feed(stream[start : start + 777]))
+    assert [m[4] for m in got] == [0, 1, 2] and got[0][3] == bytes(range(256)) * 40
+
+
+def test_the_engine_composes_what_the_scene_says_from_the_upstreams_it_decodes():
+    parent = Parent()
+    engine = engine_with(parent)
+    red, green = Upstream("red"), Upstream("green")
+    try:
+        engine.handle(("scenes", {None: SceneSpec((TileSpec("a", "alice"), TileSpec("b", "bob")))}))
+        engine.handle(("outputs", {HIGH}))
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            for peer, upstream in (("a", red), ("b", green)):
+                engine.handle(("frame", peer, "vp8", *upstream.next()))
+            parent.drain(time.monotonic() + 1 / 15)
+            if parent.picture is not None and all(
+                close_to(c, expected(n)) for c, n in zip(cell_colours(parent.picture, 2), ("red", "green"))
+            ):
+                break
+        assert parent.picture is not None and (parent.picture.width, parent.picture.height) == (320, 180)
+        cells = cell_colours(parent.picture, 2)
+        assert close_to(cells[0], expected("red")) and close_to(cells[1], expected("green")), cells
+        assert parent.keyframes >= 1  # a new output starts on a keyframe
+        assert engine.counters.decodes > 0 and engine.counters.encoders_created == 1
+
+        # Bob turns his camera off: his tile shows the placeholder at once.
+        engine.handle(("scenes", {None: SceneSpec((TileSpec("a", "alice"), TileSpec("b", "bob", video=False)))}))
+        parent.drain(time.monotonic() + 0.3)
+        assert close_to(cell_colours(parent.picture, 2, at=(0.5, 0.3))[1], PLACEHOLDER)
+
+        # No output in use: the encoder is released.
+        engine.handle(("outputs", set()))
+        parent.drain(time.monotonic() + 0.3)
+        assert engine.counters.encoders_released == 1 and not engine.encoders
+    finally:
+        engine.stop()
+        engine.wait()
+
+
+def test_a_stale_upstream_shows_the_placeholder_and_a_keyframe_request_is_served():
+    parent = Parent()
+    engine = engine_with(parent, stale=0.3)
+    red = Upstream("red")
+    try:
+        engine.handle(("scenes", {None: SceneSpec((TileSpec("a", "alice"),))}))
+        engine.handle(("outputs", {HIGH}))
+        for _ in range(5):
+            engine.handle(("frame", "a", "vp8", *red.next()))
+        parent.drain(time.monotonic() + 0.2)
+        assert close_to(cell_colours(parent.picture, 1)[0], expected("red"))
+        parent.drain(time.monotonic() + 0.5)  # no frame for longer than stale_seconds
+        assert close_to(cell_colours(parent.picture, 1, at=(0.5, 0.3))[0], PLACEHOLDER)
+
+        time.sleep(0.4)  # past the keyframe rate limit
+        before = parent.keyframes
+        engine.handle(("keyframe", HIGH))
+        parent.drain(time.monotonic() + 0.2)
+        assert parent.keyframes == before + 1
+    finally:
+        engine.stop()
+        engine.wait()
+
+
+def test_an_undecodable_upstream_asks_its_publisher_for_a_keyframe_rate_limited():
+    parent = Parent()
+    engine = engine_with(parent)
+    try:
+        for _ in range(20):
+            engine.handle(("frame", "a", "vp8", os.urandom(500), 0))
+        messages = parent.drain(time.monotonic() + 0.3)
+        plis = [m for m in messages if m[0] == "pli"]
+        assert plis and plis[0] == ("pli", "a") and len(plis) <= 2, plis
+        assert engine.counters.decode_errors > 0
+    finally:
+        engine.stop()
+        engine.wait()
+
+
+async def test_a_picture_process_that_dies_is_replaced_and_the_picture_comes_back(server):
+    peer = make_peer(server, "alice", "red", 440.0)
+    try:
+        await peer.join()
+        await peer.wait_for(lambda: peer.video_frame is not None and peer.video_frames > 10, timeout=10)
+        video = server.conference.rooms["room1"].video
+        os.kill(video._process.pid, signal.SIGKILL)
+        await peer.wait_for(lambda: video.stats.restarts == 1, timeout=5)
+        frames = peer.video_frames
+        await peer.wait_for(lambda: peer.video_frames > frames + 15, timeout=5)
+        assert close_to(cell_colours(peer.video_frame, 1)[0], expected("red"))
+    finally:
+        await asyncio.wait_for(peer.close(), 10)
