@@ -187,12 +187,35 @@ def steal_ticks() -> tuple[int, int]:
     return fields[7], sum(fields[:8])
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants: a server's workers and its rooms' picture processes."""
+    pids = [pid]
+    for parent in pids:  # grows while it is walked
+        try:
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with open(f"/proc/{parent}/task/{task}/children") as children:
+                    pids.extend(int(child) for child in children.read().split())
+        except FileNotFoundError:
+            continue  # it ended meanwhile
+    return pids
+
+
 def cpu_ticks(pid: int) -> int:
-    """utime + stime of a whole process (every thread), in clock ticks."""
-    with open(f"/proc/{pid}/stat") as stat:
-        # The command name may contain spaces: fields are counted after its ')'.
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    """utime + stime of a process and all its descendants (every thread), in clock ticks.
+
+    The live ones are read one by one; those that ended and were waited for count in
+    their parent's cutime + cstime, so a picture process that ends in a window still counts.
+    """
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as stat:
+                # The command name may contain spaces: fields are counted after its ')'.
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += sum(int(value) for value in fields[11:15])
+    return total
 
 
 async def wait_healthy(port: int, server: asyncio.subprocess.Process, timeout: float = 20) -> None:

@@ -36,6 +36,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_room import cpu_ticks, process_tree  # noqa: E402  (a sibling script, not a package)
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack  # noqa: E402
 from client.peer import Peer  # noqa: E402
@@ -70,13 +73,17 @@ def free_port() -> int:
 
 
 def proc(pid: int) -> tuple[float, int, int, int]:
-    """(RSS MiB, utime + stime ticks, threads, fds) of a process."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
-    # The command name may contain spaces: fields are counted after its ')'.
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(stat[11]) + int(stat[12])
-    return rss, ticks, len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
+    """(RSS MiB, utime + stime ticks, threads, fds) of a server with its picture processes."""
+    rss = threads = fds = 0.0
+    for member in process_tree(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+            rss += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
+            threads += len(os.listdir(f"/proc/{member}/task"))
+            fds += len(os.listdir(f"/proc/{member}/fd"))
+        except FileNotFoundError:
+            continue  # it ended meanwhile
+    return rss, cpu_ticks(pid), int(threads), int(fds)
 
 
 async def scrape(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
