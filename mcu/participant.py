@@ -115,6 +115,8 @@ class Participant:
         self._on_video = on_video
         #: The receiver of the peer's video, to ask it for keyframes.
         self.video_receiver: RTCRtpReceiver | None = None
+        #: Encoded video frames received from the peer (and handed to the picture process).
+        self.video_frames = 0
         self._on_failed = on_failed
         #: The peer's "chat" data channel, once it has opened one.
         self.chat_channel: RTCDataChannel | None = None
@@ -209,6 +211,7 @@ class Participant:
         try:
             while True:
                 frame = await track.recv()
+                self.video_frames += 1
                 self._on_video(self.peer_id, frame.codec_name, frame.data, frame.timestamp)
         except MediaStreamError:
             pass

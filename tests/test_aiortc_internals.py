@@ -28,10 +28,9 @@ from aiortc.mediastreams import MediaStreamError
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip
 from client.sources import ToneTrack
-from signaling.receiver import send_pli
 from mcu.traffic import transport_bytes
 from signaling.ice import rtc_configuration, use_host_addresses
-from signaling.receiver import install_encoded_receiver
+from signaling.receiver import install_encoded_receiver, send_pli
 
 RED = (230, 30, 30)
 DECODER_THREADS = ("video-decoder", "audio-decoder")

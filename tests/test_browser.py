@@ -215,7 +215,7 @@ async def test_page_reconnects_by_itself_when_the_websocket_drops(server, browse
     participant = next(iter(room.participants.values()))
     frames = room.video.stats.frames
     await wait_until(
-        lambda: participant.video_frame is not None and room.video.stats.frames > frames, 10, "media after reconnecting"
+        lambda: participant.video_frames > 0 and room.video.stats.frames > frames, 10, "media after reconnecting"
     )
 
 
