@@ -10,8 +10,8 @@ receive without decoding. After each new room has warmed up, every room is
 measured over one window: the composite frame rate and audio packet rate each
 peer received. A room count *fits* while every peer of every room gets at
 least MIN_FPS_SHARE of the composite rate and MIN_AUDIO audio packets/s; the
-first count that does not ends the series. Server CPU (front and workers,
-utime + stime from /proc) and the load processes' CPU are counted apart.
+first count that does not ends the series. Server CPU (front, workers and picture
+processes, utime + stime from /proc) and the load processes' CPU are counted apart.
 
     .venv/bin/python scripts/bench_workers.py [--workers 1,2] [--max-rooms 8] [--seconds 8] [--warmup 4] [--windows 3]
                                              [--size 640x360 --fps 15] [--write docs/benchmarks.md]
@@ -269,8 +269,9 @@ def section(all_series: list[Series], args: argparse.Namespace) -> str:
         f"({args.size}@{args.fps} composite) per W; rooms added one by one, each with its own load process of 6 "
         "pre-encoded load peers (receiving without decoding); after each new room a warm-up of "
         f"{args.warmup:g} s, then every room measured over {args.windows} windows of {args.seconds:g} s, the median "
-        "window (by worst-peer fps) kept: the machine is shared. Server CPU is the front and its "
-        "workers (W = 1: the one process), load CPU all load processes, both in % of one core; they share "
+        "window (by worst-peer fps) kept: the machine is shared. Server CPU is the front, its "
+        "workers and their rooms' picture processes (W = 1: the one server process and its picture "
+        "processes), load CPU all load processes, both in % of one core; they share "
         "the machine's cores, so the load's CPU is taken from what the server could use. Others' CPU is "
         "what every other process used over the same window (/proc/stat's busy time minus both).",
         "",
