@@ -197,7 +197,11 @@ class Engine:
         with self._lock:
             upstream = self._upstreams.get(peer_id)
             if upstream is None:
-                executor = self._decoders[len(self._upstreams) % DECODE_THREADS]
+                # The decoder thread with the fewest publishers (peers come and go in any order).
+                load = {id(e): 0 for e in self._decoders}
+                for other in self._upstreams.values():
+                    load[id(other.executor)] += 1
+                executor = min(self._decoders, key=lambda e: load[id(e)])
                 upstream = self._upstreams[peer_id] = _Upstream(executor)
         upstream.executor.submit(self._decode, peer_id, upstream, codec_name, data, timestamp)
 

@@ -175,3 +175,20 @@ async def test_a_picture_process_that_dies_is_replaced_and_the_picture_comes_bac
         assert close_to(cell_colours(peer.video_frame, 1)[0], expected("red"))
     finally:
         await asyncio.wait_for(peer.close(), 10)
+
+
+def test_publishers_spread_over_the_decoder_threads_as_they_come_and_go():
+    parent = Parent()
+    engine = engine_with(parent)
+    red = Upstream("red")
+    try:
+        data, timestamp = red.next()
+        for peer in ("a", "b"):
+            engine.handle(("frame", peer, "vp8", data, timestamp))
+        engine.handle(("gone", "a"))
+        engine.handle(("frame", "c", "vp8", data, timestamp))
+        upstreams = engine._upstreams
+        assert upstreams["b"].executor is not upstreams["c"].executor
+    finally:
+        engine.stop()
+        engine.wait()
