@@ -16,13 +16,14 @@ asked for a keyframe). A process that dies is started again.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import socket
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable
 
 import av
@@ -111,6 +112,10 @@ class VideoStats:
     restarts: int = 0
 
 
+#: The stats that the picture process counts (the others are counted on this side).
+_PROCESS_COUNTERS = tuple(f.name for f in fields(VideoStats) if f.name not in ("upstream_dropped", "restarts"))
+
+
 @dataclass
 class EncoderInfo:
     """One encoder of the picture process, as last reported."""
@@ -178,6 +183,8 @@ class VideoPipeline:
         self._sent_outputs: frozenset[Output] | None = None
         self._sent_scenes: dict[str | None, SceneSpec] | None = None
         self._epoch = 0.0
+        #: The counters of the processes that died: a new one counts from zero, the room's stats go on.
+        self._base: dict[str, object] = {}
 
     # --- life -------------------------------------------------------------------------
 
@@ -207,6 +214,7 @@ class VideoPipeline:
                 sync.cancel()
             self._transport = None
             await self._end_process()
+            self._base = {name: copy.copy(getattr(self.stats, name)) for name in _PROCESS_COUNTERS}
             restarts += 1
             self.stats.restarts = restarts
             if restarts > MAX_RESTARTS:
@@ -222,7 +230,7 @@ class VideoPipeline:
                     self._on_pli(peer_id)
 
     async def _spawn(self) -> asyncio.Future[None]:
-        """A new process, told the settings, the outputs and what each canvas shows; keyframes asked of publishers."""
+        """A new process, told the settings, what was held for it, the outputs and what each canvas shows."""
         self._process, ours = _take_process()
         loop = asyncio.get_running_loop()
         transport, channel = await loop.connect_accepted_socket(lambda: _Channel(self), ours)
@@ -359,7 +367,14 @@ class VideoPipeline:
     def _update(self, counters: dict) -> None:
         encoders = counters.pop("encoders")
         for name, value in counters.items():
-            setattr(self.stats, name, defaultdict(int, value) if name == "tier_frames" else value)
+            base = self._base.get(name)
+            if name == "tier_frames":
+                value = defaultdict(int, base or {})  # type: ignore[call-overload]
+                for tier, frames in counters[name].items():
+                    value[tier] += frames
+            elif base is not None:
+                value += base
+            setattr(self.stats, name, value)
         for output in self.encoders.keys() - encoders.keys():
             del self.encoders[output]
         for output, (codec_name, frames, keyframes) in encoders.items():

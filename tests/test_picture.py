@@ -168,11 +168,14 @@ async def test_a_picture_process_that_dies_is_replaced_and_the_picture_comes_bac
         await peer.join()
         await peer.wait_for(lambda: peer.video_frame is not None and peer.video_frames > 10, timeout=10)
         video = server.conference.rooms["room1"].video
+        composed = video.stats.frames
         os.kill(video._process.pid, signal.SIGKILL)
         await peer.wait_for(lambda: video.stats.restarts == 1, timeout=5)
         frames = peer.video_frames
         await peer.wait_for(lambda: peer.video_frames > frames + 15, timeout=5)
         assert close_to(cell_colours(peer.video_frame, 1)[0], expected("red"))
+        # The room's counters go on from where the dead process left them.
+        assert video.stats.frames > composed + 15
     finally:
         await asyncio.wait_for(peer.close(), 10)
 
