@@ -27,7 +27,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import av
@@ -115,15 +115,18 @@ class Settings:
 
 @dataclass
 class Counters:
-    """What the engine did; sent with every tick so that the parent's copy is consistent."""
+    """What the engine did; sent with every tick, so that the parent's copy is consistent."""
 
     ticks: int = 0
     frames: int = 0
+    #: Ticks missed because compose and encode overran.
     skipped: int = 0
     compose_seconds: float = 0.0
     encode_seconds: float = 0.0
     keyframes: int = 0
+    #: Frames encoded per tier, all of its outputs counted once per encode.
     tier_frames: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    #: Canvases made by scaling a larger one down instead of composing again.
     scaled: int = 0
     encoders_created: int = 0
     encoders_released: int = 0
@@ -380,25 +383,11 @@ class Engine:
         return list(self._per_peer_pool.map(encode, pictures))
 
     def _snapshot(self) -> dict:
-        counters = self.counters
+        snapshot: dict[str, Any] = {f.name: getattr(self.counters, f.name) for f in fields(Counters)}
+        snapshot["tier_frames"] = dict(snapshot["tier_frames"])
         with self._lock:
-            encoders = {o: (e.codec_name, e.frames, e.keyframes) for o, e in self.encoders.items()}
-        return {
-            "ticks": counters.ticks,
-            "frames": counters.frames,
-            "skipped": counters.skipped,
-            "compose_seconds": counters.compose_seconds,
-            "encode_seconds": counters.encode_seconds,
-            "keyframes": counters.keyframes,
-            "tier_frames": dict(counters.tier_frames),
-            "scaled": counters.scaled,
-            "encoders_created": counters.encoders_created,
-            "encoders_released": counters.encoders_released,
-            "decodes": counters.decodes,
-            "decode_errors": counters.decode_errors,
-            "decode_seconds": counters.decode_seconds,
-            "encoders": encoders,
-        }
+            snapshot["encoders"] = {o: (e.codec_name, e.frames, e.keyframes) for o, e in self.encoders.items()}
+        return snapshot
 
     # --- canvases --------------------------------------------------------------------
 

@@ -23,13 +23,13 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Callable, Iterable
 
 import av
 
 from .encoders import VIDEO_TIME_BASE, Output, Tier
-from .picture import MessageReader, SceneSpec, Settings, encode_message
+from .picture import Counters, MessageReader, SceneSpec, Settings, encode_message
 from .tracks import PacketSink, PacketTrack
 
 logger = logging.getLogger(__name__)
@@ -88,32 +88,16 @@ def _take_process() -> Process:
 
 
 @dataclass
-class VideoStats:
-    """Counters for benchmarks and tests, as the picture process last reported them."""
+class VideoStats(Counters):
+    """The picture process's counters as it last reported them (going on across restarts), and this side's."""
 
-    ticks: int = 0
-    frames: int = 0
-    #: Ticks missed because compose and encode overran.
-    skipped: int = 0
-    compose_seconds: float = 0.0
-    encode_seconds: float = 0.0
-    keyframes: int = 0
-    #: Frames encoded per tier, all of its outputs counted once per encode.
-    tier_frames: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    #: Canvases made by scaling a larger one down instead of composing again.
-    scaled: int = 0
-    encoders_created: int = 0
-    encoders_released: int = 0
-    decodes: int = 0
-    decode_errors: int = 0
-    decode_seconds: float = 0.0
     #: Upstream frames dropped because the picture process had fallen behind.
     upstream_dropped: int = 0
     restarts: int = 0
 
 
 #: The stats that the picture process counts (the others are counted on this side).
-_PROCESS_COUNTERS = tuple(f.name for f in fields(VideoStats) if f.name not in ("upstream_dropped", "restarts"))
+_PROCESS_COUNTERS = tuple(f.name for f in fields(Counters))
 
 
 @dataclass
