@@ -299,14 +299,14 @@ def section(samples: list[Sample], args: argparse.Namespace, slope: float, error
             BEGIN,
             f"## Soak: a {args.peers}-peer room with churn",
             "",
-            f"Measured {datetime.date.today().isoformat()} on {model}, nproc {os.cpu_count()}, a machine shared "
-            f"with other engineers' test runs: {samples[-1].seconds / 60:.1f} minutes of a {args.peers}-peer room "
+            f"Measured {datetime.date.today().isoformat()} on {model}, nproc {os.cpu_count()}: "
+            f"{samples[-1].seconds / 60:.1f} minutes of a {args.peers}-peer room "
             f"({args.size}@{args.fps} composite, load peers sending a pre-encoded VP8 clip and Opus, counting "
             f"without decoding, half with a chat channel), {args.churn} peers leaving and {args.churn} joining "
             f"every {args.every:g} s ({churned} came and went; joins that failed: {failed}). `mcu serve` ran as its "
-            "own process; every "
-            f"{args.sample:g} s the script read its RSS, CPU, threads and fds from /proc and its asyncio tasks "
-            "from /metrics.",
+            "own process, with its rooms' picture processes; every "
+            f"{args.sample:g} s the script read their RSS, CPU, threads and fds (summed) from /proc and the "
+            "server's asyncio tasks from /metrics.",
             "",
             "![soak](plots/soak.png)",
             "",
