@@ -34,7 +34,7 @@ import av
 import cv2
 import numpy as np
 
-from compositor.layout import Layout
+from compositor.layout import GRID, Layout
 from compositor.video import Compositor, Scene, Tile
 
 from .encoders import Output, Tier, VideoEncoder
@@ -96,7 +96,7 @@ class SceneSpec:
     """A canvas as the room sees it; this process fills in each peer's latest picture."""
 
     tiles: tuple[TileSpec, ...] = ()
-    layout: Layout | None = None
+    layout: Layout = GRID
     speaker: int | None = None
 
 
@@ -163,7 +163,6 @@ class Engine:
         self._lock = threading.Lock()
         self._scenes: dict[str | None, SceneSpec] = {}
         self._outputs: frozenset[Output] = frozenset()
-        self._keyframes: set[Output] = set()
         self.encoders: dict[Output, VideoEncoder] = {}
         self._compositors: dict[tuple[int, int] | Output, Compositor] = {}
         self._scaled: dict[tuple[int, int], np.ndarray] = {}
@@ -333,7 +332,7 @@ class Engine:
             upstream = self._upstreams.get(tile.peer_id) if tile.peer_id is not None and tile.video else None
             fresh = upstream is not None and now - upstream.picture_time < stale
             tiles.append(Tile(tile.name, upstream.picture if fresh else None, speaking=tile.speaking))
-        return Scene(tuple(tiles), spec.layout, spec.speaker) if spec.layout is not None else Scene(tuple(tiles))
+        return Scene(tuple(tiles), spec.layout, spec.speaker)
 
     def _compose(self, scenes: dict[str | None, Scene], due: list[Output]) -> dict[Output, av.VideoFrame]:
         """Each due output's picture: the shared canvas of its size, or its personal one (hide-self)."""

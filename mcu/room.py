@@ -15,7 +15,7 @@ from .audio import AudioPipeline
 from .chat import ChatRelay
 from .config import DEFAULT_TIER, Config
 from .participant import Participant
-from .picture import SceneSpec, TileSpec
+from .picture import PLI_INTERVAL, SceneSpec, TileSpec
 from .recording import Recording
 from .sfu import Forwarder
 from .video import VideoPipeline
@@ -51,6 +51,8 @@ class Room:
         #: What the composite looks like; changed at run time (setLayout, the HTTP API), shown on the next tick.
         self.layout: Layout = parse_layout(config.layout)
         self._started = False
+        #: When each publisher was last asked for a keyframe on the picture process's behalf.
+        self._plis: dict[str, float] = {}
 
     def add(self, participant: Participant) -> None:
         self.participants[participant.peer_id] = participant
@@ -66,6 +68,7 @@ class Room:
         self.audio.remove(peer_id)
         if self.mode == "mcu":
             self.video.forget(peer_id)
+            self._plis.pop(peer_id, None)
         self.chat.remove(peer_id)
         if self.forwarder is not None:
             self.forwarder.remove(peer_id)
@@ -131,10 +134,19 @@ class Room:
         await self.stop_recording()
 
     def _ask_keyframe(self, peer_id: str) -> None:
-        """The picture process cannot decode this publisher (an error, a lost frame): PLI."""
+        """The picture process cannot decode this publisher (an error, a frame dropped on the way): PLI.
+
+        At most every PLI_INTERVAL per publisher: a stalled picture process drops every
+        frame it is sent, and each drop asks for a keyframe.
+        """
         participant = self.participants.get(peer_id)
-        if participant is not None and participant.video_receiver is not None:
-            send_pli(participant.video_receiver)
+        now = time.monotonic()
+        if participant is None or participant.video_receiver is None:
+            return
+        if now - self._plis.get(peer_id, float("-inf")) < PLI_INTERVAL:
+            return
+        self._plis[peer_id] = now
+        send_pli(participant.video_receiver)
 
     def _scene(self, leave_out: str | None = None) -> SceneSpec:
         """What a canvas shows: every publisher but `leave_out` (hide-self), named, with who speaks.

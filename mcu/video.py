@@ -77,14 +77,12 @@ def prepare_process() -> None:
 
 
 def _take_process() -> Process:
+    """The spare (started now if there is none, or it died) for a room; another is started for the next."""
     global _spare
-    taken, _spare = _spare, None
-    if taken is None or taken[0].poll() is not None:
-        if taken is not None:
-            taken[1].close()
-        taken = _start_process()
     prepare_process()
-    return taken
+    taken, _spare = _spare, None
+    prepare_process()
+    return taken  # type: ignore[return-value]
 
 
 @dataclass

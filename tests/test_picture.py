@@ -195,3 +195,25 @@ def test_publishers_spread_over_the_decoder_threads_as_they_come_and_go():
     finally:
         engine.stop()
         engine.wait()
+
+
+def test_keyframe_requests_for_a_publisher_are_rate_limited(monkeypatch):
+    """A stalled picture process drops every frame it is sent, and each drop asks for a keyframe."""
+    from types import SimpleNamespace
+
+    from mcu import room as room_module
+    from mcu.config import Config
+    from mcu.picture import PLI_INTERVAL
+    from mcu.room import Room
+
+    sent = []
+    monkeypatch.setattr(room_module, "send_pli", sent.append)
+    room = Room("plis", Config())
+    receiver = object()
+    room.participants["a"] = SimpleNamespace(video_receiver=receiver)
+    for _ in range(50):
+        room._ask_keyframe("a")
+    assert sent == [receiver]
+    time.sleep(PLI_INTERVAL + 0.05)
+    room._ask_keyframe("a")
+    assert sent == [receiver, receiver]
