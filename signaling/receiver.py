@@ -44,6 +44,8 @@ class _EncodedHandoff:
         return None
 
 
+#: Audio packets the jitter buffer holds (aiortc's own size for audio).
+AUDIO_CAPACITY = 16
 #: RTP timestamps whose audio level is remembered until their frame leaves the jitter buffer.
 _LEVELS_KEPT = 64
 
@@ -53,8 +55,8 @@ class _LevelTagger:
 
     aiortc parses the `ssrc-audio-level` header extension into
     `packet.extensions.audio_level` (voice activity, level in -dBov) but drops it
-    when it assembles frames. Frames leave the buffer a few packets after they
-    arrive (prefetch), so levels are kept by RTP timestamp until then. A frame
+    when it assembles frames. Frames leave the buffer a packet or more after they
+    arrive, so levels are kept by RTP timestamp until then. A frame
     gets `audio_level`: the level in dBov (-127..0), or None when the sender did
     not send the header.
     """
@@ -94,7 +96,11 @@ def install_encoded_receiver(receiver: RTCRtpReceiver) -> None:
         raise RuntimeError("the receiver has no remote track yet")
     receiver._RTCRtpReceiver__decoder_queue = _EncodedHandoff(receiver._track._queue)  # type: ignore[attr-defined]
     if receiver._track.kind == "audio":
-        buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+        # aiortc holds 4 frames of audio before it lets one go (80 ms) but then lets one go per packet
+        # that comes, so the hold absorbs no jitter: it is latency only. Whoever takes these frames
+        # has a jitter buffer of its own (the room's mixer does), so one frame is held: the least
+        # there can be, since a frame is known complete only when the next one starts.
+        buffer = JitterBuffer(capacity=AUDIO_CAPACITY, prefetch=1)
         receiver._RTCRtpReceiver__jitter_buffer = _LevelTagger(buffer)  # type: ignore[attr-defined]
 
 

@@ -6,7 +6,8 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
 - `RTCRtpSender._send_keyframe` is what an incoming PLI calls (keyframe routing);
 - `RTCRtpReceiver`'s private decoder queue can be replaced before `receive()`
   (receiving without decoding, `signaling.receiver.install_encoded_receiver`);
-- its private jitter buffer can be wrapped to keep each audio packet's RFC 6464
+- its private jitter buffer can be replaced, for audio by one that holds a single frame
+  (aiortc's holds four, 60 ms more of latency), and wrapped to keep each audio packet's RFC 6464
   level (`packet.extensions.audio_level`) on the frame (active speaker), and a
   sender of packets can be made to send that level (`RTCEncodedFrame.audio_level`);
 - a receiver can send a PLI for the media SSRC it receives (the SFU forwards keyframe requests upstream).
@@ -21,10 +22,20 @@ from collections.abc import AsyncIterator, Callable
 
 import av
 import pytest
-from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc import (
+    MediaStreamTrack,
+    RTCCertificate,
+    RTCDtlsTransport,
+    RTCIceGatherer,
+    RTCIceTransport,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+)
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcrtpreceiver import RemoteStreamTrack
+from aiortc.rtp import RtpPacket
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip
 from client.sources import ToneTrack
@@ -183,6 +194,25 @@ async def test_encoded_audio_frames_carry_the_rfc6464_level_the_sender_measured(
     frames = [await asyncio.wait_for(received[0].recv(), 10) for _ in range(30)]
     # A sine of amplitude 0.1 is 0.1/sqrt(2) RMS: -23 dBov.
     assert [frame.audio_level for frame in frames[5:]] == [-23] * 25
+
+
+async def test_an_encoded_audio_receiver_lets_a_frame_go_as_soon_as_the_next_one_starts() -> None:
+    """aiortc's audio jitter buffer lets frame n go when packet n + 4 comes; the MCU mixes it one packet later."""
+    transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    receiver = RTCRtpReceiver("audio", transport)
+    receiver._track = RemoteStreamTrack(kind="audio")
+    install_encoded_receiver(receiver)
+    buffer = receiver._RTCRtpReceiver__jitter_buffer
+    released = []
+    for number in range(40):
+        packet = RtpPacket(payload_type=111, sequence_number=number, timestamp=number * 960)
+        packet._data = bytes([number]) * 40  # what the receiver sets once it has depacketized it
+        _, frame = buffer.add(packet)
+        if frame is not None:
+            released.append((number, frame.timestamp // 960))
+    # Each frame comes out with the packet after it, in order, none lost.
+    assert released == [(n, n - 1) for n in range(1, 40)]
+    await transport.stop()
 
 
 async def test_dtls_transport_byte_counters_match_its_stats(pcs) -> None:
