@@ -51,6 +51,10 @@ DECODERS = {"vp8": "libvpx", "h264": "h264"}
 DECODE_THREADS = 2
 #: A decode error asks the publisher for a keyframe at most this often.
 PLI_INTERVAL = 0.5
+#: A composite is stamped with when its pictures arrived (`Engine._lag`), smoothed over about this
+#: long; a picture older than LAG_CAP is a paused camera, not the pipeline's delay, and is left out.
+LAG_SMOOTHING = 1.0
+LAG_CAP = 0.25
 
 
 def encode_message(message: tuple) -> bytes:
@@ -167,6 +171,8 @@ class Engine:
         self._compositors: dict[tuple[int, int] | Output, Compositor] = {}
         self._scaled: dict[tuple[int, int], np.ndarray] = {}
         self._per_peer_pool = ThreadPoolExecutor(thread_name_prefix="encode") if settings.encode_per_peer else None
+        #: Seconds between the arrival of the pictures composed and the tick (`_lag`); clock thread only.
+        self.lag = 0.0
         self._stopped = threading.Event()
         self._wake = threading.Event()
         self._clock = threading.Thread(target=self._run, name="clock", daemon=True)
@@ -271,6 +277,7 @@ class Engine:
         """
         next_tick = time.monotonic()
         tick = 0
+        pts = -1
         due: set[str] = set()
         while not self._stopped.is_set():
             with self._lock:
@@ -284,7 +291,7 @@ class Engine:
                     due.add(tier)
             if outputs or self.encoders:
                 now = time.monotonic()
-                pts = round((now - self.settings.epoch) * 90000)
+                pts = max(round((now - self._lag(now, 1 / fps) - self.settings.epoch) * 90000), pts + 1)
                 try:
                     self._tick([o for o in outputs if o.tier in due], outputs, pts, now)
                 except Exception:
@@ -300,6 +307,22 @@ class Engine:
             if self._wake.wait(max(delay, 0)):
                 self._wake.clear()
                 next_tick = time.monotonic()
+
+    def _lag(self, now: float, interval: float) -> float:
+        """How long ago, smoothed, the pictures being composed arrived.
+
+        The audio is stamped when it is mixed, every 20 ms; a picture waits
+        for the next tick, up to a whole frame interval, by a phase that depends
+        on when its publisher's frames come. Stamping the composite with the
+        median age of its pictures taken off keeps a recording's sound and
+        picture together whatever that phase, and the smoothing keeps the RTP
+        timestamps as even as the clock's ticks.
+        """
+        with self._lock:
+            ages = sorted(now - u.picture_time for u in self._upstreams.values() if now - u.picture_time < LAG_CAP)
+        if ages:
+            self.lag += (ages[len(ages) // 2] - self.lag) * min(1.0, interval / LAG_SMOOTHING)
+        return self.lag
 
     def _tick(self, due: list[Output], in_use: frozenset[Output], pts: int, now: float) -> None:
         with self._lock:

@@ -162,6 +162,39 @@ def test_an_undecodable_upstream_asks_its_publisher_for_a_keyframe_rate_limited(
         engine.wait()
 
 
+def test_the_composite_is_stamped_with_when_its_pictures_arrived_not_when_it_was_composed():
+    """A publisher whose frames come 150 ms before each tick: the picture's pts says when it came."""
+    parent = Parent()
+    epoch = time.monotonic()
+    engine = Engine(Settings({"high": Tier(320, 180, 5, 300_000)}, 2.0, epoch), parent.send)
+    engine.start()
+    red = Upstream("red")
+    offsets, stamps = [], []
+    try:
+        engine.handle(("scenes", {None: SceneSpec((TileSpec("a", "alice"),))}))
+        engine.handle(("outputs", {HIGH}))
+        arrived = None
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            message = parent.messages.get(timeout=2)
+            if message[0] != "tick":
+                continue
+            stamp = epoch + message[1] / 90000
+            stamps.append(stamp)
+            if arrived is not None:
+                offsets.append(stamp - arrived)
+            time.sleep(0.05)  # the next frame comes 50 ms after this tick: 150 ms before the next
+            arrived = time.monotonic()
+            engine.handle(("frame", "a", "vp8", *red.next()))
+    finally:
+        engine.stop()
+        engine.wait()
+    assert all(b > a for a, b in zip(stamps, stamps[1:]))  # still strictly increasing
+    late = offsets[-8:]
+    # Stamped at the tick, each would read about +150 ms.
+    assert len(late) == 8 and max(abs(o) for o in late) < 0.03, np.round(offsets, 3)
+
+
 async def test_a_picture_process_that_dies_is_replaced_and_the_picture_comes_back(server):
     peer = make_peer(server, "alice", "red", 440.0)
     try:
