@@ -9,6 +9,7 @@ from aiohttp import web
 from signaling.websocket import websocket_handler
 
 from . import api
+from .allocator import Trimmer
 from .api import CONFERENCE
 from .conference import Conference
 from .config import Config
@@ -37,6 +38,7 @@ def create_app(config: Config) -> web.Application:
         await conference.close()
 
     app.on_shutdown.append(close_conference)
+    app.cleanup_ctx.append(Trimmer().context)
     return app
 
 

@@ -24,6 +24,7 @@ from signaling.limits import Limits
 from signaling.protocol import MODES
 
 from . import compose, logs
+from .allocator import limit_arenas
 from .app import create_app
 from .config import DEFAULT_TIER, Config, Tier
 from .front import create_front_app, end_with_parent
@@ -259,6 +260,7 @@ def ice_servers(args: argparse.Namespace) -> IceServers:
 
 def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None = None) -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    limit_arenas()  # before aiortc's and the rooms' threads exist
     logs.configure(args.log_level, args.log_format)
     if args.media_address:
         use_host_addresses(args.media_address)
