@@ -13,15 +13,12 @@ Only glibc has these calls; elsewhere both functions do nothing.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
-import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-
-logger = logging.getLogger(__name__)
 
 #: mallopt's parameter for the most arenas malloc may create (glibc's malloc.h).
 M_ARENA_MAX = -8
@@ -49,12 +46,18 @@ def limit_arenas(count: int = ARENAS) -> bool:
 
 
 class Trimmer:
-    """Calls `malloc_trim(0)` every `interval` seconds, on a thread: it walks every arena."""
+    """Calls `malloc_trim(0)` every `interval` seconds on a thread of its own: a trim walks every arena.
+
+    The thread lives as long as the application, so that a server's thread count
+    goes back to what it was when its peers go.
+    """
 
     def __init__(self, interval: float = TRIM_INTERVAL) -> None:
         self.interval = interval
         self.trims = 0
         self.seconds = 0.0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="malloc-trim", daemon=True)
 
     def trim(self) -> None:
         if _LIBC is None:
@@ -64,14 +67,19 @@ class Trimmer:
         self.seconds += time.monotonic() - started
         self.trims += 1
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await asyncio.to_thread(self.trim)
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            self.trim()
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """An aiohttp cleanup context: trims while the application runs."""
-        task = asyncio.ensure_future(self.run())
+        self.start()
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        self.stop()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+import threading
+import time
 
 from mcu.allocator import Trimmer, limit_arenas
 
@@ -31,10 +32,11 @@ def test_a_trim_returns_the_free_pages_in_the_middle_of_the_heap():
     assert len(kept) == 625
 
 
-async def test_the_trimmer_runs_every_interval_off_the_event_loop():
+def test_the_trimmer_runs_every_interval_on_its_thread_until_stopped():
     trimmer = Trimmer(interval=0.05)
-    task = asyncio.ensure_future(trimmer.run())
-    await asyncio.sleep(0.5)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    trimmer.start()
+    assert any(t.name == "malloc-trim" for t in threading.enumerate())
+    time.sleep(0.5)
+    trimmer.stop()
     assert 3 <= trimmer.trims <= 10 and trimmer.seconds < 0.5
+    assert not any(t.name == "malloc-trim" for t in threading.enumerate())
