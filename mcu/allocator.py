@@ -8,7 +8,7 @@ few minutes and then leave leave those pages held and fragmented: over minutes
 arenas and a trim every 10 s (set from outside, MALLOC_ARENA_MAX and a thread),
 82 (docs/benchmarks.md has the 30-minute run).
 
-Only glibc has these calls; elsewhere both functions do nothing.
+Only glibc has these calls; elsewhere `limit_arenas` and `Trimmer` do nothing.
 """
 
 from __future__ import annotations

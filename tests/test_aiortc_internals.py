@@ -209,9 +209,9 @@ async def test_an_encoded_audio_receiver_lets_a_frame_go_as_soon_as_the_next_one
         packet._data = bytes([number]) * 40  # what the receiver sets once it has depacketized it
         _, frame = buffer.add(packet)
         if frame is not None:
-            released.append((number, frame.timestamp // 960))
-    # Each frame comes out with the packet after it, in order, none lost.
-    assert released == [(n, n - 1) for n in range(1, 40)]
+            released.append((number, frame.timestamp // 960, frame.data))
+    # Each frame comes out with the packet after it, in order, none lost, its payload whole.
+    assert released == [(n, n - 1, bytes([n - 1]) * 40) for n in range(1, 40)]
     await transport.stop()
 
 

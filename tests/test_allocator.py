@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
-from mcu.allocator import Trimmer, limit_arenas
+from mcu.allocator import ARENAS, Trimmer
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def rss_mib() -> float:
@@ -13,8 +19,36 @@ def rss_mib() -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
 
 
-def test_arenas_can_be_capped():
+#: Eight threads alive at once, each allocating through malloc, then glibc's count of its arenas.
+ARENA_PROBE = """
+import ctypes, sys, threading
+from mcu.allocator import limit_arenas
+if sys.argv[1] == "cap":
     assert limit_arenas()
+barrier, kept = threading.Barrier(8), []
+def work():
+    kept.append([bytearray(4000) for _ in range(100)])
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+ctypes.CDLL("libc.so.6").malloc_stats()
+"""
+
+
+def arenas(mode: str) -> int:
+    """The arenas of a fresh interpreter after eight threads allocated (malloc_stats prints one block each)."""
+    done = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE, mode], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
+    return len(re.findall(r"^Arena \d+:", done.stderr, re.MULTILINE))
+
+
+def test_capped_arenas_are_shared_by_every_thread():
+    assert arenas("cap") == ARENAS
+    assert arenas("free") > ARENAS  # without the cap, each thread gets one of its own
 
 
 def test_a_trim_returns_the_free_pages_in_the_middle_of_the_heap():
