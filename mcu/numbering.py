@@ -7,10 +7,17 @@ live section ("RTP extension ID reassignment not supported"), and in one bundle 
 payload type must keep meaning one codec. So an sfu room's offers take the numbers the
 peer chose, for old and new sections alike. aiortc then learns them back from the
 peer's answer, as it does for every answer.
+
+Until that answer, aiortc must keep using the numbers already negotiated:
+`createOffer()` also resets every transceiver's codecs and extensions to its own
+numbering, and a receiver that starts meanwhile (the first offer's DTLS may finish
+after the server's offer went out) would take those and drop every packet the peer
+sends (`renegotiation_offer`).
 """
 
 from __future__ import annotations
 
+from aiortc import RTCPeerConnection
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription
 
@@ -53,3 +60,18 @@ def keep_numbering(offer_sdp: str, peer_sdp: str) -> str:
         for extension in media.rtp.headerExtensions:
             extension.id = extension_ids.get(extension.uri, extension.id)
     return str(offer)
+
+
+async def renegotiation_offer(pc: RTCPeerConnection) -> str:
+    """Set a new local offer on `pc` and return its SDP in the peer's numbering.
+
+    The sections negotiated before keep their codecs and header extensions (aiortc
+    internals `_codecs` and `_headerExtensions`, covered by tests/test_numbering.py):
+    they are what the peer sends with until it answers.
+    """
+    negotiated = {t: (t._codecs, t._headerExtensions) for t in pc.getTransceivers() if t.mid is not None}
+    offer = await pc.createOffer()
+    for transceiver, (codecs, extensions) in negotiated.items():
+        transceiver._codecs, transceiver._headerExtensions = codecs, extensions
+    await pc.setLocalDescription(offer)
+    return keep_numbering(pc.localDescription.sdp, pc.remoteDescription.sdp)

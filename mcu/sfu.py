@@ -37,7 +37,7 @@ from signaling import grants, protocol
 from signaling.protocol import ProtocolError
 from signaling.receiver import install_encoded_receiver, send_pli
 
-from .numbering import keep_numbering
+from .numbering import renegotiation_offer
 from .participant import NegotiationError, Participant
 from .tracks import PacketTrack
 
@@ -257,11 +257,10 @@ class SfuParticipant(Participant):
             pc = self.pc
             if pc is None or not self._apply_changes(pc):
                 return
-            await pc.setLocalDescription(await pc.createOffer())
+            # In the peer's numbering: a browser refuses an offer that renumbers (mcu/numbering.py).
+            offer = await renegotiation_offer(pc)
             self._offer_pending = True
             self.forwarder.stats.offers += 1
-            # In the peer's numbering: a browser refuses an offer that renumbers (mcu/numbering.py).
-            offer = keep_numbering(pc.localDescription.sdp, pc.remoteDescription.sdp)
             self._send(protocol.server_offer(offer, self.track_map()))
         except (InvalidStateError, OperationError) as exc:
             logger.warning("%s: could not renegotiate: %s", self.peer_id, exc)
