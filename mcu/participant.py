@@ -29,6 +29,7 @@ from signaling.rtp import install_tolerant_extensions
 
 from .config import DEFAULT_TIER
 from .encoders import Output
+from .sender import send_directly
 from .tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ class Participant:
         for track in (self.audio_out, self.video_out):
             transceiver = pc.addTransceiver(track, direction="sendrecv")
             transceiver.setCodecPreferences(_shared_codecs(track.kind))
+            send_directly(transceiver.sender, track)
             self._attach(transceiver.sender)
 
     def _on_track(self, track: MediaStreamTrack, receiver: RTCRtpReceiver) -> None:

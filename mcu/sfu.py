@@ -39,6 +39,7 @@ from signaling.receiver import install_encoded_receiver, send_pli
 
 from .numbering import renegotiation_offer
 from .participant import NegotiationError, Participant
+from .sender import send_directly
 from .tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
@@ -287,6 +288,7 @@ class SfuParticipant(Participant):
                 track = PacketTrack(publication.kind)
                 transceiver = pc.addTransceiver(track, direction="sendonly")
                 transceiver.setCodecPreferences(forwarded_codecs(publication.kind))
+                send_directly(transceiver.sender, track)
                 # aiortc only honours PLI/FIR on its own encode path: route them to the publisher.
                 transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
             publication.subscribe(self.peer_id, track)

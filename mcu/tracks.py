@@ -1,9 +1,10 @@
 """Outbound tracks that hand pre-encoded packets to aiortc senders.
 
 When `recv()` returns an `av.Packet`, aiortc's `RTCRtpSender` only packetizes it,
-so one encode feeds every peer. Each peer has its own small queue: a peer whose
-sender falls behind loses its own backlog (and asks for a keyframe), never the
-room's time.
+so one encode feeds every peer. The server's own senders take each packet as it
+is pushed (mcu/sender.py); a consumer that calls `recv()` instead has its own small
+queue: one that falls behind loses its own backlog (and asks for a keyframe),
+never the room's time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ QUEUE_LIMIT = 32
 
 
 class PacketSink(Protocol):
-    """A consumer of a shared encoder's packets that is not a peer (a recording)."""
+    """A consumer of a shared encoder's packets: a recording, or a peer's sender."""
 
     def push(self, packet: av.Packet) -> None: ...
 
@@ -41,6 +42,9 @@ class PacketTrack(MediaStreamTrack):
         # A decoder can only start on a keyframe: deltas before it are useless.
         self._awaiting_keyframe = kind == "video"
         self.dropped = 0
+        #: Where pushed packets go at once instead of the queue: the peer's sender (mcu/sender.py).
+        self._direct: PacketSink | None = None
+        self._ended = asyncio.Event()
 
     def push(self, packet: av.Packet) -> None:
         """Queue a packet for this peer; never blocks."""
@@ -55,6 +59,9 @@ class PacketTrack(MediaStreamTrack):
                 self.request_keyframe()
                 return
             self._awaiting_keyframe = False
+        if self._direct is not None:
+            self._direct.push(packet)
+            return
         if self._queue.qsize() >= QUEUE_LIMIT:
             self.dropped += self._queue.qsize()
             self.restart()
@@ -75,6 +82,19 @@ class PacketTrack(MediaStreamTrack):
         if self.keyframe_requested is not None:
             self.keyframe_requested()
 
+    def attach(self, direct: PacketSink) -> None:
+        """Push packets straight to `direct` from now on; what was queued is dropped (video: keyframe next)."""
+        self._direct = direct
+        self.restart()
+
+    def detach(self, direct: PacketSink) -> None:
+        if self._direct is direct:
+            self._direct = None
+
+    async def ended(self) -> None:
+        """Return once the track has stopped."""
+        await self._ended.wait()
+
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
@@ -86,3 +106,4 @@ class PacketTrack(MediaStreamTrack):
     def stop(self) -> None:
         super().stop()
         self._queue.put_nowait(None)
+        self._ended.set()

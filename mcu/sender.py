@@ -1,0 +1,155 @@
+"""Shared packets sent to a peer as they are pushed: no task, no queue, no RTP objects per packet.
+
+aiortc's `RTCRtpSender` runs one task per track: it awaits the track's next packet,
+then builds an `RtpPacket` per RTP packet, reads the clock twice, serializes the
+header extensions and awaits four coroutines down to `sendto`. For a room of N
+peers that is N task switches per encoded frame and the same Python work per
+packet again for each peer: at 16 peers the largest share of the event loop.
+
+`send_directly` replaces that task for a `PacketTrack`: each pushed packet is
+packetized at once, its header (extensions included) serialized once per frame by
+aiortc itself, and each RTP packet only stamped with its sequence number, SRTP
+protected and sent. What aiortc's sender keeps doing, it keeps doing: RTCP sender
+reports (from the counters updated here), PLI/FIR, REMB, stats; NACKs are answered
+from this module's own history, with RTX where negotiated. It relies on aiortc
+internals (tests/test_aiortc_internals.py covers them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Coroutine
+from typing import Any
+
+import av
+from aiortc import RTCRtpSender, clock
+from aiortc.codecs import get_encoder
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket
+from aiortc.utils import random16, random32, uint16_add, uint32_add
+
+from .tracks import PacketTrack
+
+logger = logging.getLogger(__name__)
+
+_SEQUENCE = struct.Struct("!H")
+_HEADER = struct.Struct("!BBHLL")
+
+
+def _run_now(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never suspends (aiortc's send path down to `sendto`) to its end, now.
+
+    A connection not yet (or no longer) up raises ConnectionError: the packet is lost,
+    as it would be on the wire.
+    """
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    except ConnectionError:
+        return
+    coroutine.close()
+    raise RuntimeError("aiortc's RTP send path suspended: mcu/sender.py no longer matches aiortc")
+
+
+class DirectSender:
+    """Packetizes and sends one track's packets for one `RTCRtpSender`, from `PacketTrack.push`."""
+
+    def __init__(self, sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
+        self._sender = sender
+        self._packer = get_encoder(codec)
+        self._payload_type = codec.payloadType
+        self._rtx_payload_type: int | None = sender._RTCRtpSender__rtx_payload_type  # type: ignore[attr-defined]
+        self._extensions: HeaderExtensionsMap = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore[attr-defined]
+        self._mid: str | None = sender._RTCRtpSender__mid  # type: ignore[attr-defined]
+        # Random starts, as aiortc's own: below 2^15 so that SRTP's rollover counter starts at 0.
+        self._sequence = random16() % 32768
+        self._rtx_sequence = random16() % 32768
+        self._timestamp_origin = random32()
+        #: The last RTP packets sent (unprotected) and their header lengths, for NACKs.
+        self._history: list[tuple[bytes, int] | None] = [None] * RTP_HISTORY_SIZE
+        self.packets = 0
+
+    def push(self, packet: av.Packet) -> None:
+        """Send one encoded frame now: one or more RTP packets."""
+        sender = self._sender
+        if not sender._enabled:
+            return  # the section is inactive
+        try:
+            payloads, timestamp = self._packer.pack(packet)
+        except (ValueError, IndexError) as exc:
+            # A frame its packetizer cannot split (a forwarded one, say): that frame is lost, nothing else.
+            logger.warning("a %s packet could not be packetized: %s", self._sender.kind, exc)
+            return
+        if not payloads:
+            return
+        timestamp = uint32_add(self._timestamp_origin, timestamp)
+        ntp = clock.current_ntp_time()
+        template = RtpPacket(payload_type=self._payload_type, timestamp=timestamp, ssrc=sender._ssrc)
+        template.extensions.abs_send_time = (ntp >> 14) & 0x00FFFFFF
+        template.extensions.mid = self._mid
+        header = bytearray(template.serialize(self._extensions))
+        header_length = len(header)
+        transport = sender.transport
+        last = len(payloads) - 1
+        octets = 0
+        for i, payload in enumerate(payloads):
+            if i == last:
+                header[1] |= 0x80  # marker: the frame's last packet
+            _SEQUENCE.pack_into(header, 2, self._sequence)
+            data = bytes(header) + payload
+            self._history[self._sequence % RTP_HISTORY_SIZE] = (data, header_length)
+            _run_now(transport._send_rtp(data))
+            self._sequence = uint16_add(self._sequence, 1)
+            octets += len(payload)
+        # What aiortc's RTCP sender reports are made of.
+        sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count += octets  # type: ignore[attr-defined]
+        sender._RTCRtpSender__packet_count += len(payloads)  # type: ignore[attr-defined]
+        self.packets += len(payloads)
+
+    async def retransmit(self, sequence_number: int) -> None:
+        """A NACKed packet again: wrapped in RTX (RFC 4588) where negotiated, else as it was."""
+        kept = self._history[sequence_number % RTP_HISTORY_SIZE]
+        if kept is None:
+            return
+        data, header_length = kept
+        if _SEQUENCE.unpack_from(data, 2)[0] != sequence_number:
+            return  # overwritten since
+        if self._rtx_payload_type is not None:
+            first, second, _, timestamp, _ = _HEADER.unpack_from(data)
+            header = _HEADER.pack(
+                first, (second & 0x80) | self._rtx_payload_type, self._rtx_sequence, timestamp, self._sender._rtx_ssrc
+            )
+            data = header + data[12:header_length] + _SEQUENCE.pack(sequence_number) + data[header_length:]
+            self._rtx_sequence = uint16_add(self._rtx_sequence, 1)
+        await self._sender.transport._send_rtp(data)
+
+
+def send_directly(sender: RTCRtpSender, track: PacketTrack) -> None:
+    """Make `sender` send `track`'s packets as they are pushed instead of in aiortc's RTP task.
+
+    Call it before the sender starts (when its transceiver is made). aiortc still
+    starts and stops "its" RTP task: the task only attaches a `DirectSender` to the
+    track, waits, and detaches it.
+    """
+    rtp_started: asyncio.Event = sender._RTCRtpSender__rtp_started  # type: ignore[attr-defined]
+    rtp_exited: asyncio.Event = sender._RTCRtpSender__rtp_exited  # type: ignore[attr-defined]
+
+    async def run_rtp(codec: RTCRtpCodecParameters) -> None:
+        direct = DirectSender(sender, codec)
+        sender._retransmit = direct.retransmit  # type: ignore[method-assign]
+        rtp_started.set()
+        track.attach(direct)
+        try:
+            await track.ended()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            track.detach(direct)
+            rtp_exited.set()
+
+    sender._run_rtp = run_rtp  # type: ignore[method-assign]

@@ -1,0 +1,177 @@
+"""A PacketTrack's packets sent as they are pushed (mcu/sender.py), to a real aiortc receiver.
+
+What aiortc's own RTP task did must still happen: consecutive sequence numbers,
+one timestamp and a marker per frame, the negotiated header extensions, sender
+reports that count what was sent, NACKs answered with RTX; and the aiortc
+internals this relies on (the sender's private state, a send path that never
+suspends) fail here if an upgrade changes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+from collections.abc import AsyncIterator
+
+import av
+import pytest
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver
+from aiortc.rtp import RtpPacket
+
+from client.encoded import encode_video_clip
+from mcu.sender import DirectSender, _run_now, send_directly
+from mcu.tracks import PacketTrack
+from signaling.ice import rtc_configuration, use_host_addresses
+
+RED = (230, 30, 30)
+FRAMES = 30
+PTS_STEP = 6000  # 15 fps in 1/90000 s
+
+
+class Link:
+    """A server side that sends one PacketTrack directly, and a client that receives it (and logs its RTP)."""
+
+    def __init__(self) -> None:
+        self.server = RTCPeerConnection(rtc_configuration([]))
+        self.client = RTCPeerConnection(rtc_configuration([]))
+        self.track = PacketTrack("video")
+        self.transceiver = self.server.addTransceiver(self.track, direction="sendonly")
+        send_directly(self.transceiver.sender, self.track)
+        self.received: list[RtpPacket] = []
+        self.remote: list[MediaStreamTrack] = []
+        self.client.on("track", self.remote.append)
+
+    @property
+    def direct(self) -> DirectSender:
+        assert isinstance(self.track._direct, DirectSender)
+        return self.track._direct
+
+    @property
+    def far_receiver(self) -> RTCRtpReceiver:
+        return self.client.getTransceivers()[0].receiver
+
+    async def connect(self) -> None:
+        await self.server.setLocalDescription(await self.server.createOffer())
+        await self.client.setRemoteDescription(self.server.localDescription)
+        await self.client.setLocalDescription(await self.client.createAnswer())
+        await self.server.setRemoteDescription(self.client.localDescription)
+        # Every RTP packet the client's receiver gets, as it arrives (before RTX is unwrapped).
+        receiver = self.far_receiver
+        handle = receiver._handle_rtp_packet
+
+        async def logged(packet: RtpPacket, arrival_time_ms: int) -> None:
+            self.received.append(packet)
+            await handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = logged  # type: ignore[method-assign]
+        await within(10, lambda: self.track._direct is not None)
+
+    def push_clip(self, frames: int) -> list[bytes]:
+        payloads = list(encode_video_clip(RED))[:frames]
+        for index, payload in enumerate(payloads):
+            packet = av.Packet(payload)
+            packet.pts, packet.time_base = index * PTS_STEP, fractions.Fraction(1, 90000)
+            packet.is_keyframe = index == 0
+            self.track.push(packet)
+        return payloads
+
+    def media(self) -> list[RtpPacket]:
+        return [p for p in self.received if p.ssrc == self.transceiver.sender._ssrc]
+
+    async def close(self) -> None:
+        await asyncio.wait_for(asyncio.gather(self.server.close(), self.client.close()), 10)
+
+
+async def within(seconds: float, predicate) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), seconds)
+
+
+@pytest.fixture
+async def link() -> AsyncIterator[Link]:
+    use_host_addresses(["127.0.0.1"])
+    link = Link()
+    try:
+        await link.connect()
+        yield link
+    finally:
+        await link.close()
+
+
+async def test_pushed_frames_go_out_at_once_as_rtp_a_decoder_takes(link: Link) -> None:
+    link.push_clip(FRAMES)
+    # Sent during push(): nothing waits in the track's queue, and no task of aiortc's ran.
+    assert link.track._queue.qsize() == 0 and link.direct.packets >= FRAMES
+    await within(5, lambda: len(link.media()) == link.direct.packets)
+
+    packets = link.media()
+    first = packets[0].sequence_number
+    assert [p.sequence_number for p in packets] == [(first + i) % 65536 for i in range(len(packets))]
+    stamps = sorted({p.timestamp for p in packets})
+    assert len(stamps) == FRAMES and {b - a for a, b in zip(stamps, stamps[1:])} == {PTS_STEP}
+    for stamp in stamps:  # the marker on each frame's last packet only
+        markers = [p.marker for p in packets if p.timestamp == stamp]
+        assert markers == [0] * (len(markers) - 1) + [1]
+    mid = link.client.getTransceivers()[0].mid
+    assert all(p.extensions.mid == mid and p.extensions.abs_send_time is not None for p in packets)
+
+    # The client decodes them: the clip's picture.
+    frame = await asyncio.wait_for(link.remote[0].recv(), 10)
+    assert (frame.width, frame.height) == (320, 240)
+
+    # aiortc's sender reports (RTCP SR) count what was sent here.
+    async def reported() -> int:
+        stats = await link.far_receiver.getStats()
+        return next((s.packetsSent for s in stats.values() if s.type == "remote-outbound-rtp"), 0)
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while await reported() != link.direct.packets:
+        assert asyncio.get_running_loop().time() < deadline, "no sender report with the packets sent"
+        await asyncio.sleep(0.1)
+    outbound = next(s for s in (await link.transceiver.sender.getStats()).values() if s.type == "outbound-rtp")
+    assert outbound.packetsSent == link.direct.packets
+
+
+async def test_a_nack_is_answered_from_the_history_with_rtx(link: Link) -> None:
+    link.push_clip(FRAMES)
+    await within(5, lambda: len(link.media()) == link.direct.packets)
+    lost = link.media()[-3]
+    sender = link.transceiver.sender
+    await link.far_receiver._send_rtcp_nack(sender._ssrc, [lost.sequence_number])
+
+    await within(5, lambda: any(p.ssrc == sender._rtx_ssrc for p in link.received))
+    rtx = next(p for p in link.received if p.ssrc == sender._rtx_ssrc)
+    codecs = {c.payloadType: c for c in link.client.getTransceivers()[0]._codecs}
+    assert codecs[rtx.payload_type].name == "rtx" and codecs[rtx.payload_type].parameters["apt"] == lost.payload_type
+    assert rtx.payload == lost.sequence_number.to_bytes(2, "big") + lost.payload
+    assert (rtx.timestamp, rtx.marker, rtx.extensions.mid) == (lost.timestamp, lost.marker, lost.extensions.mid)
+
+    # A sequence number long gone from the history is not answered.
+    count = len(link.received)
+    await link.far_receiver._send_rtcp_nack(sender._ssrc, [(lost.sequence_number + 30000) % 65536])
+    await asyncio.sleep(0.3)
+    assert len(link.received) == count
+
+
+async def test_an_inactive_section_sends_nothing_and_a_stopped_track_ends_the_rtp_task(link: Link) -> None:
+    sender = link.transceiver.sender
+    sender._enabled = False  # what aiortc does for a section made inactive
+    link.push_clip(5)
+    assert link.direct.packets == 0
+    sender._enabled = True
+    link.push_clip(5)
+    assert link.direct.packets >= 5
+    link.track.stop()
+    await within(5, lambda: link.track._direct is None)
+    assert sender._RTCRtpSender__rtp_exited.is_set()
+
+
+def test_a_send_path_that_suspends_is_refused_not_half_run() -> None:
+    async def suspends() -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match="no longer matches aiortc"):
+        _run_now(suspends())
