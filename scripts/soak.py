@@ -55,6 +55,8 @@ TREND_MIB_PER_HOUR = 5.0
 class Sample:
     seconds: float
     rss_mib: float
+    #: The server process alone (the rest of `rss_mib` is its rooms' picture processes).
+    server_rss_mib: float
     cpu_percent: float
     threads: int
     fds: int
@@ -72,18 +74,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def proc(pid: int) -> tuple[float, int, int, int]:
-    """(RSS MiB, utime + stime ticks, threads, fds) of a server with its picture processes."""
-    rss = threads = fds = 0.0
+def proc(pid: int) -> tuple[float, float, int, int, int]:
+    """(RSS MiB, the server's own RSS MiB, utime + stime ticks, threads, fds) of a server with its picture processes."""
+    rss = own = threads = fds = 0.0
     for member in process_tree(pid):
         try:
             status = Path(f"/proc/{member}/status").read_text()
-            rss += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
+            member_rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
             threads += len(os.listdir(f"/proc/{member}/task"))
             fds += len(os.listdir(f"/proc/{member}/fd"))
         except FileNotFoundError:
             continue  # it ended meanwhile
-    return rss, cpu_ticks(pid), int(threads), int(fds)
+        rss += member_rss
+        own += member_rss if member == pid else 0.0
+    return rss, own, cpu_ticks(pid), int(threads), int(fds)
 
 
 async def scrape(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
@@ -184,14 +188,14 @@ async def run(args: argparse.Namespace) -> tuple[list[Sample], int]:
             await room.join(args.peers)
             churner = asyncio.ensure_future(churn(room, args, stop))
             start = time.monotonic()
-            last_time, (_, last_ticks, _, _) = start, proc(server.pid)
+            last_time, (_, _, last_ticks, _, _) = start, proc(server.pid)
             last_frames = (await scrape(session, port))["frames"]
             last_counts = {id(p): p.video_frames for p in room.peers}
             while (now := time.monotonic()) - start < args.minutes * 60:
                 await asyncio.sleep(args.sample)
                 await room.replace_dropped()
                 now = time.monotonic()
-                rss, ticks, threads, fds = proc(server.pid)
+                rss, own, ticks, threads, fds = proc(server.pid)
                 metrics = await scrape(session, port)
                 counts = {id(p): p.video_frames for p in room.peers}
                 # Only peers present for the whole interval: a joiner's first second is its ICE set-up.
@@ -199,7 +203,8 @@ async def run(args: argparse.Namespace) -> tuple[list[Sample], int]:
                 interval = now - last_time
                 samples.append(
                     Sample(
-                        round(now - start, 1), round(rss, 2), round((ticks - last_ticks) / CLK_TCK / interval * 100, 1),
+                        round(now - start, 1), round(rss, 2), round(own, 2),
+                        round((ticks - last_ticks) / CLK_TCK / interval * 100, 1),
                         threads, fds, int(metrics["tasks"]), len(room.peers), room.dropped,
                         round((metrics["frames"] - last_frames) / interval, 2),
                         round(min(steady) / interval, 2) if steady else 0.0,
@@ -223,11 +228,11 @@ async def run(args: argparse.Namespace) -> tuple[list[Sample], int]:
     return samples, room.failed
 
 
-def rss_slope(samples: list[Sample]) -> tuple[float, float]:
-    """Least-squares slope of RSS over the second half of the run, MiB/hour, and its standard error."""
+def rss_slope(samples: list[Sample], name: str = "rss_mib") -> tuple[float, float]:
+    """Least-squares slope of RSS (`name`) over the second half of the run, MiB/hour, and its standard error."""
     half = [s for s in samples if s.seconds >= samples[-1].seconds / 2]
     hours = np.array([s.seconds for s in half]) / 3600
-    rss = np.array([s.rss_mib for s in half])
+    rss = np.array([getattr(s, name) for s in half])
     (slope, _), cov = np.polyfit(hours, rss, 1, cov=True)
     return float(slope), float(np.sqrt(cov[0, 0]))
 
@@ -248,6 +253,7 @@ def plot(samples: list[Sample], path: Path, slope: float, args: argparse.Namespa
     minutes = np.array([s.seconds for s in samples]) / 60
     figure, (top, middle, bottom) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
     top.plot(minutes, [s.rss_mib for s in samples], label="RSS")
+    top.plot(minutes, [s.server_rss_mib for s in samples], label="RSS, server process alone")
     half = minutes >= minutes[-1] / 2
     rss = np.array([s.rss_mib for s in samples])
     fit = np.polyfit(minutes[half] / 60, rss[half], 1)
@@ -294,6 +300,7 @@ def section(samples: list[Sample], args: argparse.Namespace, slope: float, error
          if line.startswith("model name")), "unknown CPU",
     )  # fmt: skip
     churned = int(samples[-1].seconds // args.every) * args.churn
+    own_slope, own_error = rss_slope(samples, "server_rss_mib")
     return "\n".join(
         [
             BEGIN,
@@ -316,6 +323,7 @@ def section(samples: list[Sample], args: argparse.Namespace, slope: float, error
                 f"| {label} | {summary(samples, name)} | {summary(half, name)} |"
                 for label, name in (
                     ("RSS, MiB", "rss_mib"),
+                    ("RSS of the server process alone, MiB", "server_rss_mib"),
                     ("server CPU, % of one core", "cpu_percent"),
                     ("threads", "threads"),
                     ("file descriptors", "fds"),
@@ -329,7 +337,8 @@ def section(samples: list[Sample], args: argparse.Namespace, slope: float, error
             f"{samples[-1].dropped}.",
             "",
             f"RSS over the second half, least-squares slope: **{slope:+.1f} ± {error:.1f} MiB/hour** "
-            f"(± one standard error): {verdict(slope, error)}. The threshold is "
+            f"(± one standard error): {verdict(slope, error)}; the server process alone: "
+            f"{own_slope:+.1f} ± {own_error:.1f} MiB/hour. The threshold is "
             f"{TREND_MIB_PER_HOUR:g} MiB/hour: a leak of 100 KiB per churned peer would show as about "
             f"{100 / 1024 * args.churn * 3600 / args.every:.0f} MiB/hour at this churn. "
             "Samples: docs/plots/soak.csv.",
