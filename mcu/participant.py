@@ -18,7 +18,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
-from aiortc.mediastreams import MediaStreamError
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.sdp import SessionDescription
 
 from signaling import chat
@@ -187,10 +187,9 @@ class Participant:
     def _on_track(self, track: MediaStreamTrack, receiver: RTCRtpReceiver) -> None:
         """The peer's upstream `track` arrived (the peer connection's "track" event)."""
         # The room decodes audio on its own thread and video in its picture process: no decoder here.
-        install_encoded_receiver(receiver)
+        install_encoded_receiver(receiver, self._take_video if track.kind == "video" else self._take_audio)
         if track.kind == "video":
             self.video_receiver = receiver
-        self._spawn(self._consume_video(track) if track.kind == "video" else self._consume_audio(track))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run `coroutine` as a task of this participant, cancelled when it closes."""
@@ -209,22 +208,14 @@ class Participant:
             # tests/test_aiortc_internals.py).
             sender._send_keyframe = self.video_out.request_keyframe  # type: ignore[method-assign]
 
-    async def _consume_video(self, track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                frame = await track.recv()
-                self.video_frames += 1
-                self._on_video(self.peer_id, frame.codec_name, frame.data, frame.timestamp)
-        except MediaStreamError:
-            pass
+    def _take_video(self, frame: JitterFrame) -> None:
+        """An encoded video frame of the peer's, as its receiver lets it go: on to the room's picture process."""
+        self.video_frames += 1
+        self._on_video(self.peer_id, frame.codec_name, frame.data, frame.timestamp)  # type: ignore[attr-defined]
 
-    async def _consume_audio(self, track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                frame = await track.recv()
-                self._audio_payloads.append((frame.data, frame.audio_level))
-        except MediaStreamError:
-            pass
+    def _take_audio(self, frame: JitterFrame) -> None:
+        """An Opus frame of the peer's: kept for the next audio tick."""
+        self._audio_payloads.append((frame.data, frame.audio_level))  # type: ignore[attr-defined]
 
     @property
     def audio_gain(self) -> float:

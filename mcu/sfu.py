@@ -330,21 +330,24 @@ class SfuParticipant(Participant):
         pass  # nothing is encoded for it
 
     def _on_track(self, track: MediaStreamTrack, receiver: RTCRtpReceiver) -> None:
-        install_encoded_receiver(receiver)
         publication = Publication(self.peer_id, track.kind, receiver, self.forwarder.stats)
         published = grants.PUBLISH in self.grants
+
+        def forward(frame: JitterFrame) -> None:
+            # Muted by a moderator (or volume 0): unheard by all. Other volumes need a decode: ignored.
+            if published and (publication.kind == "video" or self.audio_gain > 0):
+                publication.forward(frame)
+
+        install_encoded_receiver(receiver, forward)
         if published:
             self.forwarder.publish(publication)
-        self._spawn(self._forward(track, publication, published))
+        self._spawn(self._unpublish_at_end(track, publication))
 
-    async def _forward(self, track: MediaStreamTrack, publication: Publication, published: bool) -> None:
-        """Forward the track's frames; drop them for a peer that may not publish, and its voice while muted."""
+    async def _unpublish_at_end(self, track: MediaStreamTrack, publication: Publication) -> None:
+        """The frames go to `forward` as they come; the track itself only ends, and its publication with it."""
         try:
             while True:
-                frame = await track.recv()
-                # Muted by a moderator (or volume 0): unheard by all. Other volumes need a decode: ignored.
-                if published and (publication.kind == "video" or self.audio_gain > 0):
-                    publication.forward(frame)
+                await track.recv()
         except MediaStreamError:
             self.forwarder.unpublish(publication)
 

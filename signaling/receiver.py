@@ -8,7 +8,9 @@ aiortc internals (tests/test_aiortc_internals.py covers it).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from aiortc import RTCRtpReceiver
@@ -16,18 +18,24 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+logger = logging.getLogger(__name__)
+
+#: Takes each encoded frame as the jitter buffer lets it go, on the event loop.
+FrameHandler = Callable[[JitterFrame], None]
+
 
 class _EncodedHandoff:
     """Stands in for an RTCRtpReceiver's decoder queue.
 
-    `put()` runs on the event loop (from the receiver's RTP handler): frames go
-    straight to the remote track. `get()` runs on aiortc's decoder thread: it
-    blocks until the receiver stops (puts None) and then returns None, so the
-    thread ends the track and exits as it would after decoding.
+    `put()` runs on the event loop (from the receiver's RTP handler): frames go to
+    `on_frame` at once, or else to the remote track's queue. `get()` runs on aiortc's
+    decoder thread: it blocks until the receiver stops (puts None) and then returns
+    None, so the thread ends the track and exits as it would after decoding.
     """
 
-    def __init__(self, track_queue: asyncio.Queue) -> None:
+    def __init__(self, track_queue: asyncio.Queue, on_frame: FrameHandler | None) -> None:
         self._track_queue = track_queue
+        self._on_frame = on_frame
         self._stopped = threading.Event()
 
     def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
@@ -37,7 +45,14 @@ class _EncodedHandoff:
             codec, frame = item
             # Which decoder the frame needs: the receiver knows, the frame alone does not.
             frame.codec_name = codec.name.lower()  # type: ignore[attr-defined]
-            self._track_queue.put_nowait(frame)
+            if self._on_frame is None:
+                self._track_queue.put_nowait(frame)
+                return
+            try:
+                self._on_frame(frame)
+            except Exception:
+                # Raised into aiortc's receive loop it would end the whole transport: this frame is lost instead.
+                logger.exception("a received frame could not be handled")
 
     def get(self) -> None:
         self._stopped.wait()
@@ -80,11 +95,13 @@ class _LevelTagger:
         return getattr(self._buffer, name)
 
 
-def install_encoded_receiver(receiver: RTCRtpReceiver) -> None:
+def install_encoded_receiver(receiver: RTCRtpReceiver, on_frame: FrameHandler | None = None) -> None:
     """Make `receiver`'s track yield encoded `JitterFrame`s instead of decoded frames.
 
-    Call it before the receiver starts, i.e. in the peer connection's "track"
-    event. The jitter buffer, NACK, REMB and receiver reports still run; the
+    With `on_frame`, each frame is handed to it as it leaves the jitter buffer
+    instead (no task wakes up per frame); the track then only ends, when the
+    receiver stops. Call it before the receiver starts, i.e. in the peer
+    connection's "track" event. The jitter buffer, NACK, REMB and receiver reports still run; the
     receiver no longer sends PLIs on decode errors, since there are none. Audio
     frames carry the sender's RFC 6464 level as `audio_level` (see `_LevelTagger`).
     """
@@ -94,7 +111,7 @@ def install_encoded_receiver(receiver: RTCRtpReceiver) -> None:
         raise RuntimeError("the receiver has already started decoding")
     if receiver._track is None:
         raise RuntimeError("the receiver has no remote track yet")
-    receiver._RTCRtpReceiver__decoder_queue = _EncodedHandoff(receiver._track._queue)  # type: ignore[attr-defined]
+    receiver._RTCRtpReceiver__decoder_queue = _EncodedHandoff(receiver._track._queue, on_frame)  # type: ignore[attr-defined]
     if receiver._track.kind == "audio":
         # aiortc holds 4 frames of audio before it lets one go (80 ms) but then lets one go per packet
         # that comes, so the hold absorbs no jitter: it is latency only. Whoever takes these frames

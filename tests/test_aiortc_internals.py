@@ -5,7 +5,8 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
   object may go to several senders (the shared encoder's fan-out);
 - `RTCRtpSender._send_keyframe` is what an incoming PLI calls (keyframe routing);
 - `RTCRtpReceiver`'s private decoder queue can be replaced before `receive()`
-  (receiving without decoding, `signaling.receiver.install_encoded_receiver`);
+  (receiving without decoding, `signaling.receiver.install_encoded_receiver`), and what
+  it is given handed to a callback at once;
 - its private jitter buffer can be replaced, for audio by one that holds a single frame
   (aiortc's holds four, 60 ms more of latency), and wrapped to keep each audio packet's RFC 6464
   level (`packet.extensions.audio_level`) on the frame (active speaker), and a
@@ -177,6 +178,36 @@ async def test_encoded_receiver_yields_frames_undecoded_and_its_thread_exits_on_
         with pytest.raises(MediaStreamError):
             while True:
                 await asyncio.wait_for(track.recv(), 5)
+
+
+async def test_an_encoded_receiver_can_hand_each_frame_to_a_callback_and_its_track_then_only_ends(pcs) -> None:
+    """The server's way: no task wakes up per frame; a callback that raises loses its frame, not the transport."""
+    sending, receiving = pcs
+    sending.addTransceiver(PreEncodedVideoTrack(RED), direction="sendonly")
+    frames: list[JitterFrame] = []
+    received: list[MediaStreamTrack] = []
+
+    def take(frame: JitterFrame) -> None:
+        frames.append(frame)
+        if len(frames) == 1:
+            raise ValueError("a consumer's bug")
+
+    @receiving.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        install_encoded_receiver(receiving.getTransceivers()[0].receiver, take)
+        received.append(track)
+
+    await connect(sending, receiving)
+    await within(10, lambda: len(frames) >= 20)
+    assert all(isinstance(frame, JitterFrame) and looks_like_vp8(frame.data) for frame in frames)
+    assert all(frame.codec_name == "vp8" for frame in frames)
+    assert receiving.connectionState == "connected"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(received[0].recv(), 0.5)  # nothing is queued for it
+
+    await asyncio.wait_for(receiving.close(), 10)
+    with pytest.raises(MediaStreamError):
+        await asyncio.wait_for(received[0].recv(), 5)
 
 
 async def test_encoded_audio_frames_carry_the_rfc6464_level_the_sender_measured(pcs) -> None:
