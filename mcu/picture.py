@@ -37,6 +37,7 @@ import numpy as np
 from compositor.layout import GRID, Layout
 from compositor.video import Compositor, Scene, Tile
 
+from .allocator import Trimmer, limit_arenas
 from .encoders import Output, Tier, VideoEncoder
 
 logger = logging.getLogger(__name__)
@@ -464,6 +465,10 @@ def main(fd: int) -> None:
     # the whole process group must not take the picture away while the server finishes its recordings.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Decoders come and go with the publishers: the same two arenas and periodic trim as the server.
+    limit_arenas()  # before the decoder and clock threads exist
+    trimmer = Trimmer()
+    trimmer.start()
     # Short GIL slices: the decoders' and the clock's hand-overs are short (see mcu/cli.py).
     sys.setswitchinterval(0.002)
     sock = socket.socket(fileno=fd)
@@ -499,6 +504,7 @@ def main(fd: int) -> None:
     if engine is not None:
         engine.stop()
         engine.wait()
+    trimmer.stop()
 
 
 if __name__ == "__main__":

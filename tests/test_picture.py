@@ -11,7 +11,7 @@ import time
 import av
 import numpy as np
 from media_checks import cell_colours, close_to
-from test_room_media import PLACEHOLDER, expected, make_peer
+from test_room_media import PEOPLE, PLACEHOLDER, expected, make_peer
 
 from mcu.encoders import Output, Tier, VideoEncoder
 from mcu.picture import Engine, MessageReader, SceneSpec, Settings, TileSpec, encode_message
@@ -250,3 +250,32 @@ def test_keyframe_requests_for_a_publisher_are_rate_limited(monkeypatch):
     time.sleep(PLI_INTERVAL + 0.05)
     room._ask_keyframe("a")
     assert sent == [receiver, receiver]
+
+
+def arena_heaps(pid: int) -> int:
+    """glibc's heaps in a process's maps: the arenas besides the main one, each read-write from a 64 MiB boundary.
+
+    (HEAP_MAX_SIZE on 64-bit; another mapping may start on such a boundary by chance, so this may read one more.)
+    """
+    with open(f"/proc/{pid}/maps") as maps:
+        return sum(
+            1
+            for line in maps
+            if len(fields := line.split()) == 5
+            and fields[1].startswith("rw")
+            and int(fields[0].split("-")[0], 16) % (64 << 20) == 0
+        )
+
+
+async def test_a_picture_process_shares_two_arenas_between_its_decoder_and_clock_threads(server):
+    peers = [make_peer(server, name, colour, tone) for name, colour, tone in PEOPLE]
+    try:
+        for peer in peers:
+            await peer.join()
+        await peers[0].wait_for(lambda: all(p.video_frames > 10 for p in peers), timeout=15)
+        process = server.conference.rooms["room1"].video._process
+        threads = len(os.listdir(f"/proc/{process.pid}/task"))
+        assert threads >= 5  # its reader, clock, decoders and heap trimmer
+        assert arena_heaps(process.pid) <= 2  # one arena besides the main one (and a chance mapping)
+    finally:
+        await asyncio.gather(*(asyncio.wait_for(peer.close(), 10) for peer in peers))
