@@ -17,8 +17,10 @@ import ctypes
 import threading
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-from aiohttp import web
+if TYPE_CHECKING:  # the picture processes use the trimmer too, and need none of aiohttp
+    from aiohttp import web
 
 #: mallopt's parameter for the most arenas malloc may create (glibc's malloc.h).
 M_ARENA_MAX = -8
