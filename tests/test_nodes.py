@@ -89,8 +89,9 @@ async def test_join_through_a_reaches_b_and_the_room_comes_back_on_a_when_b_dies
         assert keys.get("mcu:room:r") == a.url
         assert health(a.port)["rooms"]["r"]["peers"] == 2
         # B's worker ended with its front; B's announcement is gone from the directory.
-        # It ends on SIGTERM, which shuts it down gracefully: up to 5 s (test_shutdown), then reaped.
-        await wait_until(lambda: _gone(b_worker), 8)
+        # It ends on SIGTERM, which shuts it down gracefully: up to 5 s (test_shutdown), then its picture
+        # processes end and it is reaped; on a loaded 2-core machine that took 8.1 s once.
+        await wait_until(lambda: _gone(b_worker), 12)
         await wait_until(lambda: keys.get(f"mcu:node:{b.url}") is None, 6)
         assert filler.reconnects == 0
     finally:
