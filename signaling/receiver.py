@@ -55,10 +55,16 @@ class _EncodedHandoff:
                 logger.exception("a received frame could not be handled")
 
     def get(self) -> None:
-        self._stopped.wait()
+        # Also ends once the interpreter's main thread has: a process whose loop ended without
+        # closing its peer connections must still exit (aiortc's decoder threads are not daemons).
+        while not self._stopped.wait(EXIT_POLL):
+            if not threading.main_thread().is_alive():
+                break
         return None
 
 
+#: Seconds between a waiting decoder thread's looks at whether the interpreter is exiting.
+EXIT_POLL = 0.5
 #: Audio packets the jitter buffer holds (aiortc's own size for audio).
 AUDIO_CAPACITY = 16
 #: RTP timestamps whose audio level is remembered until their frame leaves the jitter buffer.

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import av
 import pytest
@@ -314,3 +318,16 @@ def test_an_unreadable_header_extension_is_skipped_not_fatal():
     two_byte_profile = 0x1000
     assert extensions.get(two_byte_profile, b"\x01\x00\x00\x00").audio_level is None  # id 1, zero bytes
     assert extensions.get(two_byte_profile, b"\x01\x01\x85\x00").audio_level == (True, 5)  # a real one still reads
+
+
+def test_a_process_whose_receivers_were_never_stopped_still_exits() -> None:
+    """aiortc's decoder threads are not daemons: one waiting in the encoded handoff must not hold the process."""
+    script = (
+        "import asyncio, threading\n"
+        "from signaling.receiver import _EncodedHandoff\n"
+        "handoff = _EncodedHandoff(asyncio.Queue(), None)\n"
+        "threading.Thread(target=handoff.get, name='video-decoder').start()\n"
+    )
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parent.parent, timeout=10, check=True)
+    assert time.monotonic() - started < 5
