@@ -182,7 +182,6 @@ class Participant:
             transceiver = pc.addTransceiver(track, direction="sendrecv")
             transceiver.setCodecPreferences(_shared_codecs(track.kind))
             send_directly(transceiver.sender, track)
-            self._attach(transceiver.sender)
 
     def _on_track(self, track: MediaStreamTrack, receiver: RTCRtpReceiver) -> None:
         """The peer's upstream `track` arrived (the peer connection's "track" event)."""
@@ -200,13 +199,6 @@ class Participant:
     def _connected(self) -> None:
         """ICE and DTLS are up: a new or reconnected peer starts on a fresh keyframe."""
         self.video_out.restart()
-
-    def _attach(self, sender: RTCRtpSender) -> None:
-        if sender.kind == "video":
-            # aiortc only honours PLI/FIR on its own encode path; with packets the
-            # request must reach the shared encoder (aiortc internal, see
-            # tests/test_aiortc_internals.py).
-            sender._send_keyframe = self.video_out.request_keyframe  # type: ignore[method-assign]
 
     def _take_video(self, frame: JitterFrame) -> None:
         """An encoded video frame of the peer's, as its receiver lets it go: on to the room's picture process."""

@@ -10,7 +10,8 @@ packet again for each peer: at 16 peers the largest share of the event loop.
 packetized at once, its header (extensions included) serialized once per frame by
 aiortc itself, and each RTP packet only stamped with its sequence number, SRTP
 protected and sent. What aiortc's sender keeps doing, it keeps doing: RTCP sender
-reports (from the counters updated here), PLI/FIR, REMB, stats; NACKs are answered
+reports (from the counters updated here), REMB, stats; PLI/FIR reach the track's
+`request_keyframe` (the shared encoder, or the forwarded publisher); NACKs are answered
 from this module's own history, with RTX where negotiated. It relies on aiortc
 internals (tests/test_aiortc_internals.py covers them).
 """
@@ -153,3 +154,5 @@ def send_directly(sender: RTCRtpSender, track: PacketTrack) -> None:
             rtp_exited.set()
 
     sender._run_rtp = run_rtp  # type: ignore[method-assign]
+    # aiortc only honours PLI/FIR on its own encode path: the request goes to whatever feeds the track.
+    sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]

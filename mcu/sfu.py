@@ -288,9 +288,7 @@ class SfuParticipant(Participant):
                 track = PacketTrack(publication.kind)
                 transceiver = pc.addTransceiver(track, direction="sendonly")
                 transceiver.setCodecPreferences(forwarded_codecs(publication.kind))
-                send_directly(transceiver.sender, track)
-                # aiortc only honours PLI/FIR on its own encode path: route them to the publisher.
-                transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+                send_directly(transceiver.sender, track)  # PLI/FIR too: they reach the publisher
             publication.subscribe(self.peer_id, track)
             self._sending[publication] = (transceiver, track)
         for publication in gone:

@@ -175,3 +175,10 @@ def test_a_send_path_that_suspends_is_refused_not_half_run() -> None:
 
     with pytest.raises(RuntimeError, match="no longer matches aiortc"):
         _run_now(suspends())
+
+
+async def test_a_pli_reaches_whatever_feeds_the_track(link: Link) -> None:
+    requested = asyncio.Event()
+    link.track.keyframe_requested = requested.set
+    await link.far_receiver._send_rtcp_pli(link.transceiver.sender._ssrc)
+    await asyncio.wait_for(requested.wait(), 5)
