@@ -29,6 +29,7 @@ from signaling.rtp import install_tolerant_extensions
 
 from .config import DEFAULT_TIER
 from .encoders import Output
+from .intake import receive_directly
 from .sender import send_directly
 from .tracks import PacketTrack
 
@@ -167,6 +168,7 @@ class Participant:
         @pc.on("connectionstatechange")
         def on_state() -> None:
             if pc.connectionState == "connected":
+                receive_directly(pc)
                 self._connected()
             elif pc.connectionState in ("failed", "closed") and pc is self.pc and not self._closed:
                 # Failed ICE/DTLS, or the peer closed its side: it is gone.
