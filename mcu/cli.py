@@ -308,24 +308,32 @@ def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None 
         print("mcu: no --secret: anyone who reaches this address may join any room", flush=True)
     scheme = "https" if tls else "http"
     print(f"mcu: serving on {scheme}://{host}:{port}/ (signaling at /ws)", flush=True)
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        print=None,
-        shutdown_timeout=5,
-        access_log_class=AccessLogger,
-        ssl_context=tls,
-    )
+    failed = False
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            print=None,
+            shutdown_timeout=5,
+            access_log_class=AccessLogger,
+            ssl_context=tls,
+        )
+    except Exception:
+        # Failing to start, or a shutdown step that raised: that skips the steps after it (closing
+        # peer connections among them), so the process must not wait below on what was left running.
+        logging.getLogger(__name__).exception("the server stopped on an error")
+        failed = True
     # Shutdown closed every peer connection it could in its time. aiortc's decoder threads are not
     # daemon threads: one whose connection it could not close would keep the process alive forever
     # (seen with workers ended by their front's death), so the process leaves without them.
     leftover = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     if leftover:
         logging.getLogger(__name__).warning("exiting with %d codec threads still running", len(leftover))
+    if leftover or failed:
         logging.shutdown()
         sys.stdout.flush()
-        os._exit(0)
+        os._exit(1 if failed else 0)
 
 
 def _workers(text: str) -> int:

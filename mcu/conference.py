@@ -279,9 +279,16 @@ class Conference:
         for session in sessions:
             session.send_error(protocol.SERVER_SHUTDOWN, "The server is shutting down; join again in a moment.")
         for session in sessions:
-            await self.leave(session)
+            peer_id = session.peer_id
+            try:
+                await self.leave(session)
+            except Exception:
+                # One peer or room that fails to close must not keep the others (and their recordings) open.
+                logger.exception("closing %s at shutdown failed", peer_id)
         # Flush what each session has queued (the shutdown notice), then close its WebSocket.
-        await asyncio.gather(*(session.close() for session in sessions))
+        for failure in await asyncio.gather(*(session.close() for session in sessions), return_exceptions=True):
+            if isinstance(failure, Exception):
+                logger.error("a session failed to close at shutdown", exc_info=failure)
         await asyncio.gather(*(session.ws.close() for session in sessions), return_exceptions=True)
         if self._closing:
             await asyncio.wait(self._closing, timeout=SHUTDOWN_SECONDS)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,16 @@ def free_port() -> int:
 BIN = Path(sys.executable).parent
 
 
-def start_mcu(port: int, *args: str, tls: ssl.SSLContext | None = None, **popen: Any) -> subprocess.Popen:
+def start_mcu(
+    port: int, *args: str, tls: ssl.SSLContext | None = None, program: Sequence[str] = (), **popen: Any
+) -> subprocess.Popen:
     """`mcu serve --port PORT ARGS...` as a process, returned once its /healthz answers (20 s at most).
 
-    Output goes to one text pipe unless `popen` says otherwise; `tls` trusts an HTTPS server's certificate.
+    Output goes to one text pipe unless `popen` says otherwise; `tls` trusts an HTTPS server's certificate;
+    `program` replaces the `mcu` command (a Python that patches the server first, say).
     """
     options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, **popen}
-    process = subprocess.Popen([BIN / "mcu", "serve", "--port", str(port), *args], **options)
+    process = subprocess.Popen([*(program or [BIN / "mcu"]), "serve", "--port", str(port), *args], **options)
     health = f"{'https' if tls else 'http'}://127.0.0.1:{port}/healthz"
     deadline = time.monotonic() + 20
     while True:

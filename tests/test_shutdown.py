@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -50,3 +52,80 @@ async def test_sigterm_is_a_graceful_shutdown(tmp_path: Path) -> None:
         assert container.duration is not None and container.duration / 1e6 > 1.5
         kinds = sorted(stream.type for stream in container.streams)
         assert kinds == ["audio", "video"]
+
+
+#: `mcu serve` with its shutdown broken on purpose, and a non-daemon thread that never ends: a codec
+#: thread whose peer connection the broken shutdown did not close (aiortc's are not daemons).
+BROKEN_SHUTDOWN = """
+import sys, threading
+from mcu import cli, conference
+
+async def close(self):
+    raise RuntimeError("shutdown broken on purpose")
+
+conference.Conference.close = close
+threading.Thread(target=threading.Event().wait, name="stuck-codec").start()
+cli.main(sys.argv[1:])
+"""
+
+
+def test_a_shutdown_that_raises_still_ends_the_process() -> None:
+    port = free_port()
+    process = start_mcu(port, "--size", "320x180", program=[sys.executable, "-c", BROKEN_SHUTDOWN])
+    try:
+        process.send_signal(signal.SIGTERM)
+        try:
+            output = process.communicate(timeout=10)[0]
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the process waited on its leftover thread after a failed shutdown") from None
+        assert process.returncode == 1
+        assert "the server stopped on an error" in output and "shutdown broken on purpose" in output
+    finally:
+        if process.poll() is None:
+            stop_process(process)
+
+
+async def test_a_peer_that_fails_to_leave_at_shutdown_does_not_keep_the_others(tmp_path: Path) -> None:
+    """One room's close raises: the other room is still closed and its recording finished."""
+    port = free_port()
+    script = """
+import sys
+from mcu import cli, room
+
+close = room.Room.close
+
+async def fails_in_one_room(self):
+    await close(self)
+    if self.name == "broken":
+        raise RuntimeError("room close broken on purpose")
+
+room.Room.close = fails_in_one_room
+cli.main(sys.argv[1:])
+"""
+    process = start_mcu(
+        port, "--size", "320x180", "--fps", "15", "--record-dir", str(tmp_path), "--auto-record",
+        program=[sys.executable, "-c", script],
+    )
+    peers = [
+        Peer(f"ws://127.0.0.1:{port}/ws", "broken", "Ana", video=ColorTrack(COLORS["red"]), audio=ToneTrack(500)),
+        Peer(f"ws://127.0.0.1:{port}/ws", "fine", "Bo", video=ColorTrack(COLORS["green"]), audio=ToneTrack(700)),
+    ]
+    try:
+        for peer in peers:
+            await peer.join()
+        await peers[0].wait_for(lambda: all(p.video_frames > 15 for p in peers), 15)
+        process.send_signal(signal.SIGTERM)
+        output = await asyncio.to_thread(process.communicate, timeout=10)
+        assert "room close broken on purpose" in output[0]
+        assert process.returncode == 0, "the failure stopped the rest of the shutdown"
+        for peer in peers:
+            await peer.wait_for(lambda: peer._ws is not None and peer._ws.closed, 5)
+            assert [e["code"] for e in peer.errors] == ["server_shutdown"]
+    finally:
+        for peer in peers:
+            await peer.close()
+        if process.poll() is None:
+            stop_process(process)
+    [recording] = tmp_path.glob("fine-*.webm")
+    with av.open(str(recording)) as container:
+        assert container.duration is not None and container.duration / 1e6 > 0.5
