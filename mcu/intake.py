@@ -9,56 +9,25 @@ before any RTP work is done.
 `receive_directly(pc)` hooks a connected peer connection's sockets so that an
 SRTP or SRTCP datagram goes straight to what aiortc's task would have done with
 it: the same counters, the same unprotect, the same handlers, run to their end
-at once (`run_eagerly`). Everything else (STUN, DTLS records, the data channel)
+at once (`mcu.eager.run_eagerly`). Everything else (STUN, DTLS records, the data channel)
 still takes aiortc's way, and so does an SRTP datagram that arrives while older
 datagrams are queued there, so that none overtakes them. It relies on aiortc and
-aioice internals (tests/test_aiortc_internals.py covers them).
+aioice internals (tests/test_intake.py covers them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from typing import Any
 
 import pylibsrtp
 from aiortc import RTCDtlsTransport, RTCPeerConnection, clock
 from aiortc.rtp import is_rtcp
 
+from .eager import run_eagerly
+
 logger = logging.getLogger(__name__)
-
-
-def run_eagerly(coroutine: Coroutine[Any, Any, None]) -> asyncio.Future[None] | None:
-    """Run `coroutine` now, as far as it goes without waiting; what is left after a wait becomes a task.
-
-    aiortc's RTP handlers wait for nothing in the common case (their sends end in
-    `sendto`), but may (a TURN channel being bound): then the rest runs as a
-    task, which is returned. Returns None when the coroutine finished at once.
-    """
-    try:
-        waited = coroutine.send(None)
-    except StopIteration:
-        return None
-    return asyncio.ensure_future(_resume(coroutine, waited))
-
-
-async def _resume(coroutine: Coroutine[Any, Any, None], waited: Any) -> None:
-    """Drive a started coroutine on: wait for what it waits for, then let it read the outcome itself."""
-    while True:
-        try:
-            if waited is None:
-                await asyncio.sleep(0)  # a bare yield
-            else:
-                # What a task does with a future its coroutine yields: it is now waited for.
-                waited._asyncio_future_blocking = False
-                await waited
-        except (Exception, asyncio.CancelledError):
-            pass  # the coroutine reads the future's outcome (result, error, cancellation) when resumed
-        try:
-            waited = coroutine.send(None)
-        except StopIteration:
-            return
 
 
 def receive_directly(pc: RTCPeerConnection) -> None:

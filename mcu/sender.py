@@ -9,7 +9,9 @@ packet again for each peer: at 16 peers the largest share of the event loop.
 `send_directly` replaces that task for a `PacketTrack`: each pushed packet is
 packetized at once, its header (extensions included) serialized once per frame by
 aiortc itself, and each RTP packet only stamped with its sequence number, SRTP
-protected and sent. What aiortc's sender keeps doing, it keeps doing: RTCP sender
+protected and sent, by aiortc's own send coroutines run at once (`mcu.eager.run_eagerly`:
+on a plain UDP pair they never wait; behind a TURN relay refreshing its channel they
+finish a moment later). What aiortc's sender keeps doing, it keeps doing: RTCP sender
 reports (from the counters updated here), REMB, stats; PLI/FIR reach the track's
 `request_keyframe` (the shared encoder, or the forwarded publisher); NACKs are answered
 from this module's own history, with RTX where negotiated. It relies on aiortc
@@ -21,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Coroutine
-from typing import Any
 
 import av
 from aiortc import RTCRtpSender, clock
@@ -31,28 +31,13 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket
 from aiortc.utils import random16, random32, uint16_add, uint32_add
 
+from .eager import run_eagerly
 from .tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
 
 _SEQUENCE = struct.Struct("!H")
 _HEADER = struct.Struct("!BBHLL")
-
-
-def _run_now(coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run a coroutine that never suspends (aiortc's send path down to `sendto`) to its end, now.
-
-    A connection not yet (or no longer) up raises ConnectionError: the packet is lost,
-    as it would be on the wire.
-    """
-    try:
-        coroutine.send(None)
-    except StopIteration:
-        return
-    except ConnectionError:
-        return
-    coroutine.close()
-    raise RuntimeError("aiortc's RTP send path suspended: mcu/sender.py no longer matches aiortc")
 
 
 class DirectSender:
@@ -102,7 +87,10 @@ class DirectSender:
             _SEQUENCE.pack_into(header, 2, self._sequence)
             data = bytes(header) + payload
             self._history[self._sequence % RTP_HISTORY_SIZE] = (data, header_length)
-            _run_now(transport._send_rtp(data))
+            try:
+                run_eagerly(transport._send_rtp(data))
+            except ConnectionError:
+                pass  # not yet (or no longer) connected: the packet is lost, as on the wire
             self._sequence = uint16_add(self._sequence, 1)
             octets += len(payload)
         # What aiortc's RTCP sender reports are made of.

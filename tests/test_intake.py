@@ -18,7 +18,7 @@ from aiortc import RTCPeerConnection
 from aiortc.jitterbuffer import JitterFrame
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
-from mcu.intake import receive_directly, run_eagerly
+from mcu.intake import receive_directly
 from signaling.ice import rtc_configuration, use_host_addresses
 from signaling.receiver import install_encoded_receiver
 
@@ -141,39 +141,4 @@ async def test_a_handler_that_raises_loses_its_datagram_not_the_transport(link: 
     video = link.frames["video"]
     await within(10, lambda: link.frames["video"] >= video + 10)
     assert dtls.state == "connected"
-
-
-def test_run_eagerly_runs_a_coroutine_that_does_not_wait_at_once() -> None:
-    done: list[int] = []
-
-    async def quick() -> None:
-        done.append(1)
-
-    assert run_eagerly(quick()) is None
-    assert done == [1]
-
-
-async def test_run_eagerly_finishes_after_a_wait_in_a_task_that_sees_the_outcomes() -> None:
-    loop = asyncio.get_running_loop()
-    first, second = loop.create_future(), loop.create_future()
-    seen: list[Any] = []
-
-    async def waits() -> None:
-        seen.append("started")
-        seen.append(await first)
-        try:
-            await second
-        except KeyError as exc:
-            seen.append(repr(exc))
-        await asyncio.sleep(0)
-        seen.append("ended")
-
-    task = run_eagerly(waits())
-    assert task is not None and seen == ["started"]
-    first.set_result(7)
-    await asyncio.sleep(0.01)
-    assert seen == ["started", 7]
-    second.set_exception(KeyError("gone"))
-    await asyncio.wait_for(task, 1)
-    assert seen == ["started", 7, "KeyError('gone')", "ended"]
 
