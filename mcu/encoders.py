@@ -61,9 +61,12 @@ def _vp8_context(bitrate: int) -> av.CodecContext:
     rate = str(bitrate)
     codec.options = {
         "deadline": "realtime",
-        # 12: twice as fast as 8 on a 720p composite at the same PSNR; 16 loses 3 dB
-        # (scripts/bench_encoder.py, docs/benchmarks.md).
-        "cpu-used": "12",
+        # In realtime mode a positive cpu-used is a budget, not a speed: libvpx picks its speed
+        # frame by frame so that an encode takes (16 - cpu-used)/16 of the frame interval
+        # (vp8_auto_select_speed). 13: 3/16 of a core at any frame rate, 0.1-0.5 dB under 12's
+        # 4/16 on the benchmark's composites; 14 loses 0.6-2 dB (scripts/bench_encoder.py,
+        # docs/benchmarks.md).
+        "cpu-used": "13",
         "lag-in-frames": "0",
         "static-thresh": "1",
         "noise-sensitivity": "0",

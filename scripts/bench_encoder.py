@@ -7,7 +7,7 @@ composite runs at 30 fps, as in a real room. For each `cpu-used` value: encode
 time per frame and the luma PSNR of the decoded result against the composite,
 at the same bitrate. This is how the server's setting was chosen.
 
-    .venv/bin/python scripts/bench_encoder.py [--speeds 6,8,12,16] [--frames 150]
+    .venv/bin/python scripts/bench_encoder.py [--speeds 6,8,12,13,14,16] [--frames 150]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def run(speed: int, count: int, textures: list[np.ndarray]) -> tuple[float, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--speeds", default="6,8,12,16", help="libvpx cpu-used values (default 6,8,12,16)")
+    parser.add_argument("--speeds", default="6,8,12,13,14,16", help="libvpx cpu-used values (default 6,8,12,13,14,16)")
     parser.add_argument("--frames", type=int, default=150, help="frames per setting (default 150)")
     args = parser.parse_args()
     rng = np.random.default_rng(1)
