@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,16 @@ def free_port() -> int:
 
 
 BIN = Path(sys.executable).parent
+
+
+async def within(seconds: float, predicate: Callable[[], bool]) -> None:
+    """Wait until `predicate()` is true, polling every 20 ms; TimeoutError after `seconds`."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), seconds)
 
 
 def start_mcu(

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiortc import RTCPeerConnection
 from aiortc.jitterbuffer import JitterFrame
+from conftest import within
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
 from mcu.intake import receive_directly
@@ -66,27 +67,19 @@ class Link:
 
         connection.data_received = counted
 
-    async def close(self) -> None:
+    async def __aenter__(self) -> Link:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
         await asyncio.wait_for(asyncio.gather(self.client.close(), self.server.close()), 10)
-
-
-async def within(seconds: float, predicate: Any) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(poll(), seconds)
 
 
 @pytest.fixture
 async def link() -> AsyncIterator[Link]:
     use_host_addresses(["127.0.0.1"])
-    link = Link()
-    try:
-        await link.connect()
+    async with Link() as link:
         yield link
-    finally:
-        await link.close()
 
 
 async def test_without_the_hook_every_datagram_takes_aiortcs_queue(link: Link) -> None:

@@ -17,6 +17,7 @@ import av
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver
 from aiortc.rtp import RtpPacket
+from conftest import within
 
 from client.encoded import encode_video_clip
 from mcu.sender import _SEQUENCE, DirectSender, send_directly
@@ -80,14 +81,6 @@ class Link:
 
     async def close(self) -> None:
         await asyncio.wait_for(asyncio.gather(self.server.close(), self.client.close()), 10)
-
-
-async def within(seconds: float, predicate) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(poll(), seconds)
 
 
 @pytest.fixture

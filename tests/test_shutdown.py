@@ -16,17 +16,41 @@ from client.peer import Peer
 from client.sources import COLORS, ColorTrack, ToneTrack
 
 
+def two_peers(port: int, room_a: str, room_b: str) -> list[Peer]:
+    """Ana (red, 500 Hz) in `room_a` and Bo (green, 700 Hz) in `room_b`."""
+    url = f"ws://127.0.0.1:{port}/ws"
+    return [
+        Peer(url, room_a, "Ana", video=ColorTrack(COLORS["red"]), audio=ToneTrack(500)),
+        Peer(url, room_b, "Bo", video=ColorTrack(COLORS["green"]), audio=ToneTrack(700)),
+    ]
+
+
+async def join_and_receive(peers: list[Peer]) -> None:
+    for peer in peers:
+        await peer.join()
+    await peers[0].wait_for(lambda: all(p.video_frames > 15 for p in peers), 15)
+
+
+async def told_to_go(peers: list[Peer]) -> None:
+    """Each peer got `server_shutdown` and then its WebSocket closed."""
+    for peer in peers:
+        await peer.wait_for(lambda: peer._ws is not None and peer._ws.closed, 5)
+        assert [e["code"] for e in peer.errors] == ["server_shutdown"]
+
+
+async def hang_up(peers: list[Peer], process: subprocess.Popen) -> None:
+    for peer in peers:
+        await peer.close()
+    if process.poll() is None:
+        stop_process(process)
+
+
 async def test_sigterm_is_a_graceful_shutdown(tmp_path: Path) -> None:
     port = free_port()
     process = start_mcu(port, "--size", "320x180", "--fps", "15", "--record-dir", str(tmp_path), "--auto-record")
-    peers = [
-        Peer(f"ws://127.0.0.1:{port}/ws", "bye", "Ana", video=ColorTrack(COLORS["red"]), audio=ToneTrack(500)),
-        Peer(f"ws://127.0.0.1:{port}/ws", "bye", "Bo", video=ColorTrack(COLORS["green"]), audio=ToneTrack(700)),
-    ]
+    peers = two_peers(port, "bye", "bye")
     try:
-        for peer in peers:
-            await peer.join()
-        await peers[0].wait_for(lambda: all(p.video_frames > 15 for p in peers), 15)
+        await join_and_receive(peers)
         await asyncio.sleep(1)
 
         sent = time.monotonic()
@@ -36,14 +60,9 @@ async def test_sigterm_is_a_graceful_shutdown(tmp_path: Path) -> None:
         took = time.monotonic() - sent
         assert process.returncode == 0, process.communicate()[0]
         assert took < 5, f"exited {took:.1f} s after SIGTERM"
-        for peer in peers:
-            await peer.wait_for(lambda: peer._ws is not None and peer._ws.closed, 5)
-            assert [e["code"] for e in peer.errors] == ["server_shutdown"]
+        await told_to_go(peers)
     finally:
-        for peer in peers:
-            await peer.close()
-        if process.poll() is None:
-            stop_process(process)
+        await hang_up(peers, process)
         process.communicate()
 
     # The recording was finished, not cut: its index gives the duration it ran for.
@@ -106,26 +125,16 @@ cli.main(sys.argv[1:])
         port, "--size", "320x180", "--fps", "15", "--record-dir", str(tmp_path), "--auto-record",
         program=[sys.executable, "-c", script],
     )
-    peers = [
-        Peer(f"ws://127.0.0.1:{port}/ws", "broken", "Ana", video=ColorTrack(COLORS["red"]), audio=ToneTrack(500)),
-        Peer(f"ws://127.0.0.1:{port}/ws", "fine", "Bo", video=ColorTrack(COLORS["green"]), audio=ToneTrack(700)),
-    ]
+    peers = two_peers(port, "broken", "fine")
     try:
-        for peer in peers:
-            await peer.join()
-        await peers[0].wait_for(lambda: all(p.video_frames > 15 for p in peers), 15)
+        await join_and_receive(peers)
         process.send_signal(signal.SIGTERM)
         output = await asyncio.to_thread(process.communicate, timeout=10)
         assert "room close broken on purpose" in output[0]
         assert process.returncode == 0, "the failure stopped the rest of the shutdown"
-        for peer in peers:
-            await peer.wait_for(lambda: peer._ws is not None and peer._ws.closed, 5)
-            assert [e["code"] for e in peer.errors] == ["server_shutdown"]
+        await told_to_go(peers)
     finally:
-        for peer in peers:
-            await peer.close()
-        if process.poll() is None:
-            stop_process(process)
+        await hang_up(peers, process)
     [recording] = tmp_path.glob("fine-*.webm")
     with av.open(str(recording)) as container:
         assert container.duration is not None and container.duration / 1e6 > 0.5
