@@ -21,26 +21,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_room import process_tree  # noqa: E402  (a sibling script, not a package)
+
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of `pid`, from /proc/<pid>/task/*/children."""
-    found: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as file:
-                found += [int(child) for child in file.read().split()]
-    except OSError:
-        pass
-    return found
-
-
-def tree(pid: int) -> list[int]:
-    pids = [pid]
-    for child in children(pid):
-        pids += tree(child)
-    return pids
 
 
 def thread_ticks(pids: list[int]) -> dict[tuple[int, int], int]:
@@ -79,17 +64,17 @@ def main() -> None:
         server = None
         deadline = time.monotonic() + 60
         while server is None and time.monotonic() < deadline:
-            server = next((p for p in tree(bench.pid) if "mcu.cli serve" in command(p)), None)
+            server = next((p for p in process_tree(bench.pid) if "mcu.cli serve" in command(p)), None)
             time.sleep(0.2)
         if server is None:
             sys.exit("the benchmark's server did not start")
         time.sleep(10 + 0.6 * args.peers)  # the peers join, then the room settles
-        pids = tree(server)
+        pids = process_tree(server)
         names = {pid: "picture" if "mcu.picture" in command(pid) else str(pid) for pid in pids}
         names[server] = "server"
         before, started = thread_ticks(pids), time.monotonic()
         time.sleep(args.window)
-        after, elapsed = thread_ticks(tree(server)), time.monotonic() - started
+        after, elapsed = thread_ticks(process_tree(server)), time.monotonic() - started
         report = bench.communicate(timeout=120)[0]
     finally:
         if bench.poll() is None:
