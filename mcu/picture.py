@@ -11,7 +11,11 @@ clock, the decoders and the encoders have an interpreter to themselves.
 
 Threads, no asyncio: one reads the socket, two decode (a peer is always
 decoded by the same one, in order), one ticks the clock and composes and
-encodes. Messages are length-prefixed pickles between a parent and the child
+encodes. A frame that comes alone, while its peer has nothing queued, is
+decoded by the reader itself: waking a decoder thread for it cost more than
+the decode saved by the parallelism (docs/benchmarks.md). Frames that come
+together, because the reader fell behind, go to the decoder threads.
+Messages are length-prefixed pickles between a parent and the child
 it started (`send_message`, `MessageReader`).
 """
 
@@ -48,7 +52,7 @@ MAX_MESSAGE = 64 * 1024 * 1024
 
 #: The decoders of the upstream codecs a room answers (mcu/participant.py).
 DECODERS = {"vp8": "libvpx", "h264": "h264"}
-#: Threads that decode upstreams; each peer is decoded by one of them, in order.
+#: Threads that decode upstreams when the reader falls behind; each peer is queued to one of them, in order.
 DECODE_THREADS = 2
 #: A decode error asks the publisher for a keyframe at most this often.
 PLI_INTERVAL = 0.5
@@ -150,6 +154,9 @@ class _Upstream:
         self.picture: av.VideoFrame | None = None
         self.picture_time = float("-inf")
         self.last_pli = float("-inf")
+        #: Frames handed to `executor`, and those it has decoded: each counter has one writer thread.
+        self.queued = 0
+        self.dequeued = 0
 
 
 class Engine:
@@ -180,10 +187,11 @@ class Engine:
 
     # --- from the parent (the reader thread) ---------------------------------------
 
-    def handle(self, message: tuple) -> None:
+    def handle(self, message: tuple, alone: bool = False) -> None:
+        """One message from the parent; `alone`: nothing else was waiting to be read with it."""
         kind = message[0]
         if kind == "frame":
-            self.frame(*message[1:])
+            self.frame(*message[1:], alone=alone)
         elif kind == "scenes":
             with self._lock:
                 self._scenes = message[1]
@@ -201,8 +209,9 @@ class Engine:
         else:
             raise ValueError(f"unknown message {kind!r}")
 
-    def frame(self, peer_id: str, codec_name: str, data: bytes, timestamp: int) -> None:
-        """An encoded upstream frame: decode it on the peer's decoder thread."""
+    def frame(self, peer_id: str, codec_name: str, data: bytes, timestamp: int, alone: bool = False) -> None:
+        """An encoded upstream frame: decoded now if it came `alone` and its peer has nothing queued,
+        else on the peer's decoder thread (after the frames queued there)."""
         with self._lock:
             upstream = self._upstreams.get(peer_id)
             if upstream is None:
@@ -212,7 +221,11 @@ class Engine:
                     load[id(other.executor)] += 1
                 executor = min(self._decoders, key=lambda e: load[id(e)])
                 upstream = self._upstreams[peer_id] = _Upstream(executor)
-        upstream.executor.submit(self._decode, peer_id, upstream, codec_name, data, timestamp)
+        if alone and upstream.queued == upstream.dequeued:
+            self._decode(peer_id, upstream, codec_name, data, timestamp)
+            return
+        upstream.queued += 1
+        upstream.executor.submit(self._decode_queued, peer_id, upstream, codec_name, data, timestamp)
 
     def request_keyframe(self, output: Output | None) -> None:
         """A keyframe for `output` (None: every encoder); an output without an encoder yet starts on one."""
@@ -236,6 +249,12 @@ class Engine:
             executor.shutdown(wait=False, cancel_futures=True)
 
     # --- decoding ------------------------------------------------------------------
+
+    def _decode_queued(self, peer_id: str, upstream: _Upstream, codec_name: str, data: bytes, timestamp: int) -> None:
+        try:
+            self._decode(peer_id, upstream, codec_name, data, timestamp)
+        finally:
+            upstream.dequeued += 1
 
     def _decode(self, peer_id: str, upstream: _Upstream, codec_name: str, data: bytes, timestamp: int) -> None:
         started = time.monotonic()
@@ -491,14 +510,15 @@ def main(fd: int) -> None:
             data = b""
         if not data:
             break
-        for message in reader.feed(data):
+        messages = reader.feed(data)
+        for message in messages:
             if engine is None:
                 if message[0] != "settings":
                     raise ValueError("the first message must be the settings")
                 engine = Engine(message[1], send)
                 engine.start()
             else:
-                engine.handle(message)
+                engine.handle(message, alone=len(messages) == 1)
         if engine is not None and engine._stopped.is_set():
             break
     if engine is not None:

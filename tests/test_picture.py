@@ -6,6 +6,7 @@ import asyncio
 import os
 import queue
 import signal
+import threading
 import time
 
 import av
@@ -279,3 +280,63 @@ async def test_a_picture_process_shares_two_arenas_between_its_decoder_and_clock
         assert arena_heaps(process.pid) <= 2  # one arena besides the main one (and a chance mapping)
     finally:
         await asyncio.gather(*(asyncio.wait_for(peer.close(), 10) for peer in peers))
+
+
+def test_a_frame_that_comes_alone_is_decoded_by_the_reader_without_waking_a_decoder_thread():
+    parent = Parent()
+    engine = engine_with(parent)
+    red = Upstream("red")
+    try:
+        engine.handle(("frame", "a", "vp8", *red.next()), alone=True)
+        # Decoded before handle() returned, and no decoder thread was ever started.
+        assert engine._upstreams["a"].picture is not None and engine.counters.decodes == 1
+        assert all(not executor._threads for executor in engine._decoders)
+    finally:
+        engine.stop()
+        engine.wait()
+
+
+def test_frames_that_come_together_go_to_the_decoder_threads_and_a_peers_frames_stay_in_order():
+    parent = Parent()
+    engine = engine_with(parent)
+    red, blue = Upstream("red"), Upstream("blue")
+    decoded: list[tuple[str, int, bool]] = []
+    decode = engine._decode
+
+    def recording(peer_id, upstream, codec_name, data, timestamp):
+        decoded.append((peer_id, timestamp, threading.current_thread() is threading.main_thread()))
+        decode(peer_id, upstream, codec_name, data, timestamp)
+
+    engine._decode = recording
+    try:
+        engine.handle(("frame", "a", "vp8", *red.next()), alone=True)
+        engine.handle(("frame", "b", "vp8", *blue.next()), alone=True)
+        # Hold a's decoder thread: a's frames wait there.
+        held = threading.Event()
+        engine._upstreams["a"].executor.submit(held.wait, 5)
+        for _ in range(3):
+            engine.handle(("frame", "a", "vp8", *red.next()), alone=False)
+        # Alone, but a has frames queued: it must queue behind them, not overtake them.
+        engine.handle(("frame", "a", "vp8", *red.next()), alone=True)
+        # b has nothing queued: decoded at once.
+        engine.handle(("frame", "b", "vp8", *blue.next()), alone=True)
+        assert [d for d in decoded if d[0] == "a"] == [("a", 6000, True)]
+        assert [d for d in decoded if d[0] == "b"] == [("b", 6000, True), ("b", 12000, True)]
+        held.set()
+        deadline = time.monotonic() + 5
+        while engine.counters.decodes < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [(t, inline) for peer, t, inline in decoded if peer == "a"] == [
+            (6000, True),
+            (12000, False),
+            (18000, False),
+            (24000, False),
+            (30000, False),
+        ]
+        assert engine.counters.decodes == 7 and engine.counters.decode_errors == 0
+        # With a's queue empty again, its next frame alone is the reader's.
+        engine.handle(("frame", "a", "vp8", *red.next()), alone=True)
+        assert decoded[-1] == ("a", 36000, True)
+    finally:
+        engine.stop()
+        engine.wait()
