@@ -7,11 +7,12 @@ peers that is N task switches per encoded frame and the same Python work per
 packet again for each peer: at 16 peers the largest share of the event loop.
 
 `send_directly` replaces that task for a `PacketTrack`: each pushed packet is
-packetized at once, its header (extensions included) serialized once per frame by
-aiortc itself, and each RTP packet only stamped with its sequence number, SRTP
-protected and sent, by aiortc's own send coroutines run at once (`mcu.eager.run_eagerly`:
-on a plain UDP pair they never wait; behind a TURN relay refreshing its channel they
-finish a moment later). What aiortc's sender keeps doing, it keeps doing: RTCP sender
+packetized at once (a room's composite once for all of its peers, by `SharedPacker`),
+its header (extensions included) serialized once per frame by aiortc itself, and
+each RTP packet only stamped with its sequence number, SRTP protected and sent, by
+aiortc's own send coroutines run at once (`mcu.eager.run_eagerly`: on a plain UDP
+pair they never wait; behind a TURN relay refreshing its channel they finish a
+moment later). What aiortc's sender keeps doing, it keeps doing: RTCP sender
 reports (from the counters updated here), REMB, stats; PLI/FIR reach the track's
 `request_keyframe` (the shared encoder, or the forwarded publisher); NACKs are answered
 from this module's own history, with RTX where negotiated. It relies on aiortc
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from dataclasses import dataclass
 
 import av
 from aiortc import RTCRtpSender, clock
@@ -38,6 +40,34 @@ logger = logging.getLogger(__name__)
 
 _SEQUENCE = struct.Struct("!H")
 _HEADER = struct.Struct("!BBHLL")
+
+
+@dataclass(frozen=True)
+class Packed:
+    """An encoded frame split into RTP payloads, once for all the peers of its output."""
+
+    payloads: list[bytes]
+    #: The payloads' RTP timestamp before each sender's random offset.
+    timestamp: int
+
+
+class SharedPacker:
+    """Splits one encoder output's frames into RTP payloads once, for every peer it goes to.
+
+    The payloads are the same bits for every peer: only the RTP header differs.
+    One per output, not per codec: VP8's picture ID must run on without gaps for
+    each receiver, and every peer of an output receives each of its frames.
+    """
+
+    def __init__(self, codec_name: str) -> None:
+        self._packer = get_encoder(RTCRtpCodecParameters(mimeType=f"video/{codec_name.upper()}", clockRate=90000))
+
+    def pack(self, packet: av.Packet) -> None:
+        """Attach the packet's payloads to it (as its `opaque`), for `DirectSender.push`."""
+        try:
+            packet.opaque = Packed(*self._packer.pack(packet))
+        except (ValueError, IndexError):
+            pass  # each sender tries again, and says why it could not
 
 
 class DirectSender:
@@ -63,8 +93,11 @@ class DirectSender:
         sender = self._sender
         if not sender._enabled:
             return  # the section is inactive
+        packed = packet.opaque
         try:
-            payloads, timestamp = self._packer.pack(packet)
+            payloads, timestamp = (
+                (packed.payloads, packed.timestamp) if isinstance(packed, Packed) else self._packer.pack(packet)
+            )
         except (ValueError, IndexError) as exc:
             # A frame its packetizer cannot split (a forwarded one, say): that frame is lost, nothing else.
             logger.warning("a %s packet could not be packetized: %s", self._sender.kind, exc)

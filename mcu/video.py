@@ -30,6 +30,7 @@ import av
 
 from .encoders import VIDEO_TIME_BASE, Output, Tier
 from .picture import Counters, MessageReader, SceneSpec, Settings, encode_message
+from .sender import SharedPacker
 from .tracks import PacketSink, PacketTrack
 
 logger = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ class VideoPipeline:
         self._on_pli = on_pli
         #: Consumers that are not peers (a recording): the same packets, on the event loop.
         self._extra_sinks: list[PacketSink] = []
+        self._packers: dict[Output, SharedPacker] = {}
         self._transport: asyncio.Transport | None = None
         #: What was written before the process was connected, sent once it is.
         self._pending: list[bytes] = []
@@ -319,6 +321,7 @@ class VideoPipeline:
         if outputs != self._sent_outputs:
             self._write(("outputs", outputs))
             self._sent_outputs = outputs
+            self._packers = {output: packer for output, packer in self._packers.items() if output in outputs}
 
     # --- from the process ----------------------------------------------------------------
 
@@ -338,11 +341,15 @@ class VideoPipeline:
             sinks = outputs.get(output)
             if not sinks:
                 continue
+            packer = self._packers.get(output)
+            if packer is None:
+                packer = self._packers[output] = SharedPacker(output.codec)
             for data, keyframe in encoded:
                 packet = av.Packet(data)
                 packet.pts = packet.dts = pts
                 packet.time_base = VIDEO_TIME_BASE
                 packet.is_keyframe = keyframe
+                packer.pack(packet)
                 for sink in sinks:
                     sink.push(packet)
 

@@ -16,17 +16,28 @@ from collections.abc import AsyncIterator
 import av
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver
+from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.rtp import RtpPacket
 from conftest import within
 
 from client.encoded import encode_video_clip
-from mcu.sender import _SEQUENCE, DirectSender, send_directly
+from mcu.sender import _SEQUENCE, DirectSender, SharedPacker, send_directly
 from mcu.tracks import PacketTrack
 from signaling.ice import rtc_configuration, use_host_addresses
 
 RED = (230, 30, 30)
 FRAMES = 30
 PTS_STEP = 6000  # 15 fps in 1/90000 s
+
+
+def clip_packets(payloads: list[bytes]) -> list[av.Packet]:
+    packets = []
+    for index, payload in enumerate(payloads):
+        packet = av.Packet(payload)
+        packet.pts, packet.time_base = index * PTS_STEP, fractions.Fraction(1, 90000)
+        packet.is_keyframe = index == 0
+        packets.append(packet)
+    return packets
 
 
 class Link:
@@ -69,10 +80,7 @@ class Link:
 
     def push_clip(self, frames: int) -> list[bytes]:
         payloads = list(encode_video_clip(RED))[:frames]
-        for index, payload in enumerate(payloads):
-            packet = av.Packet(payload)
-            packet.pts, packet.time_base = index * PTS_STEP, fractions.Fraction(1, 90000)
-            packet.is_keyframe = index == 0
+        for packet in clip_packets(payloads):
             self.track.push(packet)
         return payloads
 
@@ -193,3 +201,30 @@ async def test_a_pli_reaches_whatever_feeds_the_track(link: Link) -> None:
     link.track.keyframe_requested = requested.set
     await link.far_receiver._send_rtcp_pli(link.transceiver.sender._ssrc)
     await asyncio.wait_for(requested.wait(), 5)
+
+
+async def test_the_peers_of_one_output_get_its_frames_packetized_once(link: Link) -> None:
+    other = Link()
+    try:
+        await other.connect()
+        for each in (link, other):
+            each.direct._packer = None  # a sender that packetized on its own would fail here
+        packer = SharedPacker("vp8")
+        for packet in clip_packets(list(encode_video_clip(RED))[:FRAMES]):
+            packer.pack(packet)
+            link.track.push(packet)
+            other.track.push(packet)
+        await within(5, lambda: len(link.media()) == link.direct.packets and len(other.media()) == other.direct.packets)
+        # The same payloads to both peers (each under its own header), and for each peer one
+        # picture ID per frame, running on without a gap.
+        assert [p.payload for p in link.media()] == [p.payload for p in other.media()]
+        assert len({p.timestamp for p in link.media()}) == FRAMES
+        pictures = [VpxPayloadDescriptor.parse(p.payload)[0].picture_id for p in link.media()]
+        ids = list(dict.fromkeys(pictures))
+        assert len(ids) == FRAMES and all((b - a) % (1 << 15) == 1 for a, b in zip(ids, ids[1:]))
+        for each in (link, other):
+            frame = await asyncio.wait_for(each.remote[0].recv(), 10)
+            assert (frame.width, frame.height) == (320, 240)
+    finally:
+        await other.close()
+
