@@ -9,10 +9,9 @@ packet again for each peer: at 16 peers the largest share of the event loop.
 `send_directly` replaces that task for a `PacketTrack`: each pushed packet is
 packetized at once (a room's composite once for all of its peers, by `SharedPacker`),
 its header (extensions included) serialized once per frame by aiortc itself, and
-each RTP packet only stamped with its sequence number, SRTP protected and sent, by
-aiortc's own send coroutines run at once (`mcu.eager.run_eagerly`: on a plain UDP
-pair they never wait; behind a TURN relay refreshing its channel they finish a
-moment later). What aiortc's sender keeps doing, it keeps doing: RTCP sender
+each RTP packet only stamped with its sequence number; then the frame's packets are
+SRTP protected and sent together (`mcu.datagrams.send_rtp`: one system call where
+the kernel segments them). What aiortc's sender keeps doing, it keeps doing: RTCP sender
 reports (from the counters updated here), REMB, stats; PLI/FIR reach the track's
 `request_keyframe` (the shared encoder, or the forwarded publisher); NACKs are answered
 from this module's own history, with RTX where negotiated. It relies on aiortc
@@ -33,7 +32,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket
 from aiortc.utils import random16, random32, uint16_add, uint32_add
 
-from .eager import run_eagerly
+from .datagrams import send_rtp
 from .tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
@@ -111,21 +110,22 @@ class DirectSender:
         template.extensions.mid = self._mid
         header = bytearray(template.serialize(self._extensions))
         header_length = len(header)
-        transport = sender.transport
         last = len(payloads) - 1
         octets = 0
+        packets = []
         for i, payload in enumerate(payloads):
             if i == last:
                 header[1] |= 0x80  # marker: the frame's last packet
             _SEQUENCE.pack_into(header, 2, self._sequence)
             data = bytes(header) + payload
             self._history[self._sequence % RTP_HISTORY_SIZE] = (data, header_length)
-            try:
-                run_eagerly(transport._send_rtp(data))
-            except ConnectionError:
-                pass  # not yet (or no longer) connected: the packet is lost, as on the wire
+            packets.append(data)
             self._sequence = uint16_add(self._sequence, 1)
             octets += len(payload)
+        try:
+            send_rtp(sender.transport, packets)
+        except ConnectionError:
+            pass  # not yet (or no longer) connected: the frame is lost, as on the wire
         # What aiortc's RTCP sender reports are made of.
         sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
         sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
