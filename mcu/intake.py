@@ -22,9 +22,10 @@ import logging
 from typing import Any
 
 import pylibsrtp
-from aiortc import RTCDtlsTransport, RTCPeerConnection, clock
+from aiortc import RTCDtlsTransport, RTCPeerConnection
 from aiortc.rtp import is_rtcp
 
+from . import wallclock
 from .eager import run_eagerly
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def _datagram_handler(dtls: RTCDtlsTransport, connection: Any, queued: Any) -> A
             if is_rtcp(data):
                 handling = dtls._handle_rtcp_data(srtp.unprotect_rtcp(data))
             else:
-                arrival_time_ms = clock.current_ms()
+                arrival_time_ms = wallclock.current_ms()
                 handling = dtls._handle_rtp_data(srtp.unprotect(data), arrival_time_ms=arrival_time_ms)
         except pylibsrtp.Error:
             return  # aiortc drops it too (replayed, forged or corrupt)

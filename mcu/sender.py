@@ -26,12 +26,13 @@ import struct
 from dataclasses import dataclass
 
 import av
-from aiortc import RTCRtpSender, clock
+from aiortc import RTCRtpSender
 from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket
 from aiortc.utils import random16, random32, uint16_add, uint32_add
 
+from . import wallclock
 from .datagrams import send_rtp
 from .tracks import PacketTrack
 
@@ -104,7 +105,7 @@ class DirectSender:
         if not payloads:
             return
         timestamp = uint32_add(self._timestamp_origin, timestamp)
-        ntp = clock.current_ntp_time()
+        ntp = wallclock.current_ntp_time()
         template = RtpPacket(payload_type=self._payload_type, timestamp=timestamp, ssrc=sender._ssrc)
         template.extensions.abs_send_time = (ntp >> 14) & 0x00FFFFFF
         template.extensions.mid = self._mid
