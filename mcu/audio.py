@@ -28,6 +28,7 @@ from compositor.speakers import SILENCE_DB, SpeakerDetector, SpeakerEvents, Talk
 from .clock import MediaClock
 from .encoders import AudioEncoder
 from .participant import Participant
+from .sender import pack_opus
 from .tracks import PacketSink
 
 logger = logging.getLogger(__name__)
@@ -213,13 +214,13 @@ class AudioPipeline(MediaClock):
         total, minus = mix_sums(frames[talking])
         packets: list[list[av.Packet] | None] = [None] * len(ids)
         for row, i in enumerate(talking):
-            packets[i] = channels[i].encoder.encode(channels[i].limiter.process(minus[row]), pts)
+            packets[i] = pack_opus(channels[i].encoder.encode(channels[i].limiter.process(minus[row]), pts))
         self.stats.mixes += 1
         self.stats.encodes += len(talking)
         sinks = self._sinks
         if len(talking) < len(ids) or sinks:
             # Everyone else hears the talkers' sum: one encode, the same packets.
-            shared = self._shared_encoder.encode(self._shared_limiter.process(total), pts)
+            shared = pack_opus(self._shared_encoder.encode(self._shared_limiter.process(total), pts))
             self.stats.encodes += 1
             packets = [shared if p is None else p for p in packets]
             for sink in sinks:

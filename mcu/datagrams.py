@@ -77,10 +77,14 @@ def _route(dtls: RTCDtlsTransport) -> tuple[Any, socket.socket, Any] | None:
     pair = dtls.transport._connection._nominated.get(1)
     if pair is None:
         raise ConnectionError("Cannot send data, not connected")
-    transport = pair.protocol.transport
-    # A relayed pair's transport is aioice's TurnTransport, which has no socket of its own.
-    sock = getattr(transport, "_sock", None)
-    if not isinstance(sock, socket.socket) or transport.is_closing() or transport.get_write_buffer_size():
+    route = getattr(dtls, "_mcu_route", None)
+    if route is None or route[0] is not pair:
+        # A relayed pair's transport is aioice's TurnTransport, which has no socket of its own.
+        transport = pair.protocol.transport
+        sock = getattr(transport, "_sock", None)
+        route = dtls._mcu_route = (pair, transport, sock if isinstance(sock, socket.socket) else None)  # type: ignore[attr-defined]
+    _, transport, sock = route
+    if sock is None or transport.is_closing() or transport.get_write_buffer_size():
         return None
     return transport, sock, pair.remote_addr
 

@@ -21,6 +21,7 @@ internals (tests/test_aiortc_internals.py covers them).
 from __future__ import annotations
 
 import asyncio
+import fractions
 import logging
 import struct
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from .tracks import PacketTrack
 logger = logging.getLogger(__name__)
 
 _SEQUENCE = struct.Struct("!H")
+#: Opus's RTP clock (RFC 7587): 48 kHz whatever the sample rate.
+OPUS_TIME_BASE = fractions.Fraction(1, 48000)
 _HEADER = struct.Struct("!BBHLL")
 
 
@@ -68,6 +71,14 @@ class SharedPacker:
             packet.opaque = Packed(*self._packer.pack(packet))
         except (ValueError, IndexError):
             pass  # each sender tries again, and says why it could not
+
+
+def pack_opus(packets: list[av.Packet]) -> list[av.Packet]:
+    """Attach each Opus packet's RTP payload to it, once for every peer it goes to (see `SharedPacker`)."""
+    for packet in packets:
+        if packet.time_base == OPUS_TIME_BASE:
+            packet.opaque = Packed([bytes(packet)], packet.pts)
+    return packets
 
 
 class DirectSender:

@@ -117,3 +117,31 @@ async def test_packets_of_different_sizes_go_one_by_one(link: Link, monkeypatch:
     datagrams.send_rtp(sender.transport, packets)
     await within(5, lambda: len(link.media()) == 3)
     assert sends == [] and [p.sequence_number for p in link.media()] == [100, 101, 102]
+
+
+async def test_the_route_follows_the_nominated_pair(link: Link, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pair nominated anew (a relayed one here) is sent through; the socket of the old one is not."""
+    sends = record_sends(monkeypatch)
+    dtls = link.transceiver.sender.transport
+    connection = dtls.transport._connection
+    direct = connection._nominated[1]
+    link.push_clip(2)
+    await within(5, lambda: len(link.media()) == link.direct.packets)
+    relayed: list[bytes] = []
+
+    class Relay:
+        transport = object()  # aioice's TurnTransport: no socket of its own
+
+        async def send_data(self, data: bytes, addr: Any) -> None:
+            relayed.append(data)
+
+    count = len(sends)
+    connection._nominated[1] = type("Pair", (), {"protocol": Relay(), "remote_addr": direct.remote_addr})()
+    try:
+        datagrams.send_rtp(dtls, [bytes(link.media()[0].serialize())] * 3)
+        assert len(relayed) == 3 and len(sends) == count
+    finally:
+        connection._nominated[1] = direct
+    before = link.direct.packets
+    link.push_clip(2)
+    await within(5, lambda: len(link.media()) == link.direct.packets > before)

@@ -14,6 +14,7 @@ import fractions
 from collections.abc import AsyncIterator
 
 import av
+import numpy as np
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver
 from aiortc.codecs.vpx import VpxPayloadDescriptor
@@ -22,7 +23,8 @@ from conftest import within
 
 from client.encoded import encode_video_clip
 from mcu import datagrams
-from mcu.sender import DirectSender, SharedPacker, send_directly
+from mcu.encoders import AudioEncoder
+from mcu.sender import DirectSender, SharedPacker, pack_opus, send_directly
 from mcu.tracks import PacketTrack
 from signaling.ice import rtc_configuration, use_host_addresses
 
@@ -44,10 +46,10 @@ def clip_packets(payloads: list[bytes]) -> list[av.Packet]:
 class Link:
     """A server side that sends one PacketTrack directly, and a client that receives it (and logs its RTP)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "video") -> None:
         self.server = RTCPeerConnection(rtc_configuration([]))
         self.client = RTCPeerConnection(rtc_configuration([]))
-        self.track = PacketTrack("video")
+        self.track = PacketTrack(kind)
         self.transceiver = self.server.addTransceiver(self.track, direction="sendonly")
         send_directly(self.transceiver.sender, self.track)
         self.received: list[RtpPacket] = []
@@ -232,4 +234,24 @@ async def test_the_peers_of_one_output_get_its_frames_packetized_once(link: Link
             assert (frame.width, frame.height) == (320, 240)
     finally:
         await other.close()
+
+
+async def test_the_peers_of_a_mix_get_its_opus_packets_packed_once() -> None:
+    use_host_addresses(["127.0.0.1"])
+    link = Link("audio")
+    try:
+        await link.connect()
+        link.direct._packer = None  # a sender that packed on its own would fail here
+        encoder = AudioEncoder()
+        tone = (8000 * np.sin(np.arange(960 * 10) * 2 * np.pi * 440 / 48000)).astype(np.int16)
+        for index in range(10):
+            for packet in pack_opus(encoder.encode(tone[index * 960 : (index + 1) * 960], index * 960)):
+                link.track.push(packet)
+        await within(5, lambda: len(link.media()) == link.direct.packets == 10)
+        stamps = [p.timestamp for p in link.media()]
+        assert [(b - a) % (1 << 32) for a, b in zip(stamps, stamps[1:])] == [960] * 9
+        frame = await asyncio.wait_for(link.remote[0].recv(), 10)
+        assert frame.sample_rate == 48000
+    finally:
+        await link.close()
 
