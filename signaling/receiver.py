@@ -18,6 +18,8 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from .rate import count_rate_per_packet
+
 logger = logging.getLogger(__name__)
 
 #: Takes each encoded frame as the jitter buffer lets it go, on the event loop.
@@ -107,8 +109,9 @@ def install_encoded_receiver(receiver: RTCRtpReceiver, on_frame: FrameHandler | 
     With `on_frame`, each frame is handed to it as it leaves the jitter buffer
     instead (no task wakes up per frame); the track then only ends, when the
     receiver stops. Call it before the receiver starts, i.e. in the peer
-    connection's "track" event. The jitter buffer, NACK, REMB and receiver reports still run; the
-    receiver no longer sends PLIs on decode errors, since there are none. Audio
+    connection's "track" event. The jitter buffer, NACK, REMB (its rate counted by
+    `signaling.rate.WindowRate`) and receiver reports still run; the receiver no
+    longer sends PLIs on decode errors, since there are none. Audio
     frames carry the sender's RFC 6464 level as `audio_level` (see `_LevelTagger`).
     """
     if isinstance(receiver._RTCRtpReceiver__decoder_queue, _EncodedHandoff):  # type: ignore[attr-defined]
@@ -118,6 +121,7 @@ def install_encoded_receiver(receiver: RTCRtpReceiver, on_frame: FrameHandler | 
     if receiver._track is None:
         raise RuntimeError("the receiver has no remote track yet")
     receiver._RTCRtpReceiver__decoder_queue = _EncodedHandoff(receiver._track._queue, on_frame)  # type: ignore[attr-defined]
+    count_rate_per_packet(receiver)
     if receiver._track.kind == "audio":
         # aiortc holds 4 frames of audio before it lets one go (80 ms) but then lets one go per packet
         # that comes, so the hold absorbs no jitter: it is latency only. Whoever takes these frames
