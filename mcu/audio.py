@@ -8,7 +8,9 @@ do) and is too quiet to become a talker soon is not decoded at all. The mix
 is the sum of the talkers, the K loudest (or everyone, when K is not set): a
 talker hears that sum minus their own voice, with an Opus encode of their own;
 every other listener hears the sum itself, and they all share one encode. So a
-room runs K + 1 Opus encodes per tick, whatever its size.
+room runs K + 1 Opus encodes per tick, whatever its size. The codec is libopus
+called with the GIL held (mcu/opus.py), so that the thread does not hand the GIL
+to the event loop and wait for it back at every codec call.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from compositor.speakers import SILENCE_DB, SpeakerDetector, SpeakerEvents, Talk
 
 from .clock import MediaClock
 from .encoders import AudioEncoder
+from .opus import OpusDecoder, OpusError
 from .participant import Participant
 from .sender import pack_opus
 from .tracks import PacketSink
@@ -61,11 +64,7 @@ class _Channel:
     """One participant's audio codec state; used only on the audio thread."""
 
     def __init__(self) -> None:
-        decoder = av.CodecContext.create("libopus", "r")
-        decoder.format = "s16"
-        decoder.layout = "mono"
-        decoder.sample_rate = SAMPLE_RATE
-        self.decoder = decoder
+        self.decoder = OpusDecoder()
         self.buffer = SampleBuffer(max_samples=int(SAMPLE_RATE * BUFFER_SECONDS))
         #: The personal mix's encoder and limiter, used while this participant is a talker.
         self.encoder = AudioEncoder()
@@ -83,12 +82,9 @@ class _Channel:
         errors = 0
         for payload, _ in payloads:
             try:
-                frames = self.decoder.decode(av.Packet(payload))
-            except av.FFmpegError:
+                self.buffer.push(self.decoder.decode(payload))
+            except OpusError:
                 errors += 1
-                continue
-            for frame in frames:
-                self.buffer.push(frame.to_ndarray().reshape(-1))
         return errors
 
 

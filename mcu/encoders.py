@@ -17,6 +17,8 @@ import numpy as np
 
 from compositor.audio import SAMPLE_RATE
 
+from .opus import OpusEncoder
+
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 
@@ -150,27 +152,16 @@ class VideoEncoder:
 
 
 class AudioEncoder:
-    """An Opus encoder for one distinct mix (mono, 48 kHz, 20 ms frames)."""
+    """An Opus encoder for one distinct mix (mono, 48 kHz, 20 ms frames), on libopus directly (mcu/opus.py)."""
 
     def __init__(self, bitrate: int = 32000) -> None:
-        codec = av.CodecContext.create("libopus", "w")
-        codec.sample_rate = SAMPLE_RATE
-        codec.format = "s16"
-        codec.layout = "mono"
-        codec.bit_rate = bitrate
-        codec.time_base = AUDIO_TIME_BASE
-        codec.options = {"application": "voip"}
-        self._codec = codec
+        self._encoder = OpusEncoder(bitrate)
 
     def encode(self, samples: np.ndarray, pts: int) -> list[av.Packet]:
         """Encode one 20 ms frame of int16 samples; `pts` in samples of the room clock."""
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = pts
-        frame.time_base = AUDIO_TIME_BASE
-        packets = self._codec.encode(frame)
-        for packet in packets:
-            # libopus shifts pts by its lookahead; the room clock is the truth.
-            packet.pts = pts
-            packet.time_base = AUDIO_TIME_BASE
-        return packets
+        packet = av.Packet(self._encoder.encode(samples))
+        packet.pts = packet.dts = pts
+        packet.duration = len(samples)
+        packet.time_base = AUDIO_TIME_BASE
+        packet.is_keyframe = True  # as FFmpeg marks every audio packet
+        return [packet]

@@ -1,0 +1,66 @@
+"""libopus through ctypes (mcu/opus.py): what it encodes any Opus decoder reads, and it reads what others encode."""
+
+from __future__ import annotations
+
+import ctypes
+
+import av
+import numpy as np
+import pytest
+from media_checks import tone_levels
+
+from client.encoded import encode_audio_clip
+from mcu import opus
+from mcu.encoders import AudioEncoder
+
+FRAME = 960
+
+
+def tone(frequency: float, seconds: float, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(int(48000 * seconds)) / 48000
+    return (amplitude * 32767 * np.sin(2 * np.pi * frequency * t)).astype(np.int16)
+
+
+def test_the_calls_keep_the_gil():
+    # The reason for the module: PyAV's codec calls hand the GIL over several times each.
+    assert isinstance(opus._lib, ctypes.PyDLL)
+
+
+def ffmpeg_encoder() -> av.AudioCodecContext:
+    """The room's Opus encoder before mcu/opus.py: FFmpeg's libopus wrapper, through PyAV."""
+    codec = av.CodecContext.create("libopus", "w")
+    codec.sample_rate, codec.format, codec.layout, codec.bit_rate = 48000, "s16", "mono", 32000
+    codec.options = {"application": "voip"}
+    return codec
+
+
+def test_the_room_encodes_the_packets_ffmpegs_libopus_encoder_made_and_they_decode():
+    ours, theirs = AudioEncoder(32000), ffmpeg_encoder()
+    decoder = av.CodecContext.create("libopus", "r")
+    source, heard = tone(440.0, 1.0), []
+    for index in range(len(source) // FRAME):
+        samples = source[index * FRAME : (index + 1) * FRAME]
+        (packet,) = ours.encode(samples, index * FRAME)
+        assert (packet.pts, packet.duration, packet.is_keyframe) == (index * FRAME, FRAME, True)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 48000, index * FRAME
+        assert [bytes(packet)] == [bytes(p) for p in theirs.encode(frame)]
+        heard.extend(f.to_ndarray()[0] for f in decoder.decode(packet))
+    levels = tone_levels(np.concatenate(heard)[FRAME * 10 :], [440.0, 1000.0])
+    assert levels[440.0] > levels[1000.0] + 25
+
+
+def test_what_clients_encode_the_room_decodes_to_mono():
+    decoder = opus.OpusDecoder()
+    heard = np.concatenate([decoder.decode(payload).copy() for payload in encode_audio_clip(660.0, 1.0, 0.3)])
+    assert heard.dtype == np.int16 and len(heard) == 48000
+    levels = tone_levels(heard[FRAME * 10 :], [660.0, 440.0])
+    assert levels[660.0] > levels[440.0] + 40
+
+
+def test_a_corrupt_packet_is_an_error_and_the_decoder_goes_on():
+    decoder = opus.OpusDecoder()
+    with pytest.raises(opus.OpusError):
+        decoder.decode(b"\xff\xff\xff")
+    encoder = opus.OpusEncoder(32000)
+    assert len(decoder.decode(encoder.encode(tone(440.0, 0.02)))) == FRAME
