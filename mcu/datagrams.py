@@ -42,6 +42,7 @@ _NO_GSO = {errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EIO}
 
 
 class _State:
+    #: Whether to try segmented sends: Linux only, and off for good once the kernel refuses one.
     gso = sys.platform == "linux"
 
 
