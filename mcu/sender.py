@@ -8,8 +8,8 @@ packet again for each peer: at 16 peers the largest share of the event loop.
 
 `send_directly` replaces that task for a `PacketTrack`: each pushed packet is
 packetized at once (a room's composite once for all of its peers, by `SharedPacker`),
-its header (extensions included) serialized once per frame by aiortc itself, and
-each RTP packet only stamped with its sequence number; then the frame's packets are
+its header (extensions included) serialized by aiortc once per sender and only
+stamped per frame (`HeaderTemplate`), each RTP packet only numbered; then the frame's packets are
 SRTP protected and sent together (`mcu.datagrams.send_rtp`: one system call where
 the kernel segments them). What aiortc's sender keeps doing, it keeps doing: RTCP sender
 reports (from the counters updated here), REMB, stats; PLI/FIR reach the track's
@@ -40,6 +40,7 @@ from .tracks import PacketTrack
 logger = logging.getLogger(__name__)
 
 _SEQUENCE = struct.Struct("!H")
+_TIMESTAMP = struct.Struct("!L")
 #: Opus's RTP clock (RFC 7587): 48 kHz whatever the sample rate.
 OPUS_TIME_BASE = fractions.Fraction(1, 48000)
 _HEADER = struct.Struct("!BBHLL")
@@ -81,16 +82,50 @@ def pack_opus(packets: list[av.Packet]) -> list[av.Packet]:
     return packets
 
 
+class HeaderTemplate:
+    """One sender's RTP header, extensions included, serialized by aiortc once and stamped per frame.
+
+    Between the frames of a sender only the timestamp and the abs-send-time change
+    (and, per packet, the sequence number and the marker, set by the caller): a copy
+    and two stamps instead of an `RtpPacket` and aiortc's serialization per frame.
+    """
+
+    def __init__(self, payload_type: int, ssrc: int, mid: str | None, extensions: HeaderExtensionsMap) -> None:
+        def serialized(abs_send_time: int) -> bytes:
+            packet = RtpPacket(payload_type=payload_type, ssrc=ssrc)
+            packet.extensions.abs_send_time = abs_send_time
+            packet.extensions.mid = mid
+            return packet.serialize(extensions)
+
+        self._header = serialized(0)
+        # Where the 3 bytes of abs-send-time lie, if it was negotiated: the bytes that differ.
+        changed = [i for i, (a, b) in enumerate(zip(self._header, serialized(0xFFFFFF))) if a != b]
+        assert len(changed) in (0, 3), changed
+        self._abs_send_time = changed[0] if changed else None
+
+    def stamp(self, timestamp: int, ntp: int) -> bytearray:
+        """The header of a frame sent at NTP time `ntp`, marker clear, sequence number to be set."""
+        header = bytearray(self._header)
+        _TIMESTAMP.pack_into(header, 4, timestamp)
+        at = self._abs_send_time
+        if at is not None:
+            header[at : at + 3] = ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big")
+        return header
+
+
 class DirectSender:
     """Packetizes and sends one track's packets for one `RTCRtpSender`, from `PacketTrack.push`."""
 
     def __init__(self, sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
         self._sender = sender
         self._packer = get_encoder(codec)
-        self._payload_type = codec.payloadType
         self._rtx_payload_type: int | None = sender._RTCRtpSender__rtx_payload_type  # type: ignore[attr-defined]
-        self._extensions: HeaderExtensionsMap = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore[attr-defined]
-        self._mid: str | None = sender._RTCRtpSender__mid  # type: ignore[attr-defined]
+        self._header = HeaderTemplate(
+            codec.payloadType,
+            sender._ssrc,
+            sender._RTCRtpSender__mid,  # type: ignore[attr-defined]
+            sender._RTCRtpSender__rtp_header_extensions_map,  # type: ignore[attr-defined]
+        )
         # Random starts, as aiortc's own: below 2^15 so that SRTP's rollover counter starts at 0.
         self._sequence = random16() % 32768
         self._rtx_sequence = random16() % 32768
@@ -117,10 +152,7 @@ class DirectSender:
             return
         timestamp = uint32_add(self._timestamp_origin, timestamp)
         ntp = wallclock.current_ntp_time()
-        template = RtpPacket(payload_type=self._payload_type, timestamp=timestamp, ssrc=sender._ssrc)
-        template.extensions.abs_send_time = (ntp >> 14) & 0x00FFFFFF
-        template.extensions.mid = self._mid
-        header = bytearray(template.serialize(self._extensions))
+        header = self._header.stamp(timestamp, ntp)
         header_length = len(header)
         last = len(payloads) - 1
         octets = 0

@@ -106,7 +106,7 @@ async def test_packets_of_different_sizes_go_one_by_one(link: Link, monkeypatch:
     # A middle packet shorter than the others: the kernel could not cut them apart.
     packets = [
         RtpPacket(
-            payload_type=link.direct._payload_type,
+            payload_type=link.transceiver._codecs[0].payloadType,
             sequence_number=100 + i,
             timestamp=1,
             ssrc=sender._ssrc,

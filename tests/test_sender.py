@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import random
 from collections.abc import AsyncIterator
 
 import av
@@ -18,13 +19,14 @@ import numpy as np
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver
 from aiortc.codecs.vpx import VpxPayloadDescriptor
-from aiortc.rtp import RtpPacket
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from conftest import within
 
 from client.encoded import encode_video_clip
 from mcu import datagrams
 from mcu.encoders import AudioEncoder
-from mcu.sender import DirectSender, SharedPacker, pack_opus, send_directly
+from mcu.sender import DirectSender, HeaderTemplate, SharedPacker, pack_opus, send_directly
 from mcu.tracks import PacketTrack
 from signaling.ice import rtc_configuration, use_host_addresses
 
@@ -255,3 +257,27 @@ async def test_the_peers_of_a_mix_get_its_opus_packets_packed_once() -> None:
     finally:
         await link.close()
 
+
+
+@pytest.mark.parametrize("negotiated", [True, False])
+def test_a_stamped_header_template_is_what_aiortc_serializes(negotiated: bool) -> None:
+    extensions = HeaderExtensionsMap()
+    if negotiated:
+        extensions.configure(
+            RTCRtpParameters(
+                headerExtensions=[
+                    RTCRtpHeaderExtensionParameters(id=3, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+                    RTCRtpHeaderExtensionParameters(
+                        id=5, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+                    ),
+                ]
+            )
+        )
+    template = HeaderTemplate(96, 0x12345678, "1", extensions)
+    rng = random.Random(3)
+    for _ in range(200):
+        timestamp, ntp = rng.getrandbits(32), rng.getrandbits(64)
+        packet = RtpPacket(payload_type=96, timestamp=timestamp, ssrc=0x12345678)
+        packet.extensions.abs_send_time = (ntp >> 14) & 0xFFFFFF
+        packet.extensions.mid = "1"
+        assert template.stamp(timestamp, ntp) == packet.serialize(extensions)
