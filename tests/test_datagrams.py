@@ -16,24 +16,18 @@ from typing import Any
 import pytest
 from aiortc.rtp import RtpPacket
 from conftest import within
-from test_sender import FRAMES, Link, clip_packets
+from test_sender import FRAMES, Link, clip_packets, connected
 
 from client.encoded import encode_video_clip
 from mcu import datagrams
-from signaling.ice import use_host_addresses
 
 GREEN = (30, 200, 30)
 
 
 @pytest.fixture
 async def link() -> AsyncIterator[Link]:
-    use_host_addresses(["127.0.0.1"])
-    link = Link()
-    try:
-        await link.connect()
+    async with connected() as link:
         yield link
-    finally:
-        await link.close()
 
 
 def record_sends(monkeypatch: pytest.MonkeyPatch, fail: OSError | None = None) -> list[int]:

@@ -10,6 +10,7 @@ suspends) fail here if an upgrade changes them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import random
 from collections.abc import AsyncIterator
@@ -96,15 +97,21 @@ class Link:
         await asyncio.wait_for(asyncio.gather(self.server.close(), self.client.close()), 10)
 
 
-@pytest.fixture
-async def link() -> AsyncIterator[Link]:
+@contextlib.asynccontextmanager
+async def connected(kind: str = "video") -> AsyncIterator[Link]:
     use_host_addresses(["127.0.0.1"])
-    link = Link()
+    link = Link(kind)
     try:
         await link.connect()
         yield link
     finally:
         await link.close()
+
+
+@pytest.fixture
+async def link() -> AsyncIterator[Link]:
+    async with connected() as link:
+        yield link
 
 
 async def test_pushed_frames_go_out_at_once_as_rtp_a_decoder_takes(link: Link) -> None:
@@ -213,9 +220,7 @@ async def test_a_pli_reaches_whatever_feeds_the_track(link: Link) -> None:
 
 
 async def test_the_peers_of_one_output_get_its_frames_packetized_once(link: Link) -> None:
-    other = Link()
-    try:
-        await other.connect()
+    async with connected() as other:
         for each in (link, other):
             each.direct._packer = None  # a sender that packetized on its own would fail here
         packer = SharedPacker("vp8")
@@ -234,15 +239,10 @@ async def test_the_peers_of_one_output_get_its_frames_packetized_once(link: Link
         for each in (link, other):
             frame = await asyncio.wait_for(each.remote[0].recv(), 10)
             assert (frame.width, frame.height) == (320, 240)
-    finally:
-        await other.close()
 
 
 async def test_the_peers_of_a_mix_get_its_opus_packets_packed_once() -> None:
-    use_host_addresses(["127.0.0.1"])
-    link = Link("audio")
-    try:
-        await link.connect()
+    async with connected("audio") as link:
         link.direct._packer = None  # a sender that packed on its own would fail here
         encoder = AudioEncoder()
         tone = (8000 * np.sin(np.arange(960 * 10) * 2 * np.pi * 440 / 48000)).astype(np.int16)
@@ -254,9 +254,6 @@ async def test_the_peers_of_a_mix_get_its_opus_packets_packed_once() -> None:
         assert [(b - a) % (1 << 32) for a, b in zip(stamps, stamps[1:])] == [960] * 9
         frame = await asyncio.wait_for(link.remote[0].recv(), 10)
         assert frame.sample_rate == 48000
-    finally:
-        await link.close()
-
 
 
 @pytest.mark.parametrize("negotiated", [True, False])
