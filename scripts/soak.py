@@ -190,14 +190,15 @@ async def run(args: argparse.Namespace) -> tuple[list[Sample], int]:
             start = time.monotonic()
             last_time, (_, _, last_ticks, _, _) = start, proc(server.pid)
             last_frames = (await scrape(session, port))["frames"]
-            last_counts = {id(p): p.video_frames for p in room.peers}
+            # Keyed by the peers themselves, not id(): a new peer may get a departed one's id.
+            last_counts = {p: p.video_frames for p in room.peers}
             while (now := time.monotonic()) - start < args.minutes * 60:
                 await asyncio.sleep(args.sample)
                 await room.replace_dropped()
                 now = time.monotonic()
                 rss, own, ticks, threads, fds = proc(server.pid)
                 metrics = await scrape(session, port)
-                counts = {id(p): p.video_frames for p in room.peers}
+                counts = {p: p.video_frames for p in room.peers}
                 # Only peers present for the whole interval: a joiner's first second is its ICE set-up.
                 steady = [counts[k] - last_counts[k] for k in counts if k in last_counts]
                 interval = now - last_time
