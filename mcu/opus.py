@@ -21,7 +21,8 @@ import weakref
 import av
 import numpy as np
 
-SAMPLE_RATE = 48000
+from compositor.audio import SAMPLE_RATE
+
 #: OPUS_APPLICATION_VOIP and the encoder requests used (opus_defines.h).
 _APPLICATION_VOIP = 2048
 _SET_BITRATE = 4002

@@ -21,7 +21,6 @@ internals (tests/test_aiortc_internals.py covers them).
 from __future__ import annotations
 
 import asyncio
-import fractions
 import logging
 import struct
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 import av
 from aiortc import RTCRtpSender
 from aiortc.codecs import get_encoder
+from aiortc.codecs.opus import TIME_BASE as OPUS_TIME_BASE
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket
 from aiortc.utils import random16, random32, uint16_add, uint32_add
@@ -41,8 +41,6 @@ logger = logging.getLogger(__name__)
 
 _SEQUENCE = struct.Struct("!H")
 _TIMESTAMP = struct.Struct("!L")
-#: Opus's RTP clock (RFC 7587): 48 kHz whatever the sample rate.
-OPUS_TIME_BASE = fractions.Fraction(1, 48000)
 _HEADER = struct.Struct("!BBHLL")
 
 
@@ -77,7 +75,7 @@ class SharedPacker:
 def pack_opus(packets: list[av.Packet]) -> list[av.Packet]:
     """Attach each Opus packet's RTP payload to it, once for every peer it goes to (see `SharedPacker`)."""
     for packet in packets:
-        if packet.time_base == OPUS_TIME_BASE:
+        if packet.time_base == OPUS_TIME_BASE:  # Opus's RTP clock (RFC 7587): 48 kHz whatever the rate
             packet.opaque = Packed([bytes(packet)], packet.pts)
     return packets
 

@@ -246,10 +246,13 @@ async def test_the_peers_of_a_mix_get_its_opus_packets_packed_once() -> None:
         link.direct._packer = None  # a sender that packed on its own would fail here
         encoder = AudioEncoder()
         tone = (8000 * np.sin(np.arange(960 * 10) * 2 * np.pi * 440 / 48000)).astype(np.int16)
+        sent = []
         for index in range(10):
             for packet in pack_opus(encoder.encode(tone[index * 960 : (index + 1) * 960], index * 960)):
+                sent.append(bytes(packet))
                 link.track.push(packet)
         await within(5, lambda: len(link.media()) == link.direct.packets == 10)
+        assert [p.payload for p in link.media()] == sent
         stamps = [p.timestamp for p in link.media()]
         assert [(b - a) % (1 << 32) for a, b in zip(stamps, stamps[1:])] == [960] * 9
         frame = await asyncio.wait_for(link.remote[0].recv(), 10)
