@@ -10,7 +10,9 @@ talker hears that sum minus their own voice, with an Opus encode of their own;
 every other listener hears the sum itself, and they all share one encode. So a
 room runs K + 1 Opus encodes per tick, whatever its size. The codec is libopus
 called with the GIL held (mcu/opus.py), so that the thread does not hand the GIL
-to the event loop and wait for it back at every codec call.
+to the event loop and wait for it back at every codec call. The thread keeps
+the time itself (mcu/clock.py): the event loop is woken once a tick, to send
+what it made.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from compositor.audio import FRAME_SAMPLES, SAMPLE_RATE, Limiter, SampleBuffer, mix_sums
 from compositor.speakers import SILENCE_DB, SpeakerDetector, SpeakerEvents, TalkerSelector, levels
 
-from .clock import MediaClock
+from .clock import ThreadClock
 from .encoders import AudioEncoder
 from .opus import OpusDecoder, OpusError
 from .participant import Participant
@@ -37,8 +39,10 @@ from .tracks import PacketSink
 logger = logging.getLogger(__name__)
 
 FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
-#: Mix jobs allowed in flight before ticks are dropped (the thread is overloaded).
+#: Ticks mixed but not yet delivered by the event loop before ticks are dropped (the loop is stalled).
 MAX_PENDING = 5
+#: Ticks the audio thread may run late, back to back, after a stall; older ones are dropped.
+MAX_BEHIND = 5
 #: Audio waiting in a participant's buffer is capped: under clock drift or a
 #: burst the oldest samples go, so the mix never lags by more than this.
 BUFFER_SECONDS = 0.12
@@ -88,11 +92,12 @@ class _Channel:
         return errors
 
 
-class AudioPipeline(MediaClock):
+class AudioPipeline:
     """Each listener hears the sum of everyone minus their own contribution."""
 
     def __init__(self, name: str, participants: Callable[[], Sequence[Participant]], talkers: int | None) -> None:
-        super().__init__(f"audio-{name}")
+        self._clock = ThreadClock(f"audio-{name}", FRAME_SECONDS, self._tick, max_behind=MAX_BEHIND)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = AudioStats()
         #: None: everyone is a talker (a personal mix and encode for each listener).
         self._selector = None if talkers is None else TalkerSelector(talkers)
@@ -101,7 +106,9 @@ class AudioPipeline(MediaClock):
         self._participants = participants
         self._channels: dict[str, _Channel] = {}
         self._departed_underruns = 0
-        self._pending = 0
+        #: Ticks mixed (counted on the audio thread) and delivered (counted on the event loop).
+        self._scheduled = 0
+        self._delivered = 0
         #: Consumers of the whole room's mix that are not peers (a recording), fed on the audio thread.
         self._sinks: list[PacketSink] = []
         self._detector = SpeakerDetector()
@@ -125,44 +132,49 @@ class AudioPipeline(MediaClock):
     def remove_sink(self, sink: PacketSink) -> None:
         self._sinks = [s for s in self._sinks if s is not sink]
 
-    def remove(self, peer_id: str) -> None:
-        channel = self._channels.pop(peer_id, None)
-        if channel is not None:
-            self._departed_underruns += channel.buffer.underruns
+    def _forget_departed(self, present: list[str]) -> None:
+        """Drop the codec state of peers that have left (the channels belong to the audio thread)."""
+        for peer_id in self._channels.keys() - set(present):
+            self._departed_underruns += self._channels.pop(peer_id).buffer.underruns
+
+    @property
+    def dropped_ticks(self) -> int:
+        """Ticks not mixed: the event loop was stalled, or the audio thread fell too far behind."""
+        return self.stats.dropped_ticks + self._clock.dropped
 
     @property
     def underruns(self) -> int:
         """Participant frames mixed as silence because none of their audio had arrived."""
         return self._departed_underruns + sum(c.buffer.underruns for c in list(self._channels.values()))
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time()
-        tick = 0
-        while True:
-            # Audio is never skipped: after a stall the missed frames go out in a burst
-            # and the receivers' jitter buffers absorb it.
-            while loop.time() >= next_tick:
-                self._tick(loop, tick * FRAME_SAMPLES)
-                tick += 1
-                next_tick += FRAME_SECONDS
-            await asyncio.sleep(next_tick - loop.time())
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._clock.start()
 
-    def _tick(self, loop: asyncio.AbstractEventLoop, pts: int) -> None:
+    async def stop(self) -> None:
+        await self._clock.stop()
+
+    def _tick(self, index: int) -> None:
+        """One 20 ms frame of the room, on the audio thread; the packets are delivered on the event loop."""
         self.stats.ticks += 1
         participants = list(self._participants())
+        ids = [p.peer_id for p in participants]
+        self._forget_departed(ids)
         if not participants:
             return
-        if self._pending >= MAX_PENDING:
+        if self._scheduled - self._delivered >= MAX_PENDING:
+            # The event loop has not delivered the last ticks' packets: it is stalled, do not pile up more.
             self.stats.dropped_ticks += 1
             return
-        channels = [self._channel(p.peer_id) for p in participants]
+        channels = [self._channel(peer_id) for peer_id in ids]
         payloads = [p.take_audio() for p in participants]
-        self._pending += 1
-        ids = [p.peer_id for p in participants]
         gains = np.array([p.audio_gain for p in participants])
-        future = loop.run_in_executor(self._executor, self._mix_encode, ids, channels, payloads, gains, pts)
-        future.add_done_callback(lambda f: self._deliver(f, participants))
+        packets, events = self._mix_encode(ids, channels, payloads, gains, index * FRAME_SAMPLES)
+        self._scheduled += 1
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, participants, packets, events)
+        except RuntimeError:
+            pass  # the loop is closed: the server is going down
 
     def _channel(self, peer_id: str) -> _Channel:
         channel = self._channels.get(peer_id)
@@ -240,15 +252,9 @@ class AudioPipeline(MediaClock):
         )
 
     def _deliver(
-        self, future: asyncio.Future[tuple[list[list[av.Packet]], SpeakerEvents]], participants: list[Participant]
+        self, participants: list[Participant], packets_per_peer: list[list[av.Packet]], events: SpeakerEvents
     ) -> None:
-        self._pending -= 1
-        if future.cancelled():
-            return
-        if future.exception() is not None:
-            logger.error("audio mix/encode failed", exc_info=future.exception())
-            return
-        packets_per_peer, events = future.result()
+        self._delivered += 1
         for participant, packets in zip(participants, packets_per_peer):
             for packet in packets:
                 participant.audio_out.push(packet)

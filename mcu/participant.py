@@ -217,10 +217,13 @@ class Participant:
         return 0.0 if self.moderator_muted or not self.sending_audio else self.volume
 
     def take_audio(self) -> list[tuple[bytes, int | None]]:
-        """The Opus payloads (and their levels) received since the last call (for the audio tick)."""
-        payloads = list(self._audio_payloads)
-        self._audio_payloads.clear()
-        return payloads
+        """The Opus payloads (and their levels) received since the last call.
+
+        Called on the room's audio thread while the event loop appends: each
+        `popleft` is atomic, so a payload that comes meanwhile waits for the next tick.
+        """
+        queued = self._audio_payloads
+        return [queued.popleft() for _ in range(len(queued))]
 
     async def close(self) -> None:
         """Stop every track and task; safe to call more than once."""

@@ -65,7 +65,6 @@ class Room:
             self.audio.start()
 
     def remove(self, peer_id: str) -> Participant | None:
-        self.audio.remove(peer_id)
         if self.mode == "mcu":
             self.video.forget(peer_id)
             self._plis.pop(peer_id, None)
@@ -100,7 +99,7 @@ class Room:
             "audioEncodes": audio.encodes,
             "audioCpuSeconds": round(audio.cpu_seconds, 3),
             "audioDecodes": audio.decodes,
-            "audioTicksDropped": audio.dropped_ticks,
+            "audioTicksDropped": self.audio.dropped_ticks,
             "audioUnderruns": self.audio.underruns,
             "chatRelayed": chat.relayed,
             "chatRefused": chat.refused,
