@@ -47,7 +47,7 @@ from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_vi
 from client.sources import ToneTrack
 from mcu.traffic import transport_bytes
 from signaling.ice import rtc_configuration, use_host_addresses
-from signaling.receiver import install_encoded_receiver, send_pli
+from signaling.receiver import _EncodedHandoff, install_encoded_receiver, send_pli
 
 RED = (230, 30, 30)
 DECODER_THREADS = ("video-decoder", "audio-decoder")
@@ -324,3 +324,25 @@ def test_a_process_whose_receivers_were_never_stopped_still_exits() -> None:
     started = time.monotonic()
     subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parent.parent, timeout=10, check=True)
     assert time.monotonic() - started < 5
+
+
+def test_a_waiting_decoder_thread_sleeps_until_its_receiver_stops() -> None:
+    """No timed wait in the handoff: a 16-peer room has 32 idle decoder threads, and each wake-up
+    takes the GIL from the event loop."""
+    handoff = _EncodedHandoff(asyncio.Queue(), None)
+    thread = threading.Thread(target=handoff.get, name="audio-decoder")
+    thread.start()
+
+    def switches() -> int:
+        status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+        return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+    try:
+        time.sleep(0.2)
+        before = switches()
+        time.sleep(1.5)
+        assert switches() == before
+    finally:
+        handoff.put(None)
+        thread.join(2)
+    assert not thread.is_alive()
