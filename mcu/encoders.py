@@ -18,6 +18,7 @@ import numpy as np
 from compositor.audio import SAMPLE_RATE
 
 from .opus import OpusEncoder
+from .vpx import Vp8Encoder
 
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
@@ -54,32 +55,16 @@ class Output:
     personal: str | None = None
 
     def __str__(self) -> str:
-        """"vp8/high", or "h264/low/personal" for a hide-self canvas."""
+        """ "vp8/high", or "h264/low/personal" for a hide-self canvas."""
         return f"{self.codec}/{self.tier}" + ("/personal" if self.personal else "")
 
 
-def _vp8_context(bitrate: int) -> av.CodecContext:
-    codec = av.CodecContext.create("libvpx", "w")
-    rate = str(bitrate)
-    codec.options = {
-        "deadline": "realtime",
-        # In realtime mode a positive cpu-used is a budget, not a speed: libvpx picks its speed
-        # frame by frame so that an encode takes (16 - cpu-used)/16 of the frame interval
-        # (vp8_auto_select_speed). 13: 3/16 of a core at any frame rate, 0.1-0.5 dB under 12's
-        # 4/16 on the benchmark's composites; 14 loses 0.6-2 dB (scripts/bench_encoder.py,
-        # docs/benchmarks.md).
-        "cpu-used": "13",
-        "lag-in-frames": "0",
-        "static-thresh": "1",
-        "noise-sensitivity": "0",
-        "partitions": "0",
-        "undershoot-pct": "100",
-        "overshoot-pct": "15",
-        "minrate": rate,
-        "maxrate": rate,
-        "bufsize": rate,
-    }
-    return codec
+#: libvpx's speed. In realtime mode a positive cpu-used is a time budget, not a speed: libvpx
+#: picks its speed frame by frame so that an encode takes (16 - cpu-used)/16 of the frame
+#: interval (vp8_auto_select_speed). 13: 3/16 of a core at any frame rate, 0.1-0.5 dB under
+#: 12's 4/16; 14 loses 0.6-2 dB, with or without the active map (scripts/bench_encoder.py,
+#: docs/benchmarks.md).
+VP8_CPU_USED = 13
 
 
 def _h264_context(bitrate: int, gop: int) -> av.CodecContext:
@@ -100,24 +85,33 @@ def _h264_context(bitrate: int, gop: int) -> av.CodecContext:
 
 
 class VideoEncoder:
-    """A realtime VP8 or H.264 encoder whose keyframes are requested, rate-limited, by peers."""
+    """A realtime VP8 or H.264 encoder whose keyframes are requested, rate-limited, by peers.
+
+    VP8 goes through libvpx directly (mcu/vpx.py), coding only the macroblocks
+    that changed; H.264 through PyAV's libx264.
+    """
 
     def __init__(self, width: int, height: int, fps: int, bitrate: int, codec_name: str = "vp8") -> None:
         if codec_name not in VIDEO_CODECS:
             raise ValueError(f"unknown video codec {codec_name!r}")
         gop = 10 * fps
-        codec = _vp8_context(bitrate) if codec_name == "vp8" else _h264_context(bitrate, gop)
-        codec.width = width
-        codec.height = height
-        codec.pix_fmt = "yuv420p"
-        codec.bit_rate = bitrate
-        codec.time_base = VIDEO_TIME_BASE
-        codec.framerate = fps
-        codec.gop_size = gop
-        # One thread: the other core handles packets, decodes and Opus.
-        codec.thread_count = 1
+        self._vp8: Vp8Encoder | None = None
+        self._codec: av.CodecContext | None = None
+        if codec_name == "vp8":
+            self._vp8 = Vp8Encoder(width, height, fps, bitrate, VP8_CPU_USED, gop)
+        else:
+            codec = _h264_context(bitrate, gop)
+            codec.width = width
+            codec.height = height
+            codec.pix_fmt = "yuv420p"
+            codec.bit_rate = bitrate
+            codec.time_base = VIDEO_TIME_BASE
+            codec.framerate = fps
+            codec.gop_size = gop
+            # One thread: the other core handles packets, decodes and Opus.
+            codec.thread_count = 1
+            self._codec = codec
         self.codec_name = codec_name
-        self._codec = codec
         self._lock = threading.Lock()
         self._keyframe_pending = True
         self._last_keyframe = float("-inf")
@@ -137,18 +131,31 @@ class VideoEncoder:
             force = self._keyframe_pending and now - self._last_keyframe >= KEYFRAME_MIN_INTERVAL
             if force:
                 self._keyframe_pending = False
-        frame.pts = pts
-        frame.time_base = VIDEO_TIME_BASE
-        frame.pict_type = av.video.frame.PictureType.I if force else av.video.frame.PictureType.NONE
-        packets = self._codec.encode(frame)
+        if self._vp8 is not None:
+            packets = [_packet(data, pts, key) for data, key in self._vp8.encode(frame, pts, force)]
+        else:
+            assert self._codec is not None
+            frame.pts = pts
+            frame.time_base = VIDEO_TIME_BASE
+            frame.pict_type = av.video.frame.PictureType.I if force else av.video.frame.PictureType.NONE
+            packets = self._codec.encode(frame)
+            for packet in packets:
+                packet.time_base = VIDEO_TIME_BASE
         self.encode_seconds += time.monotonic() - now
         self.frames += 1
         for packet in packets:
-            packet.time_base = VIDEO_TIME_BASE
             if packet.is_keyframe:
                 self.keyframes += 1
                 self._last_keyframe = now
         return packets
+
+
+def _packet(data: bytes, pts: int, keyframe: bool) -> av.Packet:
+    packet = av.Packet(data)
+    packet.pts = packet.dts = pts
+    packet.time_base = VIDEO_TIME_BASE
+    packet.is_keyframe = keyframe
+    return packet
 
 
 class AudioEncoder:

@@ -13,15 +13,13 @@ hand-overs did (docs/benchmarks.md). The codec is the same libopus PyAV ships
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import glob
-import os
 import weakref
 
-import av
 import numpy as np
 
 from compositor.audio import SAMPLE_RATE
+
+from .libraries import codec_library
 
 #: OPUS_APPLICATION_VOIP and the encoder requests used (opus_defines.h).
 _APPLICATION_VOIP = 2048
@@ -38,17 +36,8 @@ class OpusError(Exception):
     """libopus refused: a corrupt packet, or a bad setting."""
 
 
-def _library_path() -> str:
-    """PyAV's own libopus (a wheel bundles it beside the package), else the system's."""
-    bundled = sorted(glob.glob(os.path.join(os.path.dirname(av.__file__), os.pardir, "av.libs", "libopus*.so*")))
-    found = bundled[0] if bundled else ctypes.util.find_library("opus")
-    if found is None:
-        raise ImportError("libopus not found: neither in PyAV's wheel nor on the system (Debian: libopus0)")
-    return found
-
-
 # PyDLL: the GIL stays held during the calls (CDLL would release it around each).
-_lib = ctypes.PyDLL(_library_path())
+_lib = ctypes.PyDLL(codec_library("opus", "libopus0"))
 _lib.opus_strerror.restype = ctypes.c_char_p
 _lib.opus_strerror.argtypes = [ctypes.c_int]
 _lib.opus_decoder_create.restype = ctypes.c_void_p
