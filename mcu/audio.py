@@ -154,6 +154,11 @@ class AudioPipeline:
     async def stop(self) -> None:
         await self._clock.stop()
 
+    @property
+    def running(self) -> bool:
+        """Whether the room's audio clock ticks (an MCU room's does; an sfu or mesh room starts none)."""
+        return self._clock.running
+
     def _tick(self, index: int) -> None:
         """One 20 ms frame of the room, on the audio thread; the packets are delivered on the event loop."""
         self.stats.ticks += 1

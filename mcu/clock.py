@@ -37,6 +37,10 @@ class ThreadClock:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     async def stop(self) -> None:
         """Stop ticking; returns once a tick in progress has ended."""
         self._stopped.set()

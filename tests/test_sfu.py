@@ -88,7 +88,7 @@ async def test_the_server_decodes_and_encodes_nothing_in_an_sfu_room(server):
         room = server.conference.rooms[ROOM]
         stats = room.stats()
         # The media clocks never started: no composite, no mix, no encoder, no audio decode.
-        assert room.video._task is None and room.audio._task is None
+        assert room.video._task is None and not room.audio.running
         codec_work = (stats["videoFrames"], stats["audioTicks"], stats["audioDecodes"], stats["videoEncoders"])
         assert codec_work == (0, 0, 0, [])
         assert room.video.stats.encoders_created == 0
