@@ -127,14 +127,13 @@ class ChangedBlocks:
     Each picture is copied into one of two buffers padded to whole macroblocks
     (the padding stays 0 in both) and compared with the other as 64-bit words: a
     macroblock's row is two words of luma and one of each chroma plane. That costs
-    about a tenth of a millisecond for 1280x720 here, and the copy is what the
-    encoder reads.
+    0.17 ms for 1280x720 here, copy included, and the copy is what the encoder
+    reads.
     """
 
     def __init__(self, width: int, height: int) -> None:
         if width % 2 or height % 2:
             raise ValueError(f"{width}x{height}: yuv420p needs even sizes")
-        self.width, self.height = width, height
         self.rows, self.cols = -(-height // MACROBLOCK), -(-width // MACROBLOCK)
         luma, chroma = self.rows * self.cols * MACROBLOCK**2, self.rows * self.cols * MACROBLOCK**2 // 4
         self._buffers = [np.zeros(luma + 2 * chroma, np.uint8) for _ in range(2)]
