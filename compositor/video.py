@@ -112,7 +112,7 @@ def _placeholder_patch(name: str, width: int, height: int) -> np.ndarray:
     return patch
 
 
-def _yuv420p_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def yuv420p_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return zero-copy views of a frame's Y, U and V planes (reformatting if needed)."""
     if frame.format.name != "yuv420p":
         frame = frame.reformat(format="yuv420p")
@@ -235,7 +235,7 @@ class Compositor:
         else:
             if not same_geometry:
                 self._clear(cell)  # the old picture, bars, label or border may lie outside the new one
-            y, u, v = _yuv420p_planes(frame)
+            y, u, v = yuv420p_planes(frame)
             _scale_into(y, self._y[area.y : area.y + area.height, area.x : area.x + area.width])
             rows, columns = _chroma_slices(area)
             _scale_into(u, self._u[rows, columns])

@@ -1,8 +1,9 @@
 """Encoders shared by many peers: one VP8 or H.264 encode per composite output, one Opus per mix.
 
-Both produce `av.Packet`s that aiortc's senders only packetize; the packets carry
-timestamps of the room's media clock, so a peer may switch from one encoder's
-stream to another's without a jump in its RTP timeline.
+Video is encoded in the room's picture process and leaves it as payloads with
+their keyframe flag; audio as `av.Packet`s that aiortc's senders only packetize.
+Both carry timestamps of the room's media clock, so a peer may switch from one
+encoder's stream to another's without a jump in its RTP timeline.
 """
 
 from __future__ import annotations
@@ -124,38 +125,29 @@ class VideoEncoder:
         with self._lock:
             self._keyframe_pending = True
 
-    def encode(self, frame: av.VideoFrame, pts: int) -> list[av.Packet]:
-        """Encode one frame (pts in 1/90000 s); runs on the room's video thread."""
+    def encode(self, frame: av.VideoFrame, pts: int) -> list[tuple[bytes, bool]]:
+        """Encode one frame (pts in 1/90000 s) into (payload, is keyframe) per packet; runs on the
+        room's video thread."""
         now = time.monotonic()
         with self._lock:
             force = self._keyframe_pending and now - self._last_keyframe >= KEYFRAME_MIN_INTERVAL
             if force:
                 self._keyframe_pending = False
         if self._vp8 is not None:
-            packets = [_packet(data, pts, key) for data, key in self._vp8.encode(frame, pts, force)]
+            packets = self._vp8.encode(frame, pts, force)
         else:
             assert self._codec is not None
             frame.pts = pts
             frame.time_base = VIDEO_TIME_BASE
             frame.pict_type = av.video.frame.PictureType.I if force else av.video.frame.PictureType.NONE
-            packets = self._codec.encode(frame)
-            for packet in packets:
-                packet.time_base = VIDEO_TIME_BASE
+            packets = [(bytes(packet), packet.is_keyframe) for packet in self._codec.encode(frame)]
         self.encode_seconds += time.monotonic() - now
         self.frames += 1
-        for packet in packets:
-            if packet.is_keyframe:
-                self.keyframes += 1
-                self._last_keyframe = now
+        keyframes = sum(key for _, key in packets)
+        if keyframes:
+            self.keyframes += keyframes
+            self._last_keyframe = now
         return packets
-
-
-def _packet(data: bytes, pts: int, keyframe: bool) -> av.Packet:
-    packet = av.Packet(data)
-    packet.pts = packet.dts = pts
-    packet.time_base = VIDEO_TIME_BASE
-    packet.is_keyframe = keyframe
-    return packet
 
 
 class AudioEncoder:

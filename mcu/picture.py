@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from compositor.layout import GRID, Layout
-from compositor.video import Compositor, Scene, Tile
+from compositor.video import Compositor, Scene, Tile, yuv420p_planes
 
 from .allocator import Trimmer, limit_arenas
 from .encoders import Output, Tier, VideoEncoder
@@ -361,8 +361,8 @@ class Engine:
             else ((output, self._encode(output, frame, pts)) for output, frame in pictures.items())
         )
         for output, made in encoded:
-            packets[output] = [(bytes(packet), packet.is_keyframe) for packet in made]
-            self.counters.keyframes += sum(packet.is_keyframe for packet in made)
+            packets[output] = made
+            self.counters.keyframes += sum(key for _, key in made)
             self.counters.tier_frames[output.tier] += 1
         self.counters.frames += 1
         self._send(("tick", pts, packets, self._snapshot()))
@@ -403,7 +403,7 @@ class Engine:
             self.counters.encoders_created += 1
         return encoder
 
-    def _encode(self, output: Output, frame: av.VideoFrame, pts: int) -> list[av.Packet]:
+    def _encode(self, output: Output, frame: av.VideoFrame, pts: int) -> list[tuple[bytes, bool]]:
         encoder = self._encoder(output)
         started = time.monotonic()
         packets = encoder.encode(frame, pts)
@@ -416,7 +416,7 @@ class Engine:
         # The compositor reuses its canvas: the encodes in parallel work on a copy of each.
         copies = {id(frame): frame.to_ndarray() for frame in pictures.values()}
 
-        def encode(output: Output) -> tuple[Output, list[av.Packet]]:
+        def encode(output: Output) -> tuple[Output, list[tuple[bytes, bool]]]:
             frame = av.VideoFrame.from_numpy_buffer(copies[id(pictures[output])], format="yuv420p")
             return output, self._encode(output, frame, pts)
 
@@ -445,9 +445,7 @@ class Engine:
         """
         canvases: dict[tuple[int, int], av.VideoFrame] = {}
         for width, height in sorted(sizes, reverse=True):
-            source = next(
-                (size for size in canvases if size[0] * height == size[1] * width and size[0] > width), None
-            )
+            source = next((size for size in canvases if size[0] * height == size[1] * width and size[0] > width), None)
             if source is not None:
                 canvases[width, height] = self._scale(canvases[source], (width, height))
                 self.counters.scaled += 1
@@ -471,8 +469,7 @@ class Engine:
             flat[luma : luma + chroma].reshape(height // 2, width // 2),
             flat[luma + chroma :].reshape(height // 2, width // 2),
         )
-        for plane, target in zip(canvas.planes, targets):
-            source = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+        for source, target in zip(yuv420p_planes(canvas), targets):
             cv2.resize(source, (target.shape[1], target.shape[0]), dst=target, interpolation=cv2.INTER_AREA)
         return av.VideoFrame.from_numpy_buffer(scaled, format="yuv420p")
 

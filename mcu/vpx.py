@@ -13,7 +13,7 @@ picture once a second: CBR spends on a changed tile the bits the static ones
 no longer take, and the sweep refines what stopped changing after being coded
 coarsely (a whole new layout at once). At a fixed speed the benchmark's
 composites take about a sixth less CPU a frame. With the room's time budget
-(cpu-used 13) a quiet machine spends the time saved on quality instead (+0.2-0.3
+(cpu-used 13) a quiet machine spends the time saved on quality instead (+0.2-0.8
 dB); a loaded one, where libvpx already runs at its fastest, saves it: the
 picture clock of a 16-peer room took 3 points of a core less (docs/benchmarks.md).
 
@@ -29,6 +29,9 @@ import weakref
 
 import av
 import numpy as np
+from aiortc.mediastreams import VIDEO_CLOCK_RATE
+
+from compositor.video import yuv420p_planes
 
 from .libraries import codec_library
 
@@ -147,7 +150,8 @@ class ChangedBlocks:
         ]
         self._words = [buffer.view(np.uint64) for buffer in self._buffers]
         self._differs = np.empty(self._words[0].shape, bool)
-        self._luma_words = luma // 8
+        #: Where the U and the V planes start, in words.
+        self._u_word, self._v_word = luma // 8, (luma + chroma) // 8
         self._current = 0
 
     @property
@@ -158,26 +162,15 @@ class ChangedBlocks:
     def update(self, frame: av.VideoFrame) -> np.ndarray:
         """The changed macroblocks (rows x cols, bool) since the last call; keeps this picture."""
         new = 1 - self._current
-        for source, target in zip(_planes(frame), self._planes[new]):
+        for source, target in zip(yuv420p_planes(frame), self._planes[new]):
             np.copyto(target[: source.shape[0], : source.shape[1]], source)
         differs = np.not_equal(self._words[new], self._words[self._current], out=self._differs)
         self._current = new
-        rows, cols, split = self.rows, self.cols, self._luma_words
-        chroma = (differs.size - split) // 2
-        changed = differs[:split].reshape(rows, MACROBLOCK, 2 * cols).any(axis=1).reshape(rows, cols, 2).any(axis=2)
-        changed |= differs[split : split + chroma].reshape(rows, MACROBLOCK // 2, cols).any(axis=1)
-        changed |= differs[split + chroma :].reshape(rows, MACROBLOCK // 2, cols).any(axis=1)
+        rows, cols, u, v = self.rows, self.cols, self._u_word, self._v_word
+        changed = differs[:u].reshape(rows, MACROBLOCK, 2 * cols).any(axis=1).reshape(rows, cols, 2).any(axis=2)
+        for chroma in (differs[u:v], differs[v:]):
+            changed |= chroma.reshape(rows, MACROBLOCK // 2, cols).any(axis=1)
         return changed
-
-
-def _planes(frame: av.VideoFrame) -> list[np.ndarray]:
-    """Zero-copy views of a yuv420p frame's planes."""
-    if frame.format.name != "yuv420p":
-        frame = frame.reformat(format="yuv420p")
-    return [
-        np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
-        for plane in frame.planes
-    ]
 
 
 class Vp8Encoder:
@@ -198,7 +191,7 @@ class Vp8Encoder:
             "g_w": width,
             "g_h": height,
             "g_timebase_num": 1,
-            "g_timebase_den": 90000,
+            "g_timebase_den": VIDEO_CLOCK_RATE,
             "g_lag_in_frames": 0,
             "rc_end_usage": _VPX_CBR,
             "rc_target_bitrate": round(bitrate / 1000),
@@ -226,7 +219,7 @@ class Vp8Encoder:
             self._control(control, ctypes.c_int(value))
         self.width, self.height = width, height
         self.skip_unchanged = skip_unchanged
-        self._duration = 90000 // fps
+        self._duration = VIDEO_CLOCK_RATE // fps
         self._image = ctypes.create_string_buffer(_IMAGE_BYTES)
         self._changes = ChangedBlocks(width, height)
         # The image's format and size; its planes are set before each encode.
@@ -253,7 +246,7 @@ class Vp8Encoder:
             raise VpxError(f"control {control}: {_lib.vpx_codec_error(self._context).decode()}")
 
     def encode(self, frame: av.VideoFrame, pts: int, keyframe: bool) -> list[tuple[bytes, bool]]:
-        """Encode one picture (pts in 1/90000 s); returns (payload, is keyframe) per packet."""
+        """Encode one picture (pts in the 90 kHz RTP video clock); returns (payload, is keyframe) per packet."""
         if (frame.width, frame.height) != (self.width, self.height):
             raise VpxError(f"a {frame.width}x{frame.height} frame for a {self.width}x{self.height} encoder")
         changed = self._changes.update(frame)

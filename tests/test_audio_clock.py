@@ -10,7 +10,6 @@ from collections import deque
 import av
 from conftest import within
 
-from client.encoded import audio_clip_levels, encode_audio_clip
 from mcu.audio import MAX_PENDING, AudioPipeline
 from mcu.clock import ThreadClock
 
@@ -58,22 +57,16 @@ def test_after_a_stall_the_missed_ticks_run_back_to_back_up_to_the_limit() -> No
 
 
 class _Peer:
-    """What the audio pipeline reads from a participant: its id, queued Opus payloads, gain, and output."""
+    """What the audio pipeline reads from a participant: its id, queued Opus payloads (none: it is
+    silent), gain, and output."""
 
-    def __init__(self, peer_id: str, frequency: float) -> None:
+    def __init__(self, peer_id: str) -> None:
         self.peer_id = peer_id
         self.audio_gain = 1.0
-        self._clip = list(zip(encode_audio_clip(frequency, 1.0, 0.3), audio_clip_levels(frequency, 1.0, 0.3)))
         self._queued: deque = deque()
-        self.sent = 0
         self.received: list[av.Packet] = []
         self.audio_out = self
         self.pushing_threads: set[str] = set()
-
-    def send(self, count: int) -> None:
-        for _ in range(count):
-            self._queued.append(self._clip[self.sent % len(self._clip)])
-            self.sent += 1
 
     def take_audio(self) -> list:
         return [self._queued.popleft() for _ in range(len(self._queued))]
@@ -84,7 +77,7 @@ class _Peer:
 
 
 async def test_the_room_mixes_while_the_event_loop_is_busy_and_delivers_on_the_loop() -> None:
-    peers = [_Peer("a", 440.0), _Peer("b", 660.0)]
+    peers = [_Peer("a"), _Peer("b")]
     pipeline = AudioPipeline("unit", lambda: peers, talkers=3)
     pipeline.start()
     try:
@@ -106,7 +99,7 @@ async def test_the_room_mixes_while_the_event_loop_is_busy_and_delivers_on_the_l
 
 
 async def test_a_departed_peer_s_codec_state_goes_at_the_next_tick() -> None:
-    peers = [_Peer("a", 440.0), _Peer("b", 660.0)]
+    peers = [_Peer("a"), _Peer("b")]
     pipeline = AudioPipeline("unit", lambda: list(peers), talkers=3)
     pipeline.start()
     try:

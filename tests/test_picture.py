@@ -40,7 +40,7 @@ class Upstream:
     def next(self) -> tuple[bytes, int]:
         self.pts += 6000
         packets = self.encoder.encode(colour_frame(self.yuv), self.pts)
-        return b"".join(bytes(p) for p in packets), self.pts
+        return b"".join(data for data, _ in packets), self.pts
 
 
 class Parent:
