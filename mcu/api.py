@@ -134,6 +134,9 @@ async def _put_layout(request: web.Request) -> web.Response:
     return web.json_response({"room": room.name, "layout": room.layout.to_json()})
 
 
+#: How long `POST .../recording` waits for the file's first picture, to reply with its start.
+RECORDING_START_WAIT = 5.0
+
 #: HTTP statuses of the recording errors.
 _RECORDING_STATUS: dict[str, type[web.HTTPException]] = {
     protocol.ALREADY_RECORDING: web.HTTPConflict,
@@ -149,6 +152,8 @@ async def _start_recording(request: web.Request) -> web.Response:
         recording = request.app[CONFERENCE].begin_recording(room)
     except protocol.ProtocolError as exc:
         raise error(_RECORDING_STATUS[exc.code], exc.code, exc.message) from None
+    # The reply says when the file's time 0 is: wait for its first picture (startedAt null if it is late).
+    await recording.wait_started(RECORDING_START_WAIT)
     return web.json_response({"room": room.name, **recording.describe()}, status=201)
 
 

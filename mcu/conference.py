@@ -76,11 +76,6 @@ class Conference:
             room = self.rooms[message.room] = Room(message.room, self.config, message.mode or self.config.mode)
             room.audio.on_speakers = lambda events, room=room: self._speakers(room, events)
             logger.info("room %s: created", room.name)
-            if self.config.auto_record:
-                try:
-                    self.begin_recording(room)
-                except ProtocolError as exc:
-                    logger.error("room %s: could not record: %s", room.name, exc.message)
         peer_id = secrets.token_hex(6)
         others = [
             {"peerId": p.peer_id, "name": p.name, "video": p.sending_video, "audio": p.sending_audio}
@@ -109,11 +104,18 @@ class Conference:
             # Nothing flows to it: its outbound tracks end, and no encoder is kept for it.
             participant.video_out.stop()
             participant.audio_out.stop()
+        created = not room.participants
         room.add(participant)
+        if created and self.config.auto_record:
+            # After the first participant: the room's clocks, which stamp the file, start with it.
+            try:
+                self.begin_recording(room)
+            except ProtocolError as exc:
+                logger.error("room %s: could not record: %s", room.name, exc.message)
         session.peer_id, session.room = peer_id, room.name
         logs.bind(room.name, peer_id)
         self._sessions[peer_id] = session
-        recording = room.recording.describe() if room.recording is not None else None
+        recording = room.recording.describe() if room.recording is not None and room.recording.started_at else None
         session.send(
             protocol.joined(
                 room.name,
@@ -226,7 +228,7 @@ class Conference:
         await self.end_recording(self.rooms[session.room])  # type: ignore[index]
 
     def begin_recording(self, room: Room) -> Recording:
-        """Start recording `room` (signaling, HTTP or --auto-record) and tell its peers."""
+        """Start recording `room` (signaling, HTTP or --auto-record); its peers are told at the file's first picture."""
         if room.recording is not None:
             raise ProtocolError(protocol.ALREADY_RECORDING, "This room is already being recorded.")
         if room.mode == MESH:
@@ -238,13 +240,20 @@ class Conference:
         if self.config.encode_per_peer:
             raise ProtocolError(protocol.RECORDING_FAILED, "The per-peer baseline has no shared stream to record.")
         try:
-            recording = room.start_recording(Path(self.config.record_dir), self._recording_failed)
+            recording = room.start_recording(
+                Path(self.config.record_dir), self._recording_started, self._recording_failed
+            )
         except RecordingError as exc:
             raise ProtocolError(protocol.RECORDING_FAILED, str(exc)) from None
         logger.info("room %s: recording to %s", room.name, recording.path)
-        described = recording.describe()
-        self._broadcast(room, protocol.recording_started(described["file"], described["startedAt"]))
         return recording
+
+    def _recording_started(self, recording: Recording) -> None:
+        """The file has its first picture: tell the room when its time 0 was."""
+        room = next((r for r in self.rooms.values() if r.recording is recording), None)
+        if room is not None:
+            described = recording.describe()
+            self._broadcast(room, protocol.recording_started(described["file"], described["startedAt"]))
 
     async def end_recording(self, room: Room) -> Recording:
         """Stop `room`'s recording, finish its file and tell its peers."""

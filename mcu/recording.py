@@ -19,6 +19,7 @@ import fractions
 import logging
 import os
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Callable
@@ -75,8 +76,13 @@ class Recording:
     `video` and `audio` are the sinks to give the room's pipelines. The file
     starts at the first video keyframe (ask the encoder for one when adding the
     sink); audio before it is dropped, so the file opens on a picture with sound.
-    Both pipelines stamp packets with the room's clock (started together), which
-    keeps them in sync in the file.
+    Both pipelines stamp packets with the room's clock (started together at
+    `epoch`, a `time.monotonic()`), which keeps them in sync in the file and
+    tells the wall-clock time of the file's first picture: `started_at`, set
+    then and announced through `on_started`. A new room's first picture can
+    come most of a second after the recording was asked for; saying when the
+    file's time 0 really was keeps a recording aligned with what happened
+    around it (chat, logs).
     """
 
     def __init__(
@@ -85,12 +91,15 @@ class Recording:
         directory: Path,
         width: int,
         height: int,
+        epoch: float,
+        on_started: Callable[[Recording], None],
         on_failed: Callable[[Recording, str], None],
     ) -> None:
         check_directory(directory)
         self.room = room
-        self.started_at = datetime.datetime.now(datetime.timezone.utc)
-        self.path = recording_path(directory, room, self.started_at)
+        #: When the file's time 0 was, by the server's clock: None until its first picture is written.
+        self.started_at: datetime.datetime | None = None
+        self.path = recording_path(directory, room, datetime.datetime.now(datetime.timezone.utc))
         try:
             # PyAV opens the file only at the first packet: create it now, so that the start fails.
             self.path.touch(exist_ok=False)
@@ -105,7 +114,11 @@ class Recording:
         audio.time_base = TIME_BASE
         self._container, self._video_stream, self._audio_stream = container, video, audio
         self._loop = asyncio.get_running_loop()
+        self._epoch = epoch
+        self._on_started = on_started
         self._on_failed = on_failed
+        #: Set at the first picture or the stop, whichever comes first.
+        self._settled = asyncio.Event()
         #: (stream index, bytes, room-clock seconds, keyframe), appended by the pipelines' threads.
         self._queue: deque[tuple[int, bytes, fractions.Fraction, bool]] = deque()
         self._stopping = threading.Event()
@@ -127,8 +140,17 @@ class Recording:
         return max(self._last_ms.values(), default=0) / 1000 if self._origin is not None else 0.0
 
     def describe(self) -> dict:
-        """The file and its start, as `recordingStarted` and `joined` tell them."""
-        return {"file": self.path.name, "startedAt": int(self.started_at.timestamp() * 1000)}
+        """The file and its start (None before the first picture), as `recordingStarted` and `joined` tell them."""
+        started = self.started_at
+        return {"file": self.path.name, "startedAt": None if started is None else round(started.timestamp() * 1000)}
+
+    async def wait_started(self, timeout: float) -> bool:
+        """Whether the file got its first picture within `timeout` seconds (False at once if it stops first)."""
+        try:
+            await asyncio.wait_for(self._settled.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return self.started_at is not None
 
     def _push(self, index: int, packet: av.Packet) -> None:
         """Queue a copy of `packet`; called by the video pipeline (event loop) and the audio thread."""
@@ -145,7 +167,7 @@ class Recording:
                     self._close_container()
                 return
 
-    def _write(self, index: int, data: bytes, time: fractions.Fraction, keyframe: bool) -> None:
+    def _write(self, index: int, data: bytes, at: fractions.Fraction, keyframe: bool) -> None:
         if self.error is not None:
             return
         if self._origin is None:
@@ -153,8 +175,8 @@ class Recording:
             if index != self._video_stream.index or not keyframe:
                 self.dropped += index == self._video_stream.index
                 return
-            self._origin = time
-        ms = round((time - self._origin) * 1000)
+            self._begin(at)
+        ms = round((at - self._origin) * 1000)
         if ms <= self._last_ms[index]:
             return  # before the file's start, or not after the previous one (the muxer needs order)
         self._last_ms[index] = ms
@@ -168,6 +190,20 @@ class Recording:
             self.packets += 1
         except (OSError, av.FFmpegError) as exc:
             self._fail(f"Writing the recording failed: {exc}")
+
+    def _begin(self, origin: fractions.Fraction) -> None:
+        """The first picture, at room-clock time `origin`: the file's time 0, by the wall clock in the file too."""
+        self._origin = origin
+        ago = time.monotonic() - (self._epoch + float(origin))
+        self.started_at = datetime.datetime.fromtimestamp(time.time() - ago, datetime.timezone.utc)
+        # Written in the header (Matroska's DateUTC), which the muxer writes with this first packet.
+        self._container.metadata["creation_time"] = self.started_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self._loop.call_soon_threadsafe(self._announce)
+
+    def _announce(self) -> None:
+        self._settled.set()
+        if not self.stopped:
+            self._on_started(self)
 
     def _fail(self, message: str) -> None:
         """Stop writing; what was flushed stays readable. Runs on the recorder thread."""
@@ -189,5 +225,6 @@ class Recording:
             return
         self.stopped = True
         self._stopping.set()
+        self._settled.set()
         await asyncio.to_thread(self._thread.join)
         logger.info("room %s: recording %s stopped after %.1f s", self.room, self.path.name, self.duration)

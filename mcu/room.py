@@ -108,9 +108,16 @@ class Room:
             **(self.forwarder.describe() if self.forwarder is not None else {}),
         }
 
-    def start_recording(self, directory: Path, on_failed: Callable[[Recording, str], None]) -> Recording:
+    def start_recording(
+        self,
+        directory: Path,
+        on_started: Callable[[Recording], None],
+        on_failed: Callable[[Recording, str], None],
+    ) -> Recording:
         """Mux the shared encoders' packets into a new file (RecordingError if it cannot start)."""
-        recording = Recording(self.name, directory, self.config.width, self.config.height, on_failed)
+        recording = Recording(
+            self.name, directory, self.config.width, self.config.height, self.video.epoch, on_started, on_failed
+        )
         self.recording = recording
         self.video.add_sink(recording.video)
         self.audio.add_sink(recording.audio)

@@ -166,7 +166,8 @@ class VideoPipeline:
         self._stopping = False
         self._sent_outputs: frozenset[Output] | None = None
         self._sent_scenes: dict[str | None, SceneSpec] | None = None
-        self._epoch = 0.0
+        #: The room clock's zero (a `time.monotonic()`), set by `start()`: packets' pts count from it.
+        self.epoch = 0.0
         #: The counters of the processes that died: a new one counts from zero, the room's stats go on.
         self._base: dict[str, object] = {}
 
@@ -174,7 +175,7 @@ class VideoPipeline:
 
     def start(self) -> None:
         """Start the picture process and the task that keeps it told (returns at once)."""
-        self._epoch = time.monotonic()
+        self.epoch = time.monotonic()
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
@@ -218,7 +219,7 @@ class VideoPipeline:
         self._process, ours = _take_process()
         loop = asyncio.get_running_loop()
         transport, channel = await loop.connect_accepted_socket(lambda: _Channel(self), ours)
-        settings = Settings(self.tiers, self.stale_seconds, self._epoch, self.encode_per_peer)
+        settings = Settings(self.tiers, self.stale_seconds, self.epoch, self.encode_per_peer)
         transport.write(encode_message(("settings", settings)))
         for data in self._pending:
             transport.write(data)

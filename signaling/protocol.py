@@ -450,12 +450,17 @@ def active_speaker(peer_id: str | None) -> dict:
 
 
 def recording_started(file: str, started_at: int) -> dict:
-    """Tell the room that its recording started: the file name and when (ms since the epoch)."""
+    """Tell the room that its recording started: the file name and when its time 0 was (ms since the epoch)."""
     return {"type": "recordingStarted", "file": file, "startedAt": started_at}
 
 
-def recording_stopped(file: str, started_at: int, duration: float, reason: str, message: str | None = None) -> dict:
-    """Tell the room that its recording ended (`reason` "stopped" or "failed", with a `message`)."""
+def recording_stopped(
+    file: str, started_at: int | None, duration: float, reason: str, message: str | None = None
+) -> dict:
+    """Tell the room that its recording ended (`reason` "stopped" or "failed", with a `message`).
+
+    `started_at` is None when it ended before the file's first picture.
+    """
     stopped = {"type": "recordingStopped", "file": file, "startedAt": started_at, "duration": duration}
     stopped["reason"] = reason
     if message is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import fractions
 import json
 import re
 import resource
@@ -22,6 +24,7 @@ from media_checks import cell_colours, close_to, contains_colour
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, FlashBeep, ToneTrack, rgb_to_yuv
 from mcu.config import Config
+from mcu.recording import Recording
 
 FILE_NAME = re.compile(r"^rec-\d{8}T\d{6}Z(-\d+)?\.webm$")
 #: EBML ids of the Matroska elements a finished file has and a killed one lacks.
@@ -128,6 +131,46 @@ async def test_start_stop_by_signaling_gives_a_finished_webm_of_the_recorded_len
         assert contains_colour(cell_colours(frame, 1) + cell_colours(frame, 2), rgb_to_yuv(COLORS["red"]))
 
 
+def vp8_keyframe(width: int, height: int) -> bytes:
+    """One VP8 keyframe of a grey picture, as the room's encoder would push it."""
+    encoder = av.CodecContext.create("libvpx", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+    encoder.time_base = fractions.Fraction(1, 30)
+    frame = av.VideoFrame.from_ndarray(np.full((height * 3 // 2, width), 128, np.uint8), format="yuv420p")
+    frame.pts = 0
+    return bytes((encoder.encode(frame) + encoder.encode(None))[0])
+
+
+@needs_ffmpeg
+async def test_started_at_is_the_wall_clock_time_of_the_files_first_picture(tmp_path):
+    """Asked for before the room has a picture, a recording starts, and says so, at that picture."""
+    epoch = time.monotonic() - 10  # a room whose clock started 10 s ago
+    announced: list[Recording] = []
+    recording = Recording("rec", tmp_path, 64, 64, epoch, announced.append, lambda *_: pytest.fail("failed"))
+    assert recording.describe()["startedAt"] is None
+    # The first picture was composed at 8.5 s on the room's clock, 1.5 s ago, and reaches the file now.
+    packet = av.Packet(vp8_keyframe(64, 64))
+    packet.pts, packet.time_base, packet.is_keyframe = 8500, fractions.Fraction(1, 1000), True
+    now = time.time()
+    recording.video.push(packet)
+    assert await recording.wait_started(5)
+    assert announced == [recording]
+    started_at = recording.describe()["startedAt"] / 1000
+    assert abs(started_at - (now - 1.5)) <= 0.05, (started_at, now)
+    await recording.stop()
+    tags = ffprobe(recording.path)["format"]["tags"]
+    created = datetime.datetime.fromisoformat(tags["creation_time"].replace("Z", "+00:00")).timestamp()
+    assert abs(created - started_at) <= 0.001, (created, started_at)
+
+    # Stopped before any picture came: it never started, and says so at once.
+    never = Recording("rec", tmp_path, 64, 64, epoch, announced.append, lambda *_: pytest.fail("failed"))
+    waiting = asyncio.ensure_future(never.wait_started(30))
+    await never.stop()
+    assert await asyncio.wait_for(waiting, 1) is False
+    assert never.describe()["startedAt"] is None and never.duration == 0
+    assert announced == [recording]
+
+
 async def test_recording_errors_are_clear_and_the_room_goes_on(server, tmp_path):
     alice = make_peer(server.url, "alice", "red", 440.0)
     try:
@@ -138,6 +181,7 @@ async def test_recording_errors_are_clear_and_the_room_goes_on(server, tmp_path)
         await alice.send({"type": "startRecording"})
         await alice.send({"type": "startRecording"})
         await alice.wait_for(lambda: "already_recording" in error_codes(alice), 10)
+        await alice.wait_for(lambda: events(alice, "recordingStarted"), 10)
         await alice.send({"type": "stopRecording"})
         await alice.wait_for(lambda: events(alice, "recordingStopped"), 10)
         # A directory that does not exist, and one that no one may write in (not even root).
@@ -183,7 +227,9 @@ async def test_http_api_starts_and_stops_a_recording(server, tmp_path):
         status, body = await loop.run_in_executor(None, call, "POST")
         assert status == 201 and FILE_NAME.match(body["file"]), body
         await alice.wait_for(lambda: events(alice, "recordingStarted"), 10)
-        assert events(alice, "recordingStarted")[0]["file"] == body["file"]
+        started = events(alice, "recordingStarted")[0]
+        # The reply waited for the file's first picture: it says when its time 0 was.
+        assert (started["file"], started["startedAt"]) == (body["file"], body["startedAt"]), (started, body)
         status, again = await loop.run_in_executor(None, call, "POST")
         assert status == 409 and again["code"] == "already_recording"
         await asyncio.sleep(2)
@@ -216,9 +262,9 @@ async def test_kill_9_leaves_a_file_that_plays_to_within_2_seconds_of_the_kill(t
     peer = make_peer(url, "alice", "red", 440.0)
     try:
         await peer.join()
-        await peer.wait_for(lambda: peer.video_frames > 0, 20)
-        recording = events(peer, "joined")[0]["recording"]
-        assert recording is not None and FILE_NAME.match(recording["file"]), recording
+        await peer.wait_for(lambda: peer.video_frames > 0 and events(peer, "recordingStarted"), 20)
+        recording = events(peer, "recordingStarted")[0]
+        assert FILE_NAME.match(recording["file"]), recording
         await asyncio.sleep(6)
         # Killed while the peer is still in the room: nothing gets to finish the file.
         killed_at = time.time()
@@ -243,8 +289,10 @@ async def test_sigterm_finalizes_the_file_with_its_duration_and_index(tmp_path):
     try:
         peer = make_peer(url, "alice", "red", 440.0)
         await peer.join()
-        await peer.wait_for(lambda: peer.video_frames > 0, 20)
-        recording = events(peer, "joined")[0]["recording"]
+        await peer.wait_for(lambda: peer.video_frames > 0 and events(peer, "recordingStarted"), 20)
+        recording = events(peer, "recordingStarted")[0]
+        # The room was created by this join: its recording was asked for before it had a picture.
+        assert events(peer, "joined")[0]["recording"] is None
         await asyncio.sleep(4)
         terminated_at = time.time()
         process.send_signal(signal.SIGTERM)
@@ -256,9 +304,14 @@ async def test_sigterm_finalizes_the_file_with_its_duration_and_index(tmp_path):
     path = tmp_path / recording["file"]
     data = path.read_bytes()
     assert CUES_ID in data and DURATION_ID in data
-    duration = float(ffprobe(path)["format"]["duration"])
+    probe = ffprobe(path)["format"]
+    duration = float(probe["duration"])
+    # startedAt is the file's time 0, also in the file itself (Matroska's DateUTC).
+    created = datetime.datetime.fromisoformat(probe["tags"]["creation_time"].replace("Z", "+00:00"))
+    assert abs(created.timestamp() * 1000 - recording["startedAt"]) <= 1, (created, recording)
     recorded = terminated_at - recording["startedAt"] / 1000
-    assert abs(duration - recorded) <= 0.5, (duration, recorded)
+    print(f"file {duration:.3f} s, from startedAt to SIGTERM {recorded:.3f} s")
+    assert abs(duration - recorded) <= 0.25, (duration, recorded)
     assert "recording" in output and "stopped after" in output, output
 
 
