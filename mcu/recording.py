@@ -165,6 +165,9 @@ class Recording:
             if stopping:
                 if self.error is None:
                     self._close_container()
+                    if self._origin is None:
+                        # Stopped before its first picture: no empty, unplayable file is left behind.
+                        self.path.unlink(missing_ok=True)
                 return
 
     def _write(self, index: int, data: bytes, at: fractions.Fraction, keyframe: bool) -> None:

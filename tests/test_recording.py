@@ -168,6 +168,7 @@ async def test_started_at_is_the_wall_clock_time_of_the_files_first_picture(tmp_
     await never.stop()
     assert await asyncio.wait_for(waiting, 1) is False
     assert never.describe()["startedAt"] is None and never.duration == 0
+    assert not never.path.exists()  # nothing to play: no empty file left
     assert announced == [recording]
 
 
