@@ -76,6 +76,11 @@ class Conference:
             room = self.rooms[message.room] = Room(message.room, self.config, message.mode or self.config.mode)
             room.audio.on_speakers = lambda events, room=room: self._speakers(room, events)
             logger.info("room %s: created", room.name)
+            if self.config.auto_record:
+                try:
+                    self.begin_recording(room)
+                except ProtocolError as exc:
+                    logger.error("room %s: could not record: %s", room.name, exc.message)
         peer_id = secrets.token_hex(6)
         others = [
             {"peerId": p.peer_id, "name": p.name, "video": p.sending_video, "audio": p.sending_audio}
@@ -104,14 +109,7 @@ class Conference:
             # Nothing flows to it: its outbound tracks end, and no encoder is kept for it.
             participant.video_out.stop()
             participant.audio_out.stop()
-        created = not room.participants
         room.add(participant)
-        if created and self.config.auto_record:
-            # After the first participant: the room's clocks, which stamp the file, start with it.
-            try:
-                self.begin_recording(room)
-            except ProtocolError as exc:
-                logger.error("room %s: could not record: %s", room.name, exc.message)
         session.peer_id, session.room = peer_id, room.name
         logs.bind(room.name, peer_id)
         self._sessions[peer_id] = session
@@ -248,9 +246,14 @@ class Conference:
         logger.info("room %s: recording to %s", room.name, recording.path)
         return recording
 
+    def _recording_room(self, recording: Recording) -> Room | None:
+        """The room `recording` is still recording (None once it stopped or the room closed)."""
+        room = self.rooms.get(recording.room)
+        return room if room is not None and room.recording is recording else None
+
     def _recording_started(self, recording: Recording) -> None:
         """The file has its first picture: tell the room when its time 0 was."""
-        room = next((r for r in self.rooms.values() if r.recording is recording), None)
+        room = self._recording_room(recording)
         if room is not None:
             described = recording.describe()
             self._broadcast(room, protocol.recording_started(described["file"], described["startedAt"]))
@@ -272,7 +275,7 @@ class Conference:
 
     def _recording_failed(self, recording: Recording, message: str) -> None:
         """A write failed (full disk...): the room goes on without it; what was written stays."""
-        room = next((r for r in self.rooms.values() if r.recording is recording), None)
+        room = self._recording_room(recording)
         if room is not None:
             task = asyncio.ensure_future(self.end_recording(room))
             self._closing.add(task)

@@ -166,8 +166,8 @@ class VideoPipeline:
         self._stopping = False
         self._sent_outputs: frozenset[Output] | None = None
         self._sent_scenes: dict[str | None, SceneSpec] | None = None
-        #: The room clock's zero (a `time.monotonic()`), set by `start()`: packets' pts count from it.
-        self.epoch = 0.0
+        #: The room clock's zero (a `time.monotonic()`), the room's creation: packets' pts count from it.
+        self.epoch = time.monotonic()
         #: The counters of the processes that died: a new one counts from zero, the room's stats go on.
         self._base: dict[str, object] = {}
 
@@ -175,7 +175,6 @@ class VideoPipeline:
 
     def start(self) -> None:
         """Start the picture process and the task that keeps it told (returns at once)."""
-        self.epoch = time.monotonic()
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:

@@ -24,6 +24,7 @@ from media_checks import cell_colours, close_to, contains_colour
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, FlashBeep, ToneTrack, rgb_to_yuv
 from mcu.config import Config
+from mcu.encoders import VideoEncoder
 from mcu.recording import Recording
 
 FILE_NAME = re.compile(r"^rec-\d{8}T\d{6}Z(-\d+)?\.webm$")
@@ -131,16 +132,6 @@ async def test_start_stop_by_signaling_gives_a_finished_webm_of_the_recorded_len
         assert contains_colour(cell_colours(frame, 1) + cell_colours(frame, 2), rgb_to_yuv(COLORS["red"]))
 
 
-def vp8_keyframe(width: int, height: int) -> bytes:
-    """One VP8 keyframe of a grey picture, as the room's encoder would push it."""
-    encoder = av.CodecContext.create("libvpx", "w")
-    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
-    encoder.time_base = fractions.Fraction(1, 30)
-    frame = av.VideoFrame.from_ndarray(np.full((height * 3 // 2, width), 128, np.uint8), format="yuv420p")
-    frame.pts = 0
-    return bytes((encoder.encode(frame) + encoder.encode(None))[0])
-
-
 @needs_ffmpeg
 async def test_started_at_is_the_wall_clock_time_of_the_files_first_picture(tmp_path):
     """Asked for before the room has a picture, a recording starts, and says so, at that picture."""
@@ -149,7 +140,10 @@ async def test_started_at_is_the_wall_clock_time_of_the_files_first_picture(tmp_
     recording = Recording("rec", tmp_path, 64, 64, epoch, announced.append, lambda *_: pytest.fail("failed"))
     assert recording.describe()["startedAt"] is None
     # The first picture was composed at 8.5 s on the room's clock, 1.5 s ago, and reaches the file now.
-    packet = av.Packet(vp8_keyframe(64, 64))
+    grey = av.VideoFrame.from_ndarray(np.full((96, 64), 128, np.uint8), format="yuv420p")
+    [(data, keyframe)] = VideoEncoder(64, 64, 30, 100_000).encode(grey, 0)  # the room's encoder
+    assert keyframe
+    packet = av.Packet(data)
     packet.pts, packet.time_base, packet.is_keyframe = 8500, fractions.Fraction(1, 1000), True
     now = time.time()
     recording.video.push(packet)
