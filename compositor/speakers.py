@@ -28,17 +28,27 @@ class _Talker:
     quiet_for: int = 0
     #: Ticks in the talker set (a newcomer cannot be displaced at once).
     held_for: int = 0
+    #: Ticks since a louder voice took this talker's place while it was speaking; None: it holds one.
+    overtime: int | None = None
 
 
 class TalkerSelector:
-    """Picks at most `count` talkers, the loudest, with hysteresis.
+    """Picks the talkers that get a personal mix: everyone in a small room, else the loudest `count`.
 
-    Levels are smoothed over a few ticks (in power); a talker keeps its place
+    With at most `count` + 1 voices a personal mix for each costs no more than
+    `count` talkers and one shared mix, so everyone is a talker. Above that,
+    levels are smoothed over a few ticks (in power); a talker keeps its place
     while it was above the gate within the last `hold_ticks`, and a louder
-    newcomer displaces the quietest talker only when louder by `margin_db` for
-    `switch_ticks` in a row, and only once that talker has held its place for
-    `hold_ticks`: a cough does not take the floor, and the set does not flicker
-    between two similar voices.
+    newcomer takes the place of the quietest talker only when louder by
+    `margin_db` for `switch_ticks` in a row, and only once that talker has held
+    its place for `hold_ticks`: a cough does not take the floor, and the set does
+    not flicker between two similar voices.
+
+    A talker whose place is taken while it speaks is not cut mid-sentence: it
+    stays mixed, on overtime, until its first pause (`pause_ticks` under the
+    gate) or for `overtime_ticks` at most, and takes a place again if one frees
+    up meanwhile. At most `count` talkers are on overtime at once (the oldest
+    goes first), so the set never exceeds 2 x `count`.
     """
 
     def __init__(
@@ -49,6 +59,8 @@ class TalkerSelector:
         margin_db: float = 6.0,
         smoothing: float = 0.3,
         switch_ticks: int = 10,
+        pause_ticks: int = 5,
+        overtime_ticks: int = 250,
     ) -> None:
         self.count = count
         self.gate_db = gate_db
@@ -56,6 +68,8 @@ class TalkerSelector:
         self.margin_db = margin_db
         self.smoothing = smoothing
         self.switch_ticks = switch_ticks
+        self.pause_ticks = pause_ticks
+        self.overtime_ticks = overtime_ticks
         self._smoothed: dict[Hashable, float] = {}
         self._talkers: dict[Hashable, _Talker] = {}
         #: Consecutive ticks each non-talker has been clearly louder than the weakest talker.
@@ -63,7 +77,16 @@ class TalkerSelector:
 
     @property
     def talkers(self) -> set[Hashable]:
+        """Who gets a personal mix now, those on overtime included."""
         return set(self._talkers)
+
+    @property
+    def on_overtime(self) -> set[Hashable]:
+        """The talkers kept only until they pause: a louder voice took their place."""
+        return {key for key, talker in self._talkers.items() if talker.overtime is not None}
+
+    def _placed(self) -> dict[Hashable, _Talker]:
+        return {key: talker for key, talker in self._talkers.items() if talker.overtime is None}
 
     def may_talk(self, level_db: float) -> bool:
         """Whether a non-talker at this level could join the talkers soon.
@@ -74,13 +97,14 @@ class TalkerSelector:
         """
         if level_db <= self.gate_db:
             return False
-        if len(self._talkers) < self.count:
+        placed = self._placed()
+        if len(placed) < self.count:
             return True
-        weakest = min(talker.level for talker in self._talkers.values())
+        weakest = min(talker.level for talker in placed.values())
         return level_db > weakest + self.margin_db / 2
 
     def update(self, ids: Sequence[Hashable], frame_levels: Sequence[float]) -> set[Hashable]:
-        """Feed one tick's levels (dBFS, one per id); returns the talker set."""
+        """Feed one tick's levels (dBFS, one per id: everyone who sends audio); returns the talker set."""
         for gone in self._smoothed.keys() - set(ids):
             del self._smoothed[gone]
             self._talkers.pop(gone, None)
@@ -91,12 +115,40 @@ class TalkerSelector:
             power = previous + self.smoothing * (10 ** (float(level) / 10) - previous)
             self._smoothed[key] = max(10 * np.log10(max(power, 1e-300)), SILENCE_DB)
 
+        if len(ids) <= self.count + 1:
+            # A small room: everyone is a talker, whatever their level.
+            for key in ids:
+                talker = self._talkers.setdefault(key, _Talker(self._smoothed[key]))
+                talker.level, talker.overtime = self._smoothed[key], None
+                talker.held_for += 1
+                talker.quiet_for = 0 if talker.level > self.gate_db else talker.quiet_for + 1
+            self._challenging = {}
+            return set(self._talkers)
+
         for key, talker in list(self._talkers.items()):
             talker.level = self._smoothed[key]
             talker.held_for += 1
             talker.quiet_for = 0 if talker.level > self.gate_db else talker.quiet_for + 1
-            if talker.quiet_for >= self.hold_ticks:
+            if talker.overtime is None:
+                if talker.quiet_for >= self.hold_ticks:
+                    del self._talkers[key]
+                continue
+            talker.overtime += 1
+            if talker.quiet_for >= self.pause_ticks or talker.overtime >= self.overtime_ticks:
                 del self._talkers[key]
+
+        placed = self._placed()
+        # More placed talkers than places (the room just grew past count + 1): the quietest
+        # go on overtime, or leave if they are not speaking.
+        for key in sorted(placed, key=lambda k: placed[k].level)[: max(len(placed) - self.count, 0)]:
+            self._displace(key)
+            del placed[key]
+        # A free place goes back to a talker on overtime first, the loudest.
+        for key in sorted(self.on_overtime, key=lambda k: self._talkers[k].level, reverse=True):
+            if len(placed) >= self.count:
+                break
+            placed[key] = self._talkers[key]
+            placed[key].overtime = None
 
         candidates = sorted(
             (key for key in ids if key not in self._talkers and self._smoothed[key] > self.gate_db),
@@ -106,20 +158,32 @@ class TalkerSelector:
         challenging: dict[Hashable, int] = {}
         for key in candidates:
             level = self._smoothed[key]
-            if len(self._talkers) < self.count:
-                self._talkers[key] = _Talker(level)
+            if len(placed) < self.count:
+                self._talkers[key] = placed[key] = _Talker(level)
                 continue
-            quietest = min(self._talkers, key=lambda k: self._talkers[k].level)
-            weakest = self._talkers[quietest]
+            quietest = min(placed, key=lambda k: placed[k].level)
+            weakest = placed[quietest]
             if level <= weakest.level + self.margin_db:
                 continue
             challenging[key] = self._challenging.get(key, 0) + 1
             if challenging[key] >= self.switch_ticks and weakest.held_for >= self.hold_ticks:
-                del self._talkers[quietest]
+                self._displace(quietest)
+                del placed[quietest]
                 del challenging[key]
-                self._talkers[key] = _Talker(level)
+                self._talkers[key] = placed[key] = _Talker(level)
         self._challenging = challenging
         return set(self._talkers)
+
+    def _displace(self, key: Hashable) -> None:
+        """`key` loses its place: on overtime if it is speaking, else out."""
+        talker = self._talkers[key]
+        if talker.quiet_for > 0:
+            del self._talkers[key]
+            return
+        talker.overtime = 0
+        overtime = sorted(self.on_overtime, key=lambda k: self._talkers[k].overtime or 0, reverse=True)
+        for oldest in overtime[: max(len(overtime) - self.count, 0)]:
+            del self._talkers[oldest]
 
 
 @dataclass

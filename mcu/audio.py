@@ -125,6 +125,11 @@ class AudioPipeline:
         """The peers that currently get a personal mix (None: every listener does)."""
         return None if self._selector is None else self._selector.talkers  # type: ignore[return-value]
 
+    @property
+    def on_overtime(self) -> set[str]:
+        """Talkers whose place a louder voice took while they spoke: mixed until they pause."""
+        return set() if self._selector is None else self._selector.on_overtime  # type: ignore[return-value]
+
     def add_sink(self, sink: PacketSink) -> None:
         """Also push the shared mix's packets (everyone's voices) to `sink`; called on the audio thread."""
         self._sinks = [*self._sinks, sink]
@@ -174,7 +179,8 @@ class AudioPipeline:
         channels = [self._channel(peer_id) for peer_id in ids]
         payloads = [p.take_audio() for p in participants]
         gains = np.array([p.audio_gain for p in participants])
-        packets, events = self._mix_encode(ids, channels, payloads, gains, index * FRAME_SAMPLES)
+        sending = np.array([p.sends_audio for p in participants], bool)
+        packets, events = self._mix_encode(ids, channels, payloads, gains, sending, index * FRAME_SAMPLES)
         self._scheduled += 1
         try:
             self._loop.call_soon_threadsafe(self._deliver, participants, packets, events)
@@ -193,6 +199,7 @@ class AudioPipeline:
         channels: list[_Channel],
         payloads: list[list[tuple[bytes, int | None]]],
         gains: np.ndarray,
+        sending: np.ndarray,
         pts: int,
     ) -> tuple[list[list[av.Packet]], SpeakerEvents]:
         started = time.thread_time()
@@ -202,7 +209,7 @@ class AudioPipeline:
         sent = np.array([channel.sent_level for channel in channels])
         with np.errstate(divide="ignore"):
             gain_db = 20 * np.log10(gains)
-        decoding = self._must_decode(ids, sent + gain_db)
+        decoding = self._must_decode(ids, sent + gain_db) & sending
         for channel, pending, decode in zip(channels, payloads, decoding):
             if decode:
                 self.stats.decode_errors += channel.decode(pending)
@@ -222,8 +229,11 @@ class AudioPipeline:
         if self._selector is None:
             talking = list(range(len(ids)))
         else:
-            chosen = self._selector.update(ids, frame_levels)
-            talking = [i for i, key in enumerate(ids) if key in chosen]
+            # Only who sends audio is a voice: a listener without a microphone (or muted) is not
+            # counted, so a room of K + 1 voices and any number of listeners mixes every voice.
+            voices = np.flatnonzero(sending)
+            chosen = self._selector.update([ids[i] for i in voices], frame_levels[voices])
+            talking = [i for i in voices if ids[i] in chosen]
         total, minus = mix_sums(frames[talking])
         packets: list[list[av.Packet] | None] = [None] * len(ids)
         for row, i in enumerate(talking):

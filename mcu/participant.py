@@ -110,6 +110,8 @@ class Participant:
         self.moderator_muted = False
         self.volume = 1.0
         self.audio_out = PacketTrack("audio")
+        #: Whether the peer's offer brought an audio upstream (a microphone track).
+        self.audio_upstream = False
         #: Opus payloads received since the last audio tick, decoded by the room, each with
         #: its RFC 6464 level in dBov when the peer sends that header (browsers do).
         self._audio_payloads: deque[tuple[bytes, int | None]] = deque(maxlen=AUDIO_BACKLOG)
@@ -191,6 +193,8 @@ class Participant:
         install_encoded_receiver(receiver, self._take_video if track.kind == "video" else self._take_audio)
         if track.kind == "video":
             self.video_receiver = receiver
+        else:
+            self.audio_upstream = True
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run `coroutine` as a task of this participant, cancelled when it closes."""
@@ -215,6 +219,11 @@ class Participant:
     def audio_gain(self) -> float:
         """What the room multiplies this peer's voice by: 0 when muted by itself or a moderator."""
         return 0.0 if self.moderator_muted or not self.sending_audio else self.volume
+
+    @property
+    def sends_audio(self) -> bool:
+        """Whether the peer is a voice of the room: it has a microphone track and is not muted."""
+        return self.audio_upstream and self.audio_gain > 0
 
     def take_audio(self) -> list[tuple[bytes, int | None]]:
         """The Opus payloads (and their levels) received since the last call.

@@ -63,6 +63,7 @@ class _Peer:
     def __init__(self, peer_id: str) -> None:
         self.peer_id = peer_id
         self.audio_gain = 1.0
+        self.sends_audio = True
         self._queued: deque = deque()
         self.received: list[av.Packet] = []
         self.audio_out = self

@@ -29,12 +29,13 @@ def test_a_skipped_voice_enters_the_mix_without_a_glitch():
         b = b_quiet if tick < 50 else b_loud
         decodes = pipeline.stats.decodes
         payloads = [[a[tick % 50]], [b[tick % 50]], [silent[0]]]
-        out, _ = pipeline._mix_encode(ids, channels, payloads, np.ones(3), tick * FRAME_SAMPLES)
+        out, _ = pipeline._mix_encode(ids, channels, payloads, np.ones(3), np.ones(3, bool), tick * FRAME_SAMPLES)
         if tick == 40:
             assert pipeline.talkers == {"a"} and pipeline.stats.decodes - decodes == 1  # only the talker
         for packet in out[2]:
             heard.append(decoder.decode(bytes(packet)).copy())
-    assert pipeline.talkers == {"b"}
+    # B has A's place; A, still speaking, stays mixed until it pauses (overtime).
+    assert pipeline.talkers == {"a", "b"} and pipeline.on_overtime == {"a"}
     assert channels[2].buffer.underruns == 0  # C, silent, never decoded: not counted as late audio
     samples = np.concatenate(heard)
     # The frames where B entered: find them, then look at the first 100 ms of B alone.
@@ -54,5 +55,5 @@ def test_peers_without_the_header_are_always_decoded():
     channels = [_Channel() for _ in ids]
     a, b = packets(LOUD, 0.1, header=False), packets(QUIET, 0.003, header=False)
     for tick in range(50):
-        pipeline._mix_encode(ids, channels, [[a[tick]], [b[tick]], [b[tick]]], np.ones(3), tick * 960)
+        pipeline._mix_encode(ids, channels, [[a[tick]], [b[tick]], [b[tick]]], np.ones(3), np.ones(3, bool), tick * 960)
     assert pipeline.stats.decodes == 150
