@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Hashable, Sequence
 
@@ -74,6 +75,8 @@ class TalkerSelector:
         self._talkers: dict[Hashable, _Talker] = {}
         #: Consecutive ticks each non-talker has been clearly louder than the weakest talker.
         self._challenging: dict[Hashable, int] = {}
+        #: The level of the weakest talker holding a place, when every place is taken (else None).
+        self._weakest: float | None = None
 
     @property
     def talkers(self) -> set[Hashable]:
@@ -97,11 +100,7 @@ class TalkerSelector:
         """
         if level_db <= self.gate_db:
             return False
-        placed = self._placed()
-        if len(placed) < self.count:
-            return True
-        weakest = min(talker.level for talker in placed.values())
-        return level_db > weakest + self.margin_db / 2
+        return self._weakest is None or level_db > self._weakest + self.margin_db / 2
 
     def update(self, ids: Sequence[Hashable], frame_levels: Sequence[float]) -> set[Hashable]:
         """Feed one tick's levels (dBFS, one per id: everyone who sends audio); returns the talker set."""
@@ -113,7 +112,7 @@ class TalkerSelector:
             # look like a 30 dB drop.
             previous = 10 ** (self._smoothed.get(key, SILENCE_DB) / 10)
             power = previous + self.smoothing * (10 ** (float(level) / 10) - previous)
-            self._smoothed[key] = max(10 * np.log10(max(power, 1e-300)), SILENCE_DB)
+            self._smoothed[key] = max(10 * math.log10(max(power, 1e-300)), SILENCE_DB)
 
         if len(ids) <= self.count + 1:
             # A small room: everyone is a talker, whatever their level.
@@ -123,6 +122,7 @@ class TalkerSelector:
                 talker.held_for += 1
                 talker.quiet_for = 0 if talker.level > self.gate_db else talker.quiet_for + 1
             self._challenging = {}
+            self._weakest = self._weakest_of(self._talkers)
             return set(self._talkers)
 
         for key, talker in list(self._talkers.items()):
@@ -172,7 +172,12 @@ class TalkerSelector:
                 del challenging[key]
                 self._talkers[key] = placed[key] = _Talker(level)
         self._challenging = challenging
+        self._weakest = self._weakest_of(placed)
         return set(self._talkers)
+
+    def _weakest_of(self, placed: dict[Hashable, _Talker]) -> float | None:
+        """The level of the weakest of `placed` when they take every place, else None (one is free)."""
+        return min(t.level for t in placed.values()) if len(placed) >= self.count else None
 
     def _displace(self, key: Hashable) -> None:
         """`key` loses its place: on overtime if it is speaking, else out."""

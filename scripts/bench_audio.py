@@ -22,7 +22,8 @@ Modes: `k3` is the default server (the 3 loudest talkers get a personal
 mix-minus and encode, everyone else shares one) with peers that send the
 RFC 6464 level header as browsers do (so the server decodes only who may be
 heard); `k3-no-header` the same with peers that do not (every peer decoded);
-`personal` is `--audio-talkers 0` (a personal mix and encode for every listener).
+`personal` is `--audio-talkers 0` (a personal mix and encode for every listener);
+`kN` is `--audio-talkers N` with the header (`--modes k1,k2,k3,k4,k6`: what a talker costs).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import asyncio
 import datetime
 import json
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -61,8 +63,20 @@ MODES = {"k3": ([], True), "k3-no-header": ([], False), "personal": (["--audio-t
 PEERS_PER_LOAD = 40
 MIN_AUDIO = 45.0
 BEGIN, END = "<!-- bench_audio:begin -->", "<!-- bench_audio:end -->"
+#: `kN` for any other N: the server with `--audio-talkers N` (to weigh the cost of a talker).
+MODE_PATTERN = re.compile(r"k(\d+)")
 #: Janus 1.1.2 AudioBridge on this machine, same clip and method (/work/shared/notes/media-facts.md).
 JANUS = {10: 11.3, 20: 19.6, 40: 41.5, 80: 83.5}
+
+
+def mode_settings(mode: str) -> tuple[list[str], bool]:
+    """The server flags and the level header of `mode` (one of MODES, or kN)."""
+    if mode in MODES:
+        return MODES[mode]
+    match = MODE_PATTERN.fullmatch(mode)
+    if match is None:
+        raise ValueError(f"unknown mode {mode!r}: one of {', '.join(MODES)} or kN")
+    return ["--audio-talkers", match.group(1)], True
 
 
 @dataclass
@@ -140,7 +154,8 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
         with (logs / f"server-{mode}-{count}.log").open("wb") as log:
             server = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--size", "160x96", "--fps", "1", "--max-peers", str(count), "--log-level", "WARNING", *MODES[mode][0],
+                "--size", "160x96", "--fps", "1", "--max-peers", str(count), "--log-level", "WARNING",
+                *mode_settings(mode)[0],
                 cwd=REPO, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         await wait_healthy(port, server)
@@ -150,7 +165,7 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
                 loads.append(
                     await asyncio.create_subprocess_exec(
                         sys.executable, __file__, "_load", f"ws://127.0.0.1:{port}/ws", str(first),
-                        str(min(PEERS_PER_LOAD, count - first)), str(args.seconds), str(int(MODES[mode][1])),
+                        str(min(PEERS_PER_LOAD, count - first)), str(args.seconds), str(int(mode_settings(mode)[1])),
                         cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
                         start_new_session=True,
                     )  # fmt: skip
@@ -250,7 +265,7 @@ async def run_all(args: argparse.Namespace) -> list[Result]:
                 result = await run_one(mode, count, args, Path(logs))
                 results.append(result)
                 print(f"  {format_table([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
-    results.sort(key=lambda r: (list(MODES).index(r.mode), r.peers))
+    results.sort(key=lambda r: (args.modes.index(r.mode), r.peers))
     return results
 
 
@@ -263,7 +278,9 @@ def main() -> None:
     parser.add_argument("--peers", type=lambda t: [int(v) for v in t.split(",")], default=[10, 20, 40, 80])
     parser.add_argument("--seconds", type=float, default=15, help="measurement window in s (default 15)")
     parser.add_argument("--warmup", type=float, default=5, help="warm-up after all peers receive, in s (default 5)")
-    parser.add_argument("--modes", type=lambda t: t.split(","), default=list(MODES), help="k3,personal")
+    parser.add_argument(
+        "--modes", type=lambda t: t.split(","), default=list(MODES), help="k3,personal; kN: --audio-talkers N"
+    )
     parser.add_argument("--write", type=Path, help="replace (or add) this benchmark's section of a Markdown file")
     args = parser.parse_args()
     results = asyncio.run(run_all(args))
