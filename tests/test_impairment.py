@@ -1,0 +1,295 @@
+"""The seeded impaired network (client/impairment.py): its model, its UDP relay, and real peers behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+
+import av
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection
+from conftest import within
+from media_checks import cell_colours, close_to
+from test_turn import SECRET, coturn  # noqa: F401  (coturn is a fixture)
+
+from client.impairment import (
+    LOST,
+    TAIL_DROPPED,
+    Impairment,
+    Impairments,
+    Link,
+    Model,
+    Relay,
+    parse_spec,
+)
+from client.peer import Peer
+from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
+from mcu.config import Config
+from signaling.ice import IceServers
+
+
+def decisions(impairment: Impairment, count: int, spacing: float = 0.01, size: int = 1000) -> list[float | str]:
+    model = Model(impairment, "up")
+    return [model.decide(size, n * spacing) for n in range(count)]
+
+
+def bursts(lost: list[bool]) -> list[int]:
+    """The lengths of the runs of losses."""
+    runs, run = [], 0
+    for flag in lost + [False]:
+        if flag:
+            run += 1
+        elif run:
+            runs.append(run)
+            run = 0
+    return runs
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+
+def test_random_loss_is_the_configured_share_and_independent():
+    made = decisions(Impairment(loss=5, seed=1), 40_000)
+    lost = [d == LOST for d in made]
+    assert 0.045 < sum(lost) / len(lost) < 0.055
+    # Independent losses: runs of two or more are about 5 % of runs (geometric), not bursts.
+    runs = bursts(lost)
+    assert statistics.mean(runs) < 1.1
+    assert decisions(Impairment(seed=1), 1000) == [n * 0.01 for n in range(1000)]  # nothing set: nothing done
+
+
+def test_burst_loss_keeps_the_share_and_makes_runs_as_long_as_asked():
+    lost = [d == LOST for d in decisions(Impairment(loss=5, burst=4, seed=2), 100_000)]
+    assert 0.04 < sum(lost) / len(lost) < 0.06
+    assert 3.5 < statistics.mean(bursts(lost)) < 4.5
+
+
+def test_delay_and_jitter_stay_in_their_bounds_and_fill_them():
+    made = decisions(Impairment(delay=20, jitter=30, seed=3), 10_000)
+    delays = [d - n * 0.01 for n, d in enumerate(made)]
+    assert all(0.020 <= d <= 0.050 + 1e-9 for d in delays)
+    assert min(delays) < 0.0205 and max(delays) > 0.0495
+    assert 0.034 < statistics.mean(delays) < 0.036  # uniform over [20, 50] ms
+
+
+def test_reorder_sends_that_share_at_once():
+    made = decisions(Impairment(delay=50, reorder=10, seed=4), 20_000)
+    early = sum(1 for n, d in enumerate(made) if d == n * 0.01)
+    assert 0.09 < early / len(made) < 0.11
+
+
+def test_the_same_seed_gives_the_same_decisions_and_another_seed_or_direction_others():
+    impairment = Impairment(loss=10, burst=2, jitter=40, reorder=5, seed=7)
+    assert decisions(impairment, 2000) == decisions(impairment, 2000)
+    assert decisions(impairment, 2000) != decisions(Impairment(loss=10, burst=2, jitter=40, reorder=5, seed=8), 2000)
+    up, down = Model(impairment, "up"), Model(impairment, "down")
+    assert [up.decide(100, 0) for _ in range(200)] != [down.decide(100, 0) for _ in range(200)]
+
+
+def test_a_rate_limit_passes_the_rate_and_drops_the_tail_of_a_full_queue():
+    # 1000-byte datagrams offered at 2 Mbit/s for 10 s to a 1 Mbit/s bottleneck with 20 datagrams of queue.
+    rate, size, spacing = 1_000_000, 1000, 0.004
+    model = Model(Impairment(rate=rate, queue=20, seed=5), "down")
+    made = [(n * spacing, model.decide(size, n * spacing)) for n in range(2500)]
+    arrived = [(sent, when) for sent, when in made if not isinstance(when, str)]
+    assert {when for _, when in made if isinstance(when, str)} == {TAIL_DROPPED}
+    throughput = len(arrived) * size * 8 / (arrived[-1][1] - arrived[0][0])
+    assert 0.97 * rate < throughput <= 1.001 * rate
+    assert 0.45 < (len(made) - len(arrived)) / len(made) < 0.55
+    # A full queue is 20 datagrams of 8 ms each: no datagram waits longer than that and its own.
+    waits = [when - sent for sent, when in arrived]
+    assert max(waits) <= 21 * 0.008 + 1e-9 and max(waits) > 19 * 0.008
+    # Under the rate, nothing is dropped and nothing waits more than its own serialization.
+    calm = Model(Impairment(rate=rate, queue=20), "up")
+    assert all(calm.decide(size, n * 0.01) == pytest.approx(n * 0.01 + 0.008) for n in range(500))
+
+
+def test_parse_spec_reads_both_directions_and_one_way_keys():
+    both = parse_spec("loss=5,jitter=30,seed=1")
+    assert both.up == both.down == Impairment(loss=5, jitter=30, seed=1)
+    split = parse_spec("loss=2, down.loss=10, up.delay=15, rate=1.5m, queue=30, order=1, burst=3")
+    assert split.up == Impairment(loss=2, delay=15, rate=1_500_000, queue=30, order=True, burst=3)
+    assert split.down == Impairment(loss=10, rate=1_500_000, queue=30, order=True, burst=3)
+    assert parse_spec("") == Impairments()
+    for bad in ("loss", "lost=5", "sideways.loss=5", "loss=five", "loss=150", "burst=0.5", "queue=0"):
+        with pytest.raises(ValueError):
+            parse_spec(bad)
+
+
+# --- a link on the event loop -------------------------------------------------------------------
+
+
+async def through_link(impairment: Impairment, count: int = 300, spacing: float = 0.002) -> tuple[Link, list[int]]:
+    """Datagrams numbered 0.. through a link; returns it and the numbers in the order they came out."""
+    link = Link(impairment, "up")
+    out: list[int] = []
+    for n in range(count):
+        link.send(n.to_bytes(4, "big"), lambda data: out.append(int.from_bytes(data, "big")))
+        if n % 10 == 9:
+            await asyncio.sleep(spacing * 10)
+    await within(5, lambda: link.counters.delivered + link.counters.lost == count)
+    return link, out
+
+
+async def test_jitter_reorders_datagrams_unless_told_to_keep_order():
+    link, out = await through_link(Impairment(jitter=30, seed=1))
+    assert link.counters.reordered > 20 and out != sorted(out) and sorted(out) == list(range(300))
+    link, out = await through_link(Impairment(delay=20, seed=1))
+    assert link.counters.reordered == 0 and out == list(range(300))
+    link, out = await through_link(Impairment(jitter=30, order=True, loss=10, seed=1))
+    assert link.counters.reordered == 0 and out == sorted(out) and 240 < len(out) < 300
+    assert link.counters.lost == 300 - len(out)
+
+
+async def test_a_link_delivers_at_the_delay_it_was_given():
+    link = Link(Impairment(delay=80), "up")
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    arrived: list[float] = []
+    for _ in range(5):
+        link.send(b"x", lambda data: arrived.append(loop.time()))
+    await asyncio.sleep(0.04)
+    assert arrived == []  # the loop ran meanwhile: nothing blocked, nothing early
+    await within(2, lambda: len(arrived) == 5)
+    assert all(0.079 <= t - sent < 0.2 for t in arrived)
+
+
+# --- the relay, on real sockets -----------------------------------------------------------------
+
+
+class Echo(asyncio.DatagramProtocol):
+    """A UDP echo server that remembers where datagrams came from."""
+
+    def __init__(self) -> None:
+        self.sources: list[tuple] = []
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.sources.append(addr)
+        self.transport.sendto(data, addr)
+
+
+class Collect(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, float]] = []
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.received.append((data, asyncio.get_running_loop().time()))
+
+
+async def test_the_relay_forwards_both_ways_each_with_its_loss_and_delay():
+    loop = asyncio.get_running_loop()
+    echo_transport, echo = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    impairments = parse_spec("up.loss=10,down.loss=20,delay=15,seed=3")
+    relay = await Relay.start(echo_transport.get_extra_info("sockname"), impairments)
+    clients = [await loop.create_datagram_endpoint(Collect, remote_addr=relay.address) for _ in range(2)]
+    count = 1500
+    sent: dict[bytes, float] = {}
+    try:
+        for n in range(count):
+            for index, (transport, _) in enumerate(clients):
+                payload = f"{index}:{n}".encode()
+                sent[payload] = loop.time()
+                transport.sendto(payload)
+            if n % 20 == 19:
+                await asyncio.sleep(0.005)
+        up, down = relay.totals("up"), relay.totals("down")
+        await within(5, lambda: (u := relay.totals("up")).lost + u.delivered == 2 * count)
+        await within(5, lambda: (d := relay.totals("down")).lost + d.delivered == len(echo.sources))
+        up, down = relay.totals("up"), relay.totals("down")
+        await asyncio.sleep(0.1)
+        # Each client had its own socket towards the target, and got back only its own datagrams.
+        assert len(relay.clients) == 2 and len(set(echo.sources)) == 2
+        for index, (_, collect) in enumerate(clients):
+            assert all(data.startswith(f"{index}:".encode()) for data, _ in collect.received)
+        received = sum(len(c.received) for _, c in clients)
+        print(f"\nrelay: up {up}, down {down}, {received} of {2 * count} echoed back")
+        assert up.offered == 2 * count and 0.08 < up.lost / up.offered < 0.12
+        assert len(echo.sources) == up.delivered
+        assert down.offered == up.delivered and 0.17 < down.lost / down.offered < 0.23
+        assert received == down.delivered
+        # 15 ms each way, and the loop's own latency on top.
+        round_trips = [when - sent[data] for _, c in clients for data, when in c.received]
+        assert min(round_trips) >= 0.030 and statistics.median(round_trips) < 0.1
+    finally:
+        for transport, _ in clients:
+            transport.close()
+        relay.close()
+        echo_transport.close()
+
+
+# --- real peers through a real MCU --------------------------------------------------------------
+
+RED = rgb_to_yuv(COLORS["red"])
+
+
+class NoisyRed(ColorTrack):
+    """Red with a band of fresh noise on top: a few hundred video packets in seconds, each one loss can hit."""
+
+    def __init__(self) -> None:
+        super().__init__(COLORS["red"])
+        self._noise = np.random.default_rng(0)
+
+    async def recv(self) -> av.VideoFrame:
+        frame = await super().recv()
+        planes = frame.to_ndarray().copy()
+        planes[:96] = self._noise.integers(0, 256, planes[:96].shape, np.uint8)
+        noisy = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        noisy.pts, noisy.time_base = frame.pts, frame.time_base
+        return noisy
+
+
+async def inbound_lost(pc: RTCPeerConnection) -> dict[str, int]:
+    """packetsLost of each kind's inbound RTP streams (getStats, RFC 3550 cumulative loss)."""
+    lost: dict[str, int] = {}
+    for stats in (await pc.getStats()).values():
+        if stats.type == "inbound-rtp":
+            lost[stats.kind] = lost.get(stats.kind, 0) + stats.packetsLost
+    return lost
+
+
+@pytest.fixture
+async def relay(coturn) -> Relay:  # noqa: F811  (the fixture imported above)
+    """The impaired relay in front of coturn."""
+    relay = await Relay.start(("127.0.0.1", coturn.port), parse_spec("loss=5,jitter=20,seed=11"))
+    try:
+        yield relay
+    finally:
+        relay.close()
+
+
+@pytest.fixture
+def config(relay: Relay) -> Config:
+    """The server hands out the relay as its TURN server (and reaches coturn through it too)."""
+    turn = f"turn:127.0.0.1:{relay.address[1]}"
+    return Config(width=640, height=360, fps=15, ice_servers=IceServers(urls=(turn,), secret=SECRET, ttl=600))
+
+
+async def test_a_relay_only_peer_behind_the_impaired_relay_gets_the_composite_and_loses_packets(server, relay):
+    peer = Peer(
+        server.url, "relay", "alice", video=NoisyRed(), audio=ToneTrack(440), ice_transport_policy="relay"
+    )
+    try:
+        await peer.join()
+        await peer.wait_for(lambda: peer.video_frames > 0 and close_to(cell_colours(peer.video_frame, 1)[0], RED), 20)
+        frames = peer.video_frames
+        await asyncio.sleep(4)
+        connection = peer.pc.getTransceivers()[0].sender.transport.transport._connection
+        assert connection._nominated[1].local_candidate.type == "relay"
+        up, down = relay.totals("up"), relay.totals("down")
+        server_pc = server.conference.rooms["relay"].participants[peer.peer_id].pc
+        client_lost, server_lost = await inbound_lost(peer.pc), await inbound_lost(server_pc)
+        print(
+            f"\nrelay loss=5 jitter=20: up {up}, down {down}; client inbound packetsLost {client_lost}, "
+            f"server inbound packetsLost {server_lost}, {peer.video_frames - frames} frames in 4 s"
+        )
+        assert peer.video_frames - frames > 30  # 15 fps, recovered from the losses
+        assert 0.03 < up.lost / up.offered < 0.07 and 0.03 < down.lost / down.offered < 0.07
+        assert up.reordered > 0 and down.reordered > 0
+        assert client_lost["audio"] > 0 and client_lost["video"] > 0
+        assert server_lost["audio"] > 0 and server_lost["video"] > 0
+    finally:
+        await peer.close()
