@@ -293,3 +293,30 @@ async def test_a_relay_only_peer_behind_the_impaired_relay_gets_the_composite_an
         assert server_lost["audio"] > 0 and server_lost["video"] > 0
     finally:
         await peer.close()
+
+
+@pytest.mark.parametrize("config", [Config(width=640, height=360, fps=15)])  # no TURN: the wrapper alone
+async def test_a_peer_with_impaired_datagrams_gets_the_composite_and_both_ends_see_the_losses(server):
+    peer = Peer(
+        server.url, "wrapped", "bob", video=NoisyRed(), audio=ToneTrack(440),
+        impairment=parse_spec("loss=5,jitter=20,seed=1,down.loss=8"),
+    )  # fmt: skip
+    try:
+        await peer.join()
+        await peer.wait_for(lambda: peer.video_frames > 0 and close_to(cell_colours(peer.video_frame, 1)[0], RED), 20)
+        frames = peer.video_frames
+        await asyncio.sleep(4)
+        up, down = peer.impaired.up.counters, peer.impaired.down.counters
+        server_pc = server.conference.rooms["wrapped"].participants[peer.peer_id].pc
+        client_lost, server_lost = await inbound_lost(peer.pc), await inbound_lost(server_pc)
+        print(
+            f"\nwrapper loss=5/8 jitter=20: up {up}, down {down}; client inbound packetsLost {client_lost}, "
+            f"server inbound packetsLost {server_lost}, {peer.video_frames - frames} frames in 4 s"
+        )
+        assert peer.video_frames - frames > 30
+        assert 0.03 < up.lost / up.offered < 0.07 and 0.05 < down.lost / down.offered < 0.11
+        assert up.reordered > 0 and down.reordered > 0
+        assert client_lost["audio"] > 0 and client_lost["video"] > 0
+        assert server_lost["audio"] > 0 and server_lost["video"] > 0
+    finally:
+        await peer.close()
