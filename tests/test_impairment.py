@@ -450,3 +450,25 @@ async def test_a_browser_with_relay_1_sends_and_receives_through_the_impaired_re
     assert 0.02 < up.lost / up.offered < 0.085 and 0.02 < down.lost / down.offered < 0.085
     assert seen["received"]["audio"] > 200 and seen["lost"]["audio"] > 0
     assert server_lost["audio"] > 0
+
+
+@pytest.mark.parametrize("config", [Config(width=320, height=240, fps=15)])
+@pytest.mark.parametrize("impaired", [0, 1], ids=["the-answerer", "the-newcomer"])
+async def test_a_mesh_peers_links_to_the_others_are_impaired_too(server, impaired):
+    peers = [
+        Peer(server.url, "mesh", colour, video=ColorTrack(COLORS[colour]), audio=ToneTrack(tone), mode="mesh",
+             impairment=parse_spec("loss=10,seed=4") if index == impaired else None)
+        for index, (colour, tone) in enumerate([("red", 440.0), ("blue", 660.0)])
+    ]  # fmt: skip
+    try:
+        for peer in peers:
+            await peer.join()
+        first, second = peers
+        for peer, other in ((first, second), (second, first)):
+            await peer.wait_for(lambda: (r := peer.remote.get(other.peer_id)) is not None and r.audio_frames > 150, 15)
+        links = peers[impaired].impaired
+        lost = [await inbound_lost(peer.mesh.pcs[other.peer_id]) for peer, other in ((first, second), (second, first))]
+        assert links.up.counters.lost > 0 and links.down.counters.lost > 0
+        assert all(kinds["audio"] > 0 for kinds in lost), lost
+    finally:
+        await asyncio.gather(*(peer.close() for peer in peers))
