@@ -1,7 +1,8 @@
 """A seeded, userspace impaired network: loss, bursts, delay, jitter, reordering, a rate limit.
 
-This kernel's `tc` has no netem (docs: shared media facts), and libwebrtc's fake-network field
-trials did not take effect in Debian's Chromium, so the impairment is done here, per datagram:
+The kernel this project is tested on has no netem qdisc (nor tc actions or classifiers), and
+libwebrtc's fake-network field trials do not take effect in Debian's Chromium (below), so the
+impairment is done here, in userspace, per datagram:
 `Model` decides whether a datagram is lost and when it arrives, from one random generator per
 direction seeded so that a run can be repeated; `Link` applies those decisions to real datagrams,
 delivering them from the asyncio loop's timers (never blocking it).
@@ -21,9 +22,16 @@ queue full is dropped, tail drop), then the propagation delay plus jitter. Jitte
 extra delay in [0, jitter] ms drawn per datagram, so datagrams overtake each other unless `order`
 is set; `reorder` % of datagrams skip the delay altogether (netem's reordering).
 
-Checked here (2026-12-05, Debian's Chromium, Playwright): `--force-fieldtrials=
-WebRTC-FakeNetworkReceiveConfig/loss_percent:20/` and the `.../WebRTC-FakeNetworkSendConfig/...`
-form both left Chromium's inbound `packetsLost` at 0: use the relay for browsers.
+Relay clients are kept until the relay closes: it is made for a test's or a benchmark's lifetime.
+
+Chromium's own fake network, checked on 2026-12-05 with Debian's Chromium 156.0.8078.114 driven
+by Playwright: two peer connections in one page, over 127.0.0.1 in a network namespace of their
+own, sending the fake camera for 10 s (about 370 video packets). With
+`--force-fieldtrials=WebRTC-FakeNetworkReceiveConfig/loss_percent:20/`, with
+`WebRTC-FakeNetworkSendConfig/loss_percent:20/` and without any, the receiver's inbound
+`packetsLost` and `nackCount` were 0 and its `jitter` 0-1 ms; `queue_delay_ms:200` in either
+trial changed nothing either. Those trials do not take effect in this build: put a browser
+behind the relay instead (the page's `?relay=1`).
 """
 
 from __future__ import annotations
@@ -114,7 +122,7 @@ class Model:
         imp = self.impairment
         draw = self._random.random
         lost_draw, jitter_draw, reorder_draw = draw(), draw(), draw()
-        if imp.burst == 1:
+        if imp.burst == 1 or imp.loss >= 100:
             lost = lost_draw < imp.loss / 100
         else:
             self._bad = lost_draw >= self._leave_bad if self._bad else lost_draw < self._enter_bad
@@ -160,9 +168,12 @@ class Link:
         self._offered = 0
         self._latest_delivered = -1
         self._last_arrival = 0.0
+        self._closed = False
 
     def send(self, data: bytes, deliver: Callable[[bytes], Any]) -> None:
-        """Offer one datagram: `deliver(data)` is called later, or never."""
+        """Offer one datagram: `deliver(data)` is called later, or never (and never once closed)."""
+        if self._closed:
+            return
         counters = self.counters
         counters.offered += 1
         arrival = self.model.decide(len(data), self._loop.time())
@@ -177,7 +188,8 @@ class Link:
             self._arm(arrival)
 
     def close(self) -> None:
-        """Drop what is still in flight."""
+        """Drop what is still in flight, and whatever comes next."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -301,11 +313,10 @@ class Relay:
         self.impairments = impairments
         self.clients: dict[Address, RelayClient] = {}
         self._transport: asyncio.DatagramTransport | None = None
+        self._connecting: set[asyncio.Task[None]] = set()  # referenced until done (the loop keeps weak ones)
 
     @classmethod
-    async def start(
-        cls, target: Address, impairments: Impairments, listen: Address = ("127.0.0.1", 0)
-    ) -> Relay:
+    async def start(cls, target: Address, impairments: Impairments, listen: Address = ("127.0.0.1", 0)) -> Relay:
         relay = cls(target, impairments)
         loop = asyncio.get_running_loop()
         relay._transport, _ = await loop.create_datagram_endpoint(lambda: _Listener(relay), local_addr=listen)
@@ -325,6 +336,8 @@ class Relay:
         return total
 
     def close(self) -> None:
+        for task in self._connecting:
+            task.cancel()
         for client in self.clients.values():
             client.close()
         self.clients.clear()
@@ -335,7 +348,9 @@ class Relay:
         client = self.clients.get(addr)
         if client is None:
             client = self.clients[addr] = RelayClient(self, addr, len(self.clients))
-            asyncio.ensure_future(self._connect(client))
+            task = asyncio.ensure_future(self._connect(client))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
         client.up.send(data, client.to_target)
 
     async def _connect(self, client: RelayClient) -> None:
@@ -356,23 +371,36 @@ class Relay:
 
 def _address(text: str) -> Address:
     host, _, port = text.rpartition(":")
-    return (host or "127.0.0.1", int(port))
+    return (host.strip("[]") or "127.0.0.1", int(port))
+
+
+_HELP = {
+    "loss": "%% of datagrams lost at random",
+    "burst": "mean length of a loss burst, in datagrams (1: independent losses)",
+    "delay": "one-way delay, ms",
+    "jitter": "most random extra delay of a datagram, ms (datagrams then reorder unless --order)",
+    "reorder": "%% of datagrams sent at once, ahead of the delayed ones",
+    "rate": "bottleneck rate in bit/s, e.g. 1m (0: none)",
+    "queue": "datagrams waiting for the rate before tail drop",
+    "seed": "seeds the random generators",
+}
 
 
 def _impairment_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per `Impairment` field, for both directions."""
+    parser.add_argument("--order", action="store_true", help="keep the order datagrams came in")
     for item in fields(Impairment):
-        kind = int if item.name in ("queue", "seed") else float
-        if item.name == "order":
-            parser.add_argument("--order", action="store_true", help="keep the order datagrams came in")
-            continue
-        parser.add_argument(f"--{item.name}", type=kind, default=item.default, help=f"default {item.default}")
+        if item.name in _HELP:
+            kind = int if item.name in ("queue", "seed") else _number
+            parser.add_argument(
+                f"--{item.name}", type=kind, default=item.default, help=f"{_HELP[item.name]} (default {item.default})"
+            )
     parser.add_argument("--spec", default="", help='settings over those, as "up.loss=2,down.jitter=40" (parse_spec)')
 
 
-async def _serve_relay(args: argparse.Namespace) -> None:
-    impairments = parse_spec(args.spec, Impairment(**{f.name: getattr(args, f.name) for f in fields(Impairment)}))
-    relay = await Relay.start(_address(args.target), impairments, _address(args.listen))
-    print(f"relay {relay.address[0]}:{relay.address[1]} -> {args.target}: {impairments}", flush=True)
+async def _serve_relay(listen: Address, target: Address, impairments: Impairments) -> None:
+    relay = await Relay.start(target, impairments, listen)
+    print(f"relay {relay.address[0]}:{relay.address[1]} -> {target[0]}:{target[1]}: {impairments}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -393,8 +421,14 @@ def main(argv: list[str] | None = None) -> None:
     relay.add_argument("--target", required=True, help="HOST:PORT forwarded to, e.g. coturn's listening port")
     _impairment_arguments(relay)
     args = parser.parse_args(argv)
+    try:
+        given = Impairment(**{f.name: getattr(args, f.name) for f in fields(Impairment)})
+        impairments = parse_spec(args.spec, given)
+        listen, target = _address(args.listen), _address(args.target)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_serve_relay(args))
+    asyncio.run(_serve_relay(listen, target, impairments))
 
 
 if __name__ == "__main__":

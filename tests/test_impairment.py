@@ -68,6 +68,7 @@ def test_burst_loss_keeps_the_share_and_makes_runs_as_long_as_asked():
     lost = [d == LOST for d in decisions(Impairment(loss=5, burst=4, seed=2), 100_000)]
     assert 0.04 < sum(lost) / len(lost) < 0.06
     assert 3.5 < statistics.mean(bursts(lost)) < 4.5
+    assert all(d == LOST for d in decisions(Impairment(loss=100, burst=4), 500))
 
 
 def test_delay_and_jitter_stay_in_their_bounds_and_fill_them():
