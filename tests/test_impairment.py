@@ -227,6 +227,34 @@ async def test_the_relay_forwards_both_ways_each_with_its_loss_and_delay():
         echo_transport.close()
 
 
+async def test_the_relay_holds_a_flow_to_its_rate_with_a_bounded_queue():
+    """Real timers: 1000-byte datagrams at 800 kbit/s for 2 s into a 400 kbit/s downstream with 10 datagrams of queue."""
+    loop = asyncio.get_running_loop()
+    echo_transport, echo = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    relay = await Relay.start(echo_transport.get_extra_info("sockname"), parse_spec("down.rate=400k,down.queue=10"))
+    client, collect = await loop.create_datagram_endpoint(Collect, remote_addr=relay.address)
+    try:
+        start = loop.time()
+        for n in range(200):  # one every 10 ms
+            client.sendto(n.to_bytes(2, "big") * 500)
+            await asyncio.sleep(max(0.0, start + (n + 1) * 0.01 - loop.time()))
+        await within(2, lambda: relay.totals("down").delivered + relay.totals("down").tail_dropped == 200)
+        down = relay.totals("down")
+        times = [when for _, when in collect.received]
+        throughput = (len(times) - 1) * 1000 * 8 / (times[-1] - times[0])
+        print(f"\nrate 400k: {down}, {throughput / 1000:.0f} kbit/s")
+        assert 360_000 < throughput < 420_000
+        assert down.tail_dropped > 70 and down.delivered == len(collect.received) > 90
+        # Never more than the queue and the datagram on the bottleneck behind: 11 x 20 ms, plus the loop's lateness.
+        numbers = [int.from_bytes(data[:2], "big") for data, _ in collect.received]
+        waits = [when - (start + n * 0.01) for n, (_, when) in zip(numbers, collect.received)]
+        assert max(waits) < 11 * 0.02 + 0.05
+    finally:
+        client.close()
+        relay.close()
+        echo_transport.close()
+
+
 # --- real peers through a real MCU --------------------------------------------------------------
 
 RED = rgb_to_yuv(COLORS["red"])
