@@ -9,8 +9,9 @@ and a down `Link`, the way a bad access network would, without a relay or a name
 This is the one place of the client that touches aioice/aiortc internals: the ICE
 transport's private `_connection` and its private list `_protocols`
 (tests/test_aiortc_internals.py covers them). The protocols exist once gathering is done,
-when `setLocalDescription` returns: call `impair_ice` then, before the remote description
-starts the connectivity checks.
+when `setLocalDescription` returns: call `impair_ice` then. Nothing has gone through them
+yet: the far end does not know our candidates, and aiortc starts its side of the checks in a
+task that `setLocalDescription` only schedules.
 """
 
 from __future__ import annotations
