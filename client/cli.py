@@ -15,6 +15,7 @@ from aiortc.contrib.media import MediaPlayer
 
 from signaling.protocol import MODES
 
+from .impairment import parse_spec
 from .peer import Peer, PeerError
 from .sources import ColorTrack, ToneTrack, parse_color
 
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the mode of a room this join creates: mcu (one composite), sfu (forwarded) or mesh (peer to peer); "
         "default: the server's",
     )
+    join.add_argument(
+        "--impair",
+        metavar="SPEC",
+        help='impair our own datagrams, e.g. "loss=5,jitter=30,seed=1" (keys: loss, burst, delay, jitter, order, '
+        "reorder, rate, queue, seed; up./down. before a key for one direction; see client/impairment.py)",
+    )
     join.add_argument("--duration", type=float, help="leave after this many seconds (default: until Ctrl-C)")
     join.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -82,6 +89,7 @@ async def run_join(args: argparse.Namespace) -> int:
     try:
         video, _ = _video(args.video)
         audio, _ = _audio(args.audio)
+        impairment = parse_spec(args.impair) if args.impair else None
     except (ValueError, OSError) as exc:
         print(f"mcu-client: {exc}", file=sys.stderr)
         return 2
@@ -98,6 +106,7 @@ async def run_join(args: argparse.Namespace) -> int:
         hide_self=args.hide_self,
         video_codec=args.codec,
         mode=args.mode,
+        impairment=impairment,
     )
     try:
         await peer.join()
@@ -121,6 +130,8 @@ async def run_join(args: argparse.Namespace) -> int:
                 print(f"chat error {error['code']}: {error['message']}", flush=True)
             chat_errors = len(peer.chat_errors)
         print(f"received {peer.video_frames} video frames, {peer.audio_frames} audio frames", flush=True)
+        if peer.impaired is not None:
+            print(f"impaired up: {peer.impaired.up.counters}, down: {peer.impaired.down.counters}", flush=True)
         for peer_id, publisher in peer.remote.items():
             print(
                 f"from {peer_id}: {publisher.video_frames} video frames, {publisher.audio_frames} audio frames",

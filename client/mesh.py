@@ -39,8 +39,11 @@ class MeshLinks:
         sources: list[MediaStreamTrack],
         on_track: OnTrack,
         ice_transport_policy: str = "all",
+        gathered: Callable[[RTCPeerConnection], None] | None = None,
     ) -> None:
         self._send = send
+        #: Called with each connection once it has gathered its sockets (Peer's impairment).
+        self._gathered = gathered
         self._ice_servers = ice_servers
         self._policy = ice_transport_policy
         self._sources = sources
@@ -74,6 +77,8 @@ class MeshLinks:
         for kind in {"audio", "video"} - {source.kind for source in self._sources}:
             pc.addTransceiver(kind, direction="recvonly")
         await pc.setLocalDescription(await pc.createOffer())
+        if self._gathered is not None:
+            self._gathered(pc)
         await self._send({"type": "offer", "to": peer_id, "sdp": pc.localDescription.sdp})
 
     async def on_offer(self, peer_id: str, sdp: str) -> None:
@@ -85,6 +90,8 @@ class MeshLinks:
             if source.kind not in sending:
                 pc.addTrack(self._feed(source))
         await pc.setLocalDescription(await pc.createAnswer())
+        if self._gathered is not None:
+            self._gathered(pc)
         await self._send({"type": "answer", "to": peer_id, "sdp": pc.localDescription.sdp})
 
     async def on_answer(self, peer_id: str, sdp: str) -> None:

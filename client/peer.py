@@ -34,6 +34,8 @@ from signaling.ice import is_loopback_host, is_turn_url, rtc_configuration, use_
 from signaling.receiver import install_encoded_receiver
 from signaling.rtp import install_tolerant_extensions
 
+from .impaired_ice import ImpairedIce, impair_ice
+from .impairment import Impairments
 from .mesh import MeshLinks
 from .recorder import Recorder
 from .remote import RemotePublisher
@@ -79,8 +81,13 @@ class Peer:
         hide_self: bool = False,
         video_codec: str | None = None,
         mode: str | None = None,
+        impairment: Impairments | None = None,
     ) -> None:
         self.url = url
+        #: Loss, delay, jitter... put on every datagram our peer connections send and receive
+        #: (client/impairment.py), and the links doing it, with their counters, once joined.
+        self.impairment = impairment
+        self.impaired: ImpairedIce | None = None
         #: The room mode asked for at join ("mcu", "sfu", "mesh"; None: the server's default).
         self.mode = mode
         #: sfu and mesh rooms: what each other publisher sends, by peerId (client/remote.py).
@@ -169,8 +176,17 @@ class Peer:
         self._sfu_received.clear()
         self.pc = self._create_peer_connection(joined["iceServers"])
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        self._impair(self.pc)
         await self.send({"type": "offer", "sdp": self.pc.localDescription.sdp})
         await self._wait(self._answered, timeout, "answer")
+
+    def _impair(self, pc: RTCPeerConnection) -> None:
+        """Put `pc`'s sockets behind our impaired links, once it has gathered them."""
+        if self.impairment is None:
+            return
+        if self.impaired is None:
+            self.impaired = ImpairedIce(self.impairment)
+        impair_ice(pc, self.impaired)
 
     async def _offer_to_everyone(self, others: list[str], timeout: float) -> None:
         """Mesh: the newcomer offers to each participant already there; returns once all have answered."""
@@ -232,6 +248,8 @@ class Peer:
             await self.pc.close()
         if self.mesh is not None:
             await self.mesh.close()
+        if self.impaired is not None:
+            self.impaired.close()
         if self._recorder is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._recorder.close)
         for task in self._tasks:
@@ -305,7 +323,12 @@ class Peer:
                     # Made here, not in join(): a later newcomer's offer may come next.
                     sources = [s for s in (self._audio_source, self._video_source) if s is not None]
                     self.mesh = MeshLinks(
-                        self.send, message["iceServers"], sources, self._on_remote_track, self._ice_transport_policy
+                        self.send,
+                        message["iceServers"],
+                        sources,
+                        self._on_remote_track,
+                        self._ice_transport_policy,
+                        gathered=self._impair,
                     )
                 self._joined.set()
             elif kind == "answer" and self.pc is not None:

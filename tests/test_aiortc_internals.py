@@ -11,7 +11,10 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
   (aiortc's holds four, 60 ms more of latency), and wrapped to keep each audio packet's RFC 6464
   level (`packet.extensions.audio_level`) on the frame (active speaker), and a
   sender of packets can be made to send that level (`RTCEncodedFrame.audio_level`);
-- a receiver can send a PLI for the media SSRC it receives (the SFU forwards keyframe requests upstream).
+- a receiver can send a PLI for the media SSRC it receives (the SFU forwards keyframe requests upstream);
+- every datagram of a peer connection leaves through `transport.sendto` of one of the aioice
+  protocols in its ICE transport's private `_connection._protocols`, there once gathering is done,
+  and arrives through that protocol's `datagram_received` (client/impaired_ice.py wraps both).
 """
 
 from __future__ import annotations
@@ -346,3 +349,46 @@ def test_a_waiting_decoder_thread_sleeps_until_its_receiver_stops() -> None:
         handoff.put(None)
         thread.join(2)
     assert not thread.is_alive()
+
+
+async def test_every_datagram_passes_the_ice_connections_protocols_once_gathered(pcs) -> None:
+    """client/impaired_ice.py: `RTCIceTransport._connection._protocols` lists the sockets after
+    `setLocalDescription`, and wrapping their `transport.sendto` and `datagram_received` sees all the traffic."""
+    sending, receiving = pcs
+    sending.addTransceiver(ToneTrack(440.0, 0.1), direction="sendonly")
+    await sending.setLocalDescription(await sending.createOffer())
+    connection = sending.getTransceivers()[0].sender.transport.transport._connection
+    protocols = list(connection._protocols)
+    assert protocols and [p.local_candidate for p in protocols] == connection.local_candidates
+    counted = {"sent": 0, "received": 0}
+
+    class Counting:
+        def __init__(self, transport) -> None:
+            self.transport = transport
+
+        def sendto(self, data: bytes, addr=None) -> None:
+            counted["sent"] += len(data)
+            self.transport.sendto(data, addr)
+
+        def __getattr__(self, name: str):
+            return getattr(self.transport, name)
+
+    def counting(received):
+        def datagram_received(data: bytes, addr) -> None:
+            counted["received"] += len(data)
+            received(data, addr)
+
+        return datagram_received
+
+    for protocol in protocols:
+        protocol.transport = Counting(protocol.transport)
+        protocol.datagram_received = counting(protocol.datagram_received)
+    await receiving.setRemoteDescription(sending.localDescription)
+    await receiving.setLocalDescription(await receiving.createAnswer())
+    await sending.setRemoteDescription(receiving.localDescription)
+    await within(10, lambda: transport_bytes(sending)[0] > 5_000)
+    stats = [s for s in (await sending.getStats()).values() if s.type == "transport"]
+    # What DTLS and SRTP sent and received, and the STUN checks besides: none went around the protocols.
+    assert counted["sent"] >= sum(s.bytesSent for s in stats) > 5_000
+    assert counted["received"] >= sum(s.bytesReceived for s in stats) > 0
+    assert connection._protocols == protocols  # no socket was added after gathering

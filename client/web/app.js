@@ -258,9 +258,16 @@ class Meeting {
     }
   }
 
+  // ?relay=1 sends and receives only through the TURN server of `iceServers` (iceTransportPolicy
+  // "relay"): the way to put a browser behind an impaired relay (client/impairment.py).
+  rtcConfiguration(iceServers) {
+    const relay = ["1", "true"].includes(new URLSearchParams(location.search).get("relay"));
+    return { iceServers, iceTransportPolicy: relay ? "relay" : "all" };
+  }
+
   async startPeer(iceServers) {
     this.closePeer();
-    const pc = new RTCPeerConnection({ iceServers });
+    const pc = new RTCPeerConnection(this.rtcConfiguration(iceServers));
     this.pc = pc;
     // Always offer audio and video (the server expects both); without a device the
     // transceiver simply sends nothing.
@@ -342,7 +349,7 @@ class Meeting {
   link(peerId) {
     let pc = this.links.get(peerId);
     if (pc) return pc;
-    pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    pc = new RTCPeerConnection(this.rtcConfiguration(this.iceServers));
     this.links.set(peerId, pc);
     pc.ontrack = (event) => this.showTrack(peerId, event.track);
     // Candidates found before the description went out travel inside it; only later ones trickle.
