@@ -17,6 +17,7 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.codecs import CODECS
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.sdp import SessionDescription
@@ -35,6 +36,18 @@ from .tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
 install_tolerant_extensions()
+
+
+def _ask_for_opus_fec() -> None:
+    """Make this process's SDP say `useinbandfec=1` for Opus: a browser puts in-band FEC in what it
+    sends only when the other end asks for it, and the room's playout rebuilds lost frames with it
+    (mcu/playout.py). aiortc's codec table gives Opus no parameters, and its answers copy that table."""
+    for codec in CODECS["audio"]:
+        if codec.mimeType.lower() == "audio/opus":
+            codec.parameters["useinbandfec"] = 1
+
+
+_ask_for_opus_fec()
 
 #: Opus payloads kept between two audio ticks; more means the mix has stalled.
 AUDIO_BACKLOG = 25
