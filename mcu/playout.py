@@ -163,13 +163,15 @@ class Playout:
     def _skip_frame(self) -> None:
         """Keep time without decoding (the peer is not heard): its frame goes, or counts as missing."""
         self._fade_from = None
-        if self._pending.pop(self._cursor, None) is None:  # type: ignore[arg-type]
-            self._missing += 1
-        else:
+        if self._pending.pop(self._cursor, None) is not None:  # type: ignore[arg-type]
             self._missing = 0
-        self._advance(FRAME_SAMPLES)
+            self._advance(FRAME_SAMPLES)
+            return
+        self._missing += 1
         if self._missing >= CONCEAL_FRAMES:
             self._cursor = None
+        elif self._pending:
+            self._advance(FRAME_SAMPLES)  # lost: later packets are here (else late: wait, as `_play_frame` does)
 
     def _advance(self, samples: int) -> None:
         cursor = self._cursor = (self._cursor + samples) & _MASK  # type: ignore[operator]

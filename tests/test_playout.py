@@ -154,6 +154,22 @@ def test_a_skipped_peer_keeps_time_and_resumes_on_the_packet_due():
     assert channel.playout.counts.dropped == channel.playout.counts.late == 0
 
 
+def test_a_skipped_peer_s_late_packets_are_waited_for_as_when_heard():
+    """Unheard, it keeps time as if heard: packets held up together for 40 ms are not dropped as late."""
+    packets = tone_packets(60)
+    arrivals: list[list[tuple[bytes, int]]] = [[(p, i * FRAME_SAMPLES)] for i, p in enumerate(packets)]
+    arrivals[32] = arrivals[30] + arrivals[31] + arrivals[32]  # 30 and 31 come with 32
+    arrivals[30] = arrivals[31] = []
+    for heard in (False, True):
+        channel = _Channel()
+        for packets_now in arrivals:
+            if heard:
+                channel.decode([(packet, None) for packet in packets_now])
+            else:
+                channel.skip([(packet, None) for packet in packets_now])
+        assert channel.playout.counts.late == 0
+
+
 def test_a_burst_is_cut_to_the_longest_delay():
     packets = tone_packets(60)
     arrivals: list[list[tuple[bytes, int]]] = [[(p, i * FRAME_SAMPLES)] for i, p in enumerate(packets)]
