@@ -233,7 +233,8 @@ class Participant:
 
     def _take_audio(self, frame: JitterFrame) -> None:
         """An Opus packet of the peer's, as it came: kept for the next audio tick."""
-        self._audio_payloads.append((OpusPacket(frame.data, frame.timestamp), frame.audio_level))  # type: ignore[attr-defined]
+        level: int | None = frame.audio_level  # type: ignore[attr-defined]
+        self._audio_payloads.append((OpusPacket(frame.data, frame.timestamp), level))
 
     @property
     def audio_gain(self) -> float:

@@ -39,6 +39,12 @@ def silent_runs(samples: np.ndarray, block: int = 48) -> list[int]:
     return list(edges[1::2] - edges[::2])
 
 
+def snr(heard: np.ndarray, reference: np.ndarray) -> float:
+    """How close `heard` is to `reference`, in dB."""
+    heard, reference = heard.astype(np.float64), reference.astype(np.float64)
+    return float(10 * np.log10((reference**2).sum() / max(((heard - reference) ** 2).sum(), 1.0)))
+
+
 def network(count: int, loss: float, jitter: float, seed: int) -> list[list[int]]:
     """Which packets (by index) come by each 20 ms tick: sent every 20 ms, `loss` of them lost at
     random, each delayed 5 ms plus up to `jitter` seconds (so some overtake others)."""
@@ -94,12 +100,7 @@ def test_without_fec_a_lost_packet_is_concealed():
     channel = _Channel()
     heard = play(channel, [[] if i == 12 else [(p, i * FRAME_SAMPLES)] for i, p in enumerate(packets)])
     assert channel.playout.counts.concealed == 1 and channel.playout.counts.recovered == 0
-    assert max(silent_runs(heard[2 * FRAME_SAMPLES :29 * FRAME_SAMPLES]), default=0) <= 2
-
-
-def snr(heard: np.ndarray, reference: np.ndarray) -> float:
-    heard, reference = heard.astype(np.float64), reference.astype(np.float64)
-    return float(10 * np.log10((reference**2).sum() / max(((heard - reference) ** 2).sum(), 1.0)))
+    assert max(silent_runs(heard[2 * FRAME_SAMPLES : 29 * FRAME_SAMPLES]), default=0) <= 2
 
 
 def test_a_late_packet_is_dropped_and_counted_and_a_repeated_one_ignored():
@@ -113,7 +114,7 @@ def test_a_late_packet_is_dropped_and_counted_and_a_repeated_one_ignored():
     heard = play(channel, arrivals)
     counts = channel.playout.counts
     assert counts.late == 2 and counts.recovered == 1  # the late one, and the repeat of a played one
-    assert max(silent_runs(heard[2 * FRAME_SAMPLES :39 * FRAME_SAMPLES]), default=0) <= 2
+    assert max(silent_runs(heard[2 * FRAME_SAMPLES : 39 * FRAME_SAMPLES]), default=0) <= 2
 
 
 @pytest.mark.parametrize("jump", [48000 * 10, 48000 // 2, -48000 * 3, 2**32 - 960 * 20])
