@@ -36,6 +36,8 @@ SHRINK_TICKS = 100
 #: A packet more than MAX_FRAMES after the newest one buffered, or this far behind the play position,
 #: starts a new timeline: the peer restarted, or resumed after a pause. Nearer behind, it is late.
 RESYNC_BEHIND = 15 * FRAME_SAMPLES
+#: Opus decodes (and conceals) whole multiples of 2.5 ms.
+_OPUS_STEP = 120
 #: Samples over which a dropped frame's sound fades into the next one's.
 CROSSFADE = 120
 
@@ -194,21 +196,24 @@ class Playout:
                 self._missing = 0
                 self._advance(len(samples))
                 return 0
-        following = self._pending.get((cursor + FRAME_SAMPLES) & _MASK)  # type: ignore[operator]
+        # The hole up to the next packet, a frame at most (packets of 10 ms leave holes of 10 ms).
+        nearest = min((_offset(t, cursor) for t in self._pending), default=FRAME_SAMPLES)  # type: ignore[arg-type]
+        span = min(FRAME_SAMPLES, max(_OPUS_STEP, nearest - nearest % _OPUS_STEP))
+        following = self._pending.get((cursor + span) & _MASK)  # type: ignore[operator]
         if following is not None and has_fec(following):
-            self._push(self._decoder.recover(following, FRAME_SAMPLES))
+            self._push(self._decoder.recover(following, span))
             self.counts.recovered += 1
             self._missing = 0
-            self._advance(FRAME_SAMPLES)
+            self._advance(span)
             return error
-        samples = self._decoder.conceal(FRAME_SAMPLES) * _RAMPS[self._missing]
+        samples = self._decoder.conceal(span) * _RAMPS[self._missing][:span]
         self._push(np.rint(samples).astype(np.int16))
         self.counts.concealed += 1
         self._missing += 1
         if self._missing >= CONCEAL_FRAMES:
             self._cursor = None  # quiet: the next packet starts it again
         elif self._pending:
-            self._advance(FRAME_SAMPLES)  # lost: later packets are here
+            self._advance(span)  # lost: later packets are here
         else:
             # Nothing at all has come: the packet is late, wait for it a frame longer.
             self._lowest, self._low_ticks = MAX_FRAMES, 0

@@ -103,6 +103,21 @@ def test_without_fec_a_lost_packet_is_concealed():
     assert max(silent_runs(heard[2 * FRAME_SAMPLES : 29 * FRAME_SAMPLES]), default=0) <= 2
 
 
+def test_10_ms_packets_lost_are_rebuilt_10_ms_at_a_time():
+    t = np.arange(80 * 480) / 48000
+    source = (AMPLITUDE * np.sin(2 * np.pi * 440.0 * t)).astype(np.int16)
+    encoder = opus.OpusEncoder(32000, expected_loss=10)
+    packets = [encoder.encode(source[i * 480 : (i + 1) * 480]) for i in range(80)]
+    arrivals = [
+        [(p, i * 480) for i, p in enumerate(packets) if i // 2 == tick and i not in (31, 50)] for tick in range(40)
+    ]
+    channel = _Channel()
+    heard = play(channel, arrivals)
+    counts = channel.playout.counts
+    assert counts.late == 0 and counts.recovered + counts.concealed == 2
+    assert max(silent_runs(heard[2 * FRAME_SAMPLES : 39 * FRAME_SAMPLES]), default=0) <= 2
+
+
 def test_a_late_packet_is_dropped_and_counted_and_a_repeated_one_ignored():
     packets = tone_packets(40)
     arrivals: list[list[tuple[bytes, int]]] = [[(p, i * FRAME_SAMPLES)] for i, p in enumerate(packets)]
