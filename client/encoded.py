@@ -99,8 +99,11 @@ def _tone_frame(frequency: float, amplitude: float, index: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def encode_audio_clip(frequency: float, seconds: float = 1.0, amplitude: float = 0.3) -> tuple[bytes, ...]:
-    """A looping Opus clip of a tone: mono, 48 kHz, one payload per 20 ms."""
+def encode_audio_clip(
+    frequency: float, seconds: float = 1.0, amplitude: float = 0.3, fec: bool = False
+) -> tuple[bytes, ...]:
+    """A looping Opus clip of a tone: mono, 48 kHz, one payload per 20 ms; with `fec`, the packets
+    carry in-band FEC for the one before, as a browser's do once the server's SDP asks for it."""
     count = round(seconds * SAMPLE_RATE / FRAME_SAMPLES)
     codec = av.CodecContext.create("libopus", "w")
     codec.sample_rate = SAMPLE_RATE
@@ -108,6 +111,8 @@ def encode_audio_clip(frequency: float, seconds: float = 1.0, amplitude: float =
     codec.layout = "mono"
     codec.bit_rate = 32000
     codec.time_base = AUDIO_TIME_BASE
+    if fec:
+        codec.options = {"fec": "1", "packet_loss": "10"}
     payloads: list[bytes] = []
     # One frame more than needed: the encoder's lookahead holds the last one back.
     for index in range(count + 1):
@@ -166,9 +171,14 @@ class PreEncodedAudioTrack(_PacketLoop):
     kind = "audio"
 
     def __init__(
-        self, frequency: float, seconds: float = 1.0, amplitude: float = 0.3, send_levels: bool = True
+        self,
+        frequency: float,
+        seconds: float = 1.0,
+        amplitude: float = 0.3,
+        send_levels: bool = True,
+        fec: bool = False,
     ) -> None:
-        clip = encode_audio_clip(frequency, seconds, amplitude)
+        clip = encode_audio_clip(frequency, seconds, amplitude, fec)
         super().__init__(clip, SAMPLE_RATE / FRAME_SAMPLES, FRAME_SAMPLES, AUDIO_TIME_BASE)
         #: False: send no RFC 6464 header (a client that does not, as aiortc with packets).
         self.send_levels = send_levels

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import av
@@ -31,8 +31,9 @@ from compositor.speakers import SILENCE_DB, SpeakerDetector, SpeakerEvents, Talk
 
 from .clock import ThreadClock
 from .encoders import AudioEncoder
-from .opus import OpusDecoder, OpusError
-from .participant import Participant
+from .opus import OpusDecoder
+from .participant import OpusPacket, Participant
+from .playout import Playout, PlayoutCounts
 from .sender import pack_opus
 from .tracks import PacketSink
 
@@ -62,34 +63,31 @@ class AudioStats:
     #: Participants decoded, summed over the ticks: a peer that cannot become a talker
     #: soon (its RFC 6464 level says so) is not decoded.
     decodes: int = 0
+    #: What the peers' playout buffers did about lost, late and early packets (mcu/playout.py).
+    playout: PlayoutCounts = field(default_factory=PlayoutCounts)
 
 
 class _Channel:
     """One participant's audio codec state; used only on the audio thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, counts: PlayoutCounts | None = None) -> None:
         self.decoder = OpusDecoder()
         self.buffer = SampleBuffer(max_samples=int(SAMPLE_RATE * BUFFER_SECONDS))
+        self.playout = Playout(self.decoder, self.buffer, PlayoutCounts() if counts is None else counts)
         #: The personal mix's encoder and limiter, used while this participant is a talker.
         self.encoder = AudioEncoder()
         self.limiter = Limiter()
         #: The latest RFC 6464 level the peer sent (dBov), NaN until it sends one.
         self.sent_level = np.nan
 
-    def skip(self) -> None:
-        """Decode nothing this tick: the peer is not heard. Its decoder resumes on the next
-        packets (Opus conceals the gap; tests/test_audio_decoding.py: the voice enters clean)."""
-        self.buffer.clear()
+    def skip(self, payloads: list[tuple[OpusPacket, int | None]]) -> None:
+        """Decode nothing this tick: the peer is not heard. Its playout keeps time, so that its decoder
+        resumes on the packet due then (tests/test_audio_decoding.py: the voice enters clean)."""
+        self.playout.tick((packet for packet, _ in payloads), decode=False)
 
-    def decode(self, payloads: list[tuple[bytes, int | None]]) -> int:
-        """Decode into the buffer; returns the number of payloads that failed."""
-        errors = 0
-        for payload, _ in payloads:
-            try:
-                self.buffer.push(self.decoder.decode(payload))
-            except OpusError:
-                errors += 1
-        return errors
+    def decode(self, payloads: list[tuple[OpusPacket, int | None]]) -> int:
+        """Put this tick's frame in the buffer (mcu/playout.py); returns the number of corrupt packets."""
+        return self.playout.tick((packet for packet, _ in payloads), decode=True)
 
 
 class AudioPipeline:
@@ -190,14 +188,14 @@ class AudioPipeline:
     def _channel(self, peer_id: str) -> _Channel:
         channel = self._channels.get(peer_id)
         if channel is None:
-            channel = self._channels[peer_id] = _Channel()
+            channel = self._channels[peer_id] = _Channel(self.stats.playout)
         return channel
 
     def _mix_encode(
         self,
         ids: list[str],
         channels: list[_Channel],
-        payloads: list[list[tuple[bytes, int | None]]],
+        payloads: list[list[tuple[OpusPacket, int | None]]],
         gains: np.ndarray,
         sending: np.ndarray,
         pts: int,
@@ -214,7 +212,7 @@ class AudioPipeline:
             if decode:
                 self.stats.decode_errors += channel.decode(pending)
             else:
-                channel.skip()
+                channel.skip(pending)
         self.stats.decodes += int(np.count_nonzero(decoding))
         # A skipped peer is silent here (not an underrun: it is not late, it is not heard).
         frames = np.zeros((len(channels), FRAME_SAMPLES), np.int16)

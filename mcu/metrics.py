@@ -43,6 +43,10 @@ _ROOM_COUNTERS = (
     ("audioTicks", "audio_ticks", "Audio clock ticks"),
     ("audioTicksDropped", "audio_ticks_dropped", "Audio ticks dropped: the audio thread was overloaded"),
     ("audioUnderruns", "audio_underruns", "Participant audio frames filled with silence: nothing had arrived in time"),
+    ("audioConcealed", "audio_concealed", "Participant audio frames concealed (Opus PLC): lost or late, no FEC"),
+    ("audioFecRecovered", "audio_fec_recovered", "Lost participant audio frames rebuilt from the next packet's FEC"),
+    ("audioLateDrops", "audio_late_drops", "Participant audio packets dropped: they came after their time"),
+    ("audioPlayoutDrops", "audio_playout_drops", "Participant audio packets dropped to keep the playout delay down"),
     ("audioEncodes", "audio_encodes", "Opus encodes"),
 )
 

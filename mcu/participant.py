@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections import deque
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, NamedTuple
 
 from aiortc import (
     MediaStreamTrack,
@@ -17,6 +17,7 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.codecs import CODECS
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.sdp import SessionDescription
@@ -36,8 +37,28 @@ from .tracks import PacketTrack
 logger = logging.getLogger(__name__)
 install_tolerant_extensions()
 
+
+def _ask_for_opus_fec() -> None:
+    """Make this process's SDP say `useinbandfec=1` for Opus: a browser puts in-band FEC in what it
+    sends only when the other end asks for it, and the room's playout rebuilds lost frames with it
+    (mcu/playout.py). aiortc's codec table gives Opus no parameters, and its answers copy that table."""
+    for codec in CODECS["audio"]:
+        if codec.mimeType.lower() == "audio/opus":
+            codec.parameters["useinbandfec"] = 1
+
+
+_ask_for_opus_fec()
+
 #: Opus payloads kept between two audio ticks; more means the mix has stalled.
 AUDIO_BACKLOG = 25
+
+
+class OpusPacket(NamedTuple):
+    """A peer's Opus packet as it came, and its RTP timestamp (48 kHz, modulo 2**32): where it
+    belongs in the peer's audio, so that the mixer sees what is missing or late."""
+
+    data: bytes
+    timestamp: int
 
 
 #: The H.264 profiles answered: constrained baseline (what the encoder makes) first,
@@ -112,9 +133,10 @@ class Participant:
         self.audio_out = PacketTrack("audio")
         #: Whether the peer's offer brought an audio upstream (a microphone track).
         self.audio_upstream = False
-        #: Opus payloads received since the last audio tick, decoded by the room, each with
-        #: its RFC 6464 level in dBov when the peer sends that header (browsers do).
-        self._audio_payloads: deque[tuple[bytes, int | None]] = deque(maxlen=AUDIO_BACKLOG)
+        #: Opus packets received since the last audio tick, as they came (lost, late or out of
+        #: order: the room's playout buffer sorts them), decoded by the room, each with its RFC 6464
+        #: level in dBov when the peer sends that header (browsers do).
+        self._audio_payloads: deque[tuple[OpusPacket, int | None]] = deque(maxlen=AUDIO_BACKLOG)
         #: Where the peer's encoded video frames go (the room's picture process decodes them).
         self._on_video = on_video
         #: The receiver of the peer's video, to ask it for keyframes.
@@ -190,7 +212,9 @@ class Participant:
     def _on_track(self, track: MediaStreamTrack, receiver: RTCRtpReceiver) -> None:
         """The peer's upstream `track` arrived (the peer connection's "track" event)."""
         # The room decodes audio on its own thread and video in its picture process: no decoder here.
-        install_encoded_receiver(receiver, self._take_video if track.kind == "video" else self._take_audio)
+        install_encoded_receiver(
+            receiver, self._take_video if track.kind == "video" else self._take_audio, audio_in_order=False
+        )
         if track.kind == "video":
             self.video_receiver = receiver
         else:
@@ -212,8 +236,9 @@ class Participant:
         self._on_video(self.peer_id, frame.codec_name, frame.data, frame.timestamp)  # type: ignore[attr-defined]
 
     def _take_audio(self, frame: JitterFrame) -> None:
-        """An Opus frame of the peer's: kept for the next audio tick."""
-        self._audio_payloads.append((frame.data, frame.audio_level))  # type: ignore[attr-defined]
+        """An Opus packet of the peer's, as it came: kept for the next audio tick."""
+        level: int | None = frame.audio_level  # type: ignore[attr-defined]
+        self._audio_payloads.append((OpusPacket(frame.data, frame.timestamp), level))
 
     @property
     def audio_gain(self) -> float:
@@ -225,8 +250,8 @@ class Participant:
         """Whether the peer is a voice of the room: it has a microphone track and is not muted."""
         return self.audio_upstream and self.audio_gain > 0
 
-    def take_audio(self) -> list[tuple[bytes, int | None]]:
-        """The Opus payloads (and their levels) received since the last call.
+    def take_audio(self) -> list[tuple[OpusPacket, int | None]]:
+        """The Opus packets (and their levels) received since the last call.
 
         Called on the room's audio thread while the event loop appends: each
         `popleft` is atomic, so a payload that comes meanwhile waits for the next tick.

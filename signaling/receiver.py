@@ -119,7 +119,27 @@ class _LevelTagger:
         return getattr(self._buffer, name)
 
 
-def install_encoded_receiver(receiver: RTCRtpReceiver, on_frame: FrameHandler | None = None) -> None:
+class _EachPacket:
+    """Stands in for an audio receiver's jitter buffer: each packet leaves at once as a frame (an Opus
+    packet is one frame), with its RFC 6464 level, in the order it came.
+
+    For a consumer with a playout buffer of its own (the room's mixer): aiortc's buffer, at any
+    prefetch, stops letting frames go at a lost packet until 16 more have come (320 ms of silence),
+    then keeps that backlog; and a consumer that sees each packet as it comes can tell a loss, use
+    the next packet's FEC, and know how late each one is. The frame's `timestamp` is the RTP
+    timestamp as aiortc maps it: right modulo 2**32 even when packets come out of order.
+    """
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        frame = JitterFrame(packet._data, packet.timestamp)  # type: ignore[attr-defined]
+        level = packet.extensions.audio_level
+        frame.audio_level = None if level is None else -level[1]  # type: ignore[attr-defined]
+        return False, frame
+
+
+def install_encoded_receiver(
+    receiver: RTCRtpReceiver, on_frame: FrameHandler | None = None, audio_in_order: bool = True
+) -> None:
     """Make `receiver`'s track yield encoded `JitterFrame`s instead of decoded frames.
 
     With `on_frame`, each frame is handed to it as it leaves the jitter buffer
@@ -128,7 +148,8 @@ def install_encoded_receiver(receiver: RTCRtpReceiver, on_frame: FrameHandler | 
     connection's "track" event. The jitter buffer, NACK, REMB (its rate counted by
     `signaling.rate.WindowRate`) and receiver reports still run; the receiver no
     longer sends PLIs on decode errors, since there are none. Audio
-    frames carry the sender's RFC 6464 level as `audio_level` (see `_LevelTagger`).
+    frames carry the sender's RFC 6464 level as `audio_level` (see `_LevelTagger`). Without
+    `audio_in_order`, audio packets are handed on as they come, lost or out of order (`_EachPacket`).
     """
     if isinstance(receiver._RTCRtpReceiver__decoder_queue, _EncodedHandoff):  # type: ignore[attr-defined]
         return  # already: a track handed to another consumer (an sfu section carrying another publisher)
@@ -138,7 +159,9 @@ def install_encoded_receiver(receiver: RTCRtpReceiver, on_frame: FrameHandler | 
         raise RuntimeError("the receiver has no remote track yet")
     receiver._RTCRtpReceiver__decoder_queue = _EncodedHandoff(receiver._track._queue, on_frame)  # type: ignore[attr-defined]
     count_rate_per_packet(receiver)
-    if receiver._track.kind == "audio":
+    if receiver._track.kind == "audio" and not audio_in_order:
+        receiver._RTCRtpReceiver__jitter_buffer = _EachPacket()  # type: ignore[attr-defined]
+    elif receiver._track.kind == "audio":
         # aiortc holds 4 frames of audio before it lets one go (80 ms) but then lets one go per packet
         # that comes, so the hold absorbs no jitter: it is latency only. Whoever takes these frames
         # has a jitter buffer of its own (the room's mixer does), so one frame is held: the least

@@ -8,7 +8,8 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
   (receiving without decoding, `signaling.receiver.install_encoded_receiver`), and what
   it is given handed to a callback at once;
 - its private jitter buffer can be replaced, for audio by one that holds a single frame
-  (aiortc's holds four, 60 ms more of latency), and wrapped to keep each audio packet's RFC 6464
+  (aiortc's holds four, 60 ms more of latency) or by one that hands each packet on as it comes
+  (the MCU's playout buffer does the rest), and wrapped to keep each audio packet's RFC 6464
   level (`packet.extensions.audio_level`) on the frame (active speaker), and a
   sender of packets can be made to send that level (`RTCEncodedFrame.audio_level`);
 - a receiver can send a PLI for the media SSRC it receives (the SFU forwards keyframe requests upstream);
@@ -243,6 +244,28 @@ async def test_an_encoded_audio_receiver_lets_a_frame_go_as_soon_as_the_next_one
             released.append((number, frame.timestamp // 960, frame.data))
     # Each frame comes out with the packet after it, in order, none lost, its payload whole.
     assert released == [(n, n - 1, bytes([n - 1]) * 40) for n in range(1, 40)]
+    await transport.stop()
+
+
+async def test_audio_packets_can_be_handed_on_as_they_come_when_the_consumer_reorders() -> None:
+    """aiortc's jitter buffer lets nothing go after a lost packet until 16 more have come; the MCU's
+    receivers (audio_in_order=False) hand each packet on at once, with its timestamp and level."""
+    transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    receivers = [RTCRtpReceiver("audio", transport) for _ in range(2)]
+    for receiver, in_order in zip(receivers, (True, False)):
+        receiver._track = RemoteStreamTrack(kind="audio")
+        install_encoded_receiver(receiver, lambda frame: None, audio_in_order=in_order)
+    released: list[list[tuple[int, int, int | None]]] = [[], []]
+    for number in [0, 1, 2, 4, 3, 6, 7, 8, 9, 10]:  # 3 late, 5 lost
+        for receiver, out in zip(receivers, released):
+            packet = RtpPacket(payload_type=111, sequence_number=number, timestamp=number * 960)
+            packet._data = bytes([number]) * 40
+            packet.extensions.audio_level = (True, 30)
+            _, frame = receiver._RTCRtpReceiver__jitter_buffer.add(packet)
+            if frame is not None:
+                out.append((number, frame.timestamp // 960, frame.audio_level))
+    assert [frame for _, frame, _ in released[0]] == [0, 1, 2, 3]  # stuck at the lost packet
+    assert released[1] == [(n, n, -30) for n in [0, 1, 2, 4, 3, 6, 7, 8, 9, 10]]
     await transport.stop()
 
 

@@ -8,6 +8,7 @@ from media_checks import tone_levels
 from client.encoded import audio_clip_levels, encode_audio_clip
 from compositor.audio import FRAME_SAMPLES
 from mcu.audio import AudioPipeline, _Channel
+from mcu.participant import OpusPacket
 
 LOUD, QUIET = 500.0, 1300.0
 
@@ -15,6 +16,11 @@ LOUD, QUIET = 500.0, 1300.0
 def packets(frequency: float, amplitude: float, header: bool = True) -> list[tuple[bytes, int | None]]:
     clip, levels = encode_audio_clip(frequency, 1.0, amplitude), audio_clip_levels(frequency, 1.0, amplitude)
     return [(payload, level if header else None) for payload, level in zip(clip, levels)]
+
+
+def at(tick: int, packet: tuple[bytes, int | None]) -> tuple[OpusPacket, int | None]:
+    """`packet` sent at `tick`: its RTP timestamp follows."""
+    return OpusPacket(packet[0], tick * FRAME_SAMPLES), packet[1]
 
 
 def test_a_skipped_voice_enters_the_mix_without_a_glitch():
@@ -28,7 +34,7 @@ def test_a_skipped_voice_enters_the_mix_without_a_glitch():
     for tick in range(150):
         b = b_quiet if tick < 50 else b_loud
         decodes = pipeline.stats.decodes
-        payloads = [[a[tick % 50]], [b[tick % 50]], [silent[0]]]
+        payloads = [[at(tick, a[tick % 50])], [at(tick, b[tick % 50])], [at(tick, silent[0])]]
         out, _ = pipeline._mix_encode(ids, channels, payloads, np.ones(3), np.ones(3, bool), tick * FRAME_SAMPLES)
         if tick == 40:
             assert pipeline.talkers == {"a"} and pipeline.stats.decodes - decodes == 1  # only the talker
@@ -55,5 +61,6 @@ def test_peers_without_the_header_are_always_decoded():
     channels = [_Channel() for _ in ids]
     a, b = packets(LOUD, 0.1, header=False), packets(QUIET, 0.003, header=False)
     for tick in range(50):
-        pipeline._mix_encode(ids, channels, [[a[tick]], [b[tick]], [b[tick]]], np.ones(3), np.ones(3, bool), tick * 960)
+        payloads = [[at(tick, a[tick])], [at(tick, b[tick])], [at(tick, b[tick])]]
+        pipeline._mix_encode(ids, channels, payloads, np.ones(3), np.ones(3, bool), tick * 960)
     assert pipeline.stats.decodes == 150

@@ -228,7 +228,7 @@ async def test_the_relay_forwards_both_ways_each_with_its_loss_and_delay():
 
 
 async def test_the_relay_holds_a_flow_to_its_rate_with_a_bounded_queue():
-    """Real timers: 1000-byte datagrams at 800 kbit/s for 2 s into a 400 kbit/s downstream with 10 datagrams of queue."""
+    """Real timers: 1000-byte datagrams at 800 kbit/s for 2 s into a 400 kbit/s downstream, queue of 10."""
     loop = asyncio.get_running_loop()
     echo_transport, echo = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
     relay = await Relay.start(echo_transport.get_extra_info("sockname"), parse_spec("down.rate=400k,down.queue=10"))
@@ -470,7 +470,7 @@ async def test_a_browser_with_relay_1_sends_and_receives_through_the_impaired_re
             anna = next(p for p in room.participants.values() if p.name == "anna")
             server_lost = await inbound_lost(anna.pc)
             up, down = relay.totals("up"), relay.totals("down")
-            print(f"\nbrowser behind the relay: up {up}, down {down}; browser {seen}, server inbound lost {server_lost}")
+            print(f"\nbrowser behind the relay: up {up}, down {down}; browser {seen}, server lost {server_lost}")
         finally:
             await browser.close()
             await py.close()
