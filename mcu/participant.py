@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import deque
 from typing import Any, Callable, Coroutine, NamedTuple
 
@@ -49,6 +50,8 @@ def _ask_for_opus_fec() -> None:
 
 _ask_for_opus_fec()
 
+#: A peer whose latest audio packet is older than this is not counted as a voice of the room.
+VOICE_SECONDS = 2.0
 #: Opus payloads kept between two audio ticks; more means the mix has stalled.
 AUDIO_BACKLOG = 25
 
@@ -131,8 +134,8 @@ class Participant:
         self.moderator_muted = False
         self.volume = 1.0
         self.audio_out = PacketTrack("audio")
-        #: Whether the peer's offer brought an audio upstream (a microphone track).
-        self.audio_upstream = False
+        #: When the peer's latest Opus packet came (time.monotonic()); None until one does.
+        self.audio_received_at: float | None = None
         #: Opus packets received since the last audio tick, as they came (lost, late or out of
         #: order: the room's playout buffer sorts them), decoded by the room, each with its RFC 6464
         #: level in dBov when the peer sends that header (browsers do).
@@ -217,8 +220,6 @@ class Participant:
         )
         if track.kind == "video":
             self.video_receiver = receiver
-        else:
-            self.audio_upstream = True
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run `coroutine` as a task of this participant, cancelled when it closes."""
@@ -239,6 +240,7 @@ class Participant:
         """An Opus packet of the peer's, as it came: kept for the next audio tick."""
         level: int | None = frame.audio_level  # type: ignore[attr-defined]
         self._audio_payloads.append((OpusPacket(frame.data, frame.timestamp), level))
+        self.audio_received_at = time.monotonic()
 
     @property
     def audio_gain(self) -> float:
@@ -247,8 +249,13 @@ class Participant:
 
     @property
     def sends_audio(self) -> bool:
-        """Whether the peer is a voice of the room: it has a microphone track and is not muted."""
-        return self.audio_upstream and self.audio_gain > 0
+        """Whether the peer is a voice of the room: not muted, and its audio is coming.
+
+        By packets, not by the SDP: a client without a microphone may still offer to send
+        audio. Within VOICE_SECONDS, so that Opus DTX (a packet every 400 ms in silence) counts.
+        """
+        received = self.audio_received_at
+        return received is not None and time.monotonic() - received < VOICE_SECONDS and self.audio_gain > 0
 
     def take_audio(self) -> list[tuple[OpusPacket, int | None]]:
         """The Opus packets (and their levels) received since the last call.

@@ -61,3 +61,20 @@ def tone(
         raise ValueError(f"amplitude must be within 0..1, got {amplitude}")
     t = np.arange(phase_samples, phase_samples + samples) / 48000
     return np.round(amplitude * 32767 * np.sin(2 * np.pi * frequency * t)).astype(np.int16)
+
+
+#: 10 ms blocks: a gap is a run of blocks where the tone is missing.
+BLOCK = 480
+
+
+def longest_gap_ms(samples: np.ndarray, frequency: float, amplitude: float) -> int:
+    """The longest run (ms) of 10 ms blocks where the tone at `frequency` is under a tenth of `amplitude`."""
+    blocks = samples[: len(samples) // BLOCK * BLOCK].astype(np.float64).reshape(-1, BLOCK)
+    t = np.arange(BLOCK) / 48000
+    window = np.hanning(BLOCK)
+    # Each block's magnitude at the tone (a windowed single-bin DFT; no phase matters).
+    level = np.abs((blocks * window) @ np.exp(-2j * np.pi * frequency * t))
+    full = amplitude * 32767 * window.sum() / 2
+    absent = np.concatenate([[0], (level < 0.1 * full).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(absent))
+    return int(max(edges[1::2] - edges[::2], default=0)) * BLOCK * 1000 // 48000

@@ -60,23 +60,27 @@ def config(request: pytest.FixtureRequest) -> Config:
 
 async def test_k_plus_one_equal_talkers_all_hear_each_other(server, config):
     """K + 1 peers at one level, one of them late: each hears the K others, not itself, and the
-    room runs one encode per peer (a personal mix for each costs no more than K talkers + a shared one)."""
+    room runs one encode per peer (a personal mix for each costs no more than K talkers + a shared one).
+    A viewer without a microphone (its offer still asks to send audio) is not a voice: it hears all."""
     talkers = config.audio_talkers
     peers = await equal_talkers(server.url, talkers + 1)
+    viewer = Peer(server.url, "talk", "viewer")
     try:
+        await viewer.join()
         audio = server.conference.rooms["talk"].audio
-        await peers[0].wait_for(lambda: all(p.audio_frames > 100 for p in peers), timeout=15)
+        await peers[0].wait_for(lambda: all(p.audio_frames > 100 for p in [*peers, viewer]), timeout=15)
         await within(5, lambda: audio.talkers == {p.peer_id for p in peers})
         await asyncio.sleep(1.2)
         mixes, encodes = audio.stats.mixes, audio.stats.encodes
         await asyncio.sleep(1)
         per_tick = (audio.stats.encodes - encodes) / max(audio.stats.mixes - mixes, 1)
-        assert abs(per_tick - (talkers + 1)) < 0.05, per_tick
+        assert abs(per_tick - (talkers + 2)) < 0.05, per_tick  # the viewer's: the shared mix
         frequencies = TONES[: talkers + 1]
         for peer, own in zip(peers, frequencies):
             check_hears(peer, own, [f for f in frequencies if f != own])
+        check_hears(viewer, TONES[-1], frequencies)
     finally:
-        await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+        await asyncio.gather(*(p.close() for p in [*peers, viewer]), return_exceptions=True)
 
 
 async def test_louder_voices_take_places_without_cutting_who_speaks(server, config):
