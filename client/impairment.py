@@ -105,8 +105,9 @@ class Model:
     limit's tail drops also depend on when datagrams come, which the caller gives).
     """
 
-    def __init__(self, impairment: Impairment, direction: str) -> None:
+    def __init__(self, impairment: Impairment, direction: str, departures: deque[float] | None = None) -> None:
         self.impairment = impairment
+        self.direction = direction
         self._random = random.Random(f"{impairment.seed}:{direction}")
         loss = impairment.loss / 100
         # Gilbert-Elliott with a lossless good state and a lossy bad one: leaving the bad state with
@@ -115,7 +116,8 @@ class Model:
         self._leave_bad = 1 / impairment.burst
         self._enter_bad = 1.0 if loss >= 1 else loss * self._leave_bad / (1 - loss)
         self._bad = False
-        self._departures: deque[float] = deque()  # of the datagrams queued or on the bottleneck
+        #: When each datagram queued or on the bottleneck leaves it (kept when the link changes).
+        self.departures: deque[float] = deque() if departures is None else departures
 
     def decide(self, size: int, now: float) -> float | str:
         """When a datagram of `size` bytes offered at `now` (seconds) arrives, or why not (LOST, TAIL_DROPPED)."""
@@ -131,13 +133,13 @@ class Model:
             return LOST
         departure = now
         if imp.rate:
-            while self._departures and self._departures[0] <= now:
-                self._departures.popleft()
-            if len(self._departures) >= imp.queue:
+            while self.departures and self.departures[0] <= now:
+                self.departures.popleft()
+            if len(self.departures) >= imp.queue:
                 return TAIL_DROPPED
-            start = self._departures[-1] if self._departures else now
+            start = self.departures[-1] if self.departures else now
             departure = start + size * 8 / imp.rate
-            self._departures.append(departure)
+            self.departures.append(departure)
         if reorder_draw < imp.reorder / 100:
             return departure
         return departure + (imp.delay + jitter_draw * imp.jitter) / 1000
@@ -186,6 +188,11 @@ class Link:
         self._offered += 1
         if self._timer is None or arrival < self._timer.when():
             self._arm(arrival)
+
+    def change(self, impairment: Impairment) -> None:
+        """From now on, impair as `impairment` says (a link whose capacity changes: a phone moving, Wi-Fi
+        contention); what is queued or in flight arrives as decided, and the bottleneck stays as busy."""
+        self.model = Model(impairment, self.model.direction, self.model.departures)
 
     def close(self) -> None:
         """Drop what is still in flight, and whatever comes next."""

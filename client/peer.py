@@ -122,8 +122,9 @@ class Peer:
         self.first_frame_time: float | None = None
         self.connected_time: float | None = None
         self.audio_frames = 0
-        #: Encoded bytes received, counted only when not decoding (load peers).
+        #: Encoded bytes and VP8 keyframes received, counted only when not decoding (load peers).
         self.video_bytes = 0
+        self.video_keyframes = 0
         self.audio_bytes = 0
         self._decode = decode
         #: "relay" uses TURN relay candidates only (a browser's iceTransportPolicy).
@@ -446,6 +447,7 @@ class Peer:
                         self.first_frame_time = time.monotonic()
                     self.video_frames += 1
                     self.video_bytes += len(frame.data)
+                    self.video_keyframes += bool(frame.data) and not frame.data[0] & 0x01  # VP8's P bit
                 else:
                     self.audio_frames += 1
                     self.audio_bytes += len(frame.data)

@@ -111,6 +111,33 @@ def test_a_rate_limit_passes_the_rate_and_drops_the_tail_of_a_full_queue():
     assert all(calm.decide(size, n * 0.01) == pytest.approx(n * 0.01 + 0.008) for n in range(500))
 
 
+async def test_a_link_that_changes_its_rate_carries_the_new_rate_from_then_on():
+    """A link whose bottleneck drops from 2 Mbit/s to 500 kbit/s (a phone moving) and back: the datagrams
+    offered at 1 Mbit/s all pass before, half of them during, and after it only those that find the queue
+    the slow phase left full are dropped."""
+    link = Link(Impairment(rate=2_000_000, queue=10, seed=3), "down")
+    rates = [2_000_000, 500_000, 2_000_000]
+    delivered = []
+    for phase, rate in enumerate(rates):
+        if phase:
+            link.change(Impairment(rate=rate, queue=10, seed=3))
+        before = link.counters.tail_dropped
+        offered_at = asyncio.get_running_loop().time()
+        for n in range(250):  # 1000-byte datagrams every 8 ms: 1 Mbit/s for 2 s
+            link.send(b"x" * 1000, delivered.append)
+            await asyncio.sleep(max(offered_at + (n + 1) * 0.008 - asyncio.get_running_loop().time(), 0))
+        dropped = link.counters.tail_dropped - before
+        if phase == 0:
+            assert dropped == 0, dropped
+        elif phase == 2:
+            assert dropped <= 10, dropped  # the 10 datagrams of queue still leave at the old rate
+        else:
+            assert 0.4 < dropped / 250 < 0.6, dropped
+    await asyncio.sleep(0.1)
+    assert len(delivered) == link.counters.offered - link.counters.tail_dropped
+    link.close()
+
+
 def test_parse_spec_reads_both_directions_and_one_way_keys():
     both = parse_spec("loss=5,jitter=30,seed=1")
     assert both.up == both.down == Impairment(loss=5, jitter=30, seed=1)
