@@ -11,7 +11,11 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
   (aiortc's holds four, 60 ms more of latency), and wrapped to keep each audio packet's RFC 6464
   level (`packet.extensions.audio_level`) on the frame (active speaker), and a
   sender of packets can be made to send that level (`RTCEncodedFrame.audio_level`);
-- a receiver can send a PLI for the media SSRC it receives (the SFU forwards keyframe requests upstream).
+- a receiver can send a PLI for the media SSRC it receives (the SFU forwards keyframe requests upstream);
+- a sender's `_handle_rtcp_packet` sees the RTCP routed to it, and its private RTT after (link feedback,
+  mcu/link.py); its `_send_rtcp` sends a report of ours and can hold its periodic ones; RTX packets
+  without payload reach the far REMB estimator only (probes); aiortc's video jitter buffer waits for
+  a lost packet until a sequence gap makes it drop it (the resync of a move down).
 """
 
 from __future__ import annotations
@@ -40,11 +44,13 @@ from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
 from conftest import within
+from test_sender import connected
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip
 from client.sources import ToneTrack
+from mcu.sender import PADDING
 from mcu.traffic import transport_bytes
 from signaling.ice import rtc_configuration, use_host_addresses
 from signaling.receiver import _EncodedHandoff, install_encoded_receiver, send_pli
@@ -346,3 +352,90 @@ def test_a_waiting_decoder_thread_sleeps_until_its_receiver_stops() -> None:
         handoff.put(None)
         thread.join(2)
     assert not thread.is_alive()
+
+
+# --- the link feedback and probing of mcu/sender.py (on test_sender's sender-receiver pair) ---
+
+
+async def _frames(link, seconds: float) -> None:
+    """Push the clip's frames at 15 fps for `seconds`, pts running on (senders and receivers need traffic)."""
+    payloads = list(encode_video_clip(RED))
+    for index in range(round(seconds * 15)):
+        packet = av.Packet(payloads[index % len(payloads)])
+        packet.pts, packet.time_base = index * 6000, fractions.Fraction(1, 90000)
+        packet.is_keyframe = index % len(payloads) == 0
+        link.track.push(packet)
+        await asyncio.sleep(1 / 15)
+
+
+async def test_rtcp_routed_to_a_sender_reaches_its_link_monitor_with_aiortcs_rtt() -> None:
+    """`_handle_rtcp_packet` sees every RTCP packet aiortc routes to the sender; its private RTT is read after."""
+    async with connected() as link:
+        feeding = asyncio.ensure_future(_frames(link, 10))
+        try:
+            stats, ssrc = link.monitor.stats, link.transceiver.sender._ssrc
+            await within(8, lambda: stats.reports >= 2 and stats.rtt is not None)
+            assert 0 <= stats.rtt < 0.1 and link.monitor.base_rtt is not None
+            far = link.far_receiver
+            await far._send_rtcp_pli(ssrc)
+            await far._send_rtcp_nack(ssrc, [1, 2])
+            remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(640_000, [ssrc]))
+            await far._send_rtcp(remb)
+            await within(5, lambda: stats.plis == 1 and stats.nacks == 1 and stats.remb == 640_000)
+            assert stats.nacked_packets == 2
+        finally:
+            feeding.cancel()
+
+
+async def test_a_probe_pads_over_rtx_unseen_by_the_decoder_and_its_sender_report_is_echoed() -> None:
+    """Payload-less RTX packets reach aiortc's REMB estimator, not its jitter buffer; aiortc's periodic
+    sender reports are held back so that the receiver's next report echoes the probe's."""
+    async with connected() as link:
+        echoes: list[float] = []
+        link.monitor._on_echo = lambda rtt, now: echoes.append(rtt)
+        estimator = link.far_receiver._RTCRtpReceiver__remote_bitrate_estimator
+        feeding = asyncio.ensure_future(_frames(link, 10))
+        try:
+            await within(5, lambda: link.remote and len(link.media()) > 10)
+            rtx_ssrc = link.transceiver.sender._rtx_ssrc
+            assert link.direct.probe(800_000, 0.25, link.monitor)
+            await within(5, lambda: echoes)
+            padding = [p for p in link.received if p.ssrc == rtx_ssrc]
+            expected = 800_000 * 0.25 / 8 / PADDING
+            assert 0.8 * expected <= len(padding) <= 1.2 * expected + 5
+            assert all(p.payload == b"" and p.padding_size == PADDING for p in padding)
+            assert all(p.extensions.abs_send_time is not None for p in padding)
+            assert estimator.ssrcs.get(rtx_ssrc) is not None  # the REMB estimator counted them
+            assert 0 <= echoes[0] < 0.1  # loopback: no queue
+        finally:
+            feeding.cancel()
+
+
+async def test_a_sequence_gap_makes_aiortcs_jitter_buffer_drop_what_it_waits_for() -> None:
+    """A packet that never comes stalls aiortc's video jitter buffer (512 packets of capacity); a
+    resync's gap lets the next keyframe through at once."""
+    async with connected() as link:
+        decoded: list[int] = []
+
+        async def consume() -> None:
+            while True:
+                frame = await link.remote[0].recv()
+                decoded.append(frame.width)
+
+        feeding = asyncio.ensure_future(_frames(link, 8))
+        await within(5, lambda: link.remote)
+        consumer = asyncio.ensure_future(consume())
+        try:
+            await within(5, lambda: len(decoded) >= 5)
+            link.direct._sequence = (link.direct._sequence + 1) % 65536  # a packet lost for good
+            link.direct._retransmit_credit = 0
+            await asyncio.sleep(0.2)
+            stalled = len(decoded)
+            await asyncio.sleep(1.0)
+            assert len(decoded) <= stalled + 1  # waiting for the lost packet
+            link.direct.resync()
+            link.track.restart()  # the next keyframe, as after a move down
+            await within(3, lambda: len(decoded) >= stalled + 5)
+        finally:
+            feeding.cancel()
+            consumer.cancel()
