@@ -381,7 +381,9 @@ class Conference:
 
     def _tier_changed(self, participant: Participant, switch: Switch) -> None:
         """A receiver moved to another tier: tell it which, and why."""
-        logger.info("%s: tier %s (%s, estimate %s bit/s)", participant.peer_id, switch.tier, switch.reason, switch.estimate)
+        logger.info(
+            "%s: tier %s (%s, estimate %s bit/s)", participant.peer_id, switch.tier, switch.reason, switch.estimate
+        )
         session = self._sessions.get(participant.peer_id)
         if session is not None:
             session.send(protocol.tier(switch.tier, switch.reason, participant.ceiling))

@@ -114,8 +114,12 @@ class ConferenceCollector(Collector):
             "Keyframe requests (PLI, tier switch) not passed to an encoder other peers share",
             labels=["room"],
         )
-        loss = GaugeMetricFamily("mcu_receiver_loss_max", "The highest loss fraction receivers last reported", labels=["room"])
-        rtt = GaugeMetricFamily("mcu_receiver_rtt_max_seconds", "The longest round-trip time to a receiver", labels=["room"])
+        loss = GaugeMetricFamily(
+            "mcu_receiver_loss_max", "The highest loss fraction receivers last reported", labels=["room"]
+        )
+        rtt = GaugeMetricFamily(
+            "mcu_receiver_rtt_max_seconds", "The longest round-trip time to a receiver", labels=["room"]
+        )
         for name, room in rooms.items():
             counts: dict[str, int] = {}
             for participant in room.participants.values():

@@ -139,7 +139,10 @@ class DirectSender:
     """Packetizes and sends one track's packets for one `RTCRtpSender`, from `PacketTrack.push`."""
 
     def __init__(
-        self, sender: RTCRtpSender, codec: RTCRtpCodecParameters, send_rtcp: Callable[[list], Awaitable[None]] | None = None
+        self,
+        sender: RTCRtpSender,
+        codec: RTCRtpCodecParameters,
+        send_rtcp: Callable[[list], Awaitable[None]] | None = None,
     ) -> None:
         self._sender = sender
         self._packer = get_encoder(codec)
@@ -285,7 +288,9 @@ class DirectSender:
         self._pad(loop, loop.time() + seconds, per_tick, 0.0, link)
         return True
 
-    def _pad(self, loop: asyncio.AbstractEventLoop, until: float, per_tick: float, owed: float, link: LinkMonitor) -> None:
+    def _pad(
+        self, loop: asyncio.AbstractEventLoop, until: float, per_tick: float, owed: float, link: LinkMonitor
+    ) -> None:
         self._probe = None
         if loop.time() >= until or self._padding_header is None:
             self._report(link)

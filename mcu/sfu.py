@@ -112,7 +112,8 @@ class Publication:
             track.keyframe_requested = None
 
     def request_keyframe(self, reason: str = "pli") -> None:
-        """A subscriber needs a keyframe (whatever the `reason`): a PLI now, or once `KEYFRAME_INTERVAL` has passed since the last."""
+        """A subscriber needs a keyframe (whatever the `reason`): a PLI now, or once `KEYFRAME_INTERVAL`
+        has passed since the last."""
         if self.kind != "video":
             return
         self._stats.keyframe_requests += 1

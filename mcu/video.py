@@ -408,7 +408,10 @@ class VideoPipeline:
         # keyframe it waits for, it then drops the old output's frame of the same tick, which has the
         # same RTP timestamp and would otherwise be taken by the receiver for part of one frame.
         switching = {
-            (id(sink), output) for output in made for sink in outputs[output] if getattr(sink, "pending", None) == output
+            (id(sink), output)
+            for output in made
+            for sink in outputs[output]
+            if getattr(sink, "pending", None) == output
         }
         for output, made_packets in made.items():
             for sink in outputs[output]:
