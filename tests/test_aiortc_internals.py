@@ -383,6 +383,14 @@ async def test_rtcp_routed_to_a_sender_reaches_its_link_monitor_with_aiortcs_rtt
             await far._send_rtcp(remb)
             await within(5, lambda: stats.plis == 1 and stats.nacks == 1 and stats.remb == 640_000)
             assert stats.nacked_packets == 2
+            # About an SSRC nobody sends: aiortc's router drops it before any sender; the link goes on.
+            await far._send_rtcp_pli(ssrc ^ 0x5A5A5A5A)
+            await far._send_rtcp(
+                RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(0, [ssrc ^ 1]))
+            )
+            reports = stats.reports
+            await within(5, lambda: stats.reports > reports)
+            assert (stats.plis, stats.remb, stats.absurd_rembs) == (1, 640_000, 0)
         finally:
             feeding.cancel()
 
