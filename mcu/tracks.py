@@ -116,7 +116,7 @@ class PacketTrack(MediaStreamTrack):
     def switch(self, output: Output | None, resync: bool = False) -> None:
         """Carry `output` from its next keyframe on (asked for now); None stops the video at once.
 
-        `resync`: a move down for congestion. The link is lost packets that will never come,
+        `resync`: a move down for congestion. The link lost packets that will never come,
         and its queue is full: nothing is sent for DRAIN_SECONDS, then the new stream starts on
         its keyframe past a sequence gap that makes the receiver drop what it waits for.
         """
