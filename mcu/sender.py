@@ -284,18 +284,27 @@ class DirectSender:
             return False
         self.stop_probe()
         loop = asyncio.get_running_loop()
-        per_tick = bitrate * PROBE_TICK / 8 / PADDING
-        self._pad(loop, loop.time() + seconds, per_tick, 0.0, link)
+        start = loop.time()
+        self._pad(loop, start, start + seconds, bitrate / 8 / PADDING, 0.0, link)
         return True
 
     def _pad(
-        self, loop: asyncio.AbstractEventLoop, until: float, per_tick: float, owed: float, link: LinkMonitor
+        self,
+        loop: asyncio.AbstractEventLoop,
+        last: float,
+        until: float,
+        per_second: float,
+        owed: float,
+        link: LinkMonitor,
     ) -> None:
+        """Send the padding due since `last` (`per_second` packets a second, the loop's lateness
+        made up), again in PROBE_TICK until `until`; then the probe's report."""
         self._probe = None
-        if loop.time() >= until or self._padding_header is None:
+        now = loop.time()
+        if now >= until or self._padding_header is None:
             self._report(link)
             return
-        owed += per_tick
+        owed += per_second * (now - last)
         count = int(owed)
         owed -= count
         if count:
@@ -313,7 +322,7 @@ class DirectSender:
                 return
             self.padding_packets += count
             self.sent_octets += count * PADDING
-        self._probe = loop.call_later(PROBE_TICK, self._pad, loop, until, per_tick, owed, link)
+        self._probe = loop.call_later(PROBE_TICK, self._pad, loop, now, until, per_second, owed, link)
 
     def _report(self, link: LinkMonitor) -> None:
         """A sender report now (as aiortc's own, which it does not replace), its echo awaited by `link`."""
