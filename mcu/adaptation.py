@@ -187,6 +187,12 @@ class Controller:
             if self.probe_queue >= PROBE_QUEUE:
                 self._probe_failed = True
 
+    def trial(self, now: float) -> None:
+        """The probe cannot be sent (no RTX negotiated): it passes, and the move up is the trial
+        (congestion within TRIAL_SECONDS undoes it and backs off, as after a failed probe)."""
+        if self._probe is not None:
+            self._probe_echoed = True
+
     def on_report(self, fraction_lost: float, sent_bitrate: float | None, now: float) -> None:
         """A receiver report of our stream: its loss (0..1), and the rate sent since the last one."""
         self.loss = fraction_lost

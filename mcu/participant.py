@@ -183,9 +183,8 @@ class Participant:
         if isinstance(decision, Probe):
             direct = self.video_out.direct
             padding = decision.bitrate - self.controller.ladder[self.tier].bitrate
-            # Without RTX there is nothing to pad with: no echo comes, and the probe is inconclusive.
-            if isinstance(direct, DirectSender) and padding > 0:
-                direct.probe(padding, decision.seconds, self.link)
+            if not (isinstance(direct, DirectSender) and direct.probe(padding, decision.seconds, self.link)):
+                self.controller.trial(now)  # no RTX to pad with: try the tier itself
             return None
         if isinstance(decision, Switch):
             self.video_out.switch(self._output(), resync=decision.reason == "congestion")

@@ -140,6 +140,16 @@ def test_a_probe_without_echo_is_tried_again_without_backing_off():
     assert controller.probes_inconclusive >= len(probes) - 1  # the last one may still wait for its echo
 
 
+def test_without_padding_the_move_up_is_the_trial():
+    controller = Controller(LADDER, "high", 0.0)
+    t = round(congest(controller, 5.0))
+    while not isinstance(controller.tick(t), Probe):
+        controller.on_report(0.0, 400_000, t)
+        t += 0.1
+    controller.trial(t)
+    assert controller.tick(t + 0.1) == Switch("high", "probe")
+
+
 def test_a_move_up_that_does_not_hold_counts_as_a_failed_probe():
     controller = Controller(LADDER, "high", 0.0)
     up = round(congest(controller, 5.0))
