@@ -120,7 +120,7 @@ async def run_join(args: argparse.Namespace) -> int:
         while deadline is None or loop.time() < deadline:
             await asyncio.sleep(0.2)
             for event in peer.events[reported:]:
-                if event["type"] in ("participantJoined", "participantLeft", "error"):
+                if event["type"] in ("participantJoined", "participantLeft", "tier", "error"):
                     print(f"event: {event}", flush=True)
             reported = len(peer.events)
             for message in peer.chat_messages[chats:]:

@@ -108,6 +108,8 @@ class Peer:
         self.participants: dict[str, str] = {}
         #: The room's layout as the server last announced it (`joined`, `layoutChanged`).
         self.layout: str | dict[str, Any] | None = None
+        #: The tier the server last said it sends us (`tier`; None: the one asked for at join).
+        self.received_tier: str | None = None
         self.events: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
         self.pc: RTCPeerConnection | None = None
@@ -347,6 +349,8 @@ class Peer:
                         publisher.end()
             elif kind == "layoutChanged":
                 self.layout = message["layout"]
+            elif kind == "tier":
+                self.received_tier = message["tier"]
             elif kind == "error":
                 logger.warning("server error %s: %s", message.get("code"), message.get("message"))
                 self.errors.append(message)

@@ -134,8 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=WxH@FPS:BITRATE",
-        help="an output tier peers may choose at join, e.g. low=640x360@15:400k (built in: low=640x360@15:400k; "
-        f"{DEFAULT_TIER} is --size, --fps and --video-bitrate); repeatable",
+        help="an output tier peers may choose at join, e.g. low=640x360@15:400k (built in: low=640x360@15:400k, "
+        f"small=320x180@15:150k; {DEFAULT_TIER} is --size, --fps and --video-bitrate); repeatable. With audio only, "
+        "the tiers are the ladder each receiver moves down and up as its link allows",
+    )
+    serve.add_argument(
+        "--no-adapt",
+        dest="adapt",
+        action="store_false",
+        help="keep each receiver on the tier it chose at join, whatever its link (default: adapt, below that tier)",
     )
     serve.add_argument(
         "--media-address",
@@ -274,6 +281,7 @@ def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None 
         fps=default.fps,
         video_bitrate=default.bitrate,
         tiers=tiers,
+        adapt=args.adapt,
         encode_per_peer=args.encode_per_peer,
         audio_talkers=args.audio_talkers or None,
         max_tiles=args.max_tiles,

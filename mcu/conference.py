@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from pathlib import Path
 
 from aiortc.sdp import candidate_from_sdp
@@ -27,6 +28,7 @@ from signaling.protocol import (
 from signaling.websocket import Session
 
 from . import logs
+from .adaptation import Switch
 from .config import DEFAULT_TIER, Config
 from .mesh import MESH, MeshRelay, addressed_to_peer
 from .participant import NegotiationError, Participant
@@ -75,6 +77,7 @@ class Conference:
         if room is None:
             room = self.rooms[message.room] = Room(message.room, self.config, message.mode or self.config.mode)
             room.audio.on_speakers = lambda events, room=room: self._speakers(room, events)
+            room.on_tier = self._tier_changed
             logger.info("room %s: created", room.name)
             if self.config.auto_record:
                 try:
@@ -100,6 +103,8 @@ class Conference:
                 room.chat.receive,
                 tier=message.tier or DEFAULT_TIER,
                 hide_self=message.hide_self,
+                ladder=room.ladder if grants.SUBSCRIBE in granted else None,
+                now=time.monotonic(),
             )
         participant.grants = granted
         if grants.PUBLISH not in granted:
@@ -373,6 +378,15 @@ class Conference:
             target.volume = volume
         logger.info("room %s: %s muted=%s volume=%s by %s", room.name, target.peer_id, muted, volume, by)
         self._broadcast(room, protocol.participant_audio(target.peer_id, target.moderator_muted, target.volume, by))
+
+    def _tier_changed(self, participant: Participant, switch: Switch) -> None:
+        """A receiver moved to another tier: tell it which, and why."""
+        logger.info(
+            "%s: tier %s (%s, estimate %s bit/s)", participant.peer_id, switch.tier, switch.reason, switch.estimate
+        )
+        session = self._sessions.get(participant.peer_id)
+        if session is not None:
+            session.send(protocol.tier(switch.tier, switch.reason, participant.ceiling))
 
     def _speakers(self, room: Room, events: SpeakerEvents) -> None:
         """Tell the room who started or stopped speaking, and who now holds the floor."""

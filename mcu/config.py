@@ -23,8 +23,13 @@ class Config:
     fps: int = 30
     #: The default tier's bitrate, shared by every peer of that tier and codec.
     video_bitrate: int = 1_500_000
-    #: The other tiers a peer may choose at join (`mcu serve --tier NAME=WxH@FPS:BITRATE`).
-    tiers: dict[str, Tier] = field(default_factory=lambda: {"low": Tier(640, 360, 15, 400_000)})
+    #: The other tiers a peer may choose at join (`mcu serve --tier NAME=WxH@FPS:BITRATE`); with the
+    #: default one and audio only, the ladder a receiver moves down and up as its link allows.
+    tiers: dict[str, Tier] = field(
+        default_factory=lambda: {"low": Tier(640, 360, 15, 400_000), "small": Tier(320, 180, 15, 150_000)}
+    )
+    #: Move each receiver between tiers as its link allows (mcu/adaptation.py); its join's tier is its ceiling.
+    adapt: bool = True
     #: A participant silent on video this long shows its placeholder tile.
     stale_video_seconds: float = 2.0
     #: At most this many tiles in a composite: a larger room shows the most recent

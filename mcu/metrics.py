@@ -98,6 +98,47 @@ class ConferenceCollector(Collector):
         yield peers
         yield fps
         yield from counters.values()
+        yield from self._links(rooms)
+
+    def _links(self, rooms: dict) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Receivers' tiers and links, per room: labels are rooms, tiers and kinds, never peers."""
+        tiers = GaugeMetricFamily(
+            "mcu_receivers_by_tier", "Receivers on each tier now (audio: audio only)", labels=["room", "tier"]
+        )
+        switches = CounterMetricFamily(
+            "mcu_tier_switches", "Receivers moved to another tier, down (congestion) or up (a probe passed)",
+            labels=["room", "direction"],
+        )  # fmt: skip
+        feedback = CounterMetricFamily(
+            "mcu_rtcp_feedback", "RTCP feedback from receivers: reports, rembs, nacks, nacked_packets, plis, "
+            "absurd_rembs and foreign_reports (the last two ignored)", labels=["room", "kind"],
+        )  # fmt: skip
+        gated = CounterMetricFamily(
+            "mcu_keyframes_gated",
+            "Keyframe requests (PLI, tier switch) not passed to an encoder other peers share",
+            labels=["room"],
+        )
+        loss = GaugeMetricFamily(
+            "mcu_receiver_loss_max", "The highest loss fraction receivers last reported", labels=["room"]
+        )
+        rtt = GaugeMetricFamily(
+            "mcu_receiver_rtt_max_seconds", "The longest round-trip time to a receiver", labels=["room"]
+        )
+        for name, room in rooms.items():
+            counts: dict[str, int] = {}
+            for participant in room.participants.values():
+                counts[participant.tier] = counts.get(participant.tier, 0) + 1
+            for tier, count in counts.items():
+                tiers.add_metric([name, tier], count)
+            for direction, count in room.switches.items():
+                switches.add_metric([name, direction], count)
+            for kind, count in room.feedback().items():
+                feedback.add_metric([name, kind], count)
+            gated.add_metric([name], room.video.stats.keyframes_gated)
+            stats = [p.link.stats for p in room.participants.values()]
+            loss.add_metric([name], max((s.fraction_lost for s in stats), default=0.0))
+            rtt.add_metric([name], max((s.rtt for s in stats if s.rtt is not None), default=0.0))
+        yield from (tiers, switches, feedback, gated, loss, rtt)
 
 
 class LoopLagProbe:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
@@ -29,10 +28,12 @@ from signaling.ice import rtc_configuration
 from signaling.receiver import install_encoded_receiver
 from signaling.rtp import install_tolerant_extensions
 
+from .adaptation import AUDIO_ONLY, Controller, Ladder, Probe, Switch
 from .config import DEFAULT_TIER
 from .encoders import Output
 from .intake import receive_directly
-from .sender import send_directly
+from .link import LinkMonitor
+from .sender import DirectSender, send_directly
 from .tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
@@ -109,24 +110,36 @@ class Participant:
         self,
         peer_id: str,
         name: str,
-        request_keyframe: Callable[[PacketTrack], None],
+        request_keyframe: Callable[[PacketTrack, str], None],
         on_video: Callable[[str, str, bytes, int], None],
         on_failed: Callable[[Participant], None],
         on_chat: Callable[[Participant, str | bytes], None],
         tier: str = DEFAULT_TIER,
         hide_self: bool = False,
+        ladder: Ladder | None = None,
+        now: float = 0.0,
     ) -> None:
         self.peer_id = peer_id
         self.name = name
-        #: The output tier chosen at join, and whether the peer's own tile is left out of
-        #: its picture (a personal canvas: one more composite and encode).
-        self.tier = tier
+        #: The output tier chosen at join: the most it receives (its ceiling). Whether the peer's
+        #: own tile is left out of its picture (a personal canvas: one more composite and encode).
+        self.ceiling = tier
         self.hide_self = hide_self
         #: What this peer may do (signaling/grants.py); its join token narrows it.
         self.grants: frozenset[str] = ALL_GRANTS
         self.pc: RTCPeerConnection | None = None
         self.video_out = PacketTrack("video")
-        self.video_out.keyframe_requested = functools.partial(request_keyframe, self.video_out)
+        self.video_out.keyframe_requested = lambda reason: request_keyframe(self.video_out, reason)
+        #: Its downstream link as its RTCP says (mcu/link.py), and, with a ladder, what moves it
+        #: between tiers (mcu/adaptation.py); without one it keeps its ceiling.
+        self.controller = None if ladder is None else Controller(ladder, tier, now)
+        controller = self.controller
+        self.link = LinkMonitor(
+            None if controller is None else controller.on_remb,
+            None if controller is None else controller.on_report,
+            None if controller is None else lambda rtt, now: controller.on_echo(rtt, self.link.base_rtt, now),
+        )
+        self._video_codec: str | None = None
         #: What the peer says it sends (`setMedia`): off shows the placeholder / leaves the mix.
         self.sending_video = True
         self.sending_audio = True
@@ -167,14 +180,42 @@ class Participant:
         self._use_codec(negotiated_video_codec(pc.localDescription.sdp))
         return pc.localDescription.sdp
 
+    @property
+    def tier(self) -> str:
+        """The tier it receives now: its ceiling, or lower while its link cannot carry that."""
+        return self.ceiling if self.controller is None else self.controller.tier
+
+    def _output(self) -> Output | None:
+        """The encoder output of its codec and tier (personal with hide-self); None for audio only."""
+        if self._video_codec is None or self.tier == AUDIO_ONLY:
+            return None
+        return Output(self._video_codec, self.tier, self.peer_id if self.hide_self else None)
+
     def _use_codec(self, codec: str | None) -> None:
-        """Attach the video track to the encoder of its codec and tier (personal with hide-self)."""
-        output = None if codec is None else Output(codec, self.tier, self.peer_id if self.hide_self else None)
+        """Attach the video track to the encoder of its codec and tier."""
+        self._video_codec = codec
+        output = self._output()
         if output != self.video_out.output:
             changed = self.video_out.output is not None
             self.video_out.output = output
+            self.video_out.pending = None
             if changed:
                 self.video_out.restart()  # another encoder's stream: start on its keyframe
+
+    def adapt(self, now: float) -> Switch | None:
+        """Let the controller act on the feedback so far: a switch (returned, to announce) or a probe."""
+        if self.controller is None or self.pc is None or self.video_out.readyState != "live":
+            return None
+        decision = self.controller.tick(now)
+        if isinstance(decision, Probe):
+            direct = self.video_out.direct
+            padding = decision.bitrate - self.controller.ladder[self.tier].bitrate
+            if not (isinstance(direct, DirectSender) and direct.probe(padding, decision.seconds, self.link)):
+                self.controller.trial(now)  # no RTX to pad with: try the tier itself
+            return None
+        if isinstance(decision, Switch):
+            self.video_out.switch(self._output(), resync=decision.reason == "congestion")
+        return decision
 
     def _create_peer_connection(self, ice_servers: list[dict]) -> RTCPeerConnection:
         pc = RTCPeerConnection(rtc_configuration(ice_servers))
@@ -210,7 +251,7 @@ class Participant:
         for track in (self.audio_out, self.video_out):
             transceiver = pc.addTransceiver(track, direction="sendrecv")
             transceiver.setCodecPreferences(_shared_codecs(track.kind))
-            send_directly(transceiver.sender, track)
+            send_directly(transceiver.sender, track, self.link if track is self.video_out else None)
 
     def _on_track(self, track: MediaStreamTrack, receiver: RTCRtpReceiver) -> None:
         """The peer's upstream `track` arrived (the peer connection's "track" event)."""

@@ -11,6 +11,7 @@ from compositor.layout import Layout, last_n, parse_layout
 from signaling import grants
 from signaling.receiver import send_pli
 
+from .adaptation import Ladder, Switch
 from .audio import AudioPipeline
 from .chat import ChatRelay
 from .config import DEFAULT_TIER, Config
@@ -19,6 +20,11 @@ from .picture import PLI_INTERVAL, SceneSpec, TileSpec
 from .recording import Recording
 from .sfu import Forwarder
 from .video import VideoPipeline
+
+#: How often each receiver's controller looks at its feedback (mcu/adaptation.py).
+ADAPT_INTERVAL = 0.1
+#: The RTCP feedback counted per receiver (mcu/link.py LinkStats) and summed per room.
+FEEDBACK_COUNTS = ("reports", "rembs", "nacks", "nacked_packets", "plis", "absurd_rembs", "foreign_reports")
 
 
 class Room:
@@ -53,6 +59,15 @@ class Room:
         self._started = False
         #: When each publisher was last asked for a keyframe on the picture process's behalf.
         self._plis: dict[str, float] = {}
+        #: The tiers a receiver moves between, its link permitting (None: each keeps the tier it chose).
+        self.ladder = None if config.encode_per_peer or not config.adapt else Ladder(config.output_tiers())
+        #: Told when a receiver moves to another tier (the conference tells the peer).
+        self.on_tier: Callable[[Participant, Switch], None] | None = None
+        self._adapting: asyncio.Task[None] | None = None
+        #: Tier switches of this room's receivers, down and up.
+        self.switches = {"down": 0, "up": 0}
+        #: The RTCP feedback counts of receivers that left (the room's totals go on without them).
+        self._departed_feedback: dict[str, int] = dict.fromkeys(FEEDBACK_COUNTS, 0)
 
     def add(self, participant: Participant) -> None:
         self.participants[participant.peer_id] = participant
@@ -63,6 +78,8 @@ class Room:
             self._started = True
             self.video.start()
             self.audio.start()
+            if self.ladder is not None:
+                self._adapting = asyncio.ensure_future(self._adapt_forever())
 
     def remove(self, peer_id: str) -> Participant | None:
         if self.mode == "mcu":
@@ -71,17 +88,60 @@ class Room:
         self.chat.remove(peer_id)
         if self.forwarder is not None:
             self.forwarder.remove(peer_id)
-        return self.participants.pop(peer_id, None)
+        participant = self.participants.pop(peer_id, None)
+        if participant is not None:
+            for name in FEEDBACK_COUNTS:
+                self._departed_feedback[name] += getattr(participant.link.stats, name)
+        return participant
+
+    def feedback(self) -> dict[str, int]:
+        """RTCP feedback received from this room's receivers since it opened, by kind."""
+        totals = dict(self._departed_feedback)
+        for participant in self.participants.values():
+            for name in FEEDBACK_COUNTS:
+                totals[name] += getattr(participant.link.stats, name)
+        return totals
 
     @property
     def empty(self) -> bool:
         return not self.participants
+
+    async def _adapt_forever(self) -> None:
+        while True:
+            await asyncio.sleep(ADAPT_INTERVAL)
+            now = time.monotonic()
+            for participant in list(self.participants.values()):
+                switch = participant.adapt(now)
+                if switch is None:
+                    continue
+                self.switches["up" if switch.reason == "probe" else "down"] += 1
+                if self.on_tier is not None:
+                    self.on_tier(participant, switch)
+
+    def links(self) -> dict[str, dict]:
+        """Each receiver's tier and link, as its RTCP reports it (mcu/link.py, mcu/adaptation.py)."""
+        links = {}
+        for peer_id, participant in self.participants.items():
+            controller = participant.controller
+            links[peer_id] = {
+                "tier": participant.tier,
+                "ceiling": participant.ceiling,
+                "estimate": None if controller is None or controller.estimate is None else round(controller.estimate),
+                "switches": 0 if controller is None else controller.switches,
+                "probes": 0 if controller is None else controller.probes,
+                "probesFailed": 0 if controller is None else controller.probes_failed,
+                **participant.link.stats.describe(),
+            }
+        return links
 
     def stats(self) -> dict:
         """Counters since the room started: what the media clocks achieved and what they cost."""
         video, audio, chat = self.video.stats, self.audio.stats, self.chat.stats
         return {
             "peers": len(self.participants),
+            "links": self.links(),
+            "tierSwitches": dict(self.switches),
+            "keyframesGated": video.keyframes_gated,
             "videoFrames": video.frames,
             "videoTicksSkipped": video.skipped,
             "composeSeconds": round(video.compose_seconds, 3),
@@ -140,6 +200,9 @@ class Room:
         return recording
 
     async def close(self) -> None:
+        if self._adapting is not None:
+            self._adapting.cancel()
+            await asyncio.gather(self._adapting, return_exceptions=True)
         await asyncio.gather(self.video.stop(), self.audio.stop())
         await self.stop_recording()
 

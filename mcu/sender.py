@@ -14,8 +14,10 @@ SRTP protected and sent together (`mcu.datagrams.send_rtp`: one system call wher
 the kernel segments them). What aiortc's sender keeps doing, it keeps doing: RTCP sender
 reports (from the counters updated here), REMB, stats; PLI/FIR reach the track's
 `request_keyframe` (the shared encoder, or the forwarded publisher); NACKs are answered
-from this module's own history, with RTX where negotiated. It relies on aiortc
-internals (tests/test_aiortc_internals.py covers them).
+from this module's own history, with RTX where negotiated, within a budget. Every RTCP
+packet routed to the sender is also shown to a `LinkMonitor` (mcu/link.py), and
+`DirectSender.probe` pads the stream to try a higher rate (mcu/adaptation.py). It relies
+on aiortc internals (tests/test_aiortc_internals.py covers them), all of them here.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import av
@@ -30,11 +34,12 @@ from aiortc import RTCRtpSender
 from aiortc.codecs import get_encoder
 from aiortc.codecs.opus import TIME_BASE as OPUS_TIME_BASE
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket
+from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtcpSenderInfo, RtcpSrPacket, RtpPacket
 from aiortc.utils import random16, random32, uint16_add, uint32_add
 
 from . import wallclock
 from .datagrams import send_rtp
+from .link import LinkMonitor
 from .tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
@@ -42,6 +47,25 @@ logger = logging.getLogger(__name__)
 _SEQUENCE = struct.Struct("!H")
 _TIMESTAMP = struct.Struct("!L")
 _HEADER = struct.Struct("!BBHLL")
+
+#: A NACKed packet older than this is not sent again: its frame is long gone, the
+#: receiver's jitter buffer asks for a keyframe instead (and gets one of its own tier).
+RETRANSMIT_AGE = 1.0
+#: Retransmissions earn this much credit per packet sent, up to RETRANSMIT_BURST: a NACK
+#: storm costs the link at most half as much again as the stream itself.
+RETRANSMIT_SHARE = 0.5
+RETRANSMIT_BURST = 100.0
+#: How far the sequence numbers jump at a resync: past the capacity of aiortc's video jitter
+#: buffer (512 packets) twice over, so that it drops every packet it still waits for and starts afresh.
+RESYNC_GAP = 1024
+#: Probe padding: RTX packets without payload (RFC 4588), this many padding bytes each
+#: (the most one RTP packet can say), sent every PROBE_TICK seconds.
+PADDING = 255
+PROBE_TICK = 0.01
+#: After a probe's sender report, aiortc's own reports are held back this long (the longest a
+#: receiver waits between its reports, and then some), so that the receiver's next report
+#: echoes the probe's (a receiver echoes only the last it got).
+ECHO_HOLD = 1.8
 
 
 @dataclass(frozen=True)
@@ -114,7 +138,12 @@ class HeaderTemplate:
 class DirectSender:
     """Packetizes and sends one track's packets for one `RTCRtpSender`, from `PacketTrack.push`."""
 
-    def __init__(self, sender: RTCRtpSender, codec: RTCRtpCodecParameters) -> None:
+    def __init__(
+        self,
+        sender: RTCRtpSender,
+        codec: RTCRtpCodecParameters,
+        send_rtcp: Callable[[list], Awaitable[None]] | None = None,
+    ) -> None:
         self._sender = sender
         self._packer = get_encoder(codec)
         self._rtx_payload_type: int | None = sender._RTCRtpSender__rtx_payload_type  # type: ignore[attr-defined]
@@ -128,9 +157,34 @@ class DirectSender:
         self._sequence = random16() % 32768
         self._rtx_sequence = random16() % 32768
         self._timestamp_origin = random32()
-        #: The last RTP packets sent (unprotected) and their header lengths, for NACKs.
-        self._history: list[tuple[bytes, int] | None] = [None] * RTP_HISTORY_SIZE
+        #: The last RTP packets sent (unprotected), their header lengths and when, for NACKs.
+        self._history: list[tuple[bytes, int, float] | None] = [None] * RTP_HISTORY_SIZE
+        self._retransmit_credit = RETRANSMIT_BURST
+        self._last_timestamp = self._timestamp_origin
+        self._padding_header = (
+            None
+            if self._rtx_payload_type is None
+            else HeaderTemplate(
+                self._rtx_payload_type,
+                sender._rtx_ssrc,
+                sender._RTCRtpSender__mid,  # type: ignore[attr-defined]
+                sender._RTCRtpSender__rtp_header_extensions_map,  # type: ignore[attr-defined]
+            )
+        )
+        self._probe: asyncio.TimerHandle | None = None
+        #: aiortc's way of sending RTCP, as it was before `send_directly` held back its reports.
+        self._send_rtcp = send_rtcp or sender._send_rtcp
+        #: Until when (time.monotonic()) aiortc's sender reports wait: a probe's is awaiting its echo.
+        self.hold_reports_until = 0.0
         self.packets = 0
+        #: Payload bytes sent: media, and all (retransmissions and padding too); retransmissions and
+        #: those refused, probe packets.
+        self.octets = 0
+        self.sent_octets = 0
+        self.retransmits = 0
+        self.retransmits_refused = 0
+        self.padding_packets = 0
+        self.resyncs = 0
 
     def push(self, packet: av.Packet) -> None:
         """Send one encoded frame now: one or more RTP packets."""
@@ -155,12 +209,13 @@ class DirectSender:
         last = len(payloads) - 1
         octets = 0
         packets = []
+        sent_at = time.monotonic()
         for i, payload in enumerate(payloads):
             if i == last:
                 header[1] |= 0x80  # marker: the frame's last packet
             _SEQUENCE.pack_into(header, 2, self._sequence)
             data = bytes(header) + payload
-            self._history[self._sequence % RTP_HISTORY_SIZE] = (data, header_length)
+            self._history[self._sequence % RTP_HISTORY_SIZE] = (data, header_length, sent_at)
             packets.append(data)
             self._sequence = uint16_add(self._sequence, 1)
             octets += len(payload)
@@ -174,15 +229,24 @@ class DirectSender:
         sender._RTCRtpSender__octet_count += octets  # type: ignore[attr-defined]
         sender._RTCRtpSender__packet_count += len(payloads)  # type: ignore[attr-defined]
         self.packets += len(payloads)
+        self.octets += octets
+        self.sent_octets += octets
+        self._last_timestamp = timestamp
+        self._retransmit_credit = min(self._retransmit_credit + RETRANSMIT_SHARE * len(payloads), RETRANSMIT_BURST)
 
     async def retransmit(self, sequence_number: int) -> None:
-        """A NACKed packet again: wrapped in RTX (RFC 4588) where negotiated, else as it was."""
+        """A NACKed packet again, if recent and within budget: wrapped in RTX (RFC 4588) where negotiated."""
         kept = self._history[sequence_number % RTP_HISTORY_SIZE]
         if kept is None:
             return
-        data, header_length = kept
+        data, header_length, sent_at = kept
         if _SEQUENCE.unpack_from(data, 2)[0] != sequence_number:
             return  # overwritten since
+        if self._retransmit_credit < 1 or time.monotonic() - sent_at > RETRANSMIT_AGE:
+            self.retransmits_refused += 1
+            return
+        self._retransmit_credit -= 1
+        self.retransmits += 1
         if self._rtx_payload_type is not None:
             first, second, _, timestamp, _ = _HEADER.unpack_from(data)
             header = _HEADER.pack(
@@ -190,21 +254,114 @@ class DirectSender:
             )
             data = header + data[12:header_length] + _SEQUENCE.pack(sequence_number) + data[header_length:]
             self._rtx_sequence = uint16_add(self._rtx_sequence, 1)
+        self.sent_octets += len(data) - header_length
         await self._sender.transport._send_rtp(data)
 
+    def resync(self) -> None:
+        """Skip RESYNC_GAP sequence numbers and forget what was sent: the next frame (a keyframe) starts afresh.
 
-def send_directly(sender: RTCRtpSender, track: PacketTrack) -> None:
+        After a congested link lost packets whose retransmissions were lost too, a receiver whose
+        jitter buffer orders by sequence number (aiortc's) waits for them until 512 more packets
+        have come: 11 s at 400 kbit/s. Past the gap it drops them at once; libwebrtc counts them
+        lost, finds its NACK list full and asks for a keyframe (of its new tier: nothing is
+        answered from the cleared history). The receiver's next report counts the gap as lost:
+        the controller ignores reports for a while after a switch (mcu/adaptation.py SETTLE_SECONDS).
+        """
+        self._sequence = uint16_add(self._sequence, RESYNC_GAP)
+        self._history = [None] * RTP_HISTORY_SIZE
+        self.resyncs += 1
+
+    def probe(self, bitrate: float, seconds: float, link: LinkMonitor) -> bool:
+        """Add `bitrate` bit/s of padding for `seconds`, then a sender report whose echo `link` awaits.
+
+        Padding travels as RTX packets without payload (the decoder sees nothing), stamped
+        with the abs-send-time of their sending. The report leaves behind the burst: on a
+        link that cannot carry the extra rate it waits in the bottleneck's queue, and the
+        round-trip time of its echo (the receiver report's LSR/DLSR) shows that queue.
+        False where no RTX was negotiated to carry padding.
+        """
+        if self._padding_header is None or not self._sender._enabled:
+            return False
+        self.stop_probe()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        self._pad(loop, start, start + seconds, bitrate / 8 / PADDING, 0.0, link)
+        return True
+
+    def _pad(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        last: float,
+        until: float,
+        per_second: float,
+        owed: float,
+        link: LinkMonitor,
+    ) -> None:
+        """Send the padding due since `last` (`per_second` packets a second, the loop's lateness
+        made up), again in PROBE_TICK until `until`; then the probe's report."""
+        self._probe = None
+        now = loop.time()
+        if now >= until or self._padding_header is None:
+            self._report(link)
+            return
+        owed += per_second * (now - last)
+        count = int(owed)
+        owed -= count
+        if count:
+            header = self._padding_header.stamp(self._last_timestamp, wallclock.current_ntp_time())
+            header[0] |= 0x20  # padding: the payload is PADDING bytes of it, the last saying how many
+            body = bytes(PADDING - 1) + bytes([PADDING])
+            packets = []
+            for _ in range(count):
+                _SEQUENCE.pack_into(header, 2, self._rtx_sequence)
+                self._rtx_sequence = uint16_add(self._rtx_sequence, 1)
+                packets.append(bytes(header) + body)
+            try:
+                send_rtp(self._sender.transport, packets)
+            except ConnectionError:
+                return
+            self.padding_packets += count
+            self.sent_octets += count * PADDING
+        self._probe = loop.call_later(PROBE_TICK, self._pad, loop, now, until, per_second, owed, link)
+
+    def _report(self, link: LinkMonitor) -> None:
+        """A sender report now (as aiortc's own, which it does not replace), its echo awaited by `link`."""
+        sender = self._sender
+        ntp = wallclock.current_ntp_time()
+        report = RtcpSrPacket(
+            ssrc=sender._ssrc,
+            sender_info=RtcpSenderInfo(
+                ntp_timestamp=ntp,
+                rtp_timestamp=self._last_timestamp,
+                packet_count=self.packets & 0xFFFFFFFF,
+                octet_count=self.octets & 0xFFFFFFFF,
+            ),
+        )
+        link.expect_echo((ntp >> 16) & 0xFFFFFFFF, time.time())
+        self.hold_reports_until = time.monotonic() + ECHO_HOLD
+        asyncio.ensure_future(self._send_rtcp([report]))
+
+    def stop_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+
+
+def send_directly(sender: RTCRtpSender, track: PacketTrack, link: LinkMonitor | None = None) -> None:
     """Make `sender` send `track`'s packets as they are pushed instead of in aiortc's RTP task.
 
     Call it before the sender starts (when its transceiver is made). aiortc still
     starts and stops "its" RTP task: the task only attaches a `DirectSender` to the
-    track, waits, and detaches it.
+    track, waits, and detaches it. With `link`, every RTCP packet routed to the sender
+    is shown to it first.
     """
     rtp_started: asyncio.Event = sender._RTCRtpSender__rtp_started  # type: ignore[attr-defined]
     rtp_exited: asyncio.Event = sender._RTCRtpSender__rtp_exited  # type: ignore[attr-defined]
 
+    send_rtcp = sender._send_rtcp
+
     async def run_rtp(codec: RTCRtpCodecParameters) -> None:
-        direct = DirectSender(sender, codec)
+        direct = DirectSender(sender, codec, send_rtcp)
         sender._retransmit = direct.retransmit  # type: ignore[method-assign]
         rtp_started.set()
         track.attach(direct)
@@ -213,9 +370,38 @@ def send_directly(sender: RTCRtpSender, track: PacketTrack) -> None:
         except asyncio.CancelledError:
             pass
         finally:
+            direct.stop_probe()
             track.detach(direct)
             rtp_exited.set()
 
     sender._run_rtp = run_rtp  # type: ignore[method-assign]
+
+    async def send_periodic_rtcp(packets: list) -> None:
+        direct = track.direct
+        if isinstance(direct, DirectSender) and time.monotonic() < direct.hold_reports_until:
+            return  # a probe's report awaits its echo: this periodic one (and its SDES) is skipped
+        await send_rtcp(packets)
+
+    sender._send_rtcp = send_periodic_rtcp  # type: ignore[method-assign]
     # aiortc only honours PLI/FIR on its own encode path: the request goes to whatever feeds the track.
-    sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+    sender._send_keyframe = lambda: track.request_keyframe("pli")  # type: ignore[method-assign]
+    if link is not None:
+        _watch_rtcp(sender, track, link)
+
+
+def _watch_rtcp(sender: RTCRtpSender, track: PacketTrack, link: LinkMonitor) -> None:
+    """Show `link` each RTCP packet routed to `sender` before aiortc handles it, then aiortc's RTT."""
+    handle = sender._handle_rtcp_packet
+
+    async def handle_rtcp_packet(packet: object) -> None:
+        direct = track.direct
+        octets = direct.sent_octets if isinstance(direct, DirectSender) else 0
+        try:
+            link.observe(packet, sender._ssrc, sender._rtx_ssrc, octets, time.monotonic())
+        except Exception:
+            # Raised into aiortc's RTCP handling it would end the transport: this packet's feedback is lost instead.
+            logger.exception("RTCP feedback could not be read")
+        await handle(packet)  # type: ignore[arg-type]
+        link.rtt_sample(sender._RTCRtpSender__rtt, time.monotonic())  # type: ignore[attr-defined]
+
+    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]

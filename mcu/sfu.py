@@ -111,8 +111,9 @@ class Publication:
         if track is not None:
             track.keyframe_requested = None
 
-    def request_keyframe(self) -> None:
-        """A subscriber needs a keyframe: a PLI now, or once `KEYFRAME_INTERVAL` has passed since the last."""
+    def request_keyframe(self, reason: str = "pli") -> None:
+        """A subscriber needs a keyframe (whatever the `reason`): a PLI now, or once `KEYFRAME_INTERVAL`
+        has passed since the last."""
         if self.kind != "video":
             return
         self._stats.keyframe_requests += 1
@@ -204,7 +205,7 @@ class SfuParticipant(Participant):
         on_failed: Callable[[Participant], None],
         on_chat: Callable[[Participant, str | bytes], None],
     ) -> None:
-        super().__init__(peer_id, name, lambda track: None, lambda *frame: None, on_failed, on_chat)
+        super().__init__(peer_id, name, lambda track, reason: None, lambda *frame: None, on_failed, on_chat)
         self.forwarder = forwarder
         #: Sends a message to this peer's signaling session (the server's offers).
         self._send = send

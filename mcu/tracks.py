@@ -5,11 +5,16 @@ so one encode feeds every peer. The server's own senders take each packet as it
 is pushed (mcu/sender.py); a consumer that calls `recv()` instead has its own small
 queue: one that falls behind loses its own backlog (and asks for a keyframe),
 never the room's time.
+
+A video track moves from one encoder's stream to another's (a tier switch) without
+a gap: `switch` names the next output, the track goes on carrying the current one
+until the next one's first keyframe comes, and then carries only that one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Callable, Protocol
 
 import av
@@ -20,6 +25,10 @@ from .encoders import Output
 
 #: About one second of video at 30 fps, or of audio at 50 packets/s.
 QUEUE_LIMIT = 32
+#: After a move down for congestion, the track sends nothing this long before it asks for the
+#: new tier's keyframe: the bottleneck's queue drains (200 ms at most with a usual tbf or
+#: router buffer), so that the keyframe is not dropped at its tail.
+DRAIN_SECONDS = 0.25
 
 
 class PacketSink(Protocol):
@@ -31,13 +40,20 @@ class PacketSink(Protocol):
 class PacketTrack(MediaStreamTrack):
     """A track fed by `push()` with packets of a shared encoder."""
 
-    def __init__(self, kind: str, keyframe_requested: Callable[[], None] | None = None) -> None:
+    def __init__(self, kind: str, keyframe_requested: Callable[[str], None] | None = None) -> None:
         super().__init__()
         self.kind = kind
-        #: Where this peer's keyframe requests go: the encoder that feeds it.
+        #: Where this peer's keyframe requests go, with why ("start", "pli", "switch"): the encoder that feeds it.
         self.keyframe_requested = keyframe_requested
         #: The encoder output whose packets this track carries (video: set once the codec is negotiated).
         self.output: Output | None = None
+        #: The output it moves to at that output's next keyframe (`switch`), if any.
+        self.pending: Output | None = None
+        #: Why the track waits for a keyframe: a fresh start, or a switch of output.
+        self._awaiting_reason = "start"
+        #: Whether the sender skips ahead at the next keyframe, and until when nothing is sent (`switch`).
+        self._resync = False
+        self._quiet_until = 0.0
         self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue()
         # A decoder can only start on a keyframe: deltas before it are useless.
         self._awaiting_keyframe = kind == "video"
@@ -46,19 +62,36 @@ class PacketTrack(MediaStreamTrack):
         self._direct: PacketSink | None = None
         self._ended = asyncio.Event()
 
-    def push(self, packet: av.Packet) -> None:
-        """Queue a packet for this peer; never blocks."""
+    @property
+    def direct(self) -> PacketSink | None:
+        """The sender that takes this track's packets as they are pushed, if attached."""
+        return self._direct
+
+    def push(self, packet: av.Packet, output: Output | None = None) -> None:
+        """Queue a packet for this peer (of `output`, where the caller knows it); never blocks."""
         if self.readyState != "live":
             return
+        if output is not None and output != self.output:
+            if output != self.pending or not packet.is_keyframe:
+                return  # the stream it leaves, or the one it waits to start on a keyframe
+            self.output, self.pending = output, None
         if self._awaiting_keyframe:
+            if self._quiet_until:
+                if time.monotonic() < self._quiet_until:
+                    return
+                self._quiet_until = 0.0
             if not packet.is_keyframe:
                 self.dropped += 1
                 # Ask again until one comes: a PLI is RTCP over UDP and may be lost, and a browser
                 # ignores one that comes too soon after its last keyframe. The encoder (or the
                 # publisher's PLI) is rate-limited, so this costs nothing more than waiting.
-                self.request_keyframe()
+                self.request_keyframe(self._awaiting_reason)
                 return
             self._awaiting_keyframe = False
+            resync = getattr(self._direct, "resync", None)
+            if self._resync and resync is not None:
+                resync()
+            self._resync = False
         if self._direct is not None:
             self._direct.push(packet)
             return
@@ -69,18 +102,41 @@ class PacketTrack(MediaStreamTrack):
                 return
         self._queue.put_nowait(packet)
 
-    def restart(self) -> None:
-        """Drop the backlog; video then waits for (and requests) a keyframe."""
+    def restart(self, reason: str = "start", quiet: float = 0.0) -> None:
+        """Drop the backlog; video then waits for (and requests) a keyframe, after `quiet` seconds of nothing."""
         while not self._queue.empty():
             self._queue.get_nowait()
         if self.kind == "video":
             self._awaiting_keyframe = True
-            self.request_keyframe()
+            self._awaiting_reason = reason
+            self._quiet_until = time.monotonic() + quiet if quiet else 0.0
+            if not quiet:
+                self.request_keyframe(reason)
 
-    def request_keyframe(self) -> None:
-        """A PLI/FIR from this peer, or a fresh start: ask the encoder that feeds it."""
+    def switch(self, output: Output | None, resync: bool = False) -> None:
+        """Carry `output` from its next keyframe on (asked for now); None stops the video at once.
+
+        `resync`: a move down for congestion. The link lost packets that will never come,
+        and its queue is full: nothing is sent for DRAIN_SECONDS, then the new stream starts on
+        its keyframe past a sequence gap that makes the receiver drop what it waits for.
+        """
+        self._resync = resync and output is not None
+        if output is None or self.output is None or resync:
+            self.output, self.pending = output, None
+            if output is not None:
+                self.restart("down" if resync else "switch", DRAIN_SECONDS if resync else 0.0)
+            return
+        if output == self.output:
+            self.pending = None
+            return
+        self.pending = output
+        self.request_keyframe("switch")
+
+    def request_keyframe(self, reason: str = "pli") -> None:
+        """Ask the encoder that feeds it, for a PLI/FIR ("pli"), a fresh start ("start"), a move up
+        ("switch") or down for congestion ("down")."""
         if self.keyframe_requested is not None:
-            self.keyframe_requested()
+            self.keyframe_requested(reason)
 
     def attach(self, direct: PacketSink) -> None:
         """Push packets straight to `direct` from now on; what was queued is dropped (video: keyframe next)."""

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, fields
 from typing import Callable, Iterable
@@ -47,6 +48,13 @@ RESTART_DELAY = 0.5
 MAX_RESTARTS = 5
 #: How long `stop()` lets the process exit before killing it.
 EXIT_GRACE = 2.0
+#: One receiver's own keyframe requests (PLI/FIR) reach an encoder that others share at most
+#: this often: a bad link cannot make everyone's stream all keyframes (its losses are repaired
+#: by retransmission, and it is moved to a tier of its own, mcu/adaptation.py).
+SHARED_PLI_INTERVAL = 10.0
+#: A tier switch onto an encoder that others share asks it for a keyframe at most this often;
+#: otherwise the switch waits for the encoder's periodic keyframe (the peer keeps its old tier meanwhile).
+SHARED_SWITCH_INTERVAL = 60.0
 
 Process = tuple[subprocess.Popen[bytes], socket.socket]
 
@@ -93,6 +101,8 @@ class VideoStats(Counters):
     #: Upstream frames dropped because the picture process had fallen behind.
     upstream_dropped: int = 0
     restarts: int = 0
+    #: Keyframe requests not passed to an encoder others share (SHARED_PLI_INTERVAL, SHARED_SWITCH_INTERVAL).
+    keyframes_gated: int = 0
 
 
 #: The stats that the picture process counts (the others are counted on this side).
@@ -170,6 +180,9 @@ class VideoPipeline:
         self.epoch = time.monotonic()
         #: The counters of the processes that died: a new one counts from zero, the room's stats go on.
         self._base: dict[str, object] = {}
+        #: When each receiver's PLI, and each output's switch, last asked a shared encoder for a keyframe.
+        self._pli_passed: weakref.WeakKeyDictionary[PacketTrack, float] = weakref.WeakKeyDictionary()
+        self._switch_passed: dict[Output, float] = {}
 
     # --- life -------------------------------------------------------------------------
 
@@ -277,17 +290,45 @@ class VideoPipeline:
     def remove_sink(self, sink: PacketSink) -> None:
         self._extra_sinks = [s for s in self._extra_sinks if s is not sink]
 
-    def request_keyframe(self, sink: PacketTrack | None = None) -> None:
-        """A keyframe for the encoder that feeds `sink` (a peer's PLI), or for the non-peer sinks."""
+    def request_keyframe(self, sink: PacketTrack | None = None, reason: str = "start") -> None:
+        """A keyframe for the encoder that feeds `sink`, or for the non-peer sinks.
+
+        `reason`: "start" (a join, a reconnection, a recording) always passes; to an
+        encoder that other sinks share, a peer's "pli" or move "down" passes once per
+        SHARED_PLI_INTERVAL of that peer, a move up ("switch") once per
+        SHARED_SWITCH_INTERVAL of that encoder (else it waits for a periodic keyframe).
+        """
         if sink is None:
             output: Output | None = self.default_output
         elif self.encode_per_peer:
             output = self._peer_output(sink)
+        elif reason == "switch" and sink.pending is not None:
+            output = sink.pending
         else:
             output = sink.output
-        if output is not None:
-            # An output without an encoder yet gets one that starts on a keyframe.
-            self._write(("keyframe", output))
+        if output is None:
+            return
+        if sink is not None and reason != "start" and self._shared(output, sink):
+            now = time.monotonic()
+            if reason == "switch":
+                passed, interval = self._switch_passed.get(output, float("-inf")), SHARED_SWITCH_INTERVAL
+            else:
+                passed, interval = self._pli_passed.get(sink, float("-inf")), SHARED_PLI_INTERVAL
+            if now - passed < interval:
+                self.stats.keyframes_gated += 1
+                return
+            if reason == "switch":
+                self._switch_passed[output] = now
+            else:
+                self._pli_passed[sink] = now
+        # An output without an encoder yet gets one that starts on a keyframe.
+        self._write(("keyframe", output))
+
+    def _shared(self, output: Output, sink: PacketTrack) -> bool:
+        """Whether a sink other than `sink` receives `output` now."""
+        if output == self.default_output and self._extra_sinks:
+            return True
+        return any(other is not sink and other.output == output for other in self._sinks())
 
     def _peer_output(self, sink: PacketTrack) -> Output:
         """The benchmark baseline's output of one peer: its own encode of the shared canvas."""
@@ -297,8 +338,13 @@ class VideoPipeline:
         """The sinks of each output in use."""
         outputs: dict[Output, list[PacketSink]] = defaultdict(list)
         for sink in self._sinks():
-            if sink.output is not None and sink.output.tier in self.tiers:
-                outputs[self._peer_output(sink) if self.encode_per_peer else sink.output].append(sink)
+            if self.encode_per_peer:
+                if sink.output is not None:
+                    outputs[self._peer_output(sink)].append(sink)
+                continue
+            for output in (sink.output, sink.pending):
+                if output is not None and output.tier in self.tiers:
+                    outputs[output].append(sink)
         if self._extra_sinks:
             outputs[self.default_output].extend(self._extra_sinks)
         return outputs
@@ -337,21 +383,50 @@ class VideoPipeline:
 
     def _deliver(self, pts: int, packets: dict[Output, list[tuple[bytes, bool]]]) -> None:
         outputs = self._outputs()
+        made: dict[Output, list[av.Packet]] = {}
         for output, encoded in packets.items():
-            sinks = outputs.get(output)
-            if not sinks:
+            if not outputs.get(output):
                 continue
             packer = self._packers.get(output)
             if packer is None:
                 packer = self._packers[output] = SharedPacker(output.codec)
+            made[output] = []
             for data, keyframe in encoded:
                 packet = av.Packet(data)
                 packet.pts = packet.dts = pts
                 packet.time_base = VIDEO_TIME_BASE
                 packet.is_keyframe = keyframe
                 packer.pack(packet)
-                for sink in sinks:
-                    sink.push(packet)
+                made[output].append(packet)
+        if self.encode_per_peer:
+            for output, made_packets in made.items():
+                for packet in made_packets:
+                    for sink in outputs[output]:
+                        sink.push(packet)
+            return
+        # A switching track first gets the tick's frame of the output it moves to: if that is the
+        # keyframe it waits for, it then drops the old output's frame of the same tick, which has the
+        # same RTP timestamp and would otherwise be taken by the receiver for part of one frame.
+        switching = {
+            (id(sink), output)
+            for output in made
+            for sink in outputs[output]
+            if getattr(sink, "pending", None) == output
+        }
+        for output, made_packets in made.items():
+            for sink in outputs[output]:
+                if (id(sink), output) in switching:
+                    for packet in made_packets:
+                        sink.push(packet, output)  # type: ignore[call-arg]
+        for output, made_packets in made.items():
+            for sink in outputs[output]:
+                if isinstance(sink, PacketTrack):
+                    if (id(sink), output) not in switching:
+                        for packet in made_packets:
+                            sink.push(packet, output)  # which stream it is: a switching track takes one
+                else:
+                    for packet in made_packets:
+                        sink.push(packet)
 
     def _update(self, counters: dict) -> None:
         encoders = counters.pop("encoders")

@@ -468,6 +468,11 @@ def recording_stopped(
     return stopped
 
 
+def tier(name: str, reason: str, ceiling: str) -> dict:
+    """The tier this peer now receives ("audio": no video), why ("join", "congestion", "probe"), and its ceiling."""
+    return {"type": "tier", "tier": name, "reason": reason, "ceiling": ceiling}
+
+
 def layout_changed(layout: str | dict, by: str | None) -> dict:
     """Tell the room its layout changed: the layout as ``setLayout`` takes it, and who set it (None: the API)."""
     return {"type": "layoutChanged", "layout": layout, "by": by}

@@ -16,6 +16,10 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
 - every datagram of a peer connection leaves through `transport.sendto` of one of the aioice
   protocols in its ICE transport's private `_connection._protocols`, there once gathering is done,
   and arrives through that protocol's `datagram_received` (client/impaired_ice.py wraps both).
+- a sender's `_handle_rtcp_packet` sees the RTCP routed to it, and its private RTT after (link feedback,
+  mcu/link.py); its `_send_rtcp` sends a report of ours and can hold its periodic ones; RTX packets
+  without payload reach the far REMB estimator only (probes); aiortc's video jitter buffer waits for
+  a lost packet until a sequence gap makes it drop it (the resync of a move down).
 """
 
 from __future__ import annotations
@@ -44,11 +48,13 @@ from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
 from conftest import within
+from test_sender import connected
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip
 from client.sources import ToneTrack
+from mcu.sender import PADDING
 from mcu.traffic import transport_bytes
 from signaling.ice import rtc_configuration, use_host_addresses
 from signaling.receiver import _EncodedHandoff, install_encoded_receiver, send_pli
@@ -415,3 +421,98 @@ async def test_every_datagram_passes_the_ice_connections_protocols_once_gathered
     assert counted["sent"] >= sum(s.bytesSent for s in stats) > 5_000
     assert counted["received"] >= sum(s.bytesReceived for s in stats) > 0
     assert connection._protocols == protocols  # no socket was added after gathering
+# --- the link feedback and probing of mcu/sender.py (on test_sender's sender-receiver pair) ---
+
+
+async def _frames(link, seconds: float) -> None:
+    """Push the clip's frames at 15 fps for `seconds`, pts running on (senders and receivers need traffic)."""
+    payloads = list(encode_video_clip(RED))
+    for index in range(round(seconds * 15)):
+        packet = av.Packet(payloads[index % len(payloads)])
+        packet.pts, packet.time_base = index * 6000, fractions.Fraction(1, 90000)
+        packet.is_keyframe = index % len(payloads) == 0
+        link.track.push(packet)
+        await asyncio.sleep(1 / 15)
+
+
+async def test_rtcp_routed_to_a_sender_reaches_its_link_monitor_with_aiortcs_rtt() -> None:
+    """`_handle_rtcp_packet` sees every RTCP packet aiortc routes to the sender; its private RTT is read after."""
+    async with connected() as link:
+        rembs: list[float] = []
+        link.monitor._on_remb = lambda bitrate, now: rembs.append(bitrate)  # the far receiver sends its own too
+        feeding = asyncio.ensure_future(_frames(link, 10))
+        try:
+            stats, ssrc = link.monitor.stats, link.transceiver.sender._ssrc
+            await within(8, lambda: stats.reports >= 2 and stats.rtt is not None)
+            assert 0 <= stats.rtt < 0.1 and link.monitor.base_rtt is not None
+            far = link.far_receiver
+            await far._send_rtcp_pli(ssrc)
+            await far._send_rtcp_nack(ssrc, [1, 2])
+            remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(640_000, [ssrc]))
+            await far._send_rtcp(remb)
+            await within(5, lambda: stats.plis == 1 and stats.nacks == 1 and 640_000 in rembs)
+            assert stats.nacked_packets == 2
+            # About an SSRC nobody sends: aiortc's router drops it before any sender; the link goes on.
+            await far._send_rtcp_pli(ssrc ^ 0x5A5A5A5A)
+            await far._send_rtcp(
+                RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(0, [ssrc ^ 1]))
+            )
+            reports = stats.reports
+            await within(5, lambda: stats.reports > reports)
+            assert (stats.plis, stats.absurd_rembs) == (1, 0) and 0 not in rembs
+        finally:
+            feeding.cancel()
+
+
+async def test_a_probe_pads_over_rtx_unseen_by_the_decoder_and_its_sender_report_is_echoed() -> None:
+    """Payload-less RTX packets reach aiortc's REMB estimator, not its jitter buffer; aiortc's periodic
+    sender reports are held back so that the receiver's next report echoes the probe's."""
+    async with connected() as link:
+        echoes: list[float] = []
+        link.monitor._on_echo = lambda rtt, now: echoes.append(rtt)
+        estimator = link.far_receiver._RTCRtpReceiver__remote_bitrate_estimator
+        feeding = asyncio.ensure_future(_frames(link, 10))
+        try:
+            await within(5, lambda: link.remote and len(link.media()) > 10)
+            rtx_ssrc = link.transceiver.sender._rtx_ssrc
+            assert link.direct.probe(800_000, 0.25, link.monitor)
+            await within(5, lambda: echoes)
+            padding = [p for p in link.received if p.ssrc == rtx_ssrc]
+            expected = 800_000 * 0.25 / 8 / PADDING
+            assert 0.8 * expected <= len(padding) <= 1.2 * expected + 5
+            assert all(p.payload == b"" and p.padding_size == PADDING for p in padding)
+            assert all(p.extensions.abs_send_time is not None for p in padding)
+            assert estimator.ssrcs.get(rtx_ssrc) is not None  # the REMB estimator counted them
+            assert 0 <= echoes[0] < 0.1  # loopback: no queue
+        finally:
+            feeding.cancel()
+
+
+async def test_a_sequence_gap_makes_aiortcs_jitter_buffer_drop_what_it_waits_for() -> None:
+    """A packet that never comes stalls aiortc's video jitter buffer (512 packets of capacity); a
+    resync's gap lets the next keyframe through at once."""
+    async with connected() as link:
+        decoded: list[int] = []
+
+        async def consume() -> None:
+            while True:
+                frame = await link.remote[0].recv()
+                decoded.append(frame.width)
+
+        feeding = asyncio.ensure_future(_frames(link, 8))
+        await within(5, lambda: link.remote)
+        consumer = asyncio.ensure_future(consume())
+        try:
+            await within(5, lambda: len(decoded) >= 5)
+            link.direct._sequence = (link.direct._sequence + 1) % 65536  # a packet lost for good
+            link.direct._retransmit_credit = 0
+            await asyncio.sleep(0.2)
+            stalled = len(decoded)
+            await asyncio.sleep(1.0)
+            assert len(decoded) <= stalled + 1  # waiting for the lost packet
+            link.direct.resync()
+            link.track.restart()  # the next keyframe, as after a move down
+            await within(3, lambda: len(decoded) >= stalled + 5)
+        finally:
+            feeding.cancel()
+            consumer.cancel()

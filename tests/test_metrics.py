@@ -54,6 +54,12 @@ async def test_metrics_follow_the_room(server) -> None:
         received = second[("mcu_media_bytes_received_total", ())] - first[("mcu_media_bytes_received_total", ())]
         assert sent > 40_000 and received > 20_000
         assert second[("mcu_event_loop_lag_seconds_count", ())] >= first[("mcu_event_loop_lag_seconds_count", ())] + 10
+        # Each receiver's link, labelled by room, tier and kind only: both on their ceiling, reporting.
+        assert second[("mcu_receivers_by_tier", (("room", "m"), ("tier", "high")))] == 2
+        assert second[("mcu_rtcp_feedback_total", (("kind", "reports"), ("room", "m")))] >= 2
+        assert second[("mcu_rtcp_feedback_total", (("kind", "absurd_rembs"), ("room", "m")))] == 0
+        assert second[("mcu_tier_switches_total", (("direction", "down"), ("room", "m")))] == 0
+        assert 0 <= second[("mcu_receiver_loss_max", room)] < 0.1
 
         # A peer that leaves takes its room series with the room, never the byte counters down.
         for peer in peers:

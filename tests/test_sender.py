@@ -27,7 +27,8 @@ from conftest import within
 from client.encoded import encode_video_clip
 from mcu import datagrams
 from mcu.encoders import AudioEncoder
-from mcu.sender import DirectSender, HeaderTemplate, SharedPacker, pack_opus, send_directly
+from mcu.link import LinkMonitor
+from mcu.sender import RETRANSMIT_AGE, DirectSender, HeaderTemplate, SharedPacker, pack_opus, send_directly
 from mcu.tracks import PacketTrack
 from signaling.ice import rtc_configuration, use_host_addresses
 
@@ -54,7 +55,8 @@ class Link:
         self.client = RTCPeerConnection(rtc_configuration([]))
         self.track = PacketTrack(kind)
         self.transceiver = self.server.addTransceiver(self.track, direction="sendonly")
-        send_directly(self.transceiver.sender, self.track)
+        self.monitor = LinkMonitor()
+        send_directly(self.transceiver.sender, self.track, self.monitor)
         self.received: list[RtpPacket] = []
         self.remote: list[MediaStreamTrack] = []
         self.client.on("track", self.remote.append)
@@ -214,9 +216,31 @@ async def test_a_send_that_waits_goes_out_after_its_wait_and_the_others_do_not_w
 
 async def test_a_pli_reaches_whatever_feeds_the_track(link: Link) -> None:
     requested = asyncio.Event()
-    link.track.keyframe_requested = requested.set
+    reasons: list[str] = []
+    link.track.keyframe_requested = lambda reason: (reasons.append(reason), requested.set())
     await link.far_receiver._send_rtcp_pli(link.transceiver.sender._ssrc)
     await asyncio.wait_for(requested.wait(), 5)
+    assert reasons == ["pli"] and link.monitor.stats.plis == 1
+
+
+async def test_a_nack_for_a_packet_too_old_or_over_budget_is_not_answered(link: Link) -> None:
+    link.push_clip(FRAMES)
+    await within(5, lambda: len(link.media()) == link.direct.packets)
+    sent = [p.sequence_number for p in link.media()]
+    history = link.direct._history
+    for index, kept in enumerate(history):
+        if kept is not None:
+            history[index] = (kept[0], kept[1], kept[2] - RETRANSMIT_AGE - 0.1)  # sent long ago
+    await link.far_receiver._send_rtcp_nack(link.transceiver.sender._ssrc, sent[:3])
+    await within(5, lambda: link.direct.retransmits_refused == 3)
+    assert link.direct.retransmits == 0
+    link.push_clip(FRAMES)  # fresh ones, but more asked for than the budget allows
+    await within(5, lambda: len(link.media()) == link.direct.packets)
+    fresh = [p.sequence_number for p in link.media()][len(sent) :]
+    link.direct._retransmit_credit = 4.0  # a storm has spent the rest
+    await link.far_receiver._send_rtcp_nack(link.transceiver.sender._ssrc, fresh[:9])
+    await within(5, lambda: link.direct.retransmits + link.direct.retransmits_refused == 3 + 9)
+    assert link.direct.retransmits == 4 and link.direct.retransmits_refused == 3 + 5
 
 
 async def test_the_peers_of_one_output_get_its_frames_packetized_once(link: Link) -> None:

@@ -184,3 +184,28 @@ def test_tiers_on_the_command_line():
     for bad in ("low", "low=640x360@15", "low=641x360@15:400k", "low=640x360@0:400k", "a b=640x360@15:1M"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["serve", "--tier", bad])
+
+
+async def test_a_pli_storm_from_one_receiver_costs_the_others_at_most_one_keyframe(server):
+    stormy, calm = make_peer(server, "stormy", "red"), make_peer(server, "calm", "green")
+    try:
+        for peer in (stormy, calm):
+            await peer.join()
+        await calm.wait_for(lambda: stormy.video_frames > 10 and calm.video_frames > 10, timeout=10)
+        await asyncio.sleep(1)  # the joins' keyframes are behind us
+        room = server.conference.rooms["tiers"]
+        encoder = room.video.encoders[Output("vp8", "high")]
+        keyframes, gated, frames = encoder.keyframes, room.video.stats.keyframes_gated, calm.video_frames
+        receiver = next(t.receiver for t in stormy.pc.getTransceivers() if t.kind == "video")
+        ssrc = receiver.getSynchronizationSources()[0].source
+        for _ in range(50):
+            await receiver._send_rtcp_pli(ssrc)
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(1)
+        assert encoder.keyframes - keyframes <= 1
+        assert room.video.stats.keyframes_gated - gated >= 49
+        participant = next(p for p in room.participants.values() if p.name == "stormy")
+        assert participant.link.stats.plis >= 50
+        assert calm.video_frames > frames + 20  # the calm peer's picture went on
+    finally:
+        await close_all([stormy, calm])

@@ -1,0 +1,318 @@
+"""Which tier each receiver gets: an estimate of its link from its RTCP, and a ladder with hysteresis.
+
+Pure logic, no asyncio and no clock of its own (every call is given `now`), so
+that it is unit-tested with made-up feedback (tests/test_adaptation.py).
+
+What a receiver tells us (aiortc has no transport-wide congestion control, so
+this is REMB plus the receiver reports, as GCC's receive-side variant):
+- REMB, its delay-based estimate. It only ever says "less": libwebrtc and aiortc
+  cap it near 1.5x the incoming rate, so it cannot show room above the tier sent;
+  and after an overuse aiortc's grows back by a few kbit/s a second, so a REMB
+  under the rate sent means nothing by itself. What counts is a REMB that falls
+  (an overuse: queues growing) to under REMB_LOW of the tier's bitrate.
+- the fraction lost of each receiver report. Losses above LOSS_HIGH mean a
+  tail-drop bottleneck: what gets through (the rate sent times 1 - loss) is the
+  link's rate. Below LOSS_LOW the link is clean.
+
+The estimate of what may be sent is the lower of REMB (which keeps its own
+margin: aiortc's is 0.85x the incoming rate after an overuse) and FIT times the
+rate that got through the last lossy report. Down is fast: two congested samples
+at least CONFIRM_SECONDS apart (or one very lossy report) move the peer to the
+highest tier whose bitrate is within the estimate, within about one to two
+reports (≈ 1-2 s). Up is a probe: after CLEAN_SECONDS of a clean link the sender
+pads the peer's stream up to the next tier's bitrate for PROBE_SECONDS, then
+sends a sender report. On a link that cannot carry that rate the burst builds a
+queue at the bottleneck, the report waits in it, and the round-trip time of its
+echo (the next receiver report's LSR/DLSR) exceeds the link's base RTT by
+PROBE_QUEUE or more. A short burst queues rather than drops, so the probe does
+not hurt the peer's video: on the test's link (700 kbit/s, tbf with a 16 kB
+bucket and 200 ms of queue), 0.25 s of 1.1 Mbit/s extra over the low tier empties
+the bucket and queues ~100 ms. The peer moves up if the echo shows no queue and no
+report shows loss. (REMB cannot judge a probe: aiortc's overuse detector, its
+threshold raised by the congestion just before, misses such a burst.) A probe that fails, or an up-move
+followed by congestion within TRIAL_SECONDS, doubles the wait before the next
+probe (BACKOFF_INITIAL up to BACKOFF_MAX): no flapping, and a link that stays
+bad costs its peer one short burst every BACKOFF_MAX seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .encoders import Tier
+
+#: The last step of every ladder: the video track carries nothing, audio goes on.
+AUDIO_ONLY = "audio"
+
+#: Report loss above which the link is congested, and below which it is clean (GCC's thresholds).
+LOSS_HIGH = 0.10
+LOSS_LOW = 0.02
+#: One report losing this much moves the peer down at once.
+LOSS_SEVERE = 0.30
+#: The share of what got through a lossy link that the estimate allows (headroom for audio, RTX, bursts).
+FIT = 0.85
+#: A falling REMB under this share of the current tier's bitrate is congestion (an overuse
+#: alone makes aiortc's REMB 0.85x the incoming rate, which is no reason to move).
+REMB_LOW = 0.7
+#: A REMB under this share of the previous one is falling; under this share of the rate sent, an overuse.
+REMB_FALL = 0.97
+REMB_OVERUSE = 0.9
+#: Congestion must be seen twice, this far apart at least (and within STALE_SECONDS).
+CONFIRM_SECONDS = 0.4
+STALE_SECONDS = 3.0
+#: After a switch, feedback about the old tier's traffic (a queue draining, the new
+#: keyframe's burst, a move down's sequence gap counted lost) is ignored this long: the
+#: gap comes within ~0.4 s and the report that counts it within 1.5 s more.
+SETTLE_SECONDS = 3.0
+#: A link clean this long may be probed for the next tier up.
+CLEAN_SECONDS = 3.0
+#: How long a probe pads: long enough to outlast a shaper's token bucket and build a queue
+#: (a burst that the bucket absorbs shows nothing), short enough that the queue does not overflow.
+PROBE_SECONDS = 0.25
+#: The probe's echo RTT over the base RTT that shows a queue: the link cannot carry the tier.
+PROBE_QUEUE = 0.03
+#: Feedback right after a probe's verdict is about the probe: ignored this long.
+PROBE_SETTLE = 0.3
+#: A probe whose echo has not come after this long (lost, or overtaken by another report) says nothing.
+PROBE_WATCH = 3.0
+#: Waits before the next probe: the first, and the most after failures doubling it.
+BACKOFF_INITIAL = 4.0
+BACKOFF_MAX = 16.0
+#: Congestion this soon after an up-move counts as a failed probe.
+TRIAL_SECONDS = 8.0
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One step of a ladder: a tier's name and bitrate (0 for audio only)."""
+
+    name: str
+    bitrate: int
+
+
+class Ladder:
+    """The server's tiers ordered by bitrate, highest first, audio only last."""
+
+    def __init__(self, tiers: dict[str, Tier]) -> None:
+        video = sorted((Rung(name, tier.bitrate) for name, tier in tiers.items()), key=lambda r: -r.bitrate)
+        self.rungs: tuple[Rung, ...] = (*video, Rung(AUDIO_ONLY, 0))
+        self._index = {rung.name: i for i, rung in enumerate(self.rungs)}
+
+    def __getitem__(self, name: str) -> Rung:
+        return self.rungs[self._index[name]]
+
+    def above(self, name: str, ceiling: str) -> Rung | None:
+        """The next rung up from `name`, if it is not above `ceiling`."""
+        index = self._index[name]
+        return self.rungs[index - 1] if index > self._index[ceiling] else None
+
+    def fitting(self, estimate: float, ceiling: str, below: str) -> Rung:
+        """The highest rung under `below` (and not above `ceiling`) within `estimate`; audio only at worst."""
+        start = max(self._index[ceiling], self._index[below] + 1)
+        for rung in self.rungs[start:]:
+            if rung.bitrate <= estimate:
+                return rung
+        return self.rungs[-1]
+
+
+@dataclass(frozen=True)
+class Switch:
+    """Move the peer to `tier`, and why ("congestion", "probe"), with the link estimate then (bit/s)."""
+
+    tier: str
+    reason: str
+    estimate: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Pad the peer's stream up to `bitrate` for `seconds`, to see whether `tier` would fit."""
+
+    tier: str
+    bitrate: int
+    seconds: float
+
+
+class Controller:
+    """One receiver's tier: down on congestion, up after a probe that passed. Feed it, then `tick`."""
+
+    def __init__(self, ladder: Ladder, ceiling: str, now: float) -> None:
+        self.ladder = ladder
+        #: The peer's own choice at join: never above it.
+        self.ceiling = ceiling
+        self.tier = ceiling
+        #: The latest link estimate in bit/s (None until feedback says something), and its parts.
+        self.estimate: float | None = None
+        self.remb: float | None = None
+        self._remb_falling = False
+        self._sent: float | None = None
+        self.loss = 0.0
+        self._loss_estimate: float | None = None
+        self._congested_since: float | None = None
+        self._congested_last: float | None = None
+        self._severe = False
+        self._clean_since: float | None = now
+        self._settle_until = now + SETTLE_SECONDS
+        self._backoff = BACKOFF_INITIAL
+        self._probe_at = now + CLEAN_SECONDS
+        self._probe: Probe | None = None
+        self._probe_started = 0.0
+        self._probe_failed = False
+        self._probe_echoed = False
+        #: The queue the last probe's echo showed (s).
+        self.probe_queue: float | None = None
+        self._up_at: float | None = None
+        self.switches = 0
+        self.probes = 0
+        self.probes_failed = 0
+        self.probes_inconclusive = 0
+
+    # --- feedback --------------------------------------------------------------------------
+
+    def on_remb(self, bitrate: float, now: float) -> None:
+        """A valid REMB (the caller drops absurd ones)."""
+        if self.remb is not None:
+            if bitrate < REMB_FALL * self.remb:
+                self._remb_falling = True
+            elif bitrate >= self.remb:
+                self._remb_falling = False
+        self.remb = bitrate
+        self._update(now)
+
+    def on_echo(self, rtt: float, base_rtt: float | None, now: float) -> None:
+        """The round-trip time of the probe's sender report, and the link's base RTT (None: unknown)."""
+        if self._probe is not None:
+            self.probe_queue = max(rtt - (base_rtt if base_rtt is not None else rtt), 0.0)
+            self._probe_echoed = True
+            if self.probe_queue >= PROBE_QUEUE:
+                self._probe_failed = True
+
+    def trial(self, now: float) -> None:
+        """The probe cannot be sent (no RTX negotiated): it passes, and the move up is the trial
+        (congestion within TRIAL_SECONDS undoes it and backs off, as after a failed probe)."""
+        if self._probe is not None:
+            self._probe_echoed = True
+
+    def on_report(self, fraction_lost: float, sent_bitrate: float | None, now: float) -> None:
+        """A receiver report of our stream: its loss (0..1), and the rate sent since the last one."""
+        self.loss = fraction_lost
+        self._sent = sent_bitrate
+        if self._probe is not None and fraction_lost > LOSS_LOW:
+            self._probe_failed = True
+        if fraction_lost > LOSS_HIGH and sent_bitrate:
+            self._loss_estimate = FIT * sent_bitrate * (1 - fraction_lost)
+            self._severe = fraction_lost >= LOSS_SEVERE
+        elif fraction_lost < LOSS_LOW:
+            self._loss_estimate = None
+            self._severe = False
+        self._update(now)
+
+    def _update(self, now: float) -> None:
+        # What got through a lossy link (which counts retransmissions that may have been lost
+        # too: an upper bound), and REMB (what arrived, with its own margin).
+        parts = [e for e in (self._loss_estimate, self.remb) if e is not None]
+        self.estimate = min(parts) if parts else None
+        if now < self._settle_until:
+            return
+        if self._congested():
+            if self._congested_last is None or now - self._congested_last > STALE_SECONDS:
+                self._congested_since = now
+            self._congested_last = now
+            self._clean_since = None
+        else:
+            self._congested_since = self._congested_last = None
+            if self.loss < LOSS_LOW and self._clean_since is None:
+                self._clean_since = now
+            elif self.loss >= LOSS_LOW:
+                self._clean_since = None
+
+    def _congested(self) -> bool:
+        rung = self.ladder[self.tier]
+        if rung.bitrate == 0:
+            return False
+        if self._loss_estimate is not None:
+            return True
+        # REMB also falls when less is sent (it is capped at 1.5x what arrives): only a REMB
+        # under what was sent is an overuse.
+        return (
+            self._remb_falling
+            and self.remb is not None
+            and self._sent is not None
+            and self.remb < REMB_OVERUSE * self._sent
+            and self.remb < REMB_LOW * rung.bitrate
+        )
+
+    # --- decisions -------------------------------------------------------------------------
+
+    def tick(self, now: float) -> Switch | Probe | None:
+        """What to do now: a switch, a probe to start, or nothing."""
+        if self._probe is not None:
+            return self._judge_probe(now)
+        if self._congested_since is not None and (
+            self._severe or self._congested_last - self._congested_since >= CONFIRM_SECONDS  # type: ignore[operator]
+        ):
+            return self._down(now)
+        above = self.ladder.above(self.tier, self.ceiling)
+        if (
+            above is not None
+            and now >= self._probe_at
+            and now >= self._settle_until
+            and self._clean_since is not None
+            and now - self._clean_since >= CLEAN_SECONDS
+        ):
+            self._probe = Probe(above.name, above.bitrate, PROBE_SECONDS)
+            self._probe_started = now
+            self._probe_failed = self._probe_echoed = False
+            self.probes += 1
+            return self._probe
+        if self._up_at is not None and now - self._up_at > TRIAL_SECONDS:
+            self._up_at = None
+            self._backoff = BACKOFF_INITIAL  # the last move up held
+        return None
+
+    def _judge_probe(self, now: float) -> Switch | None:
+        probe = self._probe
+        assert probe is not None
+        if not (self._probe_failed or self._probe_echoed) and now < self._probe_started + probe.seconds + PROBE_WATCH:
+            return None
+        self._probe = None
+        # What the probe's own burst did to the link is its verdict, not congestion of the tier.
+        self._congested_since = self._congested_last = None
+        self._loss_estimate = None
+        self._severe = False
+        self._settle_until = max(self._settle_until, now + PROBE_SETTLE)
+        if not self._probe_echoed and not self._probe_failed:
+            self.probes_inconclusive += 1
+            self._probe_at = now + BACKOFF_INITIAL  # try again, no wiser
+            return None
+        if self._probe_failed:
+            self.probes_failed += 1
+            self._back_off(now)
+            return None
+        self._up_at = now
+        return self._switch(probe.tier, "probe", now)
+
+    def _down(self, now: float) -> Switch:
+        estimate = self.estimate or 0.0
+        rung = self.ladder.fitting(estimate, self.ceiling, self.tier)
+        if self._up_at is not None and now - self._up_at <= TRIAL_SECONDS:
+            self.probes_failed += 1  # the move up did not hold
+        self._up_at = None
+        self._back_off(now)
+        return self._switch(rung.name, "congestion", now)
+
+    def _back_off(self, now: float) -> None:
+        self._probe_at = now + self._backoff
+        self._backoff = min(2 * self._backoff, BACKOFF_MAX)
+
+    def _switch(self, tier: str, reason: str, now: float) -> Switch:
+        self.tier = tier
+        self.switches += 1
+        self._settle_until = now + SETTLE_SECONDS
+        self._congested_since = self._congested_last = None
+        self._severe = False
+        self._loss_estimate = None
+        self.remb = None  # REMB about the old tier's rate says nothing about the new one's
+        self._remb_falling = False
+        self._clean_since = now + SETTLE_SECONDS
+        return Switch(tier, reason, None if self.estimate is None else round(self.estimate))

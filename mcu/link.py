@@ -1,0 +1,169 @@
+"""What one receiver's RTCP says about its downstream link, checked and counted.
+
+Fed by the peer's video sender (mcu/sender.py `watch_rtcp`) with every RTCP
+packet aiortc routes to it. Supported feedback: REMB and receiver reports (loss,
+jitter, and the round-trip time aiortc derives from them), NACK and PLI/FIR.
+aiortc negotiates no transport-wide congestion control, so there is none.
+
+Feedback that makes no sense is bounded here: a REMB under MIN_REMB or over
+MAX_REMB is counted and ignored, a loss fraction is clamped to 0..1, report
+blocks about other SSRCs are counted and skipped. RTCP about SSRCs that no
+sender of the connection owns never gets here: aiortc's router drops it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    unpack_remb_fci,
+)
+
+#: REMB outside this range (bit/s) is absurd: counted, not believed.
+MIN_REMB = 10_000
+MAX_REMB = 100_000_000
+#: The RTP clock of video, to turn report jitter into seconds.
+VIDEO_CLOCK = 90_000
+#: The base round-trip time is the least seen over this many seconds (queues only ever add).
+RTT_WINDOW = 30.0
+
+
+@dataclass
+class LinkStats:
+    """One receiver's link as its RTCP reports it, and the counts of what it sent."""
+
+    #: The last believable REMB, bit/s.
+    remb: int | None = None
+    #: The last report's fraction lost (0..1) and interarrival jitter (s), and aiortc's RTT (s).
+    fraction_lost: float = 0.0
+    jitter: float = 0.0
+    rtt: float | None = None
+    #: The rate sent between the last two reports (media, retransmissions, padding), bit/s.
+    sent_bitrate: float | None = None
+    reports: int = 0
+    rembs: int = 0
+    nacks: int = 0
+    nacked_packets: int = 0
+    plis: int = 0
+    #: Feedback ignored: absurd REMBs, report blocks about other SSRCs.
+    absurd_rembs: int = 0
+    foreign_reports: int = 0
+
+    def describe(self) -> dict:
+        return {
+            "remb": self.remb,
+            "fractionLost": round(self.fraction_lost, 3),
+            "jitter": round(self.jitter, 4),
+            "rtt": None if self.rtt is None else round(self.rtt, 4),
+            "sentBitrate": None if self.sent_bitrate is None else round(self.sent_bitrate),
+            "reports": self.reports,
+            "rembs": self.rembs,
+            "nacks": self.nacks,
+            "nackedPackets": self.nacked_packets,
+            "plis": self.plis,
+            "absurdRembs": self.absurd_rembs,
+            "foreignReports": self.foreign_reports,
+        }
+
+
+class LinkMonitor:
+    """Reads one video sender's RTCP into `LinkStats` and tells `on_remb` / `on_report` what it believes."""
+
+    def __init__(
+        self,
+        on_remb: Callable[[float, float], None] | None = None,
+        on_report: Callable[[float, float | None, float], None] | None = None,
+        on_echo: Callable[[float, float], None] | None = None,
+    ) -> None:
+        self.stats = LinkStats()
+        self._on_remb = on_remb
+        self._on_report = on_report
+        self._on_echo = on_echo
+        self._last_report: tuple[float, int] | None = None
+        #: A probe's sender report (its LSR, and when it left, time.time()) whose echo is awaited.
+        self._echo: tuple[int, float] | None = None
+        self._rtts: deque[tuple[float, float]] = deque()
+
+    def rtt_sample(self, rtt: float | None, now: float) -> None:
+        """aiortc's round-trip time after a report (smoothed by it), for `base_rtt`."""
+        if rtt is None or rtt < 0:
+            return
+        self.stats.rtt = rtt
+        rtts = self._rtts
+        while rtts and (rtts[-1][1] >= rtt or now - rtts[0][0] > RTT_WINDOW):
+            rtts.pop() if rtts[-1][1] >= rtt else rtts.popleft()
+        rtts.append((now, rtt))
+
+    @property
+    def base_rtt(self) -> float | None:
+        """The least round-trip time of the last RTT_WINDOW seconds: the link without its queue."""
+        return self._rtts[0][1] if self._rtts else None
+
+    def expect_echo(self, lsr: int, sent_at: float) -> None:
+        """A sender report with this LSR left at `sent_at` (time.time()): report the RTT of its echo."""
+        self._echo = (lsr, sent_at)
+
+    def observe(self, packet: object, ssrc: int, rtx_ssrc: int | None, octets: int, now: float) -> None:
+        """One RTCP packet routed to the sender of SSRC `ssrc` (retransmissions on `rtx_ssrc`),
+        which has sent `octets` payload bytes so far (retransmissions and padding included: what
+        the link had to carry)."""
+        stats = self.stats
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc != ssrc:
+                    if report.ssrc != rtx_ssrc:
+                        stats.foreign_reports += 1
+                    continue
+                self._report(report.fraction_lost, report.jitter, octets, now)
+                if self._echo is not None and report.lsr == self._echo[0]:
+                    rtt = time.time() - self._echo[1] - report.dlsr / 65536
+                    self._echo = None
+                    if self._on_echo is not None:
+                        self._on_echo(rtt, now)
+        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            stats.nacks += 1
+            stats.nacked_packets += len(packet.lost)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            stats.plis += 1
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return
+            if ssrc in ssrcs:
+                self._remb(bitrate, now)
+
+    def _remb(self, bitrate: int, now: float) -> None:
+        stats = self.stats
+        if not MIN_REMB <= bitrate <= MAX_REMB:
+            stats.absurd_rembs += 1
+            return
+        stats.remb = bitrate
+        stats.rembs += 1
+        if self._on_remb is not None:
+            self._on_remb(bitrate, now)
+
+    def _report(self, fraction_lost: int, jitter: int, octets: int, now: float) -> None:
+        stats = self.stats
+        stats.reports += 1
+        # An 8-bit fixed point fraction (RFC 3550); a negative or wrapped value is nonsense.
+        stats.fraction_lost = min(max(fraction_lost, 0), 255) / 256
+        stats.jitter = max(jitter, 0) / VIDEO_CLOCK
+        if self._last_report is not None:
+            then, sent = self._last_report
+            if now - then > 0.05:
+                stats.sent_bitrate = 8 * max(octets - sent, 0) / (now - then)
+        self._last_report = (now, octets)
+        if self._on_report is not None:
+            self._on_report(stats.fraction_lost, stats.sent_bitrate, now)

@@ -1,0 +1,201 @@
+"""The tier controller and the link monitor, fed made-up feedback on a made-up clock."""
+
+from __future__ import annotations
+
+import pytest
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    pack_remb_fci,
+)
+
+from mcu import adaptation
+from mcu.adaptation import AUDIO_ONLY, Controller, Ladder, Probe, Switch
+from mcu.config import Config
+from mcu.link import LinkMonitor
+
+LADDER = Ladder(Config().output_tiers())  # high 1.5M, low 400k, small 150k, audio
+SSRC = 1234
+
+
+def run(
+    controller: Controller,
+    start: float,
+    end: float,
+    remb: float | None,
+    loss: float,
+    sent: float | None,
+    queue: float | None = 0.0,
+):
+    """Feedback once a second (a report, then a REMB), ticks every 0.1 s; the decisions made, with their times.
+
+    A probe's report is echoed at once, `queue` seconds over a base RTT of 10 ms (None: never echoed).
+    """
+    decisions = []
+    t = start
+    while t < end:
+        if round(t * 10) % 10 == 0:
+            controller.on_report(loss, sent, t)
+            if remb is not None:
+                controller.on_remb(remb, t + 0.05)
+        decision = controller.tick(t)
+        if decision is not None:
+            decisions.append((round(t, 1), decision))
+        if isinstance(decision, Probe) and queue is not None:
+            controller.on_echo(0.01 + queue, 0.01, t + 0.05)
+        t += 0.1
+    return decisions
+
+
+def congest(controller: Controller, start: float) -> float:
+    """A 700 kbit/s bottleneck under a 1.5 Mbit/s tier until the controller moves down; the time it did."""
+    t = start
+    while controller.tier == "high":
+        assert t < start + 10
+        run(controller, t, t + 0.1, remb=600_000, loss=0.5, sent=1_500_000)
+        t += 0.1
+    return t
+
+
+def test_the_ladder_orders_tiers_by_bitrate_and_ends_with_audio_only():
+    assert [r.name for r in LADDER.rungs] == ["high", "low", "small", AUDIO_ONLY]
+    assert LADDER.fitting(600_000, "high", "high").name == "low"
+    assert LADDER.fitting(200_000, "high", "high").name == "small"
+    assert LADDER.fitting(50_000, "high", "high").name == AUDIO_ONLY
+    assert LADDER.fitting(5_000_000, "low", "small").name == AUDIO_ONLY  # only below "small"
+    assert LADDER.fitting(5_000_000, "low", "high").name == "low"  # never above the ceiling
+    assert LADDER.above("low", "high").name == "high" and LADDER.above("low", "low") is None
+
+
+def test_a_clean_link_keeps_its_tier_and_is_never_probed_at_its_ceiling():
+    controller = Controller(LADDER, "high", 0.0)
+    assert run(controller, 0.0, 60.0, remb=2_000_000, loss=0.0, sent=1_500_000) == []
+
+
+def test_a_tail_drop_bottleneck_moves_the_peer_down_within_two_reports():
+    controller = Controller(LADDER, "high", 0.0)
+    assert run(controller, 0.0, 10.0, remb=1_800_000, loss=0.0, sent=1_500_000) == []
+    # 700 kbit/s under 1.5 Mbit/s: half the packets lost, REMB at 0.85 of what arrives.
+    assert congest(controller, 10.0) <= 11.1
+    assert controller.tier == "low"
+
+
+def test_a_falling_remb_alone_moves_the_peer_down_and_a_low_steady_one_does_not():
+    controller = Controller(LADDER, "high", 0.0)
+    # aiortc's REMB after an overuse grows back slowly: low, steady, no loss: the link carries the tier.
+    assert run(controller, 0.0, 20.0, remb=650_000, loss=0.0, sent=1_500_000) == []
+    decisions = []
+    for i, bitrate in enumerate([600_000, 550_000, 500_000, 450_000]):
+        controller.on_report(0.0, 1_500_000, 20.0 + i)
+        controller.on_remb(bitrate, 20.0 + i)
+        decisions += [d for d in (controller.tick(20.0 + i + k / 10) for k in range(10)) if d is not None]
+    assert decisions == [Switch("low", "congestion")]
+
+
+def test_one_lossy_report_alone_does_not_move_the_peer():
+    controller = Controller(LADDER, "high", 0.0)
+    run(controller, 0.0, 10.0, remb=1_800_000, loss=0.0, sent=1_500_000)
+    controller.on_report(0.15, 1_500_000, 10.0)
+    assert [controller.tick(10.0 + i / 10) for i in range(9)] == [None] * 9
+    assert run(controller, 11.0, 20.0, remb=1_800_000, loss=0.0, sent=1_500_000) == []
+
+
+def test_a_peer_goes_down_to_audio_only_when_nothing_fits():
+    controller = Controller(LADDER, "high", 0.0)
+    decisions = run(controller, 0.0, 20.0, remb=60_000, loss=0.6, sent=1_500_000)
+    assert [d.tier for _, d in decisions if isinstance(d, Switch)][-1] == AUDIO_ONLY
+
+
+def test_up_needs_a_probe_that_passes_and_a_failed_probe_backs_off():
+    controller = Controller(LADDER, "high", 0.0)
+    t = round(congest(controller, 5.0))
+    assert controller.tier == "low"
+    # The link stays at 700 kbit/s: the clean link at the low tier is probed, and each probe's
+    # report comes back 110 ms late (the queue its burst made).
+    decisions = [t for t, d in run(controller, t, 80.0, remb=600_000, loss=0.0, sent=400_000, queue=0.11)]
+    gaps = [round(b - a, 1) for a, b in zip(decisions, decisions[1:])]
+    assert len(decisions) >= 3 and gaps == sorted(gaps), gaps  # waits grow...
+    assert max(gaps) <= adaptation.BACKOFF_MAX + adaptation.PROBE_WATCH + 1.5  # ...up to the cap
+    assert controller.tier == "low" and controller.probes_failed == len(decisions)
+    assert controller.probe_queue == pytest.approx(0.11)
+    # The bottleneck lifts: the next probe passes and the peer goes up.
+    decisions = run(controller, 80.0, 80.0 + adaptation.BACKOFF_MAX + 5, remb=650_000, loss=0.0, sent=400_000)
+    assert decisions[-1][1] == Switch("high", "probe"), decisions
+    assert decisions[-1][0] - 80.0 <= adaptation.BACKOFF_MAX + adaptation.CLEAN_SECONDS + 2
+
+
+def test_a_probe_without_echo_is_tried_again_without_backing_off():
+    controller = Controller(LADDER, "high", 0.0)
+    t = round(congest(controller, 5.0))
+    decisions = run(controller, t, t + 40, remb=600_000, loss=0.0, sent=400_000, queue=None)
+    probes = [t for t, d in decisions if isinstance(d, Probe)]
+    gaps = {round(b - a) for a, b in zip(probes, probes[1:])}
+    assert controller.tier == "low" and len(probes) >= 4 and controller.probes_failed == 0
+    assert gaps == {round(adaptation.PROBE_SECONDS + adaptation.PROBE_WATCH + adaptation.BACKOFF_INITIAL)}
+    assert controller.probes_inconclusive >= len(probes) - 1  # the last one may still wait for its echo
+
+
+def test_without_padding_the_move_up_is_the_trial():
+    controller = Controller(LADDER, "high", 0.0)
+    t = round(congest(controller, 5.0))
+    while not isinstance(controller.tick(t), Probe):
+        controller.on_report(0.0, 400_000, t)
+        t += 0.1
+    controller.trial(t)
+    assert controller.tick(t + 0.1) == Switch("high", "probe")
+
+
+def test_a_move_up_that_does_not_hold_counts_as_a_failed_probe():
+    controller = Controller(LADDER, "high", 0.0)
+    up = round(congest(controller, 5.0))
+    while controller.tier != "high" and up < 40:
+        run(controller, up, up + 1, remb=650_000, loss=0.0, sent=400_000)
+        up += 1
+    assert controller.tier == "high"
+    failed = controller.probes_failed
+    assert congest(controller, up + 0.1) <= up + 0.1 + adaptation.SETTLE_SECONDS + 2
+    assert controller.tier == "low"
+    assert controller.probes_failed == failed + 1
+
+
+def remb(bitrate: int, ssrcs: list[int]) -> RtcpPsfbPacket:
+    return RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs))
+
+
+def report(ssrc: int, fraction_lost: int, jitter: int = 900) -> RtcpRrPacket:
+    info = RtcpReceiverInfo(
+        ssrc=ssrc, fraction_lost=fraction_lost, packets_lost=0, highest_sequence=0, jitter=jitter, lsr=0, dlsr=0
+    )
+    return RtcpRrPacket(ssrc=1, reports=[info])
+
+
+@pytest.mark.parametrize("bitrate", [0, 5, 10**10, ((1 << 18) - 1) << 63])
+def test_an_absurd_remb_is_counted_and_ignored(bitrate):
+    seen = []
+    monitor = LinkMonitor(on_remb=lambda b, t: seen.append(b))
+    monitor.observe(remb(bitrate, [SSRC]), SSRC, None, 0, 0.0)
+    assert seen == [] and monitor.stats.absurd_rembs == 1 and monitor.stats.remb is None
+    monitor.observe(remb(800_000, [SSRC]), SSRC, None, 0, 0.0)
+    assert seen == [800_000] and monitor.stats.remb == 800_000
+
+
+def test_reports_loss_nacks_and_plis_are_read_and_foreign_blocks_counted():
+    reports = []
+    monitor = LinkMonitor(on_report=lambda loss, sent, t: reports.append((loss, sent)))
+    monitor.observe(report(SSRC, 64), SSRC, 99, 0, 0.0)
+    monitor.observe(report(SSRC, 0, 9000), SSRC, 99, 125_000, 1.0)
+    monitor.observe(report(99, 0), SSRC, 99, 125_000, 1.0)  # our retransmission stream: skipped
+    monitor.observe(report(555, 0), SSRC, 99, 125_000, 1.0)  # nobody's: counted
+    nack = RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=SSRC)
+    nack.lost = [1, 2, 3]
+    monitor.observe(nack, SSRC, 99, 0, 1.0)
+    monitor.observe(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=SSRC), SSRC, 99, 0, 1.0)
+    assert reports == [(0.25, None), (0.0, 1_000_000)]
+    stats = monitor.stats
+    assert (stats.reports, stats.foreign_reports, stats.nacks, stats.nacked_packets, stats.plis) == (2, 1, 1, 3, 1)
+    assert stats.jitter == pytest.approx(0.1)
