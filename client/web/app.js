@@ -231,6 +231,15 @@ class Meeting {
         this.activeSpeaker = message.peerId;
         this.renderParticipants();
         break;
+      case "tier":
+        // The server moved our picture to what our link carries (docs/protocol.md, "tier").
+        this.tier = message.tier;
+        setStatus(
+          message.tier === message.ceiling
+            ? `In room ${this.room}`
+            : `In room ${this.room}: ${message.tier === "audio" ? "audio only" : "a smaller picture"}, your connection is slow`,
+        );
+        break;
       case "recordingStarted":
         showRecording(message);
         break;

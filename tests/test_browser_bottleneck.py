@@ -1,0 +1,107 @@
+"""A Chromium page behind a 700 kbit/s downlink (its TURN relay goes through client.impairment's relay,
+rate-limited towards the page): the server moves it to a smaller tier, and it keeps playing (issue 17)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from browser_checks import chromium_args, isolated_network, write_wav, write_y4m
+from test_browser import CHROMIUM
+from test_turn import SECRET, coturn  # noqa: F401  (coturn is a fixture)
+
+from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
+from client.impairment import Relay, parse_spec
+from client.peer import Peer
+from client.sources import COLORS
+from mcu.config import Config
+from signaling.ice import IceServers
+
+#: The page's inbound video: decoded frames and the picture's width.
+INBOUND_VIDEO_JS = """
+async () => {
+  const stats = await window.meeting.pc.getStats();
+  let out = null;
+  stats.forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "video") {
+      out = { decoded: s.framesDecoded ?? 0, width: s.frameWidth ?? 0 };
+    }
+  });
+  return out;
+}
+"""
+
+
+@pytest.fixture
+async def relay(coturn) -> Relay:  # noqa: F811  (the fixture imported above)
+    """The relay in front of coturn: 700 kbit/s towards the page, as a slow downlink; a queue of 40 datagrams."""
+    relay = await Relay.start(("127.0.0.1", coturn.port), parse_spec("down.rate=700k,down.queue=40,seed=3"))
+    try:
+        yield relay
+    finally:
+        relay.close()
+
+
+@pytest.fixture
+def config(relay: Relay) -> Config:
+    """960x540@15 at 1.2 Mbit/s (high), 640x360@15 (low), 320x180@15 (small); the page's TURN is the relay."""
+    turn = f"turn:127.0.0.1:{relay.address[1]}"
+    return Config(
+        width=960, height=540, fps=15, video_bitrate=1_200_000,
+        ice_servers=IceServers(urls=(turn,), secret=SECRET, ttl=600),
+    )  # fmt: skip
+
+
+async def test_a_browser_behind_a_slow_downlink_moves_down_and_keeps_playing(server, relay, tmp_path):
+    if not CHROMIUM.exists() or not isolated_network():
+        pytest.skip("needs Debian's chromium and a network namespace with loopback alone (scripts/test)")
+    playwright_api = pytest.importorskip("playwright.async_api")
+    video, audio = tmp_path / "red.y4m", tmp_path / "500.wav"
+    write_y4m(video, COLORS["red"])
+    write_wav(audio, 500.0)
+    # Two publishers on clean loopback with a moving, noisy picture: the composite needs its bitrate.
+    peers = [
+        Peer(server.url, "slow", f"py{i}", video=PreEncodedVideoTrack(colour), audio=PreEncodedAudioTrack(700.0 + i))
+        for i, colour in enumerate([(40, 200, 40), (40, 40, 200)])
+    ]
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(video, audio))
+        try:
+            for peer in peers:
+                await peer.join()
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{server.port}/?room=slow&name=anna&relay=1")
+            room = server.conference.rooms["slow"]
+            deadline = time.monotonic() + 30
+            while "anna" not in {p.name for p in room.participants.values()}:
+                assert time.monotonic() < deadline, "the page did not join"
+                await asyncio.sleep(0.1)
+            anna = next(p for p in room.participants.values() if p.name == "anna")
+            # It starts on high, cannot carry it, and is moved down within a few seconds of its first picture.
+            deadline = time.monotonic() + 30
+            while not (stats := await page.evaluate(INBOUND_VIDEO_JS)) or not stats["decoded"]:
+                assert time.monotonic() < deadline, "the page decoded nothing"
+                await asyncio.sleep(0.2)
+            first_picture = time.monotonic()
+            while anna.tier == "high":
+                assert time.monotonic() - first_picture < 10, f"still on high: {room.links().get(anna.peer_id)}"
+                await asyncio.sleep(0.1)
+            moved_after = time.monotonic() - first_picture
+            await asyncio.sleep(4)  # the new tier's keyframe, and the page's decoder on it
+            before = await page.evaluate(INBOUND_VIDEO_JS)
+            await asyncio.sleep(5)
+            after = await page.evaluate(INBOUND_VIDEO_JS)
+            tier, down = anna.tier, relay.totals("down")
+            status = await page.text_content("#status")
+            print(f"\nmoved to {tier} {moved_after:.1f} s after the first picture; page {before} -> {after}; down {down}")
+        finally:
+            await browser.close()
+            await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+    # On a tier its link carries (low or small, a video tier), it keeps playing: at least 12 of 15 fps,
+    # at that tier's width.
+    assert tier in ("low", "small"), tier
+    assert after["decoded"] - before["decoded"] >= 12 * 5, (before, after)
+    assert after["width"] == {"low": 640, "small": 320}[tier], after
+    # The server's `tier` message told the page, which says so.
+    assert "connection is slow" in status, status
