@@ -10,6 +10,12 @@ this is REMB plus the receiver reports, as GCC's receive-side variant):
   and after an overuse aiortc's grows back by a few kbit/s a second, so a REMB
   under the rate sent means nothing by itself. What counts is a REMB that falls
   (an overuse: queues growing) to under REMB_LOW of the tier's bitrate.
+  A falling REMB counts only with a queue behind it: the round-trip time of the
+  reports over the link's base (the least seen) at QUEUE_HIGH or more. aiortc's
+  delay-based detector also fires on a link that is merely jittery (Wi-Fi: up to
+  50 ms of jitter each way, nothing queued), and then says 0.85x what arrives,
+  which read alone demoted a peer whose link carried its tier down to audio only
+  (scripts/bench_network.py, `lossy-wifi`).
 - the fraction lost of each receiver report. Losses above LOSS_HIGH mean a
   tail-drop bottleneck: what gets through (the rate sent times 1 - loss) is the
   link's rate. Below LOSS_LOW the link is clean.
@@ -57,6 +63,8 @@ REMB_LOW = 0.7
 #: A REMB under this share of the previous one is falling; under this share of the rate sent, an overuse.
 REMB_FALL = 0.97
 REMB_OVERUSE = 0.9
+#: The round-trip time over the link's base that shows a queue building (s): more than jitter adds.
+QUEUE_HIGH = 0.1
 #: Congestion must be seen twice, this far apart at least (and within STALE_SECONDS).
 CONFIRM_SECONDS = 0.4
 STALE_SECONDS = 3.0
@@ -147,6 +155,8 @@ class Controller:
         self._remb_falling = False
         self._sent: float | None = None
         self.loss = 0.0
+        #: The last report's round-trip time over the link's base (s): the queue; None while unknown.
+        self.queue: float | None = None
         self._loss_estimate: float | None = None
         self._congested_since: float | None = None
         self._congested_last: float | None = None
@@ -193,10 +203,15 @@ class Controller:
         if self._probe is not None:
             self._probe_echoed = True
 
-    def on_report(self, fraction_lost: float, sent_bitrate: float | None, now: float) -> None:
-        """A receiver report of our stream: its loss (0..1), and the rate sent since the last one."""
+    def on_report(
+        self, fraction_lost: float, sent_bitrate: float | None, now: float, queue: float | None = None
+    ) -> None:
+        """A receiver report of our stream: its loss (0..1), the rate sent since the last one, and its
+        round-trip time over the link's base (s; None when the report echoed no sender report of ours)."""
         self.loss = fraction_lost
         self._sent = sent_bitrate
+        if queue is not None:
+            self.queue = queue
         if self._probe is not None and fraction_lost > LOSS_LOW:
             self._probe_failed = True
         if fraction_lost > LOSS_HIGH and sent_bitrate:
@@ -233,13 +248,15 @@ class Controller:
         if self._loss_estimate is not None:
             return True
         # REMB also falls when less is sent (it is capped at 1.5x what arrives): only a REMB
-        # under what was sent is an overuse.
+        # under what was sent is an overuse, and only with a queue behind it is it congestion.
         return (
             self._remb_falling
             and self.remb is not None
             and self._sent is not None
             and self.remb < REMB_OVERUSE * self._sent
             and self.remb < REMB_LOW * rung.bitrate
+            and self.queue is not None
+            and self.queue >= QUEUE_HIGH
         )
 
     # --- decisions -------------------------------------------------------------------------

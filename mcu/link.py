@@ -83,7 +83,7 @@ class LinkMonitor:
     def __init__(
         self,
         on_remb: Callable[[float, float], None] | None = None,
-        on_report: Callable[[float, float | None, float], None] | None = None,
+        on_report: Callable[[float, float | None, float, float | None], None] | None = None,
         on_echo: Callable[[float, float], None] | None = None,
     ) -> None:
         self.stats = LinkStats()
@@ -96,7 +96,7 @@ class LinkMonitor:
         self._rtts: deque[tuple[float, float]] = deque()
 
     def rtt_sample(self, rtt: float | None, now: float) -> None:
-        """aiortc's round-trip time after a report (smoothed by it), for `base_rtt`."""
+        """One report's round-trip time (s), for `base_rtt` and the queue over it."""
         if rtt is None or rtt < 0:
             return
         self.stats.rtt = rtt
@@ -114,10 +114,19 @@ class LinkMonitor:
         """A sender report with this LSR left at `sent_at` (time.time()): report the RTT of its echo."""
         self._echo = (lsr, sent_at)
 
-    def observe(self, packet: object, ssrc: int, rtx_ssrc: int | None, octets: int, now: float) -> None:
+    def observe(
+        self,
+        packet: object,
+        ssrc: int,
+        rtx_ssrc: int | None,
+        octets: int,
+        now: float,
+        last_sr: tuple[int, float] | None = None,
+    ) -> None:
         """One RTCP packet routed to the sender of SSRC `ssrc` (retransmissions on `rtx_ssrc`),
         which has sent `octets` payload bytes so far (retransmissions and padding included: what
-        the link had to carry)."""
+        the link had to carry), and whose last sender report had LSR `last_sr[0]` and left at
+        `last_sr[1]` (time.time())."""
         stats = self.stats
         if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
@@ -125,6 +134,9 @@ class LinkMonitor:
                     if report.ssrc != rtx_ssrc:
                         stats.foreign_reports += 1
                     continue
+                if last_sr is not None and report.lsr == last_sr[0]:
+                    # This report's own round trip, not aiortc's smoothed one: a queue shows at once.
+                    self.rtt_sample(time.time() - last_sr[1] - report.dlsr / 65536, now)
                 self._report(report.fraction_lost, report.jitter, octets, now)
                 if self._echo is not None and report.lsr == self._echo[0]:
                     rtt = time.time() - self._echo[1] - report.dlsr / 65536
@@ -166,4 +178,6 @@ class LinkMonitor:
                 stats.sent_bitrate = 8 * max(octets - sent, 0) / (now - then)
         self._last_report = (now, octets)
         if self._on_report is not None:
-            self._on_report(stats.fraction_lost, stats.sent_bitrate, now)
+            base = self.base_rtt
+            queue = None if stats.rtt is None or base is None else max(stats.rtt - base, 0.0)
+            self._on_report(stats.fraction_lost, stats.sent_bitrate, now, queue)

@@ -390,18 +390,22 @@ def send_directly(sender: RTCRtpSender, track: PacketTrack, link: LinkMonitor | 
 
 
 def _watch_rtcp(sender: RTCRtpSender, track: PacketTrack, link: LinkMonitor) -> None:
-    """Show `link` each RTCP packet routed to `sender` before aiortc handles it, then aiortc's RTT."""
+    """Show `link` each RTCP packet routed to `sender` before aiortc handles it, with the LSR and send
+    time of aiortc's last sender report (for each report's own round trip)."""
     handle = sender._handle_rtcp_packet
 
     async def handle_rtcp_packet(packet: object) -> None:
         direct = track.direct
         octets = direct.sent_octets if isinstance(direct, DirectSender) else 0
+        lsr, lsr_time = sender._RTCRtpSender__lsr, sender._RTCRtpSender__lsr_time  # type: ignore[attr-defined]
         try:
-            link.observe(packet, sender._ssrc, sender._rtx_ssrc, octets, time.monotonic())
+            link.observe(
+                packet, sender._ssrc, sender._rtx_ssrc, octets, time.monotonic(),
+                None if lsr is None or lsr_time is None else (lsr, lsr_time),
+            )  # fmt: skip
         except Exception:
             # Raised into aiortc's RTCP handling it would end the transport: this packet's feedback is lost instead.
             logger.exception("RTCP feedback could not be read")
         await handle(packet)  # type: ignore[arg-type]
-        link.rtt_sample(sender._RTCRtpSender__rtt, time.monotonic())  # type: ignore[attr-defined]
 
     sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]

@@ -105,10 +105,10 @@ class Result:
     failure: str = ""
 
     @property
-    def share_of_tier(self) -> float:
+    def share_of_tier(self) -> str:
         """The impaired peer's frame rate over the last seconds against what its final tier sends."""
         tier_fps = TIER_FPS.get(self.end_tier, 0)
-        return self.last_fps / tier_fps if tier_fps else 1.0
+        return f"{self.last_fps / tier_fps:.0%}" if tier_fps else "(audio only)"
 
 
 def tier_moves(peer: Peer, seen: int) -> list[dict]:
@@ -221,7 +221,7 @@ def format_table(results: list[Result]) -> str:
             continue
         lines.append(
             f"| {r.profile} | {'on' if r.adapt else 'off'} | {r.fps:.1f} | {r.last_fps:.1f} | {r.end_tier} "
-            f"| {r.share_of_tier:.0%} | {r.freezes_per_minute:.1f} | {r.longest_freeze:.2f} "
+            f"| {r.share_of_tier} | {r.freezes_per_minute:.1f} | {r.longest_freeze:.2f} "
             f"| {seconds_or_dash(r.down_after)} | {seconds_or_dash(r.up_after)} | {' '.join(r.moves)} "
             f"| {r.good_keyframes_per_minute:.1f} | {r.server_cpu:.1f} | {r.lost} / {r.tail_dropped} |"
         )

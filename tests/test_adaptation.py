@@ -31,16 +31,18 @@ def run(
     loss: float,
     sent: float | None,
     queue: float | None = 0.0,
+    report_queue: float | None = None,
 ):
     """Feedback once a second (a report, then a REMB), ticks every 0.1 s; the decisions made, with their times.
 
-    A probe's report is echoed at once, `queue` seconds over a base RTT of 10 ms (None: never echoed).
+    A probe's report is echoed at once, `queue` seconds over a base RTT of 10 ms (None: never echoed);
+    each report's own round trip is `report_queue` over the base (None: unknown).
     """
     decisions = []
     t = start
     while t < end:
         if round(t * 10) % 10 == 0:
-            controller.on_report(loss, sent, t)
+            controller.on_report(loss, sent, t, report_queue)
             if remb is not None:
                 controller.on_remb(remb, t + 0.05)
         decision = controller.tick(t)
@@ -85,16 +87,21 @@ def test_a_tail_drop_bottleneck_moves_the_peer_down_within_two_reports():
     assert controller.tier == "low"
 
 
-def test_a_falling_remb_alone_moves_the_peer_down_and_a_low_steady_one_does_not():
+@pytest.mark.parametrize(
+    "queue, moved", [(0.25, True), (0.04, False), (None, False)], ids=["queue", "jitter", "no-rtt"]
+)
+def test_a_falling_remb_moves_the_peer_down_only_with_a_queue_behind_it(queue, moved):
+    """A queue building (a bottleneck without loss yet) moves the peer down on REMB alone; a link that is
+    only jittery (its reports' round trips within jitter of the base) does not, whatever its REMB says."""
     controller = Controller(LADDER, "high", 0.0)
     # aiortc's REMB after an overuse grows back slowly: low, steady, no loss: the link carries the tier.
     assert run(controller, 0.0, 20.0, remb=650_000, loss=0.0, sent=1_500_000) == []
     decisions = []
     for i, bitrate in enumerate([600_000, 550_000, 500_000, 450_000]):
-        controller.on_report(0.0, 1_500_000, 20.0 + i)
+        controller.on_report(0.0, 1_500_000, 20.0 + i, queue)
         controller.on_remb(bitrate, 20.0 + i)
         decisions += [d for d in (controller.tick(20.0 + i + k / 10) for k in range(10)) if d is not None]
-    assert decisions == [Switch("low", "congestion")]
+    assert decisions == ([Switch("low", "congestion")] if moved else [])
 
 
 def test_one_lossy_report_alone_does_not_move_the_peer():
@@ -186,7 +193,7 @@ def test_an_absurd_remb_is_counted_and_ignored(bitrate):
 
 def test_reports_loss_nacks_and_plis_are_read_and_foreign_blocks_counted():
     reports = []
-    monitor = LinkMonitor(on_report=lambda loss, sent, t: reports.append((loss, sent)))
+    monitor = LinkMonitor(on_report=lambda loss, sent, t, queue: reports.append((loss, sent)))
     monitor.observe(report(SSRC, 64), SSRC, 99, 0, 0.0)
     monitor.observe(report(SSRC, 0, 9000), SSRC, 99, 125_000, 1.0)
     monitor.observe(report(99, 0), SSRC, 99, 125_000, 1.0)  # our retransmission stream: skipped

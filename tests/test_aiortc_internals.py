@@ -16,7 +16,8 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
 - every datagram of a peer connection leaves through `transport.sendto` of one of the aioice
   protocols in its ICE transport's private `_connection._protocols`, there once gathering is done,
   and arrives through that protocol's `datagram_received` (client/impaired_ice.py wraps both).
-- a sender's `_handle_rtcp_packet` sees the RTCP routed to it, and its private RTT after (link feedback,
+- a sender's `_handle_rtcp_packet` sees the RTCP routed to it, and its private `__lsr` and `__lsr_time`
+  say which sender report a receiver report echoes, for that report's own round trip (link feedback,
   mcu/link.py); its `_send_rtcp` sends a report of ours and can hold its periodic ones; RTX packets
   without payload reach the far REMB estimator only (probes); aiortc's video jitter buffer waits for
   a lost packet until a sequence gap makes it drop it (the resync of a move down).
@@ -435,8 +436,9 @@ async def _frames(link, seconds: float) -> None:
         await asyncio.sleep(1 / 15)
 
 
-async def test_rtcp_routed_to_a_sender_reaches_its_link_monitor_with_aiortcs_rtt() -> None:
-    """`_handle_rtcp_packet` sees every RTCP packet aiortc routes to the sender; its private RTT is read after."""
+async def test_rtcp_routed_to_a_sender_reaches_its_link_monitor_with_each_reports_rtt() -> None:
+    """`_handle_rtcp_packet` sees every RTCP packet aiortc routes to the sender; its private `__lsr` and
+    `__lsr_time` (its last sender report) give each receiver report's round trip, as aiortc's own RTT does."""
     async with connected() as link:
         rembs: list[float] = []
         link.monitor._on_remb = lambda bitrate, now: rembs.append(bitrate)  # the far receiver sends its own too
@@ -445,6 +447,8 @@ async def test_rtcp_routed_to_a_sender_reaches_its_link_monitor_with_aiortcs_rtt
             stats, ssrc = link.monitor.stats, link.transceiver.sender._ssrc
             await within(8, lambda: stats.reports >= 2 and stats.rtt is not None)
             assert 0 <= stats.rtt < 0.1 and link.monitor.base_rtt is not None
+            aiortc_rtt = link.transceiver.sender._RTCRtpSender__rtt  # smoothed from the same samples
+            assert aiortc_rtt is not None and abs(stats.rtt - aiortc_rtt) < 0.05
             far = link.far_receiver
             await far._send_rtcp_pli(ssrc)
             await far._send_rtcp_nack(ssrc, [1, 2])
