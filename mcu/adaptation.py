@@ -11,7 +11,7 @@ this is REMB plus the receiver reports, as GCC's receive-side variant):
   under the rate sent means nothing by itself. What counts is a REMB that falls
   (an overuse: queues growing) to under REMB_LOW of the tier's bitrate.
   A falling REMB counts only with a queue behind it: the round-trip time of the
-  reports over the link's base (the least seen) at QUEUE_HIGH or more. aiortc's
+  last two reports over the link's base (the least seen) at QUEUE_HIGH or more. aiortc's
   delay-based detector also fires on a link that is merely jittery (Wi-Fi: up to
   50 ms of jitter each way, nothing queued), and then says 0.85x what arrives,
   which read alone demoted a peer whose link carried its tier down to audio only
@@ -155,8 +155,9 @@ class Controller:
         self._remb_falling = False
         self._sent: float | None = None
         self.loss = 0.0
-        #: The last report's round-trip time over the link's base (s): the queue; None while unknown.
+        #: The queue (s): the lower of the last two reports' round-trip times over the link's base; None while unknown.
         self.queue: float | None = None
+        self._last_queue = 0.0
         self._loss_estimate: float | None = None
         self._congested_since: float | None = None
         self._congested_last: float | None = None
@@ -211,7 +212,8 @@ class Controller:
         self.loss = fraction_lost
         self._sent = sent_bitrate
         if queue is not None:
-            self.queue = queue
+            # The lower of the last two: a queue that builds stays, a jitter spike does not.
+            self.queue, self._last_queue = min(queue, self._last_queue), queue
         if self._probe is not None and fraction_lost > LOSS_LOW:
             self._probe_failed = True
         if fraction_lost > LOSS_HIGH and sent_bitrate:

@@ -9,14 +9,14 @@ import time
 import pytest
 from browser_checks import chromium_args, isolated_network, write_wav, write_y4m
 from test_browser import CHROMIUM
-from test_turn import SECRET, coturn  # noqa: F401  (coturn is a fixture)
+from test_impairment import relay, through  # noqa: F401  (relay is a fixture)
+from test_turn import coturn  # noqa: F401  (coturn is a fixture)
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
-from client.impairment import Relay, parse_spec
+from client.impairment import Relay
 from client.peer import Peer
 from client.sources import COLORS
 from mcu.config import Config
-from signaling.ice import IceServers
 
 #: The page's inbound video: decoded frames and the picture's width.
 INBOUND_VIDEO_JS = """
@@ -34,26 +34,18 @@ async () => {
 
 
 @pytest.fixture
-async def relay(coturn) -> Relay:  # noqa: F811  (the fixture imported above)
-    """The relay in front of coturn: 700 kbit/s towards the page, as a slow downlink; a queue of 40 datagrams."""
-    relay = await Relay.start(("127.0.0.1", coturn.port), parse_spec("down.rate=700k,down.queue=40,seed=3"))
-    try:
-        yield relay
-    finally:
-        relay.close()
+def relay_spec() -> str:
+    """700 kbit/s towards the page, as a slow downlink, with a queue of 40 datagrams."""
+    return "down.rate=700k,down.queue=40,seed=3"
 
 
 @pytest.fixture
-def config(relay: Relay) -> Config:
+def config(relay: Relay) -> Config:  # noqa: F811  (the fixture imported above)
     """960x540@15 at 1.2 Mbit/s (high), 640x360@15 (low), 320x180@15 (small); the page's TURN is the relay."""
-    turn = f"turn:127.0.0.1:{relay.address[1]}"
-    return Config(
-        width=960, height=540, fps=15, video_bitrate=1_200_000,
-        ice_servers=IceServers(urls=(turn,), secret=SECRET, ttl=600),
-    )  # fmt: skip
+    return Config(width=960, height=540, fps=15, video_bitrate=1_200_000, ice_servers=through(relay))
 
 
-async def test_a_browser_behind_a_slow_downlink_moves_down_and_keeps_playing(server, relay, tmp_path):
+async def test_a_browser_behind_a_slow_downlink_moves_down_and_keeps_playing(server, relay, tmp_path):  # noqa: F811
     if not CHROMIUM.exists() or not isolated_network():
         pytest.skip("needs Debian's chromium and a network namespace with loopback alone (scripts/test)")
     playwright_api = pytest.importorskip("playwright.async_api")

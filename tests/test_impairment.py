@@ -313,20 +313,29 @@ async def inbound_lost(pc: RTCPeerConnection) -> dict[str, int]:
 
 
 @pytest.fixture
-async def relay(coturn) -> Relay:  # noqa: F811  (the fixture imported above)
+def relay_spec() -> str:
+    """What the relay does to its clients' datagrams (a test module may say otherwise)."""
+    return "loss=5,jitter=20,seed=11"
+
+
+@pytest.fixture
+async def relay(coturn, relay_spec: str) -> Relay:  # noqa: F811  (the fixture imported above)
     """The impaired relay in front of coturn."""
-    relay = await Relay.start(("127.0.0.1", coturn.port), parse_spec("loss=5,jitter=20,seed=11"))
+    relay = await Relay.start(("127.0.0.1", coturn.port), parse_spec(relay_spec))
     try:
         yield relay
     finally:
         relay.close()
 
 
+def through(relay: Relay) -> IceServers:
+    """The relay as the TURN server the server hands out (and reaches coturn through, too)."""
+    return IceServers(urls=(f"turn:127.0.0.1:{relay.address[1]}",), secret=SECRET, ttl=600)
+
+
 @pytest.fixture
 def config(relay: Relay) -> Config:
-    """The server hands out the relay as its TURN server (and reaches coturn through it too)."""
-    turn = f"turn:127.0.0.1:{relay.address[1]}"
-    return Config(width=640, height=360, fps=15, ice_servers=IceServers(urls=(turn,), secret=SECRET, ttl=600))
+    return Config(width=640, height=360, fps=15, ice_servers=through(relay))
 
 
 async def test_a_relay_only_peer_behind_the_impaired_relay_gets_the_composite_and_loses_packets(server, relay):
