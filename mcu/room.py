@@ -9,7 +9,7 @@ from typing import Callable
 
 from compositor.layout import Layout, last_n, parse_layout
 from signaling import grants
-from signaling.receiver import send_pli
+from signaling.receiver import send_pli, video_losses
 
 from .audio import AudioPipeline
 from .chat import ChatRelay
@@ -53,6 +53,8 @@ class Room:
         self._started = False
         #: When each publisher was last asked for a keyframe on the picture process's behalf.
         self._plis: dict[str, float] = {}
+        #: Video frames lost and keyframes asked for (signaling/jitter.py) by the receivers of publishers gone.
+        self._departed_losses = (0, 0)
 
     def add(self, participant: Participant) -> None:
         self.participants[participant.peer_id] = participant
@@ -65,6 +67,10 @@ class Room:
             self.audio.start()
 
     def remove(self, peer_id: str) -> Participant | None:
+        leaving = self.participants.get(peer_id)
+        if leaving is not None and leaving.video_receiver is not None:
+            lost, asked = video_losses(leaving.video_receiver)
+            self._departed_losses = (self._departed_losses[0] + lost, self._departed_losses[1] + asked)
         if self.mode == "mcu":
             self.video.forget(peer_id)
             self._plis.pop(peer_id, None)
@@ -80,6 +86,8 @@ class Room:
     def stats(self) -> dict:
         """Counters since the room started: what the media clocks achieved and what they cost."""
         video, audio, chat = self.video.stats, self.audio.stats, self.chat.stats
+        receivers = [p.video_receiver for p in self.participants.values() if p.video_receiver is not None]
+        losses = [self._departed_losses, *(video_losses(receiver) for receiver in receivers)]
         return {
             "peers": len(self.participants),
             "videoFrames": video.frames,
@@ -91,6 +99,9 @@ class Room:
             "videoDecodeSeconds": round(video.decode_seconds, 3),
             "videoDecodeErrors": video.decode_errors,
             "videoUpstreamDropped": video.upstream_dropped,
+            # Frames lost on publishers' uplinks and given up, keyframes asked for then.
+            "videoFramesLost": sum(lost for lost, _ in losses),
+            "videoKeyframesAsked": sum(asked for _, asked in losses),
             "pictureRestarts": video.restarts,
             "videoEncoders": sorted(str(output) for output in self.video.encoders),
             "tierFrames": dict(video.tier_frames),
