@@ -121,7 +121,8 @@ class MovingTrack(_Paced):
         texture = np.repeat(np.repeat(coarse, 4, axis=0), 4, axis=1)
         step = max(1, width // self.PERIOD)  # the texture wraps around once a period
         block = max(8, height // 6)
-        self._frames = []
+        #: One period of the motion, yuv420p pictures (a file for a browser's fake camera can be made of them).
+        self.frames: list[np.ndarray] = []
         for index in range(self.PERIOD):
             luma = np.clip(y + np.roll(texture, index * step, axis=1), 16, 235).astype(np.uint8)
             # A white block runs along the top band, out of the centre where cell colours are measured.
@@ -132,11 +133,11 @@ class MovingTrack(_Paced):
             chroma = buffer[height:].reshape(-1)
             chroma[: chroma.size // 2] = u
             chroma[chroma.size // 2 :] = v
-            self._frames.append(buffer)
+            self.frames.append(buffer)
 
     async def recv(self) -> av.VideoFrame:
         index = await self._next_index()
-        frame = av.VideoFrame.from_numpy_buffer(self._frames[index % self.PERIOD], format="yuv420p")
+        frame = av.VideoFrame.from_numpy_buffer(self.frames[index % self.PERIOD], format="yuv420p")
         frame.pts = index * (90000 // self.fps)
         frame.time_base = fractions.Fraction(1, 90000)
         return frame

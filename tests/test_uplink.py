@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
 import pytest
+from media_checks import TileWatch
 
 from client.impairment import parse_spec
 from client.peer import Peer
@@ -22,20 +22,11 @@ SECONDS = 30
 #: The first seconds are left out: the encoder starts at 500 kbit/s and the queue overflows until REMB
 #: has brought it down (the link is then busy with what was queued and lost).
 SETTLE = 15.0
-#: A tile whose mean absolute luma difference from the last one seen exceeds this has changed.
-CHANGED = 1.0
 
 
 @pytest.fixture
 def config() -> Config:
     return Config(width=640, height=360, fps=15, video_bitrate=600_000)
-
-
-def luma(frame, x: int, y: int, width: int, height: int) -> np.ndarray:
-    """One region of a decoded picture's Y plane."""
-    plane = frame.planes[0]
-    rows = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
-    return rows[y : y + height, x : x + width].astype(np.int16)
 
 
 async def video_bytes_sent(peer: Peer) -> int:
@@ -50,18 +41,12 @@ async def test_an_uplink_limited_publisher_lowers_its_bitrate_and_its_tile_stays
     try:
         await publisher.join()
         await viewer.join()
-        tile = grid_layout(2, 640, 360)[0]  # the publisher's, first in join order
+        cell = grid_layout(2, 640, 360)[0]  # the publisher's, first in join order
+        tile = TileWatch(cell.x, cell.y, cell.width, cell.height)
         start = time.monotonic()
-        changes: list[float] = []
-        last: np.ndarray | None = None
         settled: tuple[int, int] | None = None
         while (now := time.monotonic()) - start < SECONDS:
-            frame = viewer.video_frame
-            if frame is not None:
-                picture = luma(frame, tile.x, tile.y, tile.width, tile.height)
-                if last is None or np.abs(picture - last).mean() > CHANGED:
-                    changes.append(now - start)
-                    last = picture
+            tile.look(viewer.video_frame, now - start)
             if settled is None and now - start >= SETTLE:
                 settled = publisher.impaired.up.counters.tail_dropped, await video_bytes_sent(publisher)
             await asyncio.sleep(0.1)
@@ -69,12 +54,11 @@ async def test_an_uplink_limited_publisher_lowers_its_bitrate_and_its_tile_stays
         assert settled is not None
         up = publisher.impaired.up.counters
         rate = (await video_bytes_sent(publisher) - settled[1]) * 8 / (elapsed - SETTLE)
-        marks = [SETTLE, *(t for t in changes if t > SETTLE), elapsed]
-        freeze = max(b - a for a, b in zip(marks, marks[1:]))
+        freeze = tile.longest_still(SETTLE, elapsed)
         stats = server.conference.rooms["uplink"].stats()
         print(
             f"\nuplink {up}; tail drops after {SETTLE:.0f} s: {up.tail_dropped - settled[0]}; video sent then "
-            f"{rate / 1000:.0f} kbit/s; tile changes {len(changes)}, longest freeze after {SETTLE:.0f} s "
+            f"{rate / 1000:.0f} kbit/s; tile changes {len(tile.changes)}, longest freeze after {SETTLE:.0f} s "
             f"{freeze:.2f} s; "
             f"frames lost {stats['videoFramesLost']}, keyframes asked {stats['videoKeyframesAsked']}, "
             f"decode errors {stats['videoDecodeErrors']}"
@@ -83,7 +67,7 @@ async def test_an_uplink_limited_publisher_lowers_its_bitrate_and_its_tile_stays
         # REMB brought the encoder under the limit: its media rate, and the queue no longer overflows.
         assert rate < LIMIT and up.tail_dropped - settled[0] <= 10
         # The tile is live: its pixels change at least every second.
-        assert freeze <= 1.0, changes
+        assert freeze <= 1.0, tile.changes
         # Frames lost on the way were given up, each time asking for a keyframe, at most every PLI_INTERVAL.
         assert stats["videoFramesLost"] > 0
         assert 1 <= stats["videoKeyframesAsked"] <= elapsed / PLI_INTERVAL + 1
