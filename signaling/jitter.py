@@ -110,6 +110,11 @@ class VideoJitterBuffer:
             self.keyframes_asked += 1
         return pli, frame
 
+    def keyframe_asked_elsewhere(self) -> None:
+        """A keyframe was just asked for otherwise (a decode error, a subscriber): the buffer waits
+        PLI_INTERVAL before asking again, so that the two do not double the requests."""
+        self._last_pli = self._clock()
+
     def _unwrap(self, sequence_number: int) -> int:
         if self._highest is None:
             self._highest = self._next = sequence_number
@@ -142,8 +147,7 @@ class VideoJitterBuffer:
         self._packets.clear()
         self._next = (self._highest or 0) + 1
         self._hole_since = None
-        self._waiting_keyframe = True
-        self._last_pli = float("-inf")  # ask at once
+        self._waiting_keyframe = True  # and asks at once, unless a keyframe was asked for within PLI_INTERVAL
 
     def _seek_keyframe(self, number: int, packet: RtpPacket) -> None:
         """While waiting: start again at `packet` if it begins a keyframe, dropping what came before it.

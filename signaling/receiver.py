@@ -204,5 +204,8 @@ def send_pli(receiver: RTCRtpReceiver) -> bool:
     media = [ssrc for ssrc in seen if ssrc not in rtx]
     if not media:
         return False
+    buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    if isinstance(buffer, VideoJitterBuffer):
+        buffer.keyframe_asked_elsewhere()
     asyncio.ensure_future(receiver._send_rtcp_pli(max(media, key=seen.__getitem__)))
     return True

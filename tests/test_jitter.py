@@ -74,6 +74,7 @@ def test_a_hole_waited_out_is_given_up_and_a_keyframe_asked_for_at_most_every_pl
     jitter = buffer(clock)
     for packet in frame(0, 0, key=True):
         jitter.add(packet)
+    clock.now += PLI_INTERVAL  # the stream has run a while: no keyframe asked for lately
     lost = frame(2, 1)
     jitter.add(lost[0])  # its second packet never comes
     assert jitter.add(frame(4, 2)[0]) == (False, None)
@@ -137,3 +138,20 @@ def test_a_keyframe_whose_first_packet_comes_late_still_starts_the_stream() -> N
     pli, out = jitter.add(first)
     assert not pli and out is not None and out.timestamp == 0
     assert jitter.keyframes_asked == 0
+
+
+def test_a_keyframe_asked_for_elsewhere_delays_the_buffers_own_request() -> None:
+    """A decode error's PLI (the room's) and the buffer's share one clock: no second request right after."""
+    clock = Clock()
+    jitter = buffer(clock)
+    for packet in frame(0, 0, key=True):
+        jitter.add(packet)
+    clock.now += PLI_INTERVAL
+    jitter.add(frame(2, 1)[0])
+    jitter.add(frame(4, 2)[0])
+    clock.now += MAX_WAIT - 0.1
+    jitter.keyframe_asked_elsewhere()
+    clock.now += 0.1
+    assert jitter.add(frame(4, 2)[1]) == (False, None)  # given up, but a keyframe was asked for 0.1 s ago
+    clock.now += PLI_INTERVAL
+    assert jitter.add(frame(6, 3)[0])[0] is True
