@@ -9,8 +9,9 @@ the same full queue, the publisher offering 150-340 datagrams a second to a link
 
 `VideoJitterBuffer` lets a frame out as soon as its packets are in (the marker bit ends it);
 when a hole has waited `MAX_WAIT` it drops what it holds and waits for a keyframe, asking for
-one (the receiver sends a PLI) at once and then at most every `PLI_INTERVAL` until it comes:
-inter frames after a lost one would only decode into garbage. `PacedNacks` asks for each
+one (the receiver sends a PLI) at most every `PLI_INTERVAL`, counting those asked for otherwise
+(`signaling.receiver.send_pli`), until it comes: inter frames after a lost one would only decode
+into garbage. `PacedNacks` asks for each
 missing packet at most `NACK_TRIES` times, `NACK_RETRY` apart. Both stand in for the aiortc
 receiver's private ones (signaling/receiver.py installs them; tests/test_aiortc_internals.py).
 """
