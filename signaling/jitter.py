@@ -35,6 +35,10 @@ MAX_WAIT = 0.5
 PLI_INTERVAL = 1.0
 #: Packets held at most: beyond, the oldest hole is given up at once.
 CAPACITY = 512
+#: This many packets in a row from before the next one expected are a new stream (a sender that
+#: started again), not late ones: a late retransmission comes alone, and may come from far behind
+#: at a high packet rate (aiortc's buffer starts again at any packet 100 behind).
+LATE_RUN = 10
 #: Each missing packet is asked for at most this many times, this many seconds apart.
 NACK_TRIES = 2
 NACK_RETRY = 0.2
@@ -77,6 +81,7 @@ class VideoJitterBuffer:
         self._next = 0
         self._last_out = float("-inf")
         self._waiting_keyframe = True
+        self._late_run = 0
         self._hole_since: float | None = None
         # A stream starts on a keyframe: ask for one only if none has come within PLI_INTERVAL.
         self._last_pli = clock()
@@ -92,16 +97,21 @@ class VideoJitterBuffer:
         now = self._clock()
         number = self._unwrap(packet.sequence_number)
         # While waiting for a keyframe, anything after the last frame let out may be its first packet.
-        if number >= self._next or (self._waiting_keyframe and number > self._last_out):
+        late = number < self._next and not (self._waiting_keyframe and number > self._last_out)
+        self._late_run = self._late_run + 1 if late else 0
+        if self._late_run >= LATE_RUN:
+            self._restart(number)
+            late = False
+        if not late:
             self._packets[number] = packet
             if self._waiting_keyframe:
                 self._seek_keyframe(number, packet)
         frame = None if self._waiting_keyframe else self._take_frame()
         if frame is None and not self._waiting_keyframe and self._packets:
             # Packets held behind a missing one (not a frame still coming in): since when, and whether to give up.
-            if max(self._packets) - self._next + 1 > len(self._packets):
+            if (span := max(self._packets) - self._next + 1) > len(self._packets):
                 self._hole_since = now if self._hole_since is None else self._hole_since
-                if now - self._hole_since >= MAX_WAIT or len(self._packets) >= CAPACITY:
+                if now - self._hole_since >= MAX_WAIT or span > CAPACITY:
                     self._give_up()
             else:
                 self._hole_since = None
@@ -141,6 +151,15 @@ class VideoJitterBuffer:
                 return JitterFrame(data, packets[0].timestamp)
             number += 1
         return None
+
+    def _restart(self, number: int) -> None:
+        """A new stream from packet `number` on: what is held is dropped, and it starts on a keyframe."""
+        self._packets.clear()
+        self._highest = self._next = number
+        self._last_out = float("-inf")
+        self._hole_since = None
+        self._late_run = 0
+        self._waiting_keyframe = True
 
     def _give_up(self) -> None:
         """Drop every frame held (they follow a lost one) and wait for a keyframe."""
@@ -193,7 +212,10 @@ class PacedNacks:
             self.max_seq = seq
             return False
         if uint16_gt(seq, self.max_seq):
+            # A gap longer than the history (a sender that started again) is not walked through.
             gap = uint16_add(self.max_seq, 1)
+            if (seq - gap) % 0x10000 > NACK_HISTORY:
+                gap = uint16_add(seq, -NACK_HISTORY)
             while uint16_gt(seq, gap):
                 self._asked[gap] = (0, float("-inf"))
                 gap = uint16_add(gap, 1)

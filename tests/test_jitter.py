@@ -8,6 +8,7 @@ from aiortc.rtp import RtpPacket
 
 from signaling.jitter import (
     MAX_WAIT,
+    NACK_HISTORY,
     NACK_RETRY,
     NACK_TRIES,
     PLI_INTERVAL,
@@ -155,3 +156,46 @@ def test_a_keyframe_asked_for_elsewhere_delays_the_buffers_own_request() -> None
     assert jitter.add(frame(4, 2)[1]) == (False, None)  # given up, but a keyframe was asked for 0.1 s ago
     clock.now += PLI_INTERVAL
     assert jitter.add(frame(6, 3)[0])[0] is True
+
+
+def test_a_jump_back_starts_a_new_stream_and_a_jump_far_ahead_gives_up_at_once() -> None:
+    """A sender that started again (new sequence numbers): its keyframe starts the stream, as in aiortc."""
+    clock = Clock()
+    jitter = buffer(clock)
+    for index, seq in enumerate(range(30000, 30010, 2)):
+        for packet in frame(seq, index, key=index == 0):
+            jitter.add(packet)
+    assert jitter.add(frame(200, 1)[1]) == (False, None)  # one late packet, even from far behind: dropped
+    assert jitter.add(frame(30010, 5, key=True)[0])[1] is None
+    assert jitter.add(frame(30010, 5, key=True)[1])[1].timestamp == 5 * 6000
+    # The sender starts again from 1000: its keyframe is among the packets dropped as late before
+    # the run shows a new stream; its next keyframe starts the stream again.
+    new = [packet for index in range(50, 56) for packet in frame(1000 + (index - 50) * 2, index, key=index == 50)]
+    assert [jitter.add(packet)[1] for packet in new] == [None] * len(new)
+    restarted = [jitter.add(packet)[1] for packet in frame(1012, 56, key=True)]
+    assert restarted[1] is not None and restarted[1].timestamp == 56 * 6000
+    assert jitter.add(frame(1014, 57)[0])[1] is None and jitter.add(frame(1014, 57)[1])[1] is not None
+    clock.now += PLI_INTERVAL
+    assert jitter.add(frame(1016 + 600, 58)[0]) == (True, None)  # 600 packets missing: no wait for them
+
+
+def test_a_new_stream_behind_is_taken_up_while_waiting_for_a_keyframe_too() -> None:
+    clock = Clock()
+    jitter = buffer(clock)
+    for packet in frame(30000, 0, key=True):
+        jitter.add(packet)
+    jitter.add(frame(30004, 2)[0])  # 30002-30003 never come
+    clock.now += MAX_WAIT
+    jitter.add(frame(30004, 2)[1])  # given up: waiting for a keyframe
+    new = [packet for index in range(10, 16) for packet in frame(1000 + (index - 10) * 2, index)]
+    assert [jitter.add(packet)[1] for packet in new] == [None] * len(new)
+    assert jitter.add(frame(1012, 16, key=True)[0])[1] is None
+    assert jitter.add(frame(1012, 16, key=True)[1])[1].timestamp == 16 * 6000
+
+
+def test_a_jump_ahead_is_asked_for_within_the_history_only_and_no_gap_asks_nothing() -> None:
+    nacks = PacedNacks(Clock())
+    assert not nacks.add(RtpPacket(sequence_number=65530))
+    assert not nacks.add(RtpPacket(sequence_number=65531))  # no gap, nothing asked
+    assert nacks.add(RtpPacket(sequence_number=3)) and sorted(nacks.missing) == [0, 1, 2, 65532, 65533, 65534, 65535]
+    assert nacks.add(RtpPacket(sequence_number=30000)) and len(nacks.missing) == NACK_HISTORY
