@@ -17,7 +17,7 @@ from signaling.protocol import MODES
 
 from .impairment import parse_spec
 from .peer import Peer, PeerError
-from .sources import ColorTrack, ToneTrack, parse_color
+from .sources import ColorTrack, MovingTrack, ToneTrack, parse_color
 
 
 def _video(spec: str | None) -> tuple[MediaStreamTrack | None, MediaPlayer | None]:
@@ -25,6 +25,8 @@ def _video(spec: str | None) -> tuple[MediaStreamTrack | None, MediaPlayer | Non
         return None, None
     if spec.startswith("color:"):
         return ColorTrack(parse_color(spec.removeprefix("color:"))), None
+    if spec.startswith("moving:"):
+        return MovingTrack(parse_color(spec.removeprefix("moving:"))), None
     player = MediaPlayer(spec.removeprefix("file:"), loop=True)
     return player.video, player
 
@@ -45,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("url", help="signaling URL, e.g. ws://127.0.0.1:8080/ws")
     join.add_argument("--room", required=True)
     join.add_argument("--name", required=True)
-    join.add_argument("--video", help="color:NAME (a test pattern: red, green, #rrggbb...) or a media file")
+    join.add_argument(
+        "--video",
+        help="color:NAME (a test pattern: red, green, #rrggbb...), moving:NAME (the same colour, moving: "
+        "it needs its bitrate) or a media file",
+    )
     join.add_argument("--audio", help="tone:HZ (a sine tone) or a media file")
     join.add_argument("--record", metavar="FILE", help="write what is received (video and audio) to FILE")
     join.add_argument(

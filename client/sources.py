@@ -1,4 +1,4 @@
-"""Synthetic media for the client: a solid-colour test pattern and a tone."""
+"""Synthetic media for the client: a solid-colour test pattern, a moving one and a tone."""
 
 from __future__ import annotations
 
@@ -87,6 +87,57 @@ class ColorTrack(_Paced):
     async def recv(self) -> av.VideoFrame:
         index = await self._next_index()
         frame = av.VideoFrame.from_numpy_buffer(self._buffer, format="yuv420p")
+        frame.pts = index * (90000 // self.fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        return frame
+
+
+class MovingTrack(_Paced):
+    """A colour under a scrolling texture, with a block sweeping the top band: live video that costs bits.
+
+    A static picture lets an encoder fall to a few kbit/s, so it never meets a bandwidth limit;
+    this one changes everywhere every frame (the texture moves a few pixels), so an encoder
+    spends whatever rate it is given, and a frozen stream is seen at once (the picture stops
+    changing). The centre of the picture keeps the colour on average: a composite's cell
+    colour finds it. One period of frames is made at start (numpy only) and replayed.
+    """
+
+    kind = "video"
+
+    #: Frames in one period of the motion: 4 s at 15 fps.
+    PERIOD = 60
+    #: The texture's amplitude around the colour, in luma and chroma steps.
+    TEXTURE = 24
+
+    def __init__(
+        self, color: tuple[int, int, int], width: int = 320, height: int = 240, fps: int = 15, seed: int = 0
+    ) -> None:
+        super().__init__(fps)
+        self.fps = fps
+        y, u, v = rgb_to_yuv(color)
+        rng = np.random.default_rng(seed)
+        # Noise smoothed over 4x4 pixels: detail an encoder must code, not pure noise it cannot.
+        coarse = rng.integers(-self.TEXTURE, self.TEXTURE + 1, (height // 4, width // 4), dtype=np.int16)
+        texture = np.repeat(np.repeat(coarse, 4, axis=0), 4, axis=1)
+        step = max(1, width // self.PERIOD)  # the texture wraps around once a period
+        block = max(8, height // 6)
+        #: One period of the motion, yuv420p pictures (a file for a browser's fake camera can be made of them).
+        self.frames: list[np.ndarray] = []
+        for index in range(self.PERIOD):
+            luma = np.clip(y + np.roll(texture, index * step, axis=1), 16, 235).astype(np.uint8)
+            # A white block runs along the top band, out of the centre where cell colours are measured.
+            x = (index * (width - block)) // (self.PERIOD - 1)
+            luma[block // 2 : block // 2 + block, x : x + block] = 235
+            buffer = np.empty((height * 3 // 2, width), np.uint8)
+            buffer[:height] = luma
+            chroma = buffer[height:].reshape(-1)
+            chroma[: chroma.size // 2] = u
+            chroma[chroma.size // 2 :] = v
+            self.frames.append(buffer)
+
+    async def recv(self) -> av.VideoFrame:
+        index = await self._next_index()
+        frame = av.VideoFrame.from_numpy_buffer(self.frames[index % self.PERIOD], format="yuv420p")
         frame.pts = index * (90000 // self.fps)
         frame.time_base = fractions.Fraction(1, 90000)
         return frame

@@ -34,6 +34,8 @@ _ROOM_COUNTERS = (
     ("encodeSeconds", "encode_seconds", "Seconds spent encoding video"),
     ("videoDecodeSeconds", "video_decode_seconds", "Seconds spent decoding participants' video"),
     ("videoDecodeErrors", "video_decode_errors", "Participants' video frames that could not be decoded"),
+    ("videoFramesLost", "video_frames_lost", "Publishers' video frames lost on the way in and given up"),
+    ("videoKeyframesAsked", "video_keyframes_asked", "Keyframes asked of publishers after a lost frame"),
     (
         "videoUpstreamDropped",
         "video_upstream_dropped",

@@ -9,7 +9,7 @@ from typing import Callable
 
 from compositor.layout import Layout, last_n, parse_layout
 from signaling import grants
-from signaling.receiver import send_pli
+from signaling.receiver import send_pli, video_losses
 
 from .adaptation import Ladder, Switch
 from .audio import AudioPipeline
@@ -68,6 +68,8 @@ class Room:
         self.switches = {"down": 0, "up": 0}
         #: The RTCP feedback counts of receivers that left (the room's totals go on without them).
         self._departed_feedback: dict[str, int] = dict.fromkeys(FEEDBACK_COUNTS, 0)
+        #: Video frames lost and keyframes asked for (signaling/jitter.py) by the receivers of publishers gone.
+        self._departed_losses = (0, 0)
 
     def add(self, participant: Participant) -> None:
         self.participants[participant.peer_id] = participant
@@ -82,6 +84,10 @@ class Room:
                 self._adapting = asyncio.ensure_future(self._adapt_forever())
 
     def remove(self, peer_id: str) -> Participant | None:
+        leaving = self.participants.get(peer_id)
+        if leaving is not None and leaving.video_receiver is not None:
+            lost, asked = video_losses(leaving.video_receiver)
+            self._departed_losses = (self._departed_losses[0] + lost, self._departed_losses[1] + asked)
         if self.mode == "mcu":
             self.video.forget(peer_id)
             self._plis.pop(peer_id, None)
@@ -137,6 +143,8 @@ class Room:
     def stats(self) -> dict:
         """Counters since the room started: what the media clocks achieved and what they cost."""
         video, audio, chat = self.video.stats, self.audio.stats, self.chat.stats
+        receivers = [p.video_receiver for p in self.participants.values() if p.video_receiver is not None]
+        losses = [self._departed_losses, *(video_losses(receiver) for receiver in receivers)]
         return {
             "peers": len(self.participants),
             "links": self.links(),
@@ -151,6 +159,9 @@ class Room:
             "videoDecodeSeconds": round(video.decode_seconds, 3),
             "videoDecodeErrors": video.decode_errors,
             "videoUpstreamDropped": video.upstream_dropped,
+            # Frames lost on publishers' uplinks and given up, keyframes asked for then.
+            "videoFramesLost": sum(lost for lost, _ in losses),
+            "videoKeyframesAsked": sum(asked for _, asked in losses),
             "pictureRestarts": video.restarts,
             "videoEncoders": sorted(str(output) for output in self.video.encoders),
             "tierFrames": dict(video.tier_frames),

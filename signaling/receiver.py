@@ -19,6 +19,7 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from .jitter import PacedNacks, VideoJitterBuffer
 from .rate import count_rate_per_packet
 
 logger = logging.getLogger(__name__)
@@ -146,7 +147,8 @@ def install_encoded_receiver(
     instead (no task wakes up per frame); the track then only ends, when the
     receiver stops. Call it before the receiver starts, i.e. in the peer
     connection's "track" event. The jitter buffer, NACK, REMB (its rate counted by
-    `signaling.rate.WindowRate`) and receiver reports still run; the receiver no
+    `signaling.rate.WindowRate`) and receiver reports still run, video's with the
+    jitter buffer and NACKs of signaling/jitter.py; the receiver no
     longer sends PLIs on decode errors, since there are none. Audio
     frames carry the sender's RFC 6464 level as `audio_level` (see `_LevelTagger`). Without
     `audio_in_order`, audio packets are handed on as they come, lost or out of order (`_EachPacket`).
@@ -159,7 +161,18 @@ def install_encoded_receiver(
         raise RuntimeError("the receiver has no remote track yet")
     receiver._RTCRtpReceiver__decoder_queue = _EncodedHandoff(receiver._track._queue, on_frame)  # type: ignore[attr-defined]
     count_rate_per_packet(receiver)
-    if receiver._track.kind == "audio" and not audio_in_order:
+    if receiver._track.kind == "video":
+        # A lost frame is given up within half a second, and NACKs do not flood a congested uplink
+        # (signaling/jitter.py): aiortc's own froze a 300 kbit/s publisher's tile for 10-20 s.
+        codecs: dict = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+
+        def codec_of(payload_type: int) -> str | None:
+            codec = codecs.get(payload_type)
+            return None if codec is None else codec.name.lower()
+
+        receiver._RTCRtpReceiver__jitter_buffer = VideoJitterBuffer(codec_of)  # type: ignore[attr-defined]
+        receiver._RTCRtpReceiver__nack_generator = PacedNacks()  # type: ignore[attr-defined]
+    elif receiver._track.kind == "audio" and not audio_in_order:
         receiver._RTCRtpReceiver__jitter_buffer = _EachPacket()  # type: ignore[attr-defined]
     elif receiver._track.kind == "audio":
         # aiortc holds 4 frames of audio before it lets one go (80 ms) but then lets one go per packet
@@ -168,6 +181,14 @@ def install_encoded_receiver(
         # there can be, since a frame is known complete only when the next one starts.
         buffer = JitterBuffer(capacity=AUDIO_CAPACITY, prefetch=1)
         receiver._RTCRtpReceiver__jitter_buffer = _LevelTagger(buffer)  # type: ignore[attr-defined]
+
+
+def video_losses(receiver: RTCRtpReceiver) -> tuple[int, int]:
+    """Frames an encoded video receiver gave up and keyframes it asked for (signaling/jitter.py); 0, 0 otherwise."""
+    buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    if not isinstance(buffer, VideoJitterBuffer):
+        return 0, 0
+    return buffer.frames_dropped, buffer.keyframes_asked
 
 
 def send_pli(receiver: RTCRtpReceiver) -> bool:
@@ -183,5 +204,8 @@ def send_pli(receiver: RTCRtpReceiver) -> bool:
     media = [ssrc for ssrc in seen if ssrc not in rtx]
     if not media:
         return False
+    buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    if isinstance(buffer, VideoJitterBuffer):
+        buffer.keyframe_asked_elsewhere()
     asyncio.ensure_future(receiver._send_rtcp_pli(max(media, key=seen.__getitem__)))
     return True

@@ -85,6 +85,14 @@ def write_y4m(path: Path, rgb: tuple[int, int, int], width: int = 320, height: i
             out.write(frame)
 
 
+def write_y4m_frames(path: Path, frames: list[np.ndarray], width: int = 320, height: int = 240) -> None:
+    """yuv420p pictures (each height * 3 / 2 rows of `width`) as a clip that Chromium's fake camera loops, 15 fps."""
+    with path.open("wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F15:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            out.write(b"FRAME\n" + frame.tobytes())
+
+
 def write_wav(path: Path, frequency: float, seconds: int = 2) -> None:
     """A tone; Chromium's fake microphone loops it."""
     t = np.arange(48000 * seconds) / 48000

@@ -30,6 +30,31 @@ def cell_colours(frame: av.VideoFrame, count: int, at: tuple[float, float] = (0.
     return colours
 
 
+class TileWatch:
+    """When one region of a received picture changed (its mean absolute luma difference over `threshold`)."""
+
+    def __init__(self, x: int, y: int, width: int, height: int, threshold: float = 1.0) -> None:
+        self.region = (slice(y, y + height), slice(x, x + width))
+        self.threshold = threshold
+        self.changes: list[float] = []
+        self._last: np.ndarray | None = None
+
+    def look(self, frame: av.VideoFrame | None, at: float) -> None:
+        if frame is None:
+            return
+        plane = frame.planes[0]
+        rows = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
+        picture = rows[self.region].astype(np.int16)
+        if self._last is None or np.abs(picture - self._last).mean() > self.threshold:
+            self.changes.append(at)
+            self._last = picture
+
+    def longest_still(self, start: float, end: float) -> float:
+        """The longest stretch between `start` and `end` without a change, in seconds."""
+        marks = [start, *(t for t in self.changes if start < t < end), end]
+        return max(b - a for a, b in zip(marks, marks[1:]))
+
+
 def close_to(actual: YUV, expected: YUV, tolerance: int = 14) -> bool:
     return all(abs(a - e) <= tolerance for a, e in zip(actual, expected))
 

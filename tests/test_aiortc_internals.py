@@ -58,7 +58,8 @@ from client.sources import ToneTrack
 from mcu.sender import PADDING
 from mcu.traffic import transport_bytes
 from signaling.ice import rtc_configuration, use_host_addresses
-from signaling.receiver import _EncodedHandoff, install_encoded_receiver, send_pli
+from signaling.jitter import PacedNacks, VideoJitterBuffer
+from signaling.receiver import _EncodedHandoff, install_encoded_receiver, send_pli, video_losses
 
 RED = (230, 30, 30)
 DECODER_THREADS = ("video-decoder", "audio-decoder")
@@ -325,6 +326,48 @@ async def test_an_encoded_receiver_can_ask_its_sender_for_a_keyframe(pcs) -> Non
     assert set(receiver._RTCRtpReceiver__rtx_ssrc.values()) == {transceiver.sender._ssrc}
     assert send_pli(receiver)
     await asyncio.wait_for(requests.wait(), 5)
+
+
+async def test_an_encoded_video_receiver_takes_our_jitter_buffer_and_nacks(pcs) -> None:
+    """signaling/jitter.py in place of the receiver's private `__jitter_buffer` and `__nack_generator`, its
+    codecs read from the private `__codecs`: frames flow from the first keyframe; the receiver sends a PLI when
+    the buffer says so (to the far sender's `_send_keyframe`) and a NACK for just the `missing` it lists."""
+    sending, receiving = pcs
+    transceiver = sending.addTransceiver(PreEncodedVideoTrack(RED), direction="sendonly")
+    keyframes_asked = asyncio.Event()
+    transceiver.sender._send_keyframe = keyframes_asked.set
+    frames: list[JitterFrame] = []
+
+    @receiving.on("track")
+    def on_track(remote: MediaStreamTrack) -> None:
+        install_encoded_receiver(receiving.getTransceivers()[0].receiver, frames.append)
+
+    await connect(sending, receiving)
+    receiver = receiving.getTransceivers()[0].receiver
+    buffer, nacks = receiver._RTCRtpReceiver__jitter_buffer, receiver._RTCRtpReceiver__nack_generator
+    assert isinstance(buffer, VideoJitterBuffer) and isinstance(nacks, PacedNacks)
+    await within(10, lambda: len(frames) >= 10)
+    assert not frames[0].data[0] & 1, "the first frame let out is a keyframe"
+    assert video_losses(receiver) == (0, 0)
+
+    buffer._give_up()  # as after a hole waited out: the next packet asks for a keyframe
+    await asyncio.wait_for(keyframes_asked.wait(), 5)
+    assert video_losses(receiver)[1] >= 1
+
+    sent: list[tuple[int, list[int]]] = []
+
+    async def record_nack(ssrc: int, lost: list[int]) -> None:
+        sent.append((ssrc, lost))
+
+    receiver._send_rtcp_nack = record_nack
+    ssrc = transceiver.sender._ssrc
+    vp8 = next(pt for pt, codec in receiver._RTCRtpReceiver__codecs.items() if codec.name == "VP8")
+    ahead = RtpPacket(payload_type=vp8, ssrc=ssrc)
+    ahead.sequence_number = (nacks.max_seq + 3) % 0x10000
+    ahead.payload = b"\x00\x00"
+    gap = [(nacks.max_seq + 1) % 0x10000, (nacks.max_seq + 2) % 0x10000]
+    await receiver._handle_rtp_packet(ahead, arrival_time_ms=0)
+    assert sent[:1] == [(ssrc, gap)]
 
 
 def test_an_unreadable_header_extension_is_skipped_not_fatal():
