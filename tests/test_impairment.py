@@ -359,7 +359,10 @@ async def test_a_relay_only_peer_behind_the_impaired_relay_gets_the_composite_an
         assert peer.video_frames - frames > 30  # 15 fps, recovered from the losses
         assert 0.02 < up.lost / up.offered < 0.085 and 0.02 < down.lost / down.offered < 0.085
         assert up.reordered > 0 and down.reordered > 0
-        assert client_lost["audio"] > 0 and client_lost["video"] > 0
+        # Audio has no retransmission: its losses show at the client. The composite's lost packets are asked
+        # for again (NACK) and may all be repaired (retransmitted packets count as received).
+        link = server.conference.rooms["relay"].links()[peer.peer_id]
+        assert client_lost["audio"] > 0 and (client_lost["video"] > 0 or link["nackedPackets"] > 0), link
         assert server_lost["audio"] > 0 and server_lost["video"] > 0
     finally:
         await peer.close()
@@ -386,7 +389,8 @@ async def test_a_peer_with_impaired_datagrams_gets_the_composite_and_both_ends_s
         assert peer.video_frames - frames > 30
         assert 0.02 < up.lost / up.offered < 0.085 and 0.05 < down.lost / down.offered < 0.11
         assert up.reordered > 0 and down.reordered > 0
-        assert client_lost["audio"] > 0 and client_lost["video"] > 0
+        link = server.conference.rooms["wrapped"].links()[peer.peer_id]
+        assert client_lost["audio"] > 0 and (client_lost["video"] > 0 or link["nackedPackets"] > 0), link
         assert server_lost["audio"] > 0 and server_lost["video"] > 0
     finally:
         await peer.close()
