@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,9 @@ from .video import VideoPipeline
 ADAPT_INTERVAL = 0.1
 #: The RTCP feedback counted per receiver (mcu/link.py LinkStats) and summed per room.
 FEEDBACK_COUNTS = ("reports", "rembs", "nacks", "nacked_packets", "plis", "absurd_rembs", "foreign_reports")
+
+
+logger = logging.getLogger(__name__)
 
 
 class Room:
@@ -121,6 +125,12 @@ class Room:
                 if switch is None:
                     continue
                 self.switches["up" if switch.reason == "probe" else "down"] += 1
+                controller, stats = participant.controller, participant.link.stats
+                logger.info(
+                    "room %s: peer %s to tier %s (%s; estimate %s, REMB %s, loss %.3f, queue %s, sent %s)",
+                    self.name, participant.peer_id, switch.tier, switch.reason, switch.estimate, stats.remb,
+                    stats.fraction_lost, controller and controller.queue, stats.sent_bitrate,
+                )  # fmt: skip
                 if self.on_tier is not None:
                     self.on_tier(participant, switch)
 

@@ -115,7 +115,7 @@ def tier_moves(peer: Peer, seen: int) -> list[dict]:
     return [event for event in peer.events[seen:] if event.get("type") == "tier"]
 
 
-async def run_one(profile: str, adapt: bool, seconds: float, logs: Path) -> Result:
+async def run_one(profile: str, adapt: bool, seconds: float, logs: Path, log_level: str = "WARNING") -> Result:
     result = Result(profile, adapt, seconds)
     phases = PROFILES[profile]
     port = free_port()
@@ -125,7 +125,7 @@ async def run_one(profile: str, adapt: bool, seconds: float, logs: Path) -> Resu
         with (logs / f"server-{profile}-{adapt}.log").open("wb") as log:
             server = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--log-level", "WARNING", *([] if adapt else ["--no-adapt"]),
+                "--log-level", log_level, *([] if adapt else ["--no-adapt"]),
                 cwd=REPO, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         await wait_healthy(port, server)
@@ -279,12 +279,14 @@ def section(results: list[Result], args: argparse.Namespace, plot_path: Path | N
 
 async def run_all(args: argparse.Namespace) -> list[Result]:
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench_network-") as logs:
+    with tempfile.TemporaryDirectory(prefix="bench_network-") as temporary:
+        logs = args.logs or Path(temporary)
+        logs.mkdir(parents=True, exist_ok=True)
         for profile in args.profiles:
             for adapt in (True, False):
                 print(f"{profile} adapt={adapt} ...", file=sys.stderr, flush=True)
                 seconds = max(args.seconds, PROFILES[profile][-1].at + 25)
-                result = await run_one(profile, adapt, seconds, Path(logs))
+                result = await run_one(profile, adapt, seconds, logs, "INFO" if args.logs else "WARNING")
                 print(f"  {format_table([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
                 results.append(result)
     return results
@@ -296,6 +298,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=40, help="length of a run (drop: at least 55)")
     parser.add_argument("--write", type=Path, help="replace (or add) this benchmark's section of a Markdown file")
     parser.add_argument("--plot", type=Path, help="draw the frame rates per second to this PNG (needs matplotlib)")
+    parser.add_argument("--logs", type=Path, help="keep each server's log (at INFO: its tier moves) in this folder")
     args = parser.parse_args()
     unknown = set(args.profiles) - PROFILES.keys()
     if unknown:
