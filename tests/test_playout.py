@@ -1,4 +1,4 @@
-"""A peer's playout buffer (mcu/playout.py): lost, late, reordered and repeated packets, and timestamp
+"""A peer's playout buffer (compositor/playout.py): lost, late, reordered and repeated packets, and timestamp
 jumps, leave no gap in what the mix gets from it."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from compositor import opus
 from compositor.audio import FRAME_SAMPLES
-from mcu import opus
+from compositor.playout import CONCEAL_FRAMES, MAX_FRAMES
 from mcu.audio import _Channel
-from mcu.playout import CONCEAL_FRAMES, MAX_FRAMES
 
 AMPLITUDE = 0.3 * 32767
 

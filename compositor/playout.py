@@ -1,5 +1,5 @@
-"""A peer's playout buffer on the room's audio thread: its Opus packets by RTP timestamp, one 20 ms
-frame out at every tick of the audio clock, whatever came in time.
+"""A playout buffer: one peer's Opus packets by RTP timestamp, one 20 ms frame out at every tick of an
+audio clock, whatever came in time. The room's audio thread keeps one per peer (mcu/audio.py).
 
 Packets come as they arrived (signaling.receiver._EachPacket): late, out of order, twice or not at
 all. A frame missing when its time comes is rebuilt from the in-band FEC of the packet after it
@@ -20,8 +20,7 @@ from typing import Iterable
 
 import numpy as np
 
-from compositor.audio import FRAME_SAMPLES, SampleBuffer
-
+from .audio import FRAME_SAMPLES, SampleBuffer
 from .opus import OpusDecoder, OpusError, has_fec
 
 #: RTP timestamps are 32-bit and wrap around.

@@ -17,8 +17,7 @@ import weakref
 
 import numpy as np
 
-from compositor.audio import SAMPLE_RATE
-
+from .audio import SAMPLE_RATE
 from .libraries import codec_library
 
 #: OPUS_APPLICATION_VOIP and the encoder requests used (opus_defines.h).
