@@ -46,6 +46,14 @@ _CONCEAL_GAINS = np.clip((CONCEAL_FRAMES - np.arange(CONCEAL_FRAMES + 1)) / (CON
 _RAMPS = [np.linspace(_CONCEAL_GAINS[k], _CONCEAL_GAINS[k + 1], FRAME_SAMPLES) for k in range(CONCEAL_FRAMES)]
 
 
+def _carries_fec(payload: bytes) -> bool:
+    """Whether a packet has FEC for the one before it: a corrupt one has none (its own decode says so)."""
+    try:
+        return has_fec(payload)
+    except OpusError:
+        return False
+
+
 def _offset(timestamp: int, origin: int) -> int:
     """How far `timestamp` is after `origin` (negative: before), modulo 2**32."""
     return ((timestamp - origin + 0x80000000) & _MASK) - 0x80000000
@@ -199,7 +207,7 @@ class Playout:
         nearest = min((_offset(t, cursor) for t in self._pending), default=FRAME_SAMPLES)  # type: ignore[arg-type]
         span = min(FRAME_SAMPLES, max(_OPUS_STEP, nearest - nearest % _OPUS_STEP))
         following = self._pending.get((cursor + span) & _MASK)  # type: ignore[operator]
-        if following is not None and has_fec(following):
+        if following is not None and _carries_fec(following):
             self._push(self._decoder.recover(following, span))
             self.counts.recovered += 1
             self._missing = 0

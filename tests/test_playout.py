@@ -118,6 +118,23 @@ def test_10_ms_packets_lost_are_rebuilt_10_ms_at_a_time():
     assert max(silent_runs(heard[2 * FRAME_SAMPLES : 39 * FRAME_SAMPLES]), default=0) <= 2
 
 
+def test_corrupt_packets_in_a_row_are_counted_and_concealed():
+    """A corrupt packet after a corrupt one: no FEC to look for in it (libopus cannot parse it)."""
+    packets = tone_packets(40)
+    corrupt = bytes([0x03])  # a TOC byte saying two frames, and nothing after it
+    with pytest.raises(opus.OpusError):
+        opus.has_fec(corrupt)
+    channel = _Channel()
+    errors = 0
+    out = []
+    for i, p in enumerate(packets):
+        errors += channel.decode([((corrupt if i in (10, 11) else p, i * FRAME_SAMPLES), None)])
+        out.append(channel.buffer.pull(FRAME_SAMPLES))
+    heard = np.concatenate(out)
+    assert errors == 2 and channel.playout.counts.concealed == 1 and channel.playout.counts.recovered == 1
+    assert max(silent_runs(heard[2 * FRAME_SAMPLES : 39 * FRAME_SAMPLES]), default=0) <= 2
+
+
 def test_a_late_packet_is_dropped_and_counted_and_a_repeated_one_ignored():
     packets = tone_packets(40)
     arrivals: list[list[tuple[bytes, int]]] = [[(p, i * FRAME_SAMPLES)] for i, p in enumerate(packets)]
