@@ -1,4 +1,5 @@
-"""libopus called through ctypes with the GIL held: a room's audio codec without a GIL hand-over per call.
+"""libopus called through ctypes with the GIL held: a room's audio codec without a GIL hand-over per call
+(and the Python client's decoder of the mix it receives, client/playback.py).
 
 PyAV releases the GIL around each step of a codec call: sending, receiving, and
 for an encoder the filter that cuts frames to size. On a room's audio thread that

@@ -1,5 +1,6 @@
 """A playout buffer: one peer's Opus packets by RTP timestamp, one 20 ms frame out at every tick of an
-audio clock, whatever came in time. The room's audio thread keeps one per peer (mcu/audio.py).
+audio clock, whatever came in time. The room's audio thread keeps one per peer (mcu/audio.py), and the
+Python client one for the mix it receives (client/playback.py).
 
 Packets come as they arrived (signaling.receiver._EachPacket): late, out of order, twice or not at
 all. A frame missing when its time comes is rebuilt from the in-band FEC of the packet after it
