@@ -2,7 +2,9 @@
 
 `Peer` is both what `mcu-client` runs and the library the tests drive: it keeps
 what it received (the latest picture, keyframe arrivals, the audio as samples)
-so a caller can check the composite's colours and the mix's tones.
+so a caller can check the composite's colours and the mix's tones. The mix is
+played on a 20 ms clock of its own (client/playback.py), so its samples are a
+real-time timeline: a loss or a late packet shows in them as it would be heard.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from compositor.playout import PlayoutCounts
 from signaling import chat
 from signaling.ice import is_loopback_host, is_turn_url, rtc_configuration, use_host_addresses
 from signaling.receiver import install_encoded_receiver
@@ -37,13 +40,14 @@ from signaling.rtp import install_tolerant_extensions
 from .impaired_ice import ImpairedIce, impair_ice
 from .impairment import Impairments
 from .mesh import MeshLinks
+from .playback import AudioPlayback, audio_frame
 from .recorder import Recorder
 from .remote import RemotePublisher
 
 logger = logging.getLogger(__name__)
 install_tolerant_extensions()
 
-#: Received audio kept for analysis (mono samples at 48 kHz).
+#: Audio played kept for analysis (mono samples at 48 kHz).
 AUDIO_KEEP_SECONDS = 10
 #: After a `reconnect` error, how long the peer keeps trying to join the room again.
 REJOIN_SECONDS = 30
@@ -123,7 +127,11 @@ class Peer:
         self.video_frames = 0
         self.first_frame_time: float | None = None
         self.connected_time: float | None = None
+        #: Decoding: 20 ms frames of the mix played by the audio clock (silence included, from the first
+        #: packet on), and what its playout buffer did about lost and late packets. Not decoding: Opus
+        #: packets received.
         self.audio_frames = 0
+        self.playout = PlayoutCounts()
         #: Encoded bytes and VP8 keyframes received, counted only when not decoding (load peers).
         self.video_bytes = 0
         self.video_keyframes = 0
@@ -234,7 +242,8 @@ class Peer:
             await asyncio.sleep(0.05)
 
     def audio(self, seconds: float) -> np.ndarray:
-        """The last `seconds` of received audio, mono int16 at 48 kHz."""
+        """The last `seconds` of the audio played, mono int16 at 48 kHz (in mcu rooms a timeline: 50
+        frames a second, whatever came in time; sfu and mesh rooms: `remote`)."""
         if not self._audio:
             return np.zeros(0, np.int16)
         samples = np.concatenate(list(self._audio))
@@ -253,11 +262,12 @@ class Peer:
             await self.mesh.close()
         if self.impaired is not None:
             self.impaired.close()
-        if self._recorder is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._recorder.close)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._recorder is not None:
+            # After the tasks: the audio clock writes no frame to a finished file.
+            await asyncio.get_running_loop().run_in_executor(None, self._recorder.close)
         if self._session is not None:
             await self._session.close()
 
@@ -289,13 +299,17 @@ class Peer:
             if self.room_mode == "sfu":
                 self._on_forwarded_track(pc, track)
                 return
+            receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
             if not self._decode:
-                receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
                 install_encoded_receiver(receiver)
                 self._tasks.append(asyncio.ensure_future(self._consume_encoded(track)))
-                return
-            consume = self._consume_video if track.kind == "video" else self._consume_audio
-            self._tasks.append(asyncio.ensure_future(consume(track)))
+            elif track.kind == "audio":
+                # The mix's packets as they come, into a playout buffer played on our own clock.
+                playback = AudioPlayback(self._play_audio, self.playout)
+                install_encoded_receiver(receiver, playback.take, audio_in_order=False)
+                self._tasks.append(asyncio.ensure_future(playback.play(track)))
+            else:
+                self._tasks.append(asyncio.ensure_future(self._consume_video(track)))
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -458,14 +472,9 @@ class Peer:
         except MediaStreamError:
             pass
 
-    async def _consume_audio(self, track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                frame = await track.recv()
-                samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
-                self._audio.append(samples.mean(axis=1).astype(np.int16))
-                self.audio_frames += 1
-                if self._recorder is not None:
-                    self._recorder.audio(frame)
-        except MediaStreamError:
-            pass
+    def _play_audio(self, samples: np.ndarray, pts: int) -> None:
+        """A frame of the mix, as our audio clock plays it (client/playback.py)."""
+        self._audio.append(samples)
+        self.audio_frames += 1
+        if self._recorder is not None:
+            self._recorder.audio(audio_frame(samples, pts))

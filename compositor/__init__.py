@@ -1,4 +1,5 @@
-"""Pure media math for the MCU: layouts, video compositing, audio mixing.
+"""Pure media math for the MCU: layouts, video compositing, audio mixing, and the Opus codec with its
+playout buffer (libopus through ctypes: PyAV's own copy), shared by the server and the Python client.
 
 Imports nothing of the other packages and does no I/O, so it can be tested
 and benchmarked frame by frame.

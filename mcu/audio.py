@@ -9,7 +9,7 @@ is the sum of the talkers, the K loudest (or everyone, when K is not set): a
 talker hears that sum minus their own voice, with an Opus encode of their own;
 every other listener hears the sum itself, and they all share one encode. So a
 room runs K + 1 Opus encodes per tick, whatever its size. The codec is libopus
-called with the GIL held (mcu/opus.py), so that the thread does not hand the GIL
+called with the GIL held (compositor/opus.py), so that the thread does not hand the GIL
 to the event loop and wait for it back at every codec call. The thread keeps
 the time itself (mcu/clock.py): the event loop is woken once a tick, to send
 what it made.
@@ -27,13 +27,13 @@ import av
 import numpy as np
 
 from compositor.audio import FRAME_SAMPLES, SAMPLE_RATE, Limiter, SampleBuffer, mix_sums
+from compositor.opus import OpusDecoder
+from compositor.playout import Playout, PlayoutCounts
 from compositor.speakers import SILENCE_DB, SpeakerDetector, SpeakerEvents, TalkerSelector, levels
 
 from .clock import ThreadClock
 from .encoders import AudioEncoder
-from .opus import OpusDecoder
 from .participant import OpusPacket, Participant
-from .playout import Playout, PlayoutCounts
 from .sender import pack_opus
 from .tracks import PacketSink
 
@@ -63,7 +63,7 @@ class AudioStats:
     #: Participants decoded, summed over the ticks: a peer that cannot become a talker
     #: soon (its RFC 6464 level says so) is not decoded.
     decodes: int = 0
-    #: What the peers' playout buffers did about lost, late and early packets (mcu/playout.py).
+    #: What the peers' playout buffers did about lost, late and early packets (compositor/playout.py).
     playout: PlayoutCounts = field(default_factory=PlayoutCounts)
 
 
@@ -86,7 +86,7 @@ class _Channel:
         self.playout.tick((packet for packet, _ in payloads), decode=False)
 
     def decode(self, payloads: list[tuple[OpusPacket, int | None]]) -> int:
-        """Put this tick's frame in the buffer (mcu/playout.py); returns the number of corrupt packets."""
+        """Put this tick's frame in the buffer (compositor/playout.py); returns the number of corrupt packets."""
         return self.playout.tick((packet for packet, _ in payloads), decode=True)
 
 

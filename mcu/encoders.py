@@ -17,8 +17,8 @@ import av
 import numpy as np
 
 from compositor.audio import SAMPLE_RATE
+from compositor.opus import OpusEncoder
 
-from .opus import OpusEncoder
 from .vpx import Vp8Encoder
 
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
@@ -151,7 +151,7 @@ class VideoEncoder:
 
 
 class AudioEncoder:
-    """An Opus encoder for one distinct mix (mono, 48 kHz, 20 ms frames), on libopus directly (mcu/opus.py)."""
+    """An Opus encoder for one distinct mix (mono, 48 kHz, 20 ms frames), on libopus directly (compositor/opus.py)."""
 
     def __init__(self, bitrate: int = 32000) -> None:
         self._encoder = OpusEncoder(bitrate)

@@ -43,7 +43,7 @@ install_tolerant_extensions()
 def _ask_for_opus_fec() -> None:
     """Make this process's SDP say `useinbandfec=1` for Opus: a browser puts in-band FEC in what it
     sends only when the other end asks for it, and the room's playout rebuilds lost frames with it
-    (mcu/playout.py). aiortc's codec table gives Opus no parameters, and its answers copy that table."""
+    (compositor/playout.py). aiortc's codec table gives Opus no parameters, and its answers copy that table."""
     for codec in CODECS["audio"]:
         if codec.mimeType.lower() == "audio/opus":
             codec.parameters["useinbandfec"] = 1

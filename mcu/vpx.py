@@ -31,9 +31,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import VIDEO_CLOCK_RATE
 
+from compositor.libraries import codec_library
 from compositor.video import yuv420p_planes
-
-from .libraries import codec_library
 
 #: VPX_ENCODER_ABI_VERSION of libvpx 1.16: the configuration offsets below are that version's.
 _ENCODER_ABI_VERSION = 39

@@ -1,6 +1,7 @@
 """One peer on a lossy, jittery path (5 % loss, up to 30 ms jitter, both ways; client/impairment.py):
-its composite recovers from every loss, its voice reaches the others without a gap, and the peers
-with clean links see nothing of it (issue 17)."""
+its composite recovers from every loss, its voice reaches the others without a gap, the mix it
+hears plays on its own 20 ms clock without a gap, and the peers with clean links see nothing of it
+(issue 17)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ AMPLITUDE = 0.2
 SECONDS = 14
 #: The first seconds are left out of the freeze measure: joining, the first keyframes.
 SETTLE = 5.0
+#: Audio frames a second on a real-time timeline (20 ms each).
+FRAMES_PER_SECOND = 50
 
 
 @pytest.fixture
@@ -39,6 +42,12 @@ async def frame_times(peers: list[Peer], until: float) -> dict[str, list[float]]
                 times[peer.name].append(time.monotonic())
         await asyncio.sleep(0.005)
     return times
+
+
+async def audio_frames_at(peer: Peer, when: float) -> int:
+    """How many audio frames `peer` had played at `when` (time.monotonic())."""
+    await asyncio.sleep(when - time.monotonic())
+    return peer.audio_frames
 
 
 def longest_freeze(times: list[float], start: float, end: float) -> float:
@@ -65,17 +74,29 @@ async def test_a_lossy_jittery_peer_recovers_and_hurts_nobody(server):
         # The server's answer asks for Opus in-band FEC (browsers put it in only when asked).
         assert any("useinbandfec=1" in line for line in lossy.pc.remoteDescription.sdp.splitlines())
         start = time.monotonic()
-        times = await frame_times(peers, start + SECONDS)
+        played_before, times = await asyncio.gather(
+            audio_frames_at(lossy, start + SETTLE), frame_times(peers, start + SECONDS)
+        )
         end = time.monotonic()
+        played = lossy.audio_frames - played_before
+        timeline = (end - start - SETTLE) * FRAMES_PER_SECOND
         freezes = {name: longest_freeze(t, start + SETTLE, end) for name, t in times.items()}
         counts = lossy.impaired.up.counters, lossy.impaired.down.counters
         heard = listener.audio(SECONDS - SETTLE)
         gaps = {name: longest_gap_ms(heard, tone, AMPLITUDE) for name, tone in TONES.items()}
+        # What the lossy peer itself hears through its lossy, jittery downstream: the clean one's voice.
+        gap_at_lossy = longest_gap_ms(lossy.audio(SECONDS - SETTLE), TONES["clean"], AMPLITUDE)
         stats = server.conference.rooms["net"].stats()
         print(f"\nfreezes {freezes}; gaps at the listener {gaps} ms; impaired up {counts[0]}, down {counts[1]}")
-        shown = ("audio", "keyframes", "videoDecode", "videoFramesLost", "videoKeyframesAsked")
+        print(f"lossy peer: {played} frames played of {timeline:.0f}, longest gap {gap_at_lossy} ms, {lossy.playout}")
+        shown = ("audio", "keyframes", "videoDecode", "videoFramesLost", "videoKeyframesAsked", "links")
         print({k: v for k, v in stats.items() if k.startswith(shown)})
         assert counts[0].lost >= 10 and counts[1].lost >= 10  # the path really was lossy, both ways
+        # The lossy peer's own playout: a frame every 20 ms whatever was lost or late, and the voice it
+        # hears without a gap over 60 ms.
+        assert played >= 0.98 * timeline, (played, timeline)
+        assert gap_at_lossy <= 60, gap_at_lossy
+        assert lossy.playout.concealed > 0, lossy.playout  # its losses were concealed, not skipped
         # Its composite recovers from every loss: retransmissions, else a keyframe of its own tier.
         assert freezes["lossy"] <= 0.5, freezes
         for name in ("clean", "listener"):

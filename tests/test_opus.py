@@ -1,4 +1,4 @@
-"""libopus through ctypes (mcu/opus.py): what it encodes any Opus decoder reads, and it reads what others encode."""
+"""libopus through ctypes (compositor/opus.py): others read what it encodes, and it reads what they encode."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from media_checks import tone_levels
 
 from client.encoded import encode_audio_clip
-from mcu import opus
+from compositor import opus
 from mcu.encoders import AudioEncoder
 
 FRAME = 960
@@ -27,7 +27,7 @@ def test_the_calls_keep_the_gil():
 
 
 def ffmpeg_encoder() -> av.AudioCodecContext:
-    """The room's Opus encoder before mcu/opus.py: FFmpeg's libopus wrapper, through PyAV."""
+    """The room's Opus encoder before compositor/opus.py: FFmpeg's libopus wrapper, through PyAV."""
     codec = av.CodecContext.create("libopus", "w")
     codec.sample_rate, codec.format, codec.layout, codec.bit_rate = 48000, "s16", "mono", 32000
     codec.options = {"application": "voip"}

@@ -1,4 +1,4 @@
-"""A peer's playout buffer (mcu/playout.py): lost, late, reordered and repeated packets, and timestamp
+"""A peer's playout buffer (compositor/playout.py): lost, late, reordered and repeated packets, and timestamp
 jumps, leave no gap in what the mix gets from it."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from compositor import opus
 from compositor.audio import FRAME_SAMPLES
-from mcu import opus
+from compositor.playout import CONCEAL_FRAMES, MAX_FRAMES
 from mcu.audio import _Channel
-from mcu.playout import CONCEAL_FRAMES, MAX_FRAMES
 
 AMPLITUDE = 0.3 * 32767
 
@@ -115,6 +115,23 @@ def test_10_ms_packets_lost_are_rebuilt_10_ms_at_a_time():
     heard = play(channel, arrivals)
     counts = channel.playout.counts
     assert counts.late == 0 and counts.recovered + counts.concealed == 2
+    assert max(silent_runs(heard[2 * FRAME_SAMPLES : 39 * FRAME_SAMPLES]), default=0) <= 2
+
+
+def test_corrupt_packets_in_a_row_are_counted_and_concealed():
+    """A corrupt packet after a corrupt one: no FEC to look for in it (libopus cannot parse it)."""
+    packets = tone_packets(40)
+    corrupt = bytes([0x03])  # a TOC byte saying two frames, and nothing after it
+    with pytest.raises(opus.OpusError):
+        opus.has_fec(corrupt)
+    channel = _Channel()
+    errors = 0
+    out = []
+    for i, p in enumerate(packets):
+        errors += channel.decode([((corrupt if i in (10, 11) else p, i * FRAME_SAMPLES), None)])
+        out.append(channel.buffer.pull(FRAME_SAMPLES))
+    heard = np.concatenate(out)
+    assert errors == 2 and channel.playout.counts.concealed == 1 and channel.playout.counts.recovered == 1
     assert max(silent_runs(heard[2 * FRAME_SAMPLES : 39 * FRAME_SAMPLES]), default=0) <= 2
 
 

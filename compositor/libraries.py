@@ -1,4 +1,4 @@
-"""Finding the C codec libraries the server calls directly (mcu/opus.py, mcu/vpx.py)."""
+"""Finding the C codec libraries called directly (compositor/opus.py; the server's mcu/vpx.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""libopus called through ctypes with the GIL held: a room's audio codec without a GIL hand-over per call.
+"""libopus called through ctypes with the GIL held: a room's audio codec without a GIL hand-over per call
+(and the Python client's decoder of the mix it receives, client/playback.py).
 
 PyAV releases the GIL around each step of a codec call: sending, receiving, and
 for an encoder the filter that cuts frames to size. On a room's audio thread that
@@ -17,8 +18,7 @@ import weakref
 
 import numpy as np
 
-from compositor.audio import SAMPLE_RATE
-
+from .audio import SAMPLE_RATE
 from .libraries import codec_library
 
 #: OPUS_APPLICATION_VOIP and the encoder requests used (opus_defines.h).

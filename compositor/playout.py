@@ -1,5 +1,6 @@
-"""A peer's playout buffer on the room's audio thread: its Opus packets by RTP timestamp, one 20 ms
-frame out at every tick of the audio clock, whatever came in time.
+"""A playout buffer: one peer's Opus packets by RTP timestamp, one 20 ms frame out at every tick of an
+audio clock, whatever came in time. The room's audio thread keeps one per peer (mcu/audio.py), and the
+Python client one for the mix it receives (client/playback.py).
 
 Packets come as they arrived (signaling.receiver._EachPacket): late, out of order, twice or not at
 all. A frame missing when its time comes is rebuilt from the in-band FEC of the packet after it
@@ -20,8 +21,7 @@ from typing import Iterable
 
 import numpy as np
 
-from compositor.audio import FRAME_SAMPLES, SampleBuffer
-
+from .audio import FRAME_SAMPLES, SampleBuffer
 from .opus import OpusDecoder, OpusError, has_fec
 
 #: RTP timestamps are 32-bit and wrap around.
@@ -45,6 +45,14 @@ _FADE_IN = np.linspace(0.0, 1.0, CROSSFADE, endpoint=False)
 #: The gain at the end of each concealed frame of a run: full for the first, then down to 0.
 _CONCEAL_GAINS = np.clip((CONCEAL_FRAMES - np.arange(CONCEAL_FRAMES + 1)) / (CONCEAL_FRAMES - 1), 0.0, 1.0)
 _RAMPS = [np.linspace(_CONCEAL_GAINS[k], _CONCEAL_GAINS[k + 1], FRAME_SAMPLES) for k in range(CONCEAL_FRAMES)]
+
+
+def _carries_fec(payload: bytes) -> bool:
+    """Whether a packet has FEC for the one before it: a corrupt one has none (its own decode says so)."""
+    try:
+        return has_fec(payload)
+    except OpusError:
+        return False
 
 
 def _offset(timestamp: int, origin: int) -> int:
@@ -200,7 +208,7 @@ class Playout:
         nearest = min((_offset(t, cursor) for t in self._pending), default=FRAME_SAMPLES)  # type: ignore[arg-type]
         span = min(FRAME_SAMPLES, max(_OPUS_STEP, nearest - nearest % _OPUS_STEP))
         following = self._pending.get((cursor + span) & _MASK)  # type: ignore[operator]
-        if following is not None and has_fec(following):
+        if following is not None and _carries_fec(following):
             self._push(self._decoder.recover(following, span))
             self.counts.recovered += 1
             self._missing = 0
