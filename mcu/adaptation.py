@@ -16,9 +16,11 @@ this is REMB plus the receiver reports, as GCC's receive-side variant):
   50 ms of jitter each way, nothing queued), and then says 0.85x what arrives,
   which read alone demoted a peer whose link carried its tier down to audio only
   (scripts/bench_network.py, `lossy-wifi`).
-- the fraction lost of each receiver report. Losses above LOSS_HIGH mean a
-  tail-drop bottleneck: what gets through (the rate sent times 1 - loss) is the
-  link's rate. Below LOSS_LOW the link is clean.
+- the fraction lost of each receiver report. Losses above LOSS_HIGH with a queue
+  behind them (QUEUE_HIGH), or from LOSS_QUEUELESS on, mean a bottleneck: what
+  gets through (the rate sent times 1 - loss) is the link's rate. A few percent
+  of random loss without a queue (Wi-Fi) is not congestion: retransmission repairs
+  it, and a smaller tier would lose as much. Below LOSS_LOW the link is clean.
 
 The estimate of what may be sent is the lower of REMB (which keeps its own
 margin: aiortc's is 0.85x the incoming rate after an overuse) and FIT times the
@@ -55,6 +57,13 @@ LOSS_HIGH = 0.10
 LOSS_LOW = 0.02
 #: One report losing this much moves the peer down at once.
 LOSS_SEVERE = 0.30
+#: Loss over LOSS_HIGH is congestion with a queue behind it (a tail-drop bottleneck fills its queue
+#: first), or from this much on without one (a policer drops without queueing): random loss of a
+#: few percent (Wi-Fi) passes LOSS_HIGH in a report now and then, and retransmission repairs it.
+LOSS_QUEUELESS = 0.20
+#: A report whose interval carried less than this share of the tier's bitrate (the pause after a
+#: switch) says nothing of what the link carries: its loss makes no estimate.
+MIN_SENT_SHARE = 0.5
 #: The share of what got through a lossy link that the estimate allows (headroom for audio, RTX, bursts).
 FIT = 0.85
 #: A falling REMB under this share of the current tier's bitrate is congestion (an overuse
@@ -216,7 +225,8 @@ class Controller:
             self.queue, self._last_queue = min(queue, self._last_queue), queue
         if self._probe is not None and fraction_lost > LOSS_LOW:
             self._probe_failed = True
-        if fraction_lost > LOSS_HIGH and sent_bitrate:
+        carried = sent_bitrate is not None and sent_bitrate >= MIN_SENT_SHARE * self.ladder[self.tier].bitrate
+        if fraction_lost > LOSS_HIGH and sent_bitrate and carried:
             self._loss_estimate = FIT * sent_bitrate * (1 - fraction_lost)
             self._severe = fraction_lost >= LOSS_SEVERE
         elif fraction_lost < LOSS_LOW:
@@ -247,7 +257,9 @@ class Controller:
         rung = self.ladder[self.tier]
         if rung.bitrate == 0:
             return False
-        if self._loss_estimate is not None:
+        if self._loss_estimate is not None and (
+            self.loss >= LOSS_QUEUELESS or (self.queue is not None and self.queue >= QUEUE_HIGH)
+        ):
             return True
         # REMB also falls when less is sent (it is capped at 1.5x what arrives): only a REMB
         # under what was sent is an overuse, and only with a queue behind it is it congestion.

@@ -104,6 +104,30 @@ def test_a_falling_remb_moves_the_peer_down_only_with_a_queue_behind_it(queue, m
     assert decisions == ([Switch("low", "congestion")] if moved else [])
 
 
+@pytest.mark.parametrize(
+    "loss, queue, moved",
+    [(0.12, None, False), (0.12, 0.02, False), (0.12, 0.2, True), (0.25, None, True)],
+    ids=["random-loss", "random-loss-with-jitter", "tail-drop-queue", "policer"],
+)
+def test_loss_is_congestion_with_a_queue_behind_it_or_when_heavy(loss, queue, moved):
+    """12 % loss in every report (Wi-Fi on a bad day) without a queue building does not move the peer:
+    retransmission repairs it and a smaller tier would lose as much. With a queue (a tail-drop bottleneck),
+    or at 20 % and more (a policer drops without queueing), it does."""
+    controller = Controller(LADDER, "high", 0.0)
+    decisions = run(controller, 0.0, 20.0, remb=1_800_000, loss=loss, sent=1_500_000, report_queue=queue)
+    assert bool([d for _, d in decisions if isinstance(d, Switch)]) == moved, decisions
+
+
+def test_a_report_of_the_pause_after_a_switch_makes_no_estimate():
+    """The report whose interval held the switch's pause says the sender sent little: its loss says nothing
+    of what the link carries, and must not send the peer to audio only."""
+    controller = Controller(LADDER, "low", 0.0)
+    run(controller, 0.0, 10.0, remb=1_000_000, loss=0.0, sent=400_000)
+    controller.on_report(0.5, 20_000, 10.0, 0.3)
+    controller.on_report(0.5, 20_000, 10.5, 0.3)
+    assert controller.estimate == 1_000_000 and controller.tick(10.6) is None
+
+
 def test_one_lossy_report_alone_does_not_move_the_peer():
     controller = Controller(LADDER, "high", 0.0)
     run(controller, 0.0, 10.0, remb=1_800_000, loss=0.0, sent=1_500_000)

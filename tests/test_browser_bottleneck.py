@@ -79,14 +79,20 @@ async def test_a_browser_behind_a_slow_downlink_moves_down_and_keeps_playing(ser
             while anna.tier == "high":
                 assert time.monotonic() - first_picture < 10, f"still on high: {room.links().get(anna.peer_id)}"
                 await asyncio.sleep(0.1)
-            moved_after = time.monotonic() - first_picture
-            await asyncio.sleep(4)  # the new tier's keyframe, and the page's decoder on it
-            before = await page.evaluate(INBOUND_VIDEO_JS)
+            moved = time.monotonic()
+            moved_after = moved - first_picture
+            # The new tier's picture: its keyframe, through the queue the old tier left full.
+            widths = {"low": 640, "small": 320, "audio": 0}
+            while (before := await page.evaluate(INBOUND_VIDEO_JS))["width"] != widths[anna.tier]:
+                assert time.monotonic() - moved < 8, (anna.tier, before)
+                await asyncio.sleep(0.1)
+            shown_after = time.monotonic() - moved
             await asyncio.sleep(5)
             after = await page.evaluate(INBOUND_VIDEO_JS)
             tier, down = anna.tier, relay.totals("down")
             status = await page.text_content("#status")
-            print(f"\nmoved to {tier} {moved_after:.1f} s after its first picture; page {before} -> {after}; {down}")
+            print(f"\nmoved to {tier} {moved_after:.1f} s after its first picture, shown {shown_after:.1f} s later; "
+                  f"page {before} -> {after}; {down}")
         finally:
             await browser.close()
             await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
