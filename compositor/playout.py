@@ -112,7 +112,9 @@ class Playout:
         errors = 0
         while self._buffer.available < FRAME_SAMPLES and self._cursor is not None:
             errors += self._play_frame()
-        self._watch_level()
+        if self._cursor is not None:
+            self._watch_level()
+        # else: the concealment ran out (the peer is quiet); what is waiting starts afresh next tick
         return errors
 
     def _add(self, data: bytes, timestamp: int) -> None:

@@ -214,3 +214,19 @@ def test_a_burst_is_cut_to_the_longest_delay():
     # the next tick, when it starts playing), what is over MAX_FRAMES goes at once.
     assert channel.playout.counts.dropped == 12 - MAX_FRAMES
     assert np.all(np.abs(frames[32:60]).max(axis=1) > 0.5 * AMPLITUDE)
+
+
+def test_concealment_running_out_as_a_packet_comes_starts_afresh_on_it():
+    """The peer's packets stop; as its concealment runs out (it counts as quiet), a packet comes for two
+    frames on. The tick must not fail (it did, in the client's playback on a 3G-like link: the play
+    position was gone while that packet waited), and the packet plays from the next tick."""
+    packets = tone_packets(4, fec=False)
+    late = 3 * FRAME_SAMPLES  # two frames after the one due when the concealment runs out
+    arrivals = [[(packets[0], 0)], [], *[[]] * (CONCEAL_FRAMES - 1), [(packets[3], late)], [], []]
+    samples = play(_Channel(), arrivals).reshape(len(arrivals), FRAME_SAMPLES)
+    rms = np.sqrt(np.mean(samples.astype(np.float64) ** 2, axis=1))
+    assert rms[1] > 0.5 * AMPLITUDE / np.sqrt(2) * 0.5  # the first packet, played
+    assert rms[-2] == 0  # the concealment faded out: the peer is quiet
+    # The late one, played after the quiet (quieter than the first: its codec state predicts from the lost
+    # frames), where a dropped packet would leave silence.
+    assert rms[-1] > 100, rms
