@@ -92,9 +92,11 @@ PROBE_QUEUE = 0.03
 PROBE_SETTLE = 0.3
 #: A probe whose echo has not come after this long (lost, or overtaken by another report) says nothing.
 PROBE_WATCH = 3.0
-#: Waits before the next probe: the first, and the most after failures doubling it.
+#: Waits before the next probe: the first, and the most after failures doubling it. At 16 s, a
+#: link that recovered after failed probes waited up to 16 s for the next one, and the two rungs
+#: back to high took 21.5 s (scripts/bench_network.py, `drop`); a failed probe costs a 0.25 s burst.
 BACKOFF_INITIAL = 4.0
-BACKOFF_MAX = 16.0
+BACKOFF_MAX = 8.0
 #: Congestion this soon after an up-move counts as a failed probe.
 TRIAL_SECONDS = 8.0
 
