@@ -103,6 +103,11 @@ class AudioPlayback:
 
     def _tick(self, index: int) -> None:
         packets, self._packets = self._packets, []
-        if self._playout.tick(packets, decode=True):
-            logger.warning("a received Opus packet could not be decoded: concealed")
+        try:
+            if self._playout.tick(packets, decode=True):
+                logger.warning("a received Opus packet could not be decoded: concealed")
+        except Exception:
+            # As the room's clock does (mcu/clock.py): one bad tick is logged and the timeline goes on.
+            logger.exception("an audio tick failed: its frame is silence")
+            self._buffer.clear()
         self._on_frame(self._buffer.pull(FRAME_SAMPLES), index * FRAME_SAMPLES)

@@ -77,3 +77,27 @@ def test_a_frame_played_is_48_khz_mono_s16_with_the_clock_s_pts():
     assert (frame.sample_rate, frame.format.name, frame.layout.name, frame.samples) == (48000, "s16", "mono", 960)
     assert frame.pts == 5 * FRAME_SAMPLES and frame.time_base == fractions.Fraction(1, 48000)
     assert np.array_equal(frame.to_ndarray()[0], samples)
+
+
+async def test_a_tick_that_fails_is_silence_and_the_clock_goes_on():
+    """A tick whose playout raises (a bug, a packet libopus rejects in a way nobody foresaw) plays
+    silence, and the frames after it come as before: the timeline does not end there."""
+    played: list[int] = []
+    playback = AudioPlayback(lambda samples, pts: played.append(pts), PlayoutCounts())
+    tick = playback._playout.tick
+    failures = iter([False, False, True])
+
+    def failing_once(packets, decode):
+        if next(failures, False):
+            raise TypeError("a bug in the playout")
+        return tick(packets, decode)
+
+    playback._playout.tick = failing_once  # type: ignore[method-assign]
+    track = EndingTrack()
+    task = asyncio.ensure_future(playback.play(track))
+    for i, packet in enumerate(tone_packets(15)):
+        playback.take(JitterFrame(packet, i * FRAME_SAMPLES))
+        await asyncio.sleep(0.02)
+    track.ended.set()
+    await task
+    assert len(played) >= 12 and played == [i * FRAME_SAMPLES for i in range(len(played))]
