@@ -6,8 +6,10 @@ import asyncio
 import socket
 import wave
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+import pytest
 from media_checks import cell_colours, close_to, tone_levels
 
 from client.sources import rgb_to_yuv
@@ -43,6 +45,17 @@ function sample(cells, at) {
 def isolated_network() -> bool:
     """True in a network namespace whose only interface is loopback (scripts/test makes one)."""
     return all(name == "lo" for _, name in socket.if_nameindex())
+
+
+#: Debian's Chromium: the only browser the tests drive (never a downloaded one).
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def chromium_playwright() -> ModuleType:
+    """Playwright's async API, or a skip where Debian's Chromium or a loopback-only namespace is missing."""
+    if not CHROMIUM.exists() or not isolated_network():
+        pytest.skip("needs Debian's chromium and a network namespace with loopback alone (scripts/test)")
+    return pytest.importorskip("playwright.async_api")
 
 
 def grid_fractions(count: int, width: int = 640, height: int = 360) -> list[list[float]]:

@@ -7,8 +7,7 @@ import asyncio
 import time
 
 import pytest
-from browser_checks import chromium_args, isolated_network, write_wav, write_y4m
-from test_browser import CHROMIUM
+from browser_checks import CHROMIUM, chromium_args, chromium_playwright, write_wav, write_y4m
 from test_impairment import relay, through  # noqa: F401  (relay is a fixture)
 from test_turn import coturn  # noqa: F401  (coturn is a fixture)
 
@@ -46,9 +45,7 @@ def config(relay: Relay) -> Config:  # noqa: F811  (the fixture imported above)
 
 
 async def test_a_browser_behind_a_slow_downlink_moves_down_and_keeps_playing(server, relay, tmp_path):  # noqa: F811
-    if not CHROMIUM.exists() or not isolated_network():
-        pytest.skip("needs Debian's chromium and a network namespace with loopback alone (scripts/test)")
-    playwright_api = pytest.importorskip("playwright.async_api")
+    playwright_api = chromium_playwright()
     video, audio = tmp_path / "red.y4m", tmp_path / "500.wav"
     write_y4m(video, COLORS["red"])
     write_wav(audio, 500.0)

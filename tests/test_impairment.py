@@ -7,13 +7,12 @@ import re
 import signal
 import statistics
 import sys
-from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
-from browser_checks import chromium_args, isolated_network, write_wav, write_y4m
+from browser_checks import CHROMIUM, chromium_args, chromium_playwright, write_wav, write_y4m
 from conftest import BIN, within
 from media_checks import cell_colours, close_to, contains_colour
 from test_turn import SECRET, coturn  # noqa: F401  (coturn is a fixture)
@@ -467,7 +466,6 @@ async def test_mcu_client_join_impair_loses_its_own_datagrams(server):
 
 # --- a browser ----------------------------------------------------------------------------------
 
-CHROMIUM = Path("/usr/bin/chromium")
 BROWSER_STATS_JS = """
 async () => {
   const stats = await window.meeting.pc.getStats();
@@ -488,9 +486,7 @@ async () => {
 
 
 async def test_a_browser_with_relay_1_sends_and_receives_through_the_impaired_relay(server, relay, tmp_path):
-    if not CHROMIUM.exists() or not isolated_network():
-        pytest.skip("needs Debian's chromium and a network namespace with loopback alone (scripts/test)")
-    playwright_api = pytest.importorskip("playwright.async_api")
+    playwright_api = chromium_playwright()
     video, audio = tmp_path / "red.y4m", tmp_path / "500.wav"
     write_y4m(video, COLORS["red"])
     write_wav(audio, 500.0)

@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
-from browser_checks import chromium_args, isolated_network, write_wav, write_y4m_frames
+from browser_checks import CHROMIUM, chromium_args, chromium_playwright, write_wav, write_y4m_frames
 from media_checks import TileWatch
-from test_turn import SECRET, coturn  # noqa: F401  (coturn is a fixture)
+from test_impairment import relay, through  # noqa: F401  (relay is a fixture)
+from test_turn import coturn  # noqa: F401  (coturn is a fixture)
 
-from client.impairment import Relay, parse_spec
+from client.impairment import Relay
 from client.peer import Peer
 from client.sources import COLORS, MovingTrack
 from compositor.layout import grid_layout
 from mcu.config import Config
-from signaling.ice import IceServers
 
-CHROMIUM = Path("/usr/bin/chromium")
 LIMIT = 300_000
 SECONDS = 30
 #: Left out: Chromium's bandwidth estimate starts (at 300 kbit/s) and settles.
@@ -41,24 +39,18 @@ async () => {
 
 
 @pytest.fixture
-async def relay(coturn) -> Relay:  # noqa: F811  (the fixture imported above)
-    relay = await Relay.start(("127.0.0.1", coturn.port), parse_spec(f"up.rate={LIMIT},up.queue=30,seed=5"))
-    try:
-        yield relay
-    finally:
-        relay.close()
+def relay_spec() -> str:
+    """A 300 kbit/s uplink with a queue of 30 datagrams."""
+    return f"up.rate={LIMIT},up.queue=30,seed=5"
 
 
 @pytest.fixture
-def config(relay: Relay) -> Config:
-    turn = f"turn:127.0.0.1:{relay.address[1]}"
-    return Config(width=640, height=360, fps=15, ice_servers=IceServers(urls=(turn,), secret=SECRET, ttl=600))
+def config(relay: Relay) -> Config:  # noqa: F811  (the fixture imported above)
+    return Config(width=640, height=360, fps=15, ice_servers=through(relay))
 
 
-async def test_a_browser_on_a_300k_uplink_sends_under_it_and_its_tile_stays_live(server, relay, tmp_path):
-    if not CHROMIUM.exists() or not isolated_network():
-        pytest.skip("needs Debian's chromium and a network namespace with loopback alone (scripts/test)")
-    playwright_api = pytest.importorskip("playwright.async_api")
+async def test_a_browser_on_a_300k_uplink_sends_under_it_and_its_tile_stays_live(server, relay, tmp_path):  # noqa: F811
+    playwright_api = chromium_playwright()
     video, audio = tmp_path / "moving.y4m", tmp_path / "500.wav"
     write_y4m_frames(video, MovingTrack(COLORS["red"]).frames)
     write_wav(audio, 500.0)
