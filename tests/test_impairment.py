@@ -20,6 +20,7 @@ from test_turn import SECRET, coturn  # noqa: F401  (coturn is a fixture)
 from client.impairment import (
     LOST,
     TAIL_DROPPED,
+    Counters,
     Impairment,
     Impairments,
     Link,
@@ -337,6 +338,27 @@ def config(relay: Relay) -> Config:
     return Config(width=640, height=360, fps=15, ice_servers=through(relay))
 
 
+async def check_impaired(
+    server, room: str, peer: Peer, frames: int, up: Counters, down: Counters, most_down_lost: float
+) -> None:
+    """`peer`, 4 s after it had `frames` pictures, through a path that lost about 5 % each way (at most
+    `most_down_lost` down) and reordered: its composite went on, and both ends saw the losses."""
+    server_pc = server.conference.rooms[room].participants[peer.peer_id].pc
+    client_lost, server_lost = await inbound_lost(peer.pc), await inbound_lost(server_pc)
+    print(
+        f"\n{room}: up {up}, down {down}; client inbound packetsLost {client_lost}, "
+        f"server inbound packetsLost {server_lost}, {peer.video_frames - frames} frames in 4 s"
+    )
+    assert peer.video_frames - frames > 30  # 15 fps, recovered from the losses
+    assert 0.02 < up.lost / up.offered < 0.085 and 0.02 < down.lost / down.offered < most_down_lost
+    assert up.reordered > 0 and down.reordered > 0
+    # Audio has no retransmission: its losses show at the client. The composite's lost packets are asked
+    # for again (NACK) and may all be repaired (retransmitted packets count as received).
+    link = server.conference.rooms[room].links()[peer.peer_id]
+    assert client_lost["audio"] > 0 and (client_lost["video"] > 0 or link["nackedPackets"] > 0), link
+    assert server_lost["audio"] > 0 and server_lost["video"] > 0
+
+
 async def test_a_relay_only_peer_behind_the_impaired_relay_gets_the_composite_and_loses_packets(server, relay):
     peer = Peer(
         server.url, "relay", "alice", video=NoisyRed(), audio=ToneTrack(440), ice_transport_policy="relay"
@@ -348,21 +370,7 @@ async def test_a_relay_only_peer_behind_the_impaired_relay_gets_the_composite_an
         await asyncio.sleep(4)
         connection = peer.pc.getTransceivers()[0].sender.transport.transport._connection
         assert connection._nominated[1].local_candidate.type == "relay"
-        up, down = relay.totals("up"), relay.totals("down")
-        server_pc = server.conference.rooms["relay"].participants[peer.peer_id].pc
-        client_lost, server_lost = await inbound_lost(peer.pc), await inbound_lost(server_pc)
-        print(
-            f"\nrelay loss=5 jitter=20: up {up}, down {down}; client inbound packetsLost {client_lost}, "
-            f"server inbound packetsLost {server_lost}, {peer.video_frames - frames} frames in 4 s"
-        )
-        assert peer.video_frames - frames > 30  # 15 fps, recovered from the losses
-        assert 0.02 < up.lost / up.offered < 0.085 and 0.02 < down.lost / down.offered < 0.085
-        assert up.reordered > 0 and down.reordered > 0
-        # Audio has no retransmission: its losses show at the client. The composite's lost packets are asked
-        # for again (NACK) and may all be repaired (retransmitted packets count as received).
-        link = server.conference.rooms["relay"].links()[peer.peer_id]
-        assert client_lost["audio"] > 0 and (client_lost["video"] > 0 or link["nackedPackets"] > 0), link
-        assert server_lost["audio"] > 0 and server_lost["video"] > 0
+        await check_impaired(server, "relay", peer, frames, relay.totals("up"), relay.totals("down"), 0.085)
     finally:
         await peer.close()
 
@@ -379,18 +387,8 @@ async def test_a_peer_with_impaired_datagrams_gets_the_composite_and_both_ends_s
         frames = peer.video_frames
         await asyncio.sleep(4)
         up, down = peer.impaired.up.counters, peer.impaired.down.counters
-        server_pc = server.conference.rooms["wrapped"].participants[peer.peer_id].pc
-        client_lost, server_lost = await inbound_lost(peer.pc), await inbound_lost(server_pc)
-        print(
-            f"\nwrapper loss=5/8 jitter=20: up {up}, down {down}; client inbound packetsLost {client_lost}, "
-            f"server inbound packetsLost {server_lost}, {peer.video_frames - frames} frames in 4 s"
-        )
-        assert peer.video_frames - frames > 30
-        assert 0.02 < up.lost / up.offered < 0.085 and 0.05 < down.lost / down.offered < 0.11
-        assert up.reordered > 0 and down.reordered > 0
-        link = server.conference.rooms["wrapped"].links()[peer.peer_id]
-        assert client_lost["audio"] > 0 and (client_lost["video"] > 0 or link["nackedPackets"] > 0), link
-        assert server_lost["audio"] > 0 and server_lost["video"] > 0
+        assert 0.05 < down.lost / down.offered  # down.loss=8: more than up's 5
+        await check_impaired(server, "wrapped", peer, frames, up, down, 0.11)
     finally:
         await peer.close()
 
