@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ def down(rate: float, **settings: float) -> Impairments:
     return Impairments(up=Impairment(delay=settings.get("delay", 0)), down=Impairment(rate=rate, **settings))
 
 
+#: A queue of about 200 ms at 300 kbit/s, in datagrams of ~1100 bytes.
+SHORT_QUEUE = 7
+
+
 #: The profiles: phases of the impaired peer's path. Rates in bit/s, delays and jitter in ms (one way).
 PROFILES: dict[str, list[Phase]] = {
     "clean": [Phase(0, Impairments())],
@@ -71,8 +76,12 @@ PROFILES: dict[str, list[Phase]] = {
     "3g": [Phase(0, down(750_000, delay=50))],
     # Lossy Wi-Fi: 5 % loss and up to 50 ms of jitter, both ways.
     "lossy-wifi": [Phase(0, both(loss=5, jitter=50, seed=7))],
-    # A 300 kbit/s downlink: only the smallest tier or audio fits.
+    # A 300 kbit/s downlink: only the smallest tier or audio fits. Its queue of 50 datagrams holds
+    # about 1.5 s at that rate (a bloated buffer, as on many mobile links): a picture sent after a
+    # move down waits behind what the old tier filled it with.
     "300k": [Phase(0, down(300_000, delay=20))],
+    # The same rate behind a queue of about 200 ms (7 datagrams), as tc's tbf with `latency 200ms`.
+    "300k-short": [Phase(0, down(300_000, delay=20, queue=SHORT_QUEUE))],
     # A link that drops from 3 Mbit/s to 500 kbit/s for 20 s, then recovers (the rest of the run).
     "drop": [
         Phase(0, down(3_000_000, delay=20)),
@@ -251,7 +260,9 @@ def plot(results: list[Result], path: Path) -> None:
     figure.savefig(path, dpi=90)
 
 
-def section(results: list[Result], args: argparse.Namespace, plot_path: Path | None) -> str:
+def section(
+    results: list[Result], cpu: dict[str, list[float]], args: argparse.Namespace, plot_path: Path | None
+) -> str:
     rerun = " ".join([".venv/bin/python", "scripts/bench_network.py", *sys.argv[1:]])
     lines = [
         BEGIN,
@@ -261,7 +272,8 @@ def section(results: list[Result], args: argparse.Namespace, plot_path: Path | N
         "tiers high 1280x720@30, low 640x360@15, small 320x180@15, then audio only) with three peers sending a "
         "moving 320x240@15 VP8 clip and an Opus tone; two on clean loopback, the third behind a seeded userspace "
         "impairment of its own datagrams (client/impairment.py). Profiles: `clean`; `3g` 750 kbit/s down with 100 ms "
-        "of round trip; `lossy-wifi` 5 % loss and up to 50 ms jitter both ways; `300k` a 300 kbit/s downlink; `drop` "
+        "of round trip; `lossy-wifi` 5 % loss and up to 50 ms jitter both ways; `300k` a 300 kbit/s downlink "
+        "behind a queue of 50 datagrams (about 1.5 s), `300k-short` the same behind about 200 ms (7 datagrams); `drop` "
         "3 Mbit/s, then 500 kbit/s from 10 s to 30 s, then 3 Mbit/s again. `adapt off` is `--no-adapt`: the peer "
         f"stays on its join tier (high). Each run {args.seconds:g} s after all peers receive; `down after` counts from "
         "the impairment's start (each peer joins on a clean path, the profile starts with the measurement; for `drop`, "
@@ -271,25 +283,64 @@ def section(results: list[Result], args: argparse.Namespace, plot_path: Path | N
         format_table(results),
         "",
     ]
+    if cpu:
+        lines += [
+            f"The server's CPU, {args.cpu_rounds} rounds of {args.cpu_seconds:g} s runs that alternate the profiles "
+            "(adaptation on):",
+            "",
+            format_cpu_table(cpu),
+            "",
+        ]
     if plot_path is not None:
         lines += [f"![the impaired peer's frame rate per second]({plot_path.relative_to(REPO / 'docs')})", ""]
     lines += [f"Re-run: `{rerun}`", END]
     return "\n".join(lines)
 
 
-async def run_all(args: argparse.Namespace) -> list[Result]:
+def cpu_profiles(profiles: list[str]) -> list[str]:
+    """The profiles whose path stays the same all run (a CPU figure of `drop` mixes its phases), clean first."""
+    steady = [p for p in profiles if len(PROFILES[p]) == 1 and p != "clean"]
+    return ["clean", *steady]
+
+
+def format_cpu_table(cpu: dict[str, list[float]]) -> str:
+    """The server's CPU per profile with adaptation, over interleaved rounds, against clean's median."""
+    lines = [
+        "| profile (adaptation on) | runs | server CPU %, median | min - max | median against clean |",
+        "|---|---|---|---|---|",
+    ]
+    clean = statistics.median(cpu["clean"]) if cpu.get("clean") else None
+    for profile, values in cpu.items():
+        median = statistics.median(values)
+        against = f"{median / clean - 1:+.1%}" if clean else ""
+        spread = f"{min(values):.1f} - {max(values):.1f}"
+        lines.append(f"| {profile} | {len(values)} | {median:.1f} | {spread} | {against} |")
+    return "\n".join(lines)
+
+
+async def run_all(args: argparse.Namespace) -> tuple[list[Result], dict[str, list[float]]]:
     results = []
+    cpu: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_network-") as temporary:
         logs = args.logs or Path(temporary)
         logs.mkdir(parents=True, exist_ok=True)
+        level = "INFO" if args.logs else "WARNING"
         for profile in args.profiles:
             for adapt in (True, False):
                 print(f"{profile} adapt={adapt} ...", file=sys.stderr, flush=True)
                 seconds = max(args.seconds, PROFILES[profile][-1].at + 25)
-                result = await run_one(profile, adapt, seconds, logs, "INFO" if args.logs else "WARNING")
+                result = await run_one(profile, adapt, seconds, logs, level)
                 print(f"  {format_table([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
                 results.append(result)
-    return results
+        # One run's CPU is within the machine's noise of another's: rounds that alternate the
+        # profiles, compared by their medians, show what adapting costs against a clean link.
+        for round_ in range(args.cpu_rounds):
+            for profile in cpu_profiles(args.profiles):
+                print(f"cpu round {round_ + 1}: {profile} ...", file=sys.stderr, flush=True)
+                result = await run_one(profile, True, args.cpu_seconds, logs, level)
+                if not result.failure:
+                    cpu.setdefault(profile, []).append(result.server_cpu)
+    return results, cpu
 
 
 def main() -> None:
@@ -298,17 +349,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=40, help="length of a run (drop: at least 55)")
     parser.add_argument("--write", type=Path, help="replace (or add) this benchmark's section of a Markdown file")
     parser.add_argument("--plot", type=Path, help="draw the frame rates per second to this PNG (needs matplotlib)")
+    parser.add_argument("--cpu-rounds", type=int, default=0, help="then alternate the steady profiles this many times")
+    parser.add_argument("--cpu-seconds", type=float, default=20, help="length of a CPU round's run (default 20)")
     parser.add_argument("--logs", type=Path, help="keep each server's log (at INFO: its tier moves) in this folder")
     args = parser.parse_args()
     unknown = set(args.profiles) - PROFILES.keys()
     if unknown:
         parser.error(f"unknown profiles {sorted(unknown)}: {', '.join(PROFILES)}")
-    results = asyncio.run(run_all(args))
+    results, cpu = asyncio.run(run_all(args))
     print(format_table(results))
+    if cpu:
+        print(format_cpu_table(cpu))
     if args.plot:
         plot(results, args.plot)
     if args.write:
-        write_section(args.write, section(results, args, args.plot.resolve() if args.plot else None))
+        write_section(args.write, section(results, cpu, args, args.plot.resolve() if args.plot else None))
 
 
 if __name__ == "__main__":
