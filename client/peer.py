@@ -34,7 +34,7 @@ from aiortc.mediastreams import MediaStreamError
 from compositor.playout import PlayoutCounts
 from signaling import chat
 from signaling.ice import is_loopback_host, is_turn_url, rtc_configuration, use_host_addresses
-from signaling.receiver import install_encoded_receiver
+from signaling.receiver import install_encoded_receiver, install_video_jitter_buffer
 from signaling.rtp import install_tolerant_extensions
 
 from .impaired_ice import ImpairedIce, impair_ice
@@ -309,6 +309,8 @@ class Peer:
                 install_encoded_receiver(receiver, playback.take, audio_in_order=False)
                 self._tasks.append(asyncio.ensure_future(playback.play(track)))
             else:
+                # As a browser does: a frame lost for good is given up and a keyframe asked for.
+                install_video_jitter_buffer(receiver)
                 self._tasks.append(asyncio.ensure_future(self._consume_video(track)))
 
         @pc.on("connectionstatechange")

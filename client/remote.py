@@ -17,7 +17,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError
 
-from signaling.receiver import install_encoded_receiver
+from signaling.receiver import install_encoded_receiver, install_video_jitter_buffer
 
 #: Received audio kept per publisher for analysis (mono samples at 48 kHz).
 AUDIO_KEEP_SECONDS = 10
@@ -53,6 +53,8 @@ class RemotePublisher:
         """Consume one of its tracks; call from the peer connection's "track" event."""
         if not decode:
             install_encoded_receiver(receiver)
+        elif track.kind == "video":
+            install_video_jitter_buffer(receiver)  # a frame lost for good is given up, as a browser does
         consume = self._count_encoded if not decode else self._video if track.kind == "video" else self._sound
         self._tasks[track] = asyncio.ensure_future(consume(track))
 

@@ -124,14 +124,16 @@ def tier_moves(peer: Peer, seen: int) -> list[dict]:
     return [event for event in peer.events[seen:] if event.get("type") == "tier"]
 
 
-async def run_one(profile: str, adapt: bool, seconds: float, logs: Path, log_level: str = "WARNING") -> Result:
+async def run_one(
+    profile: str, adapt: bool, seconds: float, logs: Path, log_level: str = "WARNING", tag: str = ""
+) -> Result:
     result = Result(profile, adapt, seconds)
     phases = PROFILES[profile]
     port = free_port()
     server = None
     peers: list[Peer] = []
     try:
-        with (logs / f"server-{profile}-{adapt}.log").open("wb") as log:
+        with (logs / f"server-{profile}-{adapt}{tag}.log").open("wb") as log:
             server = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                 "--log-level", log_level, *([] if adapt else ["--no-adapt"]),
@@ -337,7 +339,7 @@ async def run_all(args: argparse.Namespace) -> tuple[list[Result], dict[str, lis
         for round_ in range(args.cpu_rounds):
             for profile in cpu_profiles(args.profiles):
                 print(f"cpu round {round_ + 1}: {profile} ...", file=sys.stderr, flush=True)
-                result = await run_one(profile, True, args.cpu_seconds, logs, level)
+                result = await run_one(profile, True, args.cpu_seconds, logs, level, f"-cpu{round_ + 1}")
                 if not result.failure:
                     cpu.setdefault(profile, []).append(result.server_cpu)
     return results, cpu

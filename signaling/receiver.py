@@ -162,16 +162,7 @@ def install_encoded_receiver(
     receiver._RTCRtpReceiver__decoder_queue = _EncodedHandoff(receiver._track._queue, on_frame)  # type: ignore[attr-defined]
     count_rate_per_packet(receiver)
     if receiver._track.kind == "video":
-        # A lost frame is given up within half a second, and NACKs do not flood a congested uplink
-        # (signaling/jitter.py): aiortc's own froze a 300 kbit/s publisher's tile for 10-20 s.
-        codecs: dict = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
-
-        def codec_of(payload_type: int) -> str | None:
-            codec = codecs.get(payload_type)
-            return None if codec is None else codec.name.lower()
-
-        receiver._RTCRtpReceiver__jitter_buffer = VideoJitterBuffer(codec_of)  # type: ignore[attr-defined]
-        receiver._RTCRtpReceiver__nack_generator = PacedNacks()  # type: ignore[attr-defined]
+        install_video_jitter_buffer(receiver)
     elif receiver._track.kind == "audio" and not audio_in_order:
         receiver._RTCRtpReceiver__jitter_buffer = _EachPacket()  # type: ignore[attr-defined]
     elif receiver._track.kind == "audio":
@@ -181,6 +172,25 @@ def install_encoded_receiver(
         # there can be, since a frame is known complete only when the next one starts.
         buffer = JitterBuffer(capacity=AUDIO_CAPACITY, prefetch=1)
         receiver._RTCRtpReceiver__jitter_buffer = _LevelTagger(buffer)  # type: ignore[attr-defined]
+
+
+def install_video_jitter_buffer(receiver: RTCRtpReceiver) -> None:
+    """Give a video `receiver` the jitter buffer and NACKs of signaling/jitter.py, decoding or not.
+
+    A lost frame is given up within half a second and a keyframe asked for, and NACKs do not
+    flood a congested link: aiortc's own buffer held every frame behind a packet lost for good
+    (with its retransmissions) until 512 more had come, which froze a 300 kbit/s publisher's
+    tile for 10-20 s on the server and a client's picture for 24 s behind a 300 kbit/s
+    downlink (scripts/bench_network.py, `300k-short`). Call it before the receiver starts.
+    """
+    codecs: dict = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+
+    def codec_of(payload_type: int) -> str | None:
+        codec = codecs.get(payload_type)
+        return None if codec is None else codec.name.lower()
+
+    receiver._RTCRtpReceiver__jitter_buffer = VideoJitterBuffer(codec_of)  # type: ignore[attr-defined]
+    receiver._RTCRtpReceiver__nack_generator = PacedNacks()  # type: ignore[attr-defined]
 
 
 def video_losses(receiver: RTCRtpReceiver) -> tuple[int, int]:

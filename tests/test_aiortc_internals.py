@@ -59,7 +59,13 @@ from mcu.sender import PADDING
 from mcu.traffic import transport_bytes
 from signaling.ice import rtc_configuration, use_host_addresses
 from signaling.jitter import PacedNacks, VideoJitterBuffer
-from signaling.receiver import _EncodedHandoff, install_encoded_receiver, send_pli, video_losses
+from signaling.receiver import (
+    _EncodedHandoff,
+    install_encoded_receiver,
+    install_video_jitter_buffer,
+    send_pli,
+    video_losses,
+)
 
 RED = (230, 30, 30)
 DECODER_THREADS = ("video-decoder", "audio-decoder")
@@ -187,6 +193,27 @@ async def test_encoded_receiver_yields_frames_undecoded_and_its_thread_exits_on_
         with pytest.raises(MediaStreamError):
             while True:
                 await asyncio.wait_for(track.recv(), 5)
+
+
+async def test_a_decoding_video_receiver_takes_our_jitter_buffer_and_still_decodes(pcs) -> None:
+    """The Python client's receiver: aiortc's private `__jitter_buffer` and `__nack_generator` replaced by
+    signaling/jitter.py's, whose `add` aiortc's own decoding path calls as it called its own."""
+    sending, receiving = pcs
+    sending.addTransceiver(PreEncodedVideoTrack(RED), direction="sendonly")
+    received: list[MediaStreamTrack] = []
+
+    @receiving.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        install_video_jitter_buffer(receiving.getTransceivers()[0].receiver)
+        received.append(track)
+
+    await connect(sending, receiving)
+    receiver = receiving.getTransceivers()[0].receiver
+    assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, VideoJitterBuffer)
+    assert isinstance(receiver._RTCRtpReceiver__nack_generator, PacedNacks)
+    frames = [await asyncio.wait_for(received[0].recv(), 10) for _ in range(10)]
+    assert all(isinstance(frame, av.VideoFrame) for frame in frames)
+    assert frames[-1].to_ndarray(format="rgb24")[8, 8].tolist() == pytest.approx(list(RED), abs=25)
 
 
 async def test_an_encoded_receiver_can_hand_each_frame_to_a_callback_and_its_track_then_only_ends(pcs) -> None:
@@ -465,6 +492,8 @@ async def test_every_datagram_passes_the_ice_connections_protocols_once_gathered
     assert counted["sent"] >= sum(s.bytesSent for s in stats) > 5_000
     assert counted["received"] >= sum(s.bytesReceived for s in stats) > 0
     assert connection._protocols == protocols  # no socket was added after gathering
+
+
 # --- the link feedback and probing of mcu/sender.py (on test_sender's sender-receiver pair) ---
 
 
