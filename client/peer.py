@@ -34,6 +34,7 @@ from aiortc.mediastreams import MediaStreamError
 from compositor.playout import PlayoutCounts
 from signaling import chat
 from signaling.ice import is_loopback_host, is_turn_url, rtc_configuration, use_host_addresses
+from signaling.jitter import DOWNLINK_MAX_WAIT, DOWNLINK_NACK_RETRY, DOWNLINK_NACK_TRIES
 from signaling.receiver import install_encoded_receiver, install_video_jitter_buffer
 from signaling.rtp import install_tolerant_extensions
 
@@ -310,7 +311,7 @@ class Peer:
                 self._tasks.append(asyncio.ensure_future(playback.play(track)))
             else:
                 # As a browser does: a frame lost for good is given up and a keyframe asked for.
-                install_video_jitter_buffer(receiver)
+                install_video_jitter_buffer(receiver, DOWNLINK_MAX_WAIT, DOWNLINK_NACK_TRIES, DOWNLINK_NACK_RETRY)
                 self._tasks.append(asyncio.ensure_future(self._consume_video(track)))
 
         @pc.on("connectionstatechange")

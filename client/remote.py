@@ -17,6 +17,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError
 
+from signaling.jitter import DOWNLINK_MAX_WAIT, DOWNLINK_NACK_RETRY, DOWNLINK_NACK_TRIES
 from signaling.receiver import install_encoded_receiver, install_video_jitter_buffer
 
 #: Received audio kept per publisher for analysis (mono samples at 48 kHz).
@@ -54,7 +55,8 @@ class RemotePublisher:
         if not decode:
             install_encoded_receiver(receiver)
         elif track.kind == "video":
-            install_video_jitter_buffer(receiver)  # a frame lost for good is given up, as a browser does
+            # A frame lost for good is given up, as a browser does.
+            install_video_jitter_buffer(receiver, DOWNLINK_MAX_WAIT, DOWNLINK_NACK_TRIES, DOWNLINK_NACK_RETRY)
         consume = self._count_encoded if not decode else self._video if track.kind == "video" else self._sound
         self._tasks[track] = asyncio.ensure_future(consume(track))
 

@@ -44,6 +44,16 @@ NACK_TRIES = 2
 NACK_RETRY = 0.2
 #: Missing packets further back than this (in sequence numbers) are no longer asked for.
 NACK_HISTORY = 128
+#: A client receiving the room's composite waits longer for a retransmission, and asks more
+#: often: its keyframe requests reach an encoder that other peers share at most every 10 s
+#: (mcu/video.py SHARED_PLI_INTERVAL), so a frame given up at 0.5 s froze its picture up to
+#: 6.4 s on a path with 5 % loss and 30 ms of jitter (tests/test_lossy_link.py). The server
+#: retransmits a packet up to 1 s after it sent it (mcu/sender.py RETRANSMIT_AGE). Asked again
+#: every 0.1 s rather than 0.2: a retransmission lost twice then costs 0.2 s, not 0.4, and the
+#: test's bound on a freeze is 0.5 s.
+DOWNLINK_MAX_WAIT = 1.0
+DOWNLINK_NACK_TRIES = 6
+DOWNLINK_NACK_RETRY = 0.1
 
 #: The codec of a payload type ("vp8", "h264"), None when unknown.
 CodecOf = Callable[[int], str | None]
@@ -67,14 +77,17 @@ def starts_keyframe(codec: str | None, payload: bytes) -> bool:
 
 
 class VideoJitterBuffer:
-    """Complete frames in order, a lost one given up after MAX_WAIT, then nothing until a keyframe.
+    """Complete frames in order, a lost one given up after `max_wait`, then nothing until a keyframe.
 
     Has the interface of aiortc's `JitterBuffer`: `add(packet)` gives (ask for a keyframe, a frame or None).
     """
 
-    def __init__(self, codec_of: CodecOf, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, codec_of: CodecOf, clock: Callable[[], float] = time.monotonic, max_wait: float = MAX_WAIT
+    ) -> None:
         self._codec_of = codec_of
         self._clock = clock
+        self._max_wait = max_wait
         self._packets: dict[int, RtpPacket] = {}  # by unwrapped sequence number
         self._highest: int | None = None
         #: The first packet of the next frame to let out, and the last packet let out.
@@ -111,7 +124,7 @@ class VideoJitterBuffer:
             # Packets held behind a missing one (not a frame still coming in): since when, and whether to give up.
             if (span := max(self._packets) - self._next + 1) > len(self._packets):
                 self._hole_since = now if self._hole_since is None else self._hole_since
-                if now - self._hole_since >= MAX_WAIT or span > CAPACITY:
+                if now - self._hole_since >= self._max_wait or span > CAPACITY:
                     self._give_up()
             else:
                 self._hole_since = None
@@ -194,8 +207,12 @@ class PacedNacks:
     at most NACK_TRIES times in all, so that one loss brings at most that many retransmissions.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, tries: int = NACK_TRIES, retry: float = NACK_RETRY
+    ) -> None:
         self._clock = clock
+        self._tries = tries
+        self._retry = retry
         self.max_seq: int | None = None
         #: Missing sequence number -> (times asked, when last asked).
         self._asked: dict[int, tuple[int, float]] = {}
@@ -226,9 +243,9 @@ class PacedNacks:
         now = self._clock()
         self._due = set()
         for missing, (tries, last) in list(self._asked.items()):
-            if tries >= NACK_TRIES or uint16_gt(oldest, missing):
+            if tries >= self._tries or uint16_gt(oldest, missing):
                 del self._asked[missing]
-            elif now - last >= NACK_RETRY:
+            elif now - last >= self._retry:
                 self._asked[missing] = (tries + 1, now)
                 self._due.add(missing)
         return bool(self._due)

@@ -19,7 +19,7 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from .jitter import PacedNacks, VideoJitterBuffer
+from .jitter import MAX_WAIT, NACK_RETRY, NACK_TRIES, PacedNacks, VideoJitterBuffer
 from .rate import count_rate_per_packet
 
 logger = logging.getLogger(__name__)
@@ -174,14 +174,17 @@ def install_encoded_receiver(
         receiver._RTCRtpReceiver__jitter_buffer = _LevelTagger(buffer)  # type: ignore[attr-defined]
 
 
-def install_video_jitter_buffer(receiver: RTCRtpReceiver) -> None:
+def install_video_jitter_buffer(
+    receiver: RTCRtpReceiver, max_wait: float = MAX_WAIT, nack_tries: int = NACK_TRIES, nack_retry: float = NACK_RETRY
+) -> None:
     """Give a video `receiver` the jitter buffer and NACKs of signaling/jitter.py, decoding or not.
 
     A lost frame is given up within half a second and a keyframe asked for, and NACKs do not
     flood a congested link: aiortc's own buffer held every frame behind a packet lost for good
     (with its retransmissions) until 512 more had come, which froze a 300 kbit/s publisher's
     tile for 10-20 s on the server and a client's picture for 24 s behind a 300 kbit/s
-    downlink (scripts/bench_network.py, `300k-short`). Call it before the receiver starts.
+    downlink (scripts/bench_network.py, `300k-short`). A client of the composite waits longer
+    (`max_wait`, `nack_tries`, `nack_retry`: signaling/jitter.py DOWNLINK_*). Call it before the receiver starts.
     """
     codecs: dict = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
 
@@ -189,8 +192,8 @@ def install_video_jitter_buffer(receiver: RTCRtpReceiver) -> None:
         codec = codecs.get(payload_type)
         return None if codec is None else codec.name.lower()
 
-    receiver._RTCRtpReceiver__jitter_buffer = VideoJitterBuffer(codec_of)  # type: ignore[attr-defined]
-    receiver._RTCRtpReceiver__nack_generator = PacedNacks()  # type: ignore[attr-defined]
+    receiver._RTCRtpReceiver__jitter_buffer = VideoJitterBuffer(codec_of, max_wait=max_wait)  # type: ignore[attr-defined]
+    receiver._RTCRtpReceiver__nack_generator = PacedNacks(tries=nack_tries, retry=nack_retry)  # type: ignore[attr-defined]
 
 
 def video_losses(receiver: RTCRtpReceiver) -> tuple[int, int]:

@@ -7,6 +7,9 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from signaling.jitter import (
+    DOWNLINK_MAX_WAIT,
+    DOWNLINK_NACK_RETRY,
+    DOWNLINK_NACK_TRIES,
     MAX_WAIT,
     NACK_HISTORY,
     NACK_RETRY,
@@ -96,6 +99,34 @@ def test_a_hole_waited_out_is_given_up_and_a_keyframe_asked_for_at_most_every_pl
     pli, out = jitter.add(frame(40, 20, key=True)[1])
     assert out is not None and out.timestamp == 20 * 6000  # the keyframe starts the stream again
     assert jitter.add(frame(42, 21)[1])[1] is None and jitter.add(frame(42, 21)[0])[1].timestamp == 21 * 6000
+
+
+def test_a_client_of_the_composite_waits_longer_for_a_retransmission_and_asks_more_often() -> None:
+    """Its keyframe requests reach a shared encoder at most every 10 s: a retransmission is worth the wait."""
+    clock = Clock()
+    jitter = VideoJitterBuffer(lambda payload_type: "vp8", clock, max_wait=DOWNLINK_MAX_WAIT)
+    key, second, third = frame(0, 0, key=True), frame(2, 1), frame(4, 2)
+    for packet in [*key, second[0], *third]:
+        jitter.add(packet)
+    clock.now += MAX_WAIT + 0.1  # the server's upstream buffer would have given up by now
+    assert jitter.add(frame(6, 3)[0]) == (False, None)
+    pli, out = jitter.add(second[1])  # the retransmission
+    assert not pli and out is not None and out.timestamp == 6000 and jitter.frames_dropped == 0
+    clock.now += DOWNLINK_MAX_WAIT  # a hole waited out all the same
+    lost = frame(8, 4)
+    jitter.add(lost[0])
+    jitter.add(frame(10, 5)[0])
+    clock.now += DOWNLINK_MAX_WAIT
+    assert jitter.add(frame(10, 5)[1]) == (True, None)
+
+    nacks = PacedNacks(clock, tries=DOWNLINK_NACK_TRIES, retry=DOWNLINK_NACK_RETRY)
+    nacks.add(RtpPacket(sequence_number=10))
+    asked = 0
+    for seq in range(12, 60):
+        clock.now += DOWNLINK_NACK_RETRY / 2
+        asked += nacks.add(RtpPacket(sequence_number=seq)) and 11 in nacks.missing
+    assert asked == DOWNLINK_NACK_TRIES > NACK_TRIES  # every DOWNLINK_NACK_RETRY: all within DOWNLINK_MAX_WAIT
+    assert DOWNLINK_NACK_TRIES * DOWNLINK_NACK_RETRY < DOWNLINK_MAX_WAIT
 
 
 def test_keyframes_are_told_from_their_first_packet() -> None:
