@@ -119,8 +119,12 @@ class PacketTrack(MediaStreamTrack):
         `resync`: a move down for congestion. The link lost packets that will never come,
         and its queue is full: nothing is sent for DRAIN_SECONDS, then the new stream starts on
         its keyframe past a sequence gap that makes the receiver drop what it waits for.
+        Video that starts again after audio only starts past that gap too: the last packets
+        before the move down to audio only were lost in the congested queue, and aiortc's
+        receiver held every picture of the new tier behind them (tests/test_adaptation_e2e.py:
+        no picture within 10 s of the move back to `small`).
         """
-        self._resync = resync and output is not None
+        self._resync = output is not None and (resync or (self.output is None and self._direct is not None))
         if output is None or self.output is None or resync:
             self.output, self.pending = output, None
             if output is not None:
