@@ -151,6 +151,7 @@ class VideoPipeline:
         on_pli: Callable[[str], None],
         stale_seconds: float = 2.0,
         encode_per_peer: bool = False,
+        on_sync: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.tiers = tiers
@@ -164,6 +165,8 @@ class VideoPipeline:
         self._scenes = scenes
         self._sinks = sinks
         self._on_pli = on_pli
+        #: Called after each look at what the canvases show (every SYNC_INTERVAL), changed or not.
+        self._on_sync = on_sync
         #: Consumers that are not peers (a recording): the same packets, on the event loop.
         self._extra_sinks: list[PacketSink] = []
         self._packers: dict[Output, SharedPacker] = {}
@@ -368,6 +371,20 @@ class VideoPipeline:
             self._write(("outputs", outputs))
             self._sent_outputs = outputs
             self._packers = {output: packer for output, packer in self._packers.items() if output in outputs}
+        if self._on_sync is not None:
+            self._on_sync()
+
+    def shown(self) -> frozenset[str] | None:
+        """The publishers whose video is in a canvas the process was last told of (shared, recorded or
+        personal); None while it has been told none (starting, or started again)."""
+        if self._sent_scenes is None:
+            return None
+        return frozenset(
+            tile.peer_id
+            for scene in self._sent_scenes.values()
+            for tile in scene.tiles
+            if tile.peer_id is not None and tile.video
+        )
 
     # --- from the process ----------------------------------------------------------------
 
