@@ -17,7 +17,7 @@ from media_checks import cell_colours, close_to
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, audio_clip_levels, encode_audio_clip
 from client.pausable import PausableVideoTrack
 from client.peer import Peer
-from client.sources import rgb_to_yuv
+from client.sources import ColorTrack, rgb_to_yuv
 from mcu.config import Config
 from mcu.keyframes import is_keyframe
 from mcu.visibility import HIDE_HOLD, Visibility
@@ -289,5 +289,46 @@ async def test_sfu_and_mesh_rooms_send_no_visibility_and_pause_nothing(server, m
         await asyncio.sleep(HIDE_HOLD + 0.5)
         assert all(p.visibility is None and not p.outgoing_video.paused for p in peers)
         assert not any(e["type"] == "visibility" for p in peers for e in p.events)
+    finally:
+        await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+
+
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+async def test_publishers_encoded_by_aiortc_resume_on_the_servers_keyframe_request_when_a_layout_shows_them(
+    server, codec
+):
+    """Peers sending raw frames (aiortc encodes them): paused under a 2-region layout, shown by the grid again."""
+    colours = list(OBSERVERS.values())
+    peers = [
+        Peer(server.url, ROOM, name, video=ColorTrack(colour), decode=index == 0, chat=False, video_codec=codec)
+        for index, (name, colour) in enumerate(OBSERVERS.items())
+    ]
+    try:
+        for peer in peers:
+            await peer.join(timeout=20)
+        await peers[0].set_layout({"regions": [{"x": 0, "y": 0, "width": 0.5, "height": 1},
+                                               {"x": 0.5, "y": 0, "width": 0.5, "height": 1}]})  # fmt: skip
+        # One tile and "+2": the other two are paused once their hold has run out.
+        await peers[0].wait_for(lambda: all(p.visibility and not p.visibility["sendVideo"] for p in peers[1:]), 10)
+        assert all(p.outgoing_video.paused for p in peers[1:]) and peers[0].visibility["onScreen"]
+        await asyncio.sleep(0.5)
+        before = publishers(server)
+        await asyncio.sleep(1.0)
+        after = publishers(server)
+        assert all(after[p.peer_id]["videoBytes"] == before[p.peer_id]["videoBytes"] for p in peers[1:])
+
+        def grid_shown() -> bool:
+            frame = peers[0].video_frame
+            return frame is not None and all(
+                close_to(cell, rgb_to_yuv(colour)) for cell, colour in zip(cell_colours(frame, 3, at=AT), colours)
+            )
+
+        changed = time.monotonic()
+        await peers[0].set_layout("grid")
+        await peers[0].wait_for(grid_shown, timeout=5)
+        shown = time.monotonic() - changed
+        print(f"\nresumed {codec} publishers (aiortc's encoder) shown {shown:.2f} s after the layout change")
+        assert shown <= 1.0
+        assert all(publishers(server)[p.peer_id]["resumes"] == 1 for p in peers[1:])
     finally:
         await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
