@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         help='impair our own datagrams, e.g. "loss=5,jitter=30,seed=1" (keys: loss, burst, delay, jitter, order, '
         "reorder, rate, queue, seed; up./down. before a key for one direction; see client/impairment.py)",
     )
+    join.add_argument(
+        "--ignore-visibility",
+        action="store_true",
+        help="keep sending video when the server says it is not shown (default: pause it while it is not wanted)",
+    )
     join.add_argument("--duration", type=float, help="leave after this many seconds (default: until Ctrl-C)")
     join.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -113,6 +118,7 @@ async def run_join(args: argparse.Namespace) -> int:
         video_codec=args.codec,
         mode=args.mode,
         impairment=impairment,
+        honour_visibility=not args.ignore_visibility,
     )
     try:
         await peer.join()
@@ -126,7 +132,7 @@ async def run_join(args: argparse.Namespace) -> int:
         while deadline is None or loop.time() < deadline:
             await asyncio.sleep(0.2)
             for event in peer.events[reported:]:
-                if event["type"] in ("participantJoined", "participantLeft", "tier", "error"):
+                if event["type"] in ("participantJoined", "participantLeft", "tier", "visibility", "error"):
                     print(f"event: {event}", flush=True)
             reported = len(peer.events)
             for message in peer.chat_messages[chats:]:

@@ -132,11 +132,18 @@ class _PacketLoop(_Paced):
         self._payloads = payloads
         self._step = step
         self._time_base = time_base
+        #: The index of the packet that starts the current lap.
+        self._lap_start = 0
+
+    def restart_lap(self) -> None:
+        """Hand out the clip's first payload next (a video clip's keyframe: a receiver can start on it),
+        the pts going on as before: what a paused sender resumes with."""
+        self._lap_start = self._index
 
     async def recv(self) -> av.Packet:
         index = await self._next_index()
         # A packet of its own: its pts is this track's, even when the clip is shared.
-        packet = av.Packet(self._payloads[index % len(self._payloads)])
+        packet = av.Packet(self._payloads[(index - self._lap_start) % len(self._payloads)])
         packet.pts = index * self._step
         packet.time_base = self._time_base
         return packet

@@ -41,6 +41,7 @@ from signaling.rtp import install_tolerant_extensions
 from .impaired_ice import ImpairedIce, impair_ice
 from .impairment import Impairments
 from .mesh import MeshLinks
+from .pausable import PausableVideoTrack
 from .playback import AudioPlayback, audio_frame
 from .recorder import Recorder
 from .remote import RemotePublisher
@@ -87,6 +88,7 @@ class Peer:
         video_codec: str | None = None,
         mode: str | None = None,
         impairment: Impairments | None = None,
+        honour_visibility: bool = True,
     ) -> None:
         self.url = url
         #: Loss, delay, jitter... put on every datagram our peer connections send and receive
@@ -141,7 +143,11 @@ class Peer:
         #: "relay" uses TURN relay candidates only (a browser's iceTransportPolicy).
         self._ice_transport_policy = ice_transport_policy
         self._audio: deque[np.ndarray] = deque(maxlen=AUDIO_KEEP_SECONDS * 50)
-        self._video_source = video
+        #: The server's last `visibility` message (mcu rooms: whether our video is on screen, and wanted).
+        #: Honouring it (the default) pauses our video upload while it is not wanted; the camera stays live.
+        self.visibility: dict[str, Any] | None = None
+        self.outgoing_video = PausableVideoTrack(video) if video is not None and honour_visibility else None
+        self._video_source = self.outgoing_video if self.outgoing_video is not None else video
         self._audio_source = audio
         self._recorder = Recorder(record) if record else None
         self._session: aiohttp.ClientSession | None = None
@@ -336,6 +342,9 @@ class Peer:
                 self.participants = {p["peerId"]: p["name"] for p in message["participants"]}
                 self.layout = message.get("layout")
                 self.room_mode = message.get("mode")
+                self.visibility = None
+                if self.outgoing_video is not None:
+                    self.outgoing_video.resume()  # a room joined (again) wants our video until it says otherwise
                 if self.mesh is not None:
                     await self.mesh.close()  # joined again (reconnect): the old links are gone
                     self.mesh = None
@@ -368,6 +377,13 @@ class Peer:
                 self.layout = message["layout"]
             elif kind == "tier":
                 self.received_tier = message["tier"]
+            elif kind == "visibility":
+                self.visibility = message
+                if self.outgoing_video is not None:
+                    if message.get("sendVideo", True):
+                        self.outgoing_video.resume()
+                    else:
+                        self.outgoing_video.pause()
             elif kind == "error":
                 logger.warning("server error %s: %s", message.get("code"), message.get("message"))
                 self.errors.append(message)

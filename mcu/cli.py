@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep each receiver on the tier it chose at join, whatever its link (default: adapt, below that tier)",
     )
     serve.add_argument(
+        "--no-sender-control",
+        dest="sender_control",
+        action="store_false",
+        help="let every publisher send video and decode it all, shown or not (default: a publisher on no canvas "
+        "for 2 s is asked to pause its video, and what it still sends is not decoded)",
+    )
+    serve.add_argument(
         "--media-address",
         action="append",
         help="address offered for media (ICE host candidate); repeatable. "
@@ -282,6 +289,7 @@ def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None 
         video_bitrate=default.bitrate,
         tiers=tiers,
         adapt=args.adapt,
+        sender_control=args.sender_control,
         encode_per_peer=args.encode_per_peer,
         audio_talkers=args.audio_talkers or None,
         max_tiles=args.max_tiles,

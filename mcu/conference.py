@@ -78,6 +78,7 @@ class Conference:
             room = self.rooms[message.room] = Room(message.room, self.config, message.mode or self.config.mode)
             room.audio.on_speakers = lambda events, room=room: self._speakers(room, events)
             room.on_tier = self._tier_changed
+            room.on_visibility = self._visibility_changed
             logger.info("room %s: created", room.name)
             if self.config.auto_record:
                 try:
@@ -98,7 +99,7 @@ class Conference:
                 peer_id,
                 message.name,
                 room.video.request_keyframe,
-                room.video.upstream,
+                room.upstream,
                 self._media_failed,
                 room.chat.receive,
                 tier=message.tier or DEFAULT_TIER,
@@ -183,6 +184,7 @@ class Conference:
         participant = self._participant(session)
         if (message.video or message.audio) and grants.PUBLISH not in participant.grants:
             raise ProtocolError(protocol.FORBIDDEN, "You may watch and listen in this room, not publish.")
+        participant.visibility.camera_toggles += participant.sending_video != message.video
         participant.sending_video, participant.sending_audio = message.video, message.audio
         room = self.rooms[session.room]  # type: ignore[index]
         self._broadcast(room, protocol.participant_media(participant.peer_id, message.video, message.audio))
@@ -387,6 +389,13 @@ class Conference:
         session = self._sessions.get(participant.peer_id)
         if session is not None:
             session.send(protocol.tier(switch.tier, switch.reason, participant.ceiling))
+
+    def _visibility_changed(self, participant: Participant) -> None:
+        """A publisher went on or off screen, or its video is wanted again or no longer: tell it."""
+        session = self._sessions.get(participant.peer_id)
+        if session is not None:
+            visibility = participant.visibility
+            session.send(protocol.visibility(bool(visibility.on_screen), visibility.send_video))
 
     def _speakers(self, room: Room, events: SpeakerEvents) -> None:
         """Tell the room who started or stopped speaking, and who now holds the floor."""

@@ -30,6 +30,9 @@ class Config:
     )
     #: Move each receiver between tiers as its link allows (mcu/adaptation.py); its join's tier is its ceiling.
     adapt: bool = True
+    #: Ask a publisher on no canvas to pause its video, and decode none of what it still sends
+    #: (mcu/visibility.py); off, every publisher is asked to send and everything is decoded.
+    sender_control: bool = True
     #: A participant silent on video this long shows its placeholder tile.
     stale_video_seconds: float = 2.0
     #: At most this many tiles in a composite: a larger room shows the most recent

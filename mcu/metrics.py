@@ -41,6 +41,11 @@ _ROOM_COUNTERS = (
         "video_upstream_dropped",
         "Participants' video frames dropped before decoding: the picture process had fallen behind",
     ),
+    (
+        "videoFramesIgnored",
+        "video_frames_ignored",
+        "Publishers' video frames not decoded: on no canvas (sender control), camera off, or before a keyframe",
+    ),
     ("pictureRestarts", "picture_restarts", "Times the room's picture process died and was started again"),
     ("audioTicks", "audio_ticks", "Audio clock ticks"),
     ("audioTicksDropped", "audio_ticks_dropped", "Audio ticks dropped: the audio thread was overloaded"),
@@ -82,12 +87,17 @@ class ConferenceCollector(Collector):
             key: CounterMetricFamily(f"mcu_{name}", help, labels=["room"]) for key, name, help in _ROOM_COUNTERS
         }
         peers = GaugeMetricFamily("mcu_room_peers", "Participants in the room", labels=["room"])
+        paused = GaugeMetricFamily(
+            "mcu_publishers_paused", "Publishers asked to pause their video: on no canvas (sender control)",
+            labels=["room"],
+        )  # fmt: skip
         fps = GaugeMetricFamily(
             "mcu_composite_fps", "Composite frames per second since the previous scrape", labels=["room"]
         )
         now = time.monotonic()
         for name, room_stats in stats.items():
             peers.add_metric([name], room_stats["peers"])
+            paused.add_metric([name], room_stats["publishersPaused"])
             for key, counter in counters.items():
                 counter.add_metric([name], room_stats.get(key, 0))
             frames = room_stats["videoFrames"]
@@ -98,6 +108,7 @@ class ConferenceCollector(Collector):
         for gone in self._last.keys() - stats.keys():
             del self._last[gone]
         yield peers
+        yield paused
         yield fps
         yield from counters.values()
         yield from self._links(rooms)

@@ -35,6 +35,7 @@ from .intake import receive_directly
 from .link import LinkMonitor
 from .sender import DirectSender, send_directly
 from .tracks import PacketTrack
+from .visibility import Visibility
 
 logger = logging.getLogger(__name__)
 install_tolerant_extensions()
@@ -143,6 +144,8 @@ class Participant:
         #: What the peer says it sends (`setMedia`): off shows the placeholder / leaves the mix.
         self.sending_video = True
         self.sending_audio = True
+        #: Whether its video is on screen and wanted, and what it sent that was not decoded (mcu/visibility.py).
+        self.visibility = Visibility()
         #: Set by a moderator: a muted peer leaves every mix; volume scales its voice (0..2).
         self.moderator_muted = False
         self.volume = 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -53,6 +54,7 @@ class Room:
             on_pli=self._ask_keyframe,
             stale_seconds=config.stale_video_seconds,
             encode_per_peer=config.encode_per_peer,
+            on_sync=self._watch_visibility,
         )
         self.audio = AudioPipeline(name, lambda: list(self.participants.values()), config.audio_talkers)
         self.chat = ChatRelay(name, self.participants)
@@ -74,9 +76,17 @@ class Room:
         self._departed_feedback: dict[str, int] = dict.fromkeys(FEEDBACK_COUNTS, 0)
         #: Video frames lost and keyframes asked for (signaling/jitter.py) by the receivers of publishers gone.
         self._departed_losses = (0, 0)
+        #: Told when a publisher's `visibility` changed (the conference tells the peer; mcu/visibility.py).
+        self.on_visibility: Callable[[Participant], None] | None = None
+        #: The publishers shown when visibility was last worked out, and when a hold runs out next.
+        self._shown: frozenset[str] | None = None
+        self._hold_ends = math.inf
+        #: Video frames of publishers gone that were not decoded (not shown, camera off).
+        self._departed_ignored = 0
 
     def add(self, participant: Participant) -> None:
         self.participants[participant.peer_id] = participant
+        self._shown = None  # the newcomer is told whether it is shown at the next look
         if self.forwarder is not None:
             self.forwarder.add(participant)  # type: ignore[arg-type]
         if not self._started and self.mode == "mcu":
@@ -100,6 +110,7 @@ class Room:
             self.forwarder.remove(peer_id)
         participant = self.participants.pop(peer_id, None)
         if participant is not None:
+            self._departed_ignored += participant.visibility.frames_ignored
             for name in FEEDBACK_COUNTS:
                 self._departed_feedback[name] += getattr(participant.link.stats, name)
         return participant
@@ -169,6 +180,16 @@ class Room:
             "videoDecodeSeconds": round(video.decode_seconds, 3),
             "videoDecodeErrors": video.decode_errors,
             "videoUpstreamDropped": video.upstream_dropped,
+            "senderControl": self.config.sender_control,
+            # Publishers' video frames not decoded: on no canvas (sender control) or camera off.
+            "videoFramesIgnored": self._departed_ignored
+            + sum(p.visibility.frames_ignored for p in self.participants.values()),
+            "publishersPaused": sum(not p.visibility.send_video for p in self.participants.values()),
+            "publishers": {
+                peer_id: p.visibility.describe()
+                for peer_id, p in self.participants.items()
+                if grants.PUBLISH in p.grants
+            },
             # Frames lost on publishers' uplinks and given up, keyframes asked for then.
             "videoFramesLost": sum(lost for lost, _ in losses),
             "videoKeyframesAsked": sum(asked for _, asked in losses),
@@ -240,7 +261,48 @@ class Room:
         if now - self._plis.get(peer_id, float("-inf")) < PLI_INTERVAL:
             return
         self._plis[peer_id] = now
-        send_pli(participant.video_receiver)
+        if send_pli(participant.video_receiver):
+            participant.visibility.keyframes_asked += 1
+
+    def upstream(self, peer_id: str, codec_name: str, data: bytes, timestamp: int) -> None:
+        """A publisher's encoded video frame: to the picture process if its video is wanted, from a keyframe on."""
+        participant = self.participants.get(peer_id)
+        if participant is None:
+            return
+        visibility = participant.visibility
+        control = self.config.sender_control
+        wanted = not control or (visibility.send_video and participant.sending_video)
+        if visibility.admit(codec_name, data, wanted):
+            self.video.upstream(peer_id, codec_name, data, timestamp)
+        elif wanted:
+            self._ask_keyframe(peer_id)  # still waiting for the keyframe asked for on resuming: again, paced
+
+    def _watch_visibility(self) -> None:
+        """After each look at the canvases: who is shown, who is paused once its hold ran out, who resumes.
+
+        Cheap when nothing changed: the loop over publishers runs when the set shown
+        changes, a peer joins, or a hold runs out.
+        """
+        shown = self.video.shown()
+        now = time.monotonic()
+        if shown is None or (shown == self._shown and now < self._hold_ends):
+            return
+        self._shown = shown
+        self._hold_ends = math.inf
+        control = self.config.sender_control
+        for participant in list(self.participants.values()):
+            if grants.PUBLISH not in participant.grants:
+                continue
+            visibility = participant.visibility
+            changed, resumed = visibility.update(participant.peer_id in shown, now, control)
+            if control and visibility.hold_ends is not None:
+                self._hold_ends = min(self._hold_ends, visibility.hold_ends)
+            if resumed:
+                # Shown again: its first frame must be a keyframe, asked for now (not after PLI_INTERVAL).
+                self._plis.pop(participant.peer_id, None)
+                self._ask_keyframe(participant.peer_id)
+            if changed and self.on_visibility is not None:
+                self.on_visibility(participant)
 
     def _scene(self, leave_out: str | None = None) -> SceneSpec:
         """What a canvas shows: every publisher but `leave_out` (hide-self), named, with who speaks.

@@ -37,6 +37,7 @@ from signaling import grants, protocol
 from signaling.protocol import ProtocolError
 from signaling.receiver import install_encoded_receiver, send_pli
 
+from .keyframes import is_vp8_keyframe
 from .numbering import renegotiation_offer
 from .participant import NegotiationError, Participant
 from .sender import send_directly
@@ -54,11 +55,6 @@ def forwarded_codecs(kind: str) -> list[RTCRtpCodecCapability]:
     """What an sfu room carries: VP8 (with RTX) and Opus, the one codec of each kind every peer must speak."""
     wanted = ("audio/opus",) if kind == "audio" else ("video/vp8", "video/rtx")
     return [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType.lower() in wanted]
-
-
-def is_vp8_keyframe(data: bytes) -> bool:
-    """A VP8 frame is a key frame when bit 0 of its first byte (the inverse key frame flag) is 0 (RFC 6386 9.1)."""
-    return bool(data) and not data[0] & 0x01
 
 
 @dataclass

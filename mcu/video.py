@@ -151,6 +151,7 @@ class VideoPipeline:
         on_pli: Callable[[str], None],
         stale_seconds: float = 2.0,
         encode_per_peer: bool = False,
+        on_sync: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.tiers = tiers
@@ -164,6 +165,8 @@ class VideoPipeline:
         self._scenes = scenes
         self._sinks = sinks
         self._on_pli = on_pli
+        #: Called after each look at what the canvases show (every SYNC_INTERVAL), changed or not.
+        self._on_sync = on_sync
         #: Consumers that are not peers (a recording): the same packets, on the event loop.
         self._extra_sinks: list[PacketSink] = []
         self._packers: dict[Output, SharedPacker] = {}
@@ -176,6 +179,8 @@ class VideoPipeline:
         self._stopping = False
         self._sent_outputs: frozenset[Output] | None = None
         self._sent_scenes: dict[str | None, SceneSpec] | None = None
+        #: The publishers whose video those scenes show (`shown`), worked out when they change.
+        self._shown: frozenset[str] | None = None
         #: The room clock's zero (a `time.monotonic()`), the room's creation: packets' pts count from it.
         self.epoch = time.monotonic()
         #: The counters of the processes that died: a new one counts from zero, the room's stats go on.
@@ -238,7 +243,7 @@ class VideoPipeline:
         self._pending.clear()
         self._pending_bytes = 0
         self._transport = transport  # type: ignore[assignment]
-        self._sent_outputs = self._sent_scenes = None
+        self._sent_outputs = self._sent_scenes = self._shown = None
         self._sync()
         return channel.closed
 
@@ -364,10 +369,27 @@ class VideoPipeline:
         if scenes != self._sent_scenes:
             self._write(("scenes", scenes))
             self._sent_scenes = scenes
+            self._shown = frozenset(
+                tile.peer_id
+                for scene in scenes.values()
+                for tile in scene.tiles
+                if tile.peer_id is not None and tile.video
+            )
         if outputs != self._sent_outputs:
             self._write(("outputs", outputs))
             self._sent_outputs = outputs
             self._packers = {output: packer for output, packer in self._packers.items() if output in outputs}
+        if self._on_sync is not None:
+            try:
+                self._on_sync()
+            except Exception:
+                # What the room does with it must not stop the canvases from being kept up to date.
+                logger.exception("room %s: after a sync", self.name)
+
+    def shown(self) -> frozenset[str] | None:
+        """The publishers whose video is in a canvas the process was last told of (shared, recorded or
+        personal); None while it has been told none (starting, or started again)."""
+        return self._shown
 
     # --- from the process ----------------------------------------------------------------
 

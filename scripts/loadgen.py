@@ -234,6 +234,7 @@ def make_peer(args: argparse.Namespace, index: int, room: str) -> LoadPeer:
         decode=False,
         chat=False,
         token=args.token,
+        honour_visibility=not args.ignore_visibility,
         **options,
     )
     return LoadPeer(room, name, peer)
@@ -263,6 +264,9 @@ def summary(peers: list[LoadPeer], args: argparse.Namespace, window: tuple[float
             "error": p.error,
             "errors": p.errors,
             "server_errors": [e.get("code") for e in p.peer.errors],
+            # The server's last word on its video (mcu rooms): on screen, and whether it is wanted.
+            "on_screen": (p.peer.visibility or {}).get("onScreen"),
+            "send_video": (p.peer.visibility or {}).get("sendVideo"),
         }
         row.update(rates(first, last) if p.window_start is not None else {})
         rows.append(row)
@@ -386,6 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=("auto", "rich", "plain"),
         default="auto",
         help="auto: a live table on a terminal when rich is installed, else plain lines",
+    )
+    parser.add_argument(
+        "--ignore-visibility",
+        action="store_true",
+        help="keep sending video when the server says it is not shown (default: pause it, as clients should)",
     )
     parser.add_argument("--json", type=Path, help="write the summary to this file")
     args = parser.parse_args(argv)

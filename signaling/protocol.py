@@ -473,6 +473,11 @@ def tier(name: str, reason: str, ceiling: str) -> dict:
     return {"type": "tier", "tier": name, "reason": reason, "ceiling": ceiling}
 
 
+def visibility(on_screen: bool, send_video: bool) -> dict:
+    """To a publisher of an mcu room: whether its video is in a canvas, and whether to send it."""
+    return {"type": "visibility", "onScreen": on_screen, "sendVideo": send_video}
+
+
 def layout_changed(layout: str | dict, by: str | None) -> dict:
     """Tell the room its layout changed: the layout as ``setLayout`` takes it, and who set it (None: the API)."""
     return {"type": "layoutChanged", "layout": layout, "by": by}
