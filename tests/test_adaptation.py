@@ -18,6 +18,7 @@ from mcu import adaptation
 from mcu.adaptation import AUDIO_ONLY, Controller, Ladder, Probe, Switch
 from mcu.config import Config
 from mcu.link import LinkMonitor
+from mcu.sender import RESYNC_GAP
 
 LADDER = Ladder(Config().output_tiers())  # high 1.5M, low 400k, small 150k, audio
 SSRC = 1234
@@ -198,11 +199,38 @@ def remb(bitrate: int, ssrcs: list[int]) -> RtcpPsfbPacket:
     return RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs))
 
 
-def report(ssrc: int, fraction_lost: int, jitter: int = 900) -> RtcpRrPacket:
+def report(ssrc: int, fraction_lost: int, jitter: int = 900, highest: int = 0, lost: int = 0) -> RtcpRrPacket:
     info = RtcpReceiverInfo(
-        ssrc=ssrc, fraction_lost=fraction_lost, packets_lost=0, highest_sequence=0, jitter=jitter, lsr=0, dlsr=0
+        ssrc=ssrc,
+        fraction_lost=fraction_lost,
+        packets_lost=lost,
+        highest_sequence=highest,
+        jitter=jitter,
+        lsr=0,
+        dlsr=0,
     )
     return RtcpRrPacket(ssrc=1, reports=[info])
+
+
+def test_the_report_that_covers_a_resync_jump_counts_only_real_losses():
+    """The receiver counts the 1024 numbers a move down skips as lost (94 % in that report): left out."""
+    reports = []
+    monitor = LinkMonitor(on_report=lambda loss, sent, t, queue: reports.append(loss))
+    monitor.observe(report(SSRC, 0, highest=0x1FFF0, lost=5), SSRC, 99, 0, 0.0)
+    monitor.skipped(0xFFF8, RESYNC_GAP)  # the jump wraps past 0xFFFF, as it may
+    # 1024 skipped and 60 sent; 3 of those lost: the receiver says 1027 of 1084 lost.
+    expected = RESYNC_GAP + 60
+    monitor.observe(report(SSRC, 1027 * 256 // expected, highest=0x1FFF0 + expected, lost=5 + 1027), SSRC, 99, 0, 1.0)
+    # The next report is the receiver's own again (the jump is behind it).
+    monitor.observe(report(SSRC, 64, highest=0x1FFF0 + expected + 40, lost=1042), SSRC, 99, 0, 2.0)
+    assert reports[0] == 0.0
+    assert reports[1] == pytest.approx(3 / 60)
+    assert reports[2] == 0.25
+    # Without the jump told, the same report reads as the congestion it is not.
+    plain = LinkMonitor()
+    plain.observe(report(SSRC, 0, highest=0x1FFF0, lost=5), SSRC, 99, 0, 0.0)
+    plain.observe(report(SSRC, 1027 * 256 // expected, highest=0x1FFF0 + expected, lost=1032), SSRC, 99, 0, 1.0)
+    assert plain.stats.fraction_lost > 0.9
 
 
 @pytest.mark.parametrize("bitrate", [0, 5, 10**10, ((1 << 18) - 1) << 63])
