@@ -157,6 +157,8 @@ class Room:
                 "switches": 0 if controller is None else controller.switches,
                 "probes": 0 if controller is None else controller.probes,
                 "probesFailed": 0 if controller is None else controller.probes_failed,
+                # Its keyframe requests while a keyframe was on its way to it (mcu/tracks.py KEYFRAME_GRACE).
+                "plisIgnored": participant.video_out.plis_ignored,
                 **participant.link.stats.describe(),
             }
         return links

@@ -29,6 +29,12 @@ QUEUE_LIMIT = 32
 #: new tier's keyframe: the bottleneck's queue drains (200 ms at most with a usual tbf or
 #: router buffer), so that the keyframe is not dropped at its tail.
 DRAIN_SECONDS = 0.25
+#: A receiver's own keyframe request (PLI/FIR) this soon after the track sent it a keyframe, or
+#: while it waits to send one, is not passed on: that keyframe is still on its way through the
+#: receiver's queue. Behind a 300 kbit/s link holding 1.5 s, the Python client's PLIs during a
+#: move down each brought one more keyframe burst into the full queue, whose losses then moved
+#: the peer from `small` to audio only (scripts/bench_network.py, `300k`).
+KEYFRAME_GRACE = 1.0
 
 
 class PacketSink(Protocol):
@@ -58,6 +64,9 @@ class PacketTrack(MediaStreamTrack):
         # A decoder can only start on a keyframe: deltas before it are useless.
         self._awaiting_keyframe = kind == "video"
         self.dropped = 0
+        #: When the track last sent a keyframe (time.monotonic()), and receiver requests not passed on.
+        self._keyframe_sent_at = float("-inf")
+        self.plis_ignored = 0
         #: Where pushed packets go at once instead of the queue: the peer's sender (mcu/sender.py).
         self._direct: PacketSink | None = None
         self._ended = asyncio.Event()
@@ -92,6 +101,8 @@ class PacketTrack(MediaStreamTrack):
             if self._resync and resync is not None:
                 resync()
             self._resync = False
+        if packet.is_keyframe:
+            self._keyframe_sent_at = time.monotonic()
         if self._direct is not None:
             self._direct.push(packet)
             return
@@ -138,7 +149,11 @@ class PacketTrack(MediaStreamTrack):
 
     def request_keyframe(self, reason: str = "pli") -> None:
         """Ask the encoder that feeds it, for a PLI/FIR ("pli"), a fresh start ("start"), a move up
-        ("switch") or down for congestion ("down")."""
+        ("switch") or down for congestion ("down"). A receiver's "pli" while a keyframe is on its
+        way (KEYFRAME_GRACE) is counted and dropped."""
+        if reason == "pli" and (self._awaiting_keyframe or time.monotonic() - self._keyframe_sent_at < KEYFRAME_GRACE):
+            self.plis_ignored += 1
+            return
         if self.keyframe_requested is not None:
             self.keyframe_requested(reason)
 

@@ -25,7 +25,7 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from conftest import within
 
 from client.encoded import encode_video_clip
-from mcu import datagrams
+from mcu import datagrams, tracks
 from mcu.encoders import AudioEncoder
 from mcu.link import LinkMonitor
 from mcu.sender import RETRANSMIT_AGE, DirectSender, HeaderTemplate, SharedPacker, pack_opus, send_directly
@@ -214,13 +214,29 @@ async def test_a_send_that_waits_goes_out_after_its_wait_and_the_others_do_not_w
     assert link.media()[-1].sequence_number == first
 
 
-async def test_a_pli_reaches_whatever_feeds_the_track(link: Link) -> None:
+async def test_a_pli_reaches_whatever_feeds_the_track(link: Link, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracks, "KEYFRAME_GRACE", 0.0)
+    link.push_clip(FRAMES)  # the stream has started on its keyframe
     requested = asyncio.Event()
     reasons: list[str] = []
     link.track.keyframe_requested = lambda reason: (reasons.append(reason), requested.set())
     await link.far_receiver._send_rtcp_pli(link.transceiver.sender._ssrc)
     await asyncio.wait_for(requested.wait(), 5)
     assert reasons == ["pli"] and link.monitor.stats.plis == 1
+
+
+async def test_a_pli_while_a_keyframe_is_on_its_way_is_not_passed_on(link: Link) -> None:
+    """The keyframe a receiver waits for is still in its queue: asking again adds a burst to that queue."""
+    reasons: list[str] = []
+    link.track.keyframe_requested = reasons.append
+    link.track.request_keyframe("pli")  # nothing sent yet: the track itself waits for the first keyframe
+    link.push_clip(FRAMES)
+    link.track.request_keyframe("pli")  # that keyframe was just sent
+    assert reasons == [] and link.track.plis_ignored == 2
+    link.track._keyframe_sent_at -= tracks.KEYFRAME_GRACE
+    link.track.request_keyframe("pli")
+    link.track.request_keyframe("start")  # the server's own reasons always pass
+    assert reasons == ["pli", "start"] and link.track.plis_ignored == 2
 
 
 async def test_a_nack_for_a_packet_too_old_or_over_budget_is_not_answered(link: Link) -> None:

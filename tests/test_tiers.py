@@ -203,8 +203,9 @@ async def test_a_pli_storm_from_one_receiver_costs_the_others_at_most_one_keyfra
             await asyncio.sleep(0.02)
         await asyncio.sleep(1)
         assert encoder.keyframes - keyframes <= 1
-        assert room.video.stats.keyframes_gated - gated >= 49
         participant = next(p for p in room.participants.values() if p.name == "stormy")
+        # Dropped while the keyframe one of them brought was on its way, or gated for the others' sake.
+        assert room.video.stats.keyframes_gated - gated + participant.video_out.plis_ignored >= 49
         assert participant.link.stats.plis >= 50
         assert calm.video_frames > frames + 20  # the calm peer's picture went on
     finally:
