@@ -269,9 +269,9 @@ class DirectSender:
         lost, finds its NACK list full and asks for a keyframe (of its new tier: nothing is
         answered from the cleared history). The receiver's next report counts the gap as lost:
         the controller ignores reports for a while after a switch (mcu/adaptation.py SETTLE_SECONDS),
-        and the link leaves the jump out of that report's loss (mcu/link.py `skipped`): under load
-        the report came 3.2 s after a move down, past the settling, and its 94 % "lost" (1024
-        numbers never sent) moved a 750 kbit/s peer from `low` to audio only.
+        and the link believes none until one is about the new stream alone (mcu/link.py `skipped`):
+        under load that report came 3.2 s after a move down, past the settling, and its 94 %
+        "lost" moved a 750 kbit/s peer from `low` to audio only.
         """
         if self._link is not None:
             self._link.skipped(self._sequence, RESYNC_GAP)
