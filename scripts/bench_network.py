@@ -168,8 +168,9 @@ async def run_one(
                 impaired.impaired.up.change(phase.path.up)
                 impaired.impaired.down.change(phase.path.down)
             if impaired.video_frames != frames:
+                # Every picture decoded since the last look: frames held behind a hole come out together.
+                frame_times.extend([now] * (impaired.video_frames - frames))
                 frames = impaired.video_frames
-                frame_times.append(now)
             for event in tier_moves(impaired, seen_events):
                 moves.append((now, event["tier"]))
             seen_events = len(impaired.events)
