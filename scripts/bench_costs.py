@@ -179,6 +179,20 @@ async def run_series(server_name: str, args: argparse.Namespace, logs: Path) -> 
         await stop(server)
 
 
+#: The share of a core the event loop thread may use at most: past it, packets queue and the room stutters.
+LOOP_BUDGET = 90.0
+
+
+def holds(series: Series) -> int | None:
+    """Participants one room holds before its event loop thread reaches LOOP_BUDGET: the shown tiles'
+    publishers (stage 2), then the dearest of an off-screen publisher, a viewer and an audio-only participant."""
+    if len(series.stages) != len(STAGES):
+        return None
+    dearest = max(loop for _, loop in list(series.costs().values())[1:])
+    shown = series.stages[1]
+    return shown.cameras + int((LOOP_BUDGET - shown.loop) / dearest) if dearest > 0 else None
+
+
 def stages_table(all_series: list[Series]) -> str:
     lines = [
         "| server | cameras (on / off screen) | viewers | audio-only | server CPU, % of one core "
@@ -222,7 +236,15 @@ def section(all_series: list[Series], args: argparse.Namespace) -> str:
             "",
             costs_table(all_series),
             "",
-            f"Re-run: `{rerun_command()}`",
+            *(
+                f"{series.server}: one room holds about {count} participants before its event loop thread "
+                f"reaches {LOOP_BUDGET:.0f} % of a core ({2 * series.unit} shown, the others at the dearest of the "
+                "three other kinds)."
+                for series in all_series
+                if (count := holds(series)) is not None
+            ),
+            "",
+            f"Re-run: `{rerun_command(__file__)}`",
             END,
         ]
     )
@@ -255,6 +277,8 @@ def main() -> None:
     all_series = asyncio.run(run_all(args))
     print(stages_table(all_series))
     print(costs_table(all_series))
+    for series in all_series:
+        print(f"{series.server}: holds about {holds(series)} participants (event loop ≤ {LOOP_BUDGET:.0f} %)")
     if args.write:
         write_section(args.write, section(all_series, args))
         print(f"wrote {args.write}")

@@ -48,14 +48,14 @@ LARGE_MODES = {"sender-control": [], "no-sender-control": ["--no-sender-control"
 LARGE_TILES = 16
 #: In a large room: this many peers talk all along (quietly); the last TURNS peers join silent, each
 #: in a colour of its own, and take the floor one after the other once the window is over.
-TALKERS, TURNS = 3, 6
-TURN_COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan")
+TALKERS, TURNS = 3, 5
+TURN_COLOURS = ("red", "green", "blue", "yellow", "magenta")
 #: The colour of every other peer: grey, whose chroma no turn colour comes near.
 CROWD_COLOUR = (128, 128, 128)
 TALKER_AMPLITUDE, LOUD_AMPLITUDE = 0.05, 0.5
-#: A turn: loud this long, then silent this long before the next one (the server's hold before pausing
-#: a hidden peer is shorter, so each turn starts from a paused peer).
-TURN_LOUD, TURN_GAP = 2.5, 4.0
+#: A turn: loud this long, then silent this long before the next one. Each turn's peer has been hidden
+#: since it joined, so it starts paused (with sender control); the one before stays shown (a recent speaker).
+TURN_LOUD, TURN_GAP = 2.0, 2.5
 #: A new speaker's picture not seen this long after it began talking counts as missed.
 SIGHT_TIMEOUT = 4.0
 LARGE_BEGIN, LARGE_END = "<!-- bench_room_large:begin -->", "<!-- bench_room_large:end -->"
@@ -457,7 +457,8 @@ def command(pid: int) -> str:
 
 
 def thread_label(pid: int, tid: int, server: int) -> str:
-    """The process's role and the thread: "server main", "picture 1234 (vpx-thread)"..."""
+    """The process's role and the thread: "server main", "picture 1234", "server 1235 (name)" (Python's
+    threads keep the process's name)."""
     role = "server" if pid == server else "picture" if "mcu.picture" in command(pid) else str(pid)
     if tid == pid:
         return f"{role} main"
@@ -466,7 +467,7 @@ def thread_label(pid: int, tid: int, server: int) -> str:
             name = file.read().strip()
     except OSError:
         name = "?"
-    return f"{role} {tid} ({name})"
+    return f"{role} {tid}" if name == "python" else f"{role} {tid} ({name})"
 
 
 def thread_shares(before: dict[tuple[int, int], int], after: dict[tuple[int, int], int], elapsed: float, server: int):
@@ -698,11 +699,12 @@ def machine() -> str:
     return f"{model}, nproc {os.cpu_count()}"
 
 
-def rerun_command() -> str:
+def rerun_command(script_file: str = __file__) -> str:
+    """The command line that ran this, for the docs (`script_file`: the script run, this one by default)."""
     python = Path(sys.executable)
     if python.is_relative_to(REPO):
         python = python.relative_to(REPO)
-    script = Path(__file__).resolve().relative_to(REPO)
+    script = Path(script_file).resolve().relative_to(REPO)
     return shlex.join([str(python), str(script), *sys.argv[1:]])
 
 
