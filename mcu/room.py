@@ -261,7 +261,8 @@ class Room:
         if now - self._plis.get(peer_id, float("-inf")) < PLI_INTERVAL:
             return
         self._plis[peer_id] = now
-        participant.visibility.keyframes_asked += send_pli(participant.video_receiver)
+        if send_pli(participant.video_receiver):
+            participant.visibility.keyframes_asked += 1
 
     def upstream(self, peer_id: str, codec_name: str, data: bytes, timestamp: int) -> None:
         """A publisher's encoded video frame: to the picture process if its video is wanted, from a keyframe on."""
@@ -288,12 +289,13 @@ class Room:
             return
         self._shown = shown
         self._hold_ends = math.inf
+        control = self.config.sender_control
         for participant in list(self.participants.values()):
             if grants.PUBLISH not in participant.grants:
                 continue
             visibility = participant.visibility
-            changed, resumed = visibility.update(participant.peer_id in shown, now, self.config.sender_control)
-            if visibility.hold_ends is not None:
+            changed, resumed = visibility.update(participant.peer_id in shown, now, control)
+            if control and visibility.hold_ends is not None:
                 self._hold_ends = min(self._hold_ends, visibility.hold_ends)
             if resumed:
                 # Shown again: its first frame must be a keyframe, asked for now (not after PLI_INTERVAL).

@@ -61,7 +61,9 @@ def test_two_clients_through_a_served_mcu_record_the_composite(served, tmp_path)
     clip = tmp_path / "alice.webm"
     write_clip(clip, COLORS["red"], 440.0)
     # Alice sends a media file (looped), Bob a test pattern and a tone.
-    alice = client(served, "alice", "--video", str(clip), "--audio", str(clip), "--duration", "7")
+    alice = client(
+        served, "alice", "--video", str(clip), "--audio", str(clip), "--duration", "7", "--ignore-visibility"
+    )
     time.sleep(1)
     media = ("--video", "color:green", "--audio", "tone:660", "--record", str(recording))
     bob = client(served, "bob", *media, "--duration", "5", "--chat", "hi from bob")
@@ -69,6 +71,8 @@ def test_two_clients_through_a_served_mcu_record_the_composite(served, tmp_path)
     assert alice.returncode == 0 and bob.returncode == 0, outputs
     assert "joined room cli" in outputs[0]
     assert "participantJoined" in outputs[0] and "bob" in outputs[0]
+    # Both are tiles: each is told it is on screen and its video is wanted.
+    assert all("{'type': 'visibility', 'onScreen': True, 'sendVideo': True}" in output for output in outputs), outputs
     # Bob's chat reaches Alice, printed as a chat line; Bob sees the room's copy of it too.
     assert re.search(r"^\[\d\d:\d\d:\d\d\] bob: hi from bob$", outputs[0], re.MULTILINE), outputs[0]
     assert "] bob: hi from bob" in outputs[1], outputs[1]
