@@ -179,6 +179,8 @@ class VideoPipeline:
         self._stopping = False
         self._sent_outputs: frozenset[Output] | None = None
         self._sent_scenes: dict[str | None, SceneSpec] | None = None
+        #: The publishers whose video those scenes show (`shown`), worked out when they change.
+        self._shown: frozenset[str] | None = None
         #: The room clock's zero (a `time.monotonic()`), the room's creation: packets' pts count from it.
         self.epoch = time.monotonic()
         #: The counters of the processes that died: a new one counts from zero, the room's stats go on.
@@ -241,7 +243,7 @@ class VideoPipeline:
         self._pending.clear()
         self._pending_bytes = 0
         self._transport = transport  # type: ignore[assignment]
-        self._sent_outputs = self._sent_scenes = None
+        self._sent_outputs = self._sent_scenes = self._shown = None
         self._sync()
         return channel.closed
 
@@ -367,24 +369,27 @@ class VideoPipeline:
         if scenes != self._sent_scenes:
             self._write(("scenes", scenes))
             self._sent_scenes = scenes
+            self._shown = frozenset(
+                tile.peer_id
+                for scene in scenes.values()
+                for tile in scene.tiles
+                if tile.peer_id is not None and tile.video
+            )
         if outputs != self._sent_outputs:
             self._write(("outputs", outputs))
             self._sent_outputs = outputs
             self._packers = {output: packer for output, packer in self._packers.items() if output in outputs}
         if self._on_sync is not None:
-            self._on_sync()
+            try:
+                self._on_sync()
+            except Exception:
+                # What the room does with it must not stop the canvases from being kept up to date.
+                logger.exception("room %s: after a sync", self.name)
 
     def shown(self) -> frozenset[str] | None:
         """The publishers whose video is in a canvas the process was last told of (shared, recorded or
         personal); None while it has been told none (starting, or started again)."""
-        if self._sent_scenes is None:
-            return None
-        return frozenset(
-            tile.peer_id
-            for scene in self._sent_scenes.values()
-            for tile in scene.tiles
-            if tile.peer_id is not None and tile.video
-        )
+        return self._shown
 
     # --- from the process ----------------------------------------------------------------
 

@@ -45,7 +45,7 @@ FPS_KEPT = 0.9
 #: Events the room may send a joined connection between its error replies.
 BROADCASTS = {
     "participantJoined", "participantLeft", "participantMedia", "participantAudio", "speaking", "activeSpeaker",
-    "layoutChanged", "recordingStarted", "recordingStopped", "chat",
+    "layoutChanged", "recordingStarted", "recordingStopped", "chat", "visibility",
 }
 
 
