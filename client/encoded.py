@@ -189,9 +189,18 @@ class PreEncodedAudioTrack(_PacketLoop):
         super().__init__(clip, SAMPLE_RATE / FRAME_SAMPLES, FRAME_SAMPLES, AUDIO_TIME_BASE)
         #: False: send no RFC 6464 header (a client that does not, as aiortc with packets).
         self.send_levels = send_levels
+        self._clip = (frequency, seconds, fec)
         self._levels = audio_clip_levels(frequency, seconds, amplitude)
         #: The level (dBov) of the packet that `recv` returned last.
         self.audio_level = self._levels[0]
+
+    def set_amplitude(self, amplitude: float) -> None:
+        """Send the same tone at another level from the next packet on: a load peer that starts or stops
+        talking at a known moment (encode the clip beforehand, with an `encode_audio_clip` call, to switch
+        without an encode)."""
+        frequency, seconds, fec = self._clip
+        self._payloads = encode_audio_clip(frequency, seconds, amplitude, fec)
+        self._levels = audio_clip_levels(frequency, seconds, amplitude)
 
     async def recv(self) -> av.Packet:
         packet = await super().recv()

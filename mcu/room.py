@@ -312,12 +312,18 @@ class Room:
         The picture process puts each one's latest picture in, or the placeholder
         when it is stale, missing or turned off. When more participants than
         `max_tiles` (or than the layout holds) are left, the most recent
-        speakers are shown and one "+N" tile counts the others.
+        speakers are shown, then those who send video (a participant without a
+        camera, or with it off, does not take a camera's tile unless it spoke),
+        and one "+N" tile counts the others.
         """
         audio = self.audio
         limit = min(self.config.max_tiles, self.layout.capacity or self.config.max_tiles)
         ids = [i for i, p in self.participants.items() if i != leave_out and grants.PUBLISH in p.grants]
-        shown, hidden = last_n(ids, audio.speaker_order, limit)
+        if len(ids) > limit:
+            cameras = [i for i in ids if self.participants[i].sending_video and self.participants[i].visibility.frames]
+            shown, hidden = last_n(ids, list(dict.fromkeys([*audio.speaker_order, *cameras])), limit)
+        else:
+            shown, hidden = ids, 0
         tiles = [
             TileSpec(p.peer_id, p.name, p.peer_id in audio.speaking, p.sending_video)
             for p in (self.participants[peer_id] for peer_id in shown)

@@ -30,6 +30,7 @@ import json
 import os
 import shlex
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -41,6 +42,23 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 SIZE, FPS = "1280x720", 30
 MODES = {"shared": [], "per-peer": ["--encode-per-peer"], "mixed": []}
+#: A large room (--peers 48,72,100): 16 tiles, with and without the server's sender control, side by side.
+LARGE_MODES = {"sender-control": [], "no-sender-control": ["--no-sender-control"]}
+#: Tiles of a large room's composite (`--max-tiles`): the issue's 16.
+LARGE_TILES = 16
+#: In a large room: this many peers talk all along (quietly); the last TURNS peers join silent, each
+#: in a colour of its own, and take the floor one after the other once the window is over.
+TALKERS, TURNS = 3, 5
+TURN_COLOURS = ("red", "green", "blue", "yellow", "magenta")
+#: The colour of every other peer: grey, whose chroma no turn colour comes near.
+CROWD_COLOUR = (128, 128, 128)
+TALKER_AMPLITUDE, LOUD_AMPLITUDE = 0.05, 0.5
+#: A turn: loud this long, then silent this long before the next one. Each turn's peer has been hidden
+#: since it joined, so it starts paused (with sender control); the one before stays shown (a recent speaker).
+TURN_LOUD, TURN_GAP = 2.0, 2.5
+#: A new speaker's picture not seen this long after it began talking counts as missed.
+SIGHT_TIMEOUT = 4.0
+LARGE_BEGIN, LARGE_END = "<!-- bench_room_large:begin -->", "<!-- bench_room_large:end -->"
 #: The frame rate each built-in tier must hold (mcu/config.py); "mixed" peers ask for these.
 TIER_FPS = {"low": 15, "high": FPS}
 DEFAULT_MIX = ["low/vp8", "high/vp8", "low/h264", "high/h264"]
@@ -169,6 +187,74 @@ async def run_load(url: str, count: int, warmup: float, seconds: float, mix: lis
         )
     finally:
         await asyncio.wait_for(asyncio.gather(*(p.close() for p in peers), return_exceptions=True), 15)
+
+
+async def run_large_load(url: str, count: int, warmup: float, seconds: float) -> None:
+    """A large room's load: `count` peers (the driver's observer makes one more), then turns at the floor.
+
+    The peers join in small batches; once all receive, it says "ready" and waits for "go" on stdin
+    (the driver's observer is in). Over the window, each peer's upload is split by what the server's
+    `visibility` said (on or off screen). Then each turn peer, silent and hidden until then, talks
+    loudly: "loud" gives the moment its first loud packet is due (time.monotonic(), one clock for
+    every process of the machine) and its colour.
+    """
+    from loadgen import UploadByScreen, counters, screen_state
+
+    from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_audio_clip
+    from client.peer import Peer
+    from client.sources import COLORS
+
+    turns = min(TURNS, count - TALKERS)
+    first_turn = count - turns
+    colours = [COLORS[TURN_COLOURS[i - first_turn]] if i >= first_turn else CROWD_COLOUR for i in range(count)]
+    tones = [300.0 + 25 * (i % 40) for i in range(count)]
+    audios = [PreEncodedAudioTrack(tones[i], amplitude=TALKER_AMPLITUDE if i < TALKERS else 0.0) for i in range(count)]
+    peers = [
+        Peer(
+            url, "bench", f"load{i}", video=PreEncodedVideoTrack(colours[i]), audio=audios[i], decode=False, chat=False
+        )
+        for i in range(count)
+    ]
+    for i in range(first_turn, count):
+        encode_audio_clip(tones[i], 1.0, LOUD_AMPLITUDE)  # encoded now: a turn starts without an encode
+    loop = asyncio.get_running_loop()
+    try:
+        for batch in range(0, count, 8):
+            await asyncio.gather(*(peer.join(timeout=30) for peer in peers[batch : batch + 8]))
+        await peers[0].wait_for(lambda: all(p.video_frames and p.audio_frames for p in peers), timeout=60)
+        emit("ready")
+        await loop.run_in_executor(None, sys.stdin.readline)
+        await asyncio.sleep(warmup)
+        uploads = [UploadByScreen() for _ in peers]
+        last = [counters(p) for p in peers]
+        states = [screen_state(p) for p in peers]
+        started, cpu_start = time.monotonic(), sum(os.times()[:2])
+        first = [(p.video_frames, p.audio_frames) for p in peers]
+        emit("start")
+        while (now := time.monotonic()) < started + seconds:
+            await asyncio.sleep(min(0.5, started + seconds - now))
+            for i, peer in enumerate(peers):
+                current = counters(peer)
+                uploads[i].add(states[i], current.bytes_out - last[i].bytes_out, current.at - last[i].at)
+                last[i], states[i] = current, screen_state(peer)
+        wall = time.monotonic() - started
+        emit(
+            "result",
+            fps=[(p.video_frames - f[0]) / wall for p, f in zip(peers, first)],
+            audio=[(p.audio_frames - f[1]) / wall for p, f in zip(peers, first)],
+            up_on=[u.kbps("on") for u in uploads],
+            up_off=[u.kbps("off") for u in uploads],
+            cpu=(sum(os.times()[:2]) - cpu_start) / wall * 100,
+        )
+        for i in range(first_turn, count):
+            audios[i].set_amplitude(LOUD_AMPLITUDE)
+            emit("loud", peer=peers[i].name, colour=colours[i], at=time.monotonic())
+            await asyncio.sleep(TURN_LOUD)
+            audios[i].set_amplitude(0.0)
+            await asyncio.sleep(TURN_GAP)
+        emit("done")
+    finally:
+        await asyncio.wait_for(asyncio.gather(*(p.close() for p in peers), return_exceptions=True), 30)
 
 
 # --- the driver --------------------------------------------------------------------
@@ -312,6 +398,254 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
         await stop(server)
 
 
+@dataclass
+class LargeResult:
+    """One large room: what every peer received, what each sent on and off screen, how fast a new speaker shows."""
+
+    mode: str
+    peers: int
+    server_cpu: float = 0.0
+    #: The busiest threads of the server and its picture process: (label, % of one core).
+    threads: list[tuple[str, float]] = field(default_factory=list)
+    fps: list[float] = field(default_factory=list)
+    audio: list[float] = field(default_factory=list)
+    #: Upload per peer (kbit/s, transport bytes) over the window while on screen, and while off screen.
+    up_on: list[float] = field(default_factory=list)
+    up_off: list[float] = field(default_factory=list)
+    #: Per turn, seconds from the new speaker's first loud packet to its colour in the observer's picture.
+    sights: list[float | None] = field(default_factory=list)
+    load_cpu: float = 0.0
+    steal: float = 0.0
+    failure: str = ""
+
+    def targets(self) -> dict[str, bool]:
+        """Issue 22's targets: every peer ≥ 29 fps and 50 audio packets/s (49.5: one packet of rounding in a
+        window), server ≤ 1.2 cores, an off-screen publisher ≤ 64 kbit/s up, new speaker ≤ 0.5 s median, ≤ 1 s."""
+        seen = [s for s in self.sights if s is not None]
+        return {
+            "fps": bool(self.fps) and min(self.fps) >= 29,
+            "audio": bool(self.audio) and min(self.audio) >= 49.5,
+            "CPU": 0 < self.server_cpu <= 120,
+            "off-screen upload": bool(self.up_off) and max(self.up_off) <= 64,
+            "new speaker": bool(seen)
+            and len(seen) == len(self.sights)
+            and statistics.median(seen) <= 0.5
+            and max(seen) <= 1.0,
+        }
+
+
+def thread_ticks(pids: list[int]) -> dict[tuple[int, int], int]:
+    """utime + stime of every thread of `pids`, by (pid, tid)."""
+    ticks = {}
+    for pid in pids:
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/stat") as file:
+                    fields = file.read().rsplit(")", 1)[1].split()
+                ticks[pid, int(tid)] = int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return ticks
+
+
+def command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def thread_label(pid: int, tid: int, server: int) -> str:
+    """The process's role and the thread: "server main", "picture 1234", "server 1235 (name)" (Python's
+    threads keep the process's name)."""
+    role = "server" if pid == server else "picture" if "mcu.picture" in command(pid) else str(pid)
+    if tid == pid:
+        return f"{role} main"
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm") as file:
+            name = file.read().strip()
+    except OSError:
+        name = "?"
+    return f"{role} {tid}" if name == "python" else f"{role} {tid} ({name})"
+
+
+def thread_shares(before: dict[tuple[int, int], int], after: dict[tuple[int, int], int], elapsed: float, server: int):
+    """The threads that used at least 1 % of a core over the window, busiest first."""
+    shares = [
+        (thread_label(pid, tid, server), (after[pid, tid] - ticks) / CLK_TCK / elapsed * 100)
+        for (pid, tid), ticks in before.items()
+        if (pid, tid) in after
+    ]
+    return sorted((s for s in shares if s[1] >= 1), key=lambda s: -s[1])
+
+
+def shows_colour(frame, colour: tuple[int, int, int], tiles: int) -> bool:
+    """Whether a tile of the grid composite has `colour`'s chroma at its centre (luma varies: the clip's texture)."""
+    from client.sources import rgb_to_yuv
+    from compositor.layout import grid_layout
+
+    planes = frame.to_ndarray(format="yuv420p")
+    height, width = frame.height, frame.width
+    u = planes[height : height + height // 4].reshape(height // 2, width // 2)
+    v = planes[height + height // 4 :].reshape(height // 2, width // 2)
+    _, want_u, want_v = rgb_to_yuv(colour)
+    for cell in grid_layout(tiles, width, height):
+        x, y = (cell.x + cell.width // 2) // 2, (cell.y + cell.height // 2) // 2
+        block = (slice(y - 4, y + 4), slice(x - 4, x + 4))
+        if abs(u[block].mean() - want_u) < 20 and abs(v[block].mean() - want_v) < 20:
+            return True
+    return False
+
+
+async def first_sight(observer, colour: tuple[int, int, int], since: float, tiles: int) -> float | None:
+    """Seconds from `since` (time.monotonic()) to the first picture the observer decoded with `colour` in a tile."""
+    checked = None
+    while (now := time.monotonic()) < since + SIGHT_TIMEOUT:
+        frame = observer.video_frame
+        if frame is not checked:
+            checked = frame
+            if shows_colour(frame, colour, tiles):
+                return now - since
+        await asyncio.sleep(0.005)
+    return None
+
+
+async def run_large(mode: str, count: int, args: argparse.Namespace, logs: Path) -> LargeResult:
+    """One fresh server with `count` participants: count - 1 load peers and a decoding observer (this process)."""
+    from client.peer import Peer
+
+    result = LargeResult(mode, count)
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}/ws"
+    server_log, load_log = logs / f"server-{mode}-{count}.log", logs / f"load-{mode}-{count}.log"
+    server = load = observer = None
+    try:
+        with server_log.open("wb") as log:
+            server = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                "--size", SIZE, "--fps", str(FPS), "--log-level", "WARNING", "--max-tiles", str(args.max_tiles),
+                "--max-peers", str(count), *LARGE_MODES[mode],
+                cwd=REPO, stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        await wait_healthy(port, server)
+        with load_log.open("wb") as log:
+            load = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "_large", url, str(count - 1), str(args.warmup), str(args.seconds),
+                cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            await next_event(load, timeout=3 * count + 90)  # every load peer receives
+            observer = Peer(url, "bench", "observer", chat=False)  # joins last: hidden, sends nothing
+            await observer.join(timeout=30)
+            await observer.wait_for(lambda: observer.video_frame is not None, timeout=30)
+            assert load.stdin is not None
+            load.stdin.write(b"go\n")
+            await load.stdin.drain()
+            await next_event(load, timeout=args.warmup + 30)
+            started, ticks, (steal, total) = time.monotonic(), cpu_ticks(server.pid), steal_ticks()
+            threads = thread_ticks(process_tree(server.pid))
+            report = await next_event(load, timeout=args.seconds + 30)
+            elapsed, used = time.monotonic() - started, cpu_ticks(server.pid) - ticks
+            result.threads = thread_shares(threads, thread_ticks(process_tree(server.pid)), elapsed, server.pid)
+            steal_end, total_end = steal_ticks()
+            result.steal = 100 * (steal_end - steal) / max(total_end - total, 1)
+            result.server_cpu = used / CLK_TCK / elapsed * 100
+            result.fps, result.audio, result.load_cpu = report["fps"], report["audio"], report["cpu"]
+            result.up_on = [k for k in report["up_on"] if k is not None]
+            result.up_off = [k for k in report["up_off"] if k is not None]
+            while (event := await next_event(load, timeout=TURN_LOUD + TURN_GAP + 30))["event"] == "loud":
+                result.sights.append(await first_sight(observer, tuple(event["colour"]), event["at"], args.max_tiles))
+        except (RuntimeError, TimeoutError) as exc:
+            result.failure = str(exc) or "timed out"
+            print(f"  {mode} N={count}: {result.failure}; load log:\n{tail(load_log)}", file=sys.stderr)
+        return result
+    finally:
+        if observer is not None:
+            await observer.close()
+        await stop(load, grace=40)
+        await stop(server)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def format_large_table(results: list[LargeResult]) -> str:
+    lines = [
+        "| server | N | server CPU, % of one core | fps min / median | audio pkt/s min / median "
+        "| upload on screen, kbit/s median | upload off screen, kbit/s median / max "
+        "| new speaker's picture, s median / worst | load process CPU % | steal % | targets not met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.failure:
+            lines.append(f"| {r.mode} | {r.peers} | | | | | | | | | failed: {r.failure} |")
+            continue
+        seen = [s for s in r.sights if s is not None]
+        missed = len(r.sights) - len(seen)
+        sight = f"{_median(seen):.2f} / {max(seen, default=float('nan')):.2f}"
+        sight += f" ({missed} missed)" if missed else ""
+        unmet = ", ".join(name for name, met in r.targets().items() if not met) or "none"
+        lines.append(
+            f"| {r.mode} | {r.peers} | {r.server_cpu:.1f} | {min(r.fps):.1f} / {_median(r.fps):.1f} "
+            f"| {min(r.audio):.1f} / {_median(r.audio):.1f} | {_median(r.up_on):.0f} "
+            f"| {_median(r.up_off):.0f} / {max(r.up_off, default=float('nan')):.0f} | {sight} "
+            f"| {r.load_cpu:.1f} | {r.steal:.1f} | {unmet} |"
+        )
+    return "\n".join(lines)
+
+
+def format_threads(results: list[LargeResult], top: int = 8) -> str:
+    """Per run, the busiest threads of the server (its main thread is the event loop) and its picture process."""
+    return "\n".join(
+        f"- {r.mode}, N={r.peers}: " + ", ".join(f"{label} {share:.1f}" for label, share in r.threads[:top])
+        for r in results
+        if not r.failure
+    )
+
+
+def large_section(results: list[LargeResult], args: argparse.Namespace) -> str:
+    return "\n".join(
+        [
+            LARGE_BEGIN,
+            "## A hundred in a room",
+            "",
+            f"Measured {datetime.date.today().isoformat()} on {machine()}. Each row is a fresh `mcu serve` "
+            f"({SIZE}@{FPS} composite, `--max-tiles {args.max_tiles}`: {args.max_tiles - 1} tiles and one for the "
+            "rest) with N "
+            "participants: N - 1 load peers in one separate process (pre-encoded VP8 320x240@15 ≈ 300 kbit/s and Opus, "
+            "received without decoding) and one observer in the driver's process that decodes the composite. "
+            f"{TALKERS} load peers talk quietly all along, the others are silent; the last {TURNS} to join are "
+            "silent and hidden until their turn. `sender-control` is the default server; `no-sender-control` "
+            "is `mcu serve --no-sender-control` (every hidden publisher still uploads and is decoded). "
+            f"Warm-up {args.warmup:g} s, window {args.seconds:g} s: server CPU is utime + stime of the server "
+            "and its picture process over the window; fps and audio packets/s are what each peer received "
+            "(worst and median peer); upload is each peer's transport bytes (SRTP, RTCP, DTLS) per second "
+            "while the server said it was on screen, and while it said it was off screen (its `visibility` "
+            "message), median over the peers (and the worst off-screen one). After the window each turn peer "
+            f"in turn talks loudly for {TURN_LOUD:g} s: the new speaker's picture is the time from its first "
+            "loud packet to the first composite picture the observer decoded with its colour in a tile "
+            "(speaker detection, the new scene, the resume and its keyframe, the composite's encode and "
+            f"transport, and the observer's decode); not seen within {SIGHT_TIMEOUT:g} s counts as missed. "
+            "Targets (issue 22): every peer ≥ 29 fps and ≥ 50 audio packets/s, server ≤ 120 % of a core, "
+            "an off-screen publisher ≤ 64 kbit/s up, new speaker ≤ 0.5 s median and ≤ 1 s worst.",
+            "",
+            format_large_table(results),
+            "",
+            "Busiest threads over the window (% of one core; `server main` is the event loop: RTP, SRTP, "
+            "signalling; `picture main` reads the upstream frames; the others are the audio clock, the picture "
+            "clock, decoders and encoders):",
+            "",
+            format_threads(results),
+            "",
+            f"Re-run: `{rerun_command()}`",
+            LARGE_END,
+        ]
+    )
+
+
 def format_table(results: list[Result]) -> str:
     lines = [
         "| mode | N | server CPU, % of one core | fps mean | fps min | audio pkt/s mean | audio pkt/s min "
@@ -365,11 +699,12 @@ def machine() -> str:
     return f"{model}, nproc {os.cpu_count()}"
 
 
-def rerun_command() -> str:
+def rerun_command(script_file: str = __file__) -> str:
+    """The command line that ran this, for the docs (`script_file`: the script run, this one by default)."""
     python = Path(sys.executable)
     if python.is_relative_to(REPO):
         python = python.relative_to(REPO)
-    script = Path(__file__).resolve().relative_to(REPO)
+    script = Path(script_file).resolve().relative_to(REPO)
     return shlex.join([str(python), str(script), *sys.argv[1:]])
 
 
@@ -458,10 +793,16 @@ def write_section(path: Path, text: str) -> None:
         path.write_text(current.rstrip("\n") + "\n\n" + text + "\n")
 
 
-async def run_all(args: argparse.Namespace) -> list[Result]:
-    results: list[Result] = []
+async def run_all(args: argparse.Namespace) -> list[Result | LargeResult]:
+    results: list[Result | LargeResult] = []
     with tempfile.TemporaryDirectory(prefix="bench_room-") as logs:
-        for mode in args.modes:
+        # Large rooms: with and without sender control side by side at each N, none skipped.
+        for count in args.peers if any(mode in LARGE_MODES for mode in args.modes) else []:
+            for mode in (m for m in args.modes if m in LARGE_MODES):
+                print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
+                results.append(await run_large(mode, count, args, Path(logs)))
+                print(f"  {format_large_table(results[-1:]).splitlines()[-1]}", file=sys.stderr, flush=True)
+        for mode in (m for m in args.modes if m in MODES):
             for count in args.peers:
                 print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
                 result = await run_one(mode, count, args, Path(logs))
@@ -477,21 +818,28 @@ def numbers(text: str) -> list[int]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["_large"]:
+        url, count, warmup, seconds = sys.argv[2:6]
+        asyncio.run(run_large_load(url, int(count), float(warmup), float(seconds)))
+        return
     if sys.argv[1:2] == ["_load"]:
         url, count, warmup, seconds = sys.argv[2:6]
         mix = sys.argv[6].split(",") if len(sys.argv) > 6 else None
         asyncio.run(run_load(url, int(count), float(warmup), float(seconds), mix))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--peers", type=numbers, default=[2, 4, 8, 16], help="numbers of peers (default 2,4,8,16)")
+    parser.add_argument(
+        "--peers", type=numbers, help="numbers of peers (default 2,4,8,16; 48,72,100 with the large-room modes)"
+    )
     parser.add_argument("--seconds", type=float, default=20, help="measurement window in s (default 20)")
     parser.add_argument("--warmup", type=float, default=5, help="warm-up after all peers receive, in s (default 5)")
     parser.add_argument(
         "--modes",
         type=lambda t: t.split(","),
         default=["shared", "per-peer"],
-        help="modes to run among shared, per-peer, mixed (default shared,per-peer); mixed: peers on tiers and "
-        "codecs by --mix",
+        help="modes to run among shared, per-peer, mixed, sender-control, no-sender-control (default "
+        "shared,per-peer); mixed: peers on tiers and codecs by --mix; sender-control and no-sender-control: "
+        f"a large room, {LARGE_TILES} tiles, with and without the server's sender control",
     )
     parser.add_argument(
         "--mix",
@@ -500,17 +848,26 @@ def main() -> None:
         help=f"mixed mode: tier/codec given to the peers in turn (default {','.join(DEFAULT_MIX)})",
     )
     parser.add_argument(
+        "--max-tiles", type=int, default=LARGE_TILES, help=f"large-room modes: tiles of the composite ({LARGE_TILES})"
+    )
+    parser.add_argument(
         "--write", type=Path, help="replace the bench_room section of this file (e.g. docs/benchmarks.md)"
     )
     args = parser.parse_args()
-    if unknown := set(args.modes) - set(MODES):
+    if unknown := set(args.modes) - set(MODES) - set(LARGE_MODES):
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
+    if args.peers is None:
+        args.peers = [48, 72, 100] if set(args.modes) <= set(LARGE_MODES) else [2, 4, 8, 16]
     try:
         results = asyncio.run(run_all(args))
     except KeyboardInterrupt:
         sys.exit(130)
+    large = [r for r in results if isinstance(r, LargeResult)]
     mixed = [r for r in results if r.mode == "mixed"]
-    results = [r for r in results if r.mode != "mixed"]
+    results = [r for r in results if r.mode in MODES and r.mode != "mixed"]
+    if large:
+        print(format_large_table(large))
+        print(format_threads(large))
     if results:
         print(format_table(results))
         print(ratio_line(results))
@@ -521,6 +878,8 @@ def main() -> None:
             write_section(args.write, section(results, args))
         if mixed:
             write_section(args.write, tiers_section(mixed, args))
+        if large:
+            write_section(args.write, large_section(large, args))
         print(f"wrote {args.write}")
 
 

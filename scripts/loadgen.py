@@ -14,7 +14,9 @@ On a terminal a live table per room shows each peer's state, what it receives
 lines every --interval seconds. Ctrl-C, SIGTERM or the end of --duration stop
 it cleanly: every peer leaves, a summary is printed (and written to --json),
 and it exits 0. Rates in the summary are taken over the steady window, from
-the moment every peer received media (or the last join) to the stop.
+the moment every peer received media (or the last join) to the stop. In an
+mcu room the upload of each peer is also split by whether the server said it
+was on screen or not (its `visibility` message).
 """
 
 from __future__ import annotations
@@ -84,6 +86,31 @@ def counters(peer: Peer) -> Counters:
     return now
 
 
+def screen_state(peer: Peer) -> str | None:
+    """Whether the peer is "on" or "off" screen as the server's last `visibility` said (mcu rooms); None until told."""
+    visibility = getattr(peer, "visibility", None)
+    if not visibility:
+        return None
+    return "on" if visibility.get("onScreen") else "off"
+
+
+@dataclass
+class UploadByScreen:
+    """What one peer sent while on screen and while off screen: each interval counts for the state it began in."""
+
+    sent: dict[str, int] = field(default_factory=lambda: {"on": 0, "off": 0})
+    seconds: dict[str, float] = field(default_factory=lambda: {"on": 0.0, "off": 0.0})
+
+    def add(self, state: str | None, sent: int, seconds: float) -> None:
+        if state is not None:
+            self.sent[state] += sent
+            self.seconds[state] += seconds
+
+    def kbps(self, state: str) -> float | None:
+        """Upload in kbit/s while in `state`; None if the peer never was."""
+        return self.sent[state] * 8 / self.seconds[state] / 1000 if self.seconds[state] > 0 else None
+
+
 def connections(peer: Peer) -> list[Any]:
     """Every RTCPeerConnection of a peer: the one to the server, or one per remote peer in a mesh."""
     links = getattr(peer, "mesh", None)
@@ -107,6 +134,9 @@ class LoadPeer:
     last: Counters = field(default_factory=lambda: Counters(time.monotonic()))
     window_start: Counters | None = None
     rates: dict[str, float] = field(default_factory=dict)
+    #: Upload by on/off screen over the steady window, and the state at the previous tick.
+    upload: UploadByScreen = field(default_factory=UploadByScreen)
+    screen: str | None = None
 
     @property
     def errors(self) -> int:
@@ -126,6 +156,9 @@ class LoadPeer:
         """Rates since the previous tick."""
         now = counters(self.peer)
         self.rates = rates(self.last, now)
+        if self.window_start is not None:
+            self.upload.add(self.screen, now.bytes_out - self.last.bytes_out, now.at - self.last.at)
+        self.screen = screen_state(self.peer)
         self.last = now
         if self.state == "joined" and self.connected():
             self.state = "connected"
@@ -251,6 +284,12 @@ async def join(load: LoadPeer, delay: float, timeout: float) -> None:
     load.state, load.joined_at, load.at_join = "joined", time.monotonic(), counters(load.peer)
 
 
+def _mean_of(rows: list[dict], key: str) -> float | None:
+    """The mean of `key` over the rows that have a value for it; None if none has."""
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
 def summary(peers: list[LoadPeer], args: argparse.Namespace, window: tuple[float, float], reason: str) -> dict:
     """Per-peer rates over the steady window, and per-room means."""
     rows = []
@@ -269,6 +308,7 @@ def summary(peers: list[LoadPeer], args: argparse.Namespace, window: tuple[float
             "send_video": (p.peer.visibility or {}).get("sendVideo"),
         }
         row.update(rates(first, last) if p.window_start is not None else {})
+        row.update({f"kbps_out_{state}_screen": p.upload.kbps(state) for state in ("on", "off")})
         rows.append(row)
     rooms: dict[str, dict[str, Any]] = {}
     for room in dict.fromkeys(p.room for p in peers):
@@ -281,6 +321,8 @@ def summary(peers: list[LoadPeer], args: argparse.Namespace, window: tuple[float
                 for key in ("fps_in", "audio_in", "kbps_in", "kbps_out")
             },
             "fps_in_min": min((r["fps_in"] for r in mine), default=0.0),
+            # mcu rooms: mean upload per peer while on screen and while off (the server's visibility).
+            **{f"kbps_out_{state}_screen_mean": _mean_of(mine, f"kbps_out_{state}_screen") for state in ("on", "off")},
         }
     return {
         "url": args.url,
@@ -305,6 +347,11 @@ def print_summary(result: dict) -> None:
             f"  room {room}: {r['measured']}/{r['peers']} measured, in {r['fps_in_mean']:.1f} fps "
             f"(min {r['fps_in_min']:.1f}), {r['audio_in_mean']:.1f} audio pkt/s, {r['kbps_in_mean']:.0f} kbit/s, "
             f"out {r['kbps_out_mean']:.0f} kbit/s per peer"
+            + "".join(
+                f", {state} screen {value:.0f}"
+                for state in ("on", "off")
+                if (value := r[f"kbps_out_{state}_screen_mean"]) is not None
+            )
         )
 
 

@@ -23,31 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_room import process_tree  # noqa: E402  (a sibling script, not a package)
+from bench_room import command, process_tree, thread_ticks  # noqa: E402  (a sibling script, not a package)
 
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def thread_ticks(pids: list[int]) -> dict[tuple[int, int], int]:
-    """utime + stime of every thread of `pids`, by (pid, tid)."""
-    ticks = {}
-    for pid in pids:
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/stat") as file:
-                    fields = file.read().rsplit(")", 1)[1].split()
-                ticks[pid, int(tid)] = int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return ticks
-
-
-def command(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as file:
-            return file.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def main() -> None:

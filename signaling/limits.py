@@ -20,8 +20,9 @@ _MEDIA_SECTION_RE = re.compile(r"^m=(?:audio|video) ", re.MULTILINE)
 class Limits:
     #: Rooms one server holds at once (`too_many_rooms`).
     max_rooms: int = 100
-    #: Participants in one room (`room_full`).
-    max_peers_per_room: int = 50
+    #: Participants in one room (`room_full`): what one room's process was measured to hold, 16 of
+    #: them shown, with sender control (docs/operations.md, "How many in one room").
+    max_peers_per_room: int = 100
     #: Bytes of one signaling message once UTF-8 encoded (`message_too_large`).
     max_message_bytes: int = protocol.MAX_MESSAGE_BYTES
     #: Signaling messages per second per connection on average, and at once (`rate_limited`).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from media_checks import tone_levels
 
-from client.encoded import audio_clip_levels, encode_audio_clip
+from client.encoded import PreEncodedAudioTrack, audio_clip_levels, encode_audio_clip
 from compositor.audio import FRAME_SAMPLES
 from mcu.audio import AudioPipeline, _Channel
 from mcu.participant import OpusPacket
@@ -64,3 +64,14 @@ def test_peers_without_the_header_are_always_decoded():
         payloads = [[at(tick, a[tick])], [at(tick, b[tick])], [at(tick, b[tick])]]
         pipeline._mix_encode(ids, channels, payloads, np.ones(3), np.ones(3, bool), tick * 960)
     assert pipeline.stats.decodes == 150
+
+
+async def test_a_pre_encoded_tone_starts_talking_at_once_when_told():
+    """A load peer that takes the floor at a known moment: the next packet is the loud clip, with its level."""
+    track = PreEncodedAudioTrack(QUIET, amplitude=0.0)
+    silent = await track.recv()
+    assert track.audio_level == -127 and bytes(silent) == encode_audio_clip(QUIET, 1.0, 0.0)[0]
+    track.set_amplitude(0.5)
+    loud = await track.recv()
+    assert bytes(loud) == encode_audio_clip(QUIET, 1.0, 0.5)[1] and loud.pts == FRAME_SAMPLES
+    assert track.audio_level == audio_clip_levels(QUIET, 1.0, 0.5)[1] > -20

@@ -260,3 +260,29 @@ async def test_layout_needs_its_grant(server):
         await viewer.wait_for(lambda: viewer.layout == "grid", timeout=3)
     finally:
         await close_all([viewer, director])
+
+
+async def test_past_the_speakers_a_camera_gets_a_tile_before_a_participant_without_one(server):
+    # max_tiles = 3: two tiles and "+N". Alice joins first without a camera, nobody talks: the tiles
+    # go to the earliest joiners that send video, Bob and Carol; Alice's tile comes back when she talks.
+    voice = ToneTrack(440, SILENT)
+    alice = Peer(server.url, "layouts", "alice", audio=voice)
+    people = [alice, peer(server, "bob", "red", SILENT), peer(server, "carol", "green", SILENT),
+              peer(server, "dave", "blue", SILENT)]
+    try:
+        for p in people:
+            await p.join()
+        await alice.set_media(video=False, audio=True)  # what a page without a camera says
+        room = server.conference.rooms["layouts"]
+        ids = [p.peer_id for p in people]
+
+        def tiles() -> list[str | None]:
+            return [tile.peer_id for tile in room._scene().tiles]
+
+        await alice.wait_for(lambda: tiles() == [ids[1], ids[2], None], timeout=10)
+        # Her only tile needs no decode: nothing of her video came.
+        assert room.participants[ids[0]].visibility.frames == 0
+        voice.amplitude = LOUD
+        await alice.wait_for(lambda: tiles() == [ids[0], ids[1], None], timeout=10)
+    finally:
+        await close_all(people)

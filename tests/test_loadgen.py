@@ -118,3 +118,23 @@ def test_sigterm_stops_it_cleanly(mode: str, tmp_path: Path) -> None:
         if load is not None and load.poll() is None:
             stop_process(load)
         stop_process(server)
+
+
+def test_upload_is_reported_on_and_off_screen(tmp_path: Path) -> None:
+    """One tile for four talking peers: the three off screen pause their video, and the summary shows it."""
+    port = free_port()
+    server = start_mcu(
+        port, "--size", "320x240", "--fps", str(SERVER_FPS), "--max-tiles", "2", "--log-level", "WARNING"
+    )
+    summary = tmp_path / "summary.json"
+    try:
+        load = _loadgen(port, "--peers", "4", "--duration", "10", "--ramp", "0.1", "--json", str(summary))
+        output, _ = load.communicate(timeout=60)
+    finally:
+        stop_process(server)
+    assert load.returncode == 0, output
+    room = json.loads(summary.read_text())["rooms"]["load-1"]
+    assert room["kbps_out_on_screen_mean"] >= 250, room  # the one shown sends its clip
+    # The others are off screen all along; after the server's 2 s hold they send audio only.
+    assert room["kbps_out_off_screen_mean"] <= 0.5 * room["kbps_out_on_screen_mean"], room
+    assert "on screen" in output and "off screen" in output, output

@@ -83,6 +83,10 @@ class Meeting {
     this.chat = null;
     this.local = null; // MediaStream from the camera and microphone
     this.sending = { video: false, audio: false };
+    // mcu rooms: whether our picture is on screen, and whether the server wants our video
+    // (docs/protocol.md, "visibility"); null until the server says.
+    this.visibility = null;
+    this.videoSending = Promise.resolve(); // pauses and resumes of the upstream, one after the other
     this.stopped = false;
     this.retries = 0;
     this.deviceWarning = ""; // shown for as long as the meeting lasts
@@ -186,6 +190,7 @@ class Meeting {
         this.retries = 0;
         showError(this.deviceWarning);
         this.peerId = message.peerId;
+        this.visibility = null; // a new connection sends video until told otherwise
         this.participants = new Map(message.participants.map((p) => [p.peerId, p]));
         this.participants.set(this.peerId, { name: `${this.name} (you)`, ...this.sending });
         this.renderParticipants();
@@ -239,6 +244,12 @@ class Meeting {
             ? `In room ${this.room}`
             : `In room ${this.room}: ${message.tier === "audio" ? "audio only" : "a smaller picture"}, your connection is slow`,
         );
+        break;
+      case "visibility":
+        // Off screen for a while: the server decodes nothing of our video, so stop encoding it.
+        this.visibility = { onScreen: message.onScreen, sendVideo: message.sendVideo };
+        this.renderParticipants();
+        this.applyVideoSending();
         break;
       case "recordingStarted":
         showRecording(message);
@@ -318,6 +329,30 @@ class Meeting {
     await pc.setLocalDescription(await pc.createOffer());
     this.send({ type: "offer", sdp: pc.localDescription.sdp });
     if (!this.sending.video || !this.sending.audio) this.sendMedia();
+    this.applyVideoSending();
+  }
+
+  // The camera's upstream is encoded only while the server wants it and, in an mcu room (which
+  // shows a placeholder, not our black frames), while the user has the camera on. Neither side
+  // undoes the other: the user's switch is the track's `enabled`, the server's only this.
+  videoWanted() {
+    return this.visibility?.sendVideo !== false && (this.sending.video || this.roomMode !== "mcu");
+  }
+
+  // Pauses or resumes the encoding of the camera's upstream (RTCRtpSender encodings' `active`)
+  // and leaves the track alone: the camera stays open and the preview plays, and a resumed
+  // encoder starts on a keyframe. Calls run one after the other, each applying the latest wish.
+  applyVideoSending() {
+    this.videoSending = this.videoSending.then(async () => {
+      const sender = this.pc?.getSenders().find((s) => s.track?.kind === "video");
+      const parameters = sender?.getParameters();
+      if (!parameters?.encodings?.length) return;
+      const active = this.videoWanted();
+      if (parameters.encodings.every((encoding) => encoding.active === active)) return;
+      for (const encoding of parameters.encodings) encoding.active = active;
+      await sender.setParameters(parameters);
+    }).catch((error) => console.warn("setParameters", error));
+    return this.videoSending;
   }
 
   // The room's mode decides what the stage shows: the composite (mcu), or one tile per
@@ -504,7 +539,11 @@ class Meeting {
       // Who speaks now, and who holds the floor (activeSpeaker).
       item.classList.toggle("speaking", Boolean(p.speaking));
       item.classList.toggle("floor", peerId === this.activeSpeaker);
-      const off = [p.video === false && "camera off", p.audio === false && "muted"].filter(Boolean);
+      const off = [
+        p.video === false && "camera off",
+        p.audio === false && "muted",
+        peerId === this.peerId && this.visibility?.onScreen === false && "not on screen",
+      ].filter(Boolean);
       if (off.length) {
         const state = document.createElement("span");
         state.className = "state";
@@ -534,6 +573,7 @@ class Meeting {
     if (self) Object.assign(self, this.sending);
     this.renderParticipants();
     this.sendMedia();
+    if (kind === "video") this.applyVideoSending();
   }
 
   closePeer() {
