@@ -34,7 +34,7 @@ from .encoders import Output
 from .intake import receive_directly
 from .link import LinkMonitor
 from .sender import DirectSender, send_directly
-from .tracks import PacketTrack
+from .tracks import KEYFRAME_GRACE, PacketTrack
 from .visibility import Visibility
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class Participant:
         #: What this peer may do (signaling/grants.py); its join token narrows it.
         self.grants: frozenset[str] = ALL_GRANTS
         self.pc: RTCPeerConnection | None = None
-        self.video_out = PacketTrack("video")
+        self.video_out = PacketTrack("video", keyframe_grace=KEYFRAME_GRACE)
         self.video_out.keyframe_requested = lambda reason: request_keyframe(self.video_out, reason)
         #: Its downstream link as its RTCP says (mcu/link.py), and, with a ladder, what moves it
         #: between tiers (mcu/adaptation.py); without one it keeps its ceiling.

@@ -46,9 +46,14 @@ class PacketSink(Protocol):
 class PacketTrack(MediaStreamTrack):
     """A track fed by `push()` with packets of a shared encoder."""
 
-    def __init__(self, kind: str, keyframe_requested: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, kind: str, keyframe_requested: Callable[[str], None] | None = None, keyframe_grace: float = 0.0
+    ) -> None:
         super().__init__()
         self.kind = kind
+        #: How long after a keyframe sent a receiver's PLI is redundant (KEYFRAME_GRACE for the MCU's
+        #: composite; 0 in an sfu room, whose publishers rate-limit their keyframes themselves).
+        self.keyframe_grace = keyframe_grace
         #: Where this peer's keyframe requests go, with why ("start", "pli", "switch"): the encoder that feeds it.
         self.keyframe_requested = keyframe_requested
         #: The encoder output whose packets this track carries (video: set once the codec is negotiated).
@@ -150,8 +155,12 @@ class PacketTrack(MediaStreamTrack):
     def request_keyframe(self, reason: str = "pli") -> None:
         """Ask the encoder that feeds it, for a PLI/FIR ("pli"), a fresh start ("start"), a move up
         ("switch") or down for congestion ("down"). A receiver's "pli" while a keyframe is on its
-        way (KEYFRAME_GRACE) is counted and dropped."""
-        if reason == "pli" and (self._awaiting_keyframe or time.monotonic() - self._keyframe_sent_at < KEYFRAME_GRACE):
+        way (`keyframe_grace`) is counted and dropped."""
+        if (
+            reason == "pli"
+            and self.keyframe_grace
+            and (self._awaiting_keyframe or time.monotonic() - self._keyframe_sent_at < self.keyframe_grace)
+        ):
             self.plis_ignored += 1
             return
         if self.keyframe_requested is not None:
