@@ -416,6 +416,10 @@ class LargeResult:
     sights: list[float | None] = field(default_factory=list)
     load_cpu: float = 0.0
     steal: float = 0.0
+    #: What the server made and sent, by its own counters: composite frames per second over the window,
+    #: and the rate it sent each receiver (kbit/s, its link's `sentBitrate` at the window's end).
+    server_fps: float = 0.0
+    sent_kbps: list[float] = field(default_factory=list)
     failure: str = ""
 
     def targets(self) -> dict[str, bool]:
@@ -546,8 +550,14 @@ async def run_large(mode: str, count: int, args: argparse.Namespace, logs: Path)
             await next_event(load, timeout=args.warmup + 30)
             started, ticks, (steal, total) = time.monotonic(), cpu_ticks(server.pid), steal_ticks()
             threads = thread_ticks(process_tree(server.pid))
+            frames = (await room_stats(port))["videoFrames"]
             report = await next_event(load, timeout=args.seconds + 30)
             elapsed, used = time.monotonic() - started, cpu_ticks(server.pid) - ticks
+            stats = await room_stats(port)
+            result.server_fps = (stats["videoFrames"] - frames) / elapsed
+            result.sent_kbps = [
+                link["sentBitrate"] / 1000 for link in stats["links"].values() if link.get("sentBitrate") is not None
+            ]
             result.threads = thread_shares(threads, thread_ticks(process_tree(server.pid)), elapsed, server.pid)
             steal_end, total_end = steal_ticks()
             result.steal = 100 * (steal_end - steal) / max(total_end - total, 1)
@@ -568,6 +578,13 @@ async def run_large(mode: str, count: int, args: argparse.Namespace, logs: Path)
         await stop(server)
 
 
+async def room_stats(port: int, room: str = "bench") -> dict:
+    """The room's stats as the server counts them (its HTTP API; no --secret, so no token)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/api/rooms/{room}") as response:
+            return (await response.json())["stats"]
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -576,12 +593,13 @@ def format_large_table(results: list[LargeResult]) -> str:
     lines = [
         "| server | N | server CPU, % of one core | fps min / median | audio pkt/s min / median "
         "| upload on screen, kbit/s median | upload off screen, kbit/s median / max "
-        "| new speaker's picture, s median / worst | load process CPU % | steal % | targets not met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| new speaker's picture, s median / worst | server made, fps | server sent each peer, kbit/s min / median "
+        "| load process CPU % | steal % | targets not met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r.failure:
-            lines.append(f"| {r.mode} | {r.peers} | | | | | | | | | failed: {r.failure} |")
+            lines.append(f"| {r.mode} | {r.peers} | | | | | | | | | | | failed: {r.failure} |")
             continue
         seen = [s for s in r.sights if s is not None]
         missed = len(r.sights) - len(seen)
@@ -592,6 +610,7 @@ def format_large_table(results: list[LargeResult]) -> str:
             f"| {r.mode} | {r.peers} | {r.server_cpu:.1f} | {min(r.fps):.1f} / {_median(r.fps):.1f} "
             f"| {min(r.audio):.1f} / {_median(r.audio):.1f} | {_median(r.up_on):.0f} "
             f"| {_median(r.up_off):.0f} / {max(r.up_off, default=float('nan')):.0f} | {sight} "
+            f"| {r.server_fps:.1f} | {min(r.sent_kbps, default=float('nan')):.0f} / {_median(r.sent_kbps):.0f} "
             f"| {r.load_cpu:.1f} | {r.steal:.1f} | {unmet} |"
         )
     return "\n".join(lines)
@@ -622,7 +641,9 @@ def large_section(results: list[LargeResult], args: argparse.Namespace) -> str:
             "is `mcu serve --no-sender-control` (every hidden publisher still uploads and is decoded). "
             f"Warm-up {args.warmup:g} s, window {args.seconds:g} s: server CPU is utime + stime of the server "
             "and its picture process over the window; fps and audio packets/s are what each peer received "
-            "(worst and median peer); upload is each peer's transport bytes (SRTP, RTCP, DTLS) per second "
+            "(worst and median peer); the server's own side is the composite frames it made per second and the "
+            "rate it sent each receiver (its RTCP-report window at the end); upload is each peer's transport "
+            "bytes (SRTP, RTCP, DTLS) per second "
             "while the server said it was on screen, and while it said it was off screen (its `visibility` "
             "message), median over the peers (and the worst off-screen one). After the window each turn peer "
             f"in turn talks loudly for {TURN_LOUD:g} s: the new speaker's picture is the time from its first "
