@@ -87,6 +87,16 @@ async def python_peer_sees_and_hears(py, colours: list, browser_tones: list[floa
     return cells
 
 
+async def poll(check, timeout: float, what: str):
+    """Await `check()` until it returns something true, or fail after `timeout` s."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (result := await check()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+    return result
+
+
 def write_y4m(path: Path, rgb: tuple[int, int, int], width: int = 320, height: int = 240) -> None:
     """A short solid-colour clip; Chromium's fake camera loops it."""
     y, u, v = rgb_to_yuv(rgb)

@@ -12,7 +12,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from browser_checks import chromium_args, isolated_network, rgb_close, write_wav, write_y4m
+from browser_checks import chromium_args, isolated_network, poll, rgb_close, write_wav, write_y4m
 from media_checks import cell_colours, close_to, tone_levels
 
 from client.peer import Peer
@@ -82,16 +82,6 @@ async def browsers(tmp_path):
 async def page(browsers):
     """One page whose camera shows red and whose microphone plays 500 Hz."""
     return await browsers("red", 500.0)
-
-
-async def poll(check, timeout: float, what: str):
-    """Await `check()` until it returns something true, or fail after `timeout` s."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not (result := await check()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
-    return result
 
 
 @pytest.mark.parametrize("mode", ["sfu", "mesh"])

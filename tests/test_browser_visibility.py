@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser_checks import CHROMIUM, chromium_args, chromium_playwright, write_y4m
+from browser_checks import CHROMIUM, chromium_args, chromium_playwright, poll, write_y4m
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
 from client.peer import Peer
@@ -56,16 +56,6 @@ def write_silence(path: Path, seconds: int = 2) -> None:
         out.writeframes(np.zeros(48000 * seconds, np.int16).tobytes())
 
 
-async def wait_until(check, timeout: float, what: str):
-    """Await `check()` until it returns something true, or fail after `timeout` s."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not (result := await check()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
-    return result
-
-
 async def growth(page, seconds: float = 1.5) -> dict:
     """How many frames the page encoded and previewed over `seconds`, and the server's wish at the end."""
     first = await page.evaluate(COUNTS_JS)
@@ -90,9 +80,9 @@ async def test_the_page_pauses_its_upstream_off_screen_and_resumes_when_shown(se
         try:
             await page.goto(f"http://127.0.0.1:{server.port}/?room={room}&name=anna")
             # Alone, the page holds the tile and encodes.
-            await wait_until(told(page, True), 15, "the page to be told to send")
-            await wait_until(lambda: page.evaluate("window.meeting.visibility.onScreen"), 5, "anna on screen")
-            await wait_until(lambda: page.evaluate(f"({COUNTS_JS})().then((c) => c.encoded > 10)"), 15, "encoding")
+            await poll(told(page, True), 15, "the page to be told to send")
+            await poll(lambda: page.evaluate("window.meeting.visibility.onScreen"), 5, "anna on screen")
+            await poll(lambda: page.evaluate(f"({COUNTS_JS})().then((c) => c.encoded > 10)"), 15, "encoding")
             # A talker and a silent peer: the talker takes the only tile.
             for name, tone in (("ben", 0.3), ("cleo", 0.0)):
                 peers.append(
@@ -102,7 +92,7 @@ async def test_the_page_pauses_its_upstream_off_screen_and_resumes_when_shown(se
                     )
                 )  # fmt: skip
                 await peers[-1].join()
-            await wait_until(told(page, False), 15, "the page to be told to pause")
+            await poll(told(page, False), 15, "the page to be told to pause")
             assert not await page.evaluate("window.meeting.visibility.onScreen")
             assert "not on screen" in await page.locator("#participants li", has_text="anna").text_content()
             await asyncio.sleep(0.5)  # frames already in the encoder
@@ -120,8 +110,8 @@ async def test_the_page_pauses_its_upstream_off_screen_and_resumes_when_shown(se
 
             # The talker leaves: the page is shown again and encodes again.
             await peers.pop(0).close()
-            await wait_until(told(page, True), 15, "the page to be told to resume")
-            await wait_until(lambda: page.evaluate("window.meeting.visibility.onScreen"), 5, "anna on screen again")
+            await poll(told(page, True), 15, "the page to be told to resume")
+            await poll(lambda: page.evaluate("window.meeting.visibility.onScreen"), 5, "anna on screen again")
             resumed = await growth(page)
             assert resumed["encoded"] > 5, resumed
             assert "not on screen" not in await page.locator("#participants li", has_text="anna").text_content()
