@@ -44,6 +44,7 @@ from bench_room import (
     machine,
     next_event,
     rerun_command,
+    start_server,
     stop,
     tail,
     thread_ticks,
@@ -140,11 +141,9 @@ async def run_series(server_name: str, args: argparse.Namespace, logs: Path) -> 
     server = load = None
     try:
         with server_log.open("wb") as log:
-            server = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--size", SIZE, "--fps", str(FPS), "--log-level", "WARNING", "--max-tiles", str(2 * args.unit),
-                "--max-peers", "200", "--secret", SECRET, *SERVERS[server_name],
-                cwd=REPO, stdout=log, stderr=log, start_new_session=True,
+            server = await start_server(
+                port, log, "--size", SIZE, "--fps", str(FPS), "--log-level", "WARNING",
+                "--max-tiles", str(2 * args.unit), "--max-peers", "200", "--secret", SECRET, *SERVERS[server_name],
             )  # fmt: skip
         await wait_healthy(port, server)
         with load_log.open("wb") as log:

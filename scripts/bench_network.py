@@ -32,7 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_room import CLK_TCK, REPO, cpu_ticks, free_port, machine, stop, wait_healthy, write_section  # noqa: E402
+from bench_room import (  # noqa: E402
+    CLK_TCK,
+    REPO,
+    cpu_ticks,
+    free_port,
+    machine,
+    start_server,
+    stop,
+    wait_healthy,
+    write_section,
+)
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack  # noqa: E402
 from client.impairment import Impairment, Impairments  # noqa: E402
@@ -134,11 +144,7 @@ async def run_one(
     peers: list[Peer] = []
     try:
         with (logs / f"server-{profile}-{adapt}{tag}.log").open("wb") as log:
-            server = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--log-level", log_level, *([] if adapt else ["--no-adapt"]),
-                cwd=REPO, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
+            server = await start_server(port, log, "--log-level", log_level, *([] if adapt else ["--no-adapt"]))
         await wait_healthy(port, server)
         url = f"ws://127.0.0.1:{port}/ws"
 

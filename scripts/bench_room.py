@@ -36,6 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 
@@ -304,6 +305,15 @@ def cpu_ticks(pid: int) -> int:
     return total
 
 
+async def start_server(port: int, log: IO[bytes], *options: str) -> asyncio.subprocess.Process:
+    """`mcu serve` on 127.0.0.1:`port` with `options`, its output to `log`, in a session of its own:
+    Ctrl-C reaches only the benchmark, which stops it in order (`stop`)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *options,
+        cwd=REPO, stdout=log, stderr=log, start_new_session=True,
+    )  # fmt: skip
+
+
 async def wait_healthy(port: int, server: asyncio.subprocess.Process, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
@@ -357,12 +367,9 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
     server = load = None
     try:
         with server_log.open("wb") as log:
-            # A session of their own: Ctrl-C reaches only this script, which stops them in order.
-            server = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--size", SIZE, "--fps", str(FPS), "--log-level", "WARNING", *MODES[mode],
-                cwd=REPO, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
+            server = await start_server(
+                port, log, "--size", SIZE, "--fps", str(FPS), "--log-level", "WARNING", *MODES[mode]
+            )
         await wait_healthy(port, server)
         with load_log.open("wb") as log:
             load = await asyncio.create_subprocess_exec(
@@ -526,11 +533,9 @@ async def run_large(mode: str, count: int, args: argparse.Namespace, logs: Path)
     server = load = observer = None
     try:
         with server_log.open("wb") as log:
-            server = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--size", SIZE, "--fps", str(FPS), "--log-level", "WARNING", "--max-tiles", str(args.max_tiles),
-                "--max-peers", str(count), *LARGE_MODES[mode],
-                cwd=REPO, stdout=log, stderr=log, start_new_session=True,
+            server = await start_server(
+                port, log, "--size", SIZE, "--fps", str(FPS), "--log-level", "WARNING",
+                "--max-tiles", str(args.max_tiles), "--max-peers", str(count), *LARGE_MODES[mode],
             )  # fmt: skip
         await wait_healthy(port, server)
         with load_log.open("wb") as log:
