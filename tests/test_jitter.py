@@ -210,6 +210,18 @@ def test_a_jump_back_starts_a_new_stream_and_a_jump_far_ahead_gives_up_at_once()
     assert jitter.add(frame(1016 + 600, 58)[0]) == (True, None)  # 600 packets missing: no wait for them
 
 
+def test_copies_of_packets_already_let_out_are_dropped_however_many_come_in_a_row() -> None:
+    """Retransmissions asked for again while the first came: a keyframe's copies arrive a dozen in a row,
+    and must not be taken for a sender that started again (the picture froze until the next keyframe)."""
+    jitter = buffer(Clock())
+    key = [vp8(5000 + i, 0, i == 0, i == 11, key=True) for i in range(12)]
+    assert [jitter.add(packet)[1] is not None for packet in key] == [False] * 11 + [True]
+    assert [jitter.add(packet) for packet in key] == [(False, None)] * 12  # the copies, all late
+    assert jitter.add(frame(5012, 1)[0]) == (False, None)
+    pli, after = jitter.add(frame(5012, 1)[1])
+    assert not pli and after is not None and after.timestamp == 6000
+
+
 def test_a_new_stream_behind_is_taken_up_while_waiting_for_a_keyframe_too() -> None:
     clock = Clock()
     jitter = buffer(clock)
