@@ -5,7 +5,7 @@ itself instead of the server. Here a short clip is encoded once per process
 (and shared by every track with the same parameters), and the tracks hand out
 its packets in a loop: aiortc's senders then only packetize them (an aiortc
 internal, covered by tests/test_aiortc_internals.py). The way in is
-`signaling.receiver.install_encoded_receiver`.
+`mcu.rtc.receiver.install_encoded_receiver`.
 """
 
 from __future__ import annotations

@@ -32,11 +32,11 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from compositor.playout import PlayoutCounts
+from mcu.rtc.header_extensions import install_tolerant_extensions
+from mcu.rtc.jitter import DOWNLINK_MAX_WAIT, DOWNLINK_NACK_RETRY, DOWNLINK_NACK_TRIES
+from mcu.rtc.receiver import install_encoded_receiver, install_video_jitter_buffer
 from signaling import chat
 from signaling.ice import is_loopback_host, is_turn_url, rtc_configuration, use_host_addresses
-from signaling.jitter import DOWNLINK_MAX_WAIT, DOWNLINK_NACK_RETRY, DOWNLINK_NACK_TRIES
-from signaling.receiver import install_encoded_receiver, install_video_jitter_buffer
-from signaling.rtp import install_tolerant_extensions
 
 from .impaired_ice import ImpairedIce, impair_ice
 from .impairment import Impairments

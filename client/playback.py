@@ -3,7 +3,7 @@
 aiortc's receiver decodes what its jitter buffer lets go, and that buffer stops at a lost packet
 until 16 more have come: with 5 % loss and 30 ms jitter on the way down, about 3 frames in 10 never
 came out, and the waits between frames reached 200 ms. Here each Opus packet goes, as it comes
-(`signaling.receiver.install_encoded_receiver(..., audio_in_order=False)`), into the playout buffer
+(`mcu.rtc.receiver.install_encoded_receiver(..., audio_in_order=False)`), into the playout buffer
 the room's mixer uses (compositor/playout.py: in-band FEC, libopus's concealment, a delay that grows
 with late packets and shrinks again), and a clock on the event loop takes one frame out of it every
 20 ms, whatever came in time. A tick's Opus decode is short (tens of µs), so it runs on the loop
@@ -31,7 +31,7 @@ from compositor.playout import Playout, PlayoutCounts
 logger = logging.getLogger(__name__)
 
 FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
-#: Decoded audio waiting to be played is capped as the room caps it (mcu/audio.py): 120 ms.
+#: Decoded audio waiting to be played is capped as the room caps it (mcu/media/audio_pipeline.py): 120 ms.
 BUFFER_SAMPLES = 6 * FRAME_SAMPLES
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 
@@ -107,7 +107,7 @@ class AudioPlayback:
             if self._playout.tick(packets, decode=True):
                 logger.warning("a received Opus packet could not be decoded: concealed")
         except Exception:
-            # As the room's clock does (mcu/clock.py): one bad tick is logged and the timeline goes on.
+            # As the room's clock does (mcu/media/audio_clock.py): one bad tick is logged and the timeline goes on.
             logger.exception("an audio tick failed: its frame is silence")
             self._buffer.clear()
         self._on_frame(self._buffer.pull(FRAME_SAMPLES), index * FRAME_SAMPLES)

@@ -17,8 +17,8 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError
 
-from signaling.jitter import DOWNLINK_MAX_WAIT, DOWNLINK_NACK_RETRY, DOWNLINK_NACK_TRIES
-from signaling.receiver import install_encoded_receiver, install_video_jitter_buffer
+from mcu.rtc.jitter import DOWNLINK_MAX_WAIT, DOWNLINK_NACK_RETRY, DOWNLINK_NACK_TRIES
+from mcu.rtc.receiver import install_encoded_receiver, install_video_jitter_buffer
 
 #: Received audio kept per publisher for analysis (mono samples at 48 kHz).
 AUDIO_KEEP_SECONDS = 10

@@ -1,4 +1,4 @@
-"""Finding the C codec libraries called directly (compositor/opus.py; the server's mcu/vpx.py)."""
+"""Finding the C codec libraries called directly (compositor/opus.py; the server's mcu/media/vpx.py)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """A playout buffer: one peer's Opus packets by RTP timestamp, one 20 ms frame out at every tick of an
-audio clock, whatever came in time. The room's audio thread keeps one per peer (mcu/audio.py), and the
+audio clock, whatever came in time. The room's audio thread keeps one per peer (mcu/media/audio_pipeline.py), and the
 Python client one for the mix it receives (client/playback.py).
 
-Packets come as they arrived (signaling.receiver._EachPacket): late, out of order, twice or not at
+Packets come as they arrived (mcu.rtc.receiver._EachPacket): late, out of order, twice or not at
 all. A frame missing when its time comes is rebuilt from the in-band FEC of the packet after it
 when that one is already here, else concealed by libopus (PLC), faded out over CONCEAL_FRAMES: a
 peer whose packets stopped is then just quiet, and the next packet it sends starts it again. The

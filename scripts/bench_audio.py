@@ -153,7 +153,7 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
     try:
         with (logs / f"server-{mode}-{count}.log").open("wb") as log:
             server = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                sys.executable, "-m", "mcu.server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                 "--size", "160x96", "--fps", "1", "--max-peers", str(count), "--log-level", "WARNING",
                 *mode_settings(mode)[0],
                 cwd=REPO, stdout=log, stderr=log, start_new_session=True,

@@ -270,7 +270,7 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
         return process
 
     try:
-        server = await start("server", sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port",
+        server = await start("server", sys.executable, "-m", "mcu.server.cli", "serve", "--host", "127.0.0.1", "--port",
                              str(port), "--size", f"{SIZE[0]}x{SIZE[1]}", "--fps", str(FPS), "--mode", mode,
                              "--log-level", "WARNING", pipe=False)  # fmt: skip
         await wait_healthy(port, server)

@@ -1,6 +1,6 @@
 """CPU per RTP-sized datagram on loopback: one sendto a packet against one segmented sendmsg a frame.
 
-What mcu/datagrams.py buys: a composite frame's packets (all of one size but
+What mcu/rtc/datagrams.py buys: a composite frame's packets (all of one size but
 the last) sent in one system call with UDP GSO, against one call a packet as
 aiortc does. Both ways are timed side by side, alternating, in this process's
 CPU time, which includes receiving every datagram on the other socket.
@@ -17,7 +17,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from mcu.datagrams import send_segmented
+from mcu.rtc.datagrams import send_segmented
 
 #: aiortc's VP8 packets of a composite frame: 1300 bytes of payload, RTP header and SRTP tag.
 SEGMENT = 1300 + 12 + 12 + 10

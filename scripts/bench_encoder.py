@@ -2,7 +2,7 @@
 """Speed and quality of the shared VP8 encoder: libvpx's speed setting, with and without the active map.
 
 A 1280x720@30 composite of 16 tiles, encoded at the room's bitrate by
-`mcu.vpx.Vp8Encoder`, on three kinds of input:
+`mcu.media.vpx.Vp8Encoder`, on three kinds of input:
 
 - `texture`: blurred noise scrolling sideways (motion search has work to do),
   every tile changing at 15 fps, all on the same ticks;
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from client.encoded import encode_video_clip  # noqa: E402
 from compositor.video import Compositor, Tile  # noqa: E402
-from mcu.vpx import Vp8Encoder  # noqa: E402
+from mcu.media.vpx import Vp8Encoder  # noqa: E402
 from scripts.loadgen import peer_colour  # noqa: E402
 
 WIDTH, HEIGHT, FPS, BITRATE, TILES = 1280, 720, 30, 1_500_000, 16

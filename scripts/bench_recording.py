@@ -50,7 +50,7 @@ async def run(args: argparse.Namespace) -> dict:
     total = len(order) * (args.window + SETTLE) * 5 + 120
     with tempfile.TemporaryDirectory() as records:
         server = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mcu.cli", "serve", "--port", str(port), "--size", bench_room.SIZE,
+            sys.executable, "-m", "mcu.server.cli", "serve", "--port", str(port), "--size", bench_room.SIZE,
             "--fps", str(bench_room.FPS), "--record-dir", records, "--log-level", "WARNING",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, cwd=bench_room.REPO,
         )

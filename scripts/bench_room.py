@@ -60,7 +60,7 @@ TURN_LOUD, TURN_GAP = 2.0, 2.5
 #: A new speaker's picture not seen this long after it began talking counts as missed.
 SIGHT_TIMEOUT = 4.0
 LARGE_BEGIN, LARGE_END = "<!-- bench_room_large:begin -->", "<!-- bench_room_large:end -->"
-#: The frame rate each built-in tier must hold (mcu/config.py); "mixed" peers ask for these.
+#: The frame rate each built-in tier must hold (mcu/server/config.py); "mixed" peers ask for these.
 TIER_FPS = {"low": 15, "high": FPS}
 DEFAULT_MIX = ["low/vp8", "high/vp8", "low/h264", "high/h264"]
 TIERS_BEGIN, TIERS_END = "<!-- bench_room_tiers:begin -->", "<!-- bench_room_tiers:end -->"
@@ -309,7 +309,7 @@ async def start_server(port: int, log: IO[bytes], *options: str) -> asyncio.subp
     """`mcu serve` on 127.0.0.1:`port` with `options`, its output to `log`, in a session of its own:
     Ctrl-C reaches only the benchmark, which stops it in order (`stop`)."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mcu.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *options,
+        sys.executable, "-m", "mcu.server.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *options,
         cwd=REPO, stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
 
@@ -470,7 +470,7 @@ def command(pid: int) -> str:
 def thread_label(pid: int, tid: int, server: int) -> str:
     """The process's role and the thread: "server main", "picture 1234", "server 1235 (name)" (Python's
     threads keep the process's name)."""
-    role = "server" if pid == server else "picture" if "mcu.picture" in command(pid) else str(pid)
+    role = "server" if pid == server else "picture" if "mcu.media.video_process" in command(pid) else str(pid)
     if tid == pid:
         return f"{role} main"
     try:

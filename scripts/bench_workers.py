@@ -157,7 +157,7 @@ async def run_series(workers: int, args: argparse.Namespace, logs: Path) -> Seri
     try:
         with (logs / f"server-{workers}.log").open("wb") as log:
             server = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mcu.cli", "serve", "--port", str(port), "--workers", str(workers),
+                sys.executable, "-m", "mcu.server.cli", "serve", "--port", str(port), "--workers", str(workers),
                 "--size", args.size, "--fps", str(args.fps), "--log-level", "WARNING", "--max-peers", "64",
                 cwd=REPO, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip

@@ -170,8 +170,8 @@ async def run_load(count: int, warmup: float, seconds: float, janus_pid: int) ->
     from loadgen import peer_colour
 
     from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
+    from mcu.rtc.receiver import install_encoded_receiver
     from signaling.ice import rtc_configuration, use_host_addresses
-    from signaling.receiver import install_encoded_receiver
 
     use_host_addresses([ADDRESS])
     frames = [0] * count

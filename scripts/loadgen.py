@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack  # noqa: E402
 from client.peer import Peer, PeerError  # noqa: E402
-from mcu.traffic import transport_bytes  # noqa: E402
+from mcu.rtc.traffic import transport_bytes  # noqa: E402
 
 MODES = ("mcu", "sfu", "mesh")
 #: The frame rate of the clip each peer sends.

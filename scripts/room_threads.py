@@ -42,13 +42,13 @@ def main() -> None:
         server = None
         deadline = time.monotonic() + 60
         while server is None and time.monotonic() < deadline:
-            server = next((p for p in process_tree(bench.pid) if "mcu.cli serve" in command(p)), None)
+            server = next((p for p in process_tree(bench.pid) if "mcu.server.cli serve" in command(p)), None)
             time.sleep(0.2)
         if server is None:
             sys.exit("the benchmark's server did not start")
         time.sleep(10 + 0.6 * args.peers)  # the peers join, then the room settles
         pids = process_tree(server)
-        names = {pid: "picture" if "mcu.picture" in command(pid) else str(pid) for pid in pids}
+        names = {pid: "picture" if "mcu.media.video_process" in command(pid) else str(pid) for pid in pids}
         names[server] = "server"
         before, started = thread_ticks(pids), time.monotonic()
         time.sleep(args.window)

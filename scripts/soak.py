@@ -167,8 +167,8 @@ async def run(args: argparse.Namespace) -> tuple[list[Sample], int]:
     port = free_port()
     log = tempfile.NamedTemporaryFile("w", prefix="soak-server-", suffix=".log", delete=False)
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mcu.cli", "serve", "--port", str(port), "--size", args.size, "--fps", str(args.fps),
-        "--log-level", "WARNING", cwd=REPO, stdout=log, stderr=log, start_new_session=True,
+        sys.executable, "-m", "mcu.server.cli", "serve", "--port", str(port), "--size", args.size,
+        "--fps", str(args.fps), "--log-level", "WARNING", cwd=REPO, stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
     room = Room(f"ws://127.0.0.1:{port}/ws")
     samples: list[Sample] = []

@@ -5,7 +5,7 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
   object may go to several senders (the shared encoder's fan-out);
 - `RTCRtpSender._send_keyframe` is what an incoming PLI calls (keyframe routing);
 - `RTCRtpReceiver`'s private decoder queue can be replaced before `receive()`
-  (receiving without decoding, `signaling.receiver.install_encoded_receiver`), and what
+  (receiving without decoding, `mcu.rtc.receiver.install_encoded_receiver`), and what
   it is given handed to a callback at once;
 - its private jitter buffer can be replaced, for audio by one that holds a single frame
   (aiortc's holds four, 60 ms more of latency) or by one that hands each packet on as it comes
@@ -18,7 +18,7 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
   and arrives through that protocol's `datagram_received` (client/impaired_ice.py wraps both).
 - a sender's `_handle_rtcp_packet` sees the RTCP routed to it, and its private `__lsr` and `__lsr_time`
   say which sender report a receiver report echoes, for that report's own round trip (link feedback,
-  mcu/link.py); its `_send_rtcp` sends a report of ours and can hold its periodic ones; RTX packets
+  mcu/rooms/link.py); its `_send_rtcp` sends a report of ours and can hold its periodic ones; RTX packets
   without payload reach the far REMB estimator only (probes); aiortc's video jitter buffer waits for
   a lost packet until a sequence gap makes it drop it (the resync of a move down).
 """
@@ -55,17 +55,17 @@ from test_sender import connected
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip
 from client.sources import ToneTrack
-from mcu.sender import PADDING
-from mcu.traffic import transport_bytes
-from signaling.ice import rtc_configuration, use_host_addresses
-from signaling.jitter import PacedNacks, VideoJitterBuffer
-from signaling.receiver import (
+from mcu.rtc.jitter import PacedNacks, VideoJitterBuffer
+from mcu.rtc.receiver import (
     _EncodedHandoff,
     install_encoded_receiver,
     install_video_jitter_buffer,
     send_pli,
     video_losses,
 )
+from mcu.rtc.sender import PADDING
+from mcu.rtc.traffic import transport_bytes
+from signaling.ice import rtc_configuration, use_host_addresses
 
 RED = (230, 30, 30)
 DECODER_THREADS = ("video-decoder", "audio-decoder")
@@ -197,7 +197,7 @@ async def test_encoded_receiver_yields_frames_undecoded_and_its_thread_exits_on_
 
 async def test_a_decoding_video_receiver_takes_our_jitter_buffer_and_still_decodes(pcs) -> None:
     """The Python client's receiver: aiortc's private `__jitter_buffer` and `__nack_generator` replaced by
-    signaling/jitter.py's, whose `add` aiortc's own decoding path calls as it called its own."""
+    mcu/rtc/jitter.py's, whose `add` aiortc's own decoding path calls as it called its own."""
     sending, receiving = pcs
     sending.addTransceiver(PreEncodedVideoTrack(RED), direction="sendonly")
     received: list[MediaStreamTrack] = []
@@ -305,7 +305,7 @@ async def test_audio_packets_can_be_handed_on_as_they_come_when_the_consumer_reo
 
 
 async def test_dtls_transport_byte_counters_match_its_stats(pcs) -> None:
-    """mcu/traffic.py reads the DTLS transport's private byte counters; getStats() reports the same ones."""
+    """mcu/rtc/traffic.py reads the DTLS transport's private byte counters; getStats() reports the same ones."""
     sending, receiving = pcs
     sending.addTransceiver(ToneTrack(440.0, 0.1), direction="sendonly")
     await connect(sending, receiving)
@@ -336,7 +336,7 @@ async def test_a_pre_encoded_audio_sender_can_send_the_rfc6464_level(pcs) -> Non
 
 
 async def test_an_encoded_receiver_can_ask_its_sender_for_a_keyframe(pcs) -> None:
-    """signaling/receiver.py `send_pli`: the receiver's private `_send_rtcp_pli`, for the media SSRC among those it saw
+    """mcu/rtc/receiver.py `send_pli`: the receiver's private `_send_rtcp_pli`, for the media SSRC among those it saw
     (its private `__active_ssrc`, less `__rtx_ssrc`), reaches the far sender's `_send_keyframe`."""
     sending, receiving = pcs
     transceiver = sending.addTransceiver(PreEncodedVideoTrack(RED), direction="sendonly")
@@ -356,7 +356,7 @@ async def test_an_encoded_receiver_can_ask_its_sender_for_a_keyframe(pcs) -> Non
 
 
 async def test_an_encoded_video_receiver_takes_our_jitter_buffer_and_nacks(pcs) -> None:
-    """signaling/jitter.py in place of the receiver's private `__jitter_buffer` and `__nack_generator`, its
+    """mcu/rtc/jitter.py in place of the receiver's private `__jitter_buffer` and `__nack_generator`, its
     codecs read from the private `__codecs`: frames flow from the first keyframe; the receiver sends a PLI when
     the buffer says so (to the far sender's `_send_keyframe`) and a NACK for just the `missing` it lists."""
     sending, receiving = pcs
@@ -402,7 +402,7 @@ def test_an_unreadable_header_extension_is_skipped_not_fatal():
     from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
     from aiortc.rtp import HeaderExtensionsMap
 
-    from signaling.rtp import install_tolerant_extensions
+    from mcu.rtc.header_extensions import install_tolerant_extensions
 
     install_tolerant_extensions()
     extensions = HeaderExtensionsMap()
@@ -420,7 +420,7 @@ def test_a_process_whose_receivers_were_never_stopped_still_exits() -> None:
     """aiortc's decoder threads are not daemons: one waiting in the encoded handoff must not hold the process."""
     script = (
         "import asyncio, threading\n"
-        "from signaling.receiver import _EncodedHandoff\n"
+        "from mcu.rtc.receiver import _EncodedHandoff\n"
         "handoff = _EncodedHandoff(asyncio.Queue(), None)\n"
         "threading.Thread(target=handoff.get, name='video-decoder').start()\n"
     )
@@ -494,7 +494,7 @@ async def test_every_datagram_passes_the_ice_connections_protocols_once_gathered
     assert connection._protocols == protocols  # no socket was added after gathering
 
 
-# --- the link feedback and probing of mcu/sender.py (on test_sender's sender-receiver pair) ---
+# --- the link feedback and probing of mcu/rtc/sender.py (on test_sender's sender-receiver pair) ---
 
 
 async def _frames(link, seconds: float) -> None:

@@ -10,8 +10,8 @@ from collections import deque
 import av
 from conftest import within
 
-from mcu.audio import MAX_PENDING, AudioPipeline
-from mcu.clock import ThreadClock
+from mcu.media.audio_clock import ThreadClock
+from mcu.media.audio_pipeline import MAX_PENDING, AudioPipeline
 
 
 def test_the_clock_ticks_at_its_period_on_a_thread_of_its_own() -> None:

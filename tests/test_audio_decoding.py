@@ -7,8 +7,8 @@ from media_checks import tone_levels
 
 from client.encoded import PreEncodedAudioTrack, audio_clip_levels, encode_audio_clip
 from compositor.audio import FRAME_SAMPLES
-from mcu.audio import AudioPipeline, _Channel
-from mcu.participant import OpusPacket
+from mcu.media.audio_pipeline import AudioPipeline, _Channel
+from mcu.rooms.participant import OpusPacket
 
 LOUD, QUIET = 500.0, 1300.0
 

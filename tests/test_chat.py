@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from client.peer import Peer
-from mcu.chat import CHAT_BUFFER_LIMIT, ChatRelay
+from mcu.rooms.chat_relay import CHAT_BUFFER_LIMIT, ChatRelay
 from signaling.chat import (
     CHAT_BURST,
     CHAT_RATE,

@@ -1,4 +1,4 @@
-"""A frame's RTP packets sent to a real aiortc peer in one system call, with UDP GSO (mcu/datagrams.py).
+"""A frame's RTP packets sent to a real aiortc peer in one system call, with UDP GSO (mcu/rtc/datagrams.py).
 
 Whatever way they go (one segmented send, one send a packet after the kernel
 refused to segment, asyncio's queue when the socket is full), every packet
@@ -19,7 +19,7 @@ from conftest import within
 from test_sender import FRAMES, Link, clip_packets, connected
 
 from client.encoded import encode_video_clip
-from mcu import datagrams
+from mcu.rtc import datagrams
 
 GREEN = (30, 200, 30)
 

@@ -1,4 +1,4 @@
-"""Coroutines run at once from a callback, and on as a task only once they wait (mcu/eager.py)."""
+"""Coroutines run at once from a callback, and on as a task only once they wait (mcu/rtc/eager.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mcu.eager import run_eagerly
+from mcu.rtc.eager import run_eagerly
 
 
 def test_run_eagerly_runs_a_coroutine_that_does_not_wait_at_once() -> None:
@@ -53,7 +53,7 @@ async def test_a_failure_after_a_wait_is_logged_and_a_lost_connection_is_not_an_
         await asyncio.sleep(0)
         raise error
 
-    caplog.set_level(logging.DEBUG, logger="mcu.eager")
+    caplog.set_level(logging.DEBUG, logger="mcu.rtc.eager")
     tasks = [run_eagerly(fails_later(ValueError("broken"))), run_eagerly(fails_later(ConnectionError("gone")))]
     await asyncio.wait([t for t in tasks if t is not None], timeout=1)
     await asyncio.sleep(0)  # the done callbacks

@@ -1,4 +1,4 @@
-"""SRTP datagrams handled in the socket's callback (mcu/intake.py), between real aiortc peers.
+"""SRTP datagrams handled in the socket's callback (mcu/rtc/intake.py), between real aiortc peers.
 
 Once hooked, no RTP or RTCP datagram takes aiortc's queue and task, and what
 that task did still happens: frames come out of the jitter buffer, the
@@ -19,9 +19,9 @@ from aiortc.jitterbuffer import JitterFrame
 from conftest import within
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
-from mcu.intake import receive_directly
+from mcu.rtc.intake import receive_directly
+from mcu.rtc.receiver import install_encoded_receiver
 from signaling.ice import rtc_configuration, use_host_addresses
-from signaling.receiver import install_encoded_receiver
 
 RED = (230, 30, 30)
 

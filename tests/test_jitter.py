@@ -1,4 +1,4 @@
-"""The server's video jitter buffer and NACKs (signaling/jitter.py), on packets made by hand and a fake clock."""
+"""The server's video jitter buffer and NACKs (mcu/rtc/jitter.py), on packets made by hand and a fake clock."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from aiortc.codecs import depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from signaling.jitter import (
+from mcu.rtc.jitter import (
     DOWNLINK_MAX_WAIT,
     DOWNLINK_NACK_RETRY,
     DOWNLINK_NACK_TRIES,

@@ -1,4 +1,4 @@
-"""The server's renegotiation offers keep the numbering a browser chose (mcu/numbering.py)."""
+"""The server's renegotiation offers keep the numbering a browser chose (mcu/rtc/numbering.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from client.sources import COLORS, ColorTrack, ToneTrack
-from mcu.numbering import keep_numbering, renegotiation_offer
-from mcu.sfu import forwarded_codecs
+from mcu.rooms.sfu import forwarded_codecs
+from mcu.rtc.numbering import keep_numbering, renegotiation_offer
 
 # Chromium's numbers, unlike aiortc's (Opus 96, VP8 97, RTX 98; mid 1, audio level 2, abs-send-time 3).
 CHROME_PT = {"opus": 111, "VP8": 96, "rtx": 97}

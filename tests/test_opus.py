@@ -11,7 +11,7 @@ from media_checks import tone_levels
 
 from client.encoded import encode_audio_clip
 from compositor import opus
-from mcu.encoders import AudioEncoder
+from mcu.media.encoders import AudioEncoder
 
 FRAME = 960
 

@@ -14,8 +14,8 @@ import numpy as np
 from media_checks import cell_colours, close_to
 from test_room_media import PEOPLE, PLACEHOLDER, expected, make_peer
 
-from mcu.encoders import Output, Tier, VideoEncoder
-from mcu.picture import Engine, MessageReader, SceneSpec, Settings, TileSpec, encode_message
+from mcu.media.encoders import Output, Tier, VideoEncoder
+from mcu.media.video_process import Engine, MessageReader, SceneSpec, Settings, TileSpec, encode_message
 
 TIERS = {"high": Tier(320, 180, 30, 300_000)}
 HIGH = Output("vp8", "high")
@@ -235,10 +235,10 @@ def test_keyframe_requests_for_a_publisher_are_rate_limited(monkeypatch):
     """A stalled picture process drops every frame it is sent, and each drop asks for a keyframe."""
     from types import SimpleNamespace
 
-    from mcu import room as room_module
-    from mcu.config import Config
-    from mcu.picture import PLI_INTERVAL
-    from mcu.room import Room
+    from mcu.media.video_process import PLI_INTERVAL
+    from mcu.rooms import room as room_module
+    from mcu.rooms.room import Room
+    from mcu.server.config import Config
 
     sent = []
     monkeypatch.setattr(room_module, "send_pli", sent.append)

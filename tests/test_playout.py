@@ -9,7 +9,7 @@ import pytest
 from compositor import opus
 from compositor.audio import FRAME_SAMPLES
 from compositor.playout import CONCEAL_FRAMES, MAX_FRAMES
-from mcu.audio import _Channel
+from mcu.media.audio_pipeline import _Channel
 
 AMPLITUDE = 0.3 * 32767
 

@@ -1,4 +1,4 @@
-"""The REMB estimator's incoming bitrate counted per packet (signaling/rate.py), held to aiortc's own counter."""
+"""The REMB estimator's incoming bitrate counted per packet (mcu/rtc/rate.py), held to aiortc's own counter."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 from conftest import within
 from test_intake import Link
 
+from mcu.rtc.rate import WindowRate
 from signaling.ice import use_host_addresses
-from signaling.rate import WindowRate
 
 
 def test_the_rates_are_aiortcs_whatever_the_gaps_between_packets():

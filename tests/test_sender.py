@@ -1,4 +1,4 @@
-"""A PacketTrack's packets sent as they are pushed (mcu/sender.py), to a real aiortc receiver.
+"""A PacketTrack's packets sent as they are pushed (mcu/rtc/sender.py), to a real aiortc receiver.
 
 What aiortc's own RTP task did must still happen: consecutive sequence numbers,
 one timestamp and a marker per frame, the negotiated header extensions, sender
@@ -25,11 +25,12 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from conftest import within
 
 from client.encoded import encode_video_clip
-from mcu import datagrams, tracks
-from mcu.encoders import AudioEncoder
-from mcu.link import LinkMonitor
-from mcu.sender import RETRANSMIT_AGE, DirectSender, HeaderTemplate, SharedPacker, pack_opus, send_directly
-from mcu.tracks import PacketTrack
+from mcu.media import tracks
+from mcu.media.encoders import AudioEncoder
+from mcu.media.tracks import PacketTrack
+from mcu.rooms.link import LinkMonitor
+from mcu.rtc import datagrams
+from mcu.rtc.sender import RETRANSMIT_AGE, DirectSender, HeaderTemplate, SharedPacker, pack_opus, send_directly
 from signaling.ice import rtc_configuration, use_host_addresses
 
 RED = (230, 30, 30)
@@ -190,7 +191,7 @@ async def test_a_send_that_waits_goes_out_after_its_wait_and_the_others_do_not_w
     link: Link, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A TURN relay refreshing its channel makes aioice's send wait: that packet goes out late, not never."""
-    # Through a relay the packets go aioice's way, one at a time (mcu/datagrams.py).
+    # Through a relay the packets go aioice's way, one at a time (mcu/rtc/datagrams.py).
     monkeypatch.setattr(datagrams, "_route", lambda dtls: None)
     ice = link.transceiver.sender.transport.transport
     send = ice._send

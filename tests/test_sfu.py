@@ -18,11 +18,11 @@ from media_checks import cell_colours, close_to, tone_levels
 
 from client.peer import Peer, PeerError
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
-from mcu import sfu
-from mcu.sfu import KEYFRAME_INTERVAL, SfuParticipant
-from mcu.tracks import QUEUE_LIMIT, PacketTrack
+from mcu.media.tracks import QUEUE_LIMIT, PacketTrack
+from mcu.rooms import sfu
+from mcu.rooms.sfu import KEYFRAME_INTERVAL, SfuParticipant
+from mcu.rtc.receiver import _EncodedHandoff
 from signaling import grants, protocol, tokens
-from signaling.receiver import _EncodedHandoff
 
 PEOPLE = [("alice", "red", 440.0), ("bob", "green", 660.0), ("carol", "blue", 880.0)]
 ROOM = "forward"

@@ -77,7 +77,8 @@ async def test_sigterm_is_a_graceful_shutdown(tmp_path: Path) -> None:
 #: thread whose peer connection the broken shutdown did not close (aiortc's are not daemons).
 BROKEN_SHUTDOWN = """
 import sys, threading
-from mcu import cli, conference
+from mcu.server import cli
+from mcu.rooms import conference
 
 async def close(self):
     raise RuntimeError("shutdown broken on purpose")
@@ -109,7 +110,8 @@ async def test_a_peer_that_fails_to_leave_at_shutdown_does_not_keep_the_others(t
     port = free_port()
     script = """
 import sys
-from mcu import cli, room
+from mcu.server import cli
+from mcu.rooms import room
 
 close = room.Room.close
 

@@ -1,4 +1,4 @@
-"""libvpx's VP8 encoder called directly (mcu/vpx.py): FFmpeg's bytes without a map, and only what changed with one."""
+"""libvpx's VP8 encoder called directly (mcu/media/vpx.py): FFmpeg's bytes without a map, only what changed with one."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from compositor.video import Compositor, Tile
-from mcu.encoders import VIDEO_TIME_BASE
-from mcu.vpx import MACROBLOCK, SWEEP_SECONDS, ChangedBlocks, Vp8Encoder, VpxError
+from mcu.media.encoders import VIDEO_TIME_BASE
+from mcu.media.vpx import MACROBLOCK, SWEEP_SECONDS, ChangedBlocks, Vp8Encoder, VpxError
 
 FPS = 30
 

@@ -1,11 +1,11 @@
-"""mcu/wallclock.py reads aiortc's clock faster, and must read the same time."""
+"""mcu/rtc/wallclock.py reads aiortc's clock faster, and must read the same time."""
 
 from __future__ import annotations
 
 import pytest
 from aiortc import clock
 
-from mcu import wallclock
+from mcu.rtc import wallclock
 
 
 @pytest.mark.parametrize("reading", ["current_ms", "current_ntp_time"])

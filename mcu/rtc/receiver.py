@@ -19,8 +19,8 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from .jitter import MAX_WAIT, NACK_RETRY, NACK_TRIES, PacedNacks, VideoJitterBuffer
-from .rate import count_rate_per_packet
+from mcu.rtc.jitter import MAX_WAIT, NACK_RETRY, NACK_TRIES, PacedNacks, VideoJitterBuffer
+from mcu.rtc.rate import count_rate_per_packet
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +147,8 @@ def install_encoded_receiver(
     instead (no task wakes up per frame); the track then only ends, when the
     receiver stops. Call it before the receiver starts, i.e. in the peer
     connection's "track" event. The jitter buffer, NACK, REMB (its rate counted by
-    `signaling.rate.WindowRate`) and receiver reports still run, video's with the
-    jitter buffer and NACKs of signaling/jitter.py; the receiver no
+    `mcu.rtc.rate.WindowRate`) and receiver reports still run, video's with the
+    jitter buffer and NACKs of mcu/rtc/jitter.py; the receiver no
     longer sends PLIs on decode errors, since there are none. Audio
     frames carry the sender's RFC 6464 level as `audio_level` (see `_LevelTagger`). Without
     `audio_in_order`, audio packets are handed on as they come, lost or out of order (`_EachPacket`).
@@ -177,14 +177,14 @@ def install_encoded_receiver(
 def install_video_jitter_buffer(
     receiver: RTCRtpReceiver, max_wait: float = MAX_WAIT, nack_tries: int = NACK_TRIES, nack_retry: float = NACK_RETRY
 ) -> None:
-    """Give a video `receiver` the jitter buffer and NACKs of signaling/jitter.py, decoding or not.
+    """Give a video `receiver` the jitter buffer and NACKs of mcu/rtc/jitter.py, decoding or not.
 
     A lost frame is given up within half a second and a keyframe asked for, and NACKs do not
     flood a congested link: aiortc's own buffer held every frame behind a packet lost for good
     (with its retransmissions) until 512 more had come, which froze a 300 kbit/s publisher's
     tile for 10-20 s on the server and a client's picture for 24 s behind a 300 kbit/s
     downlink (scripts/bench_network.py, `300k-short`). A client of the composite waits longer
-    (`max_wait`, `nack_tries`, `nack_retry`: signaling/jitter.py DOWNLINK_*). Call it before the receiver starts.
+    (`max_wait`, `nack_tries`, `nack_retry`: mcu/rtc/jitter.py DOWNLINK_*). Call it before the receiver starts.
     """
     codecs: dict = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
 
@@ -197,7 +197,7 @@ def install_video_jitter_buffer(
 
 
 def video_losses(receiver: RTCRtpReceiver) -> tuple[int, int]:
-    """Frames an encoded video receiver gave up and keyframes it asked for (signaling/jitter.py); 0, 0 otherwise."""
+    """Frames an encoded video receiver gave up and keyframes it asked for (mcu/rtc/jitter.py); 0, 0 otherwise."""
     buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
     if not isinstance(buffer, VideoJitterBuffer):
         return 0, 0

@@ -35,11 +35,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from mcu.server.config import Config
 from signaling import protocol
 from signaling.directory import Directory, DirectoryUnavailable, Load, MemoryDirectory
 from signaling.protocol import Join, ProtocolError
-
-from .config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class WorkerPool:
     async def _spawn(self, index: int) -> None:
         port = _free_port()
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mcu.cli", *self.argv, "--worker-port", str(port)
+            sys.executable, "-m", "mcu.server.cli", *self.argv, "--worker-port", str(port)
         )
         worker = Worker(index, port, process)
         deadline = time.monotonic() + WORKER_START_SECONDS

@@ -2,7 +2,7 @@
 
 When `recv()` returns an `av.Packet`, aiortc's `RTCRtpSender` only packetizes it,
 so one encode feeds every peer. The server's own senders take each packet as it
-is pushed (mcu/sender.py); a consumer that calls `recv()` instead has its own small
+is pushed (mcu/rtc/sender.py); a consumer that calls `recv()` instead has its own small
 queue: one that falls behind loses its own backlog (and asks for a keyframe),
 never the room's time.
 
@@ -21,7 +21,7 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from .encoders import Output
+from mcu.media.encoders import Output
 
 #: About one second of video at 30 fps, or of audio at 50 packets/s.
 QUEUE_LIMIT = 32
@@ -72,7 +72,7 @@ class PacketTrack(MediaStreamTrack):
         #: When the track last sent a keyframe (time.monotonic()), and receiver requests not passed on.
         self._keyframe_sent_at = float("-inf")
         self.plis_ignored = 0
-        #: Where pushed packets go at once instead of the queue: the peer's sender (mcu/sender.py).
+        #: Where pushed packets go at once instead of the queue: the peer's sender (mcu/rtc/sender.py).
         self._direct: PacketSink | None = None
         self._ended = asyncio.Event()
 

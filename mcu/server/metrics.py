@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, His
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .conference import Conference
+from mcu.rooms.conference import Conference
 
 #: How often the loop-lag probe wakes up.
 LAG_PROBE_SECONDS = 0.1

@@ -9,7 +9,7 @@ before any RTP work is done.
 `receive_directly(pc)` hooks a connected peer connection's sockets so that an
 SRTP or SRTCP datagram goes straight to what aiortc's task would have done with
 it: the same counters, the same unprotect, the same handlers, run to their end
-at once (`mcu.eager.run_eagerly`). Everything else (STUN, DTLS records, the data channel)
+at once (`mcu.rtc.eager.run_eagerly`). Everything else (STUN, DTLS records, the data channel)
 still takes aiortc's way, and so does an SRTP datagram that arrives while older
 datagrams are queued there, so that none overtakes them. It relies on aiortc and
 aioice internals (tests/test_intake.py covers them).
@@ -25,8 +25,8 @@ import pylibsrtp
 from aiortc import RTCDtlsTransport, RTCPeerConnection
 from aiortc.rtp import is_rtcp
 
-from . import wallclock
-from .eager import run_eagerly
+from mcu.rtc import wallclock
+from mcu.rtc.eager import run_eagerly
 
 logger = logging.getLogger(__name__)
 

@@ -10,22 +10,21 @@ from pathlib import Path
 from typing import Callable
 
 from compositor.layout import Layout, last_n, parse_layout
+from mcu.media.audio_pipeline import AudioPipeline
+from mcu.media.video_pipeline import VideoPipeline
+from mcu.media.video_process import PLI_INTERVAL, SceneSpec, TileSpec
+from mcu.rooms.adaptation import Ladder, Switch
+from mcu.rooms.chat_relay import ChatRelay
+from mcu.rooms.participant import Participant
+from mcu.rooms.recording import Recording
+from mcu.rooms.sfu import Forwarder
+from mcu.rtc.receiver import send_pli, video_losses
+from mcu.server.config import DEFAULT_TIER, Config
 from signaling import grants
-from signaling.receiver import send_pli, video_losses
 
-from .adaptation import Ladder, Switch
-from .audio import AudioPipeline
-from .chat import ChatRelay
-from .config import DEFAULT_TIER, Config
-from .participant import Participant
-from .picture import PLI_INTERVAL, SceneSpec, TileSpec
-from .recording import Recording
-from .sfu import Forwarder
-from .video import VideoPipeline
-
-#: How often each receiver's controller looks at its feedback (mcu/adaptation.py).
+#: How often each receiver's controller looks at its feedback (mcu/rooms/adaptation.py).
 ADAPT_INTERVAL = 0.1
-#: The RTCP feedback counted per receiver (mcu/link.py LinkStats) and summed per room.
+#: The RTCP feedback counted per receiver (mcu/rooms/link.py LinkStats) and summed per room.
 FEEDBACK_COUNTS = ("reports", "rembs", "nacks", "nacked_packets", "plis", "absurd_rembs", "foreign_reports")
 
 
@@ -74,9 +73,9 @@ class Room:
         self.switches = {"down": 0, "up": 0}
         #: The RTCP feedback counts of receivers that left (the room's totals go on without them).
         self._departed_feedback: dict[str, int] = dict.fromkeys(FEEDBACK_COUNTS, 0)
-        #: Video frames lost and keyframes asked for (signaling/jitter.py) by the receivers of publishers gone.
+        #: Video frames lost and keyframes asked for (mcu/rtc/jitter.py) by the receivers of publishers gone.
         self._departed_losses = (0, 0)
-        #: Told when a publisher's `visibility` changed (the conference tells the peer; mcu/visibility.py).
+        #: Told when a publisher's `visibility` changed (the conference tells the peer; mcu/rooms/visibility.py).
         self.on_visibility: Callable[[Participant], None] | None = None
         #: The publishers shown when visibility was last worked out, and when a hold runs out next.
         self._shown: frozenset[str] | None = None
@@ -146,7 +145,7 @@ class Room:
                     self.on_tier(participant, switch)
 
     def links(self) -> dict[str, dict]:
-        """Each receiver's tier and link, as its RTCP reports it (mcu/link.py, mcu/adaptation.py)."""
+        """Each receiver's tier and link, as its RTCP reports it (mcu/rooms/link.py, mcu/rooms/adaptation.py)."""
         links = {}
         for peer_id, participant in self.participants.items():
             controller = participant.controller
@@ -157,7 +156,7 @@ class Room:
                 "switches": 0 if controller is None else controller.switches,
                 "probes": 0 if controller is None else controller.probes,
                 "probesFailed": 0 if controller is None else controller.probes_failed,
-                # Its keyframe requests while a keyframe was on its way to it (mcu/tracks.py KEYFRAME_GRACE).
+                # Its keyframe requests while a keyframe was on its way to it (mcu/media/tracks.py KEYFRAME_GRACE).
                 "plisIgnored": participant.video_out.plis_ignored,
                 **participant.link.stats.describe(),
             }

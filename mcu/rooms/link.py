@@ -1,6 +1,6 @@
 """What one receiver's RTCP says about its downstream link, checked and counted.
 
-Fed by the peer's video sender (mcu/sender.py `watch_rtcp`) with every RTCP
+Fed by the peer's video sender (mcu/rtc/sender.py `watch_rtcp`) with every RTCP
 packet aiortc routes to it. Supported feedback: REMB and receiver reports (loss,
 jitter, and the round-trip time aiortc derives from them), NACK and PLI/FIR.
 aiortc negotiates no transport-wide congestion control, so there is none.
@@ -59,7 +59,7 @@ class LinkStats:
     #: Feedback ignored: absurd REMBs, report blocks about other SSRCs.
     absurd_rembs: int = 0
     foreign_reports: int = 0
-    #: Reports about the stream before a move down's jump (mcu/link.py `skipped`): read, not believed.
+    #: Reports about the stream before a move down's jump (mcu/rooms/link.py `skipped`): read, not believed.
     old_stream_reports: int = 0
 
     def describe(self) -> dict:
@@ -119,7 +119,7 @@ class LinkMonitor:
 
     def skipped(self, first: int, count: int) -> None:
         """The sender jumped its sequence numbers from `first` (16 bits) over `count` it never sent, and
-        started a new stream (mcu/sender.py `resync`, on a move down).
+        started a new stream (mcu/rtc/sender.py `resync`, on a move down).
 
         Until a report is about the new stream alone, reports say nothing of it: they count the
         old stream's packets that the bottleneck dropped while they waited in its queue (up to

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiortc import RTCDtlsTransport
 
-from .eager import run_eagerly
+from mcu.rtc.eager import run_eagerly
 
 logger = logging.getLogger(__name__)
 

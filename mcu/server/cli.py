@@ -16,19 +16,19 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from compositor.layout import BUILT_IN
+from mcu.media import offline
+from mcu.rooms.recording import RecordingError, check_directory
+from mcu.server import logs
+from mcu.server.allocator import limit_arenas
+from mcu.server.app import create_app
+from mcu.server.config import DEFAULT_TIER, Config, Tier
+from mcu.server.front import create_front_app, end_with_parent
 from signaling import tokens
 from signaling.directory import DirectoryUnavailable, RedisDirectory
 from signaling.grants import ALL_GRANTS
 from signaling.ice import IceServers, is_loopback_host, use_host_addresses
 from signaling.limits import Limits
 from signaling.protocol import MODES
-
-from . import compose, logs
-from .allocator import limit_arenas
-from .app import create_app
-from .config import DEFAULT_TIER, Config, Tier
-from .front import create_front_app, end_with_parent
-from .recording import RecordingError, check_directory
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {','.join(DEFAULT_GRANTS)})",
     )
     _add_secret(token, "the server's --secret")
-    compose.add_parser(commands, _size)
+    offline.add_parser(commands, _size)
     return parser
 
 
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
                 parser.error(str(exc))
         serve(args, ice, tls)
     elif args.command == "compose":
-        sys.exit(compose.run(args))
+        sys.exit(offline.run(args))
     elif args.command == "token":
         if not args.secret:
             parser.error(f"give the server's secret with --secret or {SECRET_ENV}")

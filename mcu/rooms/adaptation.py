@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .encoders import Tier
+from mcu.media.encoders import Tier
 
 #: The last step of every ladder: the video track carries nothing, audio goes on.
 AUDIO_ONLY = "audio"

@@ -10,10 +10,10 @@ the same full queue, the publisher offering 150-340 datagrams a second to a link
 `VideoJitterBuffer` lets a frame out as soon as its packets are in (the marker bit ends it);
 when a hole has waited `MAX_WAIT` it drops what it holds and waits for a keyframe, asking for
 one (the receiver sends a PLI) at most every `PLI_INTERVAL`, counting those asked for otherwise
-(`signaling.receiver.send_pli`), until it comes: inter frames after a lost one would only decode
+(`mcu.rtc.receiver.send_pli`), until it comes: inter frames after a lost one would only decode
 into garbage. `PacedNacks` asks for each
 missing packet at most `NACK_TRIES` times, `NACK_RETRY` apart. Both stand in for the aiortc
-receiver's private ones (signaling/receiver.py installs them; tests/test_aiortc_internals.py).
+receiver's private ones (mcu/rtc/receiver.py installs them; tests/test_aiortc_internals.py).
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ NACK_RETRY = 0.2
 NACK_HISTORY = 128
 #: A client receiving the room's composite waits longer for a retransmission, and asks more
 #: often: its keyframe requests reach an encoder that other peers share at most every 10 s
-#: (mcu/video.py SHARED_PLI_INTERVAL), so a frame given up at 0.5 s froze its picture up to
+#: (mcu/media/video_pipeline.py SHARED_PLI_INTERVAL), so a frame given up at 0.5 s froze its picture up to
 #: 6.4 s on a path with 5 % loss and 30 ms of jitter (tests/test_lossy_link.py). The server
-#: retransmits a packet up to 1 s after it sent it (mcu/sender.py RETRANSMIT_AGE). Asked again
+#: retransmits a packet up to 1 s after it sent it (mcu/rtc/sender.py RETRANSMIT_AGE). Asked again
 #: every 0.1 s rather than 0.2: a retransmission lost twice then costs 0.2 s, not 0.4, and the
 #: test's bound on a freeze is 0.5 s.
 DOWNLINK_MAX_WAIT = 1.0

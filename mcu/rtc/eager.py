@@ -1,8 +1,8 @@
 """Running aiortc's coroutines at once, from a callback, without a task per call.
 
 aiortc's RTP paths are coroutines that, on a plain UDP pair, never wait: their
-sends end in `sendto`. The server's senders (mcu/sender.py) and its receiving
-in the sockets' callbacks (mcu/intake.py) run them to their end where they are
+sends end in `sendto`. The server's senders (mcu/rtc/sender.py) and its receiving
+in the sockets' callbacks (mcu/rtc/intake.py) run them to their end where they are
 called, a packet at a time. They may wait, though: a TURN relay binds or
 refreshes its channel for the peer before it sends, every few minutes. Then
 what is left runs as a task (Python 3.12's eager tasks, on 3.11).

@@ -11,10 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
+from mcu.rooms.conference import Conference
+from mcu.rooms.room import Room
 from signaling import protocol, tokens
-
-from .conference import Conference
-from .room import Room
 
 CONFERENCE = web.AppKey("conference", Conference)
 

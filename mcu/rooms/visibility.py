@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .keyframes import is_keyframe
+from mcu.media.keyframes import is_keyframe
 
 #: How long a publisher stays wanted after it left every canvas: a floor that goes back and forth
 #: between two speakers does not pause and resume them each time.

@@ -12,6 +12,15 @@ from aiortc.sdp import candidate_from_sdp
 
 from compositor.layout import LayoutError, parse_layout
 from compositor.speakers import SpeakerEvents
+from mcu.rooms.adaptation import Switch
+from mcu.rooms.mesh_relay import MESH, MeshRelay, addressed_to_peer
+from mcu.rooms.participant import NegotiationError, Participant
+from mcu.rooms.recording import Recording, RecordingError
+from mcu.rooms.room import Room
+from mcu.rooms.sfu import SfuParticipant
+from mcu.rtc.traffic import Traffic
+from mcu.server import logs
+from mcu.server.config import DEFAULT_TIER, Config
 from signaling import grants, protocol, tokens
 from signaling.grants import ALL_GRANTS
 from signaling.protocol import (
@@ -26,16 +35,6 @@ from signaling.protocol import (
     StopRecording,
 )
 from signaling.websocket import Session
-
-from . import logs
-from .adaptation import Switch
-from .config import DEFAULT_TIER, Config
-from .mesh import MESH, MeshRelay, addressed_to_peer
-from .participant import NegotiationError, Participant
-from .recording import Recording, RecordingError
-from .room import Room
-from .sfu import SfuParticipant
-from .traffic import Traffic
 
 logger = logging.getLogger(__name__)
 
@@ -331,7 +330,7 @@ class Conference:
         return participant
 
     def _relayed(self, session: Session, to: str | None, kind: str, message: dict) -> bool:
-        """Mesh rooms: pass a peer's message on to `to` (mcu/mesh.py); False when it is for the server."""
+        """Mesh rooms: pass a peer's message on to `to` (mcu/rooms/mesh_relay.py); False when it is for the server."""
         room = self.rooms[session.room]  # type: ignore[index]
         if not addressed_to_peer(room.mode, to, kind):
             return False

@@ -6,15 +6,14 @@ from pathlib import Path
 
 from aiohttp import web
 
+from mcu.media.video_pipeline import prepare_process
+from mcu.rooms.conference import Conference
+from mcu.server import api
+from mcu.server.allocator import Trimmer
+from mcu.server.api import CONFERENCE
+from mcu.server.config import Config
+from mcu.server.metrics import add_metrics
 from signaling.websocket import websocket_handler
-
-from . import api
-from .allocator import Trimmer
-from .api import CONFERENCE
-from .conference import Conference
-from .config import Config
-from .metrics import add_metrics
-from .video import prepare_process
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "client" / "web"
 

@@ -1,7 +1,7 @@
 """The forwarding room (sfu mode): each publisher's encoded frames go to every other peer as they came.
 
 No decode, no encode. A publisher's receivers hand out encoded frames
-(`signaling.receiver.install_encoded_receiver`); each frame becomes one `av.Packet`
+(`mcu.rtc.receiver.install_encoded_receiver`); each frame becomes one `av.Packet`
 pushed to a `PacketTrack` per subscriber, which aiortc only packetizes. So every peer
 of an sfu room sends and receives VP8 and Opus: a forwarder cannot transcode.
 
@@ -33,15 +33,14 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationEr
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
+from mcu.media.keyframes import is_vp8_keyframe
+from mcu.media.tracks import PacketTrack
+from mcu.rooms.participant import NegotiationError, Participant
+from mcu.rtc.numbering import renegotiation_offer
+from mcu.rtc.receiver import install_encoded_receiver, send_pli
+from mcu.rtc.sender import send_directly
 from signaling import grants, protocol
 from signaling.protocol import ProtocolError
-from signaling.receiver import install_encoded_receiver, send_pli
-
-from .keyframes import is_vp8_keyframe
-from .numbering import renegotiation_offer
-from .participant import NegotiationError, Participant
-from .sender import send_directly
-from .tracks import PacketTrack
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +254,7 @@ class SfuParticipant(Participant):
             pc = self.pc
             if pc is None or not self._apply_changes(pc):
                 return
-            # In the peer's numbering: a browser refuses an offer that renumbers (mcu/numbering.py).
+            # In the peer's numbering: a browser refuses an offer that renumbers (mcu/rtc/numbering.py).
             offer = await renegotiation_offer(pc)
             self._offer_pending = True
             self.forwarder.stats.offers += 1

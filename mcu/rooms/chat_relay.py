@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
+from mcu.rooms.participant import Participant
 from signaling import chat, grants, protocol
 from signaling.chat import CHAT_BURST, CHAT_RATE, TokenBucket
 from signaling.protocol import ProtocolError
-
-from .participant import Participant
 
 logger = logging.getLogger(__name__)
 

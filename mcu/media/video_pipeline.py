@@ -1,7 +1,7 @@
 """The room's video, seen from the server process: a picture process fed upstream frames, packets fanned out.
 
 Decoding, composing and encoding run in the room's picture process
-(`mcu/picture.py`); this side forwards each publisher's encoded frames to it,
+(`mcu/media/video_process.py`); this side forwards each publisher's encoded frames to it,
 tells it what each canvas shows and which outputs are in use, and hands the
 packets of each output to its peers. An output is a (codec, tier) pair in use by
 at least one peer, or one peer's personal canvas (hide-self). Its encoder is
@@ -29,10 +29,10 @@ from typing import Callable, Iterable
 
 import av
 
-from .encoders import VIDEO_TIME_BASE, Output, Tier
-from .picture import Counters, MessageReader, SceneSpec, Settings, encode_message
-from .sender import SharedPacker
-from .tracks import PacketSink, PacketTrack
+from mcu.media.encoders import VIDEO_TIME_BASE, Output, Tier
+from mcu.media.tracks import PacketSink, PacketTrack
+from mcu.media.video_process import Counters, MessageReader, SceneSpec, Settings, encode_message
+from mcu.rtc.sender import SharedPacker
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ MAX_RESTARTS = 5
 EXIT_GRACE = 2.0
 #: One receiver's own keyframe requests (PLI/FIR) reach an encoder that others share at most
 #: this often: a bad link cannot make everyone's stream all keyframes (its losses are repaired
-#: by retransmission, and it is moved to a tier of its own, mcu/adaptation.py).
+#: by retransmission, and it is moved to a tier of its own, mcu/rooms/adaptation.py).
 SHARED_PLI_INTERVAL = 10.0
 #: A tier switch onto an encoder that others share asks it for a keyframe at most this often;
 #: otherwise the switch waits for the encoder's periodic keyframe (the peer keeps its old tier meanwhile).
@@ -67,7 +67,7 @@ def _start_process() -> Process:
     ours, theirs = socket.socketpair()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mcu.picture", str(theirs.fileno())],
+            [sys.executable, "-m", "mcu.media.video_process", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
         )

@@ -18,8 +18,7 @@ import numpy as np
 
 from compositor.audio import SAMPLE_RATE
 from compositor.opus import OpusEncoder
-
-from .vpx import Vp8Encoder
+from mcu.media.vpx import Vp8Encoder
 
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
@@ -88,7 +87,7 @@ def _h264_context(bitrate: int, gop: int) -> av.CodecContext:
 class VideoEncoder:
     """A realtime VP8 or H.264 encoder whose keyframes are requested, rate-limited, by peers.
 
-    VP8 goes through libvpx directly (mcu/vpx.py), coding only the macroblocks
+    VP8 goes through libvpx directly (mcu/media/vpx.py), coding only the macroblocks
     that changed; H.264 through PyAV's libx264.
     """
 

@@ -11,7 +11,7 @@ every other listener hears the sum itself, and they all share one encode. So a
 room runs K + 1 Opus encodes per tick, whatever its size. The codec is libopus
 called with the GIL held (compositor/opus.py), so that the thread does not hand the GIL
 to the event loop and wait for it back at every codec call. The thread keeps
-the time itself (mcu/clock.py): the event loop is woken once a tick, to send
+the time itself (mcu/media/audio_clock.py): the event loop is woken once a tick, to send
 what it made.
 """
 
@@ -30,12 +30,11 @@ from compositor.audio import FRAME_SAMPLES, SAMPLE_RATE, Limiter, SampleBuffer, 
 from compositor.opus import OpusDecoder
 from compositor.playout import Playout, PlayoutCounts
 from compositor.speakers import SILENCE_DB, SpeakerDetector, SpeakerEvents, TalkerSelector, levels
-
-from .clock import ThreadClock
-from .encoders import AudioEncoder
-from .participant import OpusPacket, Participant
-from .sender import pack_opus
-from .tracks import PacketSink
+from mcu.media.audio_clock import ThreadClock
+from mcu.media.encoders import AudioEncoder
+from mcu.media.tracks import PacketSink
+from mcu.rooms.participant import OpusPacket, Participant
+from mcu.rtc.sender import pack_opus
 
 logger = logging.getLogger(__name__)
 

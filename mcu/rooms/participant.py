@@ -22,20 +22,19 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationEr
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.sdp import SessionDescription
 
+from mcu.media.encoders import Output
+from mcu.media.tracks import KEYFRAME_GRACE, PacketTrack
+from mcu.rooms.adaptation import AUDIO_ONLY, Controller, Ladder, Probe, Switch
+from mcu.rooms.link import LinkMonitor
+from mcu.rooms.visibility import Visibility
+from mcu.rtc.header_extensions import install_tolerant_extensions
+from mcu.rtc.intake import receive_directly
+from mcu.rtc.receiver import install_encoded_receiver
+from mcu.rtc.sender import DirectSender, send_directly
+from mcu.server.config import DEFAULT_TIER
 from signaling import chat
 from signaling.grants import ALL_GRANTS
 from signaling.ice import rtc_configuration
-from signaling.receiver import install_encoded_receiver
-from signaling.rtp import install_tolerant_extensions
-
-from .adaptation import AUDIO_ONLY, Controller, Ladder, Probe, Switch
-from .config import DEFAULT_TIER
-from .encoders import Output
-from .intake import receive_directly
-from .link import LinkMonitor
-from .sender import DirectSender, send_directly
-from .tracks import KEYFRAME_GRACE, PacketTrack
-from .visibility import Visibility
 
 logger = logging.getLogger(__name__)
 install_tolerant_extensions()
@@ -131,8 +130,8 @@ class Participant:
         self.pc: RTCPeerConnection | None = None
         self.video_out = PacketTrack("video", keyframe_grace=KEYFRAME_GRACE)
         self.video_out.keyframe_requested = lambda reason: request_keyframe(self.video_out, reason)
-        #: Its downstream link as its RTCP says (mcu/link.py), and, with a ladder, what moves it
-        #: between tiers (mcu/adaptation.py); without one it keeps its ceiling.
+        #: Its downstream link as its RTCP says (mcu/rooms/link.py), and, with a ladder, what moves it
+        #: between tiers (mcu/rooms/adaptation.py); without one it keeps its ceiling.
         self.controller = None if ladder is None else Controller(ladder, tier, now)
         controller = self.controller
         self.link = LinkMonitor(
@@ -144,7 +143,7 @@ class Participant:
         #: What the peer says it sends (`setMedia`): off shows the placeholder / leaves the mix.
         self.sending_video = True
         self.sending_audio = True
-        #: Whether its video is on screen and wanted, and what it sent that was not decoded (mcu/visibility.py).
+        #: Whether its video is on screen and wanted, and what it sent that was not decoded (mcu/rooms/visibility.py).
         self.visibility = Visibility()
         #: Set by a moderator: a muted peer leaves every mix; volume scales its voice (0..2).
         self.moderator_muted = False

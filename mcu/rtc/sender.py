@@ -10,13 +10,13 @@ packet again for each peer: at 16 peers the largest share of the event loop.
 packetized at once (a room's composite once for all of its peers, by `SharedPacker`),
 its header (extensions included) serialized by aiortc once per sender and only
 stamped per frame (`HeaderTemplate`), each RTP packet only numbered; then the frame's packets are
-SRTP protected and sent together (`mcu.datagrams.send_rtp`: one system call where
+SRTP protected and sent together (`mcu.rtc.datagrams.send_rtp`: one system call where
 the kernel segments them). What aiortc's sender keeps doing, it keeps doing: RTCP sender
 reports (from the counters updated here), REMB, stats; PLI/FIR reach the track's
 `request_keyframe` (the shared encoder, or the forwarded publisher); NACKs are answered
 from this module's own history, with RTX where negotiated, within a budget. Every RTCP
-packet routed to the sender is also shown to a `LinkMonitor` (mcu/link.py), and
-`DirectSender.probe` pads the stream to try a higher rate (mcu/adaptation.py). It relies
+packet routed to the sender is also shown to a `LinkMonitor` (mcu/rooms/link.py), and
+`DirectSender.probe` pads the stream to try a higher rate (mcu/rooms/adaptation.py). It relies
 on aiortc internals (tests/test_aiortc_internals.py covers them), all of them here.
 """
 
@@ -37,10 +37,10 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtcpSenderInfo, RtcpSrPacket, RtpPacket
 from aiortc.utils import random16, random32, uint16_add, uint32_add
 
-from . import wallclock
-from .datagrams import send_rtp
-from .link import LinkMonitor
-from .tracks import PacketTrack
+from mcu.media.tracks import PacketTrack
+from mcu.rooms.link import LinkMonitor
+from mcu.rtc import wallclock
+from mcu.rtc.datagrams import send_rtp
 
 logger = logging.getLogger(__name__)
 
@@ -268,8 +268,8 @@ class DirectSender:
         have come: 11 s at 400 kbit/s. Past the gap it drops them at once; libwebrtc counts them
         lost, finds its NACK list full and asks for a keyframe (of its new tier: nothing is
         answered from the cleared history). The receiver's next report counts the gap as lost:
-        the controller ignores reports for a while after a switch (mcu/adaptation.py SETTLE_SECONDS),
-        and the link believes none until one is about the new stream alone (mcu/link.py `skipped`):
+        the controller ignores reports for a while after a switch (mcu/rooms/adaptation.py SETTLE_SECONDS),
+        and the link believes none until one is about the new stream alone (mcu/rooms/link.py `skipped`):
         under load that report came 3.2 s after a move down, past the settling, and its 94 %
         "lost" moved a 750 kbit/s peer from `low` to audio only.
         """

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mcu.media.encoders import Tier
 from signaling.ice import IceServers
 from signaling.limits import Limits
-
-from .encoders import Tier
 
 #: The name of the tier described by `Config.width`, `height`, `fps` and `video_bitrate`.
 DEFAULT_TIER = "high"
@@ -28,10 +27,10 @@ class Config:
     tiers: dict[str, Tier] = field(
         default_factory=lambda: {"low": Tier(640, 360, 15, 400_000), "small": Tier(320, 180, 15, 150_000)}
     )
-    #: Move each receiver between tiers as its link allows (mcu/adaptation.py); its join's tier is its ceiling.
+    #: Move each receiver between tiers as its link allows (mcu/rooms/adaptation.py); its join's tier is its ceiling.
     adapt: bool = True
     #: Ask a publisher on no canvas to pause its video, and decode none of what it still sends
-    #: (mcu/visibility.py); off, every publisher is asked to send and everything is decoded.
+    #: (mcu/rooms/visibility.py); off, every publisher is asked to send and everything is decoded.
     sender_control: bool = True
     #: A participant silent on video this long shows its placeholder tile.
     stale_video_seconds: float = 2.0
@@ -49,7 +48,7 @@ class Config:
     #: STUN/TURN servers handed to clients in `joined` (with per-client TURN
     #: credentials) and used by the server itself; none by default (host candidates only).
     ice_servers: IceServers = field(default_factory=IceServers)
-    #: Where recordings are written (mcu/recording.py); None: this server does not record.
+    #: Where recordings are written (mcu/rooms/recording.py); None: this server does not record.
     record_dir: str | None = None
     #: Record every room from its creation to its end (needs record_dir).
     auto_record: bool = False

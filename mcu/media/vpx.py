@@ -208,7 +208,7 @@ class Vp8Encoder:
         if _lib.vpx_codec_enc_init_ver(self._context, interface, config, 0, _ENCODER_ABI_VERSION):
             raise VpxError(f"libvpx {version()}: {_lib.vpx_codec_error(self._context).decode()}")
         weakref.finalize(self, _lib.vpx_codec_destroy, self._context)
-        # In realtime mode a positive cpu-used is a time budget (mcu/encoders.py).
+        # In realtime mode a positive cpu-used is a time budget (mcu/media/encoders.py).
         for control, value in (
             (_SET_CPUUSED, cpu_used),
             (_SET_NOISE_SENSITIVITY, 0),

@@ -1,7 +1,7 @@
 """The room's picture process: decode every upstream, compose the canvases, encode each output once.
 
-A room's video runs in a process of its own (`python -m mcu.picture FD`), fed
-through a socket by `mcu.video.VideoPipeline`: encoded upstream frames and what
+A room's video runs in a process of its own (`python -m mcu.media.video_process FD`), fed
+through a socket by `mcu.media.video_pipeline.VideoPipeline`: encoded upstream frames and what
 the canvases show go in; encoded packets, keyframe requests for publishers and
 counters come out. In the server process the event loop handles every RTP
 packet of every peer and holds the GIL most of the time; a compose and encode
@@ -40,9 +40,8 @@ import numpy as np
 
 from compositor.layout import GRID, Layout
 from compositor.video import Compositor, Scene, Tile, yuv420p_planes
-
-from .allocator import Trimmer, limit_arenas
-from .encoders import Output, Tier, VideoEncoder
+from mcu.media.encoders import Output, Tier, VideoEncoder
+from mcu.server.allocator import Trimmer, limit_arenas
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ _HEADER = struct.Struct("!I")
 #: A message larger than this is a bug, not a picture.
 MAX_MESSAGE = 64 * 1024 * 1024
 
-#: The decoders of the upstream codecs a room answers (mcu/participant.py).
+#: The decoders of the upstream codecs a room answers (mcu/rooms/participant.py).
 DECODERS = {"vp8": "libvpx", "h264": "h264"}
 #: Threads that decode upstreams when the reader falls behind; each peer is queued to one of them, in order.
 DECODE_THREADS = 2
@@ -485,7 +484,7 @@ def main(fd: int) -> None:
     limit_arenas()  # before the decoder and clock threads exist
     trimmer = Trimmer()
     trimmer.start()
-    # Short GIL slices: the decoders' and the clock's hand-overs are short (see mcu/cli.py).
+    # Short GIL slices: the decoders' and the clock's hand-overs are short (see mcu/server/cli.py).
     sys.setswitchinterval(0.002)
     sock = socket.socket(fileno=fd)
     write_lock = threading.Lock()
