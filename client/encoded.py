@@ -17,8 +17,8 @@ import av
 import cv2
 import numpy as np
 from aiortc import RTCRtpSender
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtcrtpsender import RTCEncodedFrame
+
+from mcu.rtc.levels import send_levels
 
 from .sources import FRAME_SAMPLES, SAMPLE_RATE, _Paced, rgb_to_yuv
 
@@ -208,21 +208,6 @@ class PreEncodedAudioTrack(_PacketLoop):
         return packet
 
     def attach_sender(self, sender: RTCRtpSender) -> None:
-        """Make `sender` put this track's levels in the RFC 6464 header (aiortc internal).
-
-        aiortc only measures the level of frames it encodes itself; for packets it
-        builds its `RTCEncodedFrame` with no level. Its `audio_level` is read when
-        the frame is packetized, right after `_next_encoded_frame` returns, so
-        setting it there sends the header (tests/test_aiortc_internals.py).
-        """
-        if not self.send_levels:
-            return
-        next_encoded_frame = sender._next_encoded_frame
-
-        async def with_level(codec: RTCRtpCodecParameters) -> RTCEncodedFrame | None:
-            frame = await next_encoded_frame(codec)
-            if frame is not None:
-                frame.audio_level = self.audio_level
-            return frame
-
-        sender._next_encoded_frame = with_level  # type: ignore[method-assign]
+        """Make `sender` put this track's levels in the RFC 6464 header (mcu/rtc/levels.py)."""
+        if self.send_levels:
+            send_levels(sender, lambda: self.audio_level)

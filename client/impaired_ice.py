@@ -6,9 +6,7 @@ relay or not) goes through one of aioice's `StunProtocol`s: it sends with
 Wrapping those two on every protocol of the connection puts the whole path behind an up
 and a down `Link`, the way a bad access network would, without a relay or a namespace.
 
-This is the one place of the client that touches aioice/aiortc internals: the ICE
-transport's private `_connection` and its private list `_protocols`
-(tests/test_aiortc_internals.py covers them). The protocols exist once gathering is done,
+The protocols come from mcu/rtc/ice.py (aioice internals). They exist once gathering is done,
 when `setLocalDescription` returns: call `impair_ice` then. Nothing has gone through them
 yet: the far end does not know our candidates, and aiortc starts its side of the checks in a
 task that `setLocalDescription` only schedules.
@@ -19,6 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from aiortc import RTCPeerConnection
+
+from mcu.rtc.ice import ice_protocols
 
 from .impairment import Address, Impairments, Link
 
@@ -57,17 +57,12 @@ class _ImpairedTransport:
 
 def impair_ice(pc: RTCPeerConnection, links: ImpairedIce) -> None:
     """Put every socket `pc` gathered behind `links` (idempotent; call after `setLocalDescription`)."""
-    transports = [t.sender.transport for t in pc.getTransceivers()]
-    if pc.sctp is not None:
-        transports.append(pc.sctp.transport)
-    connections = {id(c): c for c in (dtls.transport._connection for dtls in transports if dtls is not None)}
-    for connection in connections.values():
-        for protocol in connection._protocols:
-            if getattr(protocol, "_impaired_by", None) is links:
-                continue
-            protocol.transport = _ImpairedTransport(protocol.transport, links.up)
-            protocol.datagram_received = _impaired_receive(protocol.datagram_received, links.down)
-            protocol._impaired_by = links
+    for protocol in ice_protocols(pc):
+        if getattr(protocol, "_impaired_by", None) is links:
+            continue
+        protocol.transport = _ImpairedTransport(protocol.transport, links.up)
+        protocol.datagram_received = _impaired_receive(protocol.datagram_received, links.down)
+        protocol._impaired_by = links
 
 
 def _impaired_receive(received: Any, link: Link) -> Any:

@@ -49,7 +49,7 @@ from client.impairment import Impairment, Impairments  # noqa: E402
 from client.peer import Peer  # noqa: E402
 
 BEGIN, END = "<!-- bench_network:begin -->", "<!-- bench_network:end -->"
-#: The frame rate of each tier the server may move a receiver to (mcu/server/config.py); audio only has none.
+#: The frame rate of each tier the server may move a receiver to (mcu/config.py); audio only has none.
 TIER_FPS = {"high": 30, "low": 15, "small": 15, "audio": 0}
 #: A stretch without a new picture longer than this is a freeze.
 FREEZE = 0.5

@@ -60,7 +60,7 @@ TURN_LOUD, TURN_GAP = 2.0, 2.5
 #: A new speaker's picture not seen this long after it began talking counts as missed.
 SIGHT_TIMEOUT = 4.0
 LARGE_BEGIN, LARGE_END = "<!-- bench_room_large:begin -->", "<!-- bench_room_large:end -->"
-#: The frame rate each built-in tier must hold (mcu/server/config.py); "mixed" peers ask for these.
+#: The frame rate each built-in tier must hold (mcu/config.py); "mixed" peers ask for these.
 TIER_FPS = {"low": 15, "high": FPS}
 DEFAULT_MIX = ["low/vp8", "high/vp8", "low/h264", "high/h264"]
 TIERS_BEGIN, TIERS_END = "<!-- bench_room_tiers:begin -->", "<!-- bench_room_tiers:end -->"

@@ -19,12 +19,12 @@ from aiohttp import web
 from conftest import free_port
 from netns import Unavailable, Veth, veth_namespace
 
+from mcu.config import Config
 from mcu.media.encoders import Output
 from mcu.rooms.adaptation import Switch
 from mcu.rooms.participant import Participant
 from mcu.rooms.room import Room
 from mcu.server.app import CONFERENCE, create_app
-from mcu.server.config import Config
 from signaling import ice
 
 HERE = Path(__file__).resolve().parent

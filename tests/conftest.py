@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from mcu.config import Config
 from mcu.rooms.conference import Conference
 from mcu.server.app import CONFERENCE, create_app
-from mcu.server.config import Config
 from signaling.ice import use_host_addresses
 
 

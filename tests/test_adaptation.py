@@ -14,11 +14,11 @@ from aiortc.rtp import (
     pack_remb_fci,
 )
 
+from mcu.config import Config
 from mcu.rooms import adaptation
 from mcu.rooms.adaptation import AUDIO_ONLY, Controller, Ladder, Probe, Switch
-from mcu.rooms.link import LinkMonitor
+from mcu.rtc.link import LinkMonitor
 from mcu.rtc.sender import RESYNC_GAP
-from mcu.server.config import Config
 
 LADDER = Ladder(Config().output_tiers())  # high 1.5M, low 400k, small 150k, audio
 SSRC = 1234

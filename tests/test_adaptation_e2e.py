@@ -23,11 +23,11 @@ from bottleneck_room import at, bottleneck_server, poll, record_keyframes, recor
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
 from client.peer import Peer
+from mcu.config import Config
 from mcu.media.encoders import Output
 from mcu.media.tracks import PacketTrack
 from mcu.rooms.adaptation import AUDIO_ONLY
 from mcu.rtc.sender import DirectSender
-from mcu.server.config import Config
 
 #: The H.264 NAL unit types of a keyframe that a decoder can start on (an IDR slice, its SPS and PPS).
 IDR, SPS, PPS = 5, 7, 8

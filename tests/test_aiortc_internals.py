@@ -15,10 +15,11 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
 - a receiver can send a PLI for the media SSRC it receives (the SFU forwards keyframe requests upstream);
 - every datagram of a peer connection leaves through `transport.sendto` of one of the aioice
   protocols in its ICE transport's private `_connection._protocols`, there once gathering is done,
-  and arrives through that protocol's `datagram_received` (client/impaired_ice.py wraps both).
+  and arrives through that protocol's `datagram_received` (mcu/rtc/ice.py finds them,
+  client/impaired_ice.py wraps both).
 - a sender's `_handle_rtcp_packet` sees the RTCP routed to it, and its private `__lsr` and `__lsr_time`
   say which sender report a receiver report echoes, for that report's own round trip (link feedback,
-  mcu/rooms/link.py); its `_send_rtcp` sends a report of ours and can hold its periodic ones; RTX packets
+  mcu/rtc/link.py); its `_send_rtcp` sends a report of ours and can hold its periodic ones; RTX packets
   without payload reach the far REMB estimator only (probes); aiortc's video jitter buffer waits for
   a lost packet until a sequence gap makes it drop it (the resync of a move down).
 """

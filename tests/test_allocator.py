@@ -1,4 +1,4 @@
-"""Freed heap goes back to the system (mcu/server/allocator.py): glibc's malloc keeps it otherwise."""
+"""Freed heap goes back to the system (mcu/media/allocator.py): glibc's malloc keeps it otherwise."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from mcu.server.allocator import ARENAS, Trimmer
+from mcu.media.allocator import ARENAS, Trimmer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def rss_mib() -> float:
 #: Eight threads alive at once, each allocating through malloc, then glibc's count of its arenas.
 ARENA_PROBE = """
 import ctypes, sys, threading
-from mcu.server.allocator import limit_arenas
+from mcu.media.allocator import limit_arenas
 if sys.argv[1] == "cap":
     assert limit_arenas()
 barrier, kept = threading.Barrier(8), []

@@ -28,8 +28,8 @@ from bottleneck_room import (
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
 from client.peer import Peer
+from mcu.config import Config
 from mcu.media.encoders import KEYFRAME_MIN_INTERVAL, Output
-from mcu.server.config import Config
 
 HIGH = Output("vp8", "high")
 BOTTLENECK = "700kbit"

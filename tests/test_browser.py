@@ -29,7 +29,7 @@ from media_checks import cell_colours, close_to, tone_levels
 
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
-from mcu.server.config import Tier
+from mcu.config import Tier
 
 playwright_api = pytest.importorskip("playwright.async_api")
 

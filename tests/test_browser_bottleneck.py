@@ -15,7 +15,7 @@ from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
 from client.impairment import Relay
 from client.peer import Peer
 from client.sources import COLORS
-from mcu.server.config import Config
+from mcu.config import Config
 
 #: The page's inbound video: decoded frames and the picture's width.
 INBOUND_VIDEO_JS = """

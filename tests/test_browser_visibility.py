@@ -23,7 +23,7 @@ from browser_checks import CHROMIUM, chromium_args, chromium_playwright, poll, w
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
 from client.peer import Peer
 from client.sources import COLORS
-from mcu.server.config import Config
+from mcu.config import Config
 
 playwright_api = chromium_playwright()
 

@@ -30,7 +30,7 @@ from client.impairment import (
 )
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
-from mcu.server.config import Config
+from mcu.config import Config
 from signaling.ice import IceServers
 
 

@@ -14,7 +14,7 @@ from client.peer import Peer
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
 from compositor.layout import PIP, SPEAKER, Rect, parse_layout
 from compositor.video import BORDER_YUV
-from mcu.server.config import Config
+from mcu.config import Config
 from signaling import grants, tokens
 
 WIDTH, HEIGHT = 640, 360

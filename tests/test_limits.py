@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from mcu.server.config import Config
+from mcu.config import Config
 from signaling.limits import Limits
 
 LIMITS = Limits(

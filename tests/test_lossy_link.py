@@ -14,7 +14,7 @@ from media_checks import longest_gap_ms
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
 from client.impairment import parse_spec
 from client.peer import Peer
-from mcu.server.config import Config
+from mcu.config import Config
 
 #: Each peer's tone, and its amplitude (full scale 1).
 TONES = {"lossy": 440.0, "clean": 1320.0}

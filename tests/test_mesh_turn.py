@@ -8,7 +8,7 @@ import pytest
 from test_mesh import mesh_peer, shows
 from test_turn import SECRET, TTL, Coturn, coturn  # noqa: F401 (coturn: the fixture, used by name)
 
-from mcu.server.config import Config
+from mcu.config import Config
 from signaling.ice import IceServers
 
 

@@ -27,8 +27,8 @@ from media_checks import cell_colours, close_to
 
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
+from mcu.config import Config
 from mcu.server.app import CONFERENCE, create_app
-from mcu.server.config import Config
 from signaling import ice
 
 BIN = Path(sys.executable).parent

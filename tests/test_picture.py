@@ -235,10 +235,10 @@ def test_keyframe_requests_for_a_publisher_are_rate_limited(monkeypatch):
     """A stalled picture process drops every frame it is sent, and each drop asks for a keyframe."""
     from types import SimpleNamespace
 
+    from mcu.config import Config
     from mcu.media.video_process import PLI_INTERVAL
     from mcu.rooms import room as room_module
     from mcu.rooms.room import Room
-    from mcu.server.config import Config
 
     sent = []
     monkeypatch.setattr(room_module, "send_pli", sent.append)

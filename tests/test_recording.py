@@ -23,9 +23,9 @@ from media_checks import cell_colours, close_to, contains_colour
 
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, FlashBeep, ToneTrack, rgb_to_yuv
+from mcu.config import Config
 from mcu.media.encoders import VideoEncoder
 from mcu.rooms.recording import Recording
-from mcu.server.config import Config
 
 FILE_NAME = re.compile(r"^rec-\d{8}T\d{6}Z(-\d+)?\.webm$")
 #: EBML ids of the Matroska elements a finished file has and a killed one lacks.

@@ -28,8 +28,8 @@ from client.encoded import encode_video_clip
 from mcu.media import tracks
 from mcu.media.encoders import AudioEncoder
 from mcu.media.tracks import PacketTrack
-from mcu.rooms.link import LinkMonitor
 from mcu.rtc import datagrams
+from mcu.rtc.link import LinkMonitor
 from mcu.rtc.sender import RETRANSMIT_AGE, DirectSender, HeaderTemplate, SharedPacker, pack_opus, send_directly
 from signaling.ice import rtc_configuration, use_host_addresses
 

@@ -18,9 +18,9 @@ from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, audio_cli
 from client.pausable import PausableVideoTrack
 from client.peer import Peer
 from client.sources import ColorTrack, rgb_to_yuv
+from mcu.config import Config
 from mcu.media.keyframes import is_keyframe
 from mcu.rooms.visibility import HIDE_HOLD, Visibility
-from mcu.server.config import Config
 
 ROOM = "lastn"
 FPS = 15

@@ -12,7 +12,7 @@ from media_checks import tone_levels
 
 from client.peer import Peer
 from client.sources import ToneTrack
-from mcu.server.config import Config
+from mcu.config import Config
 
 #: Tones a few hundred Hz apart, away from each other's harmonics and intermodulation products
 #: (2a-b, a+b-c, a±b) within ±5 Hz, where the Opus coding of a mix leaves noise close to the tones.

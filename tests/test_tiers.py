@@ -10,9 +10,9 @@ from media_checks import cell_colours, close_to, contains_colour
 
 from client.peer import Peer, PeerError
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
+from mcu.config import Config, Tier
 from mcu.media.encoders import Output
 from mcu.server.cli import _tier, build_parser
-from mcu.server.config import Config, Tier
 
 HIGH = (640, 360)
 LOW = (320, 180)

@@ -18,7 +18,7 @@ from media_checks import cell_colours, contains_colour, tone_levels
 
 from client.peer import Peer, PeerError
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
-from mcu.server.config import Config
+from mcu.config import Config
 from signaling import tokens
 from signaling.grants import ALL_GRANTS
 

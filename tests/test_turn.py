@@ -22,8 +22,8 @@ from media_checks import cell_colours, close_to
 
 from client.peer import Peer, PeerError
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
+from mcu.config import Config
 from mcu.server.cli import main as mcu_main
-from mcu.server.config import Config
 from signaling.ice import IceServers
 
 SECRET = "north-wind-shared-secret"

@@ -14,8 +14,8 @@ from client.impairment import parse_spec
 from client.peer import Peer
 from client.sources import COLORS, MovingTrack
 from compositor.layout import grid_layout
+from mcu.config import Config
 from mcu.rtc.jitter import PLI_INTERVAL
-from mcu.server.config import Config
 
 LIMIT = 300_000
 SECONDS = 30

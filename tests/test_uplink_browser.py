@@ -17,7 +17,7 @@ from client.impairment import Relay
 from client.peer import Peer
 from client.sources import COLORS, MovingTrack
 from compositor.layout import grid_layout
-from mcu.server.config import Config
+from mcu.config import Config
 
 LIMIT = 300_000
 SECONDS = 30

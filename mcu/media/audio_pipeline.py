@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 import av
 import numpy as np
@@ -33,7 +33,6 @@ from compositor.speakers import SILENCE_DB, SpeakerDetector, SpeakerEvents, Talk
 from mcu.media.audio_clock import ThreadClock
 from mcu.media.encoders import AudioEncoder
 from mcu.media.tracks import PacketSink
-from mcu.rooms.participant import OpusPacket, Participant
 from mcu.rtc.sender import pack_opus
 
 logger = logging.getLogger(__name__)
@@ -46,6 +45,29 @@ MAX_BEHIND = 5
 #: Audio waiting in a participant's buffer is capped: under clock drift or a
 #: burst the oldest samples go, so the mix never lags by more than this.
 BUFFER_SECONDS = 0.12
+
+
+class OpusPacket(NamedTuple):
+    """A peer's Opus packet as it came, and its RTP timestamp (48 kHz, modulo 2**32): where it
+    belongs in the peer's audio, so that the mixer sees what is missing or late."""
+
+    data: bytes
+    timestamp: int
+
+
+class Voice(Protocol):
+    """What the audio clock reads of a participant (mcu/rooms/participant.py) at each tick."""
+
+    peer_id: str
+    audio_out: PacketSink
+
+    @property
+    def audio_gain(self) -> float: ...
+
+    @property
+    def sends_audio(self) -> bool: ...
+
+    def take_audio(self) -> list[tuple[OpusPacket, int | None]]: ...
 
 
 @dataclass
@@ -92,7 +114,7 @@ class _Channel:
 class AudioPipeline:
     """Each listener hears the sum of everyone minus their own contribution."""
 
-    def __init__(self, name: str, participants: Callable[[], Sequence[Participant]], talkers: int | None) -> None:
+    def __init__(self, name: str, participants: Callable[[], Sequence[Voice]], talkers: int | None) -> None:
         self._clock = ThreadClock(f"audio-{name}", FRAME_SECONDS, self._tick, max_behind=MAX_BEHIND)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = AudioStats()
@@ -146,7 +168,7 @@ class AudioPipeline:
 
     @property
     def underruns(self) -> int:
-        """Participant frames mixed as silence because none of their audio had arrived."""
+        """Voice frames mixed as silence because none of their audio had arrived."""
         return self._departed_underruns + sum(c.buffer.underruns for c in list(self._channels.values()))
 
     def start(self) -> None:
@@ -264,7 +286,7 @@ class AudioPipeline:
         )
 
     def _deliver(
-        self, participants: list[Participant], packets_per_peer: list[list[av.Packet]], events: SpeakerEvents
+        self, participants: list[Voice], packets_per_peer: list[list[av.Packet]], events: SpeakerEvents
     ) -> None:
         self._delivered += 1
         for participant, packets in zip(participants, packets_per_peer):

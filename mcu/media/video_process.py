@@ -40,8 +40,8 @@ import numpy as np
 
 from compositor.layout import GRID, Layout
 from compositor.video import Compositor, Scene, Tile, yuv420p_planes
+from mcu.media.allocator import Trimmer, limit_arenas
 from mcu.media.encoders import Output, Tier, VideoEncoder
-from mcu.server.allocator import Trimmer, limit_arenas
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ from aiortc.sdp import candidate_from_sdp
 
 from compositor.layout import LayoutError, parse_layout
 from compositor.speakers import SpeakerEvents
+from mcu import logs
+from mcu.config import DEFAULT_TIER, Config
 from mcu.rooms.adaptation import Switch
 from mcu.rooms.mesh_relay import MESH, MeshRelay, addressed_to_peer
 from mcu.rooms.participant import NegotiationError, Participant
@@ -19,8 +21,6 @@ from mcu.rooms.recording import Recording, RecordingError
 from mcu.rooms.room import Room
 from mcu.rooms.sfu import SfuParticipant
 from mcu.rtc.traffic import Traffic
-from mcu.server import logs
-from mcu.server.config import DEFAULT_TIER, Config
 from signaling import grants, protocol, tokens
 from signaling.grants import ALL_GRANTS
 from signaling.protocol import (

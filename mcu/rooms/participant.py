@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Callable, Coroutine, NamedTuple
+from typing import Any, Callable, Coroutine
 
 from aiortc import (
     MediaStreamTrack,
@@ -22,16 +22,17 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationEr
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.sdp import SessionDescription
 
+from mcu.config import DEFAULT_TIER
+from mcu.media.audio_pipeline import OpusPacket
 from mcu.media.encoders import Output
 from mcu.media.tracks import KEYFRAME_GRACE, PacketTrack
 from mcu.rooms.adaptation import AUDIO_ONLY, Controller, Ladder, Probe, Switch
-from mcu.rooms.link import LinkMonitor
 from mcu.rooms.visibility import Visibility
 from mcu.rtc.header_extensions import install_tolerant_extensions
 from mcu.rtc.intake import receive_directly
+from mcu.rtc.link import LinkMonitor
 from mcu.rtc.receiver import install_encoded_receiver
 from mcu.rtc.sender import DirectSender, send_directly
-from mcu.server.config import DEFAULT_TIER
 from signaling import chat
 from signaling.grants import ALL_GRANTS
 from signaling.ice import rtc_configuration
@@ -55,14 +56,6 @@ _ask_for_opus_fec()
 VOICE_SECONDS = 2.0
 #: Opus payloads kept between two audio ticks; more means the mix has stalled.
 AUDIO_BACKLOG = 25
-
-
-class OpusPacket(NamedTuple):
-    """A peer's Opus packet as it came, and its RTP timestamp (48 kHz, modulo 2**32): where it
-    belongs in the peer's audio, so that the mixer sees what is missing or late."""
-
-    data: bytes
-    timestamp: int
 
 
 #: The H.264 profiles answered: constrained baseline (what the encoder makes) first,
@@ -130,7 +123,7 @@ class Participant:
         self.pc: RTCPeerConnection | None = None
         self.video_out = PacketTrack("video", keyframe_grace=KEYFRAME_GRACE)
         self.video_out.keyframe_requested = lambda reason: request_keyframe(self.video_out, reason)
-        #: Its downstream link as its RTCP says (mcu/rooms/link.py), and, with a ladder, what moves it
+        #: Its downstream link as its RTCP says (mcu/rtc/link.py), and, with a ladder, what moves it
         #: between tiers (mcu/rooms/adaptation.py); without one it keeps its ceiling.
         self.controller = None if ladder is None else Controller(ladder, tier, now)
         controller = self.controller

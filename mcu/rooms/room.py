@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from compositor.layout import Layout, last_n, parse_layout
+from mcu.config import DEFAULT_TIER, Config
 from mcu.media.audio_pipeline import AudioPipeline
 from mcu.media.video_pipeline import VideoPipeline
 from mcu.media.video_process import PLI_INTERVAL, SceneSpec, TileSpec
@@ -19,12 +20,11 @@ from mcu.rooms.participant import Participant
 from mcu.rooms.recording import Recording
 from mcu.rooms.sfu import Forwarder
 from mcu.rtc.receiver import send_pli, video_losses
-from mcu.server.config import DEFAULT_TIER, Config
 from signaling import grants
 
 #: How often each receiver's controller looks at its feedback (mcu/rooms/adaptation.py).
 ADAPT_INTERVAL = 0.1
-#: The RTCP feedback counted per receiver (mcu/rooms/link.py LinkStats) and summed per room.
+#: The RTCP feedback counted per receiver (mcu/rtc/link.py LinkStats) and summed per room.
 FEEDBACK_COUNTS = ("reports", "rembs", "nacks", "nacked_packets", "plis", "absurd_rembs", "foreign_reports")
 
 
@@ -145,7 +145,7 @@ class Room:
                     self.on_tier(participant, switch)
 
     def links(self) -> dict[str, dict]:
-        """Each receiver's tier and link, as its RTCP reports it (mcu/rooms/link.py, mcu/rooms/adaptation.py)."""
+        """Each receiver's tier and link, as its RTCP reports it (mcu/rtc/link.py, mcu/rooms/adaptation.py)."""
         links = {}
         for peer_id, participant in self.participants.items():
             controller = participant.controller

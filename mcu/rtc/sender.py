@@ -15,7 +15,7 @@ the kernel segments them). What aiortc's sender keeps doing, it keeps doing: RTC
 reports (from the counters updated here), REMB, stats; PLI/FIR reach the track's
 `request_keyframe` (the shared encoder, or the forwarded publisher); NACKs are answered
 from this module's own history, with RTX where negotiated, within a budget. Every RTCP
-packet routed to the sender is also shown to a `LinkMonitor` (mcu/rooms/link.py), and
+packet routed to the sender is also shown to a `LinkMonitor` (mcu/rtc/link.py), and
 `DirectSender.probe` pads the stream to try a higher rate (mcu/rooms/adaptation.py). It relies
 on aiortc internals (tests/test_aiortc_internals.py covers them), all of them here.
 """
@@ -28,6 +28,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import av
 from aiortc import RTCRtpSender
@@ -37,10 +38,9 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtcpSenderInfo, RtcpSrPacket, RtpPacket
 from aiortc.utils import random16, random32, uint16_add, uint32_add
 
-from mcu.media.tracks import PacketTrack
-from mcu.rooms.link import LinkMonitor
 from mcu.rtc import wallclock
 from mcu.rtc.datagrams import send_rtp
+from mcu.rtc.link import LinkMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,22 @@ PROBE_TICK = 0.01
 #: receiver waits between its reports, and then some), so that the receiver's next report
 #: echoes the probe's (a receiver echoes only the last it got).
 ECHO_HOLD = 1.8
+
+
+class DirectTrack(Protocol):
+    """What a sender needs of the track it sends (mcu/media/tracks.py `PacketTrack`): packets pushed to
+    the `DirectSender` attached to it, and keyframe requests routed back to whatever feeds it."""
+
+    @property
+    def direct(self) -> object | None: ...
+
+    def attach(self, direct: DirectSender) -> None: ...
+
+    def detach(self, direct: DirectSender) -> None: ...
+
+    async def ended(self) -> None: ...
+
+    def request_keyframe(self, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -269,7 +285,7 @@ class DirectSender:
         lost, finds its NACK list full and asks for a keyframe (of its new tier: nothing is
         answered from the cleared history). The receiver's next report counts the gap as lost:
         the controller ignores reports for a while after a switch (mcu/rooms/adaptation.py SETTLE_SECONDS),
-        and the link believes none until one is about the new stream alone (mcu/rooms/link.py `skipped`):
+        and the link believes none until one is about the new stream alone (mcu/rtc/link.py `skipped`):
         under load that report came 3.2 s after a move down, past the settling, and its 94 %
         "lost" moved a 750 kbit/s peer from `low` to audio only.
         """
@@ -355,7 +371,7 @@ class DirectSender:
             self._probe = None
 
 
-def send_directly(sender: RTCRtpSender, track: PacketTrack, link: LinkMonitor | None = None) -> None:
+def send_directly(sender: RTCRtpSender, track: DirectTrack, link: LinkMonitor | None = None) -> None:
     """Make `sender` send `track`'s packets as they are pushed instead of in aiortc's RTP task.
 
     Call it before the sender starts (when its transceiver is made). aiortc still
@@ -397,7 +413,7 @@ def send_directly(sender: RTCRtpSender, track: PacketTrack, link: LinkMonitor | 
         _watch_rtcp(sender, track, link)
 
 
-def _watch_rtcp(sender: RTCRtpSender, track: PacketTrack, link: LinkMonitor) -> None:
+def _watch_rtcp(sender: RTCRtpSender, track: DirectTrack, link: LinkMonitor) -> None:
     """Show `link` each RTCP packet routed to `sender` before aiortc handles it, with the LSR and send
     time of aiortc's last sender report (for each report's own round trip)."""
     handle = sender._handle_rtcp_packet

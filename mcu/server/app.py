@@ -6,12 +6,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from mcu.config import Config
+from mcu.media.allocator import Trimmer
 from mcu.media.video_pipeline import prepare_process
 from mcu.rooms.conference import Conference
 from mcu.server import api
-from mcu.server.allocator import Trimmer
 from mcu.server.api import CONFERENCE
-from mcu.server.config import Config
 from mcu.server.metrics import add_metrics
 from signaling.websocket import websocket_handler
 

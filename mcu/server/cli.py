@@ -16,12 +16,12 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from compositor.layout import BUILT_IN
+from mcu import logs
+from mcu.config import DEFAULT_TIER, Config, Tier
 from mcu.media import offline
+from mcu.media.allocator import limit_arenas
 from mcu.rooms.recording import RecordingError, check_directory
-from mcu.server import logs
-from mcu.server.allocator import limit_arenas
 from mcu.server.app import create_app
-from mcu.server.config import DEFAULT_TIER, Config, Tier
 from mcu.server.front import create_front_app, end_with_parent
 from signaling import tokens
 from signaling.directory import DirectoryUnavailable, RedisDirectory

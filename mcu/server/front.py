@@ -35,7 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from mcu.server.config import Config
+from mcu.config import Config
 from signaling import protocol
 from signaling.directory import Directory, DirectoryUnavailable, Load, MemoryDirectory
 from signaling.protocol import Join, ProtocolError

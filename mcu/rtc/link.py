@@ -59,7 +59,7 @@ class LinkStats:
     #: Feedback ignored: absurd REMBs, report blocks about other SSRCs.
     absurd_rembs: int = 0
     foreign_reports: int = 0
-    #: Reports about the stream before a move down's jump (mcu/rooms/link.py `skipped`): read, not believed.
+    #: Reports about the stream before a move down's jump (mcu/rtc/link.py `skipped`): read, not believed.
     old_stream_reports: int = 0
 
     def describe(self) -> dict:
