@@ -28,7 +28,7 @@ from compositor.video import Compositor, Tile
 AUDIO_AHEAD_SECONDS = 30
 
 
-class ComposeError(Exception):
+class OfflineError(Exception):
     """An input cannot be read, or has neither audio nor video."""
 
 
@@ -39,12 +39,12 @@ class _Input:
         try:
             self._container = av.open(path)
         except (OSError, av.FFmpegError) as exc:
-            raise ComposeError(f"{path}: {exc}") from exc
+            raise OfflineError(f"{path}: {exc}") from exc
         self.name = Path(path).stem
         video = self._container.streams.video[:1]
         audio = self._container.streams.audio[:1]
         if not video and not audio:
-            raise ComposeError(f"{path}: no audio or video stream")
+            raise OfflineError(f"{path}: no audio or video stream")
         self.has_video = bool(video)
         self.duration = self._duration()
         self._frames: Iterator[av.VideoFrame | av.AudioFrame] = self._container.decode(*video, *audio)
@@ -93,7 +93,7 @@ class _Input:
         self._container.close()
 
 
-def compose(
+def render(
     inputs: list[str],
     output: str,
     width: int = 1280,
@@ -191,10 +191,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     width, height = args.size
     try:
-        duration = compose(
+        duration = render(
             args.inputs, args.output, width, height, args.fps, args.layout, args.video_bitrate, progress=sys.stderr
         )
-    except ComposeError as exc:
+    except OfflineError as exc:
         print(f"mcu compose: {exc}", file=sys.stderr)
         return 1
     print(f"mcu compose: wrote {args.output} ({duration:.1f} s, {len(args.inputs)} participants)", file=sys.stderr)
