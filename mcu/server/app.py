@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from aiohttp import web
 
 from mcu.config import Config
@@ -13,9 +11,8 @@ from mcu.rooms.conference import Conference
 from mcu.server import api
 from mcu.server.api import CONFERENCE
 from mcu.server.metrics import add_metrics
+from mcu.server.page import add_page
 from signaling.websocket import websocket_handler
-
-WEB_ROOT = Path(__file__).resolve().parent.parent / "client" / "web"
 
 
 def create_app(config: Config) -> web.Application:
@@ -29,9 +26,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     api.add_routes(app)
     add_metrics(app, conference)
-    app.router.add_get("/", _index)
-    if WEB_ROOT.is_dir():
-        app.router.add_static("/static/", WEB_ROOT)
+    add_page(app)
 
     async def close_conference(app: web.Application) -> None:
         await conference.close()
@@ -46,10 +41,3 @@ async def _healthz(request: web.Request) -> web.Response:
     rooms = {name: room.stats() for name, room in conference.rooms.items()}
     peers = sum(room["peers"] for room in rooms.values())
     return web.json_response({"status": "ok", "peers": peers, "rooms": rooms})
-
-
-async def _index(request: web.Request) -> web.StreamResponse:
-    index = WEB_ROOT / "index.html"
-    if not index.is_file():
-        raise web.HTTPNotFound(text="The web client is not installed.")
-    return web.FileResponse(index)

@@ -36,6 +36,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from mcu.config import Config
+from mcu.server.page import add_page
 from signaling import protocol
 from signaling.directory import Directory, DirectoryUnavailable, Load, MemoryDirectory
 from signaling.protocol import Join, ProtocolError
@@ -53,7 +54,6 @@ LOCAL_LEASE_SECONDS = 60.0
 #: How often the front measures its workers, renews its leases and announces its load.
 HEARTBEAT_SECONDS = 1.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-WEB_ROOT = Path(__file__).resolve().parent.parent / "client" / "web"
 
 
 @dataclass
@@ -553,12 +553,7 @@ def create_front_app(config: Config, argv: list[str], workers: int, cluster: Dir
     app.router.add_get("/metrics", front.metrics)
     app.router.add_route("*", "/api/rooms/{room}{tail:(/.*)?}", front.api_room)
 
-    async def index(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(WEB_ROOT / "index.html")
-
-    app.router.add_get("/", index)
-    if WEB_ROOT.is_dir():
-        app.router.add_static("/static/", WEB_ROOT)
+    add_page(app)
 
     async def start(app: web.Application) -> None:
         await front.start()
