@@ -304,8 +304,8 @@ def summary(peers: list[LoadPeer], args: argparse.Namespace, window: tuple[float
             "errors": p.errors,
             "server_errors": [e.get("code") for e in p.peer.errors],
             # The server's last word on its video (mcu rooms): on screen, and whether it is wanted.
-            "on_screen": (p.peer.visibility or {}).get("onScreen"),
-            "send_video": (p.peer.visibility or {}).get("sendVideo"),
+            "on_screen": p.peer.visibility.on_screen if p.peer.visibility else None,
+            "send_video": p.peer.visibility.send_video if p.peer.visibility else None,
         }
         row.update(rates(first, last) if p.window_start is not None else {})
         row.update({f"kbps_out_{state}_screen": p.upload.kbps(state) for state in ("on", "off")})
