@@ -62,7 +62,9 @@ def impair_ice(pc: RTCPeerConnection, links: ImpairedIce) -> None:
         transports.append(pc.sctp.transport)
     connections = {id(c): c for c in (dtls.transport._connection for dtls in transports if dtls is not None)}
     for connection in connections.values():
-        for protocol in connection._protocols:
+        # Patched in place, which aioice's types do not foresee.
+        protocols: list[Any] = connection._protocols
+        for protocol in protocols:
             if getattr(protocol, "_impaired_by", None) is links:
                 continue
             protocol.transport = _ImpairedTransport(protocol.transport, links.up)

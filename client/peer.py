@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import deque
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import aiohttp
@@ -29,6 +29,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from compositor.playout import PlayoutCounts
@@ -295,8 +296,9 @@ class Peer:
         pc = RTCPeerConnection(rtc_configuration(ice_servers, self._ice_transport_policy))
         for kind, source in (("audio", self._audio_source), ("video", self._video_source)):
             transceiver = pc.addTransceiver(source if source is not None else kind, direction="sendrecv")
-            if hasattr(source, "attach_sender"):
-                source.attach_sender(transceiver.sender)  # a pre-encoded track that sends its levels
+            attach_sender = getattr(source, "attach_sender", None)
+            if attach_sender is not None:
+                attach_sender(transceiver.sender)  # a pre-encoded track that sends its levels
             if kind == "video" and self.video_codec:
                 transceiver.setCodecPreferences(_codecs_of(self.video_codec))
         # Created before the offer, so that the offer carries the data channel section.
@@ -483,7 +485,7 @@ class Peer:
     async def _consume_video(self, track: MediaStreamTrack) -> None:
         try:
             while True:
-                frame = await track.recv()
+                frame = cast(av.VideoFrame, await track.recv())
                 now = time.monotonic()
                 if self.first_frame_time is None:
                     self.first_frame_time = now
@@ -498,7 +500,8 @@ class Peer:
         """Count encoded frames and bytes: a load peer's receiving costs no decode."""
         try:
             while True:
-                frame = await track.recv()
+                # install_encoded_receiver() made the track yield its frames undecoded.
+                frame = cast(JitterFrame, await track.recv())
                 if track.kind == "video":
                     if self.first_frame_time is None:
                         self.first_frame_time = time.monotonic()
