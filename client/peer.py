@@ -37,6 +37,7 @@ from mcu.rtc.header_extensions import install_tolerant_extensions
 from mcu.rtc.jitter import DOWNLINK_MAX_WAIT, DOWNLINK_NACK_RETRY, DOWNLINK_NACK_TRIES
 from mcu.rtc.receiver import install_encoded_receiver, install_video_jitter_buffer
 from signaling import chat, protocol
+from signaling.chat import ChatMessage
 from signaling.ice import is_loopback_host, is_turn_url, rtc_configuration, use_host_addresses
 
 from .impaired_ice import ImpairedIce, impair_ice
@@ -118,17 +119,18 @@ class Peer:
         self.layout: str | dict[str, Any] | None = None
         #: The tier the server last said it sends us (`tier`; None: the one asked for at join).
         self.received_tier: str | None = None
-        #: Every message from the server as it came, and the `error` ones among them.
+        #: Every message from the server as it came (those of a type it does not act on too), and
+        #: the `error` ones among them, read.
         self.events: list[dict[str, Any]] = []
-        self.errors: list[dict[str, Any]] = []
+        self.errors: list[protocol.Error] = []
         #: The server's last `joined` (its ICE servers and the participants to offer to in a mesh room).
         self._joined_message: protocol.Joined | None = None
         self.pc: RTCPeerConnection | None = None
         #: The "chat" data channel, the chat messages received (own ones included,
         #: as the server echoes them) and the errors it sent back on the channel.
         self.chat_channel: RTCDataChannel | None = None
-        self.chat_messages: list[dict[str, Any]] = []
-        self.chat_errors: list[dict[str, Any]] = []
+        self.chat_messages: list[ChatMessage] = []
+        self.chat_errors: list[protocol.Error] = []
         #: The latest decoded composite picture and counters about it.
         self.video_frame: av.VideoFrame | None = None
         self.video_frames = 0
@@ -287,10 +289,10 @@ class Peer:
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except asyncio.TimeoutError:
-            detail = f": {self.errors[-1]['message']}" if self.errors else ""
+            detail = f": {self.errors[-1].message}" if self.errors else ""
             raise PeerError(f"no {what} from the server{detail}") from None
         if self.errors and what == "join" and not self.peer_id:
-            raise PeerError(self.errors[-1]["message"])
+            raise PeerError(self.errors[-1].message)
 
     def _create_peer_connection(self, ice_servers: list[dict]) -> RTCPeerConnection:
         pc = RTCPeerConnection(rtc_configuration(ice_servers, self._ice_transport_policy))
@@ -347,10 +349,10 @@ class Peer:
                 logger.warning("server message not understood (%s): %.200s", exc.message, msg.data)
                 continue
             if typed is not None:
-                await self._on_message(typed, message)
+                await self._on_message(typed)
 
-    async def _on_message(self, message: protocol.ServerMessage, raw: dict[str, Any]) -> None:
-        """Act on one message of the server (`raw`: as it came, for the records kept of errors)."""
+    async def _on_message(self, message: protocol.ServerMessage) -> None:
+        """Act on one message of the server."""
         match message:
             case protocol.Relayed() if self.mesh is not None:
                 await self.mesh.handle(message)  # relayed by the server from another peer
@@ -404,7 +406,7 @@ class Peer:
                         self.outgoing_video.pause()
             case protocol.Error():
                 logger.warning("server error %s: %s", message.code, message.message)
-                self.errors.append(raw)
+                self.errors.append(message)
                 if not self._joined.is_set():
                     self._joined.set()
                 if message.code == protocol.RECONNECT and self.peer_id is not None:
@@ -476,11 +478,11 @@ class Peer:
         except protocol.ProtocolError as exc:
             logger.warning("chat: a message not understood (%s)", exc.message)
             return
-        if isinstance(typed, chat.ChatMessage):
-            self.chat_messages.append(message)
+        if isinstance(typed, ChatMessage):
+            self.chat_messages.append(typed)
         elif isinstance(typed, protocol.Error):
             logger.warning("chat error %s: %s", typed.code, typed.message)
-            self.chat_errors.append(message)
+            self.chat_errors.append(typed)
 
     async def _consume_video(self, track: MediaStreamTrack) -> None:
         try:

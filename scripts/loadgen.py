@@ -302,7 +302,7 @@ def summary(peers: list[LoadPeer], args: argparse.Namespace, window: tuple[float
             "state": p.state,
             "error": p.error,
             "errors": p.errors,
-            "server_errors": [e.get("code") for e in p.peer.errors],
+            "server_errors": [e.code for e in p.peer.errors],
             # The server's last word on its video (mcu rooms): on screen, and whether it is wanted.
             "on_screen": p.peer.visibility.on_screen if p.peer.visibility else None,
             "send_video": p.peer.visibility.send_video if p.peer.visibility else None,
