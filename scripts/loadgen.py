@@ -89,9 +89,9 @@ def counters(peer: Peer) -> Counters:
 def screen_state(peer: Peer) -> str | None:
     """Whether the peer is "on" or "off" screen as the server's last `visibility` said (mcu rooms); None until told."""
     visibility = getattr(peer, "visibility", None)
-    if not visibility:
+    if visibility is None:
         return None
-    return "on" if visibility.get("onScreen") else "off"
+    return "on" if visibility.on_screen else "off"
 
 
 @dataclass
