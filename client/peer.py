@@ -119,8 +119,8 @@ class Peer:
         self.layout: str | dict[str, Any] | None = None
         #: The tier the server last said it sends us (`tier`; None: the one asked for at join).
         self.received_tier: str | None = None
-        #: Every message from the server as it came (those of a type it does not act on too), and
-        #: the `error` ones among them, read.
+        #: Every message from the server as it came, those it does not act on too (`speaking`...),
+        #: and the `error` ones among them as read.
         self.events: list[dict[str, Any]] = []
         self.errors: list[protocol.Error] = []
         #: The server's last `joined` (its ICE servers and the participants to offer to in a mesh room).
@@ -163,7 +163,7 @@ class Peer:
         self._answered = asyncio.Event()
         self._chat_open = asyncio.Event()
         #: The mode of the room joined (`joined`), and in sfu rooms the server's last map of
-        #: mid -> {"peerId", "kind"} with the tracks received on those mids.
+        #: mid -> publisher and kind, with the tracks received on those mids.
         self.room_mode: str | None = None
         self._sfu_tracks: dict[str, protocol.ForwardedTrack] = {}
         self._sfu_received: dict[str, tuple[str | None, MediaStreamTrack]] = {}

@@ -465,8 +465,8 @@ def joined(
 
 
 def answer(sdp: str) -> dict:
-    """The server's SDP answer; it carries all of the server's ICE candidates."""
-    return {"type": "answer", "sdp": sdp}
+    """The server's SDP answer; it carries all of the server's ICE candidates (a client's answer's shape)."""
+    return Answer(sdp).to_message()
 
 
 def server_offer(sdp: str, tracks: list[dict]) -> dict:
