@@ -69,7 +69,8 @@ class MeshLinks:
                     await self.on_candidate(sender, message)
         except Exception:
             # Another peer's SDP or candidate that aiortc refuses costs that link, not our session.
-            logger.warning("mesh: %s from %s could not be applied", type(message).__name__, sender, exc_info=True)
+            kind = type(message).__name__.lower()
+            logger.warning("mesh: %s from %s could not be applied", kind, sender, exc_info=True)
 
     async def offer_to(self, peer_id: str) -> None:
         """Open a connection to `peer_id` (we are the newcomer): offer our media."""
