@@ -8,11 +8,11 @@ import logging
 import os
 import sys
 import time
-from typing import Any
 
 from aiortc import MediaStreamTrack
 from aiortc.contrib.media import MediaPlayer
 
+from signaling.chat import ChatMessage
 from signaling.protocol import MODES
 
 from .impairment import parse_spec
@@ -90,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_chat(message: dict[str, Any]) -> str:
+def format_chat(message: ChatMessage) -> str:
     """A chat line as a person reads it: `[HH:MM:SS] name: text`, in local time."""
-    stamp = time.strftime("%H:%M:%S", time.localtime(message["timestamp"] / 1000))
-    return f"[{stamp}] {message['name']}: {message['text']}"
+    stamp = time.strftime("%H:%M:%S", time.localtime(message.timestamp / 1000))
+    return f"[{stamp}] {message.name}: {message.text}"
 
 
 async def run_join(args: argparse.Namespace) -> int:
@@ -139,7 +139,7 @@ async def run_join(args: argparse.Namespace) -> int:
                 print(format_chat(message), flush=True)
             chats = len(peer.chat_messages)
             for error in peer.chat_errors[chat_errors:]:
-                print(f"chat error {error['code']}: {error['message']}", flush=True)
+                print(f"chat error {error.code}: {error.message}", flush=True)
             chat_errors = len(peer.chat_errors)
         print(f"received {peer.video_frames} video frames, {peer.audio_frames} audio frames", flush=True)
         if peer.impaired is not None:

@@ -49,7 +49,7 @@ def encode_video_clip(
     codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
     codec.bit_rate = bitrate
     codec.time_base = fractions.Fraction(1, fps)
-    codec.framerate = fps
+    codec.framerate = fractions.Fraction(fps)
     codec.gop_size = 2 * frames
     codec.thread_count = 1
     rate = str(bitrate)

@@ -20,6 +20,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.sdp import candidate_from_sdp
 
 from signaling.ice import rtc_configuration
+from signaling.protocol import Answer, Candidate, Offer, Relayed
 
 logger = logging.getLogger(__name__)
 
@@ -55,18 +56,20 @@ class MeshLinks:
         #: The peers whose answer to our offer has arrived.
         self.answered: set[str] = set()
 
-    async def handle(self, message: dict[str, Any]) -> None:
-        """A relayed ``offer``, ``answer`` or ``candidate`` (it carries ``from``, the sender's peerId)."""
-        sender, kind = message["from"], message["type"]
+    async def handle(self, relayed: Relayed) -> None:
+        """Another peer's ``offer``, ``answer`` or ``candidate``, relayed by the server."""
+        sender, message = relayed.sender, relayed.message
         try:
-            if kind == "offer":
-                await self.on_offer(sender, message["sdp"])
-            elif kind == "answer":
-                await self.on_answer(sender, message["sdp"])
-            elif kind == "candidate":
-                await self.on_candidate(sender, message["candidate"])
+            match message:
+                case Offer():
+                    await self.on_offer(sender, message.sdp)
+                case Answer():
+                    await self.on_answer(sender, message.sdp)
+                case Candidate():
+                    await self.on_candidate(sender, message)
         except Exception:
             # Another peer's SDP or candidate that aiortc refuses costs that link, not our session.
+            kind = type(message).__name__.lower()
             logger.warning("mesh: %s from %s could not be applied", kind, sender, exc_info=True)
 
     async def offer_to(self, peer_id: str) -> None:
@@ -79,7 +82,7 @@ class MeshLinks:
         await pc.setLocalDescription(await pc.createOffer())
         if self._gathered is not None:
             self._gathered(pc)
-        await self._send({"type": "offer", "to": peer_id, "sdp": pc.localDescription.sdp})
+        await self._send(Offer(pc.localDescription.sdp, to=peer_id).to_message())
 
     async def on_offer(self, peer_id: str, sdp: str) -> None:
         """A newcomer (or a renegotiating peer) offers: answer with our media."""
@@ -92,7 +95,7 @@ class MeshLinks:
         await pc.setLocalDescription(await pc.createAnswer())
         if self._gathered is not None:
             self._gathered(pc)
-        await self._send({"type": "answer", "to": peer_id, "sdp": pc.localDescription.sdp})
+        await self._send(Answer(pc.localDescription.sdp, to=peer_id).to_message())
 
     async def on_answer(self, peer_id: str, sdp: str) -> None:
         pc = self.pcs.get(peer_id)
@@ -100,17 +103,17 @@ class MeshLinks:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
             self.answered.add(peer_id)
 
-    async def on_candidate(self, peer_id: str, init: dict[str, Any]) -> None:
+    async def on_candidate(self, peer_id: str, trickled: Candidate) -> None:
         """A trickled candidate of `peer_id` (browsers trickle; aiortc puts all in its SDP)."""
         pc = self.pcs.get(peer_id)
         if pc is None or pc.remoteDescription is None:
             return
-        if not init.get("candidate"):
+        if not trickled.candidate:
             await pc.addIceCandidate(None)
             return
-        candidate = candidate_from_sdp(init["candidate"].removeprefix("candidate:"))
-        candidate.sdpMid = init.get("sdpMid")
-        candidate.sdpMLineIndex = init.get("sdpMLineIndex")
+        candidate = candidate_from_sdp(trickled.candidate.removeprefix("candidate:"))
+        candidate.sdpMid = trickled.sdp_mid
+        candidate.sdpMLineIndex = trickled.sdp_mline_index
         await pc.addIceCandidate(candidate)
 
     async def drop(self, peer_id: str) -> None:

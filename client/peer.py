@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import deque
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import aiohttp
@@ -29,13 +29,15 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from compositor.playout import PlayoutCounts
 from mcu.rtc.header_extensions import install_tolerant_extensions
 from mcu.rtc.jitter import DOWNLINK_MAX_WAIT, DOWNLINK_NACK_RETRY, DOWNLINK_NACK_TRIES
 from mcu.rtc.receiver import install_encoded_receiver, install_video_jitter_buffer
-from signaling import chat
+from signaling import chat, protocol
+from signaling.chat import ChatMessage
 from signaling.ice import is_loopback_host, is_turn_url, rtc_configuration, use_host_addresses
 
 from .impaired_ice import ImpairedIce, impair_ice
@@ -117,14 +119,18 @@ class Peer:
         self.layout: str | dict[str, Any] | None = None
         #: The tier the server last said it sends us (`tier`; None: the one asked for at join).
         self.received_tier: str | None = None
+        #: Every message from the server as it came, those it does not act on too (`speaking`...),
+        #: and the `error` ones among them as read.
         self.events: list[dict[str, Any]] = []
-        self.errors: list[dict[str, Any]] = []
+        self.errors: list[protocol.Error] = []
+        #: The server's last `joined` (its ICE servers and the participants to offer to in a mesh room).
+        self._joined_message: protocol.Joined | None = None
         self.pc: RTCPeerConnection | None = None
         #: The "chat" data channel, the chat messages received (own ones included,
         #: as the server echoes them) and the errors it sent back on the channel.
         self.chat_channel: RTCDataChannel | None = None
-        self.chat_messages: list[dict[str, Any]] = []
-        self.chat_errors: list[dict[str, Any]] = []
+        self.chat_messages: list[ChatMessage] = []
+        self.chat_errors: list[protocol.Error] = []
         #: The latest decoded composite picture and counters about it.
         self.video_frame: av.VideoFrame | None = None
         self.video_frames = 0
@@ -145,7 +151,7 @@ class Peer:
         self._audio: deque[np.ndarray] = deque(maxlen=AUDIO_KEEP_SECONDS * 50)
         #: The server's last `visibility` message (mcu rooms: whether our video is on screen, and wanted).
         #: Honouring it (the default) pauses our video upload while it is not wanted; the camera stays live.
-        self.visibility: dict[str, Any] | None = None
+        self.visibility: protocol.Visibility | None = None
         self.outgoing_video = PausableVideoTrack(video) if video is not None and honour_visibility else None
         self._video_source = self.outgoing_video if self.outgoing_video is not None else video
         self._audio_source = audio
@@ -157,9 +163,9 @@ class Peer:
         self._answered = asyncio.Event()
         self._chat_open = asyncio.Event()
         #: The mode of the room joined (`joined`), and in sfu rooms the server's last map of
-        #: mid -> {"peerId", "kind"} with the tracks received on those mids.
+        #: mid -> publisher and kind, with the tracks received on those mids.
         self.room_mode: str | None = None
-        self._sfu_tracks: dict[str, dict[str, Any]] = {}
+        self._sfu_tracks: dict[str, protocol.ForwardedTrack] = {}
         self._sfu_received: dict[str, tuple[str | None, MediaStreamTrack]] = {}
         #: Times this peer joined its room again after a `reconnect` error (its media server went away).
         self.reconnects = 0
@@ -171,31 +177,31 @@ class Peer:
         self._session = aiohttp.ClientSession()
         self._ws = await self._session.ws_connect(self.url)
         self._tasks.append(asyncio.ensure_future(self._read()))
-        join: dict[str, Any] = {"type": "join", "room": self.room, "name": self.name}
-        if self.token:
-            join["token"] = self.token
-        if self.tier:
-            join["tier"] = self.tier
-        if self.hide_self:
-            join["hideSelf"] = True
-        if self.mode:
-            join["mode"] = self.mode
-        await self.send(join)
+        join = protocol.Join(
+            self.room,
+            self.name,
+            token=self.token or None,
+            tier=self.tier or None,
+            hide_self=self.hide_self,
+            mode=self.mode or None,
+        )
+        await self.send(join.to_message())
         await self._wait(self._joined, timeout, "join")
-        joined = next(e for e in reversed(self.events) if e["type"] == "joined")
-        turn = [url for server in joined["iceServers"] for url in server["urls"] if is_turn_url(url)]
+        joined = self._joined_message
+        assert joined is not None
+        turn = [url for server in joined.ice_servers for url in server["urls"] if is_turn_url(url)]
         if self._ice_transport_policy == "relay" and not turn:
             raise PeerError("relay only: the server offers no TURN server")
         if self.mesh is not None:
-            await self._offer_to_everyone([p["peerId"] for p in joined["participants"]], timeout)
+            await self._offer_to_everyone([p.peer_id for p in joined.participants], timeout)
             return
         # A new peer connection (a first join, or one again after `reconnect`): mids start afresh.
         self._sfu_tracks.clear()
         self._sfu_received.clear()
-        self.pc = self._create_peer_connection(joined["iceServers"])
+        self.pc = self._create_peer_connection(joined.ice_servers)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self._impair(self.pc)
-        await self.send({"type": "offer", "sdp": self.pc.localDescription.sdp})
+        await self.send(protocol.Offer(self.pc.localDescription.sdp).to_message())
         await self._wait(self._answered, timeout, "answer")
 
     def _impair(self, pc: RTCPeerConnection) -> None:
@@ -223,22 +229,23 @@ class Peer:
         publisher.receive(track, transceiver.receiver, self._decode)
 
     async def send(self, message: dict[str, Any]) -> None:
+        """Send one message (a ``to_message()`` of signaling.protocol; tests also send malformed ones)."""
         assert self._ws is not None
         await self._ws.send_str(json.dumps(message))
 
     async def set_media(self, video: bool, audio: bool) -> None:
         """Tell the room what this peer sends: a camera off shows its placeholder."""
-        await self.send({"type": "setMedia", "video": video, "audio": audio})
+        await self.send(protocol.SetMedia(video=video, audio=audio).to_message())
 
     async def set_layout(self, layout: str | dict[str, Any]) -> None:
         """Change the room's layout: "grid", "speaker", "pip" or {"regions": [...]} (needs the layout grant)."""
-        await self.send({"type": "setLayout", "layout": layout})
+        await self.send(protocol.SetLayout(layout).to_message())
 
     async def chat(self, text: str, timeout: float = 10) -> None:
         """Send a chat message to the room, once the chat channel is open."""
         await self._wait(self._chat_open, timeout, "chat channel")
         assert self.chat_channel is not None
-        self.chat_channel.send(json.dumps({"type": "chat", "text": text}, ensure_ascii=False))
+        self.chat_channel.send(chat.say(text))
 
     async def wait_for(self, predicate, timeout: float) -> None:
         """Poll `predicate()` until true, or raise TimeoutError after `timeout` s."""
@@ -259,7 +266,7 @@ class Peer:
     async def close(self) -> None:
         if self._ws is not None and not self._ws.closed:
             try:
-                await self.send({"type": "leave"})
+                await self.send(protocol.Leave().to_message())
             except ConnectionError:
                 pass
             await self._ws.close()
@@ -282,17 +289,18 @@ class Peer:
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except asyncio.TimeoutError:
-            detail = f": {self.errors[-1]['message']}" if self.errors else ""
+            detail = f": {self.errors[-1].message}" if self.errors else ""
             raise PeerError(f"no {what} from the server{detail}") from None
         if self.errors and what == "join" and not self.peer_id:
-            raise PeerError(self.errors[-1]["message"])
+            raise PeerError(self.errors[-1].message)
 
     def _create_peer_connection(self, ice_servers: list[dict]) -> RTCPeerConnection:
         pc = RTCPeerConnection(rtc_configuration(ice_servers, self._ice_transport_policy))
         for kind, source in (("audio", self._audio_source), ("video", self._video_source)):
             transceiver = pc.addTransceiver(source if source is not None else kind, direction="sendrecv")
-            if hasattr(source, "attach_sender"):
-                source.attach_sender(transceiver.sender)  # a pre-encoded track that sends its levels
+            attach_sender = getattr(source, "attach_sender", None)
+            if attach_sender is not None:
+                attach_sender(transceiver.sender)  # a pre-encoded track that sends its levels
             if kind == "video" and self.video_codec:
                 transceiver.setCodecPreferences(_codecs_of(self.video_codec))
         # Created before the offer, so that the offer carries the data channel section.
@@ -334,62 +342,74 @@ class Peer:
                 break
             message = json.loads(msg.data)
             self.events.append(message)
-            kind = message.get("type")
-            if "from" in message and self.mesh is not None:
+            try:
+                typed = protocol.read_server_message(message)
+            except protocol.ProtocolError as exc:
+                # A server of another version: what we cannot read costs that message, not the session.
+                logger.warning("server message not understood (%s): %.200s", exc.message, msg.data)
+                continue
+            if typed is not None:
+                await self._on_message(typed)
+
+    async def _on_message(self, message: protocol.ServerMessage) -> None:
+        """Act on one message of the server."""
+        match message:
+            case protocol.Relayed() if self.mesh is not None:
                 await self.mesh.handle(message)  # relayed by the server from another peer
-            elif kind == "joined":
-                self.peer_id = message["peerId"]
-                self.participants = {p["peerId"]: p["name"] for p in message["participants"]}
-                self.layout = message.get("layout")
-                self.room_mode = message.get("mode")
+            case protocol.Joined():
+                self._joined_message = message
+                self.peer_id = message.peer_id
+                self.participants = {p.peer_id: p.name for p in message.participants}
+                self.layout = message.layout
+                self.room_mode = message.mode
                 self.visibility = None
                 if self.outgoing_video is not None:
                     self.outgoing_video.resume()  # a room joined (again) wants our video until it says otherwise
                 if self.mesh is not None:
                     await self.mesh.close()  # joined again (reconnect): the old links are gone
                     self.mesh = None
-                if message.get("mode") == "mesh":
+                if message.mode == "mesh":
                     # Made here, not in join(): a later newcomer's offer may come next.
                     sources = [s for s in (self._audio_source, self._video_source) if s is not None]
                     self.mesh = MeshLinks(
                         self.send,
-                        message["iceServers"],
+                        message.ice_servers,
                         sources,
                         self._on_remote_track,
                         self._ice_transport_policy,
                         gathered=self._impair,
                     )
                 self._joined.set()
-            elif kind == "answer" and self.pc is not None:
-                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="answer"))
+            case protocol.ServerAnswer() if self.pc is not None:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=message.sdp, type="answer"))
                 self._answered.set()
-            elif kind == "offer" and self.pc is not None:
+            case protocol.ServerOffer() if self.pc is not None:
                 await self._answer_server(message)
-            elif kind == "participantJoined":
-                self.participants[message["peerId"]] = message["name"]
-            elif kind == "participantLeft":
-                self.participants.pop(message["peerId"], None)
+            case protocol.ParticipantJoined():
+                self.participants[message.peer_id] = message.name
+            case protocol.ParticipantLeft():
+                self.participants.pop(message.peer_id, None)
                 if self.mesh is not None:
-                    await self.mesh.drop(message["peerId"])
-                    if (publisher := self.remote.get(message["peerId"])) is not None:
+                    await self.mesh.drop(message.peer_id)
+                    if (publisher := self.remote.get(message.peer_id)) is not None:
                         publisher.end()
-            elif kind == "layoutChanged":
-                self.layout = message["layout"]
-            elif kind == "tier":
-                self.received_tier = message["tier"]
-            elif kind == "visibility":
+            case protocol.LayoutChanged():
+                self.layout = message.layout
+            case protocol.Tier():
+                self.received_tier = message.tier
+            case protocol.Visibility():
                 self.visibility = message
                 if self.outgoing_video is not None:
-                    if message.get("sendVideo", True):
+                    if message.send_video:
                         self.outgoing_video.resume()
                     else:
                         self.outgoing_video.pause()
-            elif kind == "error":
-                logger.warning("server error %s: %s", message.get("code"), message.get("message"))
+            case protocol.Error():
+                logger.warning("server error %s: %s", message.code, message.message)
                 self.errors.append(message)
                 if not self._joined.is_set():
                     self._joined.set()
-                if message.get("code") == "reconnect" and self.peer_id is not None:
+                if message.code == protocol.RECONNECT and self.peer_id is not None:
                     self._tasks.append(asyncio.ensure_future(self._rejoin()))
 
     async def _rejoin(self) -> None:
@@ -421,22 +441,22 @@ class Peer:
         if entry is None:
             logger.warning("sfu: a track on mid %s that the server did not announce", transceiver.mid)
             return
-        self._sfu_received[transceiver.mid] = (entry["peerId"], track)  # type: ignore[index]
-        publisher = self.remote.setdefault(entry["peerId"], RemotePublisher(entry["peerId"]))
+        self._sfu_received[transceiver.mid] = (entry.peer_id, track)  # type: ignore[index]
+        publisher = self.remote.setdefault(entry.peer_id, RemotePublisher(entry.peer_id))
         publisher.receive(track, transceiver.receiver, self._decode)
 
-    async def _answer_server(self, message: dict[str, Any]) -> None:
+    async def _answer_server(self, message: protocol.ServerOffer) -> None:
         """sfu: the server's offer changes whose tracks we receive (new mids arrive as "track" events).
 
         A mid left out of its map has ended; a mid that went inactive before may come
         back carrying another publisher (the server reuses sections): same track, new owner.
         """
         assert self.pc is not None
-        self._sfu_tracks = {entry["mid"]: entry for entry in message.get("tracks", [])}
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
+        self._sfu_tracks = {entry.mid: entry for entry in message.tracks}
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=message.sdp, type="offer"))
         receivers = {t.mid: t.receiver for t in self.pc.getTransceivers()}
         for mid, (peer_id, track) in list(self._sfu_received.items()):
-            owner = self._sfu_tracks[mid]["peerId"] if mid in self._sfu_tracks else None
+            owner = self._sfu_tracks[mid].peer_id if mid in self._sfu_tracks else None
             if owner == peer_id:
                 continue
             if peer_id is not None and (publisher := self.remote.get(peer_id)) is not None:
@@ -445,7 +465,7 @@ class Peer:
             if owner is not None:
                 self.remote.setdefault(owner, RemotePublisher(owner)).receive(track, receivers[mid], self._decode)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        await self.send({"type": "answer", "sdp": self.pc.localDescription.sdp})
+        await self.send(protocol.Answer(self.pc.localDescription.sdp).to_message())
 
     def _on_chat(self, data: str | bytes) -> None:
         try:
@@ -453,17 +473,21 @@ class Peer:
         except ValueError:
             logger.warning("chat: a message that is not JSON")
             return
-        kind = message.get("type") if isinstance(message, dict) else None
-        if kind == "chat":
-            self.chat_messages.append(message)
-        elif kind == "error":
-            logger.warning("chat error %s: %s", message.get("code"), message.get("message"))
-            self.chat_errors.append(message)
+        try:
+            typed = chat.read_chat(message)
+        except protocol.ProtocolError as exc:
+            logger.warning("chat: a message not understood (%s)", exc.message)
+            return
+        if isinstance(typed, ChatMessage):
+            self.chat_messages.append(typed)
+        elif isinstance(typed, protocol.Error):
+            logger.warning("chat error %s: %s", typed.code, typed.message)
+            self.chat_errors.append(typed)
 
     async def _consume_video(self, track: MediaStreamTrack) -> None:
         try:
             while True:
-                frame = await track.recv()
+                frame = cast(av.VideoFrame, await track.recv())
                 now = time.monotonic()
                 if self.first_frame_time is None:
                     self.first_frame_time = now
@@ -478,7 +502,8 @@ class Peer:
         """Count encoded frames and bytes: a load peer's receiving costs no decode."""
         try:
             while True:
-                frame = await track.recv()
+                # install_encoded_receiver() made the track yield its frames undecoded.
+                frame = cast(JitterFrame, await track.recv())
                 if track.kind == "video":
                     if self.first_frame_time is None:
                         self.first_frame_time = time.monotonic()

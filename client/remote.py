@@ -11,10 +11,12 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import cast
 
 import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCRtpReceiver
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from mcu.rtc.jitter import DOWNLINK_MAX_WAIT, DOWNLINK_NACK_RETRY, DOWNLINK_NACK_TRIES
@@ -81,7 +83,7 @@ class RemotePublisher:
     async def _video(self, track: MediaStreamTrack) -> None:
         try:
             while True:
-                self.video_frame = await track.recv()
+                self.video_frame = cast(av.VideoFrame, await track.recv())
                 self._picture()
         except MediaStreamError:
             pass
@@ -89,7 +91,7 @@ class RemotePublisher:
     async def _sound(self, track: MediaStreamTrack) -> None:
         try:
             while True:
-                frame = await track.recv()
+                frame = cast(av.AudioFrame, await track.recv())
                 samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
                 self._audio.append(samples.mean(axis=1).astype(np.int16))
                 self.audio_frames += 1
@@ -99,7 +101,8 @@ class RemotePublisher:
     async def _count_encoded(self, track: MediaStreamTrack) -> None:
         try:
             while True:
-                frame = await track.recv()
+                # install_encoded_receiver() made the track yield its frames undecoded.
+                frame = cast(JitterFrame, await track.recv())
                 if track.kind == "video":
                     self._picture()
                     self.video_bytes += len(frame.data)

@@ -104,7 +104,7 @@ def latency_ms(stamp: int, arrival_ms: int) -> int:
 def luma_of(frame: av.VideoFrame) -> np.ndarray:
     """The Y plane of a yuv420p frame as a view (no copy)."""
     plane = frame.planes[0]
-    rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+    rows = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
     return rows[: frame.height, : frame.width]
 
 

@@ -47,6 +47,7 @@ from bench_room import (  # noqa: E402
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack  # noqa: E402
 from client.impairment import Impairment, Impairments  # noqa: E402
 from client.peer import Peer  # noqa: E402
+from signaling import protocol  # noqa: E402
 
 BEGIN, END = "<!-- bench_network:begin -->", "<!-- bench_network:end -->"
 #: The frame rate of each tier the server may move a receiver to (mcu/config.py); audio only has none.
@@ -130,8 +131,10 @@ class Result:
         return f"{self.last_fps / tier_fps:.0%}" if tier_fps else "(audio only)"
 
 
-def tier_moves(peer: Peer, seen: int) -> list[dict]:
-    return [event for event in peer.events[seen:] if event.get("type") == "tier"]
+def tier_moves(peer: Peer, seen: int) -> list[str]:
+    """The tiers the server moved `peer` to in its messages from the `seen`th on."""
+    messages = map(protocol.read_server_message, peer.events[seen:])
+    return [message.tier for message in messages if isinstance(message, protocol.Tier)]
 
 
 async def run_one(
@@ -177,8 +180,8 @@ async def run_one(
                 # Every picture decoded since the last look: frames held behind a hole come out together.
                 frame_times.extend([now] * (impaired.video_frames - frames))
                 frames = impaired.video_frames
-            for event in tier_moves(impaired, seen_events):
-                moves.append((now, event["tier"]))
+            for tier in tier_moves(impaired, seen_events):
+                moves.append((now, tier))
             seen_events = len(impaired.events)
             await asyncio.sleep(0.005)
         elapsed = loop.time() - start

@@ -89,9 +89,9 @@ def counters(peer: Peer) -> Counters:
 def screen_state(peer: Peer) -> str | None:
     """Whether the peer is "on" or "off" screen as the server's last `visibility` said (mcu rooms); None until told."""
     visibility = getattr(peer, "visibility", None)
-    if not visibility:
+    if visibility is None:
         return None
-    return "on" if visibility.get("onScreen") else "off"
+    return "on" if visibility.on_screen else "off"
 
 
 @dataclass
@@ -302,10 +302,10 @@ def summary(peers: list[LoadPeer], args: argparse.Namespace, window: tuple[float
             "state": p.state,
             "error": p.error,
             "errors": p.errors,
-            "server_errors": [e.get("code") for e in p.peer.errors],
+            "server_errors": [e.code for e in p.peer.errors],
             # The server's last word on its video (mcu rooms): on screen, and whether it is wanted.
-            "on_screen": (p.peer.visibility or {}).get("onScreen"),
-            "send_video": (p.peer.visibility or {}).get("sendVideo"),
+            "on_screen": p.peer.visibility.on_screen if p.peer.visibility else None,
+            "send_video": p.peer.visibility.send_video if p.peer.visibility else None,
         }
         row.update(rates(first, last) if p.window_start is not None else {})
         row.update({f"kbps_out_{state}_screen": p.upload.kbps(state) for state in ("on", "off")})

@@ -2,17 +2,19 @@
 Chat over a data channel: the messages a peer sends on its "chat" channel and the
 limits on them (``docs/protocol.md``, "Chat (data channel)").
 
-Pure validation and a token bucket, no networking, so the server's relay and the
-tests share one definition of what a peer may send.
+Pure validation, the messages' builders and readers, and a token bucket, no networking,
+so the server's relay, the Python client and the tests share one definition of what a
+peer may send and what it receives.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from .protocol import ProtocolError
+from .protocol import INVALID_MESSAGE, Error, ProtocolError, read_error, typed_field
 
 #: The label of the one data channel a client opens for chat.
 LABEL = "chat"
@@ -67,9 +69,48 @@ def parse_chat(data: str | bytes) -> str:
     return text
 
 
+def say(text: str) -> str:
+    """What a client sends on its chat channel, as JSON text (``parse_chat`` reads it).
+
+    Not ASCII-escaped: the size limit counts UTF-8 bytes, and an escape costs up to 12 for 4.
+    """
+    return json.dumps({"type": "chat", "text": text}, ensure_ascii=False)
+
+
 def chat(peer_id: str, name: str, text: str, timestamp: int) -> dict[str, Any]:
     """A relayed chat message: who sent it and when the server took it (ms since the epoch)."""
     return {"type": "chat", "from": peer_id, "name": name, "text": text, "timestamp": timestamp}
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """A chat message as the server relays it to everybody in the room (see :func:`chat`)."""
+
+    sender: str
+    name: str
+    text: str
+    #: When the server took it, in ms since the epoch.
+    timestamp: int
+
+
+def read_chat(obj: Any) -> ChatMessage | Error | None:
+    """The typed view of one decoded message of the chat channel; None for a type the client does not know.
+
+    :raises ProtocolError: ``invalid_message`` when a ``chat`` or ``error`` is malformed.
+    """
+    if not isinstance(obj, dict):
+        raise ProtocolError(INVALID_MESSAGE, "The message must be a JSON object.")
+    kind = typed_field(obj, "type", str, "type")
+    if kind == "error":
+        return read_error(obj)
+    if kind != "chat":
+        return None
+    return ChatMessage(
+        sender=typed_field(obj, "from", str, "from"),
+        name=typed_field(obj, "name", str, "name"),
+        text=typed_field(obj, "text", str, "text"),
+        timestamp=typed_field(obj, "timestamp", int, "timestamp"),
+    )
 
 
 class TokenBucket:

@@ -1,15 +1,18 @@
 """
 The signaling wire protocol: JSON text messages exchanged over the WebSocket.
 
-Every inbound message goes through :func:`parse_client_message`, so the rest of the
-server only ever sees well-formed, typed messages. Outbound messages are plain dicts
-built here so their shape is defined in one place. ``docs/protocol.md`` is the contract
-this module implements.
+Both ends speak through this module, so each message's shape is defined in one place.
+The server reads every inbound message with :func:`parse_client_message`, so the rest of
+it only ever sees well-formed, typed messages, and builds what it sends with the plain-dict
+builders below. The Python client builds what it sends with the same dataclasses
+(``to_message``) and reads what it receives with :func:`read_server_message`.
+``docs/protocol.md`` is the contract this module implements.
 """
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -102,6 +105,19 @@ class Join:
     #: The room's mode (one of MODES) if this join creates it; None: the server's default.
     mode: str | None = None
 
+    def to_message(self) -> dict[str, Any]:
+        """The wire form; optional fields at their default are left out, as the server reads them."""
+        message: dict[str, Any] = {"type": "join", "room": self.room, "name": self.name}
+        if self.token is not None:
+            message["token"] = self.token
+        if self.tier is not None:
+            message["tier"] = self.tier
+        if self.hide_self:
+            message["hideSelf"] = True
+        if self.mode is not None:
+            message["mode"] = self.mode
+        return message
+
 
 @dataclass(frozen=True)
 class Offer:
@@ -111,6 +127,9 @@ class Offer:
     #: Mesh rooms: the peerId of the participant it is for (the server relays it).
     to: str | None = None
 
+    def to_message(self) -> dict[str, Any]:
+        return _addressed({"type": "offer", "sdp": self.sdp}, self.to)
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -119,6 +138,9 @@ class Answer:
     sdp: str
     #: Mesh rooms: the peerId of the participant whose offer it answers (the server relays it).
     to: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        return _addressed({"type": "answer", "sdp": self.sdp}, self.to)
 
 
 @dataclass(frozen=True)
@@ -139,10 +161,16 @@ class Candidate:
         """The inner candidate object as the wire carries it (what a relay passes on)."""
         return {"candidate": self.candidate, "sdpMid": self.sdp_mid, "sdpMLineIndex": self.sdp_mline_index}
 
+    def to_message(self) -> dict[str, Any]:
+        return _addressed({"type": "candidate", "candidate": self.to_json()}, self.to)
+
 
 @dataclass(frozen=True)
 class Leave:
     """Leave the room; the WebSocket stays open and may join again."""
+
+    def to_message(self) -> dict[str, Any]:
+        return {"type": "leave"}
 
 
 @dataclass(frozen=True)
@@ -153,6 +181,15 @@ class ModerateAudio:
     muted: bool | None
     volume: float | None
 
+    def to_message(self) -> dict[str, Any]:
+        """The wire form: a field left as None is left out (it stays as it is)."""
+        message: dict[str, Any] = {"type": "moderateAudio", "peerId": self.peer_id}
+        if self.muted is not None:
+            message["muted"] = self.muted
+        if self.volume is not None:
+            message["volume"] = self.volume
+        return message
+
 
 @dataclass(frozen=True)
 class SetMedia:
@@ -161,15 +198,24 @@ class SetMedia:
     video: bool
     audio: bool
 
+    def to_message(self) -> dict[str, Any]:
+        return {"type": "setMedia", "video": self.video, "audio": self.audio}
+
 
 @dataclass(frozen=True)
 class StartRecording:
     """Record the room's composite and mix to a file on the server (grant ``record``)."""
 
+    def to_message(self) -> dict[str, Any]:
+        return {"type": "startRecording"}
+
 
 @dataclass(frozen=True)
 class StopRecording:
     """Stop the room's recording and finish its file (grant ``record``)."""
+
+    def to_message(self) -> dict[str, Any]:
+        return {"type": "stopRecording"}
 
 
 @dataclass(frozen=True)
@@ -182,6 +228,14 @@ class SetLayout:
 
     layout: str | dict[str, Any]
 
+    def to_message(self) -> dict[str, Any]:
+        return {"type": "setLayout", "layout": self.layout}
+
+
+def _addressed(message: dict[str, Any], to: str | None) -> dict[str, Any]:
+    """A mesh room's message names the peer it is for; any other goes to the server, without ``to``."""
+    return message if to is None else {**message, "to": to}
+
 
 ClientMessage = (
     Join | Offer | Answer | Candidate | Leave | SetMedia | StartRecording | StopRecording | SetLayout | ModerateAudio
@@ -193,10 +247,12 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_KIND_NAMES: dict[type, str] = {str: "a string", int: "an integer", dict: "an object", bool: "true or false"}
+_KIND_NAMES: dict[type, str] = {
+    str: "a string", int: "an integer", dict: "an object", bool: "true or false", list: "an array"
+}
 
 
-def _field(
+def typed_field(
     obj: dict[str, Any], key: str, kind: type, label: str, optional: bool = False
 ) -> Any:
     """
@@ -217,7 +273,7 @@ def _field(
 
 
 def _parse_join(obj: dict[str, Any]) -> Join:
-    room = _field(obj, "room", str, "room")
+    room = typed_field(obj, "room", str, "room")
     if not _ROOM_RE.fullmatch(room):
         raise ProtocolError(
             INVALID_ROOM,
@@ -225,7 +281,7 @@ def _parse_join(obj: dict[str, Any]) -> Join:
             "digits, underscore and hyphen.",
         )
 
-    name = _field(obj, "name", str, "name").strip()
+    name = typed_field(obj, "name", str, "name").strip()
     if not name:
         raise ProtocolError(INVALID_NAME, "The name must not be empty.")
     if len(name) > MAX_NAME_LENGTH:
@@ -237,17 +293,17 @@ def _parse_join(obj: dict[str, Any]) -> Join:
             INVALID_NAME,
             "The name must not contain control characters or invalid Unicode.",
         )
-    token = _field(obj, "token", str, "token", optional=True)
-    tier = _field(obj, "tier", str, "tier", optional=True)
-    hide_self = _field(obj, "hideSelf", bool, "hideSelf", optional=True) or False
-    mode = _field(obj, "mode", str, "mode", optional=True)
+    token = typed_field(obj, "token", str, "token", optional=True)
+    tier = typed_field(obj, "tier", str, "tier", optional=True)
+    hide_self = typed_field(obj, "hideSelf", bool, "hideSelf", optional=True) or False
+    mode = typed_field(obj, "mode", str, "mode", optional=True)
     if mode is not None and mode not in MODES:
         raise ProtocolError(UNKNOWN_MODE, f"The mode must be one of {', '.join(MODES)}, not {mode[:32]!r}.")
     return Join(room=room, name=name, token=token, tier=tier, hide_self=hide_self, mode=mode)
 
 
 def _parse_offer(obj: dict[str, Any]) -> Offer:
-    sdp = _field(obj, "sdp", str, "sdp")
+    sdp = typed_field(obj, "sdp", str, "sdp")
     if not _SDP_START_RE.match(sdp):
         raise ProtocolError(
             INVALID_SDP,
@@ -257,21 +313,21 @@ def _parse_offer(obj: dict[str, Any]) -> Offer:
         raise ProtocolError(
             INVALID_SDP, "The offer must contain an audio and a video media section."
         )
-    return Offer(sdp=sdp, to=_field(obj, "to", str, "to", optional=True))
+    return Offer(sdp=sdp, to=typed_field(obj, "to", str, "to", optional=True))
 
 
 def _parse_answer(obj: dict[str, Any]) -> Answer:
-    sdp = _field(obj, "sdp", str, "sdp")
+    sdp = typed_field(obj, "sdp", str, "sdp")
     if not _SDP_START_RE.match(sdp):
         raise ProtocolError(INVALID_SDP, 'The answer is not an SDP description: it must start with a "v=0" line.')
-    return Answer(sdp=sdp, to=_field(obj, "to", str, "to", optional=True))
+    return Answer(sdp=sdp, to=typed_field(obj, "to", str, "to", optional=True))
 
 
 def _parse_candidate(obj: dict[str, Any]) -> Candidate:
-    init = _field(obj, "candidate", dict, "candidate")
-    candidate = _field(init, "candidate", str, "candidate.candidate")
-    sdp_mid = _field(init, "sdpMid", str, "candidate.sdpMid", optional=True)
-    sdp_mline_index = _field(
+    init = typed_field(obj, "candidate", dict, "candidate")
+    candidate = typed_field(init, "candidate", str, "candidate.candidate")
+    sdp_mid = typed_field(init, "sdpMid", str, "candidate.sdpMid", optional=True)
+    sdp_mline_index = typed_field(
         init, "sdpMLineIndex", int, "candidate.sdpMLineIndex", optional=True
     )
 
@@ -299,7 +355,7 @@ def _parse_candidate(obj: dict[str, Any]) -> Candidate:
         candidate=candidate,
         sdp_mid=sdp_mid,
         sdp_mline_index=sdp_mline_index,
-        to=_field(obj, "to", str, "to", optional=True),
+        to=typed_field(obj, "to", str, "to", optional=True),
     )
 
 
@@ -308,7 +364,7 @@ def _parse_leave(obj: dict[str, Any]) -> Leave:
 
 
 def _parse_set_media(obj: dict[str, Any]) -> SetMedia:
-    return SetMedia(video=_field(obj, "video", bool, "video"), audio=_field(obj, "audio", bool, "audio"))
+    return SetMedia(video=typed_field(obj, "video", bool, "video"), audio=typed_field(obj, "audio", bool, "audio"))
 
 
 def _parse_set_layout(obj: dict[str, Any]) -> SetLayout:
@@ -323,8 +379,8 @@ MAX_VOLUME = 2.0
 
 
 def parse_moderate_audio(obj: dict[str, Any]) -> ModerateAudio:
-    peer_id = _field(obj, "peerId", str, "peerId")
-    muted = _field(obj, "muted", bool, "muted", optional=True)
+    peer_id = typed_field(obj, "peerId", str, "peerId")
+    muted = typed_field(obj, "muted", bool, "muted", optional=True)
     volume = obj.get("volume")
     if volume is not None:
         if isinstance(volume, bool) or not isinstance(volume, (int, float)):
@@ -336,7 +392,7 @@ def parse_moderate_audio(obj: dict[str, Any]) -> ModerateAudio:
     return ModerateAudio(peer_id=peer_id, muted=muted, volume=None if volume is None else float(volume))
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
     "join": _parse_join,
     "offer": _parse_offer,
     "answer": _parse_answer,
@@ -372,7 +428,7 @@ def parse_client_message(text: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) 
 
     if not isinstance(obj, dict):
         raise ProtocolError(INVALID_MESSAGE, "The message must be a JSON object.")
-    message_type = _field(obj, "type", str, "type")
+    message_type = typed_field(obj, "type", str, "type")
     parser = _PARSERS.get(message_type)
     if parser is None:
         raise ProtocolError(
@@ -409,14 +465,19 @@ def joined(
 
 
 def answer(sdp: str) -> dict:
-    """The server's SDP answer; it carries all of the server's ICE candidates."""
-    return {"type": "answer", "sdp": sdp}
+    """The server's SDP answer; it carries all of the server's ICE candidates (a client's answer's shape)."""
+    return Answer(sdp).to_message()
 
 
 def server_offer(sdp: str, tracks: list[dict]) -> dict:
     """The server's renegotiation offer in an sfu room, with the full map of ``mid`` to publisher
     (``peerId``, ``kind``) of the tracks it forwards to this peer; the client answers."""
     return {"type": "offer", "sdp": sdp, "tracks": list(tracks)}
+
+
+def relayed(sender: str, message: Offer | Answer | Candidate) -> dict:
+    """A mesh peer's message as the server delivers it: ``from``, the sender's peerId, in place of ``to``."""
+    return {**replace(message, to=None).to_message(), "from": sender}
 
 
 def participant_joined(peer_id: str, name: str) -> dict:
@@ -486,3 +547,213 @@ def layout_changed(layout: str | dict, by: str | None) -> dict:
 def error(code: str, message: str) -> dict:
     """Report a refused message; the connection and the room go on."""
     return {"type": "error", "code": code, "message": message}
+
+
+# What the client reads: a typed view of each server message it acts on (``read_server_message``).
+
+
+@dataclass(frozen=True)
+class Participant:
+    """Another participant as ``joined`` lists it."""
+
+    peer_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Joined:
+    """The server's reply to a successful ``join`` (see :func:`joined`)."""
+
+    room: str
+    peer_id: str
+    participants: tuple[Participant, ...]
+    #: RTCIceServer dictionaries, as signaling.ice.rtc_configuration() takes them.
+    ice_servers: list[dict[str, Any]]
+    recording: dict[str, Any] | None
+    layout: str | dict[str, Any]
+    mode: str
+
+
+@dataclass(frozen=True)
+class ServerAnswer:
+    """The server's SDP answer to the client's offer."""
+
+    sdp: str
+
+
+@dataclass(frozen=True)
+class ForwardedTrack:
+    """sfu rooms: whose track (``peer_id``, ``kind``) the server's offer carries on ``mid``."""
+
+    mid: str
+    peer_id: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class ServerOffer:
+    """sfu rooms: the server's renegotiation offer and its full map of forwarded tracks (see :func:`server_offer`)."""
+
+    sdp: str
+    tracks: tuple[ForwardedTrack, ...]
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """Mesh rooms: another peer's offer, answer or candidate, relayed by the server (see :func:`relayed`)."""
+
+    sender: str
+    #: The message as its sender built it, less ``to`` (which named us): the server drops it.
+    message: Offer | Answer | Candidate
+
+
+@dataclass(frozen=True)
+class ParticipantJoined:
+    peer_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ParticipantLeft:
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class LayoutChanged:
+    layout: str | dict[str, Any]
+    #: Who set it; None: the HTTP API.
+    by: str | None
+
+
+@dataclass(frozen=True)
+class Tier:
+    """The tier the peer now receives, why it changed, and the ceiling it may climb back to (see :func:`tier`)."""
+
+    tier: str
+    reason: str
+    ceiling: str
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """mcu rooms: whether the peer's video is in a canvas, and whether the server wants it sent."""
+
+    on_screen: bool
+    send_video: bool
+
+
+@dataclass(frozen=True)
+class Error:
+    """A refused message (on the WebSocket, or on the chat channel); the session goes on."""
+
+    code: str
+    message: str
+
+
+ServerMessage = (
+    Joined
+    | ServerAnswer
+    | ServerOffer
+    | Relayed
+    | ParticipantJoined
+    | ParticipantLeft
+    | LayoutChanged
+    | Tier
+    | Visibility
+    | Error
+)
+
+#: The client's messages that a mesh room's server relays from peer to peer.
+_RELAYED_PARSERS: dict[str, Callable[[dict[str, Any]], Offer | Answer | Candidate]] = {
+    "offer": _parse_offer,
+    "answer": _parse_answer,
+    "candidate": _parse_candidate,
+}
+
+
+def _read_joined(obj: dict[str, Any]) -> Joined:
+    participants = []
+    for entry in typed_field(obj, "participants", list, "participants"):
+        if not isinstance(entry, dict):
+            raise ProtocolError(INVALID_MESSAGE, 'Each of "participants" must be an object.')
+        peer_id, name = typed_field(entry, "peerId", str, "peerId"), typed_field(entry, "name", str, "name")
+        participants.append(Participant(peer_id, name))
+    layout = obj.get("layout")
+    if not isinstance(layout, (str, dict)):
+        raise ProtocolError(INVALID_MESSAGE, 'The "layout" field must be a layout name or an object with regions.')
+    return Joined(
+        room=typed_field(obj, "room", str, "room"),
+        peer_id=typed_field(obj, "peerId", str, "peerId"),
+        participants=tuple(participants),
+        ice_servers=typed_field(obj, "iceServers", list, "iceServers"),
+        recording=typed_field(obj, "recording", dict, "recording", optional=True),
+        layout=layout,
+        mode=typed_field(obj, "mode", str, "mode"),
+    )
+
+
+def _read_server_offer(obj: dict[str, Any]) -> ServerOffer:
+    tracks = []
+    for entry in typed_field(obj, "tracks", list, "tracks"):
+        if not isinstance(entry, dict):
+            raise ProtocolError(INVALID_MESSAGE, 'Each of "tracks" must be an object.')
+        tracks.append(
+            ForwardedTrack(
+                mid=typed_field(entry, "mid", str, "mid"),
+                peer_id=typed_field(entry, "peerId", str, "peerId"),
+                kind=typed_field(entry, "kind", str, "kind"),
+            )
+        )
+    return ServerOffer(sdp=typed_field(obj, "sdp", str, "sdp"), tracks=tuple(tracks))
+
+
+def _read_layout_changed(obj: dict[str, Any]) -> LayoutChanged:
+    layout = _parse_set_layout(obj).layout
+    return LayoutChanged(layout=layout, by=typed_field(obj, "by", str, "by", optional=True))
+
+
+def read_error(obj: dict[str, Any]) -> Error:
+    """An ``error`` object, from the WebSocket or from the chat channel."""
+    return Error(typed_field(obj, "code", str, "code"), typed_field(obj, "message", str, "message"))
+
+
+_READERS: dict[str, Callable[[dict[str, Any]], ServerMessage]] = {
+    "joined": _read_joined,
+    "answer": lambda obj: ServerAnswer(typed_field(obj, "sdp", str, "sdp")),
+    "offer": _read_server_offer,
+    "participantJoined": lambda obj: ParticipantJoined(
+        typed_field(obj, "peerId", str, "peerId"), typed_field(obj, "name", str, "name")
+    ),
+    "participantLeft": lambda obj: ParticipantLeft(typed_field(obj, "peerId", str, "peerId")),
+    "layoutChanged": _read_layout_changed,
+    "tier": lambda obj: Tier(
+        typed_field(obj, "tier", str, "tier"),
+        typed_field(obj, "reason", str, "reason"),
+        typed_field(obj, "ceiling", str, "ceiling"),
+    ),
+    "visibility": lambda obj: Visibility(
+        typed_field(obj, "onScreen", bool, "onScreen"), typed_field(obj, "sendVideo", bool, "sendVideo")
+    ),
+    "error": read_error,
+}
+
+
+def read_server_message(obj: Any) -> ServerMessage | None:
+    """
+    The typed view of one decoded message from the server; None for a type the client
+    does not act on (``speaking``, ``recordingStarted``...: it keeps them as they came).
+
+    An ``offer``, ``answer`` or ``candidate`` with ``from`` is another peer's, relayed in a
+    mesh room, and is checked as the server checked it before relaying.
+
+    :raises ProtocolError: ``invalid_message`` when a message the client acts on is malformed.
+    """
+    if not isinstance(obj, dict):
+        raise ProtocolError(INVALID_MESSAGE, "The message must be a JSON object.")
+    message_type = typed_field(obj, "type", str, "type")
+    relayed_parser = _RELAYED_PARSERS.get(message_type)
+    if relayed_parser is not None and "from" in obj:
+        sender = typed_field(obj, "from", str, "from")
+        return Relayed(sender=sender, message=relayed_parser(obj))
+    reader = _READERS.get(message_type)
+    return None if reader is None else reader(obj)

@@ -123,9 +123,9 @@ async def test_two_browsers_and_a_python_peer_in_one_room(server, browsers):
             lambda: ben.locator("#chat-log li", has_text="hello from anna").count(), 5, "anna's chat in ben's page"
         )
         assert "anna" in await ben.locator("#chat-log li").first.text_content()
-        await py.wait_for(lambda: any(m["text"] == "hello from anna" for m in py.chat_messages), 5)
-        message = next(m for m in py.chat_messages if m["text"] == "hello from anna")
-        assert message["name"] == "anna" and abs(message["timestamp"] / 1000 - time.time()) < 10
+        await py.wait_for(lambda: any(m.text == "hello from anna" for m in py.chat_messages), 5)
+        message = next(m for m in py.chat_messages if m.text == "hello from anna")
+        assert message.name == "anna" and abs(message.timestamp / 1000 - time.time()) < 10
         await py.chat("hello from py")
         await wait_until(lambda: anna.locator("#chat-log li", has_text="hello from py").count(), 5, "py's chat")
 

@@ -170,7 +170,7 @@ async def close_all(peers: list[Peer]) -> None:
 
 
 def texts(peer: Peer) -> list[str]:
-    return [m["text"] for m in peer.chat_messages]
+    return [m.text for m in peer.chat_messages]
 
 
 async def test_a_message_reaches_every_peer_of_the_room_once(server):
@@ -185,11 +185,10 @@ async def test_a_message_reaches_every_peer_of_the_room_once(server):
             # The sender gets its own message back too, as the room saw it.
             assert len(peer.chat_messages) == 1, (peer.name, peer.chat_messages)
             received = peer.chat_messages[0]
-            assert received["type"] == "chat"
-            assert received["from"] == alice.peer_id
-            assert received["name"] == "alice"
-            assert received["text"] == "hello, Zoë 👋"
-            assert abs(received["timestamp"] - time.time() * 1000) < 5000
+            assert received.sender == alice.peer_id
+            assert received.name == "alice"
+            assert received.text == "hello, Zoë 👋"
+            assert abs(received.timestamp - time.time() * 1000) < 5000
         assert elsewhere.chat_messages == []
         assert not any(p.chat_errors for p in peers)
         assert server.conference.rooms["chat"].stats()["chatRelayed"] == 1
@@ -217,7 +216,7 @@ async def test_a_message_too_large_is_refused_and_not_relayed(server):
         await start(peers)
         await alice.chat("x" * MAX_CHAT_BYTES)
         await alice.wait_for(lambda: alice.chat_errors, timeout=5)
-        assert [e["code"] for e in alice.chat_errors] == [CHAT_TOO_LARGE]
+        assert [e.code for e in alice.chat_errors] == [CHAT_TOO_LARGE]
         # The channel goes on, and nothing of the refused message arrived before this one.
         await alice.chat("after")
         await alice.wait_for(lambda: all(texts(p) == ["after"] for p in peers), timeout=5)
@@ -237,7 +236,7 @@ async def test_a_burst_over_the_rate_limit_is_refused_for_the_excess(server):
         # The burst, and at most what the rate refilled while the burst arrived.
         assert CHAT_BURST <= len(relayed) <= CHAT_BURST + 2, relayed
         assert relayed[:CHAT_BURST] == sent[:CHAT_BURST]
-        assert {e["code"] for e in alice.chat_errors} == {CHAT_RATE_LIMITED}
+        assert {e.code for e in alice.chat_errors} == {CHAT_RATE_LIMITED}
         assert len(alice.chat_errors) == len(sent) - len(relayed)
         await bob.wait_for(lambda: len(bob.chat_messages) == len(relayed), timeout=5)
         await asyncio.sleep(0.3)
@@ -258,8 +257,8 @@ async def test_malformed_messages_are_refused_and_the_channel_goes_on(server):
         alice.chat_channel.send(b"\x00binary")
         alice.chat_channel.send('{"type": "chat", "text": ""}')
         await alice.wait_for(lambda: len(alice.chat_errors) == 3, timeout=5)
-        assert [e["code"] for e in alice.chat_errors] == [INVALID_CHAT] * 3
-        assert all(e["type"] == "error" and e["message"] for e in alice.chat_errors)
+        assert [e.code for e in alice.chat_errors] == [INVALID_CHAT] * 3
+        assert all(e.message for e in alice.chat_errors)
         await alice.chat("still here")
         await bob.wait_for(lambda: bob.chat_messages, timeout=5)
         assert texts(bob) == ["still here"] and not bob.chat_errors

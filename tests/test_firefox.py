@@ -388,9 +388,9 @@ async def test_two_firefoxes_and_a_python_peer_in_one_room(server, firefoxes):
         await asyncio.to_thread(anna_chats)
         line = await wait_until(lambda: chat_line(ben, "hello from anna"), 5, "anna's chat in ben's page", ben)
         assert "anna" in line, line
-        await py.wait_for(lambda: any(m["text"] == "hello from anna" for m in py.chat_messages), 5)
-        message = next(m for m in py.chat_messages if m["text"] == "hello from anna")
-        assert message["name"] == "anna" and abs(message["timestamp"] / 1000 - time.time()) < 10
+        await py.wait_for(lambda: any(m.text == "hello from anna" for m in py.chat_messages), 5)
+        message = next(m for m in py.chat_messages if m.text == "hello from anna")
+        assert message.name == "anna" and abs(message.timestamp / 1000 - time.time()) < 10
         await py.chat("hello from py")
         await wait_until(lambda: chat_line(anna, "hello from py"), 5, "py's chat in anna's page", anna)
 

@@ -202,10 +202,10 @@ async def test_bad_layouts_are_refused_and_the_session_goes_on(server):
             await alice.set_layout(layout)
             await alice.wait_for(lambda: len(alice.errors) > 0, timeout=3)
             error = alice.errors.pop()
-            assert error["code"] == code and words in error["message"], error
+            assert error.code == code and words in error.message, error
         await alice.send({"type": "setLayout"})
         await alice.wait_for(lambda: len(alice.errors) > 0, timeout=3)
-        assert alice.errors.pop()["code"] == "invalid_message"
+        assert alice.errors.pop().code == "invalid_message"
         room = server.conference.rooms["layouts"]
         assert room.layout.name == "grid"  # nothing changed
         await alice.set_layout("speaker")
@@ -242,7 +242,7 @@ async def test_layout_needs_its_grant(server):
         await director.join()
         await viewer.set_layout("pip")
         await viewer.wait_for(lambda: len(viewer.errors) > 0, timeout=3)
-        assert viewer.errors[-1]["code"] == "forbidden"
+        assert viewer.errors[-1].code == "forbidden"
         assert server.conference.rooms["layouts"].layout.name == "grid"
         await director.set_layout("pip")
         await viewer.wait_for(lambda: viewer.layout == "pip", timeout=3)

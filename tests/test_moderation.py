@@ -86,12 +86,12 @@ async def test_moderation_errors_and_the_grant(server):
         for fields, code in cases:
             await mod.send({"type": "moderateAudio", **fields})
             await mod.wait_for(lambda: len(mod.errors) == cases.index((fields, code)) + 1, 5)
-            assert mod.errors[-1]["code"] == code, (fields, mod.errors[-1])
+            assert mod.errors[-1].code == code, (fields, mod.errors[-1])
         # Without the grant: forbidden, and nothing changes.
         server.conference.rooms["mod2"].participants[mod.peer_id].grants = frozenset()
         await mod.send({"type": "moderateAudio", "peerId": other.peer_id, "muted": True})
         await mod.wait_for(lambda: len(mod.errors) == len(cases) + 1, 5)
-        assert mod.errors[-1]["code"] == "forbidden"
+        assert mod.errors[-1].code == "forbidden"
         assert not server.conference.rooms["mod2"].participants[other.peer_id].moderator_muted
         assert not any(e["type"] == "participantAudio" for e in other.events)
     finally:

@@ -76,7 +76,7 @@ def events(peer: Peer, kind: str) -> list[dict]:
 
 
 def error_codes(peer: Peer) -> list[str]:
-    return [e["code"] for e in peer.errors]
+    return [e.code for e in peer.errors]
 
 
 def make_peer(url: str, name: str, colour: str, frequency: float, room: str = "rec") -> Peer:
@@ -185,11 +185,11 @@ async def test_recording_errors_are_clear_and_the_room_goes_on(server, tmp_path)
             before = error_codes(alice).count("recording_failed")
             await alice.send({"type": "startRecording"})
             await alice.wait_for(lambda: error_codes(alice).count("recording_failed") > before, 10)
-            assert str(directory) in alice.errors[-1]["message"]
+            assert str(directory) in alice.errors[-1].message
         server.conference.config.record_dir = None
         await alice.send({"type": "startRecording"})
         await alice.wait_for(lambda: error_codes(alice).count("recording_failed") == 3, 10)
-        assert "--record-dir" in alice.errors[-1]["message"]
+        assert "--record-dir" in alice.errors[-1].message
         # The session and the media go on.
         frames = alice.video_frames
         await alice.wait_for(lambda: alice.video_frames > frames + 10, 10)

@@ -155,7 +155,7 @@ async def test_peer_whose_media_connection_ends_leaves_the_room(server):
         await bob.wait_for(lambda: bob.video_frames > 0, timeout=10)
         await bob.pc.close()  # media gone, WebSocket still open
         await peers[0].wait_for(lambda: bob.peer_id not in peers[0].participants, timeout=5)
-        await bob.wait_for(lambda: any(e["code"] == "media_failed" for e in bob.errors), timeout=3)
+        await bob.wait_for(lambda: any(e.code == "media_failed" for e in bob.errors), timeout=3)
         assert list(server.conference.rooms["room1"].participants) == [peers[0].peer_id]
     finally:
         await close_all(peers)

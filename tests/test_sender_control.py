@@ -21,6 +21,7 @@ from client.sources import ColorTrack, rgb_to_yuv
 from mcu.config import Config
 from mcu.media.keyframes import is_keyframe
 from mcu.rooms.visibility import HIDE_HOLD, Visibility
+from signaling import protocol
 
 ROOM = "lastn"
 FPS = 15
@@ -29,6 +30,9 @@ AT = (0.5, 0.12)
 OBSERVERS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220)}
 SPEAKER_COLOUR = (220, 40, 220)
 GREY = (128, 128, 128)
+#: The server's `visibility` to a publisher in a canvas, and to one in none (it may stop sending).
+SHOWN = protocol.Visibility(on_screen=True, send_video=True)
+HIDDEN = protocol.Visibility(on_screen=False, send_video=False)
 
 
 @pytest.fixture
@@ -134,8 +138,8 @@ async def test_only_shown_publishers_send_and_are_decoded_and_a_new_speaker_show
         # Every publisher is told; the hidden ones are asked to pause once their hold has run out.
         def settled() -> bool:
             return all(
-                p.visibility == {"type": "visibility", "onScreen": True, "sendVideo": True} for p in observers
-            ) and all(p.visibility == {"type": "visibility", "onScreen": False, "sendVideo": False} for p in hidden)
+                p.visibility == SHOWN for p in observers
+            ) and all(p.visibility == HIDDEN for p in hidden)
 
         await observers[0].wait_for(settled, timeout=HIDE_HOLD + 8)
         assert all(p.outgoing_video is not None and p.outgoing_video.paused for p in [speaker, *cheap])
@@ -186,7 +190,7 @@ async def test_only_shown_publishers_send_and_are_decoded_and_a_new_speaker_show
 
         def watch() -> bool:
             now = time.monotonic()
-            if speaker.visibility and speaker.visibility["sendVideo"]:
+            if speaker.visibility and speaker.visibility.send_video:
                 moments.setdefault("resumed", now)
             if all(any(e == {"type": "activeSpeaker", "peerId": speaker.peer_id} for e in o.events) for o in observers):
                 moments.setdefault("floor", now)
@@ -202,13 +206,13 @@ async def test_only_shown_publishers_send_and_are_decoded_and_a_new_speaker_show
             )
         )
         assert moments["shown"] <= moments["floor"] + 1.0
-        assert speaker.visibility == {"type": "visibility", "onScreen": True, "sendVideo": True}
+        assert speaker.visibility == SHOWN
         assert not speaker.outgoing_video.paused
         state = publishers(server)[speaker.peer_id]
         assert state["resumes"] == 1 and state["keyframesAsked"] >= 1
         # Blue left the tiles for it; after its hold it is paused in turn.
-        await observers[0].wait_for(lambda: observers[2].visibility["sendVideo"] is False, timeout=HIDE_HOLD + 3)
-        assert observers[2].visibility["onScreen"] is False
+        await observers[0].wait_for(lambda: observers[2].visibility.send_video is False, timeout=HIDE_HOLD + 3)
+        assert observers[2].visibility.on_screen is False
     finally:
         await asyncio.gather(*(p.close() for p in everyone), return_exceptions=True)
 
@@ -246,7 +250,7 @@ async def test_a_camera_toggle_storm_and_a_peer_that_claims_to_be_off_while_send
         assert 20 <= state["cameraToggles"] < sent
         assert state["videoFramesIgnored"] > 0
         assert state["keyframesAsked"] <= storm / 0.5 + 3, state
-        assert any(e.get("code") == "rate_limited" for e in flooder.errors)
+        assert any(e.code == "rate_limited" for e in flooder.errors)
         # Its camera on again, once the server takes its messages again: its tile shows its video from its
         # next keyframe (its clip's lap: 2 s at most).
         flooding = room.participants[flooder.peer_id]
@@ -309,8 +313,8 @@ async def test_publishers_encoded_by_aiortc_resume_on_the_servers_keyframe_reque
         await peers[0].set_layout({"regions": [{"x": 0, "y": 0, "width": 0.5, "height": 1},
                                                {"x": 0.5, "y": 0, "width": 0.5, "height": 1}]})  # fmt: skip
         # One tile and "+2": the other two are paused once their hold has run out.
-        await peers[0].wait_for(lambda: all(p.visibility and not p.visibility["sendVideo"] for p in peers[1:]), 10)
-        assert all(p.outgoing_video.paused for p in peers[1:]) and peers[0].visibility["onScreen"]
+        await peers[0].wait_for(lambda: all(p.visibility and not p.visibility.send_video for p in peers[1:]), 10)
+        assert all(p.outgoing_video.paused for p in peers[1:]) and peers[0].visibility.on_screen
         await asyncio.sleep(0.5)
         before = publishers(server)
         await asyncio.sleep(1.0)

@@ -71,10 +71,10 @@ async def test_three_peers_each_receive_the_other_two_as_tracks_of_their_own(ser
                 assert min(levels[f] for f in frequencies if f != frequency) < levels[frequency] - 30, levels
             # Exactly two publishers, each one video and one audio track, mapped by the server's mids.
             assert sorted(peer.remote) == sorted(o.peer_id for o in peers if o is not peer)
-            assert sorted(peer._sfu_tracks[mid]["kind"] for mid in peer._sfu_received) == ["audio"] * 2 + ["video"] * 2
+            assert sorted(peer._sfu_tracks[mid].kind for mid in peer._sfu_received) == ["audio"] * 2 + ["video"] * 2
         # Chat goes through the server's peer connection as in an mcu room.
         await peers[0].chat("forwarded")
-        await peers[2].wait_for(lambda: [m["text"] for m in peers[2].chat_messages] == ["forwarded"], 5)
+        await peers[2].wait_for(lambda: [m.text for m in peers[2].chat_messages] == ["forwarded"], 5)
     finally:
         await close_all(peers)
 
@@ -170,7 +170,7 @@ async def test_a_subscribers_pli_reaches_the_publisher_rate_limited(server):
         transceiver = next(
             t
             for t in subscriber.pc.getTransceivers()
-            if subscriber._sfu_tracks.get(t.mid or "", {}).get("kind") == "video"
+            if (entry := subscriber._sfu_tracks.get(t.mid or "")) is not None and entry.kind == "video"
         )
         ssrc = transceiver.receiver.getSynchronizationSources()[0].source
         await asyncio.sleep(KEYFRAME_INTERVAL)
@@ -245,7 +245,7 @@ async def test_an_sfu_room_takes_vp8_only(server):
     try:
         with pytest.raises(PeerError):
             await peer.join(timeout=3)
-        assert peer.errors[-1]["code"] == protocol.INVALID_SDP
+        assert peer.errors[-1].code == protocol.INVALID_SDP
     finally:
         await peer.close()
 
@@ -274,7 +274,7 @@ async def test_a_broken_answer_or_a_crossing_offer_is_invalid_sdp_and_the_right_
         first._answer_server = broken_then_right
         await second.join()
         await first.wait_for(lambda: pictures_from(first, [second]), 10)
-        assert [e["code"] for e in first.errors] == [protocol.INVALID_SDP] * 2
+        assert [e.code for e in first.errors] == [protocol.INVALID_SDP] * 2
     finally:
         await close_all([first, second])
 

@@ -35,7 +35,7 @@ async def told_to_go(peers: list[Peer]) -> None:
     """Each peer got `server_shutdown` and then its WebSocket closed."""
     for peer in peers:
         await peer.wait_for(lambda: peer._ws is not None and peer._ws.closed, 5)
-        assert [e["code"] for e in peer.errors] == ["server_shutdown"]
+        assert [e.code for e in peer.errors] == ["server_shutdown"]
 
 
 async def hang_up(peers: list[Peer], process: subprocess.Popen) -> None:

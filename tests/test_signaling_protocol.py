@@ -2,11 +2,11 @@
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
-from signaling import protocol
+from signaling import chat, protocol
 from signaling.protocol import (
     MAX_MESSAGE_BYTES,
     MODES,
@@ -435,3 +435,223 @@ def test_name_round_trips_through_the_server_messages() -> None:
     name = parse_client_message(join(name="  李小龙 🎥 Zoë  ")).name
     sent = json.dumps(protocol.participant_joined("p1", name), ensure_ascii=False)
     assert json.loads(sent.encode("utf-8"))["name"] == "李小龙 🎥 Zoë"
+
+
+# The client's side: what it builds, the server's parser reads back; what the server builds, the client reads.
+
+REGIONS = {"regions": [{"x": 0, "y": 0, "width": 1, "height": 1, "peer": "p1"}]}
+END_OF_CANDIDATES = Candidate(candidate="", sdp_mid="0", sdp_mline_index=0)
+CLIENT_MESSAGES: list[protocol.ClientMessage] = [
+    Join(room="room", name="Ana"),
+    Join(room="room", name="Zoë", token="t.k", tier="low", hide_self=True, mode="sfu"),
+    Offer(sdp=SDP),
+    Offer(sdp=SDP, to="p3"),
+    protocol.Answer(sdp=SDP),
+    protocol.Answer(sdp=SDP, to="p3"),
+    Candidate(candidate=SRFLX, sdp_mid="0", sdp_mline_index=0),
+    Candidate(candidate=HOST, sdp_mid=None, sdp_mline_index=1, to="p3"),
+    END_OF_CANDIDATES,
+    Leave(),
+    protocol.SetMedia(video=False, audio=True),
+    protocol.SetLayout(layout="speaker"),
+    protocol.SetLayout(layout=REGIONS),
+    protocol.ModerateAudio(peer_id="p5", muted=True, volume=None),
+    protocol.ModerateAudio(peer_id="p5", muted=None, volume=0.5),
+    protocol.ModerateAudio(peer_id="p5", muted=False, volume=2.0),
+    protocol.StartRecording(),
+    protocol.StopRecording(),
+]
+
+
+def test_the_client_builds_every_message_the_server_reads() -> None:
+    assert {type(message) for message in CLIENT_MESSAGES} == set(get_args(protocol.ClientMessage))
+
+
+@pytest.mark.parametrize("message", CLIENT_MESSAGES, ids=repr)
+def test_what_the_client_builds_the_server_parses_back(message: protocol.ClientMessage) -> None:
+    assert parse_client_message(json.dumps(message.to_message())) == message
+
+
+@pytest.mark.parametrize("text", [text for text, _ in VALID], ids=[short_id(v[0]) for v in VALID])
+def test_what_the_server_parses_the_client_builds_back(text: str) -> None:
+    """Built again from its parse, a message says the same (what the server ignores or trims aside)."""
+    parsed = parse_client_message(text)
+    assert parse_client_message(json.dumps(parsed.to_message())) == parsed
+
+
+def test_the_client_messages_on_the_wire() -> None:
+    """The fields as docs/protocol.md spells them; an optional field at its default is left out."""
+    assert Join(room="standup", name="Zoë").to_message() == {"type": "join", "room": "standup", "name": "Zoë"}
+    assert Join(room="standup", name="Zoë", tier="low", hide_self=True).to_message() == {
+        "type": "join",
+        "room": "standup",
+        "name": "Zoë",
+        "tier": "low",
+        "hideSelf": True,
+    }
+    assert Join(room="r", name="n", token="t", mode="mesh").to_message() == {
+        "type": "join",
+        "room": "r",
+        "name": "n",
+        "token": "t",
+        "mode": "mesh",
+    }
+    assert Offer(sdp=SDP).to_message() == {"type": "offer", "sdp": SDP}
+    assert Offer(sdp=SDP, to="p3").to_message() == {"type": "offer", "to": "p3", "sdp": SDP}
+    assert protocol.Answer(sdp=SDP, to="p3").to_message() == {"type": "answer", "to": "p3", "sdp": SDP}
+    assert END_OF_CANDIDATES.to_message() == {
+        "type": "candidate",
+        "candidate": {"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0},
+    }
+    assert Leave().to_message() == {"type": "leave"}
+    set_media = protocol.SetMedia(video=False, audio=True)
+    assert set_media.to_message() == {"type": "setMedia", "video": False, "audio": True}
+    assert protocol.SetLayout(layout="speaker").to_message() == {"type": "setLayout", "layout": "speaker"}
+    assert protocol.ModerateAudio(peer_id="p5", muted=None, volume=0.5).to_message() == {
+        "type": "moderateAudio",
+        "peerId": "p5",
+        "volume": 0.5,
+    }
+    assert protocol.StartRecording().to_message() == {"type": "startRecording"}
+    assert protocol.StopRecording().to_message() == {"type": "stopRecording"}
+
+
+def read(message: dict[str, Any]) -> protocol.ServerMessage | None:
+    """What the client reads from a message of the server, once through JSON as the wire carries it."""
+    return protocol.read_server_message(json.loads(json.dumps(message)))
+
+
+ICE_SERVERS = [{"urls": ["turn:203.0.113.1:3478"], "username": "u", "credential": "c"}]
+SERVER_MESSAGES: list[tuple[dict[str, Any], protocol.ServerMessage]] = [
+    (
+        protocol.joined(
+            "room",
+            "p7",
+            [{"peerId": "p3", "name": "Ana", "video": True, "audio": True}],
+            ICE_SERVERS,
+            {"file": "f.webm", "startedAt": 1},
+            REGIONS,
+            "mesh",
+        ),
+        protocol.Joined(
+            room="room",
+            peer_id="p7",
+            participants=(protocol.Participant("p3", "Ana"),),
+            ice_servers=ICE_SERVERS,
+            recording={"file": "f.webm", "startedAt": 1},
+            layout=REGIONS,
+            mode="mesh",
+        ),
+    ),
+    (
+        protocol.joined("r", "p1", [], []),
+        protocol.Joined("r", "p1", (), [], recording=None, layout="grid", mode="mcu"),
+    ),
+    (protocol.answer(SDP), protocol.ServerAnswer(SDP)),
+    (
+        protocol.server_offer(SDP, [{"mid": "3", "peerId": "p3", "kind": "audio"}]),
+        protocol.ServerOffer(SDP, (protocol.ForwardedTrack(mid="3", peer_id="p3", kind="audio"),)),
+    ),
+    (protocol.server_offer(SDP, []), protocol.ServerOffer(SDP, ())),
+    (protocol.relayed("p7", Offer(SDP, to="p3")), protocol.Relayed("p7", Offer(SDP))),
+    (protocol.relayed("p7", protocol.Answer(SDP, to="p3")), protocol.Relayed("p7", protocol.Answer(SDP))),
+    (protocol.relayed("p7", END_OF_CANDIDATES), protocol.Relayed("p7", END_OF_CANDIDATES)),
+    (protocol.participant_joined("p8", "Chen"), protocol.ParticipantJoined("p8", "Chen")),
+    (protocol.participant_left("p3"), protocol.ParticipantLeft("p3")),
+    (protocol.layout_changed("pip", "p5"), protocol.LayoutChanged("pip", "p5")),
+    (protocol.layout_changed(REGIONS, None), protocol.LayoutChanged(REGIONS, None)),
+    (protocol.tier("low", "congestion", "high"), protocol.Tier(tier="low", reason="congestion", ceiling="high")),
+    (protocol.visibility(False, False), protocol.Visibility(on_screen=False, send_video=False)),
+    (protocol.visibility(True, True), protocol.Visibility(on_screen=True, send_video=True)),
+    (protocol.error(protocol.RECONNECT, "Join again."), protocol.Error(code="reconnect", message="Join again.")),
+]
+
+
+def test_the_client_reads_every_message_it_acts_on() -> None:
+    assert {type(typed) for _, typed in SERVER_MESSAGES} == set(get_args(protocol.ServerMessage))
+
+
+@pytest.mark.parametrize("built, typed", SERVER_MESSAGES, ids=lambda v: str(v)[:40])
+def test_what_the_server_builds_the_client_reads(built: dict[str, Any], typed: protocol.ServerMessage) -> None:
+    assert read(built) == typed
+
+
+def test_a_mesh_message_reaches_its_peer_as_the_docs_show() -> None:
+    """The client's offer `to` p3, parsed by the server and relayed `from` p7: only the addressing changes."""
+    sent = Offer(SDP, to="p3").to_message()
+    relayed = protocol.relayed("p7", parse_client_message(json.dumps(sent)))  # type: ignore[arg-type]
+    assert relayed == {"type": "offer", "sdp": SDP, "from": "p7"}
+    candidate = Candidate(candidate=HOST, sdp_mid="0", sdp_mline_index=0, to="p3")
+    assert protocol.relayed("p7", candidate) == {
+        "type": "candidate",
+        "candidate": {"candidate": HOST, "sdpMid": "0", "sdpMLineIndex": 0},
+        "from": "p7",
+    }
+
+
+@pytest.mark.parametrize(
+    "built",
+    [
+        protocol.speaking("p5", True),
+        protocol.active_speaker(None),
+        protocol.participant_media("p5", False, True),
+        protocol.participant_audio("p5", False, 0.5, "p3"),
+        protocol.recording_started("f.webm", 1),
+        protocol.recording_stopped("f.webm", None, 0.0, "failed", "No space."),
+        {"type": "fromTheFuture", "x": 1},
+    ],
+    ids=lambda built: built["type"],
+)
+def test_the_client_reads_nothing_from_what_it_does_not_act_on(built: dict[str, Any]) -> None:
+    assert read(built) is None
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [],
+        {},
+        {"type": 5},
+        {"type": "joined", "room": "r", "participants": [], "iceServers": [], "layout": "grid", "mode": "mcu"},
+        {"type": "joined", "room": "r", "peerId": "p1", "participants": {}, "iceServers": [], "mode": "mcu"},
+        {"type": "joined", "room": "r", "peerId": "p1", "participants": ["p2"], "iceServers": [], "mode": "mcu"},
+        {"type": "joined", "room": "r", "peerId": "p1", "participants": [], "iceServers": [], "layout": 1},
+        {"type": "answer"},
+        {"type": "offer", "sdp": SDP},
+        {"type": "offer", "sdp": SDP, "tracks": [{"mid": "1", "peerId": "p3"}]},
+        {"type": "offer", "sdp": "not sdp", "from": "p3"},
+        {"type": "offer", "sdp": SDP, "from": 3},
+        {"type": "candidate", "candidate": {"candidate": "bogus", "sdpMid": "0"}, "from": "p3"},
+        {"type": "participantJoined", "peerId": "p3"},
+        {"type": "layoutChanged", "layout": None, "by": None},
+        {"type": "tier", "tier": "low", "reason": "join"},
+        {"type": "visibility", "onScreen": True, "sendVideo": "no"},
+        {"type": "error", "code": "reconnect"},
+    ],
+    ids=lambda obj: json.dumps(obj)[:50],
+)
+def test_a_malformed_server_message_is_refused(obj: Any) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        protocol.read_server_message(obj)
+    assert caught.value.code in (protocol.INVALID_MESSAGE, protocol.INVALID_SDP, protocol.INVALID_CANDIDATE)
+
+
+def test_chat_what_the_client_says_the_server_reads() -> None:
+    for text in ("hello", "Ready when you are 👋", "tab\tand\nline"):
+        assert chat.parse_chat(chat.say(text)) == text
+    # Sent as UTF-8, not escaped: the size limit counts bytes.
+    assert chat.say("Zoë 👋") == '{"type": "chat", "text": "Zoë 👋"}'
+
+
+def test_chat_what_the_server_relays_the_client_reads() -> None:
+    relayed = chat.chat("p7", "Zoë", "hi", 1767225600123)
+    assert chat.read_chat(json.loads(json.dumps(relayed, ensure_ascii=False))) == chat.ChatMessage(
+        sender="p7", name="Zoë", text="hi", timestamp=1767225600123
+    )
+    refused = protocol.error(chat.CHAT_RATE_LIMITED, "Too many.")
+    assert chat.read_chat(refused) == protocol.Error(code="chat_rate_limited", message="Too many.")
+    assert chat.read_chat({"type": "typing", "from": "p7"}) is None
+    malformed: Any
+    for malformed in ([], {"type": "chat", "from": "p7", "name": "Zoë", "text": "hi"}, {"type": "error", "code": 1}):
+        with pytest.raises(ProtocolError):
+            chat.read_chat(malformed)

@@ -168,7 +168,7 @@ async def test_an_unknown_tier_is_refused_and_the_session_may_join_again(server)
     try:
         with pytest.raises(PeerError, match="tier"):
             await peer.join()
-        assert peer.errors[-1]["code"] == "unknown_tier"
+        assert peer.errors[-1].code == "unknown_tier"
         assert "tiers" not in server.conference.rooms
         await peer.send({"type": "join", "room": "tiers", "name": "odd", "tier": "low"})
         await peer.wait_for(lambda: any(e["type"] == "joined" for e in peer.events), timeout=5)

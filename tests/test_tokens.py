@@ -122,10 +122,10 @@ async def test_grants_come_from_the_token_and_chat_needs_its_grant(server) -> No
         assert participants[speaker.peer_id].grants == {"publish", "subscribe", "chat"}
         await viewer.chat("let me in")
         await viewer.wait_for(lambda: viewer.chat_errors, 10)
-        assert viewer.chat_errors[0]["code"] == "forbidden"
+        assert viewer.chat_errors[0].code == "forbidden"
         await speaker.chat("hello")
-        await viewer.wait_for(lambda: any(m["text"] == "hello" for m in viewer.chat_messages), 10)
-        assert not any(m["text"] == "let me in" for m in viewer.chat_messages + speaker.chat_messages)
+        await viewer.wait_for(lambda: any(m.text == "hello" for m in viewer.chat_messages), 10)
+        assert not any(m.text == "let me in" for m in viewer.chat_messages + speaker.chat_messages)
     finally:
         await asyncio.gather(speaker.close(), viewer.close())
 
@@ -135,7 +135,7 @@ async def test_a_peer_without_a_token_cannot_join(server) -> None:
     try:
         with pytest.raises(PeerError, match="needs a join token"):
             await peer.join(timeout=5)
-        assert [e["code"] for e in peer.errors] == ["unauthorized"]
+        assert [e.code for e in peer.errors] == ["unauthorized"]
     finally:
         await peer.close()
 
@@ -262,7 +262,7 @@ async def test_publish_and_subscribe_grants(server) -> None:
         # And a viewer may not turn its camera on.
         await viewer.set_media(video=True, audio=True)
         await viewer.wait_for(lambda: viewer.errors, 5)
-        assert viewer.errors[-1]["code"] == "forbidden"
+        assert viewer.errors[-1].code == "forbidden"
     finally:
         await asyncio.gather(*(peer.close() for peer in peers))
 
@@ -278,12 +278,12 @@ async def test_recording_needs_its_grant(server, tmp_path) -> None:
         await host.join()
         await guest.send({"type": "startRecording"})
         await guest.wait_for(lambda: guest.errors, 5)
-        assert guest.errors[-1]["code"] == "forbidden"
+        assert guest.errors[-1].code == "forbidden"
         assert server.conference.rooms["rec"].recording is None and not list(tmp_path.iterdir())
         await host.send({"type": "startRecording"})
         await host.wait_for(lambda: any(e["type"] == "recordingStarted" for e in guest.events), 5)
         await guest.send({"type": "stopRecording"})
         await guest.wait_for(lambda: len(guest.errors) == 2, 5)
-        assert guest.errors[-1]["code"] == "forbidden" and server.conference.rooms["rec"].recording is not None
+        assert guest.errors[-1].code == "forbidden" and server.conference.rooms["rec"].recording is not None
     finally:
         await asyncio.gather(host.close(), guest.close())

@@ -139,7 +139,7 @@ class Conference:
         logger.info("room %s: %s (%s) joined", room.name, peer_id, message.name)
 
     async def offer(self, session: Session, message: Offer) -> None:
-        if self._relayed(session, message.to, "offer", {"type": "offer", "sdp": message.sdp}):
+        if self._relayed(session, "offer", message):
             return
         participant = self._participant(session)
         try:
@@ -150,7 +150,7 @@ class Conference:
 
     async def answer(self, session: Session, message: Answer) -> None:
         """The client's answer to a server offer (an sfu room's renegotiation), or a mesh peer's to relay."""
-        if self._relayed(session, message.to, "answer", {"type": "answer", "sdp": message.sdp}):
+        if self._relayed(session, "answer", message):
             return
         participant = self._participant(session)
         if not isinstance(participant, SfuParticipant):
@@ -161,7 +161,7 @@ class Conference:
             raise ProtocolError(protocol.INVALID_SDP, str(exc)) from exc
 
     async def candidate(self, session: Session, message: Candidate) -> None:
-        if self._relayed(session, message.to, "candidate", {"type": "candidate", "candidate": message.to_json()}):
+        if self._relayed(session, "candidate", message):
             return
         pc = self._participant(session).pc
         if pc is None:
@@ -329,12 +329,13 @@ class Conference:
             raise ProtocolError(protocol.FORBIDDEN, f"You are not allowed to do this here (needs {grant!r}).")
         return participant
 
-    def _relayed(self, session: Session, to: str | None, kind: str, message: dict) -> bool:
-        """Mesh rooms: pass a peer's message on to `to` (mcu/rooms/mesh_relay.py); False when it is for the server."""
+    def _relayed(self, session: Session, kind: str, message: Offer | Answer | Candidate) -> bool:
+        """Mesh rooms: pass a peer's `kind` message on to its `to` (mcu/rooms/mesh_relay.py); False when it is
+        for the server."""
         room = self.rooms[session.room]  # type: ignore[index]
-        if not addressed_to_peer(room.mode, to, kind):
+        if not addressed_to_peer(room.mode, message.to, kind):
             return False
-        self.mesh.relay(session.peer_id, room.participants, to, message)  # type: ignore[arg-type]
+        self.mesh.relay(session.peer_id, room.participants, message)  # type: ignore[arg-type]
         return True
 
     def _participant(self, session: Session) -> Participant:

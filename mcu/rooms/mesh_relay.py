@@ -10,10 +10,9 @@ peer, nor one meant for a peer to the server (``wrong_mode``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from signaling import protocol
-from signaling.protocol import ProtocolError
+from signaling.protocol import Answer, Candidate, Offer, ProtocolError
 from signaling.websocket import Session
 
 #: The room mode in which peers connect to each other.
@@ -41,13 +40,15 @@ class MeshRelay:
         #: Messages delivered since the server started.
         self.relayed = 0
 
-    def relay(self, sender: str, members: Mapping[str, object], to: str, message: dict[str, Any]) -> None:
-        """Send `message` to `to`, a peer of the sender's room (`members`), marked as coming from `sender`.
+    def relay(self, sender: str, members: Mapping[str, object], message: Offer | Answer | Candidate) -> None:
+        """Send `message` to its `to`, a peer of the sender's room (`members`), marked as coming from `sender`.
 
         :raises ProtocolError: ``unknown_peer`` when `to` is the sender or nobody of the room.
         """
+        to = message.to
+        assert to is not None, "addressed_to_peer() passes only messages for a peer"
         session = self._sessions.get(to) if to in members and to != sender else None
         if session is None:
             raise ProtocolError(protocol.UNKNOWN_PEER, f"There is no other participant {to[:32]!r} in this room.")
-        session.send({**message, "from": sender})
+        session.send(protocol.relayed(sender, message))
         self.relayed += 1
