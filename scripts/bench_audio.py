@@ -52,6 +52,7 @@ from bench_room import (  # noqa: E402  (a sibling script, not a package)
     free_port,
     machine,
     next_event,
+    start_server,
     stop,
     tail,
     wait_healthy,
@@ -152,11 +153,9 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
     load_logs: list[Path] = []
     try:
         with (logs / f"server-{mode}-{count}.log").open("wb") as log:
-            server = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mcu.server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--size", "160x96", "--fps", "1", "--max-peers", str(count), "--log-level", "WARNING",
+            server = await start_server(
+                port, log, "--size", "160x96", "--fps", "1", "--max-peers", str(count), "--log-level", "WARNING",
                 *mode_settings(mode)[0],
-                cwd=REPO, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         await wait_healthy(port, server)
         for first in range(0, count, PEERS_PER_LOAD):

@@ -48,7 +48,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 # The helpers of the other bench scripts (this directory is on sys.path when a script runs).
-from bench_room import cpu_ticks, free_port, machine, steal_ticks, stop, wait_healthy, write_section  # noqa: E402
+from bench_room import (  # noqa: E402
+    cpu_ticks,
+    free_port,
+    machine,
+    run_series,
+    start_server,
+    steal_ticks,
+    stop,
+    wait_healthy,
+    write_section,
+)
 
 ROOM = "bench"
 MODES = ("mcu", "sfu", "mesh")
@@ -260,19 +270,20 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
     url = f"ws://127.0.0.1:{port}/ws"
     processes: dict[str, asyncio.subprocess.Process] = {}
 
-    async def start(name: str, *command: str, pipe: bool = True) -> asyncio.subprocess.Process:
+    async def start(name: str, *command: str) -> asyncio.subprocess.Process:
         with (logs / f"{name}-{mode}-{count}.log").open("wb") as log:
             process = await asyncio.create_subprocess_exec(
-                *command, cwd=REPO, stdout=asyncio.subprocess.PIPE if pipe else log, stderr=log,
+                *command, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=log,
                 start_new_session=True,  # Ctrl-C reaches only this script, which stops them in order
             )  # fmt: skip
         processes[name] = process
         return process
 
     try:
-        server = await start("server", sys.executable, "-m", "mcu.server.cli", "serve", "--host", "127.0.0.1", "--port",
-                             str(port), "--size", f"{SIZE[0]}x{SIZE[1]}", "--fps", str(FPS), "--mode", mode,
-                             "--log-level", "WARNING", pipe=False)  # fmt: skip
+        with (logs / f"server-{mode}-{count}.log").open("wb") as log:
+            server = processes["server"] = await start_server(
+                port, log, "--size", f"{SIZE[0]}x{SIZE[1]}", "--fps", str(FPS), "--mode", mode, "--log-level", "WARNING"
+            )
         await wait_healthy(port, server)
         if count > 2:
             load = await start("load", sys.executable, str(LOADGEN), url, "--room", ROOM, "--peers",
@@ -581,17 +592,10 @@ def janus_section(results: list[Result], rows: list[dict], why: str) -> list[str
 
 
 async def run_all(args: argparse.Namespace) -> list[Result]:
-    results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench_compare-") as logs:
-        for mode in args.modes:
-            for count in args.peers:
-                print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
-                result = await run_one(mode, count, args, Path(logs))
-                results.append(result)
-                print(f"  {format_table([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
-                if result.collapsed and not args.keep_going:
-                    break
-    return results
+        return await run_series(
+            args.modes, args.peers, lambda m, n: run_one(m, n, args, Path(logs)), format_table, args.keep_going
+        )
 
 
 def numbers(text: str) -> list[int]:

@@ -36,11 +36,13 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_room import (  # noqa: E402 - a sibling script
     REPO,
+    Window,
     cpu_ticks,
     emit,
     free_port,
     machine,
     peer_colour,
+    start_server,
     stop,
     tail,
     wait_healthy,
@@ -78,14 +80,9 @@ async def run_room(url: str, room: str, index: int) -> None:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         while line := await reader.readline():
             seconds = float(line.split()[1])
-            start, cpu = [(p.video_frames, p.audio_frames) for p in peers], sum(os.times()[:2])
-            began = time.monotonic()
+            window = Window(peers)
             await asyncio.sleep(seconds)
-            wall = time.monotonic() - began
-            end = [(p.video_frames, p.audio_frames) for p in peers]
-            emit("result", fps=[(b[0] - a[0]) / wall for a, b in zip(start, end)],
-                 audio=[(b[1] - a[1]) / wall for a, b in zip(start, end)],
-                 cpu=(sum(os.times()[:2]) - cpu) / wall * 100)
+            emit("result", **window.report())
     finally:
         await asyncio.wait_for(asyncio.gather(*(p.close() for p in peers), return_exceptions=True), 15)
 
@@ -156,10 +153,9 @@ async def run_series(workers: int, args: argparse.Namespace, logs: Path) -> Seri
     server = None
     try:
         with (logs / f"server-{workers}.log").open("wb") as log:
-            server = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mcu.server.cli", "serve", "--port", str(port), "--workers", str(workers),
-                "--size", args.size, "--fps", str(args.fps), "--log-level", "WARNING", "--max-peers", "64",
-                cwd=REPO, stdout=log, stderr=log, start_new_session=True,
+            server = await start_server(
+                port, log, "--workers", str(workers), "--size", args.size, "--fps", str(args.fps),
+                "--log-level", "WARNING", "--max-peers", "64",
             )  # fmt: skip
         await wait_healthy(port, server, timeout=60)
         pids = await server_pids(port, server)
