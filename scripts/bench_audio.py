@@ -52,6 +52,7 @@ from bench_room import (  # noqa: E402  (a sibling script, not a package)
     free_port,
     machine,
     next_event,
+    run_reported,
     start_server,
     stop,
     tail,
@@ -260,10 +261,8 @@ async def run_all(args: argparse.Namespace) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="bench_audio-") as logs:
         for count in args.peers:
             for mode in args.modes:
-                print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
-                result = await run_one(mode, count, args, Path(logs))
-                results.append(result)
-                print(f"  {format_table([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
+                run = run_one(mode, count, args, Path(logs))
+                results.append(await run_reported(mode, count, run, format_table))
     results.sort(key=lambda r: (args.modes.index(r.mode), r.peers))
     return results
 

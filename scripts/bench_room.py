@@ -833,6 +833,16 @@ class Run(Protocol):
 
 
 R = TypeVar("R", bound=Run)
+T = TypeVar("T")
+
+
+async def run_reported(mode: str, count: int, run: Awaitable[T], table: Callable[[list[T]], str]) -> T:
+    """`run` (`mode` with `count` peers), announced on stderr and its row (the last line of its `table`) shown
+    as it ends."""
+    print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
+    result = await run
+    print(f"  {table([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
+    return result
 
 
 async def run_series(
@@ -842,17 +852,15 @@ async def run_series(
     table: Callable[[list[R]], str],
     keep_going: bool = False,
 ) -> list[R]:
-    """Each mode at each count in turn, each run's row (the last line of its `table`) on stderr as it ends.
+    """Each mode at each count in turn (`run_reported`).
 
     A mode's larger counts are skipped once one collapsed, unless `keep_going`: they would only saturate the machine.
     """
     results: list[R] = []
     for mode in modes:
         for count in counts:
-            print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
-            result = await run(mode, count)
+            result = await run_reported(mode, count, run(mode, count), table)
             results.append(result)
-            print(f"  {table([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
             if result.collapsed and not keep_going:
                 break
     return results
@@ -864,9 +872,8 @@ async def run_all(args: argparse.Namespace) -> list[Result | LargeResult]:
         # Large rooms: with and without sender control side by side at each N, none skipped.
         for count in args.peers if any(mode in LARGE_MODES for mode in args.modes) else []:
             for mode in (m for m in args.modes if m in LARGE_MODES):
-                print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
-                results.append(await run_large(mode, count, args, Path(logs)))
-                print(f"  {format_large_table(results[-1:]).splitlines()[-1]}", file=sys.stderr, flush=True)
+                large = await run_reported(mode, count, run_large(mode, count, args, Path(logs)), format_large_table)
+                results.append(large)
         modes = [m for m in args.modes if m in MODES]
         results += await run_series(modes, args.peers, lambda m, n: run_one(m, n, args, Path(logs)), format_table)
     return results
