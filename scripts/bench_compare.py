@@ -50,8 +50,11 @@ sys.path.insert(0, str(REPO))
 # The helpers of the other bench scripts (this directory is on sys.path when a script runs).
 from bench_room import (  # noqa: E402
     cpu_ticks,
+    emit,
     free_port,
     machine,
+    next_event,
+    next_line,
     run_series,
     start_server,
     steal_ticks,
@@ -71,10 +74,6 @@ CPU_CAP = 190.0
 BEGIN, END = "<!-- bench_compare:begin -->", "<!-- bench_compare:end -->"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOADGEN = REPO / "scripts" / "loadgen.py"
-
-
-def emit(event: str, **fields: object) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
 
 
 def mode_options(mode: str) -> dict[str, Any]:
@@ -250,19 +249,6 @@ class Result:
         return f"collapsed ({', '.join(reasons)})" if reasons else "ok"
 
 
-async def next_event(process: asyncio.subprocess.Process, timeout: float, prefix: bytes = b"{") -> dict | str:
-    """The next line of `process` that starts with `prefix` (a JSON event, or a text line)."""
-    assert process.stdout is not None
-
-    async def read() -> dict | str:
-        while line := await process.stdout.readline():
-            if line.startswith(prefix):
-                return json.loads(line) if prefix == b"{" else line.decode()
-        raise RuntimeError(f"process {process.pid} exited (status {await process.wait()})")
-
-    return await asyncio.wait_for(read(), timeout)
-
-
 async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -> Result:
     """One fresh server, the load, the stamper and the observer; one window."""
     result = Result(mode, count, load_average=os.getloadavg()[0])
@@ -289,7 +275,7 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
             load = await start("load", sys.executable, str(LOADGEN), url, "--room", ROOM, "--peers",
                                str(count - 2), "--mode", mode, "--ramp", "0.1", "--display", "plain",
                                "--interval", "100000")  # fmt: skip
-            await next_event(load, timeout=10 * count + 30, prefix=b"ready:")
+            await next_line(load, timeout=10 * count + 30, prefix=b"ready:")
         stamper = await start("stamper", sys.executable, __file__, "_stamper", url, mode)
         await next_event(stamper, timeout=30)
         observer = await start("observer", sys.executable, __file__, "_observer", url, mode, str(count),
@@ -309,7 +295,6 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
     finally:
         for name in ("observer", "stamper", "load", "server"):
             await stop(processes.get(name))
-    assert isinstance(report, dict)
     cpu = {name: ticks_used / CLK_TCK / elapsed * 100 for name, ticks_used in used.items()}
     result.server_cpu, result.observer_cpu = cpu["server"], cpu["observer"]
     result.load_cpu, result.stamper_cpu = cpu.get("load", 0.0), cpu["stamper"]

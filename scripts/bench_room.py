@@ -348,17 +348,22 @@ async def stop(process: asyncio.subprocess.Process | None, grace: float = 10) ->
         await asyncio.wait_for(process.wait(), 5)
 
 
-async def next_event(load: asyncio.subprocess.Process, timeout: float) -> dict:
-    """The next JSON event line from the load process."""
-    assert load.stdout is not None
+async def next_line(process: asyncio.subprocess.Process, timeout: float, prefix: bytes) -> bytes:
+    """The next line of `process`'s output that starts with `prefix`."""
+    assert process.stdout is not None
 
-    async def read() -> dict:
-        while line := await load.stdout.readline():
-            if line.startswith(b"{"):
-                return json.loads(line)
-        raise RuntimeError(f"the load process exited (status {await load.wait()})")
+    async def read() -> bytes:
+        while line := await process.stdout.readline():
+            if line.startswith(prefix):
+                return line
+        raise RuntimeError(f"process {process.pid} exited (status {await process.wait()})")
 
     return await asyncio.wait_for(read(), timeout)
+
+
+async def next_event(process: asyncio.subprocess.Process, timeout: float) -> dict:
+    """The next JSON event line of `process` (one that `emit`s: a load process, an observer)."""
+    return json.loads(await next_line(process, timeout, b"{"))
 
 
 def tail(path: Path, lines: int = 15) -> str:

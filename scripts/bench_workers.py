@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
 import shlex
 import sys
@@ -41,6 +40,7 @@ from bench_room import (  # noqa: E402 - a sibling script
     emit,
     free_port,
     machine,
+    next_event,
     peer_colour,
     start_server,
     stop,
@@ -128,18 +128,6 @@ def fits(step: Step, fps: int) -> bool:
     return not step.failure and step.fps_min >= MIN_FPS_SHARE * fps and step.audio_min >= MIN_AUDIO
 
 
-async def line_of(process: asyncio.subprocess.Process, timeout: float) -> dict:
-    assert process.stdout is not None
-
-    async def read() -> dict:
-        while line := await process.stdout.readline():
-            if line.startswith(b"{"):
-                return json.loads(line)
-        raise RuntimeError(f"a load process exited (status {await process.wait()})")
-
-    return await asyncio.wait_for(read(), timeout)
-
-
 async def server_pids(port: int, server: asyncio.subprocess.Process) -> list[int]:
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as response:
         state = await response.json()
@@ -169,7 +157,7 @@ async def run_series(workers: int, args: argparse.Namespace, logs: Path) -> Seri
                     start_new_session=True,
                 ))  # fmt: skip
             try:
-                await line_of(rooms[-1], timeout=120)
+                await next_event(rooms[-1], timeout=120)
                 await asyncio.sleep(args.warmup)
                 windows = [await measure(rooms, pids, count, args.seconds) for _ in range(args.windows)]
             except (RuntimeError, TimeoutError, OSError) as exc:
@@ -196,7 +184,7 @@ async def measure(rooms: list[asyncio.subprocess.Process], pids: list[int], coun
     began = time.monotonic()
     for room in rooms:
         room.stdin.write(f"measure {seconds}\n".encode())  # type: ignore[union-attr]
-    reports = [await line_of(room, timeout=seconds + 30) for room in rooms]
+    reports = [await next_event(room, timeout=seconds + 30) for room in rooms]
     step = Step(count)
     elapsed = time.monotonic() - began
     step.server_cpu = (cpu_ticks(pids[0]) - ticks) / CLK_TCK / elapsed * 100
