@@ -204,6 +204,7 @@ class PreEncodedAudioTrack(_PacketLoop):
 
     async def recv(self) -> av.Packet:
         packet = await super().recv()
+        assert packet.pts is not None  # the clip's packets are stamped (encode_audio_clip)
         self.audio_level = self._levels[(packet.pts // FRAME_SAMPLES) % len(self._levels)]
         return packet
 

@@ -12,6 +12,8 @@ and a pre-encoded clip (client/encoded.py) starts again at its lap's keyframe.
 from __future__ import annotations
 
 from aiortc import MediaStreamTrack
+from av.frame import Frame
+from av.packet import Packet
 
 
 class PausableVideoTrack(MediaStreamTrack):
@@ -40,7 +42,7 @@ class PausableVideoTrack(MediaStreamTrack):
         if restart_lap is not None:
             restart_lap()  # the next packet the source hands out is its clip's keyframe
 
-    async def recv(self):  # type: ignore[no-untyped-def]
+    async def recv(self) -> Frame | Packet:
         while True:
             frame = await self.source.recv()
             if not self.paused:

@@ -8,7 +8,6 @@ for the composite are kept here per publisher, in `Peer.remote[peerId]`.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import cast
@@ -22,25 +21,19 @@ from aiortc.mediastreams import MediaStreamError
 from mcu.rtc.jitter import DOWNLINK_MAX_WAIT, DOWNLINK_NACK_RETRY, DOWNLINK_NACK_TRIES
 from mcu.rtc.receiver import install_encoded_receiver, install_video_jitter_buffer
 
+from .counters import ReceiveCounters
+
 #: Received audio kept per publisher for analysis (mono samples at 48 kHz).
 AUDIO_KEEP_SECONDS = 10
 
 
 @dataclass
-class RemotePublisher:
+class RemotePublisher(ReceiveCounters):
     """One remote peer's media as received: counters, its latest picture and its audio."""
 
     peer_id: str
-    video_frames: int = 0
-    audio_frames: int = 0
-    #: Encoded bytes and VP8 keyframes, counted only when not decoding (load peers).
-    video_bytes: int = 0
-    audio_bytes: int = 0
-    keyframes: int = 0
     #: The latest decoded picture (None when not decoding).
     video_frame: av.VideoFrame | None = None
-    #: When its first picture arrived (time.monotonic()).
-    first_frame_time: float | None = None
     #: Its tracks have ended: the publisher left (or the server stopped forwarding it).
     ended: bool = False
     _audio: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=AUDIO_KEEP_SECONDS * 50), repr=False)
@@ -75,16 +68,11 @@ class RemotePublisher:
         self.end()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _picture(self) -> None:
-        if self.first_frame_time is None:
-            self.first_frame_time = time.monotonic()
-        self.video_frames += 1
-
     async def _video(self, track: MediaStreamTrack) -> None:
         try:
             while True:
                 self.video_frame = cast(av.VideoFrame, await track.recv())
-                self._picture()
+                self.count_picture()
         except MediaStreamError:
             pass
 
@@ -103,13 +91,6 @@ class RemotePublisher:
             while True:
                 # install_encoded_receiver() made the track yield its frames undecoded.
                 frame = cast(JitterFrame, await track.recv())
-                if track.kind == "video":
-                    self._picture()
-                    self.video_bytes += len(frame.data)
-                    # VP8's inverse key frame flag (RFC 6386 9.1); sfu rooms carry VP8 only.
-                    self.keyframes += not frame.data[0] & 0x01 if frame.data else 0
-                else:
-                    self.audio_frames += 1
-                    self.audio_bytes += len(frame.data)
+                self.count_encoded(track.kind, frame.data)
         except MediaStreamError:
             pass

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence, TypeVar
 
+#: Whatever names a participant in `last_n` (a peer id in the server).
+Key = TypeVar("Key", bound=Hashable)
 
 @dataclass(frozen=True)
 class Rect:
@@ -285,7 +287,7 @@ def parse_layout(data: Any) -> Layout:
     return Layout("custom", parsed, capacity=len(parsed))
 
 
-def last_n(ids: Sequence[Hashable], recent: Sequence[Hashable], limit: int) -> tuple[list[Hashable], int]:
+def last_n(ids: Sequence[Key], recent: Sequence[Key], limit: int) -> tuple[list[Key], int]:
     """Which of `ids` get a tile when at most `limit` tiles fit, and how many are left out.
 
     All of them if they fit; otherwise `limit - 1` (one tile counts the

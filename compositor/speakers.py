@@ -102,7 +102,7 @@ class TalkerSelector:
             return False
         return self._weakest is None or level_db > self._weakest + self.margin_db / 2
 
-    def update(self, ids: Sequence[Hashable], frame_levels: Sequence[float]) -> set[Hashable]:
+    def update(self, ids: Sequence[Hashable], frame_levels: Sequence[float] | np.ndarray) -> set[Hashable]:
         """Feed one tick's levels (dBFS, one per id: everyone who sends audio); returns the talker set."""
         for gone in self._smoothed.keys() - set(ids):
             del self._smoothed[gone]
@@ -251,7 +251,7 @@ class SpeakerDetector:
         """The smoothed level of `key` in dBFS."""
         return max(10 * np.log10(max(self._power.get(key, 0.0), 1e-300)), SILENCE_DB)
 
-    def update(self, ids: Sequence[Hashable], frame_levels: Sequence[float]) -> SpeakerEvents:
+    def update(self, ids: Sequence[Hashable], frame_levels: Sequence[float] | np.ndarray) -> SpeakerEvents:
         """Feed one tick's levels (dBFS, one per id); returns what changed."""
         events = SpeakerEvents([], [])
         present = set(ids)

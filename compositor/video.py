@@ -117,7 +117,7 @@ def yuv420p_planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.nda
     if frame.format.name != "yuv420p":
         frame = frame.reformat(format="yuv420p")
     y, u, v = (
-        np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+        np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
         for plane in frame.planes
     )
     return y, u, v
@@ -228,7 +228,7 @@ class Compositor:
         same_geometry = (
             shown is not None and shown.name == tile.name and shown.area == area and shown.speaking == tile.speaking
         )
-        if same_geometry and shown.frame is frame:
+        if shown is not None and same_geometry and shown.frame is frame:
             return shown
         if frame is None:
             self._paste_luma(_placeholder_patch(tile.name, cell.width, cell.height), cell)

@@ -28,8 +28,9 @@ def bind(room: str | None, peer: str | None) -> None:
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.room, record.peer = _room.get(), _peer.get()
-        record.ids = "".join(f" [{k} {v}]" for k, v in (("room", record.room), ("peer", record.peer)) if v)
+        room, peer = _room.get(), _peer.get()
+        record.room, record.peer = room, peer
+        record.ids = "".join(f" [{k} {v}]" for k, v in (("room", room), ("peer", peer)) if v)
         return True
 
 

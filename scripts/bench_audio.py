@@ -52,6 +52,8 @@ from bench_room import (  # noqa: E402  (a sibling script, not a package)
     free_port,
     machine,
     next_event,
+    run_reported,
+    start_server,
     stop,
     tail,
     wait_healthy,
@@ -152,11 +154,9 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
     load_logs: list[Path] = []
     try:
         with (logs / f"server-{mode}-{count}.log").open("wb") as log:
-            server = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mcu.server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--size", "160x96", "--fps", "1", "--max-peers", str(count), "--log-level", "WARNING",
+            server = await start_server(
+                port, log, "--size", "160x96", "--fps", "1", "--max-peers", str(count), "--log-level", "WARNING",
                 *mode_settings(mode)[0],
-                cwd=REPO, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         await wait_healthy(port, server)
         for first in range(0, count, PEERS_PER_LOAD):
@@ -261,10 +261,8 @@ async def run_all(args: argparse.Namespace) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="bench_audio-") as logs:
         for count in args.peers:
             for mode in args.modes:
-                print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
-                result = await run_one(mode, count, args, Path(logs))
-                results.append(result)
-                print(f"  {format_table([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
+                run = run_one(mode, count, args, Path(logs))
+                results.append(await run_reported(mode, count, run, format_table))
     results.sort(key=lambda r: (args.modes.index(r.mode), r.peers))
     return results
 

@@ -48,7 +48,20 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 # The helpers of the other bench scripts (this directory is on sys.path when a script runs).
-from bench_room import cpu_ticks, free_port, machine, steal_ticks, stop, wait_healthy, write_section  # noqa: E402
+from bench_room import (  # noqa: E402
+    cpu_ticks,
+    emit,
+    free_port,
+    machine,
+    next_event,
+    next_line,
+    run_series,
+    start_server,
+    steal_ticks,
+    stop,
+    wait_healthy,
+    write_section,
+)
 
 ROOM = "bench"
 MODES = ("mcu", "sfu", "mesh")
@@ -61,10 +74,6 @@ CPU_CAP = 190.0
 BEGIN, END = "<!-- bench_compare:begin -->", "<!-- bench_compare:end -->"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOADGEN = REPO / "scripts" / "loadgen.py"
-
-
-def emit(event: str, **fields: object) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
 
 
 def mode_options(mode: str) -> dict[str, Any]:
@@ -240,19 +249,6 @@ class Result:
         return f"collapsed ({', '.join(reasons)})" if reasons else "ok"
 
 
-async def next_event(process: asyncio.subprocess.Process, timeout: float, prefix: bytes = b"{") -> dict | str:
-    """The next line of `process` that starts with `prefix` (a JSON event, or a text line)."""
-    assert process.stdout is not None
-
-    async def read() -> dict | str:
-        while line := await process.stdout.readline():
-            if line.startswith(prefix):
-                return json.loads(line) if prefix == b"{" else line.decode()
-        raise RuntimeError(f"process {process.pid} exited (status {await process.wait()})")
-
-    return await asyncio.wait_for(read(), timeout)
-
-
 async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -> Result:
     """One fresh server, the load, the stamper and the observer; one window."""
     result = Result(mode, count, load_average=os.getloadavg()[0])
@@ -260,25 +256,26 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
     url = f"ws://127.0.0.1:{port}/ws"
     processes: dict[str, asyncio.subprocess.Process] = {}
 
-    async def start(name: str, *command: str, pipe: bool = True) -> asyncio.subprocess.Process:
+    async def start(name: str, *command: str) -> asyncio.subprocess.Process:
         with (logs / f"{name}-{mode}-{count}.log").open("wb") as log:
             process = await asyncio.create_subprocess_exec(
-                *command, cwd=REPO, stdout=asyncio.subprocess.PIPE if pipe else log, stderr=log,
+                *command, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=log,
                 start_new_session=True,  # Ctrl-C reaches only this script, which stops them in order
             )  # fmt: skip
         processes[name] = process
         return process
 
     try:
-        server = await start("server", sys.executable, "-m", "mcu.server.cli", "serve", "--host", "127.0.0.1", "--port",
-                             str(port), "--size", f"{SIZE[0]}x{SIZE[1]}", "--fps", str(FPS), "--mode", mode,
-                             "--log-level", "WARNING", pipe=False)  # fmt: skip
+        with (logs / f"server-{mode}-{count}.log").open("wb") as log:
+            server = processes["server"] = await start_server(
+                port, log, "--size", f"{SIZE[0]}x{SIZE[1]}", "--fps", str(FPS), "--mode", mode, "--log-level", "WARNING"
+            )
         await wait_healthy(port, server)
         if count > 2:
             load = await start("load", sys.executable, str(LOADGEN), url, "--room", ROOM, "--peers",
                                str(count - 2), "--mode", mode, "--ramp", "0.1", "--display", "plain",
                                "--interval", "100000")  # fmt: skip
-            await next_event(load, timeout=10 * count + 30, prefix=b"ready:")
+            await next_line(load, timeout=10 * count + 30, prefix=b"ready:")
         stamper = await start("stamper", sys.executable, __file__, "_stamper", url, mode)
         await next_event(stamper, timeout=30)
         observer = await start("observer", sys.executable, __file__, "_observer", url, mode, str(count),
@@ -298,7 +295,6 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
     finally:
         for name in ("observer", "stamper", "load", "server"):
             await stop(processes.get(name))
-    assert isinstance(report, dict)
     cpu = {name: ticks_used / CLK_TCK / elapsed * 100 for name, ticks_used in used.items()}
     result.server_cpu, result.observer_cpu = cpu["server"], cpu["observer"]
     result.load_cpu, result.stamper_cpu = cpu.get("load", 0.0), cpu["stamper"]
@@ -581,17 +577,10 @@ def janus_section(results: list[Result], rows: list[dict], why: str) -> list[str
 
 
 async def run_all(args: argparse.Namespace) -> list[Result]:
-    results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench_compare-") as logs:
-        for mode in args.modes:
-            for count in args.peers:
-                print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
-                result = await run_one(mode, count, args, Path(logs))
-                results.append(result)
-                print(f"  {format_table([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
-                if result.collapsed and not args.keep_going:
-                    break
-    return results
+        return await run_series(
+            args.modes, args.peers, lambda m, n: run_one(m, n, args, Path(logs)), format_table, args.keep_going
+        )
 
 
 def numbers(text: str) -> list[int]:

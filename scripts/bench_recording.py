@@ -49,11 +49,10 @@ async def run(args: argparse.Namespace) -> dict:
     # The load stays until it is stopped at the end; this only bounds it if the driver dies.
     total = len(order) * (args.window + SETTLE) * 5 + 120
     with tempfile.TemporaryDirectory() as records:
-        server = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mcu.server.cli", "serve", "--port", str(port), "--size", bench_room.SIZE,
-            "--fps", str(bench_room.FPS), "--record-dir", records, "--log-level", "WARNING",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, cwd=bench_room.REPO,
-        )
+        server = await bench_room.start_server(
+            port, asyncio.subprocess.DEVNULL, "--size", bench_room.SIZE, "--fps", str(bench_room.FPS),
+            "--record-dir", records, "--log-level", "WARNING",
+        )  # fmt: skip
         load = None
         try:
             await bench_room.wait_healthy(port, server)

@@ -36,9 +36,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Protocol, TypeVar
 
 import aiohttp
+
+from client.counters import Received
+
+if TYPE_CHECKING:
+    from client.peer import Peer
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE, FPS = "1280x720", 30
@@ -137,6 +142,27 @@ def emit(event: str, **fields: object) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
+class Window:
+    """A measurement window of a load process: what each of its peers received, and its own CPU."""
+
+    def __init__(self, peers: list[Peer]) -> None:
+        self._peers = peers
+        self._start = [Received.of(p) for p in peers]
+        self._cpu = sum(os.times()[:2])
+        self._began = time.monotonic()
+
+    def report(self) -> dict[str, list[float] | float]:
+        """Since the window opened: per peer fps, audio packets/s and payload kbit/s; the process's CPU in %."""
+        wall = time.monotonic() - self._began
+        spans = list(zip(self._start, [Received.of(p) for p in self._peers]))
+        return {
+            "fps": [end.fps(start) for start, end in spans],
+            "audio": [end.audio_rate(start) for start, end in spans],
+            "kbps": [end.payload_kbps(start) for start, end in spans],
+            "cpu": (sum(os.times()[:2]) - self._cpu) / wall * 100,
+        }
+
+
 async def run_load(url: str, count: int, warmup: float, seconds: float, mix: list[str] | None = None) -> None:
     """Join `count` load peers, wait for media, then report one measurement window.
 
@@ -166,26 +192,10 @@ async def run_load(url: str, count: int, warmup: float, seconds: float, mix: lis
             await peer.join(timeout=10)
         await peers[0].wait_for(lambda: all(p.video_frames and p.audio_frames for p in peers), timeout=30)
         await asyncio.sleep(warmup)
-
-        def snapshot() -> tuple[float, float, list[tuple[int, int, int]]]:
-            times = os.times()
-            counters = [(p.video_frames, p.audio_frames, p.video_bytes + p.audio_bytes) for p in peers]
-            return time.monotonic(), times.user + times.system, counters
-
-        start = snapshot()
+        window = Window(peers)
         emit("start")
         await asyncio.sleep(seconds)
-        end = snapshot()
-        wall = end[0] - start[0]
-        deltas = [[b - a for a, b in zip(first, last)] for first, last in zip(start[2], end[2])]
-        emit(
-            "result",
-            fps=[d[0] / wall for d in deltas],
-            audio=[d[1] / wall for d in deltas],
-            kbps=[d[2] * 8 / wall / 1000 for d in deltas],
-            cpu=(end[1] - start[1]) / wall * 100,
-            labels=labels,
-        )
+        emit("result", **window.report(), labels=labels)
     finally:
         await asyncio.wait_for(asyncio.gather(*(p.close() for p in peers), return_exceptions=True), 15)
 
@@ -229,8 +239,7 @@ async def run_large_load(url: str, count: int, warmup: float, seconds: float) ->
         uploads = [UploadByScreen() for _ in peers]
         last = [counters(p) for p in peers]
         states = [screen_state(p) for p in peers]
-        started, cpu_start = time.monotonic(), sum(os.times()[:2])
-        first = [(p.video_frames, p.audio_frames) for p in peers]
+        started, window = time.monotonic(), Window(peers)
         emit("start")
         while (now := time.monotonic()) < started + seconds:
             await asyncio.sleep(min(0.5, started + seconds - now))
@@ -238,14 +247,11 @@ async def run_large_load(url: str, count: int, warmup: float, seconds: float) ->
                 current = counters(peer)
                 uploads[i].add(states[i], current.bytes_out - last[i].bytes_out, current.at - last[i].at)
                 last[i], states[i] = current, screen_state(peer)
-        wall = time.monotonic() - started
         emit(
             "result",
-            fps=[(p.video_frames - f[0]) / wall for p, f in zip(peers, first)],
-            audio=[(p.audio_frames - f[1]) / wall for p, f in zip(peers, first)],
+            **window.report(),
             up_on=[u.kbps("on") for u in uploads],
             up_off=[u.kbps("off") for u in uploads],
-            cpu=(sum(os.times()[:2]) - cpu_start) / wall * 100,
         )
         for i in range(first_turn, count):
             audios[i].set_amplitude(LOUD_AMPLITUDE)
@@ -305,9 +311,9 @@ def cpu_ticks(pid: int) -> int:
     return total
 
 
-async def start_server(port: int, log: IO[bytes], *options: str) -> asyncio.subprocess.Process:
-    """`mcu serve` on 127.0.0.1:`port` with `options`, its output to `log`, in a session of its own:
-    Ctrl-C reaches only the benchmark, which stops it in order (`stop`)."""
+async def start_server(port: int, log: IO[Any] | int, *options: str) -> asyncio.subprocess.Process:
+    """`mcu serve` on 127.0.0.1:`port` with `options`, its output to `log` (a file, or DEVNULL), in a session
+    of its own: Ctrl-C reaches only the benchmark, which stops it in order (`stop`)."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mcu.server.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *options,
         cwd=REPO, stdout=log, stderr=log, start_new_session=True,
@@ -342,17 +348,22 @@ async def stop(process: asyncio.subprocess.Process | None, grace: float = 10) ->
         await asyncio.wait_for(process.wait(), 5)
 
 
-async def next_event(load: asyncio.subprocess.Process, timeout: float) -> dict:
-    """The next JSON event line from the load process."""
-    assert load.stdout is not None
+async def next_line(process: asyncio.subprocess.Process, timeout: float, prefix: bytes) -> bytes:
+    """The next line of `process`'s output that starts with `prefix`."""
+    assert process.stdout is not None
 
-    async def read() -> dict:
-        while line := await load.stdout.readline():
-            if line.startswith(b"{"):
-                return json.loads(line)
-        raise RuntimeError(f"the load process exited (status {await load.wait()})")
+    async def read() -> bytes:
+        while line := await process.stdout.readline():
+            if line.startswith(prefix):
+                return line
+        raise RuntimeError(f"process {process.pid} exited (status {await process.wait()})")
 
     return await asyncio.wait_for(read(), timeout)
+
+
+async def next_event(process: asyncio.subprocess.Process, timeout: float) -> dict:
+    """The next JSON event line of `process` (one that `emit`s: a load process, an observer)."""
+    return json.loads(await next_line(process, timeout, b"{"))
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -819,23 +830,57 @@ def write_section(path: Path, text: str) -> None:
         path.write_text(current.rstrip("\n") + "\n\n" + text + "\n")
 
 
+class Run(Protocol):
+    """One measured run of a series: a mode at one number of peers."""
+
+    @property
+    def collapsed(self) -> bool: ...
+
+
+R = TypeVar("R", bound=Run)
+T = TypeVar("T")
+
+
+async def run_reported(mode: str, count: int, run: Awaitable[T], table: Callable[[list[T]], str]) -> T:
+    """`run` (`mode` with `count` peers), announced on stderr and its row (the last line of its `table`) shown
+    as it ends."""
+    print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
+    result = await run
+    print(f"  {table([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
+    return result
+
+
+async def run_series(
+    modes: Iterable[str],
+    counts: list[int],
+    run: Callable[[str, int], Awaitable[R]],
+    table: Callable[[list[R]], str],
+    keep_going: bool = False,
+) -> list[R]:
+    """Each mode at each count in turn (`run_reported`).
+
+    A mode's larger counts are skipped once one collapsed, unless `keep_going`: they would only saturate the machine.
+    """
+    results: list[R] = []
+    for mode in modes:
+        for count in counts:
+            result = await run_reported(mode, count, run(mode, count), table)
+            results.append(result)
+            if result.collapsed and not keep_going:
+                break
+    return results
+
+
 async def run_all(args: argparse.Namespace) -> list[Result | LargeResult]:
     results: list[Result | LargeResult] = []
     with tempfile.TemporaryDirectory(prefix="bench_room-") as logs:
         # Large rooms: with and without sender control side by side at each N, none skipped.
         for count in args.peers if any(mode in LARGE_MODES for mode in args.modes) else []:
             for mode in (m for m in args.modes if m in LARGE_MODES):
-                print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
-                results.append(await run_large(mode, count, args, Path(logs)))
-                print(f"  {format_large_table(results[-1:]).splitlines()[-1]}", file=sys.stderr, flush=True)
-        for mode in (m for m in args.modes if m in MODES):
-            for count in args.peers:
-                print(f"{mode} N={count} ...", file=sys.stderr, flush=True)
-                result = await run_one(mode, count, args, Path(logs))
-                results.append(result)
-                print(f"  {format_table([result]).splitlines()[-1]}", file=sys.stderr, flush=True)
-                if result.collapsed:
-                    break
+                large = await run_reported(mode, count, run_large(mode, count, args, Path(logs)), format_large_table)
+                results.append(large)
+        modes = [m for m in args.modes if m in MODES]
+        results += await run_series(modes, args.peers, lambda m, n: run_one(m, n, args, Path(logs)), format_table)
     return results
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
 import shlex
 import sys
@@ -36,11 +35,14 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_room import (  # noqa: E402 - a sibling script
     REPO,
+    Window,
     cpu_ticks,
     emit,
     free_port,
     machine,
+    next_event,
     peer_colour,
+    start_server,
     stop,
     tail,
     wait_healthy,
@@ -78,14 +80,9 @@ async def run_room(url: str, room: str, index: int) -> None:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         while line := await reader.readline():
             seconds = float(line.split()[1])
-            start, cpu = [(p.video_frames, p.audio_frames) for p in peers], sum(os.times()[:2])
-            began = time.monotonic()
+            window = Window(peers)
             await asyncio.sleep(seconds)
-            wall = time.monotonic() - began
-            end = [(p.video_frames, p.audio_frames) for p in peers]
-            emit("result", fps=[(b[0] - a[0]) / wall for a, b in zip(start, end)],
-                 audio=[(b[1] - a[1]) / wall for a, b in zip(start, end)],
-                 cpu=(sum(os.times()[:2]) - cpu) / wall * 100)
+            emit("result", **window.report())
     finally:
         await asyncio.wait_for(asyncio.gather(*(p.close() for p in peers), return_exceptions=True), 15)
 
@@ -131,18 +128,6 @@ def fits(step: Step, fps: int) -> bool:
     return not step.failure and step.fps_min >= MIN_FPS_SHARE * fps and step.audio_min >= MIN_AUDIO
 
 
-async def line_of(process: asyncio.subprocess.Process, timeout: float) -> dict:
-    assert process.stdout is not None
-
-    async def read() -> dict:
-        while line := await process.stdout.readline():
-            if line.startswith(b"{"):
-                return json.loads(line)
-        raise RuntimeError(f"a load process exited (status {await process.wait()})")
-
-    return await asyncio.wait_for(read(), timeout)
-
-
 async def server_pids(port: int, server: asyncio.subprocess.Process) -> list[int]:
     async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as response:
         state = await response.json()
@@ -156,10 +141,9 @@ async def run_series(workers: int, args: argparse.Namespace, logs: Path) -> Seri
     server = None
     try:
         with (logs / f"server-{workers}.log").open("wb") as log:
-            server = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mcu.server.cli", "serve", "--port", str(port), "--workers", str(workers),
-                "--size", args.size, "--fps", str(args.fps), "--log-level", "WARNING", "--max-peers", "64",
-                cwd=REPO, stdout=log, stderr=log, start_new_session=True,
+            server = await start_server(
+                port, log, "--workers", str(workers), "--size", args.size, "--fps", str(args.fps),
+                "--log-level", "WARNING", "--max-peers", "64",
             )  # fmt: skip
         await wait_healthy(port, server, timeout=60)
         pids = await server_pids(port, server)
@@ -173,7 +157,7 @@ async def run_series(workers: int, args: argparse.Namespace, logs: Path) -> Seri
                     start_new_session=True,
                 ))  # fmt: skip
             try:
-                await line_of(rooms[-1], timeout=120)
+                await next_event(rooms[-1], timeout=120)
                 await asyncio.sleep(args.warmup)
                 windows = [await measure(rooms, pids, count, args.seconds) for _ in range(args.windows)]
             except (RuntimeError, TimeoutError, OSError) as exc:
@@ -200,7 +184,7 @@ async def measure(rooms: list[asyncio.subprocess.Process], pids: list[int], coun
     began = time.monotonic()
     for room in rooms:
         room.stdin.write(f"measure {seconds}\n".encode())  # type: ignore[union-attr]
-    reports = [await line_of(room, timeout=seconds + 30) for room in rooms]
+    reports = [await next_event(room, timeout=seconds + 30) for room in rooms]
     step = Step(count)
     elapsed = time.monotonic() - began
     step.server_cpu = (cpu_ticks(pids[0]) - ticks) / CLK_TCK / elapsed * 100

@@ -37,6 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from client.counters import Received  # noqa: E402
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack  # noqa: E402
 from client.peer import Peer, PeerError  # noqa: E402
 from mcu.rtc.traffic import transport_bytes  # noqa: E402
@@ -53,32 +54,16 @@ def peer_colour(index: int) -> tuple[int, int, int]:
 
 
 @dataclass
-class Counters:
-    """What one peer has received and sent so far."""
+class Counters(Received):
+    """What one peer has received (client/counters.py) and its bytes on the wire, both ways, so far."""
 
-    at: float
-    video_frames: int = 0
-    audio_frames: int = 0
-    #: Remote video streams that have delivered a frame (1 in an mcu room: the composite).
-    streams: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
 
 
 def counters(peer: Peer) -> Counters:
-    """A peer's counters now, in any mode (composite counters, or the sum over remote publishers)."""
-    now = Counters(time.monotonic())
-    remote = getattr(peer, "remote", None) or {}
-    if remote:
-        now.video_frames = sum(r.video_frames for r in remote.values())
-        now.audio_frames = sum(r.audio_frames for r in remote.values())
-        now.streams = sum(1 for r in remote.values() if r.video_frames and not r.ended)
-    else:
-        now.video_frames, now.audio_frames, now.streams = (
-            peer.video_frames,
-            peer.audio_frames,
-            int(peer.video_frames > 0),
-        )
+    """A peer's counters now, in any mode."""
+    now = Counters.of(peer)
     for pc in connections(peer):
         sent, received = transport_bytes(pc)
         now.bytes_out += sent
@@ -167,8 +152,8 @@ class LoadPeer:
 def rates(first: Counters, last: Counters) -> dict[str, float]:
     wall = max(last.at - first.at, 1e-6)
     return {
-        "fps_in": (last.video_frames - first.video_frames) / wall,
-        "audio_in": (last.audio_frames - first.audio_frames) / wall,
+        "fps_in": last.fps(first),
+        "audio_in": last.audio_rate(first),
         "kbps_in": (last.bytes_in - first.bytes_in) * 8 / wall / 1000,
         "kbps_out": (last.bytes_out - first.bytes_out) * 8 / wall / 1000,
         "streams": last.streams,

@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_room import cpu_ticks, process_tree  # noqa: E402  (a sibling script, not a package)
+from bench_room import cpu_ticks, process_tree, start_server  # noqa: E402  (a sibling script, not a package)
+from bench_room import stop as stop_process  # noqa: E402  (`stop` here is the run's event)
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack  # noqa: E402
 from client.peer import Peer  # noqa: E402
@@ -166,10 +167,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Sample], int]:
     """The samples, and how many joins failed."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w", prefix="soak-server-", suffix=".log", delete=False)
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mcu.server.cli", "serve", "--port", str(port), "--size", args.size,
-        "--fps", str(args.fps), "--log-level", "WARNING", cwd=REPO, stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
+    server = await start_server(port, log, "--size", args.size, "--fps", str(args.fps), "--log-level", "WARNING")
     room = Room(f"ws://127.0.0.1:{port}/ws")
     samples: list[Sample] = []
     stop = asyncio.Event()
@@ -218,13 +216,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Sample], int]:
         if churner is not None:
             await asyncio.gather(churner, return_exceptions=True)
         await room.leave(len(room.peers))
-        if server.returncode is None:
-            server.terminate()
-            try:
-                await asyncio.wait_for(server.wait(), 10)
-            except asyncio.TimeoutError:
-                server.kill()
-                await server.wait()
+        await stop_process(server)
         log.close()
     return samples, room.failed
 

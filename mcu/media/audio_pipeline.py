@@ -58,8 +58,11 @@ class OpusPacket(NamedTuple):
 class Voice(Protocol):
     """What the audio clock reads of a participant (mcu/rooms/participant.py) at each tick."""
 
-    peer_id: str
-    audio_out: PacketSink
+    @property
+    def peer_id(self) -> str: ...
+
+    @property
+    def audio_out(self) -> PacketSink: ...
 
     @property
     def audio_gain(self) -> float: ...
@@ -201,6 +204,7 @@ class AudioPipeline:
         sending = np.array([p.sends_audio for p in participants], bool)
         packets, events = self._mix_encode(ids, channels, payloads, gains, sending, index * FRAME_SAMPLES)
         self._scheduled += 1
+        assert self._loop is not None  # start() sets it before the clock ticks
         try:
             self._loop.call_soon_threadsafe(self._deliver, participants, packets, events)
         except RuntimeError:
@@ -237,8 +241,8 @@ class AudioPipeline:
         self.stats.decodes += int(np.count_nonzero(decoding))
         # A skipped peer is silent here (not an underrun: it is not late, it is not heard).
         frames = np.zeros((len(channels), FRAME_SAMPLES), np.int16)
-        for i in np.flatnonzero(decoding):
-            frames[i] = channels[i].buffer.pull(FRAME_SAMPLES)
+        for decoded in np.flatnonzero(decoding):
+            frames[decoded] = channels[decoded].buffer.pull(FRAME_SAMPLES)
         frame_levels = np.where(np.isnan(sent), levels(frames), sent)
         if np.any(gains != 1.0):
             # Moderator volume and mutes.
@@ -252,7 +256,7 @@ class AudioPipeline:
             # counted, so a room of K + 1 voices and any number of listeners mixes every voice.
             voices = np.flatnonzero(sending)
             chosen = self._selector.update([ids[i] for i in voices], frame_levels[voices])
-            talking = [i for i in voices if ids[i] in chosen]
+            talking = [int(i) for i in voices if ids[i] in chosen]
         total, minus = mix_sums(frames[talking])
         packets: list[list[av.Packet] | None] = [None] * len(ids)
         for row, i in enumerate(talking):
@@ -295,6 +299,6 @@ class AudioPipeline:
         if events:
             self.active_speaker = events.active  # type: ignore[assignment]
             self.speaking = events.speaking
-            self.speaker_order = list(events.order)  # type: ignore[arg-type]
+            self.speaker_order = list(events.order)
             if self.on_speakers is not None:
                 self.on_speakers(events)

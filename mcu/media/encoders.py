@@ -67,9 +67,10 @@ class Output:
 VP8_CPU_USED = 13
 
 
-def _h264_context(bitrate: int, gop: int) -> av.CodecContext:
+def _h264_context(bitrate: int, gop: int) -> av.VideoCodecContext:
     """Constrained baseline (profile-level-id 42e01f), Annex B as aiortc's H.264 packetizer splits it."""
     codec = av.CodecContext.create("libx264", "w")
+    assert isinstance(codec, av.VideoCodecContext)  # what "libx264" makes; the stubs type it by name only
     codec.profile = "Constrained Baseline"
     rate = str(bitrate)
     codec.options = {
@@ -96,7 +97,7 @@ class VideoEncoder:
             raise ValueError(f"unknown video codec {codec_name!r}")
         gop = 10 * fps
         self._vp8: Vp8Encoder | None = None
-        self._codec: av.CodecContext | None = None
+        self._codec: av.VideoCodecContext | None = None
         if codec_name == "vp8":
             self._vp8 = Vp8Encoder(width, height, fps, bitrate, VP8_CPU_USED, gop)
         else:
@@ -106,7 +107,7 @@ class VideoEncoder:
             codec.pix_fmt = "yuv420p"
             codec.bit_rate = bitrate
             codec.time_base = VIDEO_TIME_BASE
-            codec.framerate = fps
+            codec.framerate = fractions.Fraction(fps)
             codec.gop_size = gop
             # One thread: the other core handles packets, decodes and Opus.
             codec.thread_count = 1

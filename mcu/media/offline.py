@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections import deque
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Callable, TextIO
 
 import av
 import numpy as np
@@ -47,7 +47,7 @@ class _Input:
             raise OfflineError(f"{path}: no audio or video stream")
         self.has_video = bool(video)
         self.duration = self._duration()
-        self._frames: Iterator[av.VideoFrame | av.AudioFrame] = self._container.decode(*video, *audio)
+        self._frames = self._container.decode(*video, *audio)
         self._pictures: deque[av.VideoFrame] = deque()
         self._picture: av.VideoFrame | None = None
         self._last_picture_time = float("-inf")
@@ -59,7 +59,7 @@ class _Input:
     def _duration(self) -> float:
         if self._container.duration is not None:
             return self._container.duration / av.time_base
-        return max(float(s.duration * s.time_base) for s in self._container.streams if s.duration)
+        return max(float(s.duration * s.time_base) for s in self._container.streams if s.duration and s.time_base)
 
     def advance(self, until: float) -> None:
         """Decode until the audio covers `until` and the next picture is past it (or the file ends)."""
@@ -75,7 +75,7 @@ class _Input:
             if isinstance(frame, av.VideoFrame):
                 self._pictures.append(frame)
                 continue
-            assert self._resampler is not None
+            assert isinstance(frame, av.AudioFrame) and self._resampler is not None  # only these two are decoded
             for mono in self._resampler.resample(frame):
                 self.audio.push(mono.to_ndarray().reshape(-1))
                 self._audio_until += mono.samples / SAMPLE_RATE
@@ -174,7 +174,7 @@ class _Progress:
             self._stream.flush()
 
 
-def add_parser(commands: argparse._SubParsersAction, size: type) -> None:
+def add_parser(commands: argparse._SubParsersAction, size: Callable[[str], tuple[int, int]]) -> None:
     """The `mcu compose` sub-command (`size` parses WxH as `mcu serve --size` does)."""
     parser = commands.add_parser("compose", help="build a composite recording from media files, one per participant")
     parser.add_argument("inputs", nargs="+", metavar="IN", help="media files (audio, video or both)")

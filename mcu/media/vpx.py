@@ -169,6 +169,7 @@ class ChangedBlocks:
         changed = differs[:u].reshape(rows, MACROBLOCK, 2 * cols).any(axis=1).reshape(rows, cols, 2).any(axis=2)
         for chroma in (differs[u:v], differs[v:]):
             changed |= chroma.reshape(rows, MACROBLOCK // 2, cols).any(axis=1)
+        assert isinstance(changed, np.ndarray)  # any(axis=...) of a 3-d array: the stubs allow a scalar too
         return changed
 
 
@@ -271,10 +272,9 @@ class Vp8Encoder:
         while packet := _lib.vpx_codec_get_cx_data(self._context, ctypes.byref(iterator)):
             if ctypes.c_int.from_address(packet).value != _CX_FRAME_PKT:
                 continue
-            data = ctypes.string_at(
-                ctypes.c_void_p.from_address(packet + _PKT_BUF).value,
-                ctypes.c_size_t.from_address(packet + _PKT_SIZE).value,
-            )
+            buffer = ctypes.c_void_p.from_address(packet + _PKT_BUF).value
+            assert buffer is not None  # a frame packet always carries its data
+            data = ctypes.string_at(buffer, ctypes.c_size_t.from_address(packet + _PKT_SIZE).value)
             if ctypes.c_int64.from_address(packet + _PKT_PTS).value != pts:
                 raise VpxError(f"libvpx {version()}: unexpected packet layout")
             flags = ctypes.c_uint32.from_address(packet + _PKT_FLAGS).value

@@ -51,7 +51,7 @@ class Conference:
         self.config = config
         self.rooms: dict[str, Room] = {}
         self._sessions: dict[str, Session] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[object]] = set()
         self.traffic = Traffic()
         #: Mesh rooms: the signaling passed from peer to peer.
         self.mesh = MeshRelay(self._sessions)

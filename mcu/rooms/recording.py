@@ -179,6 +179,7 @@ class Recording:
                 self.dropped += index == self._video_stream.index
                 return
             self._begin(at)
+        assert self._origin is not None  # _begin set it
         ms = round((at - self._origin) * 1000)
         if ms <= self._last_ms[index]:
             return  # before the file's start, or not after the previous one (the muxer needs order)

@@ -13,6 +13,7 @@ or its placeholder once that is stale).
 
 from __future__ import annotations
 
+import builtins  # the field `bytes` hides the type inside the class
 from dataclasses import dataclass
 
 from mcu.media.keyframes import is_keyframe
@@ -74,7 +75,7 @@ class Visibility:
             return None
         return self.hidden_since + HIDE_HOLD
 
-    def admit(self, codec_name: str, data: bytes, wanted: bool) -> bool:
+    def admit(self, codec_name: str, data: builtins.bytes, wanted: bool) -> bool:
         """Whether a frame received goes on to the decoder: `wanted` (on screen, camera on), and from a keyframe on."""
         self.frames += 1
         self.bytes += len(data)

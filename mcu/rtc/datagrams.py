@@ -61,7 +61,7 @@ def send_rtp(dtls: RTCDtlsTransport, packets: list[bytes]) -> None:
         raise ConnectionError("Cannot send encrypted RTP, not connected")
     if not packets:
         return
-    protect = dtls._tx_srtp.protect  # type: ignore[attr-defined]
+    protect = dtls._tx_srtp.protect
     datagrams = [protect(packet) for packet in packets]
     route = _route(dtls)
     if route is None:
@@ -81,7 +81,8 @@ def _route(dtls: RTCDtlsTransport) -> tuple[Any, socket.socket, Any] | None:
     route = getattr(dtls, "_mcu_route", None)
     if route is None or route[0] is not pair:
         # A relayed pair's transport is aioice's TurnTransport, which has no socket of its own.
-        transport = pair.protocol.transport
+        # asyncio's selector transport has the write buffer that typeshed's DatagramTransport does not declare.
+        transport: Any = pair.protocol.transport
         sock = getattr(transport, "_sock", None)
         route = dtls._mcu_route = (pair, transport, sock if isinstance(sock, socket.socket) else None)  # type: ignore[attr-defined]
     _, transport, sock = route

@@ -48,8 +48,10 @@ def _hook(dtls: RTCDtlsTransport) -> None:
     for protocol in connection._protocols:
         if getattr(protocol, "_mcu_direct", None) is dtls:
             continue
-        protocol.datagram_received = _datagram_handler(dtls, connection, protocol.datagram_received)
-        protocol._mcu_direct = dtls
+        protocol.datagram_received = _datagram_handler(  # type: ignore[method-assign]
+            dtls, connection, protocol.datagram_received
+        )
+        protocol._mcu_direct = dtls  # type: ignore[attr-defined]
 
 
 def _datagram_handler(dtls: RTCDtlsTransport, connection: Any, queued: Any) -> Any:
@@ -63,8 +65,8 @@ def _datagram_handler(dtls: RTCDtlsTransport, connection: Any, queued: Any) -> A
         if not (127 < data[0] < 192) or srtp is None or not waiting.empty() or dtls.state != "connected":
             queued(data, addr)
             return
-        dtls._RTCDtlsTransport__rx_bytes += len(data)
-        dtls._RTCDtlsTransport__rx_packets += 1
+        dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
         try:
             if is_rtcp(data):
                 handling = dtls._handle_rtcp_data(srtp.unprotect_rtcp(data))

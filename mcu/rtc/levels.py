@@ -22,7 +22,8 @@ def send_levels(sender: RTCRtpSender, level: Callable[[], int | None]) -> None:
     async def with_level(codec: RTCRtpCodecParameters) -> RTCEncodedFrame | None:
         frame = await next_encoded_frame(codec)
         if frame is not None:
-            frame.audio_level = level()
+            # aiortc types it int; None (no level known) sends no header, as for its own frames.
+            frame.audio_level = level()  # type: ignore[assignment]
         return frame
 
     sender._next_encoded_frame = with_level  # type: ignore[method-assign]

@@ -28,6 +28,19 @@ def _key(codec: RTCRtpCodecParameters) -> CodecKey:
     return codec.mimeType.lower(), codec.clockRate, codec.channels
 
 
+def _number(codec: RTCRtpCodecParameters) -> int:
+    """Its payload type: aiortc types it optional, yet every codec parsed from SDP has one."""
+    assert codec.payloadType is not None
+    return codec.payloadType
+
+
+def _apt(codec: RTCRtpCodecParameters) -> int:
+    """The payload type an RTX codec repairs (its `apt` parameter)."""
+    apt = codec.parameters["apt"]
+    assert apt is not None
+    return int(apt)
+
+
 def keep_numbering(offer_sdp: str, peer_sdp: str) -> str:
     """`offer_sdp` with the payload types and extension ids that `peer_sdp` (the peer's last description) uses."""
     peer = SessionDescription.parse(peer_sdp)
@@ -37,9 +50,9 @@ def keep_numbering(offer_sdp: str, peer_sdp: str) -> str:
     for media in peer.media:
         for codec in media.rtp.codecs:
             if codec.mimeType.lower().endswith("/rtx") and "apt" in codec.parameters:
-                rtx_for.setdefault(int(codec.parameters["apt"]), codec.payloadType)  # type: ignore[arg-type]
+                rtx_for.setdefault(_apt(codec), _number(codec))
             else:
-                payload_types.setdefault(_key(codec), codec.payloadType)  # type: ignore[arg-type]
+                payload_types.setdefault(_key(codec), _number(codec))
         for extension in media.rtp.headerExtensions:
             extension_ids.setdefault(extension.uri, extension.id)
 
@@ -48,14 +61,14 @@ def keep_numbering(offer_sdp: str, peer_sdp: str) -> str:
         renumbered: dict[int, int] = {}
         for codec in media.rtp.codecs:
             if not codec.mimeType.lower().endswith("/rtx"):
-                renumbered[codec.payloadType] = payload_types.get(_key(codec), codec.payloadType)  # type: ignore[index]
+                renumbered[_number(codec)] = payload_types.get(_key(codec), _number(codec))
         for codec in media.rtp.codecs:
             if codec.mimeType.lower().endswith("/rtx") and "apt" in codec.parameters:
-                primary = renumbered.get(int(codec.parameters["apt"]), int(codec.parameters["apt"]))
+                primary = renumbered.get(_apt(codec), _apt(codec))
                 codec.parameters["apt"] = primary
                 codec.payloadType = rtx_for.get(primary, codec.payloadType)
             else:
-                codec.payloadType = renumbered[codec.payloadType]  # type: ignore[index]
+                codec.payloadType = renumbered[_number(codec)]
         media.fmt = [codec.payloadType for codec in media.rtp.codecs]
         for extension in media.rtp.headerExtensions:
             extension.id = extension_ids.get(extension.uri, extension.id)

@@ -115,7 +115,8 @@ class SharedPacker:
 def pack_opus(packets: list[av.Packet]) -> list[av.Packet]:
     """Attach each Opus packet's RTP payload to it, once for every peer it goes to (see `SharedPacker`)."""
     for packet in packets:
-        if packet.time_base == OPUS_TIME_BASE:  # Opus's RTP clock (RFC 7587): 48 kHz whatever the rate
+        # Opus's RTP clock (RFC 7587): 48 kHz whatever the rate; an encoder's packets all have a pts.
+        if packet.time_base == OPUS_TIME_BASE and packet.pts is not None:
             packet.opaque = Packed([bytes(packet)], packet.pts)
     return packets
 
@@ -165,6 +166,7 @@ class DirectSender:
         #: Told of each resync's sequence jump, so that the report covering it is not read as loss.
         self._link = link
         self._packer = get_encoder(codec)
+        assert codec.payloadType is not None  # a negotiated codec has its number
         self._rtx_payload_type: int | None = sender._RTCRtpSender__rtx_payload_type  # type: ignore[attr-defined]
         self._header = HeaderTemplate(
             codec.payloadType,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 
 
 def transport_bytes(pc: RTCPeerConnection) -> tuple[int, int]:
     """(sent, received) bytes of every DTLS transport of `pc` (one when bundled)."""
-    transports = {id(t): t for t in (x.transport for x in [*pc.getSenders(), *pc.getReceivers()]) if t is not None}
+    ends: list[RTCRtpSender | RTCRtpReceiver] = [*pc.getSenders(), *pc.getReceivers()]
+    transports = {id(t): t for t in (end.transport for end in ends) if t is not None}
     if pc.sctp is not None:
         transports[id(pc.sctp.transport)] = pc.sctp.transport
     sent = sum(getattr(t, "_RTCDtlsTransport__tx_bytes", 0) for t in transports.values())

@@ -281,7 +281,8 @@ def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None 
     elif is_loopback_host(args.host):
         use_host_addresses(["127.0.0.1"])
     tiers = {**Config().tiers, **dict(args.tier)}
-    default = tiers.pop(DEFAULT_TIER, Tier(*args.size, args.fps, args.video_bitrate))
+    width, height = args.size
+    default = tiers.pop(DEFAULT_TIER, Tier(width, height, args.fps, args.video_bitrate))
     config = Config(
         width=default.width,
         height=default.height,

@@ -431,7 +431,7 @@ class Front:
             except DirectoryUnavailable:
                 owner = None
             if owner not in (None, self.advertise) and RELAYED_HEADER not in request.headers:
-                base = _http_base(owner)  # type: ignore[arg-type]
+                base = _http_base(owner)
         if base is None:
             worker = self.pool.by_url(url) if url else None
             live = self.pool.live()
@@ -546,6 +546,7 @@ def create_front_app(config: Config, argv: list[str], workers: int, cluster: Dir
                      advertise: str | None = None) -> web.Application:
     """The front's application: /ws relayed to the workers (and nodes), /healthz over all of them, the page."""
     app = web.Application()
+    front: Front  # the pool's callback reaches it once it exists
     front = Front(config, WorkerPool(argv, workers, lambda worker: front.worker_exited(worker)), cluster, advertise)
     app.router.add_get("/ws", front.handle)
     app.router.add_get("/healthz", front.healthz)
