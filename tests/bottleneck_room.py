@@ -21,6 +21,7 @@ from netns import Unavailable, Veth, veth_namespace
 
 from mcu.config import Config
 from mcu.media.encoders import Output
+from mcu.media.video_channel import KeyframeRequest, ToProcess
 from mcu.rooms.adaptation import Switch
 from mcu.rooms.participant import Participant
 from mcu.rooms.room import Room
@@ -149,9 +150,9 @@ def record_keyframes(room: Room) -> list[tuple[float, Output]]:
     asked: list[tuple[float, Output]] = []
     write = room.video._write
 
-    def counted(message: tuple) -> None:
-        if message[0] == "keyframe":
-            asked.append((time.monotonic(), message[1]))
+    def counted(message: ToProcess) -> None:
+        if isinstance(message, KeyframeRequest) and message.output is not None:
+            asked.append((time.monotonic(), message.output))
         write(message)
 
     room.video._write = counted  # type: ignore[method-assign]

@@ -15,7 +15,20 @@ from media_checks import cell_colours, close_to
 from test_room_media import PEOPLE, PLACEHOLDER, expected, make_peer
 
 from mcu.media.encoders import Output, Tier, VideoEncoder
-from mcu.media.video_process import Engine, MessageReader, SceneSpec, Settings, TileSpec, encode_message
+from mcu.media.video_channel import (
+    TO_SERVER,
+    Forget,
+    KeyframeRequest,
+    MessageReader,
+    Outputs,
+    PliRequest,
+    Scenes,
+    Tick,
+    ToServer,
+    UpstreamFrame,
+    encode,
+)
+from mcu.media.video_process import SceneSpec, Settings, TileSpec, VideoMixer
 
 TIERS = {"high": Tier(320, 180, 30, 300_000)}
 HIGH = Output("vp8", "high")
@@ -44,20 +57,20 @@ class Upstream:
 
 
 class Parent:
-    """What the server would see: the engine's messages, decoded pictures of one output."""
+    """What the server would see: the mixer's messages, decoded pictures of one output."""
 
     def __init__(self) -> None:
-        self.messages: queue.Queue[tuple] = queue.Queue()
+        self.messages: queue.Queue[ToServer] = queue.Queue()
         self.decoder = av.CodecContext.create("libvpx", "r")
         self.picture: av.VideoFrame | None = None
         self.keyframes = 0
 
-    def send(self, message: tuple) -> None:
+    def send(self, message: ToServer) -> None:
         # Through the wire format, as the real socket carries it.
-        (decoded,) = MessageReader().feed(encode_message(message))
+        (decoded,) = MessageReader(TO_SERVER).feed(encode(message))
         self.messages.put(decoded)
 
-    def drain(self, until: float) -> list[tuple]:
+    def drain(self, until: float) -> list[ToServer]:
         seen = []
         while time.monotonic() < until:
             try:
@@ -65,40 +78,31 @@ class Parent:
             except queue.Empty:
                 continue
             seen.append(message)
-            if message[0] == "tick":
-                for data, keyframe in message[2].get(HIGH, []):
+            if isinstance(message, Tick):
+                for data, keyframe in message.packets.get(HIGH, []):
                     self.keyframes += keyframe
                     for frame in self.decoder.decode(av.Packet(data)):
                         self.picture = frame
         return seen
 
 
-def engine_with(parent: Parent, stale: float = 2.0) -> Engine:
-    engine = Engine(Settings(TIERS, stale, time.monotonic()), parent.send)
-    engine.start()
-    return engine
+def mixer_with(parent: Parent, stale: float = 2.0) -> VideoMixer:
+    mixer = VideoMixer(Settings(TIERS, stale, time.monotonic()), parent.send)
+    mixer.start()
+    return mixer
 
 
-def test_messages_survive_any_split_of_the_stream():
-    stream = b"".join(encode_message(("frame", "p", "vp8", bytes(range(256)) * 40, i)) for i in range(3))
-    reader = MessageReader()
-    got = []
-    for start in range(0, len(stream), 777):
-        got.extend(reader.feed(stream[start : start + 777]))
-    assert [m[4] for m in got] == [0, 1, 2] and got[0][3] == bytes(range(256)) * 40
-
-
-def test_the_engine_composes_what_the_scene_says_from_the_upstreams_it_decodes():
+def test_the_mixer_composes_what_the_scene_says_from_the_upstreams_it_decodes():
     parent = Parent()
-    engine = engine_with(parent)
+    mixer = mixer_with(parent)
     red, green = Upstream("red"), Upstream("green")
     try:
-        engine.handle(("scenes", {None: SceneSpec((TileSpec("a", "alice"), TileSpec("b", "bob")))}))
-        engine.handle(("outputs", {HIGH}))
+        mixer.handle(Scenes({None: SceneSpec((TileSpec("a", "alice"), TileSpec("b", "bob")))}))
+        mixer.handle(Outputs(frozenset({HIGH})))
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
             for peer, upstream in (("a", red), ("b", green)):
-                engine.handle(("frame", peer, "vp8", *upstream.next()))
+                mixer.handle(UpstreamFrame(peer, "vp8", *upstream.next()))
             parent.drain(time.monotonic() + 1 / 15)
             if parent.picture is not None and all(
                 close_to(c, expected(n)) for c, n in zip(cell_colours(parent.picture, 2), ("red", "green"))
@@ -108,31 +112,31 @@ def test_the_engine_composes_what_the_scene_says_from_the_upstreams_it_decodes()
         cells = cell_colours(parent.picture, 2)
         assert close_to(cells[0], expected("red")) and close_to(cells[1], expected("green")), cells
         assert parent.keyframes >= 1  # a new output starts on a keyframe
-        assert engine.counters.decodes > 0 and engine.counters.encoders_created == 1
+        assert mixer.counters.decodes > 0 and mixer.counters.encoders_created == 1
 
         # Bob turns his camera off: his tile shows the placeholder at once.
-        engine.handle(("scenes", {None: SceneSpec((TileSpec("a", "alice"), TileSpec("b", "bob", video=False)))}))
+        mixer.handle(Scenes({None: SceneSpec((TileSpec("a", "alice"), TileSpec("b", "bob", video=False)))}))
         parent.drain(time.monotonic() + 0.3)
         assert close_to(cell_colours(parent.picture, 2, at=(0.5, 0.3))[1], PLACEHOLDER)
 
         # No output in use: the encoder is released.
-        engine.handle(("outputs", set()))
+        mixer.handle(Outputs(frozenset()))
         parent.drain(time.monotonic() + 0.3)
-        assert engine.counters.encoders_released == 1 and not engine.encoders
+        assert mixer.counters.encoders_released == 1 and not mixer.encoders
     finally:
-        engine.stop()
-        engine.wait()
+        mixer.stop()
+        mixer.wait()
 
 
 def test_a_stale_upstream_shows_the_placeholder_and_a_keyframe_request_is_served():
     parent = Parent()
-    engine = engine_with(parent, stale=0.3)
+    mixer = mixer_with(parent, stale=0.3)
     red = Upstream("red")
     try:
-        engine.handle(("scenes", {None: SceneSpec((TileSpec("a", "alice"),))}))
-        engine.handle(("outputs", {HIGH}))
+        mixer.handle(Scenes({None: SceneSpec((TileSpec("a", "alice"),))}))
+        mixer.handle(Outputs(frozenset({HIGH})))
         for _ in range(5):
-            engine.handle(("frame", "a", "vp8", *red.next()))
+            mixer.handle(UpstreamFrame("a", "vp8", *red.next()))
         parent.drain(time.monotonic() + 0.2)
         assert close_to(cell_colours(parent.picture, 1)[0], expected("red"))
         parent.drain(time.monotonic() + 0.5)  # no frame for longer than stale_seconds
@@ -140,56 +144,56 @@ def test_a_stale_upstream_shows_the_placeholder_and_a_keyframe_request_is_served
 
         time.sleep(0.4)  # past the keyframe rate limit
         before = parent.keyframes
-        engine.handle(("keyframe", HIGH))
+        mixer.handle(KeyframeRequest(HIGH))
         parent.drain(time.monotonic() + 0.2)
         assert parent.keyframes == before + 1
     finally:
-        engine.stop()
-        engine.wait()
+        mixer.stop()
+        mixer.wait()
 
 
 def test_an_undecodable_upstream_asks_its_publisher_for_a_keyframe_rate_limited():
     parent = Parent()
-    engine = engine_with(parent)
+    mixer = mixer_with(parent)
     try:
         for _ in range(20):
-            engine.handle(("frame", "a", "vp8", os.urandom(500), 0))
+            mixer.handle(UpstreamFrame("a", "vp8", os.urandom(500), 0))
         messages = parent.drain(time.monotonic() + 0.3)
-        plis = [m for m in messages if m[0] == "pli"]
-        assert plis and plis[0] == ("pli", "a") and len(plis) <= 2, plis
-        assert engine.counters.decode_errors > 0
+        plis = [m for m in messages if isinstance(m, PliRequest)]
+        assert plis and plis[0] == PliRequest("a") and len(plis) <= 2, plis
+        assert mixer.counters.decode_errors > 0
     finally:
-        engine.stop()
-        engine.wait()
+        mixer.stop()
+        mixer.wait()
 
 
 def test_the_composite_is_stamped_with_when_its_pictures_arrived_not_when_it_was_composed():
     """A publisher whose frames come 150 ms before each tick: the picture's pts says when it came."""
     parent = Parent()
     epoch = time.monotonic()
-    engine = Engine(Settings({"high": Tier(320, 180, 5, 300_000)}, 2.0, epoch), parent.send)
-    engine.start()
+    mixer = VideoMixer(Settings({"high": Tier(320, 180, 5, 300_000)}, 2.0, epoch), parent.send)
+    mixer.start()
     red = Upstream("red")
     offsets, stamps = [], []
     try:
-        engine.handle(("scenes", {None: SceneSpec((TileSpec("a", "alice"),))}))
-        engine.handle(("outputs", {HIGH}))
+        mixer.handle(Scenes({None: SceneSpec((TileSpec("a", "alice"),))}))
+        mixer.handle(Outputs(frozenset({HIGH})))
         arrived = None
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline:
             message = parent.messages.get(timeout=2)
-            if message[0] != "tick":
+            if not isinstance(message, Tick):
                 continue
-            stamp = epoch + message[1] / 90000
+            stamp = epoch + message.pts / 90000
             stamps.append(stamp)
             if arrived is not None:
                 offsets.append(stamp - arrived)
             time.sleep(0.05)  # the next frame comes 50 ms after this tick: 150 ms before the next
             arrived = time.monotonic()
-            engine.handle(("frame", "a", "vp8", *red.next()))
+            mixer.handle(UpstreamFrame("a", "vp8", *red.next()))
     finally:
-        engine.stop()
-        engine.wait()
+        mixer.stop()
+        mixer.wait()
     assert all(b > a for a, b in zip(stamps, stamps[1:]))  # still strictly increasing
     late = offsets[-8:]
     # Stamped at the tick, each would read about +150 ms.
@@ -216,19 +220,19 @@ async def test_a_picture_process_that_dies_is_replaced_and_the_picture_comes_bac
 
 def test_publishers_spread_over_the_decoder_threads_as_they_come_and_go():
     parent = Parent()
-    engine = engine_with(parent)
+    mixer = mixer_with(parent)
     red = Upstream("red")
     try:
         data, timestamp = red.next()
         for peer in ("a", "b"):
-            engine.handle(("frame", peer, "vp8", data, timestamp))
-        engine.handle(("gone", "a"))
-        engine.handle(("frame", "c", "vp8", data, timestamp))
-        upstreams = engine._upstreams
+            mixer.handle(UpstreamFrame(peer, "vp8", data, timestamp))
+        mixer.handle(Forget("a"))
+        mixer.handle(UpstreamFrame("c", "vp8", data, timestamp))
+        upstreams = mixer._upstreams
         assert upstreams["b"].executor is not upstreams["c"].executor
     finally:
-        engine.stop()
-        engine.wait()
+        mixer.stop()
+        mixer.wait()
 
 
 def test_keyframe_requests_for_a_publisher_are_rate_limited(monkeypatch):
@@ -284,47 +288,47 @@ async def test_a_picture_process_shares_two_arenas_between_its_decoder_and_clock
 
 def test_a_frame_that_comes_alone_is_decoded_by_the_reader_without_waking_a_decoder_thread():
     parent = Parent()
-    engine = engine_with(parent)
+    mixer = mixer_with(parent)
     red = Upstream("red")
     try:
-        engine.handle(("frame", "a", "vp8", *red.next()), alone=True)
+        mixer.handle(UpstreamFrame("a", "vp8", *red.next()), alone=True)
         # Decoded before handle() returned, and no decoder thread was ever started.
-        assert engine._upstreams["a"].picture is not None and engine.counters.decodes == 1
-        assert all(not executor._threads for executor in engine._decoders)
+        assert mixer._upstreams["a"].picture is not None and mixer.counters.decodes == 1
+        assert all(not executor._threads for executor in mixer._decoders)
     finally:
-        engine.stop()
-        engine.wait()
+        mixer.stop()
+        mixer.wait()
 
 
 def test_frames_that_come_together_go_to_the_decoder_threads_and_a_peers_frames_stay_in_order():
     parent = Parent()
-    engine = engine_with(parent)
+    mixer = mixer_with(parent)
     red, blue = Upstream("red"), Upstream("blue")
     decoded: list[tuple[str, int, bool]] = []
-    decode = engine._decode
+    decode = mixer._decode
 
     def recording(peer_id, upstream, codec_name, data, timestamp):
         decoded.append((peer_id, timestamp, threading.current_thread() is threading.main_thread()))
         decode(peer_id, upstream, codec_name, data, timestamp)
 
-    engine._decode = recording
+    mixer._decode = recording
     try:
-        engine.handle(("frame", "a", "vp8", *red.next()), alone=True)
-        engine.handle(("frame", "b", "vp8", *blue.next()), alone=True)
+        mixer.handle(UpstreamFrame("a", "vp8", *red.next()), alone=True)
+        mixer.handle(UpstreamFrame("b", "vp8", *blue.next()), alone=True)
         # Hold a's decoder thread: a's frames wait there.
         held = threading.Event()
-        engine._upstreams["a"].executor.submit(held.wait, 5)
+        mixer._upstreams["a"].executor.submit(held.wait, 5)
         for _ in range(3):
-            engine.handle(("frame", "a", "vp8", *red.next()), alone=False)
+            mixer.handle(UpstreamFrame("a", "vp8", *red.next()), alone=False)
         # Alone, but a has frames queued: it must queue behind them, not overtake them.
-        engine.handle(("frame", "a", "vp8", *red.next()), alone=True)
+        mixer.handle(UpstreamFrame("a", "vp8", *red.next()), alone=True)
         # b has nothing queued: decoded at once.
-        engine.handle(("frame", "b", "vp8", *blue.next()), alone=True)
+        mixer.handle(UpstreamFrame("b", "vp8", *blue.next()), alone=True)
         assert [d for d in decoded if d[0] == "a"] == [("a", 6000, True)]
         assert [d for d in decoded if d[0] == "b"] == [("b", 6000, True), ("b", 12000, True)]
         held.set()
         deadline = time.monotonic() + 5
-        while engine.counters.decodes < 7 and time.monotonic() < deadline:
+        while mixer.counters.decodes < 7 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert [(t, inline) for peer, t, inline in decoded if peer == "a"] == [
             (6000, True),
@@ -333,10 +337,10 @@ def test_frames_that_come_together_go_to_the_decoder_threads_and_a_peers_frames_
             (24000, False),
             (30000, False),
         ]
-        assert engine.counters.decodes == 7 and engine.counters.decode_errors == 0
+        assert mixer.counters.decodes == 7 and mixer.counters.decode_errors == 0
         # With a's queue empty again, its next frame alone is the reader's.
-        engine.handle(("frame", "a", "vp8", *red.next()), alone=True)
+        mixer.handle(UpstreamFrame("a", "vp8", *red.next()), alone=True)
         assert decoded[-1] == ("a", 36000, True)
     finally:
-        engine.stop()
-        engine.wait()
+        mixer.stop()
+        mixer.wait()

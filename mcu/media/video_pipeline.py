@@ -1,7 +1,8 @@
 """The room's video, seen from the server process: a picture process fed upstream frames, packets fanned out.
 
 Decoding, composing and encoding run in the room's picture process
-(`mcu/media/video_process.py`); this side forwards each publisher's encoded frames to it,
+(`mcu/media/video_process.py`), told through the messages of
+`mcu/media/video_channel.py`; this side forwards each publisher's encoded frames to it,
 tells it what each canvas shows and which outputs are in use, and hands the
 packets of each output to its peers. An output is a (codec, tier) pair in use by
 at least one peer, or one peer's personal canvas (hide-self). Its encoder is
@@ -25,13 +26,31 @@ import time
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass, fields
-from typing import Callable, Iterable
+from typing import Callable, Iterable, assert_never
 
 import av
 
 from mcu.media.encoders import VIDEO_TIME_BASE, Output, Tier
 from mcu.media.tracks import PacketSink, PacketTrack
-from mcu.media.video_process import Counters, MessageReader, SceneSpec, Settings, encode_message
+from mcu.media.video_channel import (
+    TO_SERVER,
+    ChannelError,
+    EncoderInfo,
+    Forget,
+    KeyframeRequest,
+    MessageReader,
+    Outputs,
+    PliRequest,
+    Scenes,
+    Start,
+    Stop,
+    Tick,
+    ToProcess,
+    ToServer,
+    UpstreamFrame,
+    encode,
+)
+from mcu.media.video_process import Counters, SceneSpec, Settings
 from mcu.rtc.sender import SharedPacker
 
 logger = logging.getLogger(__name__)
@@ -109,25 +128,18 @@ class VideoStats(Counters):
 _PROCESS_COUNTERS = tuple(f.name for f in fields(Counters))
 
 
-@dataclass
-class EncoderInfo:
-    """One encoder of the picture process, as last reported."""
-
-    codec_name: str
-    frames: int = 0
-    keyframes: int = 0
-
-
 class _Channel(asyncio.Protocol):
+    """The server's end of the socket to a picture process: its messages, read, to `VideoPipeline._received`."""
+
     def __init__(self, pipeline: VideoPipeline) -> None:
         self._pipeline = pipeline
-        self._reader = MessageReader()
+        self._reader: MessageReader[ToServer] = MessageReader(TO_SERVER)
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
         try:
             messages = self._reader.feed(data)
-        except Exception:
+        except ChannelError:
             logger.exception("unreadable message from the picture process")
             return
         for message in messages:
@@ -184,7 +196,7 @@ class VideoPipeline:
         #: The room clock's zero (a `time.monotonic()`), the room's creation: packets' pts count from it.
         self.epoch = time.monotonic()
         #: The counters of the processes that died: a new one counts from zero, the room's stats go on.
-        self._base: dict[str, object] = {}
+        self._base = Counters()
         #: When each receiver's PLI, and each output's switch, last asked a shared encoder for a keyframe.
         self._pli_passed: weakref.WeakKeyDictionary[PacketTrack, float] = weakref.WeakKeyDictionary()
         self._switch_passed: dict[Output, float] = {}
@@ -216,7 +228,7 @@ class VideoPipeline:
                 sync.cancel()
             self._transport = None
             await self._end_process()
-            self._base = {name: copy.copy(getattr(self.stats, name)) for name in _PROCESS_COUNTERS}
+            self._base = Counters(**{name: copy.copy(getattr(self.stats, name)) for name in _PROCESS_COUNTERS})
             restarts += 1
             self.stats.restarts = restarts
             if restarts > MAX_RESTARTS:
@@ -237,7 +249,7 @@ class VideoPipeline:
         loop = asyncio.get_running_loop()
         transport, channel = await loop.connect_accepted_socket(lambda: _Channel(self), ours)
         settings = Settings(self.tiers, self.stale_seconds, self.epoch, self.encode_per_peer)
-        transport.write(encode_message(("settings", settings)))
+        transport.write(encode(Start(settings)))
         for data in self._pending:
             transport.write(data)
         self._pending.clear()
@@ -250,7 +262,7 @@ class VideoPipeline:
     async def _end_process(self) -> None:
         process, self._process = self._process, None
         if self._transport is not None:
-            self._write(("stop",))
+            self._write(Stop())
             self._transport.close()
             self._transport = None
         if process is None:
@@ -265,8 +277,8 @@ class VideoPipeline:
 
     # --- to the process ----------------------------------------------------------------
 
-    def _write(self, message: tuple) -> None:
-        data = encode_message(message)
+    def _write(self, message: ToProcess) -> None:
+        data = encode(message)
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
         elif not self._stopping and self._pending_bytes + len(data) <= BACKLOG_LIMIT:
@@ -281,11 +293,11 @@ class VideoPipeline:
             self.stats.upstream_dropped += 1
             self._on_pli(peer_id)  # its decoder will have to start again on a keyframe
             return
-        self._write(("frame", peer_id, codec_name, data, timestamp))
+        self._write(UpstreamFrame(peer_id, codec_name, data, timestamp))
 
     def forget(self, peer_id: str) -> None:
         """A publisher left: its decoder and picture go."""
-        self._write(("gone", peer_id))
+        self._write(Forget(peer_id))
 
     def add_sink(self, sink: PacketSink) -> None:
         """Also push the default tier's VP8 packets to `sink` (it waits for a keyframe: request one)."""
@@ -327,7 +339,7 @@ class VideoPipeline:
             else:
                 self._pli_passed[sink] = now
         # An output without an encoder yet gets one that starts on a keyframe.
-        self._write(("keyframe", output))
+        self._write(KeyframeRequest(output))
 
     def _shared(self, output: Output, sink: PacketTrack) -> bool:
         """Whether a sink other than `sink` receives `output` now."""
@@ -367,7 +379,7 @@ class VideoPipeline:
         personal = {None} | {o.personal for o in outputs if o.personal is not None and not self.encode_per_peer}
         scenes = {leave_out: self._scenes(leave_out) for leave_out in personal}
         if scenes != self._sent_scenes:
-            self._write(("scenes", scenes))
+            self._write(Scenes(scenes))
             self._sent_scenes = scenes
             self._shown = frozenset(
                 tile.peer_id
@@ -376,7 +388,7 @@ class VideoPipeline:
                 if tile.peer_id is not None and tile.video
             )
         if outputs != self._sent_outputs:
-            self._write(("outputs", outputs))
+            self._write(Outputs(outputs))
             self._sent_outputs = outputs
             self._packers = {output: packer for output, packer in self._packers.items() if output in outputs}
         if self._on_sync is not None:
@@ -393,15 +405,16 @@ class VideoPipeline:
 
     # --- from the process ----------------------------------------------------------------
 
-    def _received(self, message: tuple) -> None:
-        kind = message[0]
-        if kind == "tick":
-            _, pts, packets, counters = message
-            self._update(counters)
-            if packets:
-                self._deliver(pts, packets)
-        elif kind == "pli":
-            self._on_pli(message[1])
+    def _received(self, message: ToServer) -> None:
+        match message:
+            case Tick(pts, packets, counters, encoders):
+                self._update(counters, encoders)
+                if packets:
+                    self._deliver(pts, packets)
+            case PliRequest(peer_id):
+                self._on_pli(peer_id)
+            case _:
+                assert_never(message)
 
     def _deliver(self, pts: int, packets: dict[Output, list[tuple[bytes, bool]]]) -> None:
         outputs = self._outputs()
@@ -450,21 +463,14 @@ class VideoPipeline:
                     for packet in made_packets:
                         sink.push(packet)
 
-    def _update(self, counters: dict) -> None:
-        encoders = counters.pop("encoders")
-        for name, value in counters.items():
-            base = self._base.get(name)
+    def _update(self, counters: Counters, encoders: dict[Output, EncoderInfo]) -> None:
+        """The stats: the process's counters added to those of the processes before it; its encoders as reported."""
+        for name in _PROCESS_COUNTERS:
             if name == "tier_frames":
-                value = defaultdict(int, base or {})  # type: ignore[call-overload]
-                for tier, frames in counters[name].items():
-                    value[tier] += frames
-            elif base is not None:
-                value += base
-            setattr(self.stats, name, value)
-        for output in self.encoders.keys() - encoders.keys():
-            del self.encoders[output]
-        for output, (codec_name, frames, keyframes) in encoders.items():
-            info = self.encoders.get(output)
-            if info is None:
-                info = self.encoders[output] = EncoderInfo(codec_name)
-            info.frames, info.keyframes = frames, keyframes
+                tier_frames = defaultdict(int, self._base.tier_frames)
+                for tier, frames in counters.tier_frames.items():
+                    tier_frames[tier] += frames
+                self.stats.tier_frames = tier_frames
+            else:
+                setattr(self.stats, name, getattr(self._base, name) + getattr(counters, name))
+        self.encoders = encoders

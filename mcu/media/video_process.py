@@ -3,7 +3,10 @@
 A room's video runs in a process of its own (`python -m mcu.media.video_process FD`), fed
 through a socket by `mcu.media.video_pipeline.VideoPipeline`: encoded upstream frames and what
 the canvases show go in; encoded packets, keyframe requests for publishers and
-counters come out. In the server process the event loop handles every RTP
+counters come out, each a message of `mcu.media.video_channel`. `VideoMixer`
+does the work, and its `_video_clock` is the room's video clock.
+
+In the server process the event loop handles every RTP
 packet of every peer and holds the GIL most of the time; a compose and encode
 sharing that GIL waited two thirds of its wall time for it, and a 16-peer room
 composed 15-20 frames a second instead of 30 (docs/benchmarks.md). Here the
@@ -15,24 +18,20 @@ encodes. A frame that comes alone, while its peer has nothing queued, is
 decoded by the reader itself: waking a decoder thread for it cost more than
 the decode saved by the parallelism (docs/benchmarks.md). Frames that come
 together, because the reader fell behind, go to the decoder threads.
-Messages are length-prefixed pickles between a parent and the child
-it started (`send_message`, `MessageReader`).
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Callable, assert_never, cast
 
 import av
 import cv2
@@ -42,12 +41,25 @@ from compositor.layout import GRID, Layout
 from compositor.video import Compositor, Scene, Tile, yuv420p_planes
 from mcu.media.allocator import Trimmer, limit_arenas
 from mcu.media.encoders import Output, Tier, VideoEncoder
+from mcu.media.video_channel import (
+    TO_PROCESS,
+    EncoderInfo,
+    Forget,
+    KeyframeRequest,
+    MessageReader,
+    Outputs,
+    PliRequest,
+    Scenes,
+    Start,
+    Stop,
+    Tick,
+    ToProcess,
+    ToServer,
+    UpstreamFrame,
+    encode,
+)
 
 logger = logging.getLogger(__name__)
-
-_HEADER = struct.Struct("!I")
-#: A message larger than this is a bug, not a picture.
-MAX_MESSAGE = 64 * 1024 * 1024
 
 #: The decoders of the upstream codecs a room answers (mcu/rooms/participant.py).
 DECODERS = {"vp8": "libvpx", "h264": "h264"}
@@ -55,37 +67,10 @@ DECODERS = {"vp8": "libvpx", "h264": "h264"}
 DECODE_THREADS = 2
 #: A decode error asks the publisher for a keyframe at most this often.
 PLI_INTERVAL = 0.5
-#: A composite is stamped with when its pictures arrived (`Engine._lag`), smoothed over about this
+#: A composite is stamped with when its pictures arrived (`VideoMixer._lag`), smoothed over about this
 #: long; a picture older than LAG_CAP is a paused camera, not the pipeline's delay, and is left out.
 LAG_SMOOTHING = 1.0
 LAG_CAP = 0.25
-
-
-def encode_message(message: tuple) -> bytes:
-    """A message as it goes on the socket: its length, then its pickle."""
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(payload)) + payload
-
-
-class MessageReader:
-    """Splits a byte stream into messages (whatever chunks it arrives in)."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple]:
-        self._buffer += data
-        messages = []
-        while len(self._buffer) >= _HEADER.size:
-            (length,) = _HEADER.unpack_from(self._buffer)
-            if length > MAX_MESSAGE:
-                raise ValueError(f"a message of {length} bytes")
-            end = _HEADER.size + length
-            if len(self._buffer) < end:
-                break
-            messages.append(pickle.loads(memoryview(self._buffer)[_HEADER.size : end]))
-            del self._buffer[:end]
-        return messages
 
 
 @dataclass(frozen=True)
@@ -123,7 +108,7 @@ class Settings:
 
 @dataclass
 class Counters:
-    """What the engine did; sent with every tick, so that the parent's copy is consistent."""
+    """What the mixer did; a copy goes with every tick, so that the parent's copy is consistent."""
 
     ticks: int = 0
     frames: int = 0
@@ -149,7 +134,7 @@ class _Upstream:
     def __init__(self, executor: ThreadPoolExecutor) -> None:
         self.executor = executor
         self.codec_name: str | None = None
-        self.decoder: av.CodecContext | None = None
+        self.decoder: av.VideoCodecContext | None = None
         self.picture: av.VideoFrame | None = None
         self.picture_time = float("-inf")
         self.last_pli = float("-inf")
@@ -158,14 +143,15 @@ class _Upstream:
         self.dequeued = 0
 
 
-class Engine:
-    """Decoders, compositors and encoders of one room, and the clock that drives them.
+class VideoMixer:
+    """One room's video mixer: decodes every upstream, composes the canvases and encodes each output once,
+    on the room's video clock (`_video_clock`, a thread of its own).
 
     `send` hands a message to the parent; it is called from the clock and
     decoder threads and must be thread-safe.
     """
 
-    def __init__(self, settings: Settings, send: Any) -> None:
+    def __init__(self, settings: Settings, send: Callable[[ToServer], None]) -> None:
         self.settings = settings
         self._send = send
         self.counters = Counters()
@@ -182,31 +168,33 @@ class Engine:
         self.lag = 0.0
         self._stopped = threading.Event()
         self._wake = threading.Event()
-        self._clock = threading.Thread(target=self._run, name="clock", daemon=True)
+        self._clock = threading.Thread(target=self._video_clock, name="clock", daemon=True)
 
     # --- from the parent (the reader thread) ---------------------------------------
 
-    def handle(self, message: tuple, alone: bool = False) -> None:
+    def handle(self, message: ToProcess, alone: bool = False) -> None:
         """One message from the parent; `alone`: nothing else was waiting to be read with it."""
-        kind = message[0]
-        if kind == "frame":
-            self.frame(*message[1:], alone=alone)
-        elif kind == "scenes":
-            with self._lock:
-                self._scenes = message[1]
-        elif kind == "outputs":
-            with self._lock:
-                self._outputs = frozenset(message[1])
-            self._wake.set()  # an idle clock ticks once a second: a first output must not wait for it
-        elif kind == "keyframe":
-            self.request_keyframe(message[1])
-        elif kind == "gone":
-            with self._lock:
-                self._upstreams.pop(message[1], None)
-        elif kind == "stop":
-            self.stop()
-        else:
-            raise ValueError(f"unknown message {kind!r}")
+        match message:
+            case UpstreamFrame(peer_id, codec_name, data, timestamp):
+                self.frame(peer_id, codec_name, data, timestamp, alone=alone)
+            case Scenes(scenes):
+                with self._lock:
+                    self._scenes = scenes
+            case Outputs(outputs):
+                with self._lock:
+                    self._outputs = outputs
+                self._wake.set()  # an idle clock ticks once a second: a first output must not wait for it
+            case KeyframeRequest(output):
+                self.request_keyframe(output)
+            case Forget(peer_id):
+                with self._lock:
+                    self._upstreams.pop(peer_id, None)
+            case Stop():
+                self.stop()
+            case Start():
+                raise ValueError("a second Start: the mixer has its settings")
+            case _:
+                assert_never(message)
 
     def frame(self, peer_id: str, codec_name: str, data: bytes, timestamp: int, alone: bool = False) -> None:
         """An encoded upstream frame: decoded now if it came `alone` and its peer has nothing queued,
@@ -241,6 +229,11 @@ class Engine:
         self._stopped.set()
         self._wake.set()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether the mixer was told to stop (the clock may still be finishing its tick)."""
+        return self._stopped.is_set()
+
     def wait(self) -> None:
         while self._clock.is_alive():
             self._clock.join(0.5)
@@ -257,23 +250,24 @@ class Engine:
 
     def _decode(self, peer_id: str, upstream: _Upstream, codec_name: str, data: bytes, timestamp: int) -> None:
         started = time.monotonic()
-        if codec_name != upstream.codec_name:
-            decoder = DECODERS.get(codec_name)
-            if decoder is None:
+        decoder = upstream.decoder
+        if decoder is None or codec_name != upstream.codec_name:
+            name = DECODERS.get(codec_name)
+            if name is None:
                 logger.warning("no decoder for %s from %s", codec_name, peer_id)
                 return
-            upstream.decoder = av.CodecContext.create(decoder, "r")
+            decoder = upstream.decoder = cast(av.VideoCodecContext, av.CodecContext.create(name, "r"))
             upstream.codec_name = codec_name
         packet = av.Packet(data)
         packet.pts = timestamp
         try:
-            frames = upstream.decoder.decode(packet)
+            frames = decoder.decode(packet)
         except av.FFmpegError:
             # Keep the decoder: resetting it would fail every frame until the next keyframe.
             self.counters.decode_errors += 1
             if started - upstream.last_pli >= PLI_INTERVAL:
                 upstream.last_pli = started
-                self._send(("pli", peer_id))
+                self._send(PliRequest(peer_id))
             return
         self.counters.decodes += 1
         self.counters.decode_seconds += time.monotonic() - started
@@ -287,8 +281,9 @@ class Engine:
         tiers = {output.tier for output in outputs if output.tier in self.settings.tiers}
         return max((self.settings.tiers[tier].fps for tier in tiers), default=1)
 
-    def _run(self) -> None:
-        """Tick at the highest frame rate in use; a tier slower than that encodes on its share of ticks.
+    def _video_clock(self) -> None:
+        """The room's video clock: it ticks at the highest frame rate in use; a tier slower than that
+        encodes on its share of ticks.
 
         A tick never waits for an input: it takes each peer's latest picture.
         When compose and encode overrun, the ticks missed are dropped, not
@@ -364,7 +359,8 @@ class Engine:
             self.counters.keyframes += sum(key for _, key in made)
             self.counters.tier_frames[output.tier] += 1
         self.counters.frames += 1
-        self._send(("tick", pts, packets, self._snapshot()))
+        counters, encoders = self._snapshot()
+        self._send(Tick(pts, packets, counters, encoders))
 
     def _scene(self, spec: SceneSpec, now: float) -> Scene:
         """The tiles of a spec with each peer's latest picture, or its placeholder when stale or off."""
@@ -372,8 +368,8 @@ class Engine:
         tiles = []
         for tile in spec.tiles:
             upstream = self._upstreams.get(tile.peer_id) if tile.peer_id is not None and tile.video else None
-            fresh = upstream is not None and now - upstream.picture_time < stale
-            tiles.append(Tile(tile.name, upstream.picture if fresh else None, speaking=tile.speaking))
+            picture = upstream.picture if upstream is not None and now - upstream.picture_time < stale else None
+            tiles.append(Tile(tile.name, picture, speaking=tile.speaking))
         return Scene(tuple(tiles), spec.layout, spec.speaker)
 
     def _compose(self, scenes: dict[str | None, Scene], due: list[Output]) -> dict[Output, av.VideoFrame]:
@@ -423,12 +419,12 @@ class Engine:
             self._encoder(output)
         return list(self._per_peer_pool.map(encode, pictures))
 
-    def _snapshot(self) -> dict:
-        snapshot: dict[str, Any] = {f.name: getattr(self.counters, f.name) for f in fields(Counters)}
-        snapshot["tier_frames"] = dict(snapshot["tier_frames"])
+    def _snapshot(self) -> tuple[Counters, dict[Output, EncoderInfo]]:
+        """A copy of the counters, and each encoder's, for the parent."""
+        counters = replace(self.counters, tier_frames=dict(self.counters.tier_frames))
         with self._lock:
-            snapshot["encoders"] = {o: (e.codec_name, e.frames, e.keyframes) for o, e in self.encoders.items()}
-        return snapshot
+            encoders = {o: EncoderInfo(e.codec_name, e.frames, e.keyframes) for o, e in self.encoders.items()}
+        return counters, encoders
 
     # --- canvases --------------------------------------------------------------------
 
@@ -489,16 +485,18 @@ def main(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     write_lock = threading.Lock()
 
-    def send(message: tuple) -> None:
-        data = encode_message(message)
+    reader: MessageReader[ToProcess] = MessageReader(TO_PROCESS)
+    mixer: VideoMixer | None = None
+
+    def send(message: ToServer) -> None:
+        data = encode(message)
         with write_lock:
             try:
                 sock.sendall(data)
             except OSError:
-                engine.stop()  # the parent is gone
+                if mixer is not None:  # always: only the mixer sends
+                    mixer.stop()  # the parent is gone
 
-    reader = MessageReader()
-    engine: Engine | None = None
     while True:
         try:
             data = sock.recv(1 << 20)
@@ -508,18 +506,18 @@ def main(fd: int) -> None:
             break
         messages = reader.feed(data)
         for message in messages:
-            if engine is None:
-                if message[0] != "settings":
-                    raise ValueError("the first message must be the settings")
-                engine = Engine(message[1], send)
-                engine.start()
+            if mixer is not None:
+                mixer.handle(message, alone=len(messages) == 1)
+            elif isinstance(message, Start):
+                mixer = VideoMixer(message.settings, send)
+                mixer.start()
             else:
-                engine.handle(message, alone=len(messages) == 1)
-        if engine is not None and engine._stopped.is_set():
+                raise ValueError(f"the first message must be Start, not {type(message).__name__}")
+        if mixer is not None and mixer.stopped:
             break
-    if engine is not None:
-        engine.stop()
-        engine.wait()
+    if mixer is not None:
+        mixer.stop()
+        mixer.wait()
     trimmer.stop()
 
 

@@ -1,0 +1,217 @@
+"""The messages between the server and a room's picture process, and the one codec for them.
+
+The server (`mcu.media.video_pipeline.VideoPipeline`) and the room's picture
+process (`mcu.media.video_process.VideoMixer`) talk over a socket pair. Each
+message is a frozen dataclass below, named for what it says, and each side
+dispatches with `match` on its class: a reader finds every place a message is
+made or handled by its name.
+
+On the wire a message is its length (4 bytes, network order), then the pickle
+of its tag (its class's index in MESSAGES) and its fields. Both ends are the
+same code, started together, so pickle's reach is no risk here. The tag, not the
+class, is pickled because looking a class up by name on both ends cost more
+than the rest of a frame message. What the typed messages cost over the
+string-tagged tuples they replaced (encode then read, 100 000 times, best of
+seven, CPU time on the development machine, Python 3.11):
+
+    an upstream frame of 1200 bytes            1.41 µs as a tuple    2.24 µs as `UpstreamFrame`
+    a tick: three outputs' packets (11.5 kB),  9.34 µs as a tuple    14.71 µs as `Tick`
+      the counters and three encoders
+
+About 1 µs more per upstream frame and 5 µs more per tick (building the
+frozen dataclasses on the reading side, mostly): for 16 publishers at 30 fps,
+under half a millisecond a second of either process.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from dataclasses import dataclass, fields
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, Union
+
+if TYPE_CHECKING:
+    from mcu.media.encoders import Output
+    from mcu.media.video_process import Counters, SceneSpec, Settings
+
+_HEADER = struct.Struct("!I")
+#: A message larger than this is a bug, not a picture.
+MAX_MESSAGE = 64 * 1024 * 1024
+
+
+class ChannelError(ValueError):
+    """What came over the socket is not a message of this module: a bug, or a stream out of step."""
+
+
+# --- from the server to the picture process ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The first message a picture process gets, before anything else: what the room is."""
+
+    settings: Settings
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFrame:
+    """One publisher's encoded video frame, for its decoder."""
+
+    peer_id: str
+    codec_name: str
+    data: bytes
+    #: Its RTP timestamp (the decoder's pts).
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Scenes:
+    """What each canvas shows: the shared one (None) and each hide-self peer's own, by that peer's id."""
+
+    scenes: dict[str | None, SceneSpec]
+
+
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    """The outputs in use: the encoders to keep and feed; the others are released."""
+
+    outputs: frozenset[Output]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyframeRequest:
+    """A keyframe from the encoder of `output` (None: from every encoder)."""
+
+    output: Output | None
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """A publisher left: its decoder and latest picture go."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """The room closed: the process ends."""
+
+
+# --- from the picture process to the server ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderInfo:
+    """One encoder of the picture process, as it reports it with every tick."""
+
+    codec_name: str
+    frames: int = 0
+    keyframes: int = 0
+
+    def __reduce__(self) -> tuple[type[EncoderInfo], tuple[str, int, int]]:
+        # Its class and fields: a frozen slots dataclass otherwise pickles through Python-level get/setstate.
+        return EncoderInfo, (self.codec_name, self.frames, self.keyframes)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One tick of the room's video clock: the packets of each output encoded on it, and the counters."""
+
+    #: The packets' pts (90 kHz, from the room's epoch).
+    pts: int
+    #: Each output encoded on this tick: its packets, as (data, keyframe).
+    packets: dict[Output, list[tuple[bytes, bool]]]
+    #: A copy of the process's counters, taken after this tick.
+    counters: Counters
+    encoders: dict[Output, EncoderInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class PliRequest:
+    """A publisher's frame could not be decoded: it should be asked for a keyframe (PLI)."""
+
+    peer_id: str
+
+
+ToProcess = Union[Start, UpstreamFrame, Scenes, Outputs, KeyframeRequest, Forget, Stop]
+ToServer = Union[Tick, PliRequest]
+Message = Union[ToProcess, ToServer]
+#: The message classes each way: what the reader of each side accepts.
+TO_PROCESS: tuple[type[ToProcess], ...] = (Start, UpstreamFrame, Scenes, Outputs, KeyframeRequest, Forget, Stop)
+TO_SERVER: tuple[type[ToServer], ...] = (Tick, PliRequest)
+#: Every message class; its index here is its tag on the wire.
+MESSAGES: tuple[type[Message], ...] = (*TO_PROCESS, *TO_SERVER)
+
+
+def _fields_of(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """A function that gives a message's fields as a tuple, in order (an attrgetter: no Python frame)."""
+    names = [f.name for f in fields(cls)]
+    if len(names) > 1:
+        return attrgetter(*names)
+    if names:
+        get = attrgetter(names[0])
+        return lambda message: (get(message),)
+    return lambda message: ()
+
+
+_TAGS: dict[type, int] = {cls: tag for tag, cls in enumerate(MESSAGES)}
+_FIELDS = {cls: _fields_of(cls) for cls in MESSAGES}
+
+M = TypeVar("M", bound=Message)
+
+
+def encode(message: Message) -> bytes:
+    """A message as it goes on the socket: its length, then the pickle of its tag and its fields."""
+    cls = type(message)
+    payload = pickle.dumps((_TAGS[cls], _FIELDS[cls](message)), protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class MessageReader(Generic[M]):
+    """Splits a byte stream, whatever chunks it arrives in, into the messages of one direction (`accepts`)."""
+
+    def __init__(self, accepts: tuple[type[M], ...]) -> None:
+        self._accepts: dict[int, type[M]] = {_TAGS[cls]: cls for cls in accepts}
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[M]:
+        """The messages completed by `data`, in order.
+
+        A message that does not unpickle, or is not one of `accepts`, raises
+        ChannelError; it is consumed (and so are the messages before it in this
+        feed), and the stream goes on after it. A length past MAX_MESSAGE means
+        the stream is out of step: it raises again on every feed.
+        """
+        buffer = self._buffer
+        buffer += data
+        messages: list[M] = []
+        start = 0
+        try:
+            while len(buffer) - start >= _HEADER.size:
+                (length,) = _HEADER.unpack_from(buffer, start)
+                if length > MAX_MESSAGE:
+                    raise ChannelError(f"a message of {length} bytes: the stream is out of step")
+                end = start + _HEADER.size + length
+                if len(buffer) < end:
+                    break
+                with memoryview(buffer)[start + _HEADER.size : end] as payload:
+                    start = end
+                    messages.append(self._decode(payload))
+        finally:
+            del buffer[:start]
+        return messages
+
+    def _decode(self, payload: memoryview) -> M:
+        try:
+            tag, values = pickle.loads(payload)
+        except Exception as error:
+            raise ChannelError(f"an unreadable message of {len(payload)} bytes: {error!r}") from error
+        cls = self._accepts.get(tag) if isinstance(tag, int) else None
+        if cls is None:
+            known = MESSAGES[tag].__name__ if isinstance(tag, int) and 0 <= tag < len(MESSAGES) else "no message"
+            raise ChannelError(f"not a message this side reads: tag {tag!r} ({known})")
+        try:
+            return cls(*values)
+        except TypeError as error:
+            raise ChannelError(f"a {cls.__name__} with the wrong fields: {error}") from error
