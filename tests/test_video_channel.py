@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import pickle
+import socket
 import struct
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -15,6 +19,7 @@ from mcu.media.video_channel import (
     TO_PROCESS,
     TO_SERVER,
     ChannelError,
+    Counters,
     EncoderInfo,
     Forget,
     KeyframeRequest,
@@ -29,7 +34,7 @@ from mcu.media.video_channel import (
     UpstreamFrame,
     encode,
 )
-from mcu.media.video_process import Counters, SceneSpec, Settings, TileSpec
+from mcu.media.video_process import SceneSpec, Settings, TileSpec
 
 HIGH, LOW, MINE = Output("vp8", "high"), Output("h264", "low"), Output("vp8", "high", "alice")
 TIERS = {"high": Tier(320, 180, 30, 300_000), "low": Tier(160, 90, 15, 100_000)}
@@ -140,3 +145,34 @@ def test_a_length_past_the_limit_is_a_stream_out_of_step():
     for _ in range(2):  # and stays so
         with pytest.raises(ChannelError, match="out of step"):
             reader.feed(struct.pack("!I", MAX_MESSAGE + 1) + b"\x80")
+
+
+def test_a_real_picture_process_reads_the_servers_messages_and_the_server_reads_its_own():
+    """The process runs as `__main__`: what it sends must unpickle in a process where it is not."""
+    ours, theirs = socket.socketpair()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mcu.media.video_process", str(theirs.fileno())], pass_fds=[theirs.fileno()]
+    )
+    theirs.close()
+    try:
+        ours.settimeout(10)
+        for message in (
+            Start(Settings(TIERS, 2.0, time.monotonic())),
+            Scenes({None: SCENE}),
+            Outputs(frozenset({HIGH})),
+        ):
+            ours.sendall(encode(message))
+        reader = MessageReader(TO_SERVER)
+        ticks: list[Tick] = []
+        while len(ticks) < 3:
+            ticks.extend(m for m in reader.feed(ours.recv(1 << 20)) if isinstance(m, Tick))
+        assert all(isinstance(t.counters, Counters) for t in ticks) and ticks[-1].counters.ticks >= 3
+        assert set(ticks[-1].encoders) == {HIGH} and isinstance(ticks[-1].encoders[HIGH], EncoderInfo)
+        assert ticks[0].packets[HIGH][0][1]  # the first frame of an output is a keyframe
+        ours.sendall(encode(Stop()))
+        assert process.wait(10) == 0
+    finally:
+        ours.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import pickle
 import struct
-from dataclasses import dataclass, fields
+from collections import defaultdict
+from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, Union
 
 if TYPE_CHECKING:
     from mcu.media.encoders import Output
-    from mcu.media.video_process import Counters, SceneSpec, Settings
+    from mcu.media.video_process import SceneSpec, Settings
 
 _HEADER = struct.Struct("!I")
 #: A message larger than this is a bug, not a picture.
@@ -99,6 +100,32 @@ class Stop:
 
 
 # --- from the picture process to the server ----------------------------------------------------
+
+
+@dataclass
+class Counters:
+    """What the picture process's mixer did; a copy goes with every tick, so that the parent's copy is consistent.
+
+    Defined here, not in mcu/media/video_process.py: that module runs as `__main__` in the
+    process, and a class of `__main__` would not unpickle in the server.
+    """
+
+    ticks: int = 0
+    frames: int = 0
+    #: Ticks missed because compose and encode overran.
+    skipped: int = 0
+    compose_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    keyframes: int = 0
+    #: Frames encoded per tier, all of its outputs counted once per encode.
+    tier_frames: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    #: Canvases made by scaling a larger one down instead of composing again.
+    scaled: int = 0
+    encoders_created: int = 0
+    encoders_released: int = 0
+    decodes: int = 0
+    decode_errors: int = 0
+    decode_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from mcu.media.tracks import PacketSink, PacketTrack
 from mcu.media.video_channel import (
     TO_SERVER,
     ChannelError,
+    Counters,
     EncoderInfo,
     Forget,
     KeyframeRequest,
@@ -50,7 +51,7 @@ from mcu.media.video_channel import (
     UpstreamFrame,
     encode,
 )
-from mcu.media.video_process import Counters, SceneSpec, Settings
+from mcu.media.video_process import SceneSpec, Settings
 from mcu.rtc.sender import SharedPacker
 
 logger = logging.getLogger(__name__)

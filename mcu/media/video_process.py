@@ -28,9 +28,8 @@ import socket
 import sys
 import threading
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, assert_never, cast
 
 import av
@@ -43,6 +42,7 @@ from mcu.media.allocator import Trimmer, limit_arenas
 from mcu.media.encoders import Output, Tier, VideoEncoder
 from mcu.media.video_channel import (
     TO_PROCESS,
+    Counters,
     EncoderInfo,
     Forget,
     KeyframeRequest,
@@ -104,28 +104,6 @@ class Settings:
     epoch: float
     #: The benchmark baseline: every output is one peer's encode of the shared canvas.
     encode_per_peer: bool = False
-
-
-@dataclass
-class Counters:
-    """What the mixer did; a copy goes with every tick, so that the parent's copy is consistent."""
-
-    ticks: int = 0
-    frames: int = 0
-    #: Ticks missed because compose and encode overran.
-    skipped: int = 0
-    compose_seconds: float = 0.0
-    encode_seconds: float = 0.0
-    keyframes: int = 0
-    #: Frames encoded per tier, all of its outputs counted once per encode.
-    tier_frames: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    #: Canvases made by scaling a larger one down instead of composing again.
-    scaled: int = 0
-    encoders_created: int = 0
-    encoders_released: int = 0
-    decodes: int = 0
-    decode_errors: int = 0
-    decode_seconds: float = 0.0
 
 
 class _Upstream:
