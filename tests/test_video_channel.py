@@ -20,7 +20,7 @@ from mcu.media.video_channel import (
     TO_SERVER,
     ChannelError,
     Counters,
-    EncoderInfo,
+    EncoderReport,
     Forget,
     KeyframeRequest,
     Message,
@@ -61,7 +61,7 @@ TO_SERVER_MESSAGES: list[Message] = [
         123_456,
         {HIGH: [(b"\x90" * 1200, True), (b"\x10" * 300, False)], MINE: [(b"\x11" * 800, False)]},
         COUNTERS,
-        {HIGH: EncoderInfo("libvpx", 88, 3), LOW: EncoderInfo("libx264", 44, 1)},
+        {HIGH: EncoderReport("libvpx", 88, 3), LOW: EncoderReport("libx264", 44, 1)},
     ),
     Tick(123_457, {}, Counters(), {}),
     PliRequest("alice"),
@@ -90,7 +90,7 @@ def test_the_counters_and_encoders_of_a_tick_keep_their_types():
     (tick,) = MessageReader(TO_SERVER).feed(encode(TO_SERVER_MESSAGES[0]))
     assert isinstance(tick, Tick) and isinstance(tick.counters, Counters)
     assert tick.counters.tier_frames == {"high": 88, "low": 44} and tick.counters.compose_seconds == 0.25
-    assert tick.encoders[LOW] == EncoderInfo("libx264", 44, 1) and type(tick.encoders[LOW]) is EncoderInfo
+    assert tick.encoders[LOW] == EncoderReport("libx264", 44, 1) and type(tick.encoders[LOW]) is EncoderReport
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 64, 777, 4096])
@@ -167,7 +167,7 @@ def test_a_real_picture_process_reads_the_servers_messages_and_the_server_reads_
         while len(ticks) < 3:
             ticks.extend(m for m in reader.feed(ours.recv(1 << 20)) if isinstance(m, Tick))
         assert all(isinstance(t.counters, Counters) for t in ticks) and ticks[-1].counters.ticks >= 3
-        assert set(ticks[-1].encoders) == {HIGH} and isinstance(ticks[-1].encoders[HIGH], EncoderInfo)
+        assert set(ticks[-1].encoders) == {HIGH} and isinstance(ticks[-1].encoders[HIGH], EncoderReport)
         assert ticks[0].packets[HIGH][0][1]  # the first frame of an output is a keyframe
         ours.sendall(encode(Stop()))
         assert process.wait(10) == 0

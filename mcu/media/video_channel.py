@@ -129,16 +129,16 @@ class Counters:
 
 
 @dataclass(frozen=True, slots=True)
-class EncoderInfo:
+class EncoderReport:
     """One encoder of the picture process, as it reports it with every tick."""
 
     codec_name: str
-    frames: int = 0
-    keyframes: int = 0
+    frames: int
+    keyframes: int
 
-    def __reduce__(self) -> tuple[type[EncoderInfo], tuple[str, int, int]]:
+    def __reduce__(self) -> tuple[type[EncoderReport], tuple[str, int, int]]:
         # Its class and fields: a frozen slots dataclass otherwise pickles through Python-level get/setstate.
-        return EncoderInfo, (self.codec_name, self.frames, self.keyframes)
+        return EncoderReport, (self.codec_name, self.frames, self.keyframes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +151,7 @@ class Tick:
     packets: dict[Output, list[tuple[bytes, bool]]]
     #: A copy of the process's counters, taken after this tick.
     counters: Counters
-    encoders: dict[Output, EncoderInfo]
+    encoders: dict[Output, EncoderReport]
 
 
 @dataclass(frozen=True, slots=True)

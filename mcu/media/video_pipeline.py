@@ -36,7 +36,7 @@ from mcu.media.video_channel import (
     TO_SERVER,
     ChannelError,
     Counters,
-    EncoderInfo,
+    EncoderReport,
     Forget,
     KeyframeRequest,
     MessageReader,
@@ -127,6 +127,15 @@ class VideoStats(Counters):
 
 #: The stats that the picture process counts (the others are counted on this side).
 _PROCESS_COUNTERS = tuple(f.name for f in fields(Counters))
+
+
+@dataclass
+class EncoderInfo:
+    """One encoder of the picture process, as last reported (kept up to date in place)."""
+
+    codec_name: str
+    frames: int = 0
+    keyframes: int = 0
 
 
 class _Channel(asyncio.Protocol):
@@ -464,7 +473,7 @@ class VideoPipeline:
                     for packet in made_packets:
                         sink.push(packet)
 
-    def _update(self, counters: Counters, encoders: dict[Output, EncoderInfo]) -> None:
+    def _update(self, counters: Counters, encoders: dict[Output, EncoderReport]) -> None:
         """The stats: the process's counters added to those of the processes before it; its encoders as reported."""
         for name in _PROCESS_COUNTERS:
             if name == "tier_frames":
@@ -474,4 +483,10 @@ class VideoPipeline:
                 self.stats.tier_frames = tier_frames
             else:
                 setattr(self.stats, name, getattr(self._base, name) + getattr(counters, name))
-        self.encoders = encoders
+        for output in self.encoders.keys() - encoders.keys():
+            del self.encoders[output]
+        for output, report in encoders.items():
+            info = self.encoders.get(output)
+            if info is None:
+                info = self.encoders[output] = EncoderInfo(report.codec_name)
+            info.frames, info.keyframes = report.frames, report.keyframes

@@ -43,7 +43,7 @@ from mcu.media.encoders import Output, Tier, VideoEncoder
 from mcu.media.video_channel import (
     TO_PROCESS,
     Counters,
-    EncoderInfo,
+    EncoderReport,
     Forget,
     KeyframeRequest,
     MessageReader,
@@ -397,11 +397,11 @@ class VideoMixer:
             self._encoder(output)
         return list(self._per_peer_pool.map(encode, pictures))
 
-    def _snapshot(self) -> tuple[Counters, dict[Output, EncoderInfo]]:
+    def _snapshot(self) -> tuple[Counters, dict[Output, EncoderReport]]:
         """A copy of the counters, and each encoder's, for the parent."""
         counters = replace(self.counters, tier_frames=dict(self.counters.tier_frames))
         with self._lock:
-            encoders = {o: EncoderInfo(e.codec_name, e.frames, e.keyframes) for o, e in self.encoders.items()}
+            encoders = {o: EncoderReport(e.codec_name, e.frames, e.keyframes) for o, e in self.encoders.items()}
         return counters, encoders
 
     # --- canvases --------------------------------------------------------------------
