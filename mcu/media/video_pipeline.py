@@ -264,7 +264,7 @@ class VideoPipeline:
             transport.write(data)
         self._pending.clear()
         self._pending_bytes = 0
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
         self._sent_outputs = self._sent_scenes = self._shown = None
         self._sync()
         return channel.closed
