@@ -172,9 +172,7 @@ class FlashBeep:
     are exact on both (pick a period that is a whole number of frames of each).
     """
 
-    def __init__(
-        self, period: float = 1.0, length: float = 0.2, fps: int = 15, frequency: float = 1000.0
-    ) -> None:
+    def __init__(self, period: float = 1.0, length: float = 0.2, fps: int = 15, frequency: float = 1000.0) -> None:
         self.period, self.length = period, length
         self._start: float | None = None
         self.video = _FlashTrack(self, fps)

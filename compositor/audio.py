@@ -51,8 +51,7 @@ def mix_sums(contributions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(FRAME_SAMPLES, np.int32), np.zeros((0, FRAME_SAMPLES), np.int32)
     if contributions.dtype != np.int16 or contributions.ndim != 2:
         raise ValueError(
-            f"contributions must be int16 of shape (N, S), got {contributions.dtype} "
-            f"{contributions.shape}"
+            f"contributions must be int16 of shape (N, S), got {contributions.dtype} {contributions.shape}"
         )
     total = contributions.sum(axis=0, dtype=np.int32)
     return total, total - contributions

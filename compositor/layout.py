@@ -13,6 +13,7 @@ from typing import Any, Callable, Hashable, Sequence, TypeVar
 #: Whatever names a participant in `last_n` (a peer id in the server).
 Key = TypeVar("Key", bound=Hashable)
 
+
 @dataclass(frozen=True)
 class Rect:
     """An axis-aligned rectangle in canvas pixels."""

@@ -47,7 +47,12 @@ _lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.POINTE
 _lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
 _lib.opus_decode.restype = ctypes.c_int
 _lib.opus_decode.argtypes = [
-    ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int, ctypes.c_int
+    ctypes.c_void_p,
+    ctypes.c_char_p,
+    ctypes.c_int32,
+    ctypes.c_void_p,
+    ctypes.c_int,
+    ctypes.c_int,
 ]
 _lib.opus_packet_has_lbrr.restype = ctypes.c_int
 _lib.opus_packet_has_lbrr.argtypes = [ctypes.c_char_p, ctypes.c_int32]

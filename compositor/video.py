@@ -170,9 +170,7 @@ class Compositor:
         # PyAV derives a yuv420p frame's height from rows * 2 // 3 in whole
         # chroma rows, so the height must be a multiple of 4.
         if width <= 0 or height <= 0 or width % 2 or height % 4:
-            raise ValueError(
-                f"canvas {width}x{height}: width must be even and height a multiple of 4"
-            )
+            raise ValueError(f"canvas {width}x{height}: width must be even and height a multiple of 4")
         self.width = width
         self.height = height
         self._buffer = np.empty((height * 3 // 2, width), np.uint8)

@@ -164,9 +164,18 @@ async def run_one(mode: str, count: int, args: argparse.Namespace, logs: Path) -
             with load_logs[-1].open("wb") as log:
                 loads.append(
                     await asyncio.create_subprocess_exec(
-                        sys.executable, __file__, "_load", f"ws://127.0.0.1:{port}/ws", str(first),
-                        str(min(PEERS_PER_LOAD, count - first)), str(args.seconds), str(int(mode_settings(mode)[1])),
-                        cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                        sys.executable,
+                        __file__,
+                        "_load",
+                        f"ws://127.0.0.1:{port}/ws",
+                        str(first),
+                        str(min(PEERS_PER_LOAD, count - first)),
+                        str(args.seconds),
+                        str(int(mode_settings(mode)[1])),
+                        cwd=REPO,
+                        stdin=asyncio.subprocess.PIPE,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=log,
                         start_new_session=True,
                     )  # fmt: skip
                 )

@@ -57,9 +57,16 @@ async def run(args: argparse.Namespace) -> dict:
         try:
             await bench_room.wait_healthy(port, server)
             load = await asyncio.create_subprocess_exec(
-                sys.executable, __file__.replace("bench_recording", "bench_room"), "_load",
-                f"ws://127.0.0.1:{port}/ws", str(args.peers), str(args.warmup), str(total),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd=bench_room.REPO,
+                sys.executable,
+                __file__.replace("bench_recording", "bench_room"),
+                "_load",
+                f"ws://127.0.0.1:{port}/ws",
+                str(args.peers),
+                str(args.warmup),
+                str(total),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                cwd=bench_room.REPO,
             )
             event = await bench_room.next_event(load, 90)
             assert event["event"] == "start", event

@@ -99,7 +99,9 @@ class Result:
     @property
     def collapsed(self) -> bool:
         return bool(self.failure) or (
-            self.server_cpu > CPU_CAP or self.fps_min < self.min_fps or self.audio_min < MIN_AUDIO
+            self.server_cpu > CPU_CAP
+            or self.fps_min < self.min_fps
+            or self.audio_min < MIN_AUDIO
             or any(fps_min < TIER_FPS[label.split("/")[0]] / 2 for label, (_, _, fps_min, _) in self.groups.items())
         )
 

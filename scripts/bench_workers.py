@@ -66,8 +66,15 @@ async def run_room(url: str, room: str, index: int) -> None:
     from client.peer import Peer
 
     peers = [
-        Peer(url, room, f"{room}-{i}", video=PreEncodedVideoTrack(peer_colour(index * PEERS_PER_ROOM + i)),
-             audio=PreEncodedAudioTrack(300.0 + 75 * i), decode=False, chat=False)
+        Peer(
+            url,
+            room,
+            f"{room}-{i}",
+            video=PreEncodedVideoTrack(peer_colour(index * PEERS_PER_ROOM + i)),
+            audio=PreEncodedAudioTrack(300.0 + 75 * i),
+            decode=False,
+            chat=False,
+        )
         for i in range(PEERS_PER_ROOM)
     ]
     try:
@@ -92,6 +99,7 @@ async def run_room(url: str, room: str, index: int) -> None:
 
 #: Other processes' CPU (% of one core) above which a run's figures are flagged as not comparable.
 OTHERS_LIMIT = 25
+
 
 @dataclass
 class Step:
@@ -213,13 +221,18 @@ def rerun_command() -> str:
 
 def format_row(workers: int, s: Step, fps: int) -> str:
     status = s.failure or ("fits" if fits(s, fps) else "does not fit")
-    return (f"| {workers} | {s.rooms} | {s.rooms * PEERS_PER_ROOM} | {s.fps_mean:.1f} | {s.fps_min:.1f} "
-            f"| {s.audio_min:.1f} | {s.server_cpu:.0f} | {s.load_cpu:.0f} | {s.others_cpu:.0f} | {status} |")
+    return (
+        f"| {workers} | {s.rooms} | {s.rooms * PEERS_PER_ROOM} | {s.fps_mean:.1f} | {s.fps_min:.1f} "
+        f"| {s.audio_min:.1f} | {s.server_cpu:.0f} | {s.load_cpu:.0f} | {s.others_cpu:.0f} | {status} |"
+    )
 
 
 def table(all_series: list[Series], fps: int) -> str:
-    lines = ["| workers | rooms | peers | fps mean | fps min | audio pkt/s min | server CPU % | load CPU % "
-             "| others' CPU % | status |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| workers | rooms | peers | fps mean | fps min | audio pkt/s min | server CPU % | load CPU % "
+        "| others' CPU % | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     lines += [format_row(s.workers, step, fps) for s in all_series for step in s.steps]
     return "\n".join(lines)
 
@@ -239,48 +252,53 @@ def caveat(all_series: list[Series]) -> list[str]:
     peak = max((step.others_cpu for s in all_series for step in s.steps), default=0.0)
     if peak <= OTHERS_LIMIT:
         return []
-    return ["", f"**Not a valid capacity figure:** other processes used up to {peak:.0f} % of a core during "
-            "this run; they took CPU from the server and the load peers, so the rooms held are a lower bound "
-            "and the two series are not comparable. Re-run on a quiet machine."]
+    return [
+        "",
+        f"**Not a valid capacity figure:** other processes used up to {peak:.0f} % of a core during "
+        "this run; they took CPU from the server and the load peers, so the rooms held are a lower bound "
+        "and the two series are not comparable. Re-run on a quiet machine.",
+    ]
 
 
 def section(all_series: list[Series], args: argparse.Namespace) -> str:
-    return "\n".join([
-        BEGIN,
-        "## Workers: rooms of 6 peers with 1 and 2 worker processes",
-        "",
-        f"Measured {datetime.date.today().isoformat()} on {machine()}. A fresh `mcu serve --workers W` "
-        f"({args.size}@{args.fps} composite) per W; rooms added one by one, each with its own load process of 6 "
-        "pre-encoded load peers (receiving without decoding); after each new room a warm-up of "
-        f"{args.warmup:g} s, then every room measured over {args.windows} windows of {args.seconds:g} s, the median "
-        "window (by worst-peer fps) kept: the machine is shared. Server CPU is the front, its "
-        "workers and their rooms' picture processes (W = 1: the one server process and its picture "
-        "processes), load CPU all load processes, both in % of one core; they share "
-        "the machine's cores, so the load's CPU is taken from what the server could use. Others' CPU is "
-        "what every other process used over the same window (/proc/stat's busy time minus both).",
-        "",
-        table(all_series, args.fps),
-        "",
-        verdict(all_series, args.fps),
-        *caveat(all_series),
-        "",
-        f"Re-run: `{rerun_command()}`",
-        "",
-        "### Beyond one machine",
-        "",
-        "A room never spans processes, so what one worker holds is what one core holds, and a machine "
-        "holds about (cores - its share of packet work) times that. Past one machine, nodes share the Redis "
-        "room directory (docs/operations.md): a room is placed on the least loaded live node at its first "
-        "join, and only signaling crosses nodes (one relayed WebSocket per client whose join reached another "
-        "node); media goes straight from the client to the node that hosts its room. Redis work grows with "
-        "rooms and nodes (one key each, renewed every second by its owner), not with media. What does not "
-        "grow: one room's size, bound by one process; a larger meeting would need cascading (one room's "
-        "composite sent into another as a participant), which this server does not do. Failover is bounded "
-        "by the lease: tests/test_nodes.py measures the time from SIGKILL of a node to its room's composite "
-        "back on another node, and tests/test_workers.py the same for a worker (`.venv/bin/python -m pytest "
-        "-s tests/test_nodes.py tests/test_workers.py` prints both).",
-        END,
-    ])
+    return "\n".join(
+        [
+            BEGIN,
+            "## Workers: rooms of 6 peers with 1 and 2 worker processes",
+            "",
+            f"Measured {datetime.date.today().isoformat()} on {machine()}. A fresh `mcu serve --workers W` "
+            f"({args.size}@{args.fps} composite) per W; rooms added one by one, each with its own load process of 6 "
+            "pre-encoded load peers (receiving without decoding); after each new room a warm-up of "
+            f"{args.warmup:g} s, then every room measured over {args.windows} windows of {args.seconds:g} s, the "
+            "median window (by worst-peer fps) kept: the machine is shared. Server CPU is the front, its "
+            "workers and their rooms' picture processes (W = 1: the one server process and its picture "
+            "processes), load CPU all load processes, both in % of one core; they share "
+            "the machine's cores, so the load's CPU is taken from what the server could use. Others' CPU is "
+            "what every other process used over the same window (/proc/stat's busy time minus both).",
+            "",
+            table(all_series, args.fps),
+            "",
+            verdict(all_series, args.fps),
+            *caveat(all_series),
+            "",
+            f"Re-run: `{rerun_command()}`",
+            "",
+            "### Beyond one machine",
+            "",
+            "A room never spans processes, so what one worker holds is what one core holds, and a machine "
+            "holds about (cores - its share of packet work) times that. Past one machine, nodes share the Redis "
+            "room directory (docs/operations.md): a room is placed on the least loaded live node at its first "
+            "join, and only signaling crosses nodes (one relayed WebSocket per client whose join reached another "
+            "node); media goes straight from the client to the node that hosts its room. Redis work grows with "
+            "rooms and nodes (one key each, renewed every second by its owner), not with media. What does not "
+            "grow: one room's size, bound by one process; a larger meeting would need cascading (one room's "
+            "composite sent into another as a participant), which this server does not do. Failover is bounded "
+            "by the lease: tests/test_nodes.py measures the time from SIGKILL of a node to its room's composite "
+            "back on another node, and tests/test_workers.py the same for a worker (`.venv/bin/python -m pytest "
+            "-s tests/test_nodes.py tests/test_workers.py` prints both).",
+            END,
+        ]
+    )
 
 
 async def run_all(args: argparse.Namespace) -> list[Series]:

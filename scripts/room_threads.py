@@ -34,9 +34,22 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0, help="seconds sampled (default 10)")
     args = parser.parse_args()
     bench = subprocess.Popen(
-        [sys.executable, "scripts/bench_room.py", "--peers", str(args.peers), "--modes", "shared",
-         "--seconds", str(args.window + 15), "--warmup", "5"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "scripts/bench_room.py",
+            "--peers",
+            str(args.peers),
+            "--modes",
+            "shared",
+            "--seconds",
+            str(args.window + 15),
+            "--warmup",
+            "5",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         server = None

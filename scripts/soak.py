@@ -123,10 +123,13 @@ class Room:
             hue = (index * 47) % 200
             new.append(
                 Peer(
-                    self.url, "soak", f"load{index}",
+                    self.url,
+                    "soak",
+                    f"load{index}",
                     video=PreEncodedVideoTrack((40 + hue, 230 - hue, 90 + index * 13 % 120)),
                     audio=PreEncodedAudioTrack(300.0 + 10 * (index % 40)),
-                    decode=False, chat=index % 2 == 0,
+                    decode=False,
+                    chat=index % 2 == 0,
                 )  # fmt: skip
             )
         results = await asyncio.gather(*(peer.join(timeout=20) for peer in new), return_exceptions=True)
@@ -202,9 +205,15 @@ async def run(args: argparse.Namespace) -> tuple[list[Sample], int]:
                 interval = now - last_time
                 samples.append(
                     Sample(
-                        round(now - start, 1), round(rss, 2), round(own, 2),
+                        round(now - start, 1),
+                        round(rss, 2),
+                        round(own, 2),
                         round((ticks - last_ticks) / CLK_TCK / interval * 100, 1),
-                        threads, fds, int(metrics["tasks"]), len(room.peers), room.dropped,
+                        threads,
+                        fds,
+                        int(metrics["tasks"]),
+                        len(room.peers),
+                        room.dropped,
                         round((metrics["frames"] - last_frames) / interval, 2),
                         round(min(steady) / interval, 2) if steady else 0.0,
                     )  # fmt: skip
@@ -326,8 +335,7 @@ def section(samples: list[Sample], args: argparse.Namespace, slope: float, error
                 )
             ),
             "",
-            f"Peers the server dropped (their media connection failed) and the script replaced: "
-            f"{samples[-1].dropped}.",
+            f"Peers the server dropped (their media connection failed) and the script replaced: {samples[-1].dropped}.",
             "",
             f"RSS over the second half, least-squares slope: **{slope:+.1f} ± {error:.1f} MiB/hour** "
             f"(± one standard error): {verdict(slope, error)}; the server process alone: "
@@ -370,8 +378,10 @@ def main() -> None:
     slope, error = rss_slope(samples)
     write_csv(samples, PLOTS / "soak.csv")
     plot(samples, PLOTS / "soak.png", slope, args)
-    print(f"RSS slope over the second half: {slope:+.2f} ± {error:.2f} MiB/hour: {verdict(slope, error)}; "
-          f"failed joins: {failed}")
+    print(
+        f"RSS slope over the second half: {slope:+.2f} ± {error:.2f} MiB/hour: {verdict(slope, error)}; "
+        f"failed joins: {failed}"
+    )
     if args.write:
         write_section(args.write, section(samples, args, slope, error, failed))
         print(f"wrote {args.write}")

@@ -248,13 +248,15 @@ def _reject_constant(name: str) -> NoReturn:
 
 
 _KIND_NAMES: dict[type, str] = {
-    str: "a string", int: "an integer", dict: "an object", bool: "true or false", list: "an array"
+    str: "a string",
+    int: "an integer",
+    dict: "an object",
+    bool: "true or false",
+    list: "an array",
 }
 
 
-def typed_field(
-    obj: dict[str, Any], key: str, kind: type, label: str, optional: bool = False
-) -> Any:
+def typed_field(obj: dict[str, Any], key: str, kind: type, label: str, optional: bool = False) -> Any:
     """
     Return ``obj[key]`` checked against ``kind``; errors name the field as ``label``.
 
@@ -277,17 +279,14 @@ def _parse_join(obj: dict[str, Any]) -> Join:
     if not _ROOM_RE.fullmatch(room):
         raise ProtocolError(
             INVALID_ROOM,
-            "The room name must be 1 to 64 characters among letters A-Z and a-z, "
-            "digits, underscore and hyphen.",
+            "The room name must be 1 to 64 characters among letters A-Z and a-z, digits, underscore and hyphen.",
         )
 
     name = typed_field(obj, "name", str, "name").strip()
     if not name:
         raise ProtocolError(INVALID_NAME, "The name must not be empty.")
     if len(name) > MAX_NAME_LENGTH:
-        raise ProtocolError(
-            INVALID_NAME, f"The name must be at most {MAX_NAME_LENGTH} characters."
-        )
+        raise ProtocolError(INVALID_NAME, f"The name must be at most {MAX_NAME_LENGTH} characters.")
     if _NAME_FORBIDDEN_RE.search(name):
         raise ProtocolError(
             INVALID_NAME,
@@ -310,9 +309,7 @@ def _parse_offer(obj: dict[str, Any]) -> Offer:
             'The offer is not an SDP description: it must start with a "v=0" line.',
         )
     if not (_SDP_AUDIO_RE.search(sdp) and _SDP_VIDEO_RE.search(sdp)):
-        raise ProtocolError(
-            INVALID_SDP, "The offer must contain an audio and a video media section."
-        )
+        raise ProtocolError(INVALID_SDP, "The offer must contain an audio and a video media section.")
     return Offer(sdp=sdp, to=typed_field(obj, "to", str, "to", optional=True))
 
 
@@ -327,13 +324,9 @@ def _parse_candidate(obj: dict[str, Any]) -> Candidate:
     init = typed_field(obj, "candidate", dict, "candidate")
     candidate = typed_field(init, "candidate", str, "candidate.candidate")
     sdp_mid = typed_field(init, "sdpMid", str, "candidate.sdpMid", optional=True)
-    sdp_mline_index = typed_field(
-        init, "sdpMLineIndex", int, "candidate.sdpMLineIndex", optional=True
-    )
+    sdp_mline_index = typed_field(init, "sdpMLineIndex", int, "candidate.sdpMLineIndex", optional=True)
 
-    if sdp_mline_index is not None and not (
-        0 <= sdp_mline_index <= _MAX_SDP_MLINE_INDEX
-    ):
+    if sdp_mline_index is not None and not (0 <= sdp_mline_index <= _MAX_SDP_MLINE_INDEX):
         raise ProtocolError(
             INVALID_CANDIDATE,
             f"The sdpMLineIndex must be between 0 and {_MAX_SDP_MLINE_INDEX}.",
@@ -342,14 +335,12 @@ def _parse_candidate(obj: dict[str, Any]) -> Candidate:
         if not _CANDIDATE_RE.fullmatch(candidate):
             raise ProtocolError(
                 INVALID_CANDIDATE,
-                "The candidate must be an ICE candidate line "
-                '("candidate:<foundation> <component> <transport> ...").',
+                'The candidate must be an ICE candidate line ("candidate:<foundation> <component> <transport> ...").',
             )
         if sdp_mid is None and sdp_mline_index is None:
             raise ProtocolError(
                 INVALID_CANDIDATE,
-                "The candidate must name its media section with sdpMid or "
-                "sdpMLineIndex.",
+                "The candidate must name its media section with sdpMid or sdpMLineIndex.",
             )
     return Candidate(
         candidate=candidate,
@@ -413,9 +404,7 @@ def parse_client_message(text: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) 
     :raises ProtocolError: with the code to send back in an ``error`` message.
     """
     if isinstance(text, bytes):
-        raise ProtocolError(
-            BINARY_NOT_SUPPORTED, "Binary messages are not supported: send JSON text."
-        )
+        raise ProtocolError(BINARY_NOT_SUPPORTED, "Binary messages are not supported: send JSON text.")
     # A character is at least one byte, so a long string needs no encoding to reject.
     if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise ProtocolError(MESSAGE_TOO_LARGE, f"The message is larger than {max_bytes} bytes.")
@@ -431,9 +420,7 @@ def parse_client_message(text: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) 
     message_type = typed_field(obj, "type", str, "type")
     parser = _PARSERS.get(message_type)
     if parser is None:
-        raise ProtocolError(
-            UNKNOWN_TYPE, f"The message type {message_type[:64]!r} is not known."
-        )
+        raise ProtocolError(UNKNOWN_TYPE, f"The message type {message_type[:64]!r} is not known.")
     return parser(obj)
 
 

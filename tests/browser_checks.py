@@ -72,6 +72,7 @@ async def python_peer_sees_and_hears(py, colours: list, browser_tones: list[floa
 
     Returns the composite's cell colours (YUV), so the caller can find a browser's tile.
     """
+
     def sees_everyone() -> bool:
         if py.video_frame is None:
             return False

@@ -75,9 +75,7 @@ def tone_levels(samples: np.ndarray, frequencies: list[float], rate: int = 48000
     return levels
 
 
-def tone(
-    frequency: float, samples: int, amplitude: float = 0.3, phase_samples: int = 0
-) -> np.ndarray:
+def tone(frequency: float, samples: int, amplitude: float = 0.3, phase_samples: int = 0) -> np.ndarray:
     """Return an int16 sine of `amplitude` (0..1 of full scale) starting at sample `phase_samples`.
 
     Passing the running sample count as phase_samples keeps consecutive frames continuous.

@@ -58,9 +58,7 @@ async def browsers(tmp_path):
             video, audio = tmp_path / f"{colour}.y4m", tmp_path / f"{frequency:.0f}.wav"
             write_y4m(video, COLORS[colour])
             write_wav(audio, frequency)
-            browser = await playwright.chromium.launch(
-                executable_path=str(CHROMIUM), args=chromium_args(video, audio)
-            )
+            browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(video, audio))
             launched.append(browser)
             return await browser.new_page(viewport={"width": 1280, "height": 720})
 
@@ -134,9 +132,7 @@ async def test_two_browsers_and_a_python_peer_in_one_room(server, browsers):
 
         # Ben turns his camera off: the others see his placeholder, not black.
         await ben.click("#camera")
-        await py.wait_for(
-            lambda: close_to(cell_colours(py.video_frame, 3, at=(0.5, 0.3))[ben_cell], PLACEHOLDER), 3
-        )
+        await py.wait_for(lambda: close_to(cell_colours(py.video_frame, 3, at=(0.5, 0.3))[ben_cell], PLACEHOLDER), 3)
 
         async def anna_sees_placeholder():
             sample = await anna.evaluate(SAMPLE_JS, {"cells": cells, "at": [0.5, 0.3]})
@@ -181,8 +177,9 @@ async def test_denied_camera_joins_with_audio_only(server, browsers, tmp_path):
     try:
         await py.join()
         await py.wait_for(
-            lambda: py.video_frame is not None
-            and close_to(cell_colours(py.video_frame, 2, at=(0.5, 0.3))[0], PLACEHOLDER),
+            lambda: (
+                py.video_frame is not None and close_to(cell_colours(py.video_frame, 2, at=(0.5, 0.3))[0], PLACEHOLDER)
+            ),
             timeout=10,
         )
         assert "audio only" in await page.locator("#error").text_content()
@@ -287,8 +284,13 @@ async def test_the_page_rejoins_by_itself_when_its_worker_dies(browsers):
 
         async def rejoined():
             now = room()
-            return (now and now["pid"] != victim and now["peers"] == 1 and now["audioDecodes"] > 50
-                    and "In room" in await page.locator("#status").text_content())
+            return (
+                now
+                and now["pid"] != victim
+                and now["peers"] == 1
+                and now["audioDecodes"] > 50
+                and "In room" in await page.locator("#status").text_content()
+            )
 
         await wait_until(rejoined, 15, "the page to join again on a live worker")
     finally:

@@ -88,8 +88,10 @@ async def test_a_browser_behind_a_slow_downlink_moves_down_and_keeps_playing(ser
             after = await page.evaluate(INBOUND_VIDEO_JS)
             tier, down = anna.tier, relay.totals("down")
             status = await page.text_content("#status")
-            print(f"\nmoved to {tier} {moved_after:.1f} s after its first picture, shown {shown_after:.1f} s later; "
-                  f"page {before} -> {after}; {down}")
+            print(
+                f"\nmoved to {tier} {moved_after:.1f} s after its first picture, shown {shown_after:.1f} s later; "
+                f"page {before} -> {after}; {down}"
+            )
         finally:
             await browser.close()
             await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)

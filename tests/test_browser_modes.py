@@ -129,9 +129,11 @@ async def test_the_page_shows_each_peer_and_the_peers_receive_the_page(server, p
         # Each peer receives the page (red, 500 Hz) and the other peer, not itself.
         for peer in peers:
             await peer.wait_for(
-                lambda peer=peer: (remote := peer.remote.get(page_id)) is not None
-                and remote.video_frame is not None
-                and close_to(cell_colours(remote.video_frame, 1)[0], rgb_to_yuv(COLORS["red"])),
+                lambda peer=peer: (
+                    (remote := peer.remote.get(page_id)) is not None
+                    and remote.video_frame is not None
+                    and close_to(cell_colours(remote.video_frame, 1)[0], rgb_to_yuv(COLORS["red"]))
+                ),
                 15,
             )
             assert peer.peer_id not in peer.remote and len(peer.remote) == 2, peer.remote
@@ -184,9 +186,11 @@ async def test_a_page_joining_a_mesh_offers_to_everyone_browsers_included(server
             tiles = await poll(lambda page=page, others=others: tiles_showing(page, others), 20, "the others' tiles")
             assert {p: t["name"] for p, t in tiles.items()} == {p: names[p] for p in others}
         await ben.wait_for(
-            lambda: (remote := ben.remote.get(dora_id)) is not None
-            and remote.video_frame is not None
-            and close_to(cell_colours(remote.video_frame, 1)[0], rgb_to_yuv(COLORS["yellow"])),
+            lambda: (
+                (remote := ben.remote.get(dora_id)) is not None
+                and remote.video_frame is not None
+                and close_to(cell_colours(remote.video_frame, 1)[0], rgb_to_yuv(COLORS["yellow"]))
+            ),
             15,
         )
         # Nothing goes through the server but signaling.

@@ -210,10 +210,7 @@ async def test_100_peers_come_and_go_without_leaks_or_a_slower_composite(tmp_pat
         rss_after = proc_counts(server.pid)[2]
         growth = (rss_after - rss_before) / 1024
         last_half = rss_after / 1024 - rss_waves[len(rss_waves) // 2 - 1]
-        rates = [
-            [(b - a) / (t1 - t0) for a, b in zip(f0, f1)]
-            for (t0, f0), (t1, f1) in zip(samples, samples[WINDOW:])
-        ]
+        rates = [[(b - a) / (t1 - t0) for a, b in zip(f0, f1)] for (t0, f0), (t1, f1) in zip(samples, samples[WINDOW:])]
         mean = min(b - a for a, b in zip(samples[0][1], samples[-1][1])) / (samples[-1][0] - samples[0][0])
         print(
             f"\nchurn: {CHURNERS} peers in {churn_seconds:.1f} s; (tasks, threads, fds) before {before}, "

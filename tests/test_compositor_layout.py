@@ -13,8 +13,17 @@ def test_grid_shape_cell_sequence():
 
 @pytest.mark.parametrize(
     "count, shape",
-    [(0, (1, 1)), (1, (1, 1)), (2, (2, 1)), (3, (2, 2)), (5, (3, 2)), (10, (4, 3)),
-     (17, (5, 4)), (25, (5, 5)), (26, (6, 5))],
+    [
+        (0, (1, 1)),
+        (1, (1, 1)),
+        (2, (2, 1)),
+        (3, (2, 2)),
+        (5, (3, 2)),
+        (10, (4, 3)),
+        (17, (5, 4)),
+        (25, (5, 5)),
+        (26, (6, 5)),
+    ],
 )
 def test_grid_shape_columns_then_rows(count, shape):
     assert grid_shape(count) == shape
@@ -47,8 +56,11 @@ def test_grid_layout_cells_even_inside_disjoint(width, height):
 def test_grid_layout_row_major():
     cells = grid_layout(5, 1280, 720)
     assert cells == [
-        Rect(0, 0, 426, 360), Rect(426, 0, 426, 360), Rect(852, 0, 426, 360),
-        Rect(0, 360, 426, 360), Rect(426, 360, 426, 360),
+        Rect(0, 0, 426, 360),
+        Rect(426, 0, 426, 360),
+        Rect(852, 0, 426, 360),
+        Rect(0, 360, 426, 360),
+        Rect(426, 360, 426, 360),
     ]
 
 
@@ -69,9 +81,7 @@ def test_fit_minimum_size():
     assert fitted.y == 178
 
 
-@pytest.mark.parametrize(
-    "src", [(320, 240), (640, 480), (1280, 720), (176, 144), (321, 241), (720, 1280), (100, 100)]
-)
+@pytest.mark.parametrize("src", [(320, 240), (640, 480), (1280, 720), (176, 144), (321, 241), (720, 1280), (100, 100)])
 @pytest.mark.parametrize("cell", [Rect(0, 0, 640, 360), Rect(426, 240, 426, 240), Rect(2, 4, 320, 180)])
 def test_fit_aspect_even_centred(src, cell):
     src_width, src_height = src
@@ -174,18 +184,24 @@ def test_speaker_defaults_to_the_first_tile():
 
 def test_custom_layout_places_regions_exactly():
     layout = parse_layout(
-        {"regions": [
-            {"x": 0, "y": 0, "width": 0.5, "height": 1},
-            {"x": 0.5, "y": 0, "width": 0.5, "height": 0.5},
-            {"x": 0.5, "y": 0.5, "width": 0.5, "height": 0.5, "z": 2},
-        ]}
+        {
+            "regions": [
+                {"x": 0, "y": 0, "width": 0.5, "height": 1},
+                {"x": 0.5, "y": 0, "width": 0.5, "height": 0.5},
+                {"x": 0.5, "y": 0.5, "width": 0.5, "height": 0.5, "z": 2},
+            ]
+        }
     )
     assert layout.capacity == 3
     assert layout.rects(3, 1280, 720) == [
-        (Rect(0, 0, 640, 720), 0), (Rect(640, 0, 640, 360), 0), (Rect(640, 360, 640, 360), 2)
+        (Rect(0, 0, 640, 720), 0),
+        (Rect(640, 0, 640, 360), 0),
+        (Rect(640, 360, 640, 360), 2),
     ]
     assert layout.rects(3, 640, 360) == [
-        (Rect(0, 0, 320, 360), 0), (Rect(320, 0, 320, 180), 0), (Rect(320, 180, 320, 180), 2)
+        (Rect(0, 0, 320, 360), 0),
+        (Rect(320, 0, 320, 180), 0),
+        (Rect(320, 180, 320, 180), 2),
     ]
     # Fewer tiles than regions: the first regions; more: as many as there are regions.
     assert layout.rects(1, 1280, 720) == [(Rect(0, 0, 640, 720), 0)]
@@ -203,11 +219,13 @@ def test_custom_layout_rounds_edges_not_sizes():
 
 def test_custom_speaker_region_takes_the_floor_holder():
     layout = parse_layout(
-        {"regions": [
-            {"x": 0, "y": 0.75, "width": 0.25, "height": 0.25},
-            {"x": 0, "y": 0, "width": 1, "height": 0.75, "speaker": True},
-            {"x": 0.25, "y": 0.75, "width": 0.25, "height": 0.25},
-        ]}
+        {
+            "regions": [
+                {"x": 0, "y": 0.75, "width": 0.25, "height": 0.25},
+                {"x": 0, "y": 0, "width": 1, "height": 0.75, "speaker": True},
+                {"x": 0.25, "y": 0.75, "width": 0.25, "height": 0.25},
+            ]
+        }
     )
     big, first, second = Rect(0, 0, 1280, 540), Rect(0, 540, 320, 180), Rect(320, 540, 320, 180)
     assert [rect for rect, _ in layout.rects(3, 1280, 720, speaker=2)] == [first, second, big]
@@ -217,8 +235,12 @@ def test_custom_speaker_region_takes_the_floor_holder():
 def test_layout_round_trips_through_its_wire_form():
     for name in ("grid", "speaker", "pip"):
         assert parse_layout(name).to_json() == name
-    data = {"regions": [{"x": 0.0, "y": 0.0, "width": 1.0, "height": 1.0, "z": 0},
-                        {"x": 0.5, "y": 0.5, "width": 0.25, "height": 0.25, "z": 3, "speaker": True}]}
+    data = {
+        "regions": [
+            {"x": 0.0, "y": 0.0, "width": 1.0, "height": 1.0, "z": 0},
+            {"x": 0.5, "y": 0.5, "width": 0.25, "height": 0.25, "z": 3, "speaker": True},
+        ]
+    }
     assert parse_layout(data).to_json() == data
     assert parse_layout(parse_layout(data).to_json()) == parse_layout(data)
 

@@ -175,7 +175,7 @@ def split(width, height, left, right):
     for plane, lvalue, rvalue in zip(frame.planes, left, right):
         data = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size).copy()
         data[:, plane.width // 2 :] = rvalue
-        data[:, :plane.width // 2] = lvalue
+        data[:, : plane.width // 2] = lvalue
         plane.update(data)
     return frame
 
@@ -192,11 +192,14 @@ def test_downscaled_picture_keeps_its_content(size):
     right = Rect(picture.x + picture.width - quarter, picture.y, quarter, picture.height)
     assert_region(image, left, RED, 3)
     assert_region(image, right, BLUE, 3)
-    assert_black_outside(image[cell.y : cell.y + cell.height, cell.x : cell.x + cell.width],
-                         [Rect(picture.x - cell.x, picture.y - cell.y, picture.width, picture.height)])
+    assert_black_outside(
+        image[cell.y : cell.y + cell.height, cell.x : cell.x + cell.width],
+        [Rect(picture.x - cell.x, picture.y - cell.y, picture.width, picture.height)],
+    )
 
 
 # Layouts, z-order, the speaking border.
+
 
 def test_speaker_layout_draws_the_floor_holder_large():
     tiles = [Tile("a", solid(320, 240, RED)), Tile("b", solid(320, 240, GREEN)), Tile("c", solid(320, 240, BLUE))]
@@ -220,20 +223,27 @@ def test_pip_inset_stays_on_top_when_the_full_picture_changes():
 
 
 def test_z_order_not_list_order_decides_what_is_on_top():
-    layout = parse_layout({"regions": [{"x": 0.25, "y": 0.25, "width": 0.5, "height": 0.5, "z": 5},
-                                       {"x": 0, "y": 0, "width": 1, "height": 1}]})
-    image = planes(Compositor(WIDTH, HEIGHT).compose(
-        [Tile("", solid(1280, 720, GREEN)), Tile("", solid(1280, 720, RED))], layout))
+    layout = parse_layout(
+        {
+            "regions": [
+                {"x": 0.25, "y": 0.25, "width": 0.5, "height": 0.5, "z": 5},
+                {"x": 0, "y": 0, "width": 1, "height": 1},
+            ]
+        }
+    )
+    image = planes(
+        Compositor(WIDTH, HEIGHT).compose([Tile("", solid(1280, 720, GREEN)), Tile("", solid(1280, 720, RED))], layout)
+    )
     assert_colour(image, WIDTH // 2, HEIGHT // 2, GREEN)
     assert_colour(image, 50, 50, RED)
 
 
 @pytest.mark.parametrize("width, height", [(1280, 720), (640, 360)])
 def test_any_canvas_size(width, height):
-    layout = parse_layout({"regions": [{"x": 0, "y": 0, "width": 0.5, "height": 1},
-                                       {"x": 0.5, "y": 0, "width": 0.5, "height": 1}]})
-    frame = Compositor(width, height).compose([Tile("", solid(320, 240, RED)), Tile("", solid(320, 240, BLUE))],
-                                              layout)
+    layout = parse_layout(
+        {"regions": [{"x": 0, "y": 0, "width": 0.5, "height": 1}, {"x": 0.5, "y": 0, "width": 0.5, "height": 1}]}
+    )
+    frame = Compositor(width, height).compose([Tile("", solid(320, 240, RED)), Tile("", solid(320, 240, BLUE))], layout)
     assert (frame.width, frame.height) == (width, height)
     y = frame.to_ndarray()[:height]
     assert abs(int(y[height // 2, width // 4]) - RED[0]) <= 3
@@ -271,8 +281,10 @@ def test_speaking_tile_gets_a_border_and_loses_it():
     # A frame of `thickness` px inside the cell's edges, on all four sides, and nowhere else.
     inner = np.zeros_like(border)
     inner[speaking.y : speaking.y + speaking.height, speaking.x : speaking.x + speaking.width] = True
-    inner[speaking.y + thickness : speaking.y + speaking.height - thickness,
-          speaking.x + thickness : speaking.x + speaking.width - thickness] = False
+    inner[
+        speaking.y + thickness : speaking.y + speaking.height - thickness,
+        speaking.x + thickness : speaking.x + speaking.width - thickness,
+    ] = False
     assert np.array_equal(border, inner)
     assert_colour(image, *centre(speaking), GREEN)
     # Stops speaking (same frame object): the border goes, the picture and bars come back.

@@ -108,8 +108,15 @@ async def test_redis_lost_and_back(redis_server) -> None:
     try:
         await directory.place("r", [A])
         redis_server.stop()
-        for call in (directory.owner("r"), directory.place("s", [A]), directory.renew(["r"], A.url),
-                     directory.announce(A), directory.owners(), directory.release("r", A.url), directory.ping()):
+        for call in (
+            directory.owner("r"),
+            directory.place("s", [A]),
+            directory.renew(["r"], A.url),
+            directory.announce(A),
+            directory.owners(),
+            directory.release("r", A.url),
+            directory.ping(),
+        ):
             with pytest.raises(DirectoryUnavailable):
                 await call
         redis_server.start()

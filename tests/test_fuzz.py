@@ -44,8 +44,17 @@ MESSAGES = 2_000
 FPS_KEPT = 0.9
 #: Events the room may send a joined connection between its error replies.
 BROADCASTS = {
-    "participantJoined", "participantLeft", "participantMedia", "participantAudio", "speaking", "activeSpeaker",
-    "layoutChanged", "recordingStarted", "recordingStopped", "chat", "visibility",
+    "participantJoined",
+    "participantLeft",
+    "participantMedia",
+    "participantAudio",
+    "speaking",
+    "activeSpeaker",
+    "layoutChanged",
+    "recordingStarted",
+    "recordingStopped",
+    "chat",
+    "visibility",
 }
 
 

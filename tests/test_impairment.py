@@ -360,9 +360,7 @@ async def check_impaired(
 
 
 async def test_a_relay_only_peer_behind_the_impaired_relay_gets_the_composite_and_loses_packets(server, relay):
-    peer = Peer(
-        server.url, "relay", "alice", video=NoisyRed(), audio=ToneTrack(440), ice_transport_policy="relay"
-    )
+    peer = Peer(server.url, "relay", "alice", video=NoisyRed(), audio=ToneTrack(440), ice_transport_policy="relay")
     try:
         await peer.join()
         await peer.wait_for(lambda: peer.video_frames > 0 and close_to(cell_colours(peer.video_frame, 1)[0], RED), 20)

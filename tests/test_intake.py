@@ -134,4 +134,3 @@ async def test_a_handler_that_raises_loses_its_datagram_not_the_transport(link: 
     video = link.frames["video"]
     await within(10, lambda: link.frames["video"] >= video + 10)
     assert dtls.state == "connected"
-

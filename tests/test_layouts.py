@@ -22,11 +22,13 @@ PLACEHOLDER = (40, 128, 128)
 LOUD, SILENT = 0.4, 0.0
 SECRET = "a layout test secret of 32 bytes or more"
 # Alice on the right half, Bob and Carol stacked on the left: nothing like the 2x2 grid.
-COLUMNS = {"regions": [
-    {"x": 0.5, "y": 0, "width": 0.5, "height": 1},
-    {"x": 0, "y": 0, "width": 0.5, "height": 0.5},
-    {"x": 0, "y": 0.5, "width": 0.5, "height": 0.5},
-]}
+COLUMNS = {
+    "regions": [
+        {"x": 0.5, "y": 0, "width": 0.5, "height": 1},
+        {"x": 0, "y": 0, "width": 0.5, "height": 0.5},
+        {"x": 0, "y": 0.5, "width": 0.5, "height": 0.5},
+    ]
+}
 
 
 @pytest.fixture
@@ -35,8 +37,7 @@ def config() -> Config:
 
 
 def peer(server, name: str, colour: str, amplitude: float, room: str = "layouts", token: str | None = None) -> Peer:
-    return Peer(server.url, room, name, video=ColorTrack(COLORS[colour]), audio=ToneTrack(440, amplitude),
-                token=token)
+    return Peer(server.url, room, name, video=ColorTrack(COLORS[colour]), audio=ToneTrack(440, amplitude), token=token)
 
 
 def yuv(colour: str) -> tuple[int, int, int]:
@@ -83,8 +84,11 @@ async def close_all(peers: list[Peer]) -> None:
 
 
 async def test_runtime_layout_change_appears_on_the_next_frames_of_all_peers(server):
-    people = [peer(server, "alice", "red", SILENT), peer(server, "bob", "green", SILENT),
-              peer(server, "carol", "blue", SILENT)]
+    people = [
+        peer(server, "alice", "red", SILENT),
+        peer(server, "bob", "green", SILENT),
+        peer(server, "carol", "blue", SILENT),
+    ]
     colours = [yuv("red"), yuv("green"), yuv("blue")]
     try:
         for p in people:
@@ -92,8 +96,11 @@ async def test_runtime_layout_change_appears_on_the_next_frames_of_all_peers(ser
         assert all(p.layout == "grid" for p in people)
 
         def grid_everywhere() -> bool:
-            return all(p.video_frame is not None and all(
-                close_to(c, e) for c, e in zip(cell_colours(p.video_frame, 3), colours)) for p in people)
+            return all(
+                p.video_frame is not None
+                and all(close_to(c, e) for c, e in zip(cell_colours(p.video_frame, 3), colours))
+                for p in people
+            )
 
         await people[0].wait_for(grid_everywhere, timeout=10)
         frames_before = [p.video_frames for p in people]
@@ -126,8 +133,11 @@ async def test_runtime_layout_change_appears_on_the_next_frames_of_all_peers(ser
 
 async def test_speaker_and_pip_follow_the_loudest_peer_and_its_tile_has_a_border(server):
     # Bob talks; Alice and Carol are silent. The real detector gives Bob the floor.
-    people = [peer(server, "alice", "red", SILENT), peer(server, "bob", "green", LOUD),
-              peer(server, "carol", "blue", SILENT)]
+    people = [
+        peer(server, "alice", "red", SILENT),
+        peer(server, "bob", "green", LOUD),
+        peer(server, "carol", "blue", SILENT),
+    ]
     colours = [yuv("red"), yuv("green"), yuv("blue")]
     try:
         for p in people:
@@ -165,8 +175,12 @@ async def test_speaker_and_pip_follow_the_loudest_peer_and_its_tile_has_a_border
 
 async def test_last_n_shows_the_recent_speaker_and_a_plus_n_tile(server):
     # max_tiles = 3: four people do not fit. Dave, the last to join, is the one talking.
-    people = [peer(server, "alice", "red", SILENT), peer(server, "bob", "green", SILENT),
-              peer(server, "carol", "blue", SILENT), peer(server, "dave", "magenta", LOUD)]
+    people = [
+        peer(server, "alice", "red", SILENT),
+        peer(server, "bob", "green", SILENT),
+        peer(server, "carol", "blue", SILENT),
+        peer(server, "dave", "magenta", LOUD),
+    ]
     try:
         for p in people:
             await p.join()
@@ -178,8 +192,11 @@ async def test_last_n_shows_the_recent_speaker_and_a_plus_n_tile(server):
                 return False
             cells = cell_colours(p.video_frame, 3, at=(0.5, 0.2))  # above the "+2" text
             # Alice (the earliest joiner), Dave (the speaker), then "+2" for Bob and Carol.
-            return close_to(cells[0], yuv("red")) and close_to(cells[1], yuv("magenta")) and close_to(
-                cells[2], PLACEHOLDER)
+            return (
+                close_to(cells[0], yuv("red"))
+                and close_to(cells[1], yuv("magenta"))
+                and close_to(cells[2], PLACEHOLDER)
+            )
 
         await people[0].wait_for(lambda: all(last_n_view(p) for p in people), timeout=5)
         plus = cell_colours(people[0].video_frame, 3)[2]
@@ -235,8 +252,13 @@ async def test_bad_layouts_are_refused_and_the_session_goes_on(server):
 async def test_layout_needs_its_grant(server):
     others = sorted(grants.ALL_GRANTS - {grants.LAYOUT})
     viewer = peer(server, "viewer", "red", SILENT, token=tokens.issue(SECRET, "layouts", "viewer", 600, others))
-    director = peer(server, "director", "green", SILENT,
-                    token=tokens.issue(SECRET, "layouts", "director", 600, [grants.LAYOUT, grants.PUBLISH]))
+    director = peer(
+        server,
+        "director",
+        "green",
+        SILENT,
+        token=tokens.issue(SECRET, "layouts", "director", 600, [grants.LAYOUT, grants.PUBLISH]),
+    )
     try:
         await viewer.join()
         await director.join()
@@ -267,8 +289,12 @@ async def test_past_the_speakers_a_camera_gets_a_tile_before_a_participant_witho
     # go to the earliest joiners that send video, Bob and Carol; Alice's tile comes back when she talks.
     voice = ToneTrack(440, SILENT)
     alice = Peer(server.url, "layouts", "alice", audio=voice)
-    people = [alice, peer(server, "bob", "red", SILENT), peer(server, "carol", "green", SILENT),
-              peer(server, "dave", "blue", SILENT)]
+    people = [
+        alice,
+        peer(server, "bob", "red", SILENT),
+        peer(server, "carol", "green", SILENT),
+        peer(server, "dave", "blue", SILENT),
+    ]
     try:
         for p in people:
             await p.join()

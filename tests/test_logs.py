@@ -13,8 +13,19 @@ from client.sources import COLORS, ColorTrack, ToneTrack
 
 async def test_json_logs_carry_room_and_peer() -> None:
     port = free_port()
-    process = start_mcu(port, "--size", "320x180", "--fps", "10", "--log-format", "json", "--log-level", "DEBUG",
-                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = start_mcu(
+        port,
+        "--size",
+        "320x180",
+        "--fps",
+        "10",
+        "--log-format",
+        "json",
+        "--log-level",
+        "DEBUG",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     peer = Peer(f"ws://127.0.0.1:{port}/ws", "logged", "Ana", video=ColorTrack(COLORS["red"]), audio=ToneTrack(500))
     try:
         await peer.join()

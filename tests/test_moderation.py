@@ -41,7 +41,11 @@ async def test_moderator_sets_volume_and_mutes_and_the_others_hear_it(server):
         await moderate(volume=0.5)
         event = next(e for e in reversed(listener.events) if e["type"] == "participantAudio")
         assert event == {
-            "type": "participantAudio", "peerId": talker.peer_id, "muted": False, "volume": 0.5, "by": mod.peer_id
+            "type": "participantAudio",
+            "peerId": talker.peer_id,
+            "muted": False,
+            "volume": 0.5,
+            "by": mod.peer_id,
         }
         half = await level_heard(listener, B_TONE)
         assert abs((before - half) - 6.0) < 1.5, (before, half)  # a gain of 0.5 is -6 dB

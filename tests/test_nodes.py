@@ -157,7 +157,8 @@ async def test_redis_lost_keeps_rooms_running_refuses_new_ones_and_recovers(redi
 
 def test_redis_unreachable_at_start_is_a_clear_error() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    result = subprocess.run([BIN / "mcu", "serve", "--port", str(free_port()), "--redis", url],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [BIN / "mcu", "serve", "--port", str(free_port()), "--redis", url], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 1
     assert f"cannot start with --redis {url}" in result.stderr and "unreachable" in result.stderr

@@ -112,4 +112,3 @@ def test_without_fec_a_lost_packet_is_concealed_not_silent():
     assert snr(recovered, reference[0]) > 1.5
     rms = [np.sqrt(np.mean(frame.astype(np.float64) ** 2)) for frame in (concealed, reference[1])]
     assert rms[0] > 0.3 * rms[1]
-

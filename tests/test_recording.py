@@ -59,14 +59,27 @@ def decoded_until(path: Path) -> tuple[float, float]:
     ends = []
     for stream in ("v", "a"):
         out = subprocess.run(
-            ["ffprobe", "-v", "error", "-select_streams", stream, "-show_entries", "frame=pts_time", "-of", "csv=p=0",
-             str(path)],
-            capture_output=True, text=True, timeout=60,
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-select_streams",
+                stream,
+                "-show_entries",
+                "frame=pts_time",
+                "-of",
+                "csv=p=0",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         times = [float(t) for t in out.stdout.split() if t.strip() not in ("", "N/A")]
         ends.append(max(times, default=0.0))
-    decode = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True,
-                            text=True, timeout=120)
+    decode = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True, text=True, timeout=120
+    )
     assert decode.returncode == 0, decode.stderr
     return ends[0], ends[1]
 
@@ -245,7 +258,15 @@ def start_server(tmp_path: Path, *extra: str, file_limit: int | None = None) -> 
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
     process = start_mcu(
-        port, "--size", "640x360", "--fps", "15", "--record-dir", str(tmp_path), "--auto-record", *extra,
+        port,
+        "--size",
+        "640x360",
+        "--fps",
+        "15",
+        "--record-dir",
+        str(tmp_path),
+        "--auto-record",
+        *extra,
         preexec_fn=limit,
     )
     return process, f"ws://127.0.0.1:{port}/ws"

@@ -197,8 +197,11 @@ async def test_missing_or_stalled_video_shows_the_placeholder(server):
 
         def looks(expected_bob) -> bool:
             c = cells()
-            return len(c) == 3 and close_to(c[0], expected("red")) and close_to(c[1], expected_bob) and close_to(
-                c[2], PLACEHOLDER
+            return (
+                len(c) == 3
+                and close_to(c[0], expected("red"))
+                and close_to(c[1], expected_bob)
+                and close_to(c[2], PLACEHOLDER)
             )
 
         await alice.wait_for(lambda: looks(expected("green")), timeout=10)

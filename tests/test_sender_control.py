@@ -137,9 +137,7 @@ async def test_only_shown_publishers_send_and_are_decoded_and_a_new_speaker_show
 
         # Every publisher is told; the hidden ones are asked to pause once their hold has run out.
         def settled() -> bool:
-            return all(
-                p.visibility == SHOWN for p in observers
-            ) and all(p.visibility == HIDDEN for p in hidden)
+            return all(p.visibility == SHOWN for p in observers) and all(p.visibility == HIDDEN for p in hidden)
 
         await observers[0].wait_for(settled, timeout=HIDE_HOLD + 8)
         assert all(p.outgoing_video is not None and p.outgoing_video.paused for p in [speaker, *cheap])

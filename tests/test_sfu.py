@@ -361,9 +361,23 @@ def test_mcu_serve_mode_sfu_and_mcu_client_join():
         for (name, colour, frequency), extra in zip(PEOPLE[:2], options):
             clients.append(
                 subprocess.Popen(
-                    [BIN / "mcu-client", "join", url, "--room", "cli", "--name", name, "--video", f"color:{colour}",
-                     "--audio", f"tone:{frequency:g}", *extra],
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    [
+                        BIN / "mcu-client",
+                        "join",
+                        url,
+                        "--room",
+                        "cli",
+                        "--name",
+                        name,
+                        "--video",
+                        f"color:{colour}",
+                        "--audio",
+                        f"tone:{frequency:g}",
+                        *extra,
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
                 )
             )
             deadline = time.monotonic() + 15

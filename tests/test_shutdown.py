@@ -124,7 +124,14 @@ room.Room.close = fails_in_one_room
 cli.main(sys.argv[1:])
 """
     process = start_mcu(
-        port, "--size", "320x180", "--fps", "15", "--record-dir", str(tmp_path), "--auto-record",
+        port,
+        "--size",
+        "320x180",
+        "--fps",
+        "15",
+        "--record-dir",
+        str(tmp_path),
+        "--auto-record",
         program=[sys.executable, "-c", script],
     )
     peers = two_peers(port, "broken", "fine")

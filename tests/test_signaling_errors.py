@@ -91,8 +91,10 @@ AFTER_JOIN = [
     ({"type": "candidate", "candidate": "x"}, "invalid_message"),
     ({"type": "setMedia", "video": "off", "audio": True}, "invalid_message"),
     ({"type": "setMedia", "video": False}, "invalid_message"),
-    ({"type": "candidate", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0"}},
-     "invalid_candidate"),
+    (
+        {"type": "candidate", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0"}},
+        "invalid_candidate",
+    ),
 ]
 
 

@@ -116,13 +116,11 @@ VALID = [
     ),
     (
         candidate(
-            candidate="candidate:3 1 TCP 2105524479 abcd-01.local 9 typ host "
-            "tcptype active",
+            candidate="candidate:3 1 TCP 2105524479 abcd-01.local 9 typ host tcptype active",
             sdpMid="0",
         ),
         Candidate(
-            candidate="candidate:3 1 TCP 2105524479 abcd-01.local 9 typ host "
-            "tcptype active",
+            candidate="candidate:3 1 TCP 2105524479 abcd-01.local 9 typ host tcptype active",
             sdp_mid="0",
             sdp_mline_index=None,
         ),

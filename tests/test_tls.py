@@ -63,6 +63,10 @@ async def test_https_and_wss(tmp_path: Path) -> None:
 
 def test_cert_without_key_is_refused(tmp_path: Path) -> None:
     cert, _ = self_signed(tmp_path)
-    refused = subprocess.run([BIN / "mcu", "serve", "--port", str(free_port()), "--cert", str(cert)],
-                             capture_output=True, text=True, timeout=30)
+    refused = subprocess.run(
+        [BIN / "mcu", "serve", "--port", str(free_port()), "--cert", str(cert)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert refused.returncode == 2 and "--cert and --key go together" in refused.stderr

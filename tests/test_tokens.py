@@ -23,6 +23,8 @@ from signaling import tokens
 from signaling.grants import ALL_GRANTS
 
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
+
+
 def _b64(data: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
@@ -45,8 +47,11 @@ def test_issue_and_verify() -> None:
         (lambda: "not.a.token", "room", "not a valid"),
         (lambda: "x" * 5000, "room", "too long"),
         # alg=none: unsigned claims must never be taken at their word.
-        (lambda: f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'room': 'room', 'sub': 'a', 'exp': 2**40})}.",
-         "room", "not a valid"),
+        (
+            lambda: f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'room': 'room', 'sub': 'a', 'exp': 2**40})}.",
+            "room",
+            "not a valid",
+        ),
         # Signed, but without an expiry: tokens must expire.
         (lambda: jwt.encode({"room": "room", "sub": "a"}, SECRET, algorithm="HS256"), "room", "not a valid"),
     ],
@@ -110,10 +115,22 @@ async def test_join_without_a_valid_token_is_unauthorized(server, token: str | N
 
 
 async def test_grants_come_from_the_token_and_chat_needs_its_grant(server) -> None:
-    speaker = Peer(server.url, "g", "Speaker", video=ColorTrack(COLORS["red"]), audio=ToneTrack(500),
-                   token=tokens.issue(SECRET, "g", "speaker", 60, ["publish", "subscribe", "chat"]))
-    viewer = Peer(server.url, "g", "Viewer", video=ColorTrack(COLORS["green"]), audio=ToneTrack(700),
-                  token=tokens.issue(SECRET, "g", "viewer", 60, ["publish", "subscribe"]))
+    speaker = Peer(
+        server.url,
+        "g",
+        "Speaker",
+        video=ColorTrack(COLORS["red"]),
+        audio=ToneTrack(500),
+        token=tokens.issue(SECRET, "g", "speaker", 60, ["publish", "subscribe", "chat"]),
+    )
+    viewer = Peer(
+        server.url,
+        "g",
+        "Viewer",
+        video=ColorTrack(COLORS["green"]),
+        audio=ToneTrack(700),
+        token=tokens.issue(SECRET, "g", "viewer", 60, ["publish", "subscribe"]),
+    )
     try:
         await speaker.join()
         await viewer.join()
@@ -151,8 +168,14 @@ async def _get(server, path: str, token: str | None) -> tuple[int, dict]:
 
 
 async def test_http_api_needs_a_token_with_the_grant(server) -> None:
-    peer = Peer(server.url, "api", "Ana", video=ColorTrack(COLORS["red"]), audio=ToneTrack(500),
-                token=tokens.issue(SECRET, "api", "ana", 60, ["publish", "subscribe"]))
+    peer = Peer(
+        server.url,
+        "api",
+        "Ana",
+        video=ColorTrack(COLORS["red"]),
+        audio=ToneTrack(500),
+        token=tokens.issue(SECRET, "api", "ana", 60, ["publish", "subscribe"]),
+    )
     try:
         await peer.join()
         status, body = await _get(server, "/api/rooms", None)
@@ -183,9 +206,25 @@ async def test_http_api_needs_a_token_with_the_grant(server) -> None:
 
 def test_mcu_token_issues_what_the_server_accepts() -> None:
     result = subprocess.run(
-        [BIN / "mcu", "token", "--room", "r", "--identity", "ana", "--ttl", "2h", "--grant", "chat,layout",
-         "--grant", "record"],
-        env={"MCU_SECRET": SECRET, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30, check=True,
+        [
+            BIN / "mcu",
+            "token",
+            "--room",
+            "r",
+            "--identity",
+            "ana",
+            "--ttl",
+            "2h",
+            "--grant",
+            "chat,layout",
+            "--grant",
+            "record",
+        ],
+        env={"MCU_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     claims = tokens.verify(SECRET, result.stdout.strip(), "r")
     assert claims.identity == "ana" and claims.grants == {"chat", "layout", "record"}
@@ -193,35 +232,62 @@ def test_mcu_token_issues_what_the_server_accepts() -> None:
     assert abs(expiry - time.time() - 7200) < 60
     default = subprocess.run(
         [BIN / "mcu", "token", "--room", "r", "--identity", "bo", "--secret", SECRET],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     assert tokens.verify(SECRET, default.stdout.strip(), "r").grants == {"publish", "subscribe", "chat"}
-    refused = subprocess.run([BIN / "mcu", "token", "--room", "r", "--identity", "bo", "--secret", SECRET,
-                              "--grant", "fly"], capture_output=True, text=True, timeout=30)
+    refused = subprocess.run(
+        [BIN / "mcu", "token", "--room", "r", "--identity", "bo", "--secret", SECRET, "--grant", "fly"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert refused.returncode == 2 and "fly" in refused.stderr
 
 
 def test_no_secret_means_loopback_only_unless_asked() -> None:
-    refused = subprocess.run([BIN / "mcu", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
-                             env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30)
+    refused = subprocess.run(
+        [BIN / "mcu", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert refused.returncode == 2 and "--secret" in refused.stderr and "--allow-anonymous" in refused.stderr
 
 
 async def test_secrets_and_tokens_stay_out_of_the_logs() -> None:
     port = free_port()
-    process = start_mcu(port, "--size", "320x180", "--fps", "10", "--log-level", "DEBUG",
-                        env={"MCU_SECRET": SECRET, "PATH": "/usr/bin:/bin"})
+    process = start_mcu(
+        port,
+        "--size",
+        "320x180",
+        "--fps",
+        "10",
+        "--log-level",
+        "DEBUG",
+        env={"MCU_SECRET": SECRET, "PATH": "/usr/bin:/bin"},
+    )
     token = tokens.issue(SECRET, "logs", "ana", 60, ALL_GRANTS)
     try:
         # The invitation link a browser opens, and an API call with the token in its header.
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/?room=logs&name=Ana&token={token}", timeout=5):
             pass
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/rooms/logs",
-                                         headers={"Authorization": f"Bearer {token}"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/rooms/logs", headers={"Authorization": f"Bearer {token}"}
+        )
         with pytest.raises(urllib.error.HTTPError):  # no such room yet: 404, after authorizing
             urllib.request.urlopen(request, timeout=5)
-        peer = Peer(f"ws://127.0.0.1:{port}/ws", "logs", "Ana", video=ColorTrack(COLORS["red"]), audio=ToneTrack(500),
-                    token=token)
+        peer = Peer(
+            f"ws://127.0.0.1:{port}/ws",
+            "logs",
+            "Ana",
+            video=ColorTrack(COLORS["red"]),
+            audio=ToneTrack(500),
+            token=token,
+        )
         try:
             await peer.join()
             await peer.wait_for(lambda: peer.video_frames > 0, 15)
@@ -237,12 +303,30 @@ async def test_secrets_and_tokens_stay_out_of_the_logs() -> None:
 
 async def test_publish_and_subscribe_grants(server) -> None:
     """A viewer (no `publish`) has no tile and no voice; a peer without `subscribe` receives nothing."""
-    host = Peer(server.url, "ps", "Host", video=ColorTrack(COLORS["red"]), audio=ToneTrack(500),
-                token=tokens.issue(SECRET, "ps", "host", 60, ["publish", "subscribe"]))
-    viewer = Peer(server.url, "ps", "Viewer", video=ColorTrack(COLORS["green"]), audio=ToneTrack(700),
-                  token=tokens.issue(SECRET, "ps", "viewer", 60, ["subscribe"]))
-    camera = Peer(server.url, "ps", "Camera", video=ColorTrack(COLORS["blue"]), audio=ToneTrack(1100),
-                  token=tokens.issue(SECRET, "ps", "camera", 60, ["publish"]))
+    host = Peer(
+        server.url,
+        "ps",
+        "Host",
+        video=ColorTrack(COLORS["red"]),
+        audio=ToneTrack(500),
+        token=tokens.issue(SECRET, "ps", "host", 60, ["publish", "subscribe"]),
+    )
+    viewer = Peer(
+        server.url,
+        "ps",
+        "Viewer",
+        video=ColorTrack(COLORS["green"]),
+        audio=ToneTrack(700),
+        token=tokens.issue(SECRET, "ps", "viewer", 60, ["subscribe"]),
+    )
+    camera = Peer(
+        server.url,
+        "ps",
+        "Camera",
+        video=ColorTrack(COLORS["blue"]),
+        audio=ToneTrack(1100),
+        token=tokens.issue(SECRET, "ps", "camera", 60, ["publish"]),
+    )
     peers = [host, viewer, camera]
     try:
         for peer in peers:
@@ -269,10 +353,22 @@ async def test_publish_and_subscribe_grants(server) -> None:
 
 async def test_recording_needs_its_grant(server, tmp_path) -> None:
     server.conference.config.record_dir = str(tmp_path)
-    guest = Peer(server.url, "rec", "Guest", video=ColorTrack(COLORS["red"]), audio=ToneTrack(500),
-                 token=tokens.issue(SECRET, "rec", "guest", 60, ["publish", "subscribe"]))
-    host = Peer(server.url, "rec", "Host", video=ColorTrack(COLORS["green"]), audio=ToneTrack(700),
-                token=tokens.issue(SECRET, "rec", "host", 60, ["publish", "subscribe", "record"]))
+    guest = Peer(
+        server.url,
+        "rec",
+        "Guest",
+        video=ColorTrack(COLORS["red"]),
+        audio=ToneTrack(500),
+        token=tokens.issue(SECRET, "rec", "guest", 60, ["publish", "subscribe"]),
+    )
+    host = Peer(
+        server.url,
+        "rec",
+        "Host",
+        video=ColorTrack(COLORS["green"]),
+        audio=ToneTrack(700),
+        token=tokens.issue(SECRET, "rec", "host", 60, ["publish", "subscribe", "record"]),
+    )
     try:
         await guest.join()
         await host.join()

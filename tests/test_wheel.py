@@ -60,17 +60,34 @@ def test_a_wheel_installed_in_a_fresh_environment_serves_the_page(tmp_path: Path
 
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path, seconds=20)
-    site = run(venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-               cwd=tmp_path, seconds=10).strip()
+    site = run(
+        venv / "bin" / "python",
+        "-c",
+        "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        cwd=tmp_path,
+        seconds=10,
+    ).strip()
     # The dependencies, offline: this environment's packages, on the fresh one's path after its own.
     ours = {sysconfig.get_paths()[kind] for kind in ("purelib", "platlib")}
     (Path(site) / "mcu-test-dependencies.pth").write_text("".join(f"{path}\n" for path in sorted(ours)))
     # This environment's pip, so its configuration holds, with the fresh environment as the target.
-    run(sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "--no-index", "--quiet", wheel,
-        cwd=tmp_path, seconds=30)
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        venv / "bin" / "python",
+        "install",
+        "--no-index",
+        "--quiet",
+        wheel,
+        cwd=tmp_path,
+        seconds=30,
+    )
 
-    installed = run(venv / "bin" / "python", "-c", "from mcu.server.page import WEB_ROOT; print(WEB_ROOT)",
-                    cwd=tmp_path, seconds=20).strip()
+    installed = run(
+        venv / "bin" / "python", "-c", "from mcu.server.page import WEB_ROOT; print(WEB_ROOT)", cwd=tmp_path, seconds=20
+    ).strip()
     assert Path(installed) == Path(site) / "client" / "web"
 
     port = free_port()

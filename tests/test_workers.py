@@ -28,8 +28,9 @@ def health(port: int) -> dict:
 
 def api(port: int, method: str, path: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data, method=method, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
 
@@ -44,7 +45,9 @@ def sees(peers: list[Peer], colours: list[str], since: float = 0.0):
 
     def check() -> bool:
         return all(
-            p.video_frame is not None and p.first_frame_time is not None and p.first_frame_time >= since
+            p.video_frame is not None
+            and p.first_frame_time is not None
+            and p.first_frame_time >= since
             and all(contains_colour(cell_colours(p.video_frame, len(colours)), w) for w in wanted)
             for p in peers
         )
@@ -65,8 +68,10 @@ def front():
 
 async def test_two_workers_host_two_rooms_one_each(front) -> None:
     port = front
-    rooms = {"one": [peer(port, "one", "a", "red"), peer(port, "one", "b", "green")],
-             "two": [peer(port, "two", "c", "blue"), peer(port, "two", "d", "yellow")]}
+    rooms = {
+        "one": [peer(port, "one", "a", "red"), peer(port, "one", "b", "green")],
+        "two": [peer(port, "two", "c", "blue"), peer(port, "two", "d", "yellow")],
+    }
     everyone = [p for peers in rooms.values() for p in peers]
     try:
         for p in everyone:

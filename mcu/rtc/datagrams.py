@@ -94,10 +94,7 @@ def _route(dtls: RTCDtlsTransport) -> tuple[Any, socket.socket, Any] | None:
 def _send(transport: Any, sock: socket.socket, addr: Any, datagrams: list[bytes]) -> None:
     size = len(datagrams[0])
     segmentable = (
-        _State.gso
-        and len(datagrams) > 1
-        and all(len(d) == size for d in datagrams[:-1])
-        and len(datagrams[-1]) <= size
+        _State.gso and len(datagrams) > 1 and all(len(d) == size for d in datagrams[:-1]) and len(datagrams[-1]) <= size
     )
     step = min(MAX_SEGMENTS, MAX_BYTES // size) if segmentable else 1
     for start in range(0, len(datagrams), step):

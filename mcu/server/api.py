@@ -51,7 +51,7 @@ def authorize(request: web.Request, grant: str, room: str | None = None) -> None
     except tokens.TokenError as exc:
         raise error(web.HTTPUnauthorized, protocol.UNAUTHORIZED, str(exc)) from None
     if room is None and claims.room != tokens.ANY_ROOM:
-        raise error(web.HTTPForbidden, protocol.FORBIDDEN, "This needs a token for every room (room \"*\").")
+        raise error(web.HTTPForbidden, protocol.FORBIDDEN, 'This needs a token for every room (room "*").')
     if grant not in claims.grants:
         raise error(web.HTTPForbidden, protocol.FORBIDDEN, f"The token does not grant {grant!r}.")
 

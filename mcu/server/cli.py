@@ -84,8 +84,11 @@ def _grants(text: str) -> list[str]:
 
 
 def _add_secret(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument("--secret", default=os.environ.get(SECRET_ENV), help=f"{help}. Default: the {SECRET_ENV} "
-                        "environment variable, which keeps it out of `ps`")
+    parser.add_argument(
+        "--secret",
+        default=os.environ.get(SECRET_ENV),
+        help=f"{help}. Default: the {SECRET_ENV} environment variable, which keeps it out of `ps`",
+    )
 
 
 _TIER_RE = re.compile(r"([A-Za-z0-9_-]{1,32})=(\d+)x(\d+)@(\d+):(\d+(?:\.\d+)?)([kKmM]?)")
@@ -115,19 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--size", type=_size, default=(1280, 720), help="composite size, WxH (default 1280x720)")
     serve.add_argument("--fps", type=int, default=30, help="composite frame rate (default 30)")
     serve.add_argument(
-        "--max-tiles", type=_max_tiles, default=16,
+        "--max-tiles",
+        type=_max_tiles,
+        default=16,
         help="most tiles in a composite; a larger room shows its recent speakers and a +N tile (default 16)",
     )
+    serve.add_argument("--layout", choices=sorted(BUILT_IN), default="grid", help="a new room's layout (default grid)")
     serve.add_argument(
-        "--layout", choices=sorted(BUILT_IN), default="grid", help="a new room's layout (default grid)"
-    )
-    serve.add_argument(
-        "--mode", choices=MODES, default="mcu",
+        "--mode",
+        choices=MODES,
+        default="mcu",
         help="a new room's mode when its first join names none: mcu (composite), sfu (forward) or mesh (default mcu)",
     )
-    serve.add_argument(
-        "--video-bitrate", type=int, default=Config.video_bitrate, help="composite bitrate in bit/s"
-    )
+    serve.add_argument("--video-bitrate", type=int, default=Config.video_bitrate, help="composite bitrate in bit/s")
     serve.add_argument(
         "--tier",
         type=_tier,
@@ -199,14 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--key", help="TLS private key (PEM) of --cert")
     scale = serve.add_argument_group("scale (docs/operations.md)")
     scale.add_argument(
-        "--workers", type=_workers, default=1,
+        "--workers",
+        type=_workers,
+        default=1,
         help="media worker processes behind this address, each room on one (auto: one per core; default 1: "
         "everything in this process)",
     )
-    scale.add_argument("--redis", metavar="URL", help="share a room directory with other nodes in Redis "
-                       "(redis://host:port/db); Redis must answer at start")
-    scale.add_argument("--advertise-url", metavar="URL", help="this node's signaling URL as the other nodes reach "
-                       "it (default ws://HOST:PORT/ws)")
+    scale.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share a room directory with other nodes in Redis (redis://host:port/db); Redis must answer at start",
+    )
+    scale.add_argument(
+        "--advertise-url",
+        metavar="URL",
+        help="this node's signaling URL as the other nodes reach it (default ws://HOST:PORT/ws)",
+    )
     scale.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)  # set by the front for its workers
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.add_argument(
@@ -401,8 +412,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"mcu: cannot start with --redis {args.redis}: {exc}", file=sys.stderr)
                 sys.exit(1)
         if not args.secret and not is_loopback_host(args.host) and not args.allow_anonymous:
-            parser.error(f"--host {args.host} without --secret would let anyone join: give --secret (or "
-                         f"{SECRET_ENV}), or --allow-anonymous if that is what you want")
+            parser.error(
+                f"--host {args.host} without --secret would let anyone join: give --secret (or "
+                f"{SECRET_ENV}), or --allow-anonymous if that is what you want"
+            )
         try:
             ice = ice_servers(args)
             tls = tls_context(args.cert, args.key)

@@ -148,8 +148,9 @@ class WorkerPool:
         status = await worker.process.wait()
         if self._closing:
             return
-        logger.error("worker %d (pid %d) exited with status %s: starting it again", worker.index,
-                     worker.process.pid, status)
+        logger.error(
+            "worker %d (pid %d) exited with status %s: starting it again", worker.index, worker.process.pid, status
+        )
         await self._on_exit(worker)
         self.restarts += 1
         while not self._closing:
@@ -196,8 +197,9 @@ class WorkerPool:
 class Front:
     """Routes each connection's join to the room's owner and relays its signaling."""
 
-    def __init__(self, config: Config, pool: WorkerPool, cluster: Directory | None = None,
-                 advertise: str | None = None) -> None:
+    def __init__(
+        self, config: Config, pool: WorkerPool, cluster: Directory | None = None, advertise: str | None = None
+    ) -> None:
         self.config = config
         self.pool = pool
         #: Rooms on this node's workers (the embedded directory). A worker's death is seen at once (its exit),
@@ -327,8 +329,12 @@ class Front:
         if self.cluster is None:
             return
         loads = self._loads()
-        node = Load(self.advertise, sum(x.peers for x in loads), sum(x.rooms for x in loads),  # type: ignore[arg-type]
-                    round(sum(x.cpu for x in loads), 3))
+        node = Load(
+            self.advertise,  # type: ignore[arg-type]
+            sum(x.peers for x in loads),
+            sum(x.rooms for x in loads),
+            round(sum(x.cpu for x in loads), 3),
+        )
         try:
             await self.cluster.announce(node)
             lost = await self.cluster.renew(list(self.sessions), self.advertise)  # type: ignore[arg-type]
@@ -355,9 +361,12 @@ class Front:
             try:
                 msg = await ws.receive(timeout=max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
-                await self._send(ws, protocol.error(protocol.JOIN_TIMEOUT,
-                                                    f"No join within {limits.join_timeout:g} seconds of connecting: "
-                                                    "closing."))
+                await self._send(
+                    ws,
+                    protocol.error(
+                        protocol.JOIN_TIMEOUT, f"No join within {limits.join_timeout:g} seconds of connecting: closing."
+                    ),
+                )
                 break
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 break
@@ -373,8 +382,12 @@ class Front:
                 await self._send(ws, protocol.error(protocol.DIRECTORY_UNAVAILABLE, str(exc)))
                 continue
             if lost and not self._closing:
-                await self._send(ws, protocol.error(protocol.RECONNECT, "The room's media server went away; join "
-                                                    "again to get the room back."))
+                await self._send(
+                    ws,
+                    protocol.error(
+                        protocol.RECONNECT, "The room's media server went away; join again to get the room back."
+                    ),
+                )
             break
         await ws.close()
         return ws
@@ -386,9 +399,7 @@ class Front:
             url, local = await self.route(join.room, relayed)
             try:
                 assert self._http is not None
-                upstream = await self._http.ws_connect(
-                    url, headers={RELAYED_HEADER: "1"}, max_msg_size=0, heartbeat=20
-                )
+                upstream = await self._http.ws_connect(url, headers={RELAYED_HEADER: "1"}, max_msg_size=0, heartbeat=20)
                 break
             except (aiohttp.ClientError, OSError) as exc:
                 # A worker just died (its exit is being handled) or a dead node still holds the lease.
@@ -455,8 +466,13 @@ class Front:
         assert self._http is not None
         headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
         headers[RELAYED_HEADER] = "1"
-        async with self._http.request(request.method, base + request.rel_url.path_qs, headers=headers,
-                                      data=await request.read(), timeout=aiohttp.ClientTimeout(10)) as response:
+        async with self._http.request(
+            request.method,
+            base + request.rel_url.path_qs,
+            headers=headers,
+            data=await request.read(),
+            timeout=aiohttp.ClientTimeout(10),
+        ) as response:
             return response.status, await response.read(), response.content_type
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -465,8 +481,9 @@ class Front:
         texts: dict[int, str] = {}
         for worker in self.pool.live():
             try:
-                async with self._http.get(f"{_http_base(worker.url)}/metrics",
-                                          timeout=aiohttp.ClientTimeout(5)) as response:
+                async with self._http.get(
+                    f"{_http_base(worker.url)}/metrics", timeout=aiohttp.ClientTimeout(5)
+                ) as response:
                     texts[worker.index] = await response.text()
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 logger.warning("worker %d: no metrics", worker.index)
@@ -475,15 +492,17 @@ class Front:
     async def healthz(self, request: web.Request) -> web.Response:
         workers = await self.pool.health()
         rooms = {name: {**stats, "worker": w["index"]} for w in workers for name, stats in w["rooms"].items()}
-        return web.json_response({
-            "status": "ok",
-            "peers": sum(w["peers"] for w in workers),
-            "rooms": rooms,
-            "workers": [{k: w[k] for k in ("index", "pid", "port", "status", "peers")} for w in workers],
-            "restarts": self.pool.restarts,
-            "node": self.advertise,
-            "directory": None if self.cluster is None else ("ok" if self.cluster_reachable else "unreachable"),
-        })
+        return web.json_response(
+            {
+                "status": "ok",
+                "peers": sum(w["peers"] for w in workers),
+                "rooms": rooms,
+                "workers": [{k: w[k] for k in ("index", "pid", "port", "status", "peers")} for w in workers],
+                "restarts": self.pool.restarts,
+                "node": self.advertise,
+                "directory": None if self.cluster is None else ("ok" if self.cluster_reachable else "unreachable"),
+            }
+        )
 
 
 async def _relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> bool:
@@ -542,8 +561,9 @@ def _http_base(ws_url: str) -> str:
     return f"{'https' if scheme == 'wss' else 'http'}://{rest.split('/', 1)[0]}"
 
 
-def create_front_app(config: Config, argv: list[str], workers: int, cluster: Directory | None = None,
-                     advertise: str | None = None) -> web.Application:
+def create_front_app(
+    config: Config, argv: list[str], workers: int, cluster: Directory | None = None, advertise: str | None = None
+) -> web.Application:
     """The front's application: /ws relayed to the workers (and nodes), /healthz over all of them, the page."""
     app = web.Application()
     front: Front  # the pool's callback reaches it once it exists
