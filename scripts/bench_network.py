@@ -11,7 +11,8 @@ netem) and decodes the composite.
 
 Over each run: the impaired peer's decoded frame rate (over the whole run, and over its last
 LAST_SECONDS against the frame rate of the tier it ends on), its freezes over 0.5 s per minute and
-its longest freeze after its first move (or after SETTLE_SECONDS without one), when the server
+its longest freeze once its first move took effect (or after SETTLE_SECONDS without one), the
+longest wait from a tier move to its next picture, when the server
 moved it down after the impairment began and back up after the link recovered (the `tier`
 messages it got), the keyframes each clean peer received per minute, and the server's CPU (every
 thread of the server and its room's picture process, from /proc, in % of one core).
@@ -112,6 +113,8 @@ class Result:
     end_tier: str = "high"
     freezes_per_minute: float = 0.0
     longest_freeze: float = 0.0
+    #: The longest time from a tier move to the next picture.
+    switch_freeze: float | None = None
     down_after: float | None = None
     up_after: float | None = None
     #: The tier messages the impaired peer got, as "tier@seconds".
@@ -215,7 +218,10 @@ def measure(
     if len(phases) > 2:
         recovered = phases[-1].at
         result.up_after = next((t - recovered for t, tier in moves if t >= recovered and tier == ceiling), None)
-    counted_from = moves[0][0] if moves else SETTLE_SECONDS
+    # A move's first picture: what the switch cost. Freezes count once the first move has taken effect.
+    firsts = [next((f for f in frame_times if f > t), elapsed) - t for t, _ in moves]
+    result.switch_freeze = max(firsts, default=None)
+    counted_from = moves[0][0] + firsts[0] if moves else SETTLE_SECONDS
     marks = [counted_from, *(t for t in frame_times if t > counted_from), elapsed]
     gaps = [b - a for a, b in zip(marks, marks[1:])]
     result.longest_freeze = max(gaps, default=0.0)
@@ -223,26 +229,28 @@ def measure(
     result.timeline = [(float(s), sum(1 for t in frame_times if s <= t < s + 1)) for s in range(int(elapsed))]
 
 
-def seconds_or_dash(value: float | None) -> str:
-    return "" if value is None else f"{value:.1f}"
+def seconds_or_dash(value: float | None, digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
 
 
 def format_table(results: list[Result]) -> str:
     lines = [
         "| profile | adapt | fps (run) | fps (last 10 s) | tier at the end | share of that tier's fps "
         "| freezes > 0.5 s per min "
-        "| longest freeze, s | down after, s | up after, s | tier moves (tier@s) | good peers' keyframes per min "
+        "| longest freeze, s | longest switch, s | down after, s | up after, s | tier moves (tier@s) "
+        "| good peers' keyframes per min "
         "| server CPU % "
         "| lost / tail-dropped datagrams |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r.failure:
-            lines.append(f"| {r.profile} | {'on' if r.adapt else 'off'} | failed: {r.failure} |" + " |" * 11)
+            lines.append(f"| {r.profile} | {'on' if r.adapt else 'off'} | failed: {r.failure} |" + " |" * 12)
             continue
         lines.append(
             f"| {r.profile} | {'on' if r.adapt else 'off'} | {r.fps:.1f} | {r.last_fps:.1f} | {r.end_tier} "
             f"| {r.share_of_tier} | {r.freezes_per_minute:.1f} | {r.longest_freeze:.2f} "
+            f"| {seconds_or_dash(r.switch_freeze, 2)} "
             f"| {seconds_or_dash(r.down_after)} | {seconds_or_dash(r.up_after)} | {' '.join(r.moves)} "
             f"| {r.good_keyframes_per_minute:.1f} | {r.server_cpu:.1f} | {r.lost} / {r.tail_dropped} |"
         )
@@ -289,8 +297,10 @@ def section(
         "3 Mbit/s, then 500 kbit/s from 10 s to 30 s, then 3 Mbit/s again. `adapt off` is `--no-adapt`: the peer "
         f"stays on its join tier (high). Each run {args.seconds:g} s after all peers receive; `down after` counts from "
         "the impairment's start (each peer joins on a clean path, the profile starts with the measurement; for `drop`, "
-        "from the drop), `up after` from the recovery; freezes count from the first "
-        f"move (else from {SETTLE_SECONDS:g} s). Server CPU: every thread of the server and its picture process.",
+        "from the drop), `up after` from the recovery; freezes count from the first picture after the first "
+        f"move (else from {SETTLE_SECONDS:g} s); `longest switch` is the longest wait from a move to the next "
+        "picture (on a move down: the bottleneck's queue of the old tier draining, then the new tier's keyframe). "
+        "Server CPU: every thread of the server and its picture process.",
         "",
         format_table(results),
         "",
