@@ -10,13 +10,13 @@ from collections import deque
 import av
 from conftest import within
 
-from mcu.media.audio_clock import ThreadClock
+from mcu.media.audio_clock import AudioClock
 from mcu.media.audio_pipeline import MAX_PENDING, AudioPipeline
 
 
 def test_the_clock_ticks_at_its_period_on_a_thread_of_its_own() -> None:
     ticks: list[tuple[int, float, str]] = []
-    clock = ThreadClock(
+    clock = AudioClock(
         "test-clock",
         0.02,
         lambda index: ticks.append((index, time.monotonic(), threading.current_thread().name)),
@@ -41,7 +41,7 @@ def test_after_a_stall_the_missed_ticks_run_back_to_back_up_to_the_limit() -> No
         if index == 3:
             time.sleep(0.2)  # ten periods
 
-    clock = ThreadClock("test-clock", 0.02, tick, max_behind=4)
+    clock = AudioClock("test-clock", 0.02, tick, max_behind=4)
     clock.start()
     time.sleep(0.5)
     asyncio.run(clock.stop())

@@ -17,7 +17,7 @@ from typing import Callable
 logger = logging.getLogger(__name__)
 
 
-class ThreadClock:
+class AudioClock:
     """Calls `tick(index)` every `period` seconds on a thread named `name`.
 
     Ticks are never bunched beyond `max_behind`: after a stall (the machine, a

@@ -30,7 +30,7 @@ from compositor.audio import FRAME_SAMPLES, SAMPLE_RATE, Limiter, SampleBuffer, 
 from compositor.opus import OpusDecoder
 from compositor.playout import Playout, PlayoutCounts
 from compositor.speakers import SILENCE_DB, SpeakerDetector, SpeakerEvents, TalkerSelector, levels
-from mcu.media.audio_clock import ThreadClock
+from mcu.media.audio_clock import AudioClock
 from mcu.media.encoders import AudioEncoder
 from mcu.media.tracks import PacketSink
 from mcu.rtc.sender import pack_opus
@@ -118,7 +118,7 @@ class AudioPipeline:
     """Each listener hears the sum of everyone minus their own contribution."""
 
     def __init__(self, name: str, participants: Callable[[], Sequence[Voice]], talkers: int | None) -> None:
-        self._clock = ThreadClock(f"audio-{name}", FRAME_SECONDS, self._tick, max_behind=MAX_BEHIND)
+        self._clock = AudioClock(f"audio-{name}", FRAME_SECONDS, self._tick, max_behind=MAX_BEHIND)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = AudioStats()
         #: None: everyone is a talker (a personal mix and encode for each listener).
