@@ -210,6 +210,49 @@ def test_a_jump_back_starts_a_new_stream_and_a_jump_far_ahead_gives_up_at_once()
     assert jitter.add(frame(1016 + 600, 58)[0]) == (True, None)  # 600 packets missing: no wait for them
 
 
+def test_a_keyframe_past_a_long_sequence_gap_starts_the_stream_at_once() -> None:
+    """A move down: the new tier's keyframe comes RESYNC_GAP (1024) numbers on; the packet that shows the
+    gap is its first, and it must not be dropped with what is given up."""
+    clock = Clock()
+    jitter = buffer(clock)
+    for index, seq in enumerate(range(100, 110, 2)):
+        for packet in frame(seq, index, key=index == 0):
+            jitter.add(packet)
+    jitter.add(frame(110, 5)[0])  # half a frame, the rest lost in the congested queue
+    first, second = frame(110 + 1024, 6, key=True)
+    assert jitter.add(first) == (False, None)  # the gap: what was held is given up
+    pli, out = jitter.add(second)
+    assert not pli and out is not None and out.timestamp == 6 * 6000
+    assert jitter.frames_dropped == 1 and jitter.keyframes_asked == 0
+
+
+def test_a_hole_waited_out_resumes_at_a_keyframe_already_held_behind_it() -> None:
+    clock = Clock()
+    jitter = buffer(clock)
+    for packet in frame(0, 0, key=True):
+        jitter.add(packet)
+    jitter.add(frame(2, 1)[0])  # 3 never comes
+    for packet in frame(4, 2, key=True):
+        assert jitter.add(packet) == (False, None)  # held behind the hole
+    clock.now += MAX_WAIT
+    pli, out = jitter.add(frame(6, 3)[0])
+    assert not pli and out is not None and out.timestamp == 2 * 6000  # the keyframe, no request
+    assert jitter.add(frame(6, 3)[1])[1].timestamp == 3 * 6000
+
+
+def test_a_keyframe_that_is_itself_behind_the_hole_is_given_up_and_another_asked_for() -> None:
+    clock = Clock()
+    jitter = buffer(clock)
+    for packet in frame(0, 0, key=True):
+        jitter.add(packet)
+    jitter.add(frame(2, 1, key=True)[0])  # a keyframe whose second packet (3) never comes
+    jitter.add(frame(4, 2)[0])
+    clock.now += MAX_WAIT
+    assert jitter.add(frame(4, 2)[1]) == (False, None)  # given up, not started again at its own keyframe
+    clock.now += PLI_INTERVAL
+    assert jitter.add(frame(6, 3)[0]) == (True, None)  # waiting: a keyframe is asked for
+
+
 def test_copies_of_packets_already_let_out_are_dropped_however_many_come_in_a_row() -> None:
     """Retransmissions asked for again while the first came: a keyframe's copies arrive a dozen in a row,
     and must not be taken for a sender that started again (the picture froze until the next keyframe)."""

@@ -9,6 +9,7 @@ from media_checks import cell_colours, close_to, contains_colour, tone_levels
 
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
+from mcu.media.tracks import KEYFRAME_GRACE
 
 PEOPLE = [("alice", "red", 440.0), ("bob", "green", 660.0), ("carol", "blue", 1000.0)]
 BLACK = (16, 128, 128)
@@ -121,7 +122,8 @@ async def test_pli_produces_a_rate_limited_keyframe(server):
         encoder = room.video.encoders[room.participants[peer.peer_id].video_out.output]
         receiver = next(t.receiver for t in peer.pc.getTransceivers() if t.kind == "video")
         ssrc = receiver.getSynchronizationSources()[0].source
-        await asyncio.sleep(0.5)
+        # A PLI within KEYFRAME_GRACE of a keyframe sent to the peer is dropped (that keyframe is on its way).
+        await asyncio.sleep(KEYFRAME_GRACE + 0.2)
         before = encoder.keyframes
         await receiver._send_rtcp_pli(ssrc)
         await peer.wait_for(lambda: encoder.keyframes > before, timeout=1)

@@ -133,6 +133,7 @@ class VideoJitterBuffer:
                 self._hole_since = now if self._hole_since is None else self._hole_since
                 if now - self._hole_since >= self._max_wait or span > CAPACITY:
                     self._give_up()
+                    frame = None if self._waiting_keyframe else self._take_frame()
             else:
                 self._hole_since = None
         pli = self._waiting_keyframe and now - self._last_pli >= PLI_INTERVAL
@@ -182,12 +183,32 @@ class VideoJitterBuffer:
         self._waiting_keyframe = True
 
     def _give_up(self) -> None:
-        """Drop every frame held (they follow a lost one) and wait for a keyframe."""
-        self.frames_dropped += len({p.timestamp for p in self._packets.values()}) or 1
-        self._packets.clear()
-        self._next = (self._highest or 0) + 1
+        """Drop the frames held behind the hole (they follow a lost one) and start again at a keyframe.
+
+        One already held starts the stream at once: a move down's keyframe comes past a sequence
+        gap longer than CAPACITY (mcu/rtc/sender.py RESYNC_GAP), and its first packet is the one
+        that shows the gap; dropped with the rest, the keyframe was lost, and the receiver waited
+        for the next one (10 s and more from a rate-limited encoder: tests/test_adaptation_e2e.py).
+        Else the buffer waits for the next keyframe, asking for one.
+        """
+        # Past the hole: a keyframe starting at `_next` is the frame that waited for a missing packet.
+        keyframes = [
+            number
+            for number, packet in self._packets.items()
+            if number > self._next and starts_keyframe(self._codec_of(packet.payload_type), packet.payload)
+        ]
+        start = max(keyframes, default=None)
+        before = [p.timestamp for n, p in self._packets.items() if start is None or n < start]
+        self.frames_dropped += len(set(before)) or 1
         self._hole_since = None
-        self._waiting_keyframe = True  # and asks at once, unless a keyframe was asked for within PLI_INTERVAL
+        if start is None:
+            self._packets.clear()
+            self._next = (self._highest or 0) + 1
+            self._waiting_keyframe = True  # and asks at once, unless a keyframe was asked for within PLI_INTERVAL
+            return
+        for number in [n for n in self._packets if n < start]:
+            del self._packets[number]
+        self._next = start
 
     def _seek_keyframe(self, number: int, packet: RtpPacket) -> None:
         """While waiting: start again at `packet` if it begins a keyframe, dropping what came before it.
