@@ -250,7 +250,7 @@ def section(results: list[Result], args: argparse.Namespace) -> str:
             "those who may become one); "
             "`personal`: `--audio-talkers 0`, a mix and an encode for every listener. The composite is "
             "160x96@1 fps of placeholders, so the video path costs next to nothing. Server CPU is every thread "
-            "of the server process and its picture process over the window; the audio thread (decode, mix, "
+            "of the server process and its video process over the window; the audio thread (decode, mix, "
             "encode) is also shown alone (its thread CPU time, the room's `audioCpuSeconds`); the rest is "
             "mostly RTP/SRTP/DTLS on the event loop, which grows with N whatever the mode. "
             f"Warm-up {args.warmup:g} s, window {args.seconds:g} s. The Janus column is Janus 1.1.2 AudioBridge "

@@ -15,7 +15,7 @@ its longest freeze once its first move took effect (or after SETTLE_SECONDS with
 longest wait from a tier move to its next picture, when the server
 moved it down after the impairment began and back up after the link recovered (the `tier`
 messages it got), the keyframes each clean peer received per minute, and the server's CPU (every
-thread of the server and its room's picture process, from /proc, in % of one core).
+thread of the server and its room's video process, from /proc, in % of one core).
 
     .venv/bin/python scripts/bench_network.py [--profiles clean,3g,lossy-wifi,300k,drop]
                                              [--seconds 40] [--write docs/benchmarks.md] [--plot FILE]
@@ -300,7 +300,7 @@ def section(
         "from the drop), `up after` from the recovery; freezes count from the first picture after the first "
         f"move (else from {SETTLE_SECONDS:g} s); `longest switch` is the longest wait from a move to the next "
         "picture (on a move down: the bottleneck's queue of the old tier draining, then the new tier's keyframe). "
-        "Server CPU: every thread of the server and its picture process.",
+        "Server CPU: every thread of the server and its video process.",
         "",
         format_table(results),
         "",

@@ -283,7 +283,7 @@ def steal_ticks() -> tuple[int, int]:
 
 
 def process_tree(pid: int) -> list[int]:
-    """`pid` and its live descendants: a server's workers and its rooms' picture processes."""
+    """`pid` and its live descendants: a server's workers and its rooms' video processes."""
     pids = [pid]
     for parent in pids:  # grows while it is walked
         try:
@@ -299,7 +299,7 @@ def cpu_ticks(pid: int) -> int:
     """utime + stime of a process and all its descendants (every thread), in clock ticks.
 
     The live ones are read one by one; those that ended and were waited for count in
-    their parent's cutime + cstime, so a picture process that ends in a window still counts.
+    their parent's cutime + cstime, so a video process that ends in a window still counts.
     """
     total = 0
     for member in process_tree(pid):
@@ -425,7 +425,7 @@ class LargeResult:
     mode: str
     peers: int
     server_cpu: float = 0.0
-    #: The busiest threads of the server and its picture process: (label, % of one core).
+    #: The busiest threads of the server and its video process: (label, % of one core).
     threads: list[tuple[str, float]] = field(default_factory=list)
     fps: list[float] = field(default_factory=list)
     audio: list[float] = field(default_factory=list)
@@ -635,7 +635,7 @@ def format_large_table(results: list[LargeResult]) -> str:
 
 
 def format_threads(results: list[LargeResult], top: int = 8) -> str:
-    """Per run, the busiest threads of the server (its main thread is the event loop) and its picture process."""
+    """Per run, the busiest threads of the server (its main thread is the event loop) and its video process."""
     return "\n".join(
         f"- {r.mode}, N={r.peers}: " + ", ".join(f"{label} {share:.1f}" for label, share in r.threads[:top])
         for r in results
@@ -658,7 +658,7 @@ def large_section(results: list[LargeResult], args: argparse.Namespace) -> str:
             "silent and hidden until their turn. `sender-control` is the default server; `no-sender-control` "
             "is `mcu serve --no-sender-control` (every hidden publisher still uploads and is decoded). "
             f"Warm-up {args.warmup:g} s, window {args.seconds:g} s: server CPU is utime + stime of the server "
-            "and its picture process over the window; fps and audio packets/s are what each peer received "
+            "and its video process over the window; fps and audio packets/s are what each peer received "
             "(worst and median peer); the server's own side is the composite frames it made per second and the "
             "rate it sent each receiver (its RTCP-report window at the end); upload is each peer's transport "
             "bytes (SRTP, RTCP, DTLS) per second "
@@ -757,7 +757,7 @@ def section(results: list[Result], args: argparse.Namespace) -> str:
             f"({SIZE}@{FPS} composite) with N load peers in one separate process, each sending a pre-encoded "
             "VP8 320x240@15 clip (≈300 kbit/s) and Opus, and receiving without decoding. "
             f"Warm-up {args.warmup:g} s, window {args.seconds:g} s. Server CPU is utime + stime of the server "
-            "process and its picture processes (all threads) over the window; fps and audio are what each "
+            "process and its video processes (all threads) over the window; fps and audio are what each "
             "peer received (mean and worst peer); downstream is encoded payload without RTP overhead; steal "
             "is the share of the machine "
             "the hypervisor took over the window (these VMs are shared: with steal above a few percent, "

@@ -187,7 +187,7 @@ async def run_series(workers: int, args: argparse.Namespace, logs: Path) -> Seri
 
 async def measure(rooms: list[asyncio.subprocess.Process], pids: list[int], count: int, seconds: float) -> Step:
     """Every room over one window of `seconds`."""
-    # The front's tree: its workers (restarted ones too) and their rooms' picture processes.
+    # The front's tree: its workers (restarted ones too) and their rooms' video processes.
     ticks, busy = cpu_ticks(pids[0]), machine_busy_ticks()
     began = time.monotonic()
     for room in rooms:
@@ -271,7 +271,7 @@ def section(all_series: list[Series], args: argparse.Namespace) -> str:
             "pre-encoded load peers (receiving without decoding); after each new room a warm-up of "
             f"{args.warmup:g} s, then every room measured over {args.windows} windows of {args.seconds:g} s, the "
             "median window (by worst-peer fps) kept: the machine is shared. Server CPU is the front, its "
-            "workers and their rooms' picture processes (W = 1: the one server process and its picture "
+            "workers and their rooms' video processes (W = 1: the one server process and its picture "
             "processes), load CPU all load processes, both in % of one core; they share "
             "the machine's cores, so the load's CPU is taken from what the server could use. Others' CPU is "
             "what every other process used over the same window (/proc/stat's busy time minus both).",

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Per-thread CPU of a loaded MCU room: which thread of the server and its picture process costs what.
+"""Per-thread CPU of a loaded MCU room: which thread of the server and its video process costs what.
 
 Runs `bench_room.py --peers N --modes shared` and, once its peers are in, samples
 utime + stime of every thread of the server and its child processes from /proc
 over a window. Python does not name its threads for the kernel, so each row is a
 process and a thread id; the main thread of the server is its event loop, the
-main thread of a picture process its reader, and the busiest other threads are
+main thread of a video process its reader, and the busiest other threads are
 the room's audio thread (server) and the picture clock and decoders (picture).
 
     .venv/bin/python scripts/room_threads.py [--peers 16] [--window 10]
@@ -71,7 +71,7 @@ def main() -> None:
         if bench.poll() is None:
             bench.terminate()
     shares = {key: (after[key] - before[key]) / TICKS / elapsed * 100 for key in after if key in before}
-    print(f"server and picture processes: {sum(shares.values()):.1f} % of one core over {elapsed:.1f} s")
+    print(f"server and video processes: {sum(shares.values()):.1f} % of one core over {elapsed:.1f} s")
     print("| process | thread | % of one core |")
     print("|---|---|---|")
     for (pid, tid), share in sorted(shares.items(), key=lambda item: -item[1]):

@@ -56,7 +56,7 @@ TREND_MIB_PER_HOUR = 5.0
 class Sample:
     seconds: float
     rss_mib: float
-    #: The server process alone (the rest of `rss_mib` is its rooms' picture processes).
+    #: The server process alone (the rest of `rss_mib` is its rooms' video processes).
     server_rss_mib: float
     cpu_percent: float
     threads: int
@@ -76,7 +76,7 @@ def free_port() -> int:
 
 
 def proc(pid: int) -> tuple[float, float, int, int, int]:
-    """(RSS MiB, the server's own RSS MiB, utime + stime ticks, threads, fds) of a server with its picture processes."""
+    """(RSS MiB, the server's own RSS MiB, utime + stime ticks, threads, fds) of a server with its video processes."""
     rss = own = threads = fds = 0.0
     for member in process_tree(pid):
         try:
@@ -313,7 +313,7 @@ def section(samples: list[Sample], args: argparse.Namespace, slope: float, error
             f"({args.size}@{args.fps} composite, load peers sending a pre-encoded VP8 clip and Opus, counting "
             f"without decoding, half with a chat channel), {args.churn} peers leaving and {args.churn} joining "
             f"every {args.every:g} s ({churned} came and went; joins that failed: {failed}). `mcu serve` ran as its "
-            "own process, with its rooms' picture processes; every "
+            "own process, with its rooms' video processes; every "
             f"{args.sample:g} s the script read their RSS, CPU, threads and fds (summed) from /proc and the "
             "server's asyncio tasks from /metrics.",
             "",

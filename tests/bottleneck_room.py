@@ -146,7 +146,7 @@ async def slow_peer(
 
 def record_keyframes(room: Room) -> list[tuple[float, Output]]:
     """From now on, when (time.monotonic()) each encoder of `room` is asked for a keyframe, as the
-    picture process is told (requests gated by the room never get there)."""
+    video process is told (requests gated by the room never get there)."""
     asked: list[tuple[float, Output]] = []
     write = room.video._write
 

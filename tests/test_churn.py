@@ -27,21 +27,21 @@ FPS = 15
 #: The steady peers' composite holds 90 % of its rate in every window, as the issue asks. It did
 #: not while the room's video shared the server's GIL: each wave of joins (ICE, DTLS, SCTP on the
 #: event loop) stalled the room's clock for 0.3-1 s (12.6-13.3 fps over 3 s); with the video in its
-#: picture process, the slowest window of a quiet run was 14.3.
+#: video process, the slowest window of a quiet run was 14.3.
 MIN_MEAN_FPS = MIN_FPS = 0.9 * FPS
 #: Frames are counted every second over the last WINDOW seconds. At 15 fps a count moves by a frame
 #: with arrival jitter alone: 7 % of a 1-s window, 2 % of a 3-s one, where a stall of 0.3 s still fails.
 WINDOW = 3
 STEADY, CHURNERS, WAVE = 8, 100, 10
 #: Seconds between two joins of a wave, and between the end of a wave and the next: 100 peers come and
-#: go in about 40 s, each wave's ten at the same instant. (Before the picture process, ten joins at once
+#: go in about 40 s, each wave's ten at the same instant. (Before the video process, ten joins at once
 #: held the server's event loop, ICE, DTLS and SCTP of each, long enough to cost the composite 2-3
 #: frames, and the waves were spread 0.1 s apart; now the slowest 3-s window of two runs was 14.0 fps.)
 ARRIVAL, PAUSE = 0.0, 2.5
-#: RSS bounds, MiB, of the server and its picture processes (threads and fds are counted over them too).
+#: RSS bounds, MiB, of the server and its video processes (threads and fds are counted over them too).
 #: It grows to the high-water mark of many peers at once (codec contexts and buffers, malloc arenas) in
 #: the first waves, then slowly: measured in 5 runs on the shared machine, +41..+57 MiB over the whole
-#: churn and (4 of them) +3.6..+12.3 MiB over the last 50 (70-250 KiB a peer); with the picture process,
+#: churn and (4 of them) +3.6..+12.3 MiB over the last 50 (70-250 KiB a peer); with the video process,
 #: two quiet runs gave +35.9 / +35.8 in all and +4.2 / +3.5 over the last 50.
 #: The second bound (400 KiB a peer) catches a leak of a peer's buffers; the first, a high-water mark
 #: gone wrong. The slow remainder is not explained yet (see the soak in docs/benchmarks.md).
@@ -66,7 +66,7 @@ def load_peer(url: str, name: str, index: int, chat: bool = False) -> Peer:
 
 
 def proc_counts(pid: int) -> tuple[int, int, int]:
-    """(threads, open file descriptors, RSS in KiB) of a server and its picture processes, from /proc."""
+    """(threads, open file descriptors, RSS in KiB) of a server and its video processes, from /proc."""
     threads = fds = rss = 0
     members = [pid]
     for task in os.listdir(f"/proc/{pid}/task"):

@@ -43,7 +43,7 @@ async def test_metrics_follow_the_room(server) -> None:
         frames = second[("mcu_composite_frames_total", room)] - first[("mcu_composite_frames_total", room)]
         assert 20 <= frames <= 34
         assert second[("mcu_encode_seconds_total", room)] > first[("mcu_encode_seconds_total", room)] > 0
-        # Both peers' video is decoded in the room's picture process, which has not had to be restarted.
+        # Both peers' video is decoded in the room's video process, which has not had to be restarted.
         decoding = second[("mcu_video_decode_seconds_total", room)] - first[("mcu_video_decode_seconds_total", room)]
         assert decoding > 0 and second[("mcu_picture_restarts_total", room)] == 0
         assert second[("mcu_audio_ticks_total", room)] - first[("mcu_audio_ticks_total", room)] >= 80

@@ -1,4 +1,4 @@
-"""The room's picture process: decoding, composing and encoding away from the server's event loop."""
+"""The room's video process: decoding, composing and encoding away from the server's event loop."""
 
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ def test_publishers_spread_over_the_decoder_threads_as_they_come_and_go():
 
 
 def test_keyframe_requests_for_a_publisher_are_rate_limited(monkeypatch):
-    """A stalled picture process drops every frame it is sent, and each drop asks for a keyframe."""
+    """A stalled video process drops every frame it is sent, and each drop asks for a keyframe."""
     from types import SimpleNamespace
 
     from mcu.config import Config

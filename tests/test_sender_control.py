@@ -162,7 +162,7 @@ async def test_only_shown_publishers_send_and_are_decoded_and_a_new_speaker_show
         assert delta(ignorer, "videoFramesIgnored") == delta(ignorer, "videoFrames")
         passed = sum(delta(p, "videoFrames") - delta(p, "videoFramesIgnored") for p in everyone)
         decoded = decodes_after - decodes_before
-        # Three publishers at 15 fps: all the picture process decoded (17 more would be 5 times that).
+        # Three publishers at 15 fps: all the video process decoded (17 more would be 5 times that).
         assert decoded <= passed + FPS // 2 and decoded <= 3 * FPS * window * 1.3, (decoded, passed)
         assert {i for i, d in after.items() if d["onScreen"]} == shown
         assert room.stats()["publishersPaused"] == 17

@@ -1,4 +1,4 @@
-"""The messages between the server and the room's picture process: every one through the codec, and what is not one."""
+"""The messages between the server and the room's video process: every one through the codec, and what is not one."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the picture processes use the trimmer too, and need none of aiohttp
+if TYPE_CHECKING:  # the video processes use the trimmer too, and need none of aiohttp
     from aiohttp import web
 
 #: mallopt's parameter for the most arenas malloc may create (glibc's malloc.h).

@@ -1,6 +1,6 @@
 """Encoders shared by many peers: one VP8 or H.264 encode per composite output, one Opus per mix.
 
-Video is encoded in the room's picture process and leaves it as payloads with
+Video is encoded in the room's video process and leaves it as payloads with
 their keyframe flag; audio as `av.Packet`s that aiortc's senders only packetize.
 Both carry timestamps of the room's media clock, so a peer may switch from one
 encoder's stream to another's without a jump in its RTP timeline.

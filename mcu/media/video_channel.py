@@ -1,4 +1,4 @@
-"""The messages between the server and a room's picture process, and the one codec for them.
+"""The messages between the server and a room's video process, and the one codec for them.
 
 The server (`mcu.media.video_pipeline.VideoPipeline`) and the room's picture
 process (`mcu.media.video_process.VideoMixer`) talk over a socket pair. Each
@@ -45,12 +45,12 @@ class ChannelError(ValueError):
     """What came over the socket is not a message of this module: a bug, or a stream out of step."""
 
 
-# --- from the server to the picture process ----------------------------------------------------
+# --- from the server to the video process ----------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """The first message a picture process gets, before anything else: what the room is."""
+    """The first message a video process gets, before anything else: what the room is."""
 
     settings: Settings
 
@@ -99,12 +99,12 @@ class Stop:
     """The room closed: the process ends."""
 
 
-# --- from the picture process to the server ----------------------------------------------------
+# --- from the video process to the server ----------------------------------------------------
 
 
 @dataclass
 class Counters:
-    """What the picture process's mixer did; a copy goes with every tick, so that the parent's copy is consistent.
+    """What the video process's mixer did; a copy goes with every tick, so that the parent's copy is consistent.
 
     Defined here, not in mcu/media/video_process.py: that module runs as `__main__` in the
     process, and a class of `__main__` would not unpickle in the server.
@@ -130,7 +130,7 @@ class Counters:
 
 @dataclass(frozen=True, slots=True)
 class EncoderReport:
-    """One encoder of the picture process, as it reports it with every tick."""
+    """One encoder of the video process, as it reports it with every tick."""
 
     codec_name: str
     frames: int

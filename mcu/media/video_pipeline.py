@@ -1,6 +1,6 @@
-"""The room's video, seen from the server process: a picture process fed upstream frames, packets fanned out.
+"""The room's video, seen from the server process: a video process fed upstream frames, packets fanned out.
 
-Decoding, composing and encoding run in the room's picture process
+Decoding, composing and encoding run in the room's video process
 (`mcu/media/video_process.py`), told through the messages of
 `mcu/media/video_channel.py`; this side forwards each publisher's encoded frames to it,
 tells it what each canvas shows and which outputs are in use, and hands the
@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 #: The scene of a canvas, leaving out the peer whose id is given (hide-self), or nobody.
 SceneSource = Callable[[str | None], SceneSpec]
 
-#: How often the server tells the picture process what its canvases show and who watches them.
+#: How often the server tells the video process what its canvases show and who watches them.
 SYNC_INTERVAL = 0.04
 #: Bytes waiting for the process past which upstream frames are dropped: it has stalled.
 BACKLOG_LIMIT = 4 * 1024 * 1024
@@ -78,7 +78,7 @@ SHARED_SWITCH_INTERVAL = 60.0
 
 Process = tuple[subprocess.Popen[bytes], socket.socket]
 
-#: A picture process started ahead of need: a new room's first picture (and the start of its
+#: A video process started ahead of need: a new room's first picture (and the start of its
 #: recording) need not wait the ≈ 0.5 s an interpreter takes to start and import the codecs.
 _spare: Process | None = None
 
@@ -97,7 +97,7 @@ def _start_process() -> Process:
 
 
 def prepare_process() -> None:
-    """Have a spare picture process ready for the next room (it waits, idle, for its settings)."""
+    """Have a spare video process ready for the next room (it waits, idle, for its settings)."""
     global _spare
     if _spare is None or _spare[0].poll() is not None:
         if _spare is not None:
@@ -116,22 +116,22 @@ def _take_process() -> Process:
 
 @dataclass
 class VideoStats(Counters):
-    """The picture process's counters as it last reported them (going on across restarts), and this side's."""
+    """The video process's counters as it last reported them (going on across restarts), and this side's."""
 
-    #: Upstream frames dropped because the picture process had fallen behind.
+    #: Upstream frames dropped because the video process had fallen behind.
     upstream_dropped: int = 0
     restarts: int = 0
     #: Keyframe requests not passed to an encoder others share (SHARED_PLI_INTERVAL, SHARED_SWITCH_INTERVAL).
     keyframes_gated: int = 0
 
 
-#: The stats that the picture process counts (the others are counted on this side).
+#: The stats that the video process counts (the others are counted on this side).
 _PROCESS_COUNTERS = tuple(f.name for f in fields(Counters))
 
 
 @dataclass
 class EncoderInfo:
-    """One encoder of the picture process, as last reported (kept up to date in place)."""
+    """One encoder of the video process, as last reported (kept up to date in place)."""
 
     codec_name: str
     frames: int = 0
@@ -139,7 +139,7 @@ class EncoderInfo:
 
 
 class _Channel(asyncio.Protocol):
-    """The server's end of the socket to a picture process: its messages, read, to `VideoPipeline._received`."""
+    """The server's end of the socket to a video process: its messages, read, to `VideoPipeline._received`."""
 
     def __init__(self, pipeline: VideoPipeline) -> None:
         self._pipeline = pipeline
@@ -150,7 +150,7 @@ class _Channel(asyncio.Protocol):
         try:
             messages = self._reader.feed(data)
         except ChannelError:
-            logger.exception("unreadable message from the picture process")
+            logger.exception("unreadable message from the video process")
             return
         for message in messages:
             self._pipeline._received(message)
@@ -161,7 +161,7 @@ class _Channel(asyncio.Protocol):
 
 
 class VideoPipeline:
-    """One room's video: its picture process, and the packets it makes handed to the room's peers."""
+    """One room's video: its video process, and the packets it makes handed to the room's peers."""
 
     def __init__(
         self,
@@ -181,7 +181,7 @@ class VideoPipeline:
         self.default_output = Output("vp8", default_tier)
         self.encode_per_peer = encode_per_peer
         self.stale_seconds = stale_seconds
-        #: The encoders of the picture process, by output, as it last reported them.
+        #: The encoders of the video process, by output, as it last reported them.
         self.encoders: dict[Output, EncoderInfo] = {}
         self.stats = VideoStats()
         self._scenes = scenes
@@ -214,7 +214,7 @@ class VideoPipeline:
     # --- life -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the picture process and the task that keeps it told (returns at once)."""
+        """Start the video process and the task that keeps it told (returns at once)."""
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
@@ -242,9 +242,9 @@ class VideoPipeline:
             restarts += 1
             self.stats.restarts = restarts
             if restarts > MAX_RESTARTS:
-                logger.error("room %s: the picture process died %d times; the room has no video", self.name, restarts)
+                logger.error("room %s: the video process died %d times; the room has no video", self.name, restarts)
                 return
-            logger.error("room %s: the picture process died; starting another", self.name)
+            logger.error("room %s: the video process died; starting another", self.name)
             await asyncio.sleep(RESTART_DELAY)
             # The new process's decoders start from nothing: every publisher sends a keyframe.
             self._pending.clear()
@@ -297,7 +297,7 @@ class VideoPipeline:
             self._pending_bytes += len(data)
 
     def upstream(self, peer_id: str, codec_name: str, data: bytes, timestamp: int) -> None:
-        """A publisher's encoded video frame, for its decoder in the picture process."""
+        """A publisher's encoded video frame, for its decoder in the video process."""
         transport = self._transport
         if transport is not None and transport.get_write_buffer_size() > BACKLOG_LIMIT:
             self.stats.upstream_dropped += 1

@@ -1,4 +1,4 @@
-"""The room's picture process: decode every upstream, compose the canvases, encode each output once.
+"""The room's video process: decode every upstream, compose the canvases, encode each output once.
 
 A room's video runs in a process of its own (`python -m mcu.media.video_process FD`), fed
 through a socket by `mcu.media.video_pipeline.VideoPipeline`: encoded upstream frames and what
@@ -95,7 +95,7 @@ class SceneSpec:
 
 @dataclass(frozen=True)
 class Settings:
-    """What the parent tells a new picture process before anything else."""
+    """What the parent tells a new video process before anything else."""
 
     tiers: dict[str, Tier]
     #: A peer silent on video this long shows its placeholder.

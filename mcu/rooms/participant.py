@@ -148,11 +148,11 @@ class Participant:
         #: order: the room's playout buffer sorts them), decoded by the room, each with its RFC 6464
         #: level in dBov when the peer sends that header (browsers do).
         self._audio_payloads: deque[tuple[OpusPacket, int | None]] = deque(maxlen=AUDIO_BACKLOG)
-        #: Where the peer's encoded video frames go (the room's picture process decodes them).
+        #: Where the peer's encoded video frames go (the room's video process decodes them).
         self._on_video = on_video
         #: The receiver of the peer's video, to ask it for keyframes.
         self.video_receiver: RTCRtpReceiver | None = None
-        #: Encoded video frames received from the peer (and handed to the picture process).
+        #: Encoded video frames received from the peer (and handed to the video process).
         self.video_frames = 0
         self._on_failed = on_failed
         #: The peer's "chat" data channel, once it has opened one.
@@ -250,7 +250,7 @@ class Participant:
 
     def _on_track(self, track: MediaStreamTrack, receiver: RTCRtpReceiver) -> None:
         """The peer's upstream `track` arrived (the peer connection's "track" event)."""
-        # The room decodes audio on its own thread and video in its picture process: no decoder here.
+        # The room decodes audio on its own thread and video in its video process: no decoder here.
         install_encoded_receiver(
             receiver, self._take_video if track.kind == "video" else self._take_audio, audio_in_order=False
         )
@@ -268,7 +268,7 @@ class Participant:
         self.video_out.restart()
 
     def _take_video(self, frame: JitterFrame) -> None:
-        """An encoded video frame of the peer's, as its receiver lets it go: on to the room's picture process."""
+        """An encoded video frame of the peer's, as its receiver lets it go: on to the room's video process."""
         self.video_frames += 1
         self._on_video(self.peer_id, frame.codec_name, frame.data, frame.timestamp)  # type: ignore[attr-defined]
 

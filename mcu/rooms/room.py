@@ -62,7 +62,7 @@ class Room:
         #: What the composite looks like; changed at run time (setLayout, the HTTP API), shown on the next tick.
         self.layout: Layout = parse_layout(config.layout)
         self._started = False
-        #: When each publisher was last asked for a keyframe on the picture process's behalf.
+        #: When each publisher was last asked for a keyframe on the video process's behalf.
         self._plis: dict[str, float] = {}
         #: The tiers a receiver moves between, its link permitting (None: each keeps the tier it chose).
         self.ladder = None if config.encode_per_peer or not config.adapt else Ladder(config.output_tiers())
@@ -250,9 +250,9 @@ class Room:
         await self.stop_recording()
 
     def _ask_keyframe(self, peer_id: str) -> None:
-        """The picture process cannot decode this publisher (an error, a frame dropped on the way): PLI.
+        """The video process cannot decode this publisher (an error, a frame dropped on the way): PLI.
 
-        At most every PLI_INTERVAL per publisher: a stalled picture process drops every
+        At most every PLI_INTERVAL per publisher: a stalled video process drops every
         frame it is sent, and each drop asks for a keyframe.
         """
         participant = self.participants.get(peer_id)
@@ -266,7 +266,7 @@ class Room:
             participant.visibility.keyframes_asked += 1
 
     def upstream(self, peer_id: str, codec_name: str, data: bytes, timestamp: int) -> None:
-        """A publisher's encoded video frame: to the picture process if its video is wanted, from a keyframe on."""
+        """A publisher's encoded video frame: to the video process if its video is wanted, from a keyframe on."""
         participant = self.participants.get(peer_id)
         if participant is None:
             return
@@ -308,7 +308,7 @@ class Room:
     def _scene(self, leave_out: str | None = None) -> SceneSpec:
         """What a canvas shows: every publisher but `leave_out` (hide-self), named, with who speaks.
 
-        The picture process puts each one's latest picture in, or the placeholder
+        The video process puts each one's latest picture in, or the placeholder
         when it is stale, missing or turned off. When more participants than
         `max_tiles` (or than the layout holds) are left, the most recent
         speakers are shown, then those who send video (a participant without a

@@ -35,7 +35,7 @@ class Visibility:
     hidden_since: float | None = None
     #: Frames handed on are decoded only from a keyframe on, after a pause.
     waiting_keyframe: bool = False
-    #: Encoded video frames and bytes received, and those not handed to the picture process.
+    #: Encoded video frames and bytes received, and those not handed to the video process.
     frames: int = 0
     bytes: int = 0
     frames_ignored: int = 0

@@ -19,7 +19,7 @@ def create_app(config: Config) -> web.Application:
     """An aiohttp application serving one in-process conference."""
     conference = Conference(config)
     if config.mode == "mcu":
-        prepare_process()  # the first room's picture process, started ahead of it
+        prepare_process()  # the first room's video process, started ahead of it
     app = web.Application()
     app[CONFERENCE] = conference
     app.router.add_get("/ws", websocket_handler(conference, config.limits))

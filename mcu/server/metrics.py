@@ -39,14 +39,14 @@ _ROOM_COUNTERS = (
     (
         "videoUpstreamDropped",
         "video_upstream_dropped",
-        "Participants' video frames dropped before decoding: the picture process had fallen behind",
+        "Participants' video frames dropped before decoding: the video process had fallen behind",
     ),
     (
         "videoFramesIgnored",
         "video_frames_ignored",
         "Publishers' video frames not decoded: on no canvas (sender control), camera off, or before a keyframe",
     ),
-    ("pictureRestarts", "picture_restarts", "Times the room's picture process died and was started again"),
+    ("pictureRestarts", "picture_restarts", "Times the room's video process died and was started again"),
     ("audioTicks", "audio_ticks", "Audio clock ticks"),
     ("audioTicksDropped", "audio_ticks_dropped", "Audio ticks dropped: the audio thread was overloaded"),
     ("audioUnderruns", "audio_underruns", "Participant audio frames filled with silence: nothing had arrived in time"),
