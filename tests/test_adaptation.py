@@ -16,7 +16,7 @@ from aiortc.rtp import (
 
 from mcu.config import Config
 from mcu.rooms import adaptation
-from mcu.rooms.adaptation import AUDIO_ONLY, Controller, Ladder, Probe, Switch
+from mcu.rooms.adaptation import AUDIO_ONLY, PROBE_MARGIN, Controller, Ladder, Probe, Switch
 from mcu.rtc.link import LinkMonitor
 from mcu.rtc.sender import RESYNC_GAP
 
@@ -170,6 +170,18 @@ def test_a_probe_without_echo_is_tried_again_without_backing_off():
     assert controller.tier == "low" and len(probes) >= 4 and controller.probes_failed == 0
     assert gaps == {round(adaptation.PROBE_SECONDS + adaptation.PROBE_WATCH + adaptation.BACKOFF_INITIAL)}
     assert controller.probes_inconclusive >= len(probes) - 1  # the last one may still wait for its echo
+
+
+def test_a_probe_pads_above_the_next_tiers_bitrate():
+    """The tier's stream needs more than its bitrate (audio, overhead, retransmissions): the probe asks
+    PROBE_MARGIN more, so that a link that only just carries the bare bitrate is not taken for room."""
+    controller = Controller(LADDER, "high", 0.0)
+    t = round(congest(controller, 5.0))
+    while not isinstance(probe := controller.tick(t), Probe):
+        controller.on_report(0.0, 400_000, t)
+        t += 0.1
+    assert probe.tier == "high" and probe.bitrate == round(LADDER["high"].bitrate * PROBE_MARGIN)
+    assert probe.bitrate > LADDER["high"].bitrate
 
 
 def test_without_padding_the_move_up_is_the_trial():

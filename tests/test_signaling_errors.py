@@ -19,7 +19,8 @@ BROKEN_SDP = AUDIO_ONLY_SDP + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
 
 # What the room tells every member on its own (the joined peer's tone makes it the speaker):
 # they may arrive between a request and its reply.
-ROOM_EVENTS = {"speaking", "activeSpeaker", "participantMedia", "participantAudio", "layoutChanged"}
+#: Messages the room sends on its own; "visibility" comes to a publisher after `joined` and on every change.
+ROOM_EVENTS = {"speaking", "activeSpeaker", "participantMedia", "participantAudio", "layoutChanged", "visibility"}
 
 
 class RawClient:

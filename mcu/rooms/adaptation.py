@@ -86,6 +86,11 @@ CLEAN_SECONDS = 3.0
 #: How long a probe pads: long enough to outlast a shaper's token bucket and build a queue
 #: (a burst that the bucket absorbs shows nothing), short enough that the queue does not overflow.
 PROBE_SECONDS = 0.25
+#: A probe pads up to the next tier's bitrate times this: the tier's stream comes with audio, RTP
+#: and SRTP overhead, retransmissions and keyframe bursts. Probed at its bare bitrate, `low`
+#: (400 kbit/s) passed on a 500 kbit/s link, then froze 0.5-0.8 s every second or two until
+#: congestion moved it down again 9 s later (scripts/bench_network.py, `drop`).
+PROBE_MARGIN = 1.2
 #: The probe's echo RTT over the base RTT that shows a queue: the link cannot carry the tier.
 PROBE_QUEUE = 0.03
 #: Feedback right after a probe's verdict is about the probe: ignored this long.
@@ -293,7 +298,7 @@ class Controller:
             and self._clean_since is not None
             and now - self._clean_since >= CLEAN_SECONDS
         ):
-            self._probe = Probe(above.name, above.bitrate, PROBE_SECONDS)
+            self._probe = Probe(above.name, round(above.bitrate * PROBE_MARGIN), PROBE_SECONDS)
             self._probe_started = now
             self._probe_failed = self._probe_echoed = False
             self.probes += 1
