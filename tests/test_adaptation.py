@@ -138,9 +138,42 @@ def test_one_lossy_report_alone_does_not_move_the_peer():
 
 
 def test_a_peer_goes_down_to_audio_only_when_nothing_fits():
+    """A 60 kbit/s link: each tier sent loses most of its packets, and REMB says 60 kbit/s."""
     controller = Controller(LADDER, "high", 0.0)
-    decisions = run(controller, 0.0, 20.0, remb=60_000, loss=0.6, sent=1_500_000)
+    decisions = []
+    for second in range(20):
+        sent = max(LADDER[controller.tier].bitrate, 40_000)
+        decisions += run(controller, float(second), second + 1.0, remb=60_000, loss=0.6, sent=sent)
     assert [d.tier for _, d in decisions if isinstance(d, Switch)][-1] == AUDIO_ONLY
+
+
+def test_a_tail_drop_burst_that_reads_under_the_lowest_video_tier_moves_to_it_if_remb_carries_it():
+    """300 kbit/s behind 200 ms of queue: the report of the keyframe and retransmission burst lost 93 % of
+    2.6 Mbit/s (so 0.85 x 171 kbit/s got through: under `small`), REMB 232 kbit/s: the link carries `small`,
+    and audio only would take the picture away for a probe's climb (7 s in scripts/bench_network.py)."""
+    controller = Controller(LADDER, "high", 0.0)
+    run(controller, 0.0, 10.0, remb=1_800_000, loss=0.0, sent=1_500_000)
+    controller.on_remb(232_000, 10.0)
+    controller.on_report(0.934, 2_600_000, 10.05)
+    assert controller.estimate is not None and controller.estimate < LADDER["small"].bitrate
+    assert controller.tick(10.1) == Switch("small", "congestion")
+
+
+def test_congestion_on_the_lowest_video_tier_that_its_link_carries_holds_it_there():
+    """The old tier's deep queue drains for seconds under `small`'s stream, its drops reported as `small`'s
+    loss (26 % of 263 kbit/s, REMB 222 kbit/s on a 300 kbit/s link): a hold, not audio only."""
+    controller = Controller(LADDER, "small", 0.0)
+    decisions = run(controller, 0.0, 6.0, remb=222_000, loss=0.262, sent=263_000)
+    assert decisions == [] and controller.tier == "small"
+    assert controller.holds >= 1
+
+
+def test_a_link_under_the_lowest_video_tier_goes_to_audio_only_even_with_remb_at_its_cap():
+    """100 kbit/s under `small` (150 kbit/s): aiortc's REMB may read up to 1.5x what arrives, the tier's
+    bitrate itself, which is no proof it fits: audio only keeps the voice whole."""
+    controller = Controller(LADDER, "small", 0.0)
+    decisions = run(controller, 0.0, 10.0, remb=150_000, loss=0.4, sent=170_000)
+    assert [d.tier for _, d in decisions if isinstance(d, Switch)] == [AUDIO_ONLY]
 
 
 def test_up_needs_a_probe_that_passes_and_a_failed_probe_backs_off():

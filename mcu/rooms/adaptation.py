@@ -27,7 +27,15 @@ margin: aiortc's is 0.85x the incoming rate after an overuse) and FIT times the
 rate that got through the last lossy report. Down is fast: two congested samples
 at least CONFIRM_SECONDS apart (or one very lossy report) move the peer to the
 highest tier whose bitrate is within the estimate, within about one to two
-reports (≈ 1-2 s). Up is a probe: after CLEAN_SECONDS of a clean link the sender
+reports (≈ 1-2 s). Audio only, the step that takes the picture away, needs both
+to agree: while either part still carries the lowest video tier (with FIT's
+headroom) the peer moves to that tier, or stays on it. Under heavy tail drop the loss part reads low (a
+report that lost 93 % of a 2.6 Mbit/s burst of keyframe and retransmissions says
+150 kbit/s got through a 300 kbit/s link, REMB 232 kbit/s), and a deep queue of
+the old tier's packets takes seconds to drain under the new tier's stream, its
+drops read as congestion of the new tier: either sent a peer whose link carried
+`small` to audio only for 7 to 18 s (scripts/bench_network.py, `300k` and
+`300k-short`). Up is a probe: after CLEAN_SECONDS of a clean link the sender
 pads the peer's stream up to the next tier's bitrate for PROBE_SECONDS, then
 sends a sender report. On a link that cannot carry that rate the burst builds a
 queue at the bottleneck, the report waits in it, and the round-trip time of its
@@ -125,6 +133,11 @@ class Ladder:
     def __getitem__(self, name: str) -> Rung:
         return self.rungs[self._index[name]]
 
+    @property
+    def lowest_video(self) -> Rung | None:
+        """The last rung with a picture (None: a ladder of audio only)."""
+        return self.rungs[-2] if len(self.rungs) > 1 else None
+
     def above(self, name: str, ceiling: str) -> Rung | None:
         """The next rung up from `name`, if it is not above `ceiling`."""
         index = self._index[name]
@@ -193,6 +206,8 @@ class Controller:
         self.probes = 0
         self.probes_failed = 0
         self.probes_inconclusive = 0
+        #: Congestion on the lowest video tier that the estimate says it carries: held there, not moved to audio only.
+        self.holds = 0
 
     # --- feedback --------------------------------------------------------------------------
 
@@ -330,14 +345,30 @@ class Controller:
         self._up_at = now
         return self._switch(probe.tier, "probe", now)
 
-    def _down(self, now: float) -> Switch:
+    def _down(self, now: float) -> Switch | None:
         estimate = self.estimate or 0.0
         rung = self.ladder.fitting(estimate, self.ceiling, self.tier)
         if self._up_at is not None and now - self._up_at <= TRIAL_SECONDS:
             self.probes_failed += 1  # the move up did not hold
         self._up_at = None
         self._back_off(now)
+        lowest = self.ladder.lowest_video
+        if rung.bitrate == 0 and lowest is not None and self._carries(lowest):
+            if self.tier == lowest.name:
+                # Congested, yet what arrives carries this tier: its burst or the old queue, not the link.
+                self._congested_since = self._congested_last = None
+                self._severe = False
+                self._settle_until = now + SETTLE_SECONDS
+                self.holds += 1
+                return None
+            rung = lowest
         return self._switch(rung.name, "congestion", now)
+
+    def _carries(self, rung: Rung) -> bool:
+        """Whether either part of the estimate (REMB, what got through the last lossy report) fits `rung`
+        with FIT's headroom: REMB is capped at 1.5x what arrives, so on a link a little under the rung a
+        REMB at the rung's bitrate is no proof, and audio only is what keeps the voice whole there."""
+        return any(part is not None and FIT * part >= rung.bitrate for part in (self._loss_estimate, self.remb))
 
     def _back_off(self, now: float) -> None:
         self._probe_at = now + self._backoff

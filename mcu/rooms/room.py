@@ -156,6 +156,8 @@ class Room:
                 "switches": 0 if controller is None else controller.switches,
                 "probes": 0 if controller is None else controller.probes,
                 "probesFailed": 0 if controller is None else controller.probes_failed,
+                # Congestion on the lowest video tier that its estimate said it carried (not sent to audio only).
+                "holds": 0 if controller is None else controller.holds,
                 # Its keyframe requests while a keyframe was on its way to it (mcu/media/tracks.py KEYFRAME_GRACE).
                 "plisIgnored": participant.video_out.plis_ignored,
                 **participant.link.stats.describe(),
