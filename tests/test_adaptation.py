@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -17,7 +19,7 @@ from aiortc.rtp import (
 from mcu.config import Config
 from mcu.rooms import adaptation
 from mcu.rooms.adaptation import AUDIO_ONLY, PROBE_MARGIN, Controller, Ladder, Probe, Switch
-from mcu.rtc.link import LinkMonitor
+from mcu.rtc.link import RTT_FRESH, LinkMonitor
 from mcu.rtc.sender import RESYNC_GAP
 
 LADDER = Ladder(Config().output_tiers())  # high 1.5M, low 400k, small 150k, audio
@@ -244,15 +246,17 @@ def remb(bitrate: int, ssrcs: list[int]) -> RtcpPsfbPacket:
     return RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(bitrate, ssrcs))
 
 
-def report(ssrc: int, fraction_lost: int, jitter: int = 900, highest: int = 0, lost: int = 0) -> RtcpRrPacket:
+def report(
+    ssrc: int, fraction_lost: int, jitter: int = 900, highest: int = 0, lost: int = 0, lsr: int = 0, dlsr: int = 0
+) -> RtcpRrPacket:
     info = RtcpReceiverInfo(
         ssrc=ssrc,
         fraction_lost=fraction_lost,
         packets_lost=lost,
         highest_sequence=highest,
         jitter=jitter,
-        lsr=0,
-        dlsr=0,
+        lsr=lsr,
+        dlsr=dlsr,
     )
     return RtcpRrPacket(ssrc=1, reports=[info])
 
@@ -302,3 +306,35 @@ def test_reports_loss_nacks_and_plis_are_read_and_foreign_blocks_counted():
     stats = monitor.stats
     assert (stats.reports, stats.foreign_reports, stats.nacks, stats.nacked_packets, stats.plis) == (2, 1, 1, 3, 1)
     assert stats.jitter == pytest.approx(0.1)
+
+
+def test_the_echo_of_an_older_sender_report_is_timed_and_shows_the_queue_behind_it():
+    """Behind 1.6 s of queue a report echoes the sender report of 1.6 s ago, not the last one sent:
+    only a history of them times it. A round trip no report has renewed for long says no queue."""
+    queues = []
+    monitor = LinkMonitor(on_report=lambda loss, sent, t, queue: queues.append(queue))
+    now = time.time()
+    monitor.sent_report(0x1000, now - 0.03)
+    monitor.observe(report(SSRC, 0, lsr=0x1000, dlsr=655), SSRC, 99, 0, 0.0)  # 10 ms held: a 20 ms link
+    for i, lsr in enumerate([0x2000, 0x3000, 0x4000]):  # one a second, the last 0.4 s ago
+        monitor.sent_report(lsr, now - 2.4 + i)
+    monitor.observe(report(SSRC, 0, lsr=0x2000, dlsr=655), SSRC, 99, 0, 1.0)
+    assert monitor.stats.rtt == pytest.approx(2.39, abs=0.05)
+    assert queues[-1] == pytest.approx(2.37, abs=0.05)
+    monitor.observe(report(SSRC, 0, lsr=0x9999), SSRC, 99, 0, 2.0)  # not one of ours: no round trip
+    assert monitor.stats.rtt == pytest.approx(2.39, abs=0.05) and queues[-1] is not None
+    monitor.observe(report(SSRC, 0), SSRC, 99, 0, 1.0 + RTT_FRESH + 0.1)
+    assert queues[-1] is None
+
+
+def test_a_standing_queue_on_audio_only_holds_the_probe_until_it_drains():
+    """The mix alone kept an 80 kbit/s link's queue standing (1.8 s): a probe into it tail-dropped the mix.
+    A link is clean only without loss and without a queue."""
+    controller = Controller(LADDER, "high", 0.0)
+    controller.tier = AUDIO_ONLY
+    decisions = run(controller, 0.0, 20.0, remb=None, loss=0.0, sent=30_000, report_queue=0.8)
+    assert decisions == []
+    decisions = run(controller, 20.0, 30.0, remb=None, loss=0.0, sent=30_000, report_queue=0.01)
+    assert [d for _, d in decisions if isinstance(d, Probe)][:1] == [
+        Probe("small", round(150_000 * PROBE_MARGIN), 0.25)
+    ]

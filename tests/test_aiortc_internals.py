@@ -17,9 +17,10 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
   protocols in its ICE transport's private `_connection._protocols`, there once gathering is done,
   and arrives through that protocol's `datagram_received` (mcu/rtc/ice.py finds them,
   client/impaired_ice.py wraps both).
-- a sender's `_handle_rtcp_packet` sees the RTCP routed to it, and its private `__lsr` and `__lsr_time`
-  say which sender report a receiver report echoes, for that report's own round trip (link feedback,
-  mcu/rtc/link.py); its `_send_rtcp` sends a report of ours and can hold its periodic ones; RTX packets
+- a sender's `_handle_rtcp_packet` sees the RTCP routed to it (link feedback, mcu/rtc/link.py); its
+  private `__lsr` and `__lsr_time`, which aiortc's own round-trip time reads, are set to each periodic
+  sender report as we date it when it leaves (mcu/rtc/sender.py `date_reports`); its `_send_rtcp`
+  sends a report of ours and can hold its periodic ones; RTX packets
   without payload reach the far REMB estimator only (probes); aiortc's video jitter buffer waits for
   a lost packet until a sequence gap makes it drop it (the resync of a move down).
 """
@@ -510,8 +511,9 @@ async def _frames(link, seconds: float) -> None:
 
 
 async def test_rtcp_routed_to_a_sender_reaches_its_link_monitor_with_each_reports_rtt() -> None:
-    """`_handle_rtcp_packet` sees every RTCP packet aiortc routes to the sender; its private `__lsr` and
-    `__lsr_time` (its last sender report) give each receiver report's round trip, as aiortc's own RTT does."""
+    """`_handle_rtcp_packet` sees every RTCP packet aiortc routes to the sender; each receiver report's round
+    trip, from the sender reports as dated when they leave, is what aiortc's own RTT reads from its private
+    `__lsr` and `__lsr_time`, set to the same reports."""
     async with connected() as link:
         rembs: list[float] = []
         link.monitor._on_remb = lambda bitrate, now: rembs.append(bitrate)  # the far receiver sends its own too

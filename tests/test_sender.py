@@ -21,7 +21,7 @@ import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from aiortc.rtp import HeaderExtensionsMap, RtcpSrPacket, RtpPacket
 from conftest import within
 
 from client.encoded import encode_video_clip
@@ -151,6 +151,35 @@ async def test_pushed_frames_go_out_at_once_as_rtp_a_decoder_takes(link: Link) -
         await asyncio.sleep(0.1)
     outbound = next(s for s in (await link.transceiver.sender.getStats()).values() if s.type == "outbound-rtp")
     assert outbound.packetsSent == link.direct.packets
+
+
+async def test_sender_reports_carry_the_time_they_leave_and_their_echoes_are_timed(link: Link) -> None:
+    """A stream that stops sending (audio only, a paused tier) still reports once a second: each report
+    with the NTP time it leaves and the RTP timestamp carried forward to it (RFC 3550 6.4.1), so that the
+    echo of each one gives a round trip. aiortc stamped all of them with the last packet's time."""
+    reports: list[RtcpSrPacket] = []
+    receiver = link.far_receiver
+    handle = receiver._handle_rtcp_packet
+
+    async def logged(packet: object) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            reports.append(packet)
+        await handle(packet)  # type: ignore[arg-type]
+
+    receiver._handle_rtcp_packet = logged  # type: ignore[method-assign]
+    link.push_clip(FRAMES)
+    last = link.direct._last_timestamp
+    await within(8, lambda: len(reports) >= 3)
+    infos = [r.sender_info for r in reports]
+    assert len({i.ntp_timestamp for i in infos}) == len(infos)
+    for earlier, later in zip(infos, infos[1:]):
+        seconds = (later.ntp_timestamp - earlier.ntp_timestamp) / 2**32
+        assert 0.3 < seconds < 2.0
+        assert (later.rtp_timestamp - earlier.rtp_timestamp) % 2**32 == pytest.approx(seconds * 90000, abs=90)
+    assert all((i.rtp_timestamp - last) % 2**32 < 10 * 90000 for i in infos)  # carried forward from the last frame
+    # The client's receiver reports echo them, and the link times each echo: a round trip on loopback.
+    await within(8, lambda: link.monitor.stats.rtt is not None)
+    assert link.monitor.stats.rtt is not None and 0 <= link.monitor.stats.rtt < 0.5
 
 
 async def test_a_nack_is_answered_from_the_history_with_rtx(link: Link) -> None:

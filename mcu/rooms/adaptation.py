@@ -270,9 +270,12 @@ class Controller:
             self._clean_since = None
         else:
             self._congested_since = self._congested_last = None
-            if self.loss < LOSS_LOW and self._clean_since is None:
+            # A standing queue (the mix alone can keep a small link's queue full) is no clean link either:
+            # a probe into it would tail-drop the mix.
+            clean = self.loss < LOSS_LOW and (self.queue is None or self.queue < QUEUE_HIGH)
+            if clean and self._clean_since is None:
                 self._clean_since = now
-            elif self.loss >= LOSS_LOW:
+            elif not clean:
                 self._clean_since = None
 
     def _congested(self) -> bool:

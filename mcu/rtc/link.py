@@ -37,6 +37,12 @@ MAX_REMB = 100_000_000
 VIDEO_CLOCK = 90_000
 #: The base round-trip time is the least seen over this many seconds (queues only ever add).
 RTT_WINDOW = 30.0
+#: Sender reports remembered for the round trip of their echo: a report block echoes the last
+#: sender report its receiver got, which behind a deep queue is several older than the last sent
+#: (one a second, 1.6 s of queue at 300 kbit/s in scripts/bench_network.py).
+REPORT_HISTORY = 16
+#: A round-trip time older than this says nothing of the queue now (no report has echoed a sender report since).
+RTT_FRESH = 5.0
 
 
 @dataclass
@@ -100,13 +106,17 @@ class LinkMonitor:
         self._new_stream: int | None = None
         #: A probe's sender report (its LSR, and when it left, time.time()) whose echo is awaited.
         self._echo: tuple[int, float] | None = None
+        #: The last sender reports sent: their LSR (the middle 32 bits of their NTP time) and when they left.
+        self._sent_reports: deque[tuple[int, float]] = deque(maxlen=REPORT_HISTORY)
         self._rtts: deque[tuple[float, float]] = deque()
+        self._rtt_at = 0.0
 
     def rtt_sample(self, rtt: float | None, now: float) -> None:
         """One report's round-trip time (s), for `base_rtt` and the queue over it."""
         if rtt is None or rtt < 0:
             return
         self.stats.rtt = rtt
+        self._rtt_at = now
         rtts = self._rtts
         while rtts and (rtts[-1][1] >= rtt or now - rtts[0][0] > RTT_WINDOW):
             rtts.pop() if rtts[-1][1] >= rtt else rtts.popleft()
@@ -129,9 +139,22 @@ class LinkMonitor:
         """
         self._new_stream = (first + count) & 0xFFFF
 
+    def sent_report(self, lsr: int, sent_at: float) -> None:
+        """A sender report with this LSR left at `sent_at` (time.time()): its echo, whenever it comes,
+        gives a round-trip time."""
+        self._sent_reports.append((lsr, sent_at))
+
     def expect_echo(self, lsr: int, sent_at: float) -> None:
-        """A sender report with this LSR left at `sent_at` (time.time()): report the RTT of its echo."""
+        """A probe's sender report with this LSR left at `sent_at` (time.time()): report the RTT of its echo."""
+        self.sent_report(lsr, sent_at)
         self._echo = (lsr, sent_at)
+
+    def _sent_at(self, lsr: int) -> float | None:
+        """When the sender report with this LSR left (the latest of that LSR), None if it is not remembered."""
+        for sent_lsr, sent_at in reversed(self._sent_reports):
+            if sent_lsr == lsr:
+                return sent_at
+        return None
 
     def observe(
         self,
@@ -140,12 +163,10 @@ class LinkMonitor:
         rtx_ssrc: int | None,
         octets: int,
         now: float,
-        last_sr: tuple[int, float] | None = None,
     ) -> None:
         """One RTCP packet routed to the sender of SSRC `ssrc` (retransmissions on `rtx_ssrc`),
         which has sent `octets` payload bytes so far (retransmissions and padding included: what
-        the link had to carry), and whose last sender report had LSR `last_sr[0]` and left at
-        `last_sr[1]` (time.time())."""
+        the link had to carry). Its sender reports are told with `sent_report`."""
         stats = self.stats
         if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
@@ -153,9 +174,10 @@ class LinkMonitor:
                     if report.ssrc != rtx_ssrc:
                         stats.foreign_reports += 1
                     continue
-                if last_sr is not None and report.lsr == last_sr[0]:
+                sent_at = self._sent_at(report.lsr) if report.lsr else None
+                if sent_at is not None:
                     # This report's own round trip, not aiortc's smoothed one: a queue shows at once.
-                    self.rtt_sample(time.time() - last_sr[1] - report.dlsr / 65536, now)
+                    self.rtt_sample(time.time() - sent_at - report.dlsr / 65536, now)
                 self._report(report.fraction_lost, report.jitter, octets, now, self._about_now(report.highest_sequence))
                 if self._echo is not None and report.lsr == self._echo[0]:
                     rtt = time.time() - self._echo[1] - report.dlsr / 65536
@@ -213,5 +235,6 @@ class LinkMonitor:
             return
         if self._on_report is not None:
             base = self.base_rtt
-            queue = None if stats.rtt is None or base is None else max(stats.rtt - base, 0.0)
+            fresh = stats.rtt is not None and now - self._rtt_at <= RTT_FRESH
+            queue = None if not fresh or stats.rtt is None or base is None else max(stats.rtt - base, 0.0)
             self._on_report(stats.fraction_lost, stats.sent_bitrate, now, queue)

@@ -182,6 +182,9 @@ class DirectSender:
         self._history: list[tuple[bytes, int, float] | None] = [None] * RTP_HISTORY_SIZE
         self._retransmit_credit = RETRANSMIT_BURST
         self._last_timestamp = self._timestamp_origin
+        #: The NTP time of the last frame sent (None before the first), and the codec's RTP clock.
+        self._last_ntp: int | None = None
+        self._clock = codec.clockRate
         self._padding_header = (
             None
             if self._rtx_payload_type is None
@@ -253,6 +256,7 @@ class DirectSender:
         self.octets += octets
         self.sent_octets += octets
         self._last_timestamp = timestamp
+        self._last_ntp = ntp
         self._retransmit_credit = min(self._retransmit_credit + RETRANSMIT_SHARE * len(payloads), RETRANSMIT_BURST)
 
     async def retransmit(self, sequence_number: int) -> None:
@@ -367,6 +371,29 @@ class DirectSender:
         self.hold_reports_until = time.monotonic() + ECHO_HOLD
         asyncio.ensure_future(self._send_rtcp([report]))
 
+    def date_reports(self, packets: list) -> None:
+        """Stamp aiortc's periodic sender reports with the time they leave (RFC 3550 6.4.1), the RTP
+        timestamp carried forward to it, and tell the link each one's LSR.
+
+        aiortc stamps a report with the NTP time of the last packet sent: while a stream sends nothing
+        (audio only, a paused tier) every report had the same LSR, and the round trip of their
+        echoes could not be told apart, so a probe from audio only could not see a standing queue.
+        """
+        sender = self._sender
+        for packet in packets:
+            if not isinstance(packet, RtcpSrPacket) or self._last_ntp is None:
+                continue
+            ntp = wallclock.current_ntp_time()
+            info = packet.sender_info
+            info.ntp_timestamp = ntp
+            info.rtp_timestamp = uint32_add(self._last_timestamp, round((ntp - self._last_ntp) * self._clock / 2**32))
+            lsr, sent_at = (ntp >> 16) & 0xFFFFFFFF, time.time()
+            # aiortc's own round-trip time (its stats) reads the echo of the report as sent.
+            sender._RTCRtpSender__lsr = lsr  # type: ignore[attr-defined]
+            sender._RTCRtpSender__lsr_time = sent_at  # type: ignore[attr-defined]
+            if self._link is not None:
+                self._link.sent_report(lsr, sent_at)
+
     def stop_probe(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
@@ -404,8 +431,10 @@ def send_directly(sender: RTCRtpSender, track: DirectTrack, link: LinkMonitor | 
 
     async def send_periodic_rtcp(packets: list) -> None:
         direct = track.direct
-        if isinstance(direct, DirectSender) and time.monotonic() < direct.hold_reports_until:
-            return  # a probe's report awaits its echo: this periodic one (and its SDES) is skipped
+        if isinstance(direct, DirectSender):
+            if time.monotonic() < direct.hold_reports_until:
+                return  # a probe's report awaits its echo: this periodic one (and its SDES) is skipped
+            direct.date_reports(packets)
         await send_rtcp(packets)
 
     sender._send_rtcp = send_periodic_rtcp  # type: ignore[method-assign]
@@ -416,19 +445,14 @@ def send_directly(sender: RTCRtpSender, track: DirectTrack, link: LinkMonitor | 
 
 
 def _watch_rtcp(sender: RTCRtpSender, track: DirectTrack, link: LinkMonitor) -> None:
-    """Show `link` each RTCP packet routed to `sender` before aiortc handles it, with the LSR and send
-    time of aiortc's last sender report (for each report's own round trip)."""
+    """Show `link` each RTCP packet routed to `sender` before aiortc handles it."""
     handle = sender._handle_rtcp_packet
 
     async def handle_rtcp_packet(packet: object) -> None:
         direct = track.direct
         octets = direct.sent_octets if isinstance(direct, DirectSender) else 0
-        lsr, lsr_time = sender._RTCRtpSender__lsr, sender._RTCRtpSender__lsr_time  # type: ignore[attr-defined]
         try:
-            link.observe(
-                packet, sender._ssrc, sender._rtx_ssrc, octets, time.monotonic(),
-                None if lsr is None or lsr_time is None else (lsr, lsr_time),
-            )  # fmt: skip
+            link.observe(packet, sender._ssrc, sender._rtx_ssrc, octets, time.monotonic())
         except Exception:
             # Raised into aiortc's RTCP handling it would end the transport: this packet's feedback is lost instead.
             logger.exception("RTCP feedback could not be read")
