@@ -85,6 +85,7 @@ def test_arabic_letters_are_joined():
     apart = text.text_mask("\u200c".join("محمد"), 34, WIDE)  # zero-width non-joiners: the isolated forms
     assert not alike(joined, apart)
     assert joined.shape[1] < apart.shape[1]
+    assert not alike(joined, text.text_mask("????", 34, WIDE))  # drawn, not replaced
 
 
 def where(template: np.ndarray, image: np.ndarray) -> int:
