@@ -16,8 +16,8 @@ import subprocess
 import threading
 from dataclasses import dataclass
 
-from fontTools.ttLib import TTFont, TTLibError
-from PIL import features
+from fontTools.ttLib import TTFont
+from PIL import ImageFont, features
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,15 @@ def _load(path: str, index: int = 0) -> Face | None:
         if not any(table in font for table in ("glyf", "CFF ", "CFF2")):
             log.info("font %s has no outlines (a bitmap font): not used for names", path)
             return None
-        return Face(path, index, frozenset(font.getBestCmap() or ()))
-    except (OSError, TTLibError) as error:
+        characters = frozenset(font.getBestCmap() or ())
+        ImageFont.truetype(path, 16, index=index)  # FreeType, which draws, must read it too
+    except FileNotFoundError:
+        return None
+    # Any error: fontTools parses whatever file fontconfig names, and a bad one must not stop the names.
+    except Exception as error:
         log.warning("font %s cannot be read (%s): not used for names", path, error)
         return None
+    return Face(path, index, characters)
 
 
 def _fontconfig(pattern: str) -> tuple[str, int] | None:

@@ -11,6 +11,7 @@ Drawing costs about a millisecond, so callers cache the result per name and size
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 import unicodedata
@@ -20,6 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
 from .fonts import Face, faces
+
+log = logging.getLogger(__name__)
 
 ELLIPSIS = "\u2026"
 #: The Hershey font's height, in pixels at scale 1, for the fallback without any face.
@@ -32,6 +35,22 @@ _RAQM = features.check("raqm")
 @functools.lru_cache(maxsize=32)
 def _font(face: Face, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(face.path, size, index=face.index)
+
+
+_unlaid: set[str] = set()
+
+
+def _fall_back(text: str, error: Exception) -> None:
+    """Say, once per process, that a name was laid out without the fonts, and why."""
+    if not _unlaid:
+        log.warning("name %r could not be laid out (%s): drawn in OpenCV's Hershey font, ASCII only", text, error)
+    _unlaid.add(text)
+
+
+def _one_line(text: str) -> str:
+    """NFC (precomposed letters, as fonts draw best), control characters and line breaks as spaces."""
+    text = unicodedata.normalize("NFC", text)
+    return "".join(" " if unicodedata.category(character) in ("Cc", "Zl", "Zp") else character for character in text)
 
 
 def _attaches(character: str) -> bool:
@@ -111,13 +130,13 @@ def _hershey_mask(text: str, size: int, max_width: int) -> np.ndarray:
 def text_width(text: str, size: int) -> float:
     """How wide the text is drawn at `size` pixels (its advance, before any ellipsis)."""
     available = faces()
-    if not available:
-        return float(
-            cv2.getTextSize(_NOT_PRINTABLE_ASCII.sub("?", text), cv2.FONT_HERSHEY_SIMPLEX, size / _HERSHEY_HEIGHT, 1)[
-                0
-            ][0]
-        )
-    return _width(unicodedata.normalize("NFC", text), size, available)
+    if available:
+        try:
+            return _width(_one_line(text), size, available)
+        except (OSError, RuntimeError, ValueError):  # text_mask says so, and falls back likewise
+            pass
+    hershey = _NOT_PRINTABLE_ASCII.sub("?", text)
+    return float(cv2.getTextSize(hershey, cv2.FONT_HERSHEY_SIMPLEX, size / _HERSHEY_HEIGHT, 1)[0][0])
 
 
 def text_mask(text: str, size: int, max_width: int) -> np.ndarray:
@@ -128,9 +147,16 @@ def text_mask(text: str, size: int, max_width: int) -> np.ndarray:
     too long for even an ellipsis, gives a mask of no columns.
     """
     available = faces()
-    if not available:
-        return _hershey_mask(text, size, max_width)
-    text = _shortened(unicodedata.normalize("NFC", text), size, max(max_width, 0), available)
+    if available:
+        try:
+            return _drawn(_one_line(text), size, max_width, available)
+        except (OSError, RuntimeError, ValueError) as error:  # a face FreeType rejects, raqm refusing a text
+            _fall_back(text, error)
+    return _hershey_mask(text, size, max_width)
+
+
+def _drawn(text: str, size: int, max_width: int, available: tuple[Face, ...]) -> np.ndarray:
+    text = _shortened(text, size, max(max_width, 0), available)
     runs = [(_font(face, size), run) for face, run in _runs(text, available)]
     direction = _direction(text)
     if direction == "rtl":

@@ -214,3 +214,25 @@ async def test_a_peer_named_in_hangul_is_labelled_in_hangul_on_the_composite(ser
     finally:
         for peer in people:
             await peer.close()
+
+
+@pytest.mark.parametrize(
+    "name", ["a\nb", "\t", "\ud800", "\u0301\u0301", "\u202eabc", "🇰🇷 Kim", "👩\u200d💻", "x" * 1000]
+)
+def test_odd_names_are_drawn_on_one_line_and_never_crash(name):
+    patch = video._label_patch(name, SIZE, 200)
+    assert 20 <= patch.shape[0] <= 40 and patch.shape[1] <= 200
+    assert video._placeholder_patch(name, 320, 180).shape == (180, 320)
+
+
+def test_a_name_the_layout_refuses_falls_back_to_hershey_with_one_warning(monkeypatch, caplog, fresh_fonts):
+    def refuse(*args: object) -> np.ndarray:
+        raise RuntimeError("raqm_layout() failed.")
+
+    monkeypatch.setattr(text, "_drawn", refuse)
+    monkeypatch.setattr(text, "_unlaid", set())
+    caplog.set_level(logging.WARNING, logger="compositor.text")
+    hershey = video._label_patch("Zo?", SIZE, WIDE)  # '?' for what Hershey cannot draw
+    assert alike(video._label_patch("Zoë", SIZE, WIDE), hershey) and hershey.max() > 200
+    video._label_patch("김민수", SIZE, WIDE)
+    assert len(caplog.records) == 1 and "Hershey" in caplog.records[0].getMessage()
