@@ -65,7 +65,7 @@ class Face:
 
 
 def _load(path: str, index: int = 0) -> Face | None:
-    """Read a face's character map; None (and a warning) for a file that is not an outline font."""
+    """Read a face's character map; None for a file that is missing, unreadable (a warning) or not outlines."""
     try:
         font = TTFont(path, fontNumber=index, lazy=True)
         if not any(table in font for table in ("glyf", "CFF ", "CFF2")):
@@ -120,7 +120,7 @@ def _find() -> tuple[Face, ...]:
     """
     found = [face for path, _ in KNOWN if (face := _load(path)) is not None]
     if len(found) < len(KNOWN):
-        paths = {face.path for face in found}
+        paths = {path for path, _ in KNOWN}  # fontconfig naming one that failed: no second try
         for pattern in PATTERNS:
             match = _fontconfig(pattern)
             if match is not None and match[0] not in paths:

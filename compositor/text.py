@@ -5,7 +5,8 @@ Arabic letters join and right-to-left names read from the right. A name is cut
 into runs by the face that draws each character (compositor/fonts.py), the runs
 sharing one baseline; a right-to-left name places its runs from the right (the
 direction of its first strong character: a name is a short, single paragraph).
-Drawing costs about a millisecond, so callers cache the result per name and size.
+Drawing a name costs a few hundred microseconds (docs/benchmarks.md), so callers
+cache the result per name and size.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .fonts import Face, faces
 log = logging.getLogger(__name__)
 
 ELLIPSIS = "\u2026"
-#: The Hershey font's height, in pixels at scale 1, for the fallback without any face.
+#: The font size a Hershey scale of 1 stands for, in the fallback without any face.
 _HERSHEY_HEIGHT = 30
 _NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
 #: Whether Pillow lays text out with raqm (else without shaping or bidi: compositor/fonts.py says so once).
@@ -156,6 +157,7 @@ def text_mask(text: str, size: int, max_width: int) -> np.ndarray:
 
 
 def _drawn(text: str, size: int, max_width: int, available: tuple[Face, ...]) -> np.ndarray:
+    """text_mask with the faces: the runs placed in the name's direction on the ascent's baseline."""
     text = _shortened(text, size, max(max_width, 0), available)
     runs = [(_font(face, size), run) for face, run in _runs(text, available)]
     direction = _direction(text)

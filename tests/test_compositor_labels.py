@@ -236,3 +236,12 @@ def test_a_name_the_layout_refuses_falls_back_to_hershey_with_one_warning(monkey
     assert alike(video._label_patch("Zoë", SIZE, WIDE), hershey) and hershey.max() > 200
     video._label_patch("김민수", SIZE, WIDE)
     assert len(caplog.records) == 1 and "Hershey" in caplog.records[0].getMessage()
+
+
+def test_fontconfig_finds_faces_when_the_known_files_are_missing(monkeypatch, fresh_fonts):
+    if fonts._fontconfig("sans-serif") is None:
+        pytest.skip("no fc-match here (Debian: fontconfig)")
+    monkeypatch.setattr(fonts, "KNOWN", (("/nonexistent/DejaVuSans.ttf", "fonts-dejavu-core"),))
+    found = fonts.faces()
+    assert found and all(face.path != "/nonexistent/DejaVuSans.ttf" for face in found)
+    assert any(face.draws("Z") for face in found)
