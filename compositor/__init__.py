@@ -1,8 +1,8 @@
 """Pure media math for the MCU: layouts, video compositing, audio mixing, and the Opus codec with its
 playout buffer (libopus through ctypes: PyAV's own copy), shared by the server and the Python client.
 
-Imports nothing of the other packages and does no I/O, so it can be tested
-and benchmarked frame by frame.
+Imports nothing of the other packages and does no I/O but reading the fonts of the names once
+(compositor/fonts.py), so it can be tested and benchmarked frame by frame.
 """
 
 from .audio import FRAME_SAMPLES, SAMPLE_RATE, Mix, SampleBuffer, mix_minus

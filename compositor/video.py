@@ -10,7 +10,6 @@ it is.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import cv2
 import numpy as np
 
 from .layout import GRID, Layout, Rect, fit
+from .text import text_mask, text_width
 
 # OpenCV's worker threads compete with the codec threads on small machines;
 # callers parallelise across rooms instead.
@@ -32,16 +32,18 @@ TEXT_Y = 235
 #: The speaking tile's border: amber, RGB (255, 191, 0) in BT.601 limited range.
 BORDER_YUV = (177, 34, 170)
 
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
-_NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
+#: The label's font size, in pixels, for a cell 360 pixels high (and the placeholder's for 240 high).
+FONT_SIZE = 34
+#: The label box's margin around the text, as a fraction of the font size.
+LABEL_PAD = 0.2
 
 
 @dataclass
 class Tile:
     """One participant's cell: a frame of any format and size, or None for the placeholder.
 
-    The name labels the cell; Hershey fonts only draw ASCII, so any other
-    character is drawn as '?'. A speaking tile gets a highlighted border.
+    The name labels the cell, in any script (compositor/text.py). A speaking
+    tile gets a highlighted border.
     """
 
     name: str
@@ -72,42 +74,54 @@ class _Shown:
     speaking: bool
 
 
-def _printable(name: str) -> str:
-    """Hershey fonts only draw ASCII: other characters become '?'."""
-    return _NOT_PRINTABLE_ASCII.sub("?", name)
-
-
 def _up_even(value: int) -> int:
     return -(-value // 2) * 2
 
 
+def _down_even(value: int) -> int:
+    return value // 2 * 2
+
+
+def _paint_text(patch: np.ndarray, mask: np.ndarray, x: int, y: int) -> None:
+    """Blend TEXT_Y into a patch through a coverage mask (anti-aliased edges)."""
+    height, width = mask.shape
+    under = patch[y : y + height, x : x + width].astype(np.uint16)
+    coverage = mask.astype(np.uint16)
+    patch[y : y + height, x : x + width] = (under * (255 - coverage) + TEXT_Y * coverage + 127) // 255
+
+
 @functools.lru_cache(maxsize=256)
-def _label_patch(name: str, scale: float) -> np.ndarray:
-    """Render a name as a luma patch: light text on a dark box, even-sized."""
-    text = _printable(name)
-    (text_width, text_height), baseline = cv2.getTextSize(text, _FONT, scale, 1)
-    pad = max(2, round(text_height * 0.4))
+def _label_patch(name: str, size: int, max_width: int) -> np.ndarray:
+    """Render a name as a luma patch: light text on a dark box, even-sized, at most max_width wide.
+
+    `size` is the font's size in pixels; a name too long for the picture ends in an ellipsis.
+    """
+    pad = max(2, round(size * LABEL_PAD))
+    width = _down_even(max_width)
+    mask = text_mask(name, size, width - 2 * pad)
     patch = np.full(
-        (_up_even(text_height + baseline + 2 * pad), _up_even(text_width + 2 * pad)),
-        LABEL_BOX_Y,
-        np.uint8,
+        (_up_even(mask.shape[0] + 2 * pad), min(_up_even(mask.shape[1] + 2 * pad), width)), LABEL_BOX_Y, np.uint8
     )
-    cv2.putText(patch, text, (pad, pad + text_height), _FONT, scale, TEXT_Y, 1, cv2.LINE_AA)
+    _paint_text(patch, mask, pad, pad)
     patch.setflags(write=False)
     return patch
 
 
 @functools.lru_cache(maxsize=64)
 def _placeholder_patch(name: str, width: int, height: int) -> np.ndarray:
-    """Render a dark grey luma cell with the name centred in large text."""
-    text = _printable(name)
+    """Render a dark grey luma cell with the name centred in large text.
+
+    The text shrinks to fit 90% of the width, down to a third of its size, and is ellipsized past that.
+    """
     patch = np.full((height, width), PLACEHOLDER_Y, np.uint8)
-    (unit_width, _), _ = cv2.getTextSize(text or " ", _FONT, 1.0, 1)
-    scale = min(height / 240, 0.9 * width / unit_width, 3.0)
-    thickness = max(1, round(scale * 1.5))
-    (text_width, text_height), baseline = cv2.getTextSize(text, _FONT, scale, thickness)
-    origin = ((width - text_width) // 2, (height + text_height - baseline) // 2)
-    cv2.putText(patch, text, origin, _FONT, scale, TEXT_Y, thickness, cv2.LINE_AA)
+    room = round(0.9 * width)
+    size = max(1, round(FONT_SIZE * min(height / 240, 3.0)))
+    natural = text_width(name, size)
+    if natural > room:
+        size = max(round(size * room / natural), size // 3, 1)
+    mask = text_mask(name, size, room)
+    mask_height, mask_width = mask.shape
+    _paint_text(patch, mask[:height], (width - mask_width) // 2, max(0, (height - mask_height) // 2))
     patch.setflags(write=False)
     return patch
 
@@ -261,7 +275,8 @@ class Compositor:
         """Paste the name at the bottom-left of the picture, cropped to it."""
         if not name:
             return
-        patch = _label_patch(name, round(min(max(cell.height / 360, 0.4), 1.0), 2))
+        size = round(FONT_SIZE * min(max(cell.height / 360, 0.4), 1.0))
+        patch = _label_patch(name, size, area.width)
         patch = patch[-area.height :, : area.width]
         height, width = patch.shape
         self._paste_luma(patch, Rect(area.x, area.y + area.height - height, width, height))

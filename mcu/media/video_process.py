@@ -36,6 +36,7 @@ import av
 import cv2
 import numpy as np
 
+from compositor.fonts import faces
 from compositor.layout import GRID, Layout
 from compositor.video import Compositor, Scene, Tile, yuv420p_planes
 from mcu.media.allocator import Trimmer, limit_arenas
@@ -460,6 +461,8 @@ def main(fd: int) -> None:
     trimmer.start()
     # Short GIL slices: the decoders' and the clock's hand-overs are short (see mcu/server/cli.py).
     sys.setswitchinterval(0.002)
+    # The fonts of the names are found once per process (about 0.15 s): before the first tick needs them.
+    threading.Thread(target=faces, name="fonts", daemon=True).start()
     sock = socket.socket(fileno=fd)
     write_lock = threading.Lock()
 
