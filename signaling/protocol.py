@@ -52,6 +52,10 @@ MODE_MISMATCH = "mode_mismatch"
 UNEXPECTED_ANSWER = "unexpected_answer"
 WRONG_MODE = "wrong_mode"
 UNKNOWN_PEER = "unknown_peer"
+#: Sent to a participant a moderator removed, just before its WebSocket closes.
+KICKED = "kicked"
+#: A join refused: this token (or identity) was removed from the room a moment ago.
+BANNED = "banned"
 #: The room's media process (a worker or a node) went away: join again, a new one takes the room.
 RECONNECT = "reconnect"
 #: The room directory (Redis) is unreachable: a room not already on this node cannot be placed.
@@ -192,6 +196,21 @@ class ModerateAudio:
 
 
 @dataclass(frozen=True)
+class Kick:
+    """Remove another participant from the room (grant ``moderate``); its token may not rejoin for a while."""
+
+    peer_id: str
+    #: Told to the removed participant (at most MAX_REASON_LENGTH characters); None: no reason given.
+    reason: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "kick", "peerId": self.peer_id}
+        if self.reason is not None:
+            message["reason"] = self.reason
+        return message
+
+
+@dataclass(frozen=True)
 class SetMedia:
     """What the peer is sending: a camera turned off shows the placeholder, not black."""
 
@@ -238,7 +257,17 @@ def _addressed(message: dict[str, Any], to: str | None) -> dict[str, Any]:
 
 
 ClientMessage = (
-    Join | Offer | Answer | Candidate | Leave | SetMedia | StartRecording | StopRecording | SetLayout | ModerateAudio
+    Join
+    | Offer
+    | Answer
+    | Candidate
+    | Leave
+    | SetMedia
+    | StartRecording
+    | StopRecording
+    | SetLayout
+    | ModerateAudio
+    | Kick
 )
 
 
@@ -383,6 +412,19 @@ def parse_moderate_audio(obj: dict[str, Any]) -> ModerateAudio:
     return ModerateAudio(peer_id=peer_id, muted=muted, volume=None if volume is None else float(volume))
 
 
+#: The longest reason a moderator may give for removing a participant.
+MAX_REASON_LENGTH = 200
+
+
+def parse_kick(obj: dict[str, Any]) -> Kick:
+    reason = typed_field(obj, "reason", str, "reason", optional=True)
+    if reason is not None and (len(reason) > MAX_REASON_LENGTH or _NAME_FORBIDDEN_RE.search(reason)):
+        raise ProtocolError(
+            INVALID_MESSAGE, f"The reason must be at most {MAX_REASON_LENGTH} characters, without control characters."
+        )
+    return Kick(peer_id=typed_field(obj, "peerId", str, "peerId"), reason=reason or None)
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
     "join": _parse_join,
     "offer": _parse_offer,
@@ -391,6 +433,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
     "leave": _parse_leave,
     "setMedia": _parse_set_media,
     "moderateAudio": parse_moderate_audio,
+    "kick": parse_kick,
     "startRecording": lambda obj: StartRecording(),
     "stopRecording": lambda obj: StopRecording(),
     "setLayout": _parse_set_layout,
@@ -472,9 +515,16 @@ def participant_joined(peer_id: str, name: str) -> dict:
     return {"type": "participantJoined", "peerId": peer_id, "name": name}
 
 
-def participant_left(peer_id: str) -> dict:
-    """Tell the others in a room that a peer left, closed or lost its connection."""
-    return {"type": "participantLeft", "peerId": peer_id}
+#: Why a participant left, as ``participantLeft`` says: it sent ``leave``, its connection
+#: closed or failed, or a moderator removed it.
+LEFT = "left"
+DISCONNECTED = "disconnected"
+KICKED_OUT = "kicked"
+
+
+def participant_left(peer_id: str, reason: str) -> dict:
+    """Tell the others in a room that a peer left, and why (LEFT, DISCONNECTED, KICKED_OUT)."""
+    return {"type": "participantLeft", "peerId": peer_id, "reason": reason}
 
 
 def participant_media(peer_id: str, video: bool, audio: bool) -> dict:
@@ -603,6 +653,8 @@ class ParticipantJoined:
 @dataclass(frozen=True)
 class ParticipantLeft:
     peer_id: str
+    #: "left", "disconnected" or "kicked"; None from a server older than the field.
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -711,7 +763,9 @@ _READERS: dict[str, Callable[[dict[str, Any]], ServerMessage]] = {
     "participantJoined": lambda obj: ParticipantJoined(
         typed_field(obj, "peerId", str, "peerId"), typed_field(obj, "name", str, "name")
     ),
-    "participantLeft": lambda obj: ParticipantLeft(typed_field(obj, "peerId", str, "peerId")),
+    "participantLeft": lambda obj: ParticipantLeft(
+        typed_field(obj, "peerId", str, "peerId"), typed_field(obj, "reason", str, "reason", optional=True)
+    ),
     "layoutChanged": _read_layout_changed,
     "tier": lambda obj: Tier(
         typed_field(obj, "tier", str, "tier"),
