@@ -11,7 +11,7 @@ builders below. The Python client builds what it sends with the same dataclasses
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
@@ -475,12 +475,16 @@ def joined(
     recording: dict | None = None,
     layout: str | dict = "grid",
     mode: str = "mcu",
+    grants: Iterable[str] = (),
+    layouts: Iterable[str] = (),
 ) -> dict:
     """
     Confirm a join: the caller's ``peer_id``, who else is in the room (dicts with
     ``peerId`` and ``name``), the ICE servers to configure before offering,
-    the room's recording in progress (``file``, ``startedAt``) or None, and the
-    room's current layout (as ``setLayout`` takes it) and the room's mode.
+    the room's recording in progress (``file``, ``startedAt``) or None, the
+    room's current layout (as ``setLayout`` takes it) and the room's mode, what
+    the caller may do (its grants: a page shows the controls they allow) and the
+    built-in layouts ``setLayout`` accepts by name.
     """
     return {
         "type": "joined",
@@ -491,6 +495,8 @@ def joined(
         "recording": recording,
         "layout": layout,
         "mode": mode,
+        "grants": sorted(grants),
+        "layouts": list(layouts),
     }
 
 
@@ -609,6 +615,10 @@ class Joined:
     recording: dict[str, Any] | None
     layout: str | dict[str, Any]
     mode: str
+    #: What this participant may do (signaling/grants.py); empty from a server older than the field.
+    grants: frozenset[str] = frozenset()
+    #: The built-in layout names the server accepts; empty from a server older than the field.
+    layouts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -728,7 +738,17 @@ def _read_joined(obj: dict[str, Any]) -> Joined:
         recording=typed_field(obj, "recording", dict, "recording", optional=True),
         layout=layout,
         mode=typed_field(obj, "mode", str, "mode"),
+        grants=frozenset(_strings(obj, "grants")),
+        layouts=tuple(_strings(obj, "layouts")),
     )
+
+
+def _strings(obj: dict[str, Any], key: str) -> list[str]:
+    """An optional array of strings (absent or null: empty)."""
+    values = typed_field(obj, key, list, key, optional=True) or []
+    if not all(isinstance(value, str) for value in values):
+        raise ProtocolError(INVALID_MESSAGE, f'Each of "{key}" must be a string.')
+    return values
 
 
 def _read_server_offer(obj: dict[str, Any]) -> ServerOffer:

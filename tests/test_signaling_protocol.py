@@ -387,6 +387,8 @@ def test_server_messages() -> None:
                 "recording": {"file": "f.webm", "startedAt": 1},
                 "layout": "pip",
                 "mode": "mcu",
+                "grants": [],
+                "layouts": [],
             },
         ),
         (
@@ -400,6 +402,8 @@ def test_server_messages() -> None:
                 "recording": None,
                 "layout": "grid",
                 "mode": "mcu",
+                "grants": [],
+                "layouts": [],
             },
         ),
         (
@@ -554,6 +558,8 @@ SERVER_MESSAGES: list[tuple[dict[str, Any], protocol.ServerMessage]] = [
             {"file": "f.webm", "startedAt": 1},
             REGIONS,
             "mesh",
+            grants={"publish", "moderate"},
+            layouts=["grid", "speaker"],
         ),
         protocol.Joined(
             room="room",
@@ -563,6 +569,8 @@ SERVER_MESSAGES: list[tuple[dict[str, Any], protocol.ServerMessage]] = [
             recording={"file": "f.webm", "startedAt": 1},
             layout=REGIONS,
             mode="mesh",
+            grants=frozenset({"publish", "moderate"}),
+            layouts=("grid", "speaker"),
         ),
     ),
     (
@@ -579,6 +587,18 @@ SERVER_MESSAGES: list[tuple[dict[str, Any], protocol.ServerMessage]] = [
     (protocol.relayed("p7", protocol.Answer(SDP, to="p3")), protocol.Relayed("p7", protocol.Answer(SDP))),
     (protocol.relayed("p7", END_OF_CANDIDATES), protocol.Relayed("p7", END_OF_CANDIDATES)),
     (protocol.participant_joined("p8", "Chen"), protocol.ParticipantJoined("p8", "Chen")),
+    (  # a server older than "grants" and "layouts"
+        {
+            "type": "joined",
+            "room": "r",
+            "peerId": "p1",
+            "participants": [],
+            "iceServers": [],
+            "layout": "grid",
+            "mode": "mcu",
+        },
+        protocol.Joined("r", "p1", (), [], recording=None, layout="grid", mode="mcu"),
+    ),
     (protocol.participant_left("p3", protocol.LEFT), protocol.ParticipantLeft("p3", "left")),
     ({"type": "participantLeft", "peerId": "p3"}, protocol.ParticipantLeft("p3")),  # a server older than "reason"
     (protocol.layout_changed("pip", "p5"), protocol.LayoutChanged("pip", "p5")),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiortc.sdp import candidate_from_sdp
 
-from compositor.layout import LayoutError, parse_layout
+from compositor.layout import BUILT_IN, LayoutError, parse_layout
 from compositor.speakers import SpeakerEvents
 from mcu import logs
 from mcu.config import DEFAULT_TIER, Config
@@ -143,6 +143,8 @@ class Conference:
                 recording,
                 layout=room.layout.to_json(),
                 mode=room.mode,
+                grants=granted,
+                layouts=BUILT_IN,
             )
         )
         self._broadcast(room, protocol.participant_joined(peer_id, message.name), exclude=peer_id)
