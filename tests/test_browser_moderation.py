@@ -235,6 +235,18 @@ async def test_a_page_switches_its_camera_without_leaving(server, chromium) -> N
         await page.keyboard.press("v")
         assert await page.get_attribute("#camera", "aria-pressed") == "true"
 
+        # Copy link: the room's address, with no name or token in it; where the Clipboard API fails,
+        # the link shows selected in a field.
+        link = f"http://127.0.0.1:{server.port}/?room=switch"
+        await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        await page.click("#copy-link")
+        await poll(lambda: page.locator("#copy-result", has_text="copied").count(), 5, "the link copied")
+        assert await page.evaluate("navigator.clipboard.readText()") == link
+        await page.evaluate("() => { navigator.clipboard.writeText = () => Promise.reject(new Error('refused')); }")
+        await page.click("#copy-link")
+        await poll(lambda: page.locator("#room-link").is_visible(), 5, "the link in a field")
+        assert await page.locator("#room-link").input_value() == link
+
         # At a phone's width nothing runs off the side.
         assert await page.evaluate("document.documentElement.scrollWidth") <= 375
         ARTIFACTS.mkdir(exist_ok=True)

@@ -201,3 +201,34 @@ def test_what_a_ban_is_keyed_by() -> None:
     assert ban_key("r", without) == ban_key("r", tokens.Claims("r", "bo", frozenset({"chat"})))
     assert ban_key("r", without) != ban_key("s", without)
     assert ban_key("r", None) is None  # no secret: no identity to ban
+
+
+async def test_kick_through_a_front_of_workers() -> None:
+    """`mcu serve --workers 2`: the front relays the kick and the removed peer's socket closing; without a
+    secret there is no ban, and the same peer may join again at once."""
+    from conftest import free_port, start_mcu, stop_process
+
+    port = free_port()
+    front = start_mcu(port, "--workers", "2", "--size", "320x180", "--fps", "15")
+    url = f"ws://127.0.0.1:{port}/ws"
+    mod = Peer(url, ROOM, "mod", video=ColorTrack((40, 200, 40), 160, 120), chat=False)
+    bo = Peer(url, ROOM, "bo", video=ColorTrack((200, 40, 40), 160, 120), chat=False)
+    again = Peer(url, ROOM, "bo", chat=False)
+    try:
+        await mod.join()
+        await bo.join()
+        await mod.kick(bo.peer_id)
+        await bo.wait_for(lambda: any(e.code == "kicked" for e in bo.errors), 5)
+        await bo.wait_for(lambda: bo._ws is not None and bo._ws.closed, 5)
+        gone = {"type": "participantLeft", "peerId": bo.peer_id, "reason": "kicked"}
+        await mod.wait_for(lambda: gone in mod.events, 5)
+        await again.join(timeout=10)
+        async with aiohttp.ClientSession() as http:
+            target = f"http://127.0.0.1:{port}/api/rooms/{ROOM}/participants/{again.peer_id}"
+            async with http.delete(target) as response:
+                assert response.status == 200
+                assert await response.json() == {"room": ROOM, "peerId": again.peer_id, "bannedSeconds": 0}
+        await again.wait_for(lambda: any(e.code == "kicked" for e in again.errors), 5)
+    finally:
+        await asyncio.gather(mod.close(), bo.close(), again.close(), return_exceptions=True)
+        stop_process(front, grace=10)
