@@ -398,13 +398,16 @@ class Conference:
             raise ProtocolError(protocol.UNKNOWN_PEER, "There is no such participant in this room.")
         if target is moderator:
             raise ProtocolError(protocol.INVALID_MESSAGE, "A moderator cannot remove itself: send leave.")
-        self.remove_participant(room, target, message.reason, moderator.peer_id)
+        await self.remove_participant(room, target, message.reason, moderator.peer_id)
 
-    def remove_participant(self, room: Room, target: Participant, reason: str | None, by: str | None = None) -> float:
-        """Tell `target` why, hang up on it, tell the room, and keep its token out; the seconds of its ban (0: none).
+    async def remove_participant(
+        self, room: Room, target: Participant, reason: str | None, by: str | None = None
+    ) -> float:
+        """Tell `target` why, take it out of the room (the others hear "kicked") and keep its token out a while;
+        returns the seconds of its ban (0: none).
 
-        It leaves as a vanished peer does: its peer connection closes, its WebSocket closes once the
-        error is flushed.
+        It leaves as a vanished peer does: its peer connection closes now, its WebSocket once the
+        error has been flushed to it.
         """
         self.kicks += 1
         key = self._ban_keys.get(target.peer_id)
@@ -413,19 +416,19 @@ class Conference:
             self.bans.ban(key)
             banned = self.bans.seconds
         logger.info("room %s: %s removed by %s (banned %g s)", room.name, target.peer_id, by, banned)
-        session = self._sessions.get(target.peer_id)
-        if session is None:
-            return banned
-        text = "A moderator removed you from this room" + (f": {reason}" if reason else ".")
-        session.send_error(protocol.KICKED, text)
+        session = self._sessions[target.peer_id]
+        session.send_error(
+            protocol.KICKED, "A moderator removed you from this room" + (f": {reason}" if reason else ".")
+        )
+        await self.leave(session, protocol.KICKED_OUT)
         task = asyncio.ensure_future(self._hang_up(session))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
         return banned
 
-    async def _hang_up(self, session: Session) -> None:
-        """A removed peer leaves (the room hears "kicked"), gets its queued messages, then its socket closes."""
-        await self.leave(session, protocol.KICKED_OUT)
+    @staticmethod
+    async def _hang_up(session: Session) -> None:
+        """Flush what a removed peer's session has queued (its `kicked`), then close its socket."""
         await session.close()
         await session.ws.close()
 

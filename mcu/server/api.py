@@ -104,7 +104,7 @@ async def _kick_participant(request: web.Request) -> web.Response:
         kick = protocol.parse_kick({**body, "peerId": target.peer_id})
     except protocol.ProtocolError as exc:
         raise error(web.HTTPBadRequest, exc.code, exc.message) from None
-    banned = request.app[CONFERENCE].remove_participant(room, target, kick.reason)
+    banned = await request.app[CONFERENCE].remove_participant(room, target, kick.reason)
     return web.json_response({"room": room.name, "peerId": target.peer_id, "bannedSeconds": banned})
 
 
