@@ -188,6 +188,13 @@ async def test_a_moderator_runs_the_call(server, chromium, tmp_path) -> None:
         assert {"type": "participantLeft", "peerId": victim.peer_id, "reason": "kicked"} in py.events
         frames = py.video_frames
         await py.wait_for(lambda: py.video_frames > frames + 10, 5)
+
+        # A page that is removed says so and stays out: it does not reconnect by itself.
+        await py.kick(await page.evaluate("window.meeting.peerId"), "Time is up.")
+        await poll(lambda: page.locator("#error", has_text="Time is up.").is_visible(), 5, "the page told why")
+        assert await page.locator("#join-form").is_visible()
+        await asyncio.sleep(2)
+        assert [p.name for p in server.conference.rooms["run"].participants.values()] == ["py"]
     finally:
         await asyncio.gather(py.close(), victim.close(), return_exceptions=True)
 
