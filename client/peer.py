@@ -241,6 +241,10 @@ class Peer:
         """Change the room's layout: "grid", "speaker", "pip" or {"regions": [...]} (needs the layout grant)."""
         await self.send(protocol.SetLayout(layout).to_message())
 
+    async def kick(self, peer_id: str, reason: str | None = None) -> None:
+        """Remove another participant from the room (needs the moderate grant); its token is kept out a while."""
+        await self.send(protocol.Kick(peer_id, reason).to_message())
+
     async def chat(self, text: str, timeout: float = 10) -> None:
         """Send a chat message to the room, once the chat channel is open."""
         await self._wait(self._chat_open, timeout, "chat channel")

@@ -57,6 +57,9 @@ class Config:
     secret: str | None = field(default=None, repr=False)
     #: What one server, room and connection may use (signaling/limits.py).
     limits: Limits = field(default_factory=Limits)
+    #: How long a participant a moderator removed may not join its room again (0: no ban; needs
+    #: a secret: without tokens a join proves no identity to ban, mcu/rooms/bans.py).
+    kick_ban_seconds: float = 300.0
     #: The mode of a room whose first join names none: mcu, sfu or mesh (signaling/protocol.py MODES).
     mode: str = "mcu"
 

@@ -11,7 +11,7 @@ builders below. The Python client builds what it sends with the same dataclasses
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
@@ -52,6 +52,10 @@ MODE_MISMATCH = "mode_mismatch"
 UNEXPECTED_ANSWER = "unexpected_answer"
 WRONG_MODE = "wrong_mode"
 UNKNOWN_PEER = "unknown_peer"
+#: Sent to a participant a moderator removed, just before its WebSocket closes.
+KICKED = "kicked"
+#: A join refused: this token (or identity) was removed from the room a moment ago.
+BANNED = "banned"
 #: The room's media process (a worker or a node) went away: join again, a new one takes the room.
 RECONNECT = "reconnect"
 #: The room directory (Redis) is unreachable: a room not already on this node cannot be placed.
@@ -192,6 +196,21 @@ class ModerateAudio:
 
 
 @dataclass(frozen=True)
+class Kick:
+    """Remove another participant from the room (grant ``moderate``); its token may not rejoin for a while."""
+
+    peer_id: str
+    #: Told to the removed participant (at most MAX_REASON_LENGTH characters); None: no reason given.
+    reason: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "kick", "peerId": self.peer_id}
+        if self.reason is not None:
+            message["reason"] = self.reason
+        return message
+
+
+@dataclass(frozen=True)
 class SetMedia:
     """What the peer is sending: a camera turned off shows the placeholder, not black."""
 
@@ -238,7 +257,17 @@ def _addressed(message: dict[str, Any], to: str | None) -> dict[str, Any]:
 
 
 ClientMessage = (
-    Join | Offer | Answer | Candidate | Leave | SetMedia | StartRecording | StopRecording | SetLayout | ModerateAudio
+    Join
+    | Offer
+    | Answer
+    | Candidate
+    | Leave
+    | SetMedia
+    | StartRecording
+    | StopRecording
+    | SetLayout
+    | ModerateAudio
+    | Kick
 )
 
 
@@ -383,6 +412,19 @@ def parse_moderate_audio(obj: dict[str, Any]) -> ModerateAudio:
     return ModerateAudio(peer_id=peer_id, muted=muted, volume=None if volume is None else float(volume))
 
 
+#: The longest reason a moderator may give for removing a participant.
+MAX_REASON_LENGTH = 200
+
+
+def parse_kick(obj: dict[str, Any]) -> Kick:
+    reason = typed_field(obj, "reason", str, "reason", optional=True)
+    if reason is not None and (len(reason) > MAX_REASON_LENGTH or _NAME_FORBIDDEN_RE.search(reason)):
+        raise ProtocolError(
+            INVALID_MESSAGE, f"The reason must be at most {MAX_REASON_LENGTH} characters, without control characters."
+        )
+    return Kick(peer_id=typed_field(obj, "peerId", str, "peerId"), reason=reason or None)
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
     "join": _parse_join,
     "offer": _parse_offer,
@@ -391,6 +433,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
     "leave": _parse_leave,
     "setMedia": _parse_set_media,
     "moderateAudio": parse_moderate_audio,
+    "kick": parse_kick,
     "startRecording": lambda obj: StartRecording(),
     "stopRecording": lambda obj: StopRecording(),
     "setLayout": _parse_set_layout,
@@ -432,12 +475,16 @@ def joined(
     recording: dict | None = None,
     layout: str | dict = "grid",
     mode: str = "mcu",
+    grants: Iterable[str] = (),
+    layouts: Iterable[str] = (),
 ) -> dict:
     """
     Confirm a join: the caller's ``peer_id``, who else is in the room (dicts with
     ``peerId`` and ``name``), the ICE servers to configure before offering,
-    the room's recording in progress (``file``, ``startedAt``) or None, and the
-    room's current layout (as ``setLayout`` takes it) and the room's mode.
+    the room's recording in progress (``file``, ``startedAt``) or None, the
+    room's current layout (as ``setLayout`` takes it) and the room's mode, what
+    the caller may do (its grants: a page shows the controls they allow) and the
+    built-in layouts ``setLayout`` accepts by name.
     """
     return {
         "type": "joined",
@@ -448,6 +495,8 @@ def joined(
         "recording": recording,
         "layout": layout,
         "mode": mode,
+        "grants": sorted(grants),
+        "layouts": list(layouts),
     }
 
 
@@ -472,9 +521,16 @@ def participant_joined(peer_id: str, name: str) -> dict:
     return {"type": "participantJoined", "peerId": peer_id, "name": name}
 
 
-def participant_left(peer_id: str) -> dict:
-    """Tell the others in a room that a peer left, closed or lost its connection."""
-    return {"type": "participantLeft", "peerId": peer_id}
+#: Why a participant left, as ``participantLeft`` says: it sent ``leave``, its connection
+#: closed or failed, or a moderator removed it.
+LEFT = "left"
+DISCONNECTED = "disconnected"
+KICKED_OUT = "kicked"
+
+
+def participant_left(peer_id: str, reason: str) -> dict:
+    """Tell the others in a room that a peer left, and why (LEFT, DISCONNECTED, KICKED_OUT)."""
+    return {"type": "participantLeft", "peerId": peer_id, "reason": reason}
 
 
 def participant_media(peer_id: str, video: bool, audio: bool) -> dict:
@@ -559,6 +615,10 @@ class Joined:
     recording: dict[str, Any] | None
     layout: str | dict[str, Any]
     mode: str
+    #: What this participant may do (signaling/grants.py); empty from a server older than the field.
+    grants: frozenset[str] = frozenset()
+    #: The built-in layout names the server accepts; empty from a server older than the field.
+    layouts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -603,6 +663,8 @@ class ParticipantJoined:
 @dataclass(frozen=True)
 class ParticipantLeft:
     peer_id: str
+    #: "left", "disconnected" or "kicked"; None from a server older than the field.
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -676,7 +738,17 @@ def _read_joined(obj: dict[str, Any]) -> Joined:
         recording=typed_field(obj, "recording", dict, "recording", optional=True),
         layout=layout,
         mode=typed_field(obj, "mode", str, "mode"),
+        grants=frozenset(_strings(obj, "grants")),
+        layouts=tuple(_strings(obj, "layouts")),
     )
+
+
+def _strings(obj: dict[str, Any], key: str) -> list[str]:
+    """An optional array of strings (absent or null: empty)."""
+    values = typed_field(obj, key, list, key, optional=True) or []
+    if not all(isinstance(value, str) for value in values):
+        raise ProtocolError(INVALID_MESSAGE, f'Each of "{key}" must be a string.')
+    return values
 
 
 def _read_server_offer(obj: dict[str, Any]) -> ServerOffer:
@@ -711,7 +783,9 @@ _READERS: dict[str, Callable[[dict[str, Any]], ServerMessage]] = {
     "participantJoined": lambda obj: ParticipantJoined(
         typed_field(obj, "peerId", str, "peerId"), typed_field(obj, "name", str, "name")
     ),
-    "participantLeft": lambda obj: ParticipantLeft(typed_field(obj, "peerId", str, "peerId")),
+    "participantLeft": lambda obj: ParticipantLeft(
+        typed_field(obj, "peerId", str, "peerId"), typed_field(obj, "reason", str, "reason", optional=True)
+    ),
     "layoutChanged": _read_layout_changed,
     "tier": lambda obj: Tier(
         typed_field(obj, "tier", str, "tier"),

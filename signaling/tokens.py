@@ -1,13 +1,16 @@
 """Join tokens: JSON Web Tokens (HS256, PyJWT) that say who may enter which room and do what.
 
 A token carries the room (``"*"``: any room, for operators' HTTP API calls),
-the identity of its holder (``sub``), an expiry, and the grants of
-signaling/grants.py. The server holds the secret; whoever issues tokens
-(``mcu token``, or the operator's own service with any JWT library) shares it.
+the identity of its holder (``sub``), an expiry, the grants of
+signaling/grants.py, and an id of its own (``jti``: a participant removed by a
+moderator is banned by it, so a fresh token for the same identity still joins).
+The server holds the secret; whoever issues tokens (``mcu token``, or the
+operator's own service with any JWT library) shares it.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -34,6 +37,8 @@ class Claims:
     room: str
     identity: str
     grants: frozenset[str]
+    #: The token's own id (``jti``); None for a token issued without one (by another issuer).
+    token_id: str | None = None
 
 
 def issue(secret: str, room: str, identity: str, ttl: float, grants: Iterable[str], now: float | None = None) -> str:
@@ -45,7 +50,14 @@ def issue(secret: str, room: str, identity: str, ttl: float, grants: Iterable[st
     if not secret:
         raise ValueError("the secret must not be empty")
     issued = int(time.time() if now is None else now)
-    claims = {"room": room, "sub": identity, "iat": issued, "exp": issued + int(ttl), "grants": grants}
+    claims = {
+        "room": room,
+        "sub": identity,
+        "iat": issued,
+        "exp": issued + int(ttl),
+        "grants": grants,
+        "jti": secrets.token_hex(8),
+    }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -75,4 +87,10 @@ def verify(secret: str, token: str, room: str | None) -> Claims:
         raise TokenError("The token is not a valid join token.")
     if room is not None and token_room not in (room, ANY_ROOM):
         raise TokenError("The token is for another room.")
-    return Claims(room=token_room, identity=identity, grants=frozenset(g for g in grants if g in ALL_GRANTS))
+    token_id = claims.get("jti")
+    return Claims(
+        room=token_room,
+        identity=identity,
+        grants=frozenset(g for g in grants if g in ALL_GRANTS),
+        token_id=token_id if isinstance(token_id, str) and token_id else None,
+    )

@@ -52,13 +52,15 @@ class Conference(Protocol):
 
     async def candidate(self, session: Session, message: Candidate) -> None: ...
 
-    async def leave(self, session: Session) -> None: ...
+    async def leave(self, session: Session, reason: str = protocol.LEFT) -> None: ...
 
     async def set_media(self, session: Session, message: SetMedia) -> None: ...
 
     async def set_layout(self, session: Session, message: SetLayout) -> None: ...
 
     async def moderate_audio(self, session: Session, message: protocol.ModerateAudio) -> None: ...
+
+    async def kick(self, session: Session, message: protocol.Kick) -> None: ...
 
     async def start_recording(self, session: Session, message: StartRecording) -> None: ...
 
@@ -141,6 +143,8 @@ async def dispatch(conference: Conference, session: Session, text: str | bytes, 
         await conference.set_layout(session, message)
     elif isinstance(message, protocol.ModerateAudio):
         await conference.moderate_audio(session, message)
+    elif isinstance(message, protocol.Kick):
+        await conference.kick(session, message)
     elif isinstance(message, StartRecording):
         await conference.start_recording(session, message)
     elif isinstance(message, StopRecording):
@@ -186,7 +190,7 @@ def websocket_handler(conference: Conference, limits: Limits = Limits()):
         finally:
             join_timer.cancel()
             if session.joined:
-                await conference.leave(session)
+                await conference.leave(session, protocol.DISCONNECTED)
             await session.close()
         return ws
 

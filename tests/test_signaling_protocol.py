@@ -387,6 +387,8 @@ def test_server_messages() -> None:
                 "recording": {"file": "f.webm", "startedAt": 1},
                 "layout": "pip",
                 "mode": "mcu",
+                "grants": [],
+                "layouts": [],
             },
         ),
         (
@@ -400,6 +402,8 @@ def test_server_messages() -> None:
                 "recording": None,
                 "layout": "grid",
                 "mode": "mcu",
+                "grants": [],
+                "layouts": [],
             },
         ),
         (
@@ -411,7 +415,10 @@ def test_server_messages() -> None:
             protocol.participant_joined("p3", "Zoë"),
             {"type": "participantJoined", "peerId": "p3", "name": "Zoë"},
         ),
-        (protocol.participant_left("p3"), {"type": "participantLeft", "peerId": "p3"}),
+        (
+            protocol.participant_left("p3", protocol.KICKED_OUT),
+            {"type": "participantLeft", "peerId": "p3", "reason": "kicked"},
+        ),
         (
             protocol.error(protocol.INVALID_ROOM, "Bad room."),
             {"type": "error", "code": "invalid_room", "message": "Bad room."},
@@ -456,6 +463,8 @@ CLIENT_MESSAGES: list[protocol.ClientMessage] = [
     protocol.ModerateAudio(peer_id="p5", muted=True, volume=None),
     protocol.ModerateAudio(peer_id="p5", muted=None, volume=0.5),
     protocol.ModerateAudio(peer_id="p5", muted=False, volume=2.0),
+    protocol.Kick(peer_id="p5"),
+    protocol.Kick(peer_id="p5", reason="Spam in the chat."),
     protocol.StartRecording(),
     protocol.StopRecording(),
 ]
@@ -510,8 +519,27 @@ def test_the_client_messages_on_the_wire() -> None:
         "peerId": "p5",
         "volume": 0.5,
     }
+    assert protocol.Kick(peer_id="p5").to_message() == {"type": "kick", "peerId": "p5"}
+    assert protocol.Kick(peer_id="p5", reason="Spam").to_message() == {"type": "kick", "peerId": "p5", "reason": "Spam"}
     assert protocol.StartRecording().to_message() == {"type": "startRecording"}
     assert protocol.StopRecording().to_message() == {"type": "stopRecording"}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "kick"},
+        {"type": "kick", "peerId": 5},
+        {"type": "kick", "peerId": "p5", "reason": 3},
+        {"type": "kick", "peerId": "p5", "reason": "x" * (protocol.MAX_REASON_LENGTH + 1)},
+        {"type": "kick", "peerId": "p5", "reason": "bell\x07"},
+    ],
+    ids=repr,
+)
+def test_a_malformed_kick_is_refused(message: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        parse_client_message(json.dumps(message))
+    assert refused.value.code == protocol.INVALID_MESSAGE
 
 
 def read(message: dict[str, Any]) -> protocol.ServerMessage | None:
@@ -530,6 +558,8 @@ SERVER_MESSAGES: list[tuple[dict[str, Any], protocol.ServerMessage]] = [
             {"file": "f.webm", "startedAt": 1},
             REGIONS,
             "mesh",
+            grants={"publish", "moderate"},
+            layouts=["grid", "speaker"],
         ),
         protocol.Joined(
             room="room",
@@ -539,6 +569,8 @@ SERVER_MESSAGES: list[tuple[dict[str, Any], protocol.ServerMessage]] = [
             recording={"file": "f.webm", "startedAt": 1},
             layout=REGIONS,
             mode="mesh",
+            grants=frozenset({"publish", "moderate"}),
+            layouts=("grid", "speaker"),
         ),
     ),
     (
@@ -555,7 +587,20 @@ SERVER_MESSAGES: list[tuple[dict[str, Any], protocol.ServerMessage]] = [
     (protocol.relayed("p7", protocol.Answer(SDP, to="p3")), protocol.Relayed("p7", protocol.Answer(SDP))),
     (protocol.relayed("p7", END_OF_CANDIDATES), protocol.Relayed("p7", END_OF_CANDIDATES)),
     (protocol.participant_joined("p8", "Chen"), protocol.ParticipantJoined("p8", "Chen")),
-    (protocol.participant_left("p3"), protocol.ParticipantLeft("p3")),
+    (  # a server older than "grants" and "layouts"
+        {
+            "type": "joined",
+            "room": "r",
+            "peerId": "p1",
+            "participants": [],
+            "iceServers": [],
+            "layout": "grid",
+            "mode": "mcu",
+        },
+        protocol.Joined("r", "p1", (), [], recording=None, layout="grid", mode="mcu"),
+    ),
+    (protocol.participant_left("p3", protocol.LEFT), protocol.ParticipantLeft("p3", "left")),
+    ({"type": "participantLeft", "peerId": "p3"}, protocol.ParticipantLeft("p3")),  # a server older than "reason"
     (protocol.layout_changed("pip", "p5"), protocol.LayoutChanged("pip", "p5")),
     (protocol.layout_changed(REGIONS, None), protocol.LayoutChanged(REGIONS, None)),
     (protocol.tier("low", "congestion", "high"), protocol.Tier(tier="low", reason="congestion", ceiling="high")),

@@ -35,7 +35,12 @@ def _b64(data: dict) -> str:
 def test_issue_and_verify() -> None:
     token = tokens.issue(SECRET, "room", "ana", 60, ["chat", "publish"])
     claims = tokens.verify(SECRET, token, "room")
-    assert claims == tokens.Claims(room="room", identity="ana", grants=frozenset({"chat", "publish"}))
+    assert claims.token_id is not None
+    assert claims == tokens.Claims(
+        room="room", identity="ana", grants=frozenset({"chat", "publish"}), token_id=claims.token_id
+    )
+    # Each token has an id of its own: a ban of one (a kick) leaves a fresh one for the same identity valid.
+    assert tokens.verify(SECRET, tokens.issue(SECRET, "room", "ana", 60, []), "room").token_id != claims.token_id
 
 
 @pytest.mark.parametrize(

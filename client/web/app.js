@@ -1,6 +1,11 @@
 // The meeting page: one WebSocket for signaling, one peer connection for media and chat.
 // Protocol: docs/protocol.md. Plain modules, no build step.
 
+import { installControls, showLayout, showRecordingControl, showRoomControls } from "./controls.js";
+import { installDevicePickers, listDevices } from "./devices.js";
+import { renderParticipantList } from "./participants.js";
+import { watchLinks } from "./quality.js";
+
 const $ = (id) => document.getElementById(id);
 
 /** The "recording" indicator: shown while the room is being recorded (recording: {file, startedAt} or null). */
@@ -13,7 +18,7 @@ function showRecording(recording) {
 // Errors after which reconnecting cannot help: the page stops and says why.
 const FATAL = new Set([
   "invalid_room", "invalid_name", "invalid_message", "unknown_type", "unauthorized",
-  "forbidden", "room_full", "too_many_rooms", "unknown_tier", "unknown_mode", "mode_mismatch",
+  "forbidden", "room_full", "too_many_rooms", "unknown_tier", "unknown_mode", "mode_mismatch", "banned",
 ]);
 
 const WORDS = {
@@ -33,6 +38,7 @@ const WORDS = {
   invalid_sdp: "Your browser's media offer was refused by the server.",
   chat_too_large: "That message is too long to send.",
   chat_rate_limited: "You are sending messages too fast; wait a moment.",
+  unknown_peer: "That participant has already left.",
 };
 
 function describe(error) {
@@ -96,6 +102,8 @@ class Meeting {
     $("join-form").hidden = true;
     $("meeting").hidden = false;
     await this.openDevices();
+    listDevices(this).catch((error) => console.warn("enumerateDevices", error));
+    watchLinks(this, () => this.renderParticipants());
     this.connect();
   }
 
@@ -193,6 +201,9 @@ class Meeting {
         this.visibility = null; // a new connection sends video until told otherwise
         this.participants = new Map(message.participants.map((p) => [p.peerId, p]));
         this.participants.set(this.peerId, { name: `${this.name} (you)`, ...this.sending });
+        this.grants = new Set(message.grants ?? []);
+        this.roomMode = message.mode ?? "mcu";
+        showRoomControls(this, message);
         this.renderParticipants();
         showRecording(message.recording);
         setStatus(`In room ${this.room}`);
@@ -220,6 +231,15 @@ class Meeting {
         this.dropPeer(message.peerId);
         this.renderParticipants();
         break;
+      case "participantAudio": {
+        const entry = this.participants.get(message.peerId);
+        if (entry) Object.assign(entry, { moderatorMuted: message.muted, volume: message.volume });
+        this.renderParticipants();
+        break;
+      }
+      case "layoutChanged":
+        showLayout(message.layout);
+        break;
       case "participantMedia": {
         const entry = this.participants.get(message.peerId);
         if (entry) Object.assign(entry, { video: message.video, audio: message.audio });
@@ -239,6 +259,7 @@ class Meeting {
       case "tier":
         // The server moved our picture to what our link carries (docs/protocol.md, "tier").
         this.tier = message.tier;
+        this.tierReport = message; // the link indicator says which tier, and why
         setStatus(
           message.tier === message.ceiling
             ? `In room ${this.room}`
@@ -253,9 +274,11 @@ class Meeting {
         break;
       case "recordingStarted":
         showRecording(message);
+        showRecordingControl(true);
         break;
       case "recordingStopped":
         showRecording(null);
+        showRecordingControl(false);
         break;
       case "error":
         this.onError(message);
@@ -265,7 +288,12 @@ class Meeting {
 
   onError(error) {
     showError(describe(error));
-    if (FATAL.has(error.code) && !this.peerId) {
+    if (error.code === "kicked") {
+      // A moderator removed us: rejoining by ourselves would undo it (and a token is refused a while).
+      this.peerId = null; // the server has already taken us out: no leave to send
+      this.stop(error.message);
+      showError(error.message);
+    } else if (FATAL.has(error.code) && !this.peerId) {
       // Refused before joining: reconnecting would be refused again.
       this.stop(describe(error));
     } else if (error.code === "media_failed") {
@@ -531,27 +559,7 @@ class Meeting {
   }
 
   renderParticipants() {
-    const list = $("participants");
-    list.replaceChildren(...[...this.participants].map(([peerId, p]) => {
-      const item = document.createElement("li");
-      item.dataset.peerId = peerId;
-      item.textContent = p.name;
-      // Who speaks now, and who holds the floor (activeSpeaker).
-      item.classList.toggle("speaking", Boolean(p.speaking));
-      item.classList.toggle("floor", peerId === this.activeSpeaker);
-      const off = [
-        p.video === false && "camera off",
-        p.audio === false && "muted",
-        peerId === this.peerId && this.visibility?.onScreen === false && "not on screen",
-      ].filter(Boolean);
-      if (off.length) {
-        const state = document.createElement("span");
-        state.className = "state";
-        state.textContent = off.join(", ");
-        item.append(state);
-      }
-      return item;
-    }));
+    renderParticipantList(this);
     this.renderTiles();
   }
 
@@ -590,7 +598,7 @@ class Meeting {
 
   stop(reason) {
     this.stopped = true;
-    this.send({ type: "leave" });
+    if (this.peerId) this.send({ type: "leave" });
     this.closePeer();
     this.ws?.close();
     for (const track of this.local?.getTracks() ?? []) track.stop();
@@ -616,6 +624,8 @@ $("join-form").addEventListener("submit", (event) => {
 $("mute").addEventListener("click", () => meeting?.toggle("audio"));
 $("camera").addEventListener("click", () => meeting?.toggle("video"));
 $("leave").addEventListener("click", () => meeting?.stop());
+installControls(() => meeting);
+installDevicePickers(() => meeting, showError);
 $("chat-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const input = $("chat-text");

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
+from collections.abc import Hashable
 from pathlib import Path
 
 from aiortc.sdp import candidate_from_sdp
 
-from compositor.layout import LayoutError, parse_layout
+from compositor.layout import BUILT_IN, LayoutError, parse_layout
 from compositor.speakers import SpeakerEvents
 from mcu import logs
 from mcu.config import DEFAULT_TIER, Config
 from mcu.rooms.adaptation import Switch
+from mcu.rooms.bans import Bans, ban_key
 from mcu.rooms.mesh_relay import MESH, MeshRelay, addressed_to_peer
 from mcu.rooms.participant import NegotiationError, Participant
 from mcu.rooms.recording import Recording, RecordingError
@@ -55,9 +58,19 @@ class Conference:
         self.traffic = Traffic()
         #: Mesh rooms: the signaling passed from peer to peer.
         self.mesh = MeshRelay(self._sessions)
+        #: Those a moderator removed, kept out for config.kick_ban_seconds; what each peer would be banned by.
+        self.bans = Bans(config.kick_ban_seconds)
+        self._ban_keys: dict[str, Hashable] = {}
+        #: Participants removed by a moderator since the server started (/metrics).
+        self.kicks = 0
 
     async def join(self, session: Session, message: Join) -> None:
-        granted = self._admit(message)
+        granted, claims = self._admit(message)
+        banned_by = ban_key(message.room, claims)
+        if banned_by is not None and (left := self.bans.remaining(banned_by)) > 0:
+            raise ProtocolError(
+                protocol.BANNED, f"A moderator removed you from this room; you may join again in {math.ceil(left)} s."
+            )
         tiers = self.config.output_tiers()
         if message.tier is not None and message.tier not in tiers:
             raise ProtocolError(
@@ -118,6 +131,8 @@ class Conference:
         session.peer_id, session.room = peer_id, room.name
         logs.bind(room.name, peer_id)
         self._sessions[peer_id] = session
+        if banned_by is not None:
+            self._ban_keys[peer_id] = banned_by
         recording = room.recording.describe() if room.recording is not None and room.recording.started_at else None
         session.send(
             protocol.joined(
@@ -128,6 +143,8 @@ class Conference:
                 recording,
                 layout=room.layout.to_json(),
                 mode=room.mode,
+                grants=granted,
+                layouts=BUILT_IN,
             )
         )
         self._broadcast(room, protocol.participant_joined(peer_id, message.name), exclude=peer_id)
@@ -188,20 +205,22 @@ class Conference:
         room = self.rooms[session.room]  # type: ignore[index]
         self._broadcast(room, protocol.participant_media(participant.peer_id, message.video, message.audio))
 
-    async def leave(self, session: Session) -> None:
+    async def leave(self, session: Session, reason: str = protocol.LEFT) -> None:
+        """The session's peer leaves its room; the others are told why (`reason`, as participantLeft says)."""
         if session.peer_id is None or session.room is None:
             return
         room = self.rooms.get(session.room)
         peer_id = session.peer_id
         session.peer_id = session.room = None
         self._sessions.pop(peer_id, None)
+        self._ban_keys.pop(peer_id, None)
         if room is None:
             return
         participant = room.remove(peer_id)
         if participant is not None:
             self._close_later(participant)
             logger.info("room %s: %s left", room.name, peer_id)
-        self._broadcast(room, protocol.participant_left(peer_id))
+        self._broadcast(room, protocol.participant_left(peer_id, reason))
         if room.empty:
             del self.rooms[room.name]
             await room.close()
@@ -311,16 +330,17 @@ class Conference:
         if self._closing:
             await asyncio.wait(self._closing, timeout=SHUTDOWN_SECONDS)
 
-    def _admit(self, message: Join) -> frozenset[str]:
-        """The grants a join gets: all without a secret, else those of its valid token."""
+    def _admit(self, message: Join) -> tuple[frozenset[str], tokens.Claims | None]:
+        """The grants a join gets and the token's claims: all and None without a secret, else its valid token's."""
         if self.config.secret is None:
-            return ALL_GRANTS
+            return ALL_GRANTS, None
         if not message.token:
             raise ProtocolError(protocol.UNAUTHORIZED, "This server needs a join token.")
         try:
-            return tokens.verify(self.config.secret, message.token, message.room).grants
+            claims = tokens.verify(self.config.secret, message.token, message.room)
         except tokens.TokenError as exc:
             raise ProtocolError(protocol.UNAUTHORIZED, str(exc)) from None
+        return claims.grants, claims
 
     def require(self, session: Session, grant: str) -> Participant:
         """The session's participant, if it holds `grant` (signaling/grants.py); else `forbidden`."""
@@ -348,7 +368,7 @@ class Conference:
         if session is None:
             return
         session.send_error(protocol.MEDIA_FAILED, "The media connection failed; join again to retry.")
-        asyncio.ensure_future(self.leave(session))
+        asyncio.ensure_future(self.leave(session, protocol.DISCONNECTED))
 
     def media_bytes(self) -> tuple[int, int]:
         """(sent, received) bytes of every peer connection since the server started."""
@@ -369,6 +389,48 @@ class Conference:
         if target is None:
             raise ProtocolError(protocol.PARTICIPANT_NOT_FOUND, "There is no such participant in this room.")
         self.set_participant_audio(room, target, message.muted, message.volume, moderator.peer_id)
+
+    async def kick(self, session: Session, message: protocol.Kick) -> None:
+        moderator = self.require(session, grants.MODERATE)
+        room = self.rooms[session.room]  # type: ignore[index]
+        target = room.participants.get(message.peer_id)
+        if target is None:
+            raise ProtocolError(protocol.UNKNOWN_PEER, "There is no such participant in this room.")
+        if target is moderator:
+            raise ProtocolError(protocol.INVALID_MESSAGE, "A moderator cannot remove itself: send leave.")
+        await self.remove_participant(room, target, message.reason, moderator.peer_id)
+
+    async def remove_participant(
+        self, room: Room, target: Participant, reason: str | None, by: str | None = None
+    ) -> float:
+        """Tell `target` why, take it out of the room (the others hear "kicked") and keep its token out a while;
+        returns the seconds of its ban (0: none).
+
+        It leaves as a vanished peer does: its peer connection closes now, its WebSocket once the
+        error has been flushed to it.
+        """
+        self.kicks += 1
+        key = self._ban_keys.get(target.peer_id)
+        banned = 0.0
+        if key is not None and self.bans.seconds > 0:
+            self.bans.ban(key)
+            banned = self.bans.seconds
+        logger.info("room %s: %s removed by %s (banned %g s)", room.name, target.peer_id, by, banned)
+        session = self._sessions[target.peer_id]
+        session.send_error(
+            protocol.KICKED, "A moderator removed you from this room" + (f": {reason}" if reason else ".")
+        )
+        await self.leave(session, protocol.KICKED_OUT)
+        task = asyncio.ensure_future(self._hang_up(session))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return banned
+
+    @staticmethod
+    async def _hang_up(session: Session) -> None:
+        """Flush what a removed peer's session has queued (its `kicked`), then close its socket."""
+        await session.close()
+        await session.ws.close()
 
     def set_participant_audio(
         self, room: Room, target: Participant, muted: bool | None, volume: float | None, by: str | None = None

@@ -24,6 +24,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/rooms/{room}/layout", _get_layout)
     app.router.add_put("/api/rooms/{room}/layout", _put_layout)
     app.router.add_patch("/api/rooms/{room}/participants/{peerId}", _moderate_participant)
+    app.router.add_delete("/api/rooms/{room}/participants/{peerId}", _kick_participant)
     app.router.add_post("/api/rooms/{room}/recording", _start_recording)
     app.router.add_delete("/api/rooms/{room}/recording", _stop_recording)
 
@@ -87,6 +88,24 @@ async def _moderate_participant(request: web.Request) -> web.Response:
         raise error(web.HTTPBadRequest, exc.code, exc.message) from None
     request.app[CONFERENCE].set_participant_audio(room, target, change.muted, change.volume)
     return web.json_response({"peerId": target.peer_id, "muted": target.moderator_muted, "volume": target.volume})
+
+
+async def _kick_participant(request: web.Request) -> web.Response:
+    """Remove a participant, as signaling's `kick` does; an optional body `{"reason": "..."}` is told to it."""
+    authorize(request, "moderate", request.match_info["room"])
+    room = room_or_404(request)
+    target = room.participants.get(request.match_info["peerId"])
+    if target is None:
+        raise error(web.HTTPNotFound, protocol.UNKNOWN_PEER, "There is no such participant in this room.")
+    body = await json_body(request) if request.can_read_body else {}
+    if not isinstance(body, dict):
+        raise error(web.HTTPBadRequest, protocol.INVALID_MESSAGE, "The body must be a JSON object.")
+    try:
+        kick = protocol.parse_kick({**body, "peerId": target.peer_id})
+    except protocol.ProtocolError as exc:
+        raise error(web.HTTPBadRequest, exc.code, exc.message) from None
+    banned = await request.app[CONFERENCE].remove_participant(room, target, kick.reason)
+    return web.json_response({"room": room.name, "peerId": target.peer_id, "bannedSeconds": banned})
 
 
 def _describe(room: Room) -> dict[str, Any]:

@@ -198,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--record-dir", help="directory for recordings (startRecording, the HTTP API, --auto-record)")
     serve.add_argument("--auto-record", action="store_true", help="record every room for as long as it lives")
+    serve.add_argument(
+        "--kick-ban",
+        type=float,
+        default=Config.kick_ban_seconds,
+        metavar="SECONDS",
+        help="how long a removed participant's token may not rejoin its room (0: no ban; needs --secret; "
+        f"default {Config.kick_ban_seconds:g})",
+    )
     serve.add_argument("--cert", help="TLS certificate chain (PEM): serve HTTPS and WSS; needs --key")
     serve.add_argument("--key", help="TLS private key (PEM) of --cert")
     scale = serve.add_argument_group("scale (docs/operations.md)")
@@ -321,6 +329,7 @@ def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None 
         ),
         record_dir=args.record_dir,
         auto_record=args.auto_record,
+        kick_ban_seconds=args.kick_ban,
     )
     host, port = args.host, args.port
     if args.worker_port:  # a worker of a front: loopback, plain HTTP; the front tells the clients

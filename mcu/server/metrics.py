@@ -73,6 +73,10 @@ class ConferenceCollector(Collector):
         yield GaugeMetricFamily(
             "mcu_peers", "Participants in all rooms", value=sum(len(r.participants) for r in rooms.values())
         )
+        kicks = conference.kicks
+        yield CounterMetricFamily("mcu_kicks", "Participants removed by a moderator (kick, HTTP DELETE)", value=kicks)
+        bans = len(conference.bans)
+        yield GaugeMetricFamily("mcu_bans", "Removed participants' tokens kept out of their room now", value=bans)
         sent, received = conference.media_bytes()
         yield CounterMetricFamily(
             "mcu_media_bytes_sent", "Media bytes sent to peers (RTP and data channels, encrypted)", value=sent
