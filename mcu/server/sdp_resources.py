@@ -74,8 +74,8 @@ async def read_offer(request: web.Request, limits: Limits) -> tuple[str, Session
         raise error(web.HTTPBadRequest, protocol.INVALID_SDP, 'The offer is not SDP: it must start with "v=0".')
     try:
         return sdp, SessionDescription.parse(sdp)
-    except (ValueError, IndexError, KeyError, TypeError) as exc:
-        raise error(web.HTTPBadRequest, protocol.INVALID_SDP, f"The offer could not be parsed: {exc}") from None
+    except Exception as exc:  # aiortc's parser raises what it meets, asserts included, on malformed lines
+        raise error(web.HTTPBadRequest, protocol.INVALID_SDP, f"The offer could not be parsed: {exc!r}") from None
 
 
 def ice_server_links(ice_servers: list[dict[str, Any]]) -> list[str]:
@@ -133,7 +133,7 @@ class SdpSessions:
 
     def created(self, session: SdpSession, location: str, answer: str, links: list[str]) -> web.Response:
         """201 Created: the answer, where the session lives, its ICE session and the ICE servers."""
-        response = web.Response(status=201, text=answer, content_type=SDP)
+        response = web.Response(status=201, body=answer.encode(), content_type=SDP)
         response.headers["Location"] = location
         response.headers["ETag"] = session.etag
         response.headers["Accept-Patch"] = TRICKLE
@@ -182,7 +182,10 @@ class SdpSessions:
 
 
 def parse_fragment(fragment: str) -> list[RTCIceCandidate | None]:
-    """The candidates of a trickle-ice-sdpfrag, each with the mid of its section; None for end-of-candidates."""
+    """The candidates of a trickle-ice-sdpfrag, each with the mid of its section; None for end-of-candidates.
+
+    :raises ValueError: a candidate line aiortc cannot read.
+    """
     candidates: list[RTCIceCandidate | None] = []
     mid: str | None = None
     for line in fragment.splitlines():
@@ -195,10 +198,10 @@ def parse_fragment(fragment: str) -> list[RTCIceCandidate | None]:
         elif name == "end-of-candidates":
             candidates.append(None)
         else:
-            try:
-                candidate = candidate_from_sdp((value or "").strip())
-            except (ValueError, IndexError) as exc:
-                raise ValueError(f"unparsable candidate {value!r}") from exc
+            line = f"candidate:{(value or '').strip()}"
+            if not protocol.is_candidate_line(line):
+                raise ValueError(f"not an ICE candidate line: {line[:80]!r}")
+            candidate = candidate_from_sdp(line.removeprefix("candidate:"))
             candidate.sdpMid = mid
             if mid is None:
                 candidate.sdpMLineIndex = 0
