@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiortc import RTCPeerConnection
-from conftest import within
+from conftest import free_port, start_mcu, stop_process, within
 from media_checks import cell_colours, contains_colour, tone_levels
 from multidict import CIMultiDict
 
@@ -308,3 +308,25 @@ async def test_chromium_plays_the_watch_page(server):
                 await browser.close()
     finally:
         await peer.close()
+
+
+async def test_a_viewer_through_the_front_of_workers():
+    """`mcu serve --workers`: the front passes WHEP on to the worker of the room, headers and all."""
+    port = free_port()
+    process = start_mcu(port, "--workers", "1", "--size", "640x360", "--fps", "15")
+    peer = Peer(f"ws://127.0.0.1:{port}/ws", "room1", "alice", video=ColorTrack(COLORS["red"]), audio=ToneTrack(440))
+    viewer = WhepViewer(f"http://127.0.0.1:{port}/whep/room1")
+    try:
+        await peer.join()
+        await viewer.start()
+        assert viewer.resource is not None and viewer.etag is not None
+        await within(10, lambda: viewer.video_frame is not None and contains_colour(
+            cell_colours(viewer.video_frame, 1), rgb_to_yuv(COLORS["red"])
+        ))  # fmt: skip
+        status, _, headers = await post(f"http://127.0.0.1:{port}/whep/nowhere", "x")
+        assert status == 404 and headers["Access-Control-Allow-Origin"] == "*"
+        assert await viewer.delete() == 200
+        assert await viewer.delete() == 404
+    finally:
+        await close_all([viewer, peer])
+        stop_process(process, grace=10)

@@ -26,29 +26,10 @@ from signaling.limits import Limits
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
 
-#: What a page on another origin may send and read (a player on a CDN page, say).
-CORS_HEADERS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "OPTIONS, POST, PATCH, DELETE",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-    "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Patch",
-    "Access-Control-Max-Age": "600",
-}
-
 _UFRAG_RE = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 
 #: The mid of the media section a fragment's candidates belong to, and each candidate line's value.
 _FRAGMENT_LINE_RE = re.compile(r"^a=(mid|candidate|end-of-candidates)(?::(.*))?$")
-
-
-def add_cors(app: web.Application, prefix: str) -> None:
-    """Give every response under `prefix` (errors included) the CORS headers."""
-
-    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-        if request.path.startswith(prefix):
-            response.headers.update(CORS_HEADERS)
-
-    app.on_response_prepare.append(on_prepare)
 
 
 async def preflight(request: web.Request) -> web.Response:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from mcu.server.api import CONFERENCE, authorize, error, room_or_404
-from mcu.server.sdp_resources import SdpSessions, add_cors, ice_server_links, preflight, read_offer
+from mcu.server.cors import add_cors
+from mcu.server.sdp_resources import SdpSessions, ice_server_links, preflight, read_offer
 from signaling import grants, protocol
 
 #: The statuses of what `Conference.watch` refuses.
