@@ -19,6 +19,7 @@ from mcu.config import Config
 from mcu.server.sdp_resources import TRICKLE
 from signaling import tokens
 from signaling.grants import ALL_GRANTS
+from signaling.limits import Limits
 
 PEOPLE = [("alice", "red", 440.0), ("bob", "green", 660.0)]
 SECRET = "a-server-secret-long-enough-for-hs256!!"
@@ -209,6 +210,31 @@ async def test_trickled_candidates_are_added_and_an_ice_restart_is_refused(serve
         assert status == 400
     finally:
         await peer.close()
+
+
+class TestRoomLimits:
+    @pytest.fixture
+    def config(self) -> Config:
+        return Config(width=640, height=360, fps=15, video_bitrate=600_000, limits=Limits(max_viewers_per_room=1))
+
+    async def test_viewers_have_a_cap_of_their_own_and_only_mcu_rooms_have_them(self, server):
+        peer = make_peer(server, *PEOPLE[0])
+        forwarded = Peer(server.url, "forwarded", "carol", video=ColorTrack(COLORS["blue"]), mode="sfu")
+        first = WhepViewer(endpoint(server))
+        try:
+            await peer.join()
+            await forwarded.join()
+            await first.start()
+            status, body, _ = await post(endpoint(server), await receive_only_offer())
+            assert status == 503 and "room_full" in body and "1 viewers" in body
+            # The participants' cap is apart: a second participant still joins.
+            second = make_peer(server, *PEOPLE[1])
+            await second.join()
+            await second.close()
+            status, body, _ = await post(endpoint(server, "forwarded"), await receive_only_offer())
+            assert status == 409 and "wrong_mode" in body
+        finally:
+            await close_all([first, peer, forwarded])
 
 
 class TestTokens:
