@@ -359,9 +359,13 @@ class Conference:
             answer = await viewer.answer(offer_sdp, self.config.ice_servers.for_user(SERVER_TURN_USER))
         except NegotiationError as exc:
             raise ProtocolError(protocol.INVALID_SDP, str(exc)) from exc
-        if self.rooms.get(room_name) is not room:
-            await viewer.close()  # the room closed while the offer was answered
-            raise ProtocolError(protocol.ROOM_NOT_FOUND, "The room closed.")
+        # Looked at again: the room may have closed, or other viewers come, while the offer was answered.
+        closed = self.rooms.get(room_name) is not room
+        if closed or len(room.viewers) >= limit:
+            await viewer.close()
+            if closed:
+                raise ProtocolError(protocol.ROOM_NOT_FOUND, "The room closed while the offer was answered.")
+            raise ProtocolError(protocol.ROOM_FULL, f"This room has its maximum of {limit} viewers.")
         room.add_viewer(viewer)
         self._viewer_ended[viewer.peer_id] = on_ended
         logger.info("room %s: viewer %s (tier %s) watches", room.name, viewer.peer_id, viewer.ceiling)

@@ -167,10 +167,12 @@ class Participant:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, OperationError, InvalidStateError, InvalidAccessError) as exc:
+        except Exception as exc:
             if pc is not self.pc:
-                await pc.close()  # a first offer that failed leaves nothing behind
-            raise NegotiationError(f"The SDP offer could not be answered: {exc}") from exc
+                await pc.close()  # a first offer that failed leaves nothing behind, whatever aiortc raised
+            if isinstance(exc, (ValueError, OperationError, InvalidStateError, InvalidAccessError)):
+                raise NegotiationError(f"The SDP offer could not be answered: {exc}") from exc
+            raise
         self.pc = pc
         self._use_codec(negotiated_video_codec(pc.localDescription.sdp))
         return pc.localDescription.sdp
