@@ -16,9 +16,10 @@ from client.peer import Peer
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
 from client.whep import SDP, WhepError, WhepViewer
 from mcu.config import Config
-from mcu.server.sdp_resources import TRICKLE
+from mcu.server.sdp_resources import TRICKLE, ice_server_links
 from signaling import tokens
 from signaling.grants import ALL_GRANTS
+from signaling.ice import IceServers
 from signaling.limits import Limits
 
 PEOPLE = [("alice", "red", 440.0), ("bob", "green", 660.0)]
@@ -210,6 +211,18 @@ async def test_trickled_candidates_are_added_and_an_ice_restart_is_refused(serve
         assert status == 400
     finally:
         await peer.close()
+
+
+def test_ice_servers_become_link_headers():
+    ice = IceServers(urls=("stun:127.0.0.1:3478", "turn:127.0.0.1:3478?transport=udp"), secret="turn-secret")
+    links = ice_server_links(ice.for_user("viewer1", now=1000))
+    assert links[0] == '<stun:127.0.0.1:3478>; rel="ice-server"'
+    turn = ice.for_user("viewer1", now=1000)[1]
+    assert links[1] == (
+        f'<turn:127.0.0.1:3478?transport=udp>; rel="ice-server"; username="{turn["username"]}"; '
+        f'credential="{turn["credential"]}"; credential-type="password"'
+    )
+    assert turn["username"].endswith(":viewer1")  # a TURN credential of the viewer's own
 
 
 class TestRoomLimits:
