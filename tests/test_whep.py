@@ -145,6 +145,8 @@ async def test_bad_input_is_refused_and_disturbs_nobody(server):
         assert status == 400 and "audio or a video media section" in body
         status, body, _ = await post(endpoint(server), offer.replace("a=recvonly", "a=sendonly"))
         assert status == 400 and "receives" in body
+        status, body, _ = await post(endpoint(server), offer + "a=x:" + "y" * 40_000 + "\r\n")
+        assert status == 413 and "sdp_too_large" in body
         status, body, _ = await post(endpoint(server, query="?tier=huge"), offer)
         assert status == 400 and "unknown_tier" in body
         for method in ("DELETE", "PATCH"):
@@ -209,6 +211,8 @@ async def test_trickled_candidates_are_added_and_an_ice_restart_is_refused(serve
         assert status == 415
         status, _ = await request("PATCH", resource, data="a=mid:0\r\na=candidate:garbage\r\n", headers=trickle)
         assert status == 400
+        status, _ = await request("PATCH", resource, data=fragment * 400, headers=trickle)
+        assert status == 413
     finally:
         await peer.close()
 

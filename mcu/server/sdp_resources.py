@@ -26,10 +26,19 @@ from signaling.limits import Limits
 SDP = "application/sdp"
 TRICKLE = "application/trickle-ice-sdpfrag"
 
+#: The most a trickle PATCH may carry: a fragment has a few candidates (each one more pair for ICE to check).
+MAX_FRAGMENT_BYTES = 16 * 1024
+
 _UFRAG_RE = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 
 #: The mid of the media section a fragment's candidates belong to, and each candidate line's value.
 _FRAGMENT_LINE_RE = re.compile(r"^a=(mid|candidate|end-of-candidates)(?::(.*))?$")
+
+
+def too_large(code: str, message: str, limit: int, size: int) -> web.HTTPException:
+    """A 413 whose body is a signaling-style `error`, as `api.error` makes the others."""
+    body = web.json_response(protocol.error(code, message)).text
+    return web.HTTPRequestEntityTooLarge(limit, size, text=body, content_type="application/json")
 
 
 async def preflight(request: web.Request) -> web.Response:
@@ -49,8 +58,9 @@ async def read_offer(request: web.Request, limits: Limits) -> tuple[str, Session
     try:
         limits.check_offer(sdp)
     except protocol.ProtocolError as exc:
-        status = web.HTTPRequestEntityTooLarge if exc.code == protocol.SDP_TOO_LARGE else web.HTTPBadRequest
-        raise error(status, exc.code, exc.message) from None
+        if exc.code == protocol.SDP_TOO_LARGE:
+            raise too_large(exc.code, exc.message, limits.max_sdp_bytes, len(raw)) from None
+        raise error(web.HTTPBadRequest, exc.code, exc.message) from None
     if not sdp.startswith("v=0"):
         raise error(web.HTTPBadRequest, protocol.INVALID_SDP, 'The offer is not SDP: it must start with "v=0".')
     try:
@@ -88,8 +98,8 @@ class SdpSession:
     remote_ufrag: str | None
     #: The entity tag of the server's ICE session (its answer's username fragment).
     etag: str
-    #: Ends what the session runs; False when it had already ended on its own.
-    end: Callable[[], bool]
+    #: Ends what the session runs.
+    end: Callable[[], object]
 
 
 class SdpSessions:
@@ -103,7 +113,7 @@ class SdpSessions:
         return secrets.token_urlsafe(16)
 
     def add(
-        self, session_id: str, pc: RTCPeerConnection, offer: str, answer: str, end: Callable[[], bool]
+        self, session_id: str, pc: RTCPeerConnection, offer: str, answer: str, end: Callable[[], object]
     ) -> SdpSession:
         session = SdpSession(session_id, pc, ice_ufrag(offer), f'"{ice_ufrag(answer) or session_id}"', end)
         self.sessions[session_id] = session
@@ -150,7 +160,11 @@ class SdpSessions:
             raise error(web.HTTPUnprocessableEntity, protocol.INVALID_CANDIDATE, "ICE restarts are not supported.")
         if match is not None and match != session.etag:
             raise error(web.HTTPPreconditionFailed, protocol.INVALID_CANDIDATE, "That is not the current ICE session.")
-        fragment = (await request.read()).decode("utf-8", "replace")
+        raw = await request.read()
+        if len(raw) > MAX_FRAGMENT_BYTES:
+            message = f"A fragment is at most {MAX_FRAGMENT_BYTES} bytes."
+            raise too_large(protocol.INVALID_CANDIDATE, message, MAX_FRAGMENT_BYTES, len(raw))
+        fragment = raw.decode("utf-8", "replace")
         ufrag = ice_ufrag(fragment)
         if ufrag is not None and ufrag != session.remote_ufrag:
             raise error(web.HTTPUnprocessableEntity, protocol.INVALID_CANDIDATE, "ICE restarts are not supported.")
@@ -179,10 +193,10 @@ def parse_fragment(fragment: str) -> list[RTCIceCandidate | None]:
         elif name == "end-of-candidates":
             candidates.append(None)
         else:
-            line = f"candidate:{(value or '').strip()}"
-            if not protocol.is_candidate_line(line):
-                raise ValueError(f"not an ICE candidate line: {line[:80]!r}")
-            candidate = candidate_from_sdp(line.removeprefix("candidate:"))
+            text = f"candidate:{(value or '').strip()}"
+            if not protocol.is_candidate_line(text):
+                raise ValueError(f"not an ICE candidate line: {text[:80]!r}")
+            candidate = candidate_from_sdp(text.removeprefix("candidate:"))
             candidate.sdpMid = mid
             if mid is None:
                 candidate.sdpMLineIndex = 0
