@@ -47,10 +47,12 @@ class WhepError(Exception):
 class WhepViewer:
     """One WHEP session: `start()` to watch the endpoint, `close()` to end it (DELETE)."""
 
-    def __init__(self, endpoint: str, token: str | None = None) -> None:
+    def __init__(self, endpoint: str, token: str | None = None, kinds: tuple[str, ...] = ("audio", "video")) -> None:
         #: The WHEP endpoint, e.g. http://host:8080/whep/room1 (add ?tier=low to ask for a tier).
         self.endpoint = endpoint
         self.token = token
+        #: What to receive: the mix ("audio"), the composite ("video") or both.
+        self.kinds = kinds
         #: The session's resource, once created (absolute URL), and the headers that came with it.
         self.resource: str | None = None
         self.etag: str | None = None
@@ -73,25 +75,26 @@ class WhepViewer:
         return headers
 
     async def start(self) -> None:
-        """Offer to receive audio and video, and apply the answer (WhepError if refused)."""
+        """Offer to receive `kinds`, and apply the answer (WhepError if refused)."""
         if is_loopback_host(urlparse(self.endpoint).hostname or ""):
             use_host_addresses(["127.0.0.1"])  # as `Peer`: a server on this machine is reached on loopback
         self._session = aiohttp.ClientSession()
         pc = self.pc = RTCPeerConnection()
-        pc.addTransceiver("audio", direction="recvonly")
-        pc.addTransceiver("video", direction="recvonly")
+        for kind in self.kinds:
+            pc.addTransceiver(kind, direction="recvonly")
         pc.on("track", lambda track: self._on_track(pc, track))
         await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers every candidate first
         async with self._session.post(
             self.endpoint, data=pc.localDescription.sdp, headers=self._headers(SDP)
         ) as response:
-            body = await response.text()
-            if response.status != 201:
-                await self.close()
-                raise WhepError(response.status, body)
-            self.resource = urljoin(self.endpoint, response.headers["Location"])
-            self.etag = response.headers.get("ETag")
-            self.links = response.headers.getall("Link", [])
+            status, body = response.status, await response.text()
+            if status == 201:
+                self.resource = urljoin(self.endpoint, response.headers["Location"])
+                self.etag = response.headers.get("ETag")
+                self.links = response.headers.getall("Link", [])
+        if status != 201:
+            await self.close()
+            raise WhepError(status, body)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
 
     def _on_track(self, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:

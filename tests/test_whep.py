@@ -124,6 +124,21 @@ async def test_a_viewer_ends_with_its_room(server):
         await close_all([viewer, peer])
 
 
+async def test_a_player_may_ask_for_the_mix_or_the_composite_alone(server):
+    peer = make_peer(server, *PEOPLE[0])
+    listener = WhepViewer(endpoint(server), kinds=("audio",))
+    watcher = WhepViewer(endpoint(server), kinds=("video",))
+    try:
+        await peer.join()
+        await listener.start()
+        await watcher.start()
+        await within(10, lambda: watcher.video_frames > 5 and listener.audio_frames > 100)
+        assert min(tone_levels(listener.audio(1.0), [PEOPLE[0][2]]).values()) > 100
+        assert listener.video_frames == 0 and watcher.audio_frames == 0
+    finally:
+        await close_all([listener, watcher, peer])
+
+
 async def test_bad_input_is_refused_and_disturbs_nobody(server):
     peer = make_peer(server, *PEOPLE[0])
     try:

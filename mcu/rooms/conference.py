@@ -319,9 +319,15 @@ class Conference:
             await asyncio.wait(self._closing, timeout=SHUTDOWN_SECONDS)
 
     async def watch(
-        self, room_name: str, offer_sdp: str, tier: str | None, on_ended: Callable[[], None]
+        self,
+        room_name: str,
+        offer_sdp: str,
+        kinds: tuple[str, ...],
+        tier: str | None,
+        on_ended: Callable[[], None],
     ) -> tuple[Participant, str]:
-        """A viewer of a running mcu room: answer its receive-only offer; return it and the SDP answer.
+        """A viewer of a running mcu room: answer its receive-only offer of `kinds` ("audio", "video");
+        return it and the SDP answer.
 
         A viewer is the subscribe-only participant of a token without `publish` (no tile, no voice,
         its downstream fed by its tier's shared encoder and adapted like anyone's), kept in
@@ -352,6 +358,7 @@ class Conference:
             tier=tier or DEFAULT_TIER,
             ladder=room.ladder,
             now=time.monotonic(),
+            kinds=kinds,
         )
         viewer.grants = frozenset({grants.SUBSCRIBE})
         viewer.sending_video = viewer.sending_audio = False

@@ -58,7 +58,11 @@ async def _watch(request: web.Request) -> web.Response:
     session_id = sessions.new_id()
     try:
         viewer, answer = await conference.watch(
-            room_name, offer, request.query.get("tier"), lambda: sessions.forget(session_id)
+            room_name,
+            offer,
+            tuple(sorted({m.kind for m in receiving})),
+            request.query.get("tier"),
+            lambda: sessions.forget(session_id),
         )
     except protocol.ProtocolError as exc:
         raise error(_STATUS[exc.code], exc.code, exc.message) from None
