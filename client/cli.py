@@ -1,4 +1,4 @@
-"""The `mcu-client` command: join a room from the terminal."""
+"""The `mcu-client` command: join a room from the terminal, or watch one over WHEP."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import sys
 import time
 
+import aiohttp
 from aiortc import MediaStreamTrack
 from aiortc.contrib.media import MediaPlayer
 
@@ -18,6 +19,7 @@ from signaling.protocol import MODES
 from .impairment import parse_spec
 from .peer import Peer, PeerError
 from .sources import ColorTrack, MovingTrack, ToneTrack, parse_color
+from .whep import WhepError, WhepViewer
 
 
 def _video(spec: str | None) -> tuple[MediaStreamTrack | None, MediaPlayer | None]:
@@ -87,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     join.add_argument("--duration", type=float, help="leave after this many seconds (default: until Ctrl-C)")
     join.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    watch = commands.add_parser("watch", help="watch a room's composite and hear its mix over WHEP (no signaling)")
+    watch.add_argument("endpoint", help="WHEP endpoint, e.g. http://127.0.0.1:8080/whep/room1 (?tier=low for a tier)")
+    watch.add_argument(
+        "--token",
+        default=os.environ.get("MCU_TOKEN"),
+        help="a token with the subscribe grant, when the server has a secret (default: MCU_TOKEN)",
+    )
+    watch.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    watch.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
@@ -157,11 +168,26 @@ async def run_join(args: argparse.Namespace) -> int:
         await peer.close()
 
 
+async def run_watch(args: argparse.Namespace) -> int:
+    viewer = WhepViewer(args.endpoint, args.token)
+    try:
+        await viewer.start()
+        print(f"watching: {viewer.resource}", flush=True)
+        await asyncio.sleep(args.duration if args.duration is not None else float("inf"))
+        print(f"received {viewer.video_frames} video frames, {viewer.audio_frames} audio frames", flush=True)
+        return 0
+    except (WhepError, aiohttp.ClientError, OSError) as exc:
+        print(f"mcu-client: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await viewer.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level)
     try:
-        sys.exit(asyncio.run(run_join(args)))
+        sys.exit(asyncio.run(run_join(args) if args.command == "join" else run_watch(args)))
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -23,6 +23,9 @@ class Limits:
     #: Participants in one room (`room_full`): what one room's process was measured to hold, 16 of
     #: them shown, with sender control (docs/operations.md, "How many in one room").
     max_peers_per_room: int = 100
+    #: WHEP viewers of one room (`room_full`, HTTP 503), counted apart from its participants: each costs
+    #: about what an off-screen publisher does (the composite and the mix it is sent, no decode, no tile).
+    max_viewers_per_room: int = 100
     #: Bytes of one signaling message once UTF-8 encoded (`message_too_large`).
     max_message_bytes: int = protocol.MAX_MESSAGE_BYTES
     #: Signaling messages per second per connection on average, and at once (`rate_limited`).

@@ -40,6 +40,8 @@ JOIN_TIMEOUT = "join_timeout"
 SDP_TOO_LARGE = "sdp_too_large"
 TOO_MANY_TRACKS = "too_many_tracks"
 PARTICIPANT_NOT_FOUND = "participant_not_found"
+ROOM_NOT_FOUND = "room_not_found"
+SESSION_NOT_FOUND = "session_not_found"
 INVALID_VOLUME = "invalid_volume"
 INTERNAL_ERROR = "internal_error"
 RECORDING_FAILED = "recording_failed"
@@ -349,6 +351,11 @@ def _parse_answer(obj: dict[str, Any]) -> Answer:
     return Answer(sdp=sdp, to=typed_field(obj, "to", str, "to", optional=True))
 
 
+def is_candidate_line(candidate: str) -> bool:
+    """Whether `candidate` ("candidate:...", as in `candidate.candidate` or an SDP fragment) is one aiortc can read."""
+    return bool(_CANDIDATE_RE.fullmatch(candidate))
+
+
 def _parse_candidate(obj: dict[str, Any]) -> Candidate:
     init = typed_field(obj, "candidate", dict, "candidate")
     candidate = typed_field(init, "candidate", str, "candidate.candidate")
@@ -361,7 +368,7 @@ def _parse_candidate(obj: dict[str, Any]) -> Candidate:
             f"The sdpMLineIndex must be between 0 and {_MAX_SDP_MLINE_INDEX}.",
         )
     if candidate:
-        if not _CANDIDATE_RE.fullmatch(candidate):
+        if not is_candidate_line(candidate):
             raise ProtocolError(
                 INVALID_CANDIDATE,
                 'The candidate must be an ICE candidate line ("candidate:<foundation> <component> <transport> ...").',

@@ -1,4 +1,4 @@
-"""The two commands a user runs: `mcu serve` and `mcu-client join`, as real processes."""
+"""The two commands a user runs: `mcu serve` and `mcu-client` (join, watch), as real processes."""
 
 from __future__ import annotations
 
@@ -104,3 +104,20 @@ def test_client_reports_a_refused_join(served):
     )
     assert process.returncode == 1, process
     assert "room" in process.stderr.lower(), process.stderr
+
+
+def test_client_watches_a_room_over_whep(served):
+    whep = served.replace("ws://", "http://").removesuffix("/ws") + "/whep/cli"
+    watch = [BIN / "mcu-client", "watch", whep, "--duration", "3"]
+    refused = subprocess.run(watch, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "HTTP 404" in refused.stderr, refused  # no such room yet
+    alice = client(served, "alice", "--video", "color:red", "--audio", "tone:440", "--duration", "8")
+    try:
+        time.sleep(2)
+        watched = subprocess.run(watch, capture_output=True, text=True, timeout=30)
+        assert watched.returncode == 0, watched
+        assert "watching: " + whep + "/" in watched.stdout
+        frames = re.search(r"received (\d+) video frames, (\d+) audio frames", watched.stdout)
+        assert frames is not None and int(frames[1]) > 10 and int(frames[2]) > 50, watched.stdout
+    finally:
+        alice.communicate(timeout=30)

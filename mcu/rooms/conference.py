@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import Hashable
 from pathlib import Path
+from typing import Callable
 
 from aiortc.sdp import candidate_from_sdp
 
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 SERVER_TURN_USER = "mcu"
 #: How long shutdown waits for peer connections to close (their decoder threads to join).
 SHUTDOWN_SECONDS = 2.5
+#: The name a viewer goes by in logs (it has no tile to show one).
+VIEWER_NAME = "viewer"
 
 
 class Conference:
@@ -63,6 +66,8 @@ class Conference:
         self._ban_keys: dict[str, Hashable] = {}
         #: Participants removed by a moderator since the server started (/metrics).
         self.kicks = 0
+        #: Told when each viewer ends without being asked to (its media failed, its room closed), by peerId.
+        self._viewer_ended: dict[str, Callable[[], None]] = {}
 
     async def join(self, session: Session, message: Join) -> None:
         granted, claims = self._admit(message)
@@ -223,6 +228,8 @@ class Conference:
         self._broadcast(room, protocol.participant_left(peer_id, reason))
         if room.empty:
             del self.rooms[room.name]
+            for viewer_id in list(room.viewers):
+                self._end_viewer(room, viewer_id)
             await room.close()
             logger.info("room %s: closed", room.name)
 
@@ -330,6 +337,86 @@ class Conference:
         if self._closing:
             await asyncio.wait(self._closing, timeout=SHUTDOWN_SECONDS)
 
+    async def watch(
+        self,
+        room_name: str,
+        offer_sdp: str,
+        kinds: tuple[str, ...],
+        tier: str | None,
+        on_ended: Callable[[], None],
+    ) -> tuple[Participant, str]:
+        """A viewer of a running mcu room: answer its receive-only offer of `kinds` ("audio", "video");
+        return it and the SDP answer.
+
+        A viewer is the subscribe-only participant of a token without `publish` (no tile, no voice,
+        its downstream fed by its tier's shared encoder and adapted like anyone's), kept in
+        `room.viewers` instead of the participant list. `on_ended` is called if it ends on its own.
+
+        :raises ProtocolError: ``room_not_found``, ``wrong_mode``, ``unknown_tier``, ``room_full``, ``invalid_sdp``.
+        """
+        room = self.rooms.get(room_name)
+        if room is None:
+            raise ProtocolError(protocol.ROOM_NOT_FOUND, "There is no such room: a viewer watches a room that runs.")
+        if room.mode != "mcu":
+            raise ProtocolError(protocol.WRONG_MODE, f"This room is a {room.mode} room: it has no composite to watch.")
+        tiers = self.config.output_tiers()
+        if tier is not None and tier not in tiers:
+            raise ProtocolError(
+                protocol.UNKNOWN_TIER, f"The tier must be one of {', '.join(sorted(tiers))}, not {tier[:32]!r}."
+            )
+        limit = self.config.limits.max_viewers_per_room
+        if len(room.viewers) >= limit:
+            raise ProtocolError(protocol.ROOM_FULL, f"This room has its maximum of {limit} viewers.")
+        viewer = Participant(
+            secrets.token_hex(6),
+            VIEWER_NAME,
+            room.video.request_keyframe,
+            room.upstream,
+            lambda viewer: self._end_viewer(room, viewer.peer_id),
+            lambda viewer, data: None,  # a viewer does not chat
+            tier=tier or DEFAULT_TIER,
+            ladder=room.ladder,
+            now=time.monotonic(),
+            kinds=kinds,
+        )
+        viewer.grants = frozenset({grants.SUBSCRIBE})
+        viewer.sending_video = viewer.sending_audio = False
+        try:
+            answer = await viewer.answer(offer_sdp, self.config.ice_servers.for_user(SERVER_TURN_USER))
+        except NegotiationError as exc:
+            raise ProtocolError(protocol.INVALID_SDP, str(exc)) from exc
+        # Looked at again: the room may have closed, or other viewers come, while the offer was answered.
+        closed = self.rooms.get(room_name) is not room
+        if closed or len(room.viewers) >= limit:
+            await viewer.close()
+            if closed:
+                raise ProtocolError(protocol.ROOM_NOT_FOUND, "The room closed while the offer was answered.")
+            raise ProtocolError(protocol.ROOM_FULL, f"This room has its maximum of {limit} viewers.")
+        room.add_viewer(viewer)
+        self._viewer_ended[viewer.peer_id] = on_ended
+        logger.info("room %s: viewer %s (tier %s) watches", room.name, viewer.peer_id, viewer.ceiling)
+        return viewer, answer
+
+    def unwatch(self, room_name: str, viewer_id: str) -> bool:
+        """End a viewer because it asked to (WHEP DELETE); False when it had already ended."""
+        room = self.rooms.get(room_name)
+        if room is None or viewer_id not in room.viewers:
+            return False
+        self._viewer_ended.pop(viewer_id, None)
+        self._end_viewer(room, viewer_id)
+        return True
+
+    def _end_viewer(self, room: Room, viewer_id: str) -> None:
+        """Take the viewer out of the room's outputs and close its connection; tell whoever waits on it."""
+        viewer = room.remove_viewer(viewer_id)
+        if viewer is None:
+            return
+        self._close_later(viewer)
+        logger.info("room %s: viewer %s left", room.name, viewer_id)
+        ended = self._viewer_ended.pop(viewer_id, None)
+        if ended is not None:
+            ended()
+
     def _admit(self, message: Join) -> tuple[frozenset[str], tokens.Claims | None]:
         """The grants a join gets and the token's claims: all and None without a secret, else its valid token's."""
         if self.config.secret is None:
@@ -372,7 +459,8 @@ class Conference:
 
     def media_bytes(self) -> tuple[int, int]:
         """(sent, received) bytes of every peer connection since the server started."""
-        return self.traffic.totals(p.pc for room in self.rooms.values() for p in room.participants.values() if p.pc)
+        receivers = (p for room in self.rooms.values() for p in [*room.participants.values(), *room.viewers.values()])
+        return self.traffic.totals(p.pc for p in receivers if p.pc)
 
     def _close_later(self, participant: Participant) -> None:
         if participant.pc is not None:

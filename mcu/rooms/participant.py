@@ -111,6 +111,7 @@ class Participant:
         hide_self: bool = False,
         ladder: Ladder | None = None,
         now: float = 0.0,
+        kinds: tuple[str, ...] = ("audio", "video"),
     ) -> None:
         self.peer_id = peer_id
         self.name = name
@@ -160,6 +161,9 @@ class Participant:
         self._on_chat = on_chat
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: The media its offers carry: both for a participant; a viewer may offer audio or video alone,
+        #: and aiortc cannot answer an offer that lacks a transceiver's kind.
+        self._kinds = kinds
 
     async def answer(self, offer_sdp: str, ice_servers: list[dict]) -> str:
         """Apply the peer's offer (first or renegotiation) and return the SDP answer."""
@@ -167,10 +171,12 @@ class Participant:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, OperationError, InvalidStateError, InvalidAccessError) as exc:
+        except Exception as exc:
             if pc is not self.pc:
-                await pc.close()  # a first offer that failed leaves nothing behind
-            raise NegotiationError(f"The SDP offer could not be answered: {exc}") from exc
+                await pc.close()  # a first offer that failed leaves nothing behind, whatever aiortc raised
+            if isinstance(exc, (ValueError, OperationError, InvalidStateError, InvalidAccessError)):
+                raise NegotiationError(f"The SDP offer could not be answered: {exc}") from exc
+            raise
         self.pc = pc
         self._use_codec(negotiated_video_codec(pc.localDescription.sdp))
         return pc.localDescription.sdp
@@ -244,6 +250,8 @@ class Participant:
         # Our transceivers exist before the offer so that the codec preferences
         # apply to it: the answer then carries only what the shared encoders make.
         for track in (self.audio_out, self.video_out):
+            if track.kind not in self._kinds:
+                continue
             transceiver = pc.addTransceiver(track, direction="sendrecv")
             transceiver.setCodecPreferences(_shared_codecs(track.kind))
             send_directly(transceiver.sender, track, self.link if track is self.video_out else None)

@@ -44,18 +44,23 @@ class Room:
         #: When the room opened (time.monotonic()), for rates since then.
         self.created = time.monotonic()
         self.participants: dict[str, Participant] = {}
+        #: WHEP viewers (mcu/server/whep.py): receivers of the composite and the whole mix, kept apart from
+        #: the participants: no tile, no voice, in no participant list; they end with the room.
+        self.viewers: dict[str, Participant] = {}
         self.video = VideoPipeline(
             name,
             config.output_tiers(),
             DEFAULT_TIER,
             scenes=self._scene,
-            sinks=lambda: [p.video_out for p in self.participants.values() if grants.SUBSCRIBE in p.grants],
+            sinks=lambda: [p.video_out for p in self.receivers()],
             on_pli=self._ask_keyframe,
             stale_seconds=config.stale_video_seconds,
             encode_per_peer=config.encode_per_peer,
             on_sync=self._watch_visibility,
         )
-        self.audio = AudioPipeline(name, lambda: list(self.participants.values()), config.audio_talkers)
+        self.audio = AudioPipeline(
+            name, lambda: [*self.participants.values(), *self.viewers.values()], config.audio_talkers
+        )
         self.chat = ChatRelay(name, self.participants)
         #: The recording in progress, if any.
         self.recording: Recording | None = None
@@ -96,6 +101,26 @@ class Room:
             if self.ladder is not None:
                 self._adapting = asyncio.ensure_future(self._adapt_forever())
 
+    def receivers(self) -> list[Participant]:
+        """Everyone the room's outputs go to: its subscribing participants, then its viewers."""
+        subscribers = [p for p in self.participants.values() if grants.SUBSCRIBE in p.grants]
+        return [*subscribers, *self.viewers.values()]
+
+    def add_viewer(self, viewer: Participant) -> None:
+        """A WHEP viewer of a running room: one more sink of its shared encoders."""
+        self.viewers[viewer.peer_id] = viewer
+
+    def remove_viewer(self, peer_id: str) -> Participant | None:
+        viewer = self.viewers.pop(peer_id, None)
+        if viewer is not None:
+            self._depart(viewer)
+        return viewer
+
+    def _depart(self, receiver: Participant) -> None:
+        """Keep the room's feedback totals whole when `receiver` leaves."""
+        for name in FEEDBACK_COUNTS:
+            self._departed_feedback[name] += getattr(receiver.link.stats, name)
+
     def remove(self, peer_id: str) -> Participant | None:
         leaving = self.participants.get(peer_id)
         if leaving is not None and leaving.video_receiver is not None:
@@ -110,14 +135,13 @@ class Room:
         participant = self.participants.pop(peer_id, None)
         if participant is not None:
             self._departed_ignored += participant.visibility.frames_ignored
-            for name in FEEDBACK_COUNTS:
-                self._departed_feedback[name] += getattr(participant.link.stats, name)
+            self._depart(participant)
         return participant
 
     def feedback(self) -> dict[str, int]:
         """RTCP feedback received from this room's receivers since it opened, by kind."""
         totals = dict(self._departed_feedback)
-        for participant in self.participants.values():
+        for participant in [*self.participants.values(), *self.viewers.values()]:
             for name in FEEDBACK_COUNTS:
                 totals[name] += getattr(participant.link.stats, name)
         return totals
@@ -130,7 +154,7 @@ class Room:
         while True:
             await asyncio.sleep(ADAPT_INTERVAL)
             now = time.monotonic()
-            for participant in list(self.participants.values()):
+            for participant in [*self.participants.values(), *self.viewers.values()]:
                 switch = participant.adapt(now)
                 if switch is None:
                     continue
@@ -147,9 +171,9 @@ class Room:
     def links(self) -> dict[str, dict]:
         """Each receiver's tier and link, as its RTCP reports it (mcu/rtc/link.py, mcu/rooms/adaptation.py)."""
         links = {}
-        for peer_id, participant in self.participants.items():
+        for participant in [*self.participants.values(), *self.viewers.values()]:
             controller = participant.controller
-            links[peer_id] = {
+            links[participant.peer_id] = {
                 "tier": participant.tier,
                 "ceiling": participant.ceiling,
                 "estimate": None if controller is None or controller.estimate is None else round(controller.estimate),
@@ -171,6 +195,7 @@ class Room:
         losses = [self._departed_losses, *(video_losses(receiver) for receiver in receivers)]
         return {
             "peers": len(self.participants),
+            "viewers": len(self.viewers),
             "links": self.links(),
             "tierSwitches": dict(self.switches),
             "keyframesGated": video.keyframes_gated,

@@ -60,7 +60,7 @@ def authorize(request: web.Request, grant: str, room: str | None = None) -> None
 def room_or_404(request: web.Request) -> Room:
     room = request.app[CONFERENCE].rooms.get(request.match_info["room"])
     if room is None:
-        raise error(web.HTTPNotFound, "room_not_found", "There is no such room.")
+        raise error(web.HTTPNotFound, protocol.ROOM_NOT_FOUND, "There is no such room.")
     return room
 
 

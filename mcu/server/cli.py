@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind, value, text in (
         ("--max-rooms", int, default.max_rooms, "rooms at once (too_many_rooms)"),
         ("--max-peers", int, default.max_peers_per_room, "peers per room (room_full)"),
+        ("--max-viewers", int, default.max_viewers_per_room, "WHEP viewers per room, apart from its peers (room_full)"),
         ("--max-message-bytes", int, default.max_message_bytes, "signaling message size (message_too_large)"),
         (
             "--max-messages-per-second",
@@ -320,6 +321,7 @@ def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None 
         limits=Limits(
             max_rooms=args.max_rooms,
             max_peers_per_room=args.max_peers,
+            max_viewers_per_room=args.max_viewers,
             max_message_bytes=args.max_message_bytes,
             messages_per_second=args.max_messages_per_second,
             message_burst=max(1, round(2 * args.max_messages_per_second)),

@@ -36,6 +36,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from mcu.config import Config
+from mcu.server.cors import add_cors
 from mcu.server.page import add_page
 from signaling import protocol
 from signaling.directory import Directory, DirectoryUnavailable, Load, MemoryDirectory
@@ -45,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 #: Set on the connections a front opens to an owner: a relayed join is never relayed again.
 RELAYED_HEADER = "X-MCU-Relayed"
+#: Request headers passed on to a worker, and the response headers of its answer passed back (WHEP's).
+_REQUEST_HEADERS = {"authorization", "content-type", "if-match"}
+_RESPONSE_HEADERS = {"location", "etag", "link", "accept-patch", "accept-post"}
 #: How long a worker may take to answer /healthz after it is spawned.
 WORKER_START_SECONDS = 30.0
 #: A join waits at most this long for its owner to become reachable (a dead node's lease to expire).
@@ -429,7 +433,8 @@ class Front:
     # --- the HTTP API, served by the room's owner ---------------------------------------
 
     async def api_room(self, request: web.Request) -> web.StreamResponse:
-        """/api/rooms/{room}/...: forwarded to the worker (or node) hosting the room, which authorizes it.
+        """/api/rooms/{room}/... and /whep/{room}/...: forwarded to the worker (or node) hosting the room, which
+        authorizes it.
 
         A room hosted nowhere goes to any worker: it checks the token first, then says 404.
         """
@@ -449,22 +454,25 @@ class Front:
             if worker is None and not live:
                 raise web.HTTPServiceUnavailable(text="no worker is running")
             base = _http_base((worker or live[0]).url)
-        response = await self._forward(request, base)
-        return web.Response(status=response[0], body=response[1], content_type=response[2])
+        status, body, content_type, headers = await self._forward(request, base)
+        response = web.Response(status=status, body=body or None, content_type=content_type if body else None)
+        response.headers.extend(headers)
+        return response
 
     async def api_rooms(self, request: web.Request) -> web.Response:
         """GET /api/rooms: every room of this node's workers (each worker authorizes the request)."""
         rooms = []
         for worker in self.pool.live():
-            status, body, content_type = await self._forward(request, _http_base(worker.url))
+            status, body, content_type, _ = await self._forward(request, _http_base(worker.url))
             if status != 200:
                 return web.Response(status=status, body=body, content_type=content_type)
             rooms += json.loads(body)["rooms"]
         return web.json_response({"rooms": rooms})
 
-    async def _forward(self, request: web.Request, base: str) -> tuple[int, bytes, str]:
+    async def _forward(self, request: web.Request, base: str) -> tuple[int, bytes, str, list[tuple[str, str]]]:
+        """The worker's status, body, content type and the response headers of _RESPONSE_HEADERS."""
         assert self._http is not None
-        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
+        headers = {k: v for k, v in request.headers.items() if k.lower() in _REQUEST_HEADERS}
         headers[RELAYED_HEADER] = "1"
         async with self._http.request(
             request.method,
@@ -473,7 +481,8 @@ class Front:
             data=await request.read(),
             timeout=aiohttp.ClientTimeout(10),
         ) as response:
-            return response.status, await response.read(), response.content_type
+            kept = [(k, v) for k, v in response.headers.items() if k.lower() in _RESPONSE_HEADERS]
+            return response.status, await response.read(), response.content_type, kept
 
     async def metrics(self, request: web.Request) -> web.Response:
         """/metrics: every worker's metrics in one scrape, each sample labelled with its worker's index."""
@@ -573,6 +582,8 @@ def create_front_app(
     app.router.add_get("/api/rooms", front.api_rooms)
     app.router.add_get("/metrics", front.metrics)
     app.router.add_route("*", "/api/rooms/{room}{tail:(/.*)?}", front.api_room)
+    app.router.add_route("*", "/whep/{room}{tail:(/.*)?}", front.api_room)
+    add_cors(app, "/whep/")
 
     add_page(app)
 

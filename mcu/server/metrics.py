@@ -77,6 +77,11 @@ class ConferenceCollector(Collector):
         yield CounterMetricFamily("mcu_kicks", "Participants removed by a moderator (kick, HTTP DELETE)", value=kicks)
         bans = len(conference.bans)
         yield GaugeMetricFamily("mcu_bans", "Removed participants' tokens kept out of their room now", value=bans)
+        yield GaugeMetricFamily(
+            "mcu_viewers",
+            "WHEP viewers in all rooms (not participants)",
+            value=sum(len(r.viewers) for r in rooms.values()),
+        )
         sent, received = conference.media_bytes()
         yield CounterMetricFamily(
             "mcu_media_bytes_sent", "Media bytes sent to peers (RTP and data channels, encrypted)", value=sent
@@ -91,6 +96,7 @@ class ConferenceCollector(Collector):
             key: CounterMetricFamily(f"mcu_{name}", help, labels=["room"]) for key, name, help in _ROOM_COUNTERS
         }
         peers = GaugeMetricFamily("mcu_room_peers", "Participants in the room", labels=["room"])
+        viewers = GaugeMetricFamily("mcu_room_viewers", "WHEP viewers of the room", labels=["room"])
         paused = GaugeMetricFamily(
             "mcu_publishers_paused", "Publishers asked to pause their video: on no canvas (sender control)",
             labels=["room"],
@@ -101,6 +107,7 @@ class ConferenceCollector(Collector):
         now = time.monotonic()
         for name, room_stats in stats.items():
             peers.add_metric([name], room_stats["peers"])
+            viewers.add_metric([name], room_stats["viewers"])
             paused.add_metric([name], room_stats["publishersPaused"])
             for key, counter in counters.items():
                 counter.add_metric([name], room_stats.get(key, 0))
@@ -112,6 +119,7 @@ class ConferenceCollector(Collector):
         for gone in self._last.keys() - stats.keys():
             del self._last[gone]
         yield peers
+        yield viewers
         yield paused
         yield fps
         yield from counters.values()
@@ -143,7 +151,7 @@ class ConferenceCollector(Collector):
         )
         for name, room in rooms.items():
             counts: dict[str, int] = {}
-            for participant in room.participants.values():
+            for participant in [*room.participants.values(), *room.viewers.values()]:
                 counts[participant.tier] = counts.get(participant.tier, 0) + 1
             for tier, count in counts.items():
                 tiers.add_metric([name, tier], count)
@@ -152,7 +160,7 @@ class ConferenceCollector(Collector):
             for kind, count in room.feedback().items():
                 feedback.add_metric([name, kind], count)
             gated.add_metric([name], room.video.stats.keyframes_gated)
-            stats = [p.link.stats for p in room.participants.values()]
+            stats = [p.link.stats for p in [*room.participants.values(), *room.viewers.values()]]
             loss.add_metric([name], max((s.fraction_lost for s in stats), default=0.0))
             rtt.add_metric([name], max((s.rtt for s in stats if s.rtt is not None), default=0.0))
         yield from (tiers, switches, feedback, gated, loss, rtt)

@@ -28,8 +28,10 @@ WEB_ROOT = find_web_root()
 
 
 def add_page(app: web.Application) -> None:
-    """Serve the page at / and its files under /static/ (a 404 that says why where they are missing)."""
+    """Serve the page at /, the watch page at /watch/{room}, and their files under /static/ (a 404 that says
+    why where they are missing)."""
     app.router.add_get("/", _index)
+    app.router.add_get("/watch/{room}", _watch)
     if WEB_ROOT is not None:
         app.router.add_static("/static/", WEB_ROOT)
 
@@ -38,3 +40,10 @@ async def _index(request: web.Request) -> web.StreamResponse:
     if WEB_ROOT is None:
         raise web.HTTPNotFound(text="The web client is not installed.")
     return web.FileResponse(WEB_ROOT / "index.html")
+
+
+async def _watch(request: web.Request) -> web.StreamResponse:
+    """A player of one room's composite over WHEP (watch.js reads the room from the path)."""
+    if WEB_ROOT is None:
+        raise web.HTTPNotFound(text="The web client is not installed.")
+    return web.FileResponse(WEB_ROOT / "watch.html")
