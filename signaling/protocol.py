@@ -56,6 +56,10 @@ UNKNOWN_PEER = "unknown_peer"
 RECONNECT = "reconnect"
 #: The room directory (Redis) is unreachable: a room not already on this node cannot be placed.
 DIRECTORY_UNAVAILABLE = "directory_unavailable"
+#: A `share` while the room already shows its maximum of shared screens (`mcu serve --max-shares`).
+SHARE_LIMIT = "share_limit"
+#: A `stopShare` from a participant that shares nothing.
+NOT_SHARING = "not_sharing"
 
 #: How a room carries media: composited (mcu), forwarded (sfu) or peer to peer (mesh).
 MODES = ("mcu", "sfu", "mesh")
@@ -232,13 +236,46 @@ class SetLayout:
         return {"type": "setLayout", "layout": self.layout}
 
 
+@dataclass(frozen=True)
+class Share:
+    """Show the video of the offer's section ``mid`` as this peer's shared screen (grant ``publish``).
+
+    The section is a second video the client adds (``sendonly``) and offers on its peer
+    connection, before or after this message: the server shows it from its first keyframe.
+    """
+
+    mid: str
+
+    def to_message(self) -> dict[str, Any]:
+        return {"type": "share", "mid": self.mid}
+
+
+@dataclass(frozen=True)
+class StopShare:
+    """Stop showing this peer's shared screen; the room's layout goes back to what it was."""
+
+    def to_message(self) -> dict[str, Any]:
+        return {"type": "stopShare"}
+
+
 def _addressed(message: dict[str, Any], to: str | None) -> dict[str, Any]:
     """A mesh room's message names the peer it is for; any other goes to the server, without ``to``."""
     return message if to is None else {**message, "to": to}
 
 
 ClientMessage = (
-    Join | Offer | Answer | Candidate | Leave | SetMedia | StartRecording | StopRecording | SetLayout | ModerateAudio
+    Join
+    | Offer
+    | Answer
+    | Candidate
+    | Leave
+    | SetMedia
+    | StartRecording
+    | StopRecording
+    | SetLayout
+    | ModerateAudio
+    | Share
+    | StopShare
 )
 
 
@@ -365,6 +402,17 @@ def _parse_set_layout(obj: dict[str, Any]) -> SetLayout:
     return SetLayout(layout=layout)
 
 
+#: The longest `mid` a `share` may name (RFC 8843 gives none; browsers use a few digits).
+MAX_MID_LENGTH = 32
+
+
+def _parse_share(obj: dict[str, Any]) -> Share:
+    mid = typed_field(obj, "mid", str, "mid")
+    if not 1 <= len(mid) <= MAX_MID_LENGTH:
+        raise ProtocolError(INVALID_MESSAGE, f'The "mid" field must have 1 to {MAX_MID_LENGTH} characters.')
+    return Share(mid)
+
+
 #: The gain a moderator may give a participant's voice: 0 (silent) to 2 (+6 dB).
 MAX_VOLUME = 2.0
 
@@ -394,6 +442,8 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
     "startRecording": lambda obj: StartRecording(),
     "stopRecording": lambda obj: StopRecording(),
     "setLayout": _parse_set_layout,
+    "share": _parse_share,
+    "stopShare": lambda obj: StopShare(),
 }
 
 
@@ -432,12 +482,14 @@ def joined(
     recording: dict | None = None,
     layout: str | dict = "grid",
     mode: str = "mcu",
+    screens: list[str] | None = None,
 ) -> dict:
     """
     Confirm a join: the caller's ``peer_id``, who else is in the room (dicts with
     ``peerId`` and ``name``), the ICE servers to configure before offering,
     the room's recording in progress (``file``, ``startedAt``) or None, and the
-    room's current layout (as ``setLayout`` takes it) and the room's mode.
+    room's current layout (as ``setLayout`` takes it), the room's mode, and the peerIds of
+    those who share a screen now.
     """
     return {
         "type": "joined",
@@ -448,6 +500,7 @@ def joined(
         "recording": recording,
         "layout": layout,
         "mode": mode,
+        "screens": list(screens or ()),
     }
 
 
@@ -531,6 +584,11 @@ def layout_changed(layout: str | dict, by: str | None) -> dict:
     return {"type": "layoutChanged", "layout": layout, "by": by}
 
 
+def screen_share(peer_id: str, sharing: bool) -> dict:
+    """To everybody in the room: ``peer_id`` started or stopped sharing a screen."""
+    return {"type": "screenShare", "peerId": peer_id, "sharing": sharing}
+
+
 def error(code: str, message: str) -> dict:
     """Report a refused message; the connection and the room go on."""
     return {"type": "error", "code": code, "message": message}
@@ -559,6 +617,8 @@ class Joined:
     recording: dict[str, Any] | None
     layout: str | dict[str, Any]
     mode: str
+    #: The peerIds of those sharing a screen when it joined.
+    screens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -630,6 +690,14 @@ class Visibility:
 
 
 @dataclass(frozen=True)
+class ScreenShare:
+    """Someone started or stopped sharing a screen (mcu rooms)."""
+
+    peer_id: str
+    sharing: bool
+
+
+@dataclass(frozen=True)
 class Error:
     """A refused message (on the WebSocket, or on the chat channel); the session goes on."""
 
@@ -647,6 +715,7 @@ ServerMessage = (
     | LayoutChanged
     | Tier
     | Visibility
+    | ScreenShare
     | Error
 )
 
@@ -676,7 +745,16 @@ def _read_joined(obj: dict[str, Any]) -> Joined:
         recording=typed_field(obj, "recording", dict, "recording", optional=True),
         layout=layout,
         mode=typed_field(obj, "mode", str, "mode"),
+        screens=tuple(_strings(obj, "screens")),
     )
+
+
+def _strings(obj: dict[str, Any], key: str) -> list[str]:
+    """An optional list of strings (absent: none, as from a server before it)."""
+    values = typed_field(obj, key, list, key, optional=True) or []
+    if not all(isinstance(value, str) for value in values):
+        raise ProtocolError(INVALID_MESSAGE, f'Each of "{key}" must be a string.')
+    return values
 
 
 def _read_server_offer(obj: dict[str, Any]) -> ServerOffer:
@@ -720,6 +798,9 @@ _READERS: dict[str, Callable[[dict[str, Any]], ServerMessage]] = {
     ),
     "visibility": lambda obj: Visibility(
         typed_field(obj, "onScreen", bool, "onScreen"), typed_field(obj, "sendVideo", bool, "sendVideo")
+    ),
+    "screenShare": lambda obj: ScreenShare(
+        typed_field(obj, "peerId", str, "peerId"), typed_field(obj, "sharing", bool, "sharing")
     ),
     "error": read_error,
 }
