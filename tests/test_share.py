@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -13,8 +14,11 @@ from media_checks import cell_colours, close_to
 
 from client.peer import Peer, PeerError
 from client.sources import COLORS, ColorTrack, TextTrack, ToneTrack, rgb_to_yuv
-from compositor.layout import PRESENTATION, Rect, fit
+from compositor.layout import PRESENTATION, Rect, fit, parse_layout
+from compositor.video import Scene, Tile
 from mcu.config import Config
+from mcu.media.encoders import Tier
+from mcu.media.video_process import SceneSpec, Settings, TileSpec, VideoMixer, _Upstream, screen_key
 from signaling import protocol
 
 WIDTH, HEIGHT = 640, 360
@@ -189,7 +193,8 @@ async def test_16_px_text_of_a_1080p_share_stays_legible_in_the_high_tier(server
         psnr, gradients = text_fidelity(received[top:], reference[top:])
         print(f"1080p text in a {area.width}x{area.height} region of 1280x720: PSNR {psnr:.1f} dB, "
               f"gradient energy {gradients:.2f} of the reference")  # fmt: skip
-        assert psnr > 20 and gradients > 0.6, (psnr, gradients)
+        # Measured 31.3 dB and 1.02; one linear scaling alone gives 24.6 dB, half the resolution 20.2 dB and 0.70.
+        assert psnr > 27 and 0.85 < gradients < 1.25, (psnr, gradients)
     finally:
         await close_all([alice, bob])
 
@@ -206,3 +211,67 @@ def text_fidelity(received: np.ndarray, reference: np.ndarray) -> tuple[float, f
         return float(np.mean(np.hypot(gx, gy)))
 
     return float(psnr), energy(received) / energy(reference)
+
+
+# The parts, frame by frame.
+
+
+def text_frame(width: int, height: int) -> av.VideoFrame:
+    page = TextTrack(width, height).page
+    planes = np.full((height * 3 // 2, width), 128, np.uint8)
+    planes[:height] = page
+    return av.VideoFrame.from_numpy_buffer(planes, format="yuv420p")
+
+
+@pytest.mark.parametrize("width, height", [(1280, 720), (640, 360), (1920, 1080)])
+@pytest.mark.parametrize("count", range(1, 12))
+def test_presentation_layout_the_main_tile_large_the_others_in_a_strip_at_the_right(width, height, count):
+    placed = PRESENTATION.rects(count, width, height, speaker=0)
+    rects = [rect for rect, _ in placed]
+    assert all(z == 0 for _, z in placed) and len(rects) == count
+    assert all(v % 2 == 0 for rect in rects for v in (rect.x, rect.y, rect.width, rect.height))
+    if count == 1:
+        assert rects == [Rect(0, 0, width, height)]
+        return
+    main, strip = rects[0], rects[1:]
+    assert main == Rect(0, 0, round(0.8 * width), height)
+    # A 16:9 screen keeps its aspect and 80 % of the width: as large as the strip leaves room for.
+    assert fit(1920, 1080, main).width == main.width
+    assert all(r.x == main.width and r.x + r.width == width for r in strip)
+    assert all(a.y + a.height == b.y for a, b in zip(strip, strip[1:]))  # stacked in order, no gap
+    assert abs(strip[0].y - (height - strip[-1].y - strip[-1].height)) <= 4  # centred
+    assert all(abs(r.height - height / max(count - 1, 5)) <= 2 for r in strip)
+    # The floor holder takes the large place when nobody shares.
+    assert PRESENTATION.rects(count, width, height, speaker=count - 1)[-1][0] == main
+    assert parse_layout("presentation") is PRESENTATION
+
+
+def test_a_screen_is_scaled_once_from_its_own_size_into_every_tiers_canvas():
+    tiers = {"high": Tier(1280, 720, 15, 1_500_000), "low": Tier(640, 360, 15, 400_000)}
+    mixer = VideoMixer(Settings(tiers, 2.0, time.monotonic()), lambda message: None)
+    screen = text_frame(1920, 1080)
+    camera = text_frame(320, 180)
+    scene = Scene((Tile("s", screen, screen=True), Tile("alice", camera)), PRESENTATION, 0)
+    canvases = mixer._shared_canvases(scene, {(1280, 720), (640, 360)})
+    assert mixer.counters.scaled == 0  # each canvas composed from the screen itself
+    for width, height in ((1280, 720), (640, 360)):
+        area = screen_area(2, width, height, (1920, 1080))
+        once = cv2.resize(planes(screen)[0], (area.width, area.height), interpolation=cv2.INTER_AREA)
+        drawn = planes(canvases[width, height])[0][area.y : area.y + area.height, area.x : area.x + area.width]
+        assert np.abs(drawn.astype(int) - once).max() <= 1  # no label over it, no second scaling
+    # Without a screen, the smaller canvas is the larger one scaled down, as before.
+    mixer._shared_canvases(Scene((Tile("alice", camera),)), {(1280, 720), (640, 360)})
+    assert mixer.counters.scaled == 1
+
+
+def test_a_still_screen_is_never_stale():
+    mixer = VideoMixer(Settings({"high": Tier(640, 360, 15, 600_000)}, 2.0, time.monotonic()), lambda m: None)
+    now = time.monotonic()
+    for key in ("a", screen_key("a")):
+        upstream = mixer._upstreams[key] = _Upstream(mixer._decoders[0])
+        upstream.picture, upstream.picture_time = text_frame(320, 180), now - 60
+    scene = mixer._scene(SceneSpec((TileSpec(screen_key("a"), "a (screen)", screen=True), TileSpec("a", "a"))), now)
+    assert scene.tiles[0].frame is not None and scene.tiles[0].screen
+    assert scene.tiles[1].frame is None  # a camera that still is its placeholder
+    for executor in mixer._decoders:
+        executor.shutdown()

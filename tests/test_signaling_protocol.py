@@ -149,9 +149,16 @@ VALID = [
     # size boundary
     (padded(MAX_MESSAGE_BYTES), Leave()),
     (padded_multibyte(MAX_MESSAGE_BYTES), Leave()),
+    ('{"type": "share", "mid": "2"}', protocol.Share("2")),
+    ('{"type": "stopShare"}', protocol.StopShare()),
 ]
 
 INVALID = [
+    # share: its mid
+    ('{"type": "share"}', protocol.INVALID_MESSAGE),
+    ('{"type": "share", "mid": 2}', protocol.INVALID_MESSAGE),
+    ('{"type": "share", "mid": ""}', protocol.INVALID_MESSAGE),
+    (dumps({"type": "share", "mid": "9" * 33}), protocol.INVALID_MESSAGE),
     # transport
     (b'{"type": "leave"}', protocol.BINARY_NOT_SUPPORTED),
     (b"", protocol.BINARY_NOT_SUPPORTED),
@@ -387,6 +394,7 @@ def test_server_messages() -> None:
                 "recording": {"file": "f.webm", "startedAt": 1},
                 "layout": "pip",
                 "mode": "mcu",
+                "screens": [],
             },
         ),
         (
@@ -400,7 +408,12 @@ def test_server_messages() -> None:
                 "recording": None,
                 "layout": "grid",
                 "mode": "mcu",
+                "screens": [],
             },
+        ),
+        (
+            protocol.screen_share("p3", True),
+            {"type": "screenShare", "peerId": "p3", "sharing": True},
         ),
         (
             protocol.server_offer(SDP, [{"mid": "2", "peerId": "p1", "kind": "video"}]),
@@ -458,6 +471,8 @@ CLIENT_MESSAGES: list[protocol.ClientMessage] = [
     protocol.ModerateAudio(peer_id="p5", muted=False, volume=2.0),
     protocol.StartRecording(),
     protocol.StopRecording(),
+    protocol.Share(mid="2"),
+    protocol.StopShare(),
 ]
 
 
@@ -512,6 +527,8 @@ def test_the_client_messages_on_the_wire() -> None:
     }
     assert protocol.StartRecording().to_message() == {"type": "startRecording"}
     assert protocol.StopRecording().to_message() == {"type": "stopRecording"}
+    assert protocol.Share(mid="2").to_message() == {"type": "share", "mid": "2"}
+    assert protocol.StopShare().to_message() == {"type": "stopShare"}
 
 
 def read(message: dict[str, Any]) -> protocol.ServerMessage | None:
@@ -530,6 +547,7 @@ SERVER_MESSAGES: list[tuple[dict[str, Any], protocol.ServerMessage]] = [
             {"file": "f.webm", "startedAt": 1},
             REGIONS,
             "mesh",
+            ["p3"],
         ),
         protocol.Joined(
             room="room",
@@ -539,6 +557,7 @@ SERVER_MESSAGES: list[tuple[dict[str, Any], protocol.ServerMessage]] = [
             recording={"file": "f.webm", "startedAt": 1},
             layout=REGIONS,
             mode="mesh",
+            screens=("p3",),
         ),
     ),
     (
@@ -561,6 +580,22 @@ SERVER_MESSAGES: list[tuple[dict[str, Any], protocol.ServerMessage]] = [
     (protocol.tier("low", "congestion", "high"), protocol.Tier(tier="low", reason="congestion", ceiling="high")),
     (protocol.visibility(False, False), protocol.Visibility(on_screen=False, send_video=False)),
     (protocol.visibility(True, True), protocol.Visibility(on_screen=True, send_video=True)),
+    (protocol.screen_share("p3", True), protocol.ScreenShare(peer_id="p3", sharing=True)),
+    (protocol.screen_share("p3", False), protocol.ScreenShare(peer_id="p3", sharing=False)),
+    # A server before screen sharing sends no `screens`: nobody shares.
+    (
+        {
+            "type": "joined",
+            "room": "r",
+            "peerId": "p1",
+            "participants": [],
+            "iceServers": [],
+            "layout": "grid",
+            "recording": None,
+            "mode": "mcu",
+        },
+        protocol.Joined("r", "p1", (), [], recording=None, layout="grid", mode="mcu"),
+    ),  # fmt: skip
     (protocol.error(protocol.RECONNECT, "Join again."), protocol.Error(code="reconnect", message="Join again.")),
 ]
 
@@ -624,6 +659,18 @@ def test_the_client_reads_nothing_from_what_it_does_not_act_on(built: dict[str, 
         {"type": "layoutChanged", "layout": None, "by": None},
         {"type": "tier", "tier": "low", "reason": "join"},
         {"type": "visibility", "onScreen": True, "sendVideo": "no"},
+        {"type": "screenShare", "peerId": "p3"},
+        {"type": "screenShare", "peerId": "p3", "sharing": "yes"},
+        {
+            "type": "joined",
+            "room": "r",
+            "peerId": "p1",
+            "participants": [],
+            "iceServers": [],
+            "layout": "grid",
+            "mode": "mcu",
+            "screens": [3],
+        },  # fmt: skip
         {"type": "error", "code": "reconnect"},
     ],
     ids=lambda obj: json.dumps(obj)[:50],
