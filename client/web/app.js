@@ -1,6 +1,8 @@
 // The meeting page: one WebSocket for signaling, one peer connection for media and chat.
 // Protocol: docs/protocol.md. Plain modules, no build step.
 
+import { ScreenShare } from "./share.js";
+
 const $ = (id) => document.getElementById(id);
 
 /** The "recording" indicator: shown while the room is being recorded (recording: {file, startedAt} or null). */
@@ -90,6 +92,7 @@ class Meeting {
     this.stopped = false;
     this.retries = 0;
     this.deviceWarning = ""; // shown for as long as the meeting lasts
+    this.screen = new ScreenShare(this, $("share")); // client/web/share.js
   }
 
   async start() {
@@ -185,6 +188,7 @@ class Meeting {
   }
 
   async onMessage(message) {
+    this.screen.onMessage(message);
     switch (message.type) {
       case "joined":
         this.retries = 0;
@@ -590,6 +594,7 @@ class Meeting {
 
   stop(reason) {
     this.stopped = true;
+    this.screen.stop(false);
     this.send({ type: "leave" });
     this.closePeer();
     this.ws?.close();
