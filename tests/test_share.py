@@ -4,12 +4,14 @@ presentation layout and back; the limit, the events and a moderator's layout; th
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 
 import av
 import cv2
 import numpy as np
 import pytest
+from conftest import BIN, free_port, start_mcu, stop_process
 from media_checks import cell_colours, close_to
 
 from client.peer import Peer, PeerError
@@ -275,3 +277,37 @@ def test_a_still_screen_is_never_stale():
     assert scene.tiles[1].frame is None  # a camera that still is its placeholder
     for executor in mixer._decoders:
         executor.shutdown()
+
+
+async def test_mcu_client_shares_a_pattern_and_the_recording_shows_the_presentation(tmp_path):
+    """`mcu-client --share pattern` against `mcu serve`: another peer sees the page, and so does the recording."""
+    port = free_port()
+    server = start_mcu(port, "--size", "640x360", "--fps", "15", "--record-dir", str(tmp_path))
+    url = f"ws://127.0.0.1:{port}/ws"
+    watcher = Peer(url, "cli", "watcher", video=ColorTrack(COLORS["blue"]))
+    sharer = subprocess.Popen(
+        [BIN / "mcu-client", "join", url, "--room", "cli", "--name", "sharer", "--video", "color:red"]
+        + ["--share", "pattern", "--duration", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    cameras = ["blue", "red"]
+    try:
+        await watcher.join()
+        await watcher.send(protocol.StartRecording().to_message())
+        await watcher.wait_for(lambda: presentation(watcher.video_frame, cameras, (1920, 1080)), timeout=15)
+        assert len(watcher.screens) == 1
+        await asyncio.sleep(1.5)
+        await watcher.send(protocol.StopRecording().to_message())
+        await watcher.wait_for(lambda: any(e["type"] == "recordingStopped" for e in watcher.events), timeout=10)
+    finally:
+        await watcher.close()
+        sharer.terminate()  # it has printed what it saw as it came
+        output = sharer.communicate(timeout=10)[0]
+        stop_process(server)
+    assert "sharing a screen" in output and "'type': 'screenShare'" in output, output
+    (recorded,) = tmp_path.iterdir()
+    with av.open(str(recorded)) as container:
+        last = list(container.decode(video=0))[-1]
+    assert presentation(last, cameras, (1920, 1080))
