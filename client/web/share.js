@@ -11,6 +11,8 @@ export class ScreenShare {
     this.track = null; // the screen being shared, null when none
     this.pending = false; // asked for, and the room has not said it shows it yet
     this.screens = []; // peerIds sharing now, from joined and screenShare
+    this.allowed = false; // joined an mcu room (sfu and mesh rooms compose nothing to show a screen in)
+    this.starting = false; // waiting for the user to pick a screen
     button.onclick = () => (this.track ? this.stop() : this.start()); // the meeting of now, not a former one
     this.render();
   }
@@ -18,16 +20,23 @@ export class ScreenShare {
   // `track`: a video track to share instead of asking the user (tests, a canvas' captureStream()).
   async start(track = null) {
     const meeting = this.meeting;
-    const pc = meeting.pc;
-    if (!pc || meeting.roomMode !== "mcu") return;
+    if (!meeting.pc || !this.allowed || this.track || this.starting) return;
     if (!track) {
+      this.starting = true;
       try {
         const stream = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: 15 }, audio: false });
         track = stream.getVideoTracks()[0];
       } catch (error) {
         console.warn("getDisplayMedia", error); // the user cancelled the picker, or it is not allowed
         return;
+      } finally {
+        this.starting = false;
       }
+    }
+    const pc = meeting.pc;
+    if (!pc) {
+      track.stop(); // the meeting ended while the user picked
+      return;
     }
     track.contentHint = "detail"; // text stays sharp: the encoder gives up frame rate before resolution
     track.addEventListener("ended", () => { if (this.track === track) this.stop(); }); // the browser's own Stop
@@ -62,6 +71,7 @@ export class ScreenShare {
         this.stop(false);
         this.transceiver = null;
         this.screens = [...(message.screens ?? [])];
+        this.allowed = (message.mode ?? "mcu") === "mcu";
         break;
       case "screenShare":
         this.screens = this.screens.filter((peerId) => peerId !== message.peerId);
@@ -81,7 +91,7 @@ export class ScreenShare {
     const sharing = Boolean(this.track);
     this.button.textContent = sharing ? "Stop sharing" : "Share screen";
     this.button.setAttribute("aria-pressed", String(sharing));
-    this.button.disabled = !navigator.mediaDevices?.getDisplayMedia && !sharing;
+    this.button.disabled = !sharing && !(this.allowed && navigator.mediaDevices?.getDisplayMedia);
     const others = this.screens.filter((peerId) => peerId !== this.meeting.peerId);
     const names = others.map((peerId) => this.meeting.participants.get(peerId)?.name ?? peerId);
     this.button.title = names.length ? `Sharing now: ${names.join(", ")}` : "";
