@@ -112,6 +112,8 @@ async def test_a_share_switches_every_composite_to_presentation_and_back(server)
             assert {"type": "screenShare", "peerId": people[0].peer_id, "sharing": True} in p.events
         room = server.conference.rooms["share"]
         assert room.shown_layout is PRESENTATION and room.layout.name == "grid"
+        stats = room.stats()
+        assert stats["screens"] == [people[0].peer_id] and stats["screenFrames"] > 0
         assert all(p.layout == "grid" for p in people)  # the room's own layout is unchanged
 
         await people[0].stop_share()

@@ -160,6 +160,7 @@ class Participant:
         self.screen_mid: str | None = None
         self._extra_video: dict[str, RTCRtpReceiver] = {}
         self._on_screen = on_screen
+        #: Encoded frames of its shared screen received (and handed to the room).
         self.screen_frames = 0
         self._on_failed = on_failed
         #: The peer's "chat" data channel, once it has opened one.
@@ -224,8 +225,10 @@ class Participant:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            transceiver = next(t for t in pc.getTransceivers() if t.receiver.track is track)
-            if track.kind == "video" and transceiver.sender.track is not self.video_out:
+            transceivers = pc.getTransceivers()
+            transceiver = next(t for t in transceivers if t.receiver.track is track)
+            camera = next(t for t in transceivers if t.kind == "video")  # ours, made before the first offer
+            if transceiver.kind == "video" and transceiver is not camera:
                 self._on_extra_video(transceiver.mid, transceiver.receiver)  # a section the peer added
             else:
                 self._on_track(track, transceiver.receiver)

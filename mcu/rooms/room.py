@@ -240,6 +240,9 @@ class Room:
             "chatRefused": chat.refused,
             "chatDropped": chat.dropped,
             "mode": self.mode,
+            # Who shares a screen, and the frames of shared screens received (mcu/rooms/participant.py).
+            "screens": list(self.sharing),
+            "screenFrames": sum(p.screen_frames for p in self.participants.values()),
             **(self.forwarder.describe() if self.forwarder is not None else {}),
         }
 
