@@ -177,6 +177,17 @@ async def test_one_share_at_a_time_a_newcomer_is_told_and_a_chosen_layout_stays(
         await close_all(people)
 
 
+async def test_an_sfu_room_has_no_composite_to_show_a_screen_in(server):
+    sfu = Peer(server.url, "forwarded", "sam", video=ColorTrack(COLORS["red"]), mode="sfu")
+    try:
+        await sfu.join()
+        await sfu.send(protocol.Share("1").to_message())
+        await sfu.wait_for(lambda: bool(sfu.errors), timeout=3)
+        assert sfu.errors[-1].code == protocol.WRONG_MODE and sfu.screens == []
+    finally:
+        await sfu.close()
+
+
 @pytest.mark.parametrize("config", [Config(width=1280, height=720, fps=15, video_bitrate=1_500_000, adapt=False)])
 async def test_16_px_text_of_a_1080p_share_stays_legible_in_the_high_tier(server):
     """The share's region of a decoded composite against the source scaled once into that region."""
