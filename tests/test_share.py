@@ -21,6 +21,7 @@ from compositor.video import Scene, Tile
 from mcu.config import Config
 from mcu.media.encoders import Tier
 from mcu.media.video_process import SceneSpec, Settings, TileSpec, VideoMixer, _Upstream, screen_key
+from mcu.server.cli import build_parser
 from signaling import protocol
 
 WIDTH, HEIGHT = 640, 360
@@ -324,3 +325,11 @@ async def test_mcu_client_shares_a_pattern_and_the_recording_shows_the_presentat
     with av.open(str(recorded)) as container:
         last = list(container.decode(video=0))[-1]
     assert presentation(last, cameras, (1920, 1080))
+
+
+def test_max_shares_on_the_command_line():
+    assert build_parser().parse_args(["serve"]).max_shares == 1
+    assert build_parser().parse_args(["serve", "--max-shares", "3"]).max_shares == 3
+    for bad in ("-1", "many"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--max-shares", bad])
