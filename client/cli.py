@@ -18,7 +18,7 @@ from signaling.protocol import MODES
 
 from .impairment import parse_spec
 from .peer import Peer, PeerError
-from .sources import ColorTrack, MovingTrack, ToneTrack, parse_color
+from .sources import ColorTrack, MovingTrack, TextTrack, ToneTrack, parse_color
 from .whep import WhepError, WhepViewer
 
 
@@ -33,6 +33,15 @@ def _video(spec: str | None) -> tuple[MediaStreamTrack | None, MediaPlayer | Non
     return player.video, player
 
 
+def _screen(spec: str | None) -> tuple[MediaStreamTrack | None, MediaPlayer | None]:
+    if spec is None:
+        return None, None
+    if spec == "pattern":
+        return TextTrack(), None
+    player = MediaPlayer(spec.removeprefix("file:"), loop=True)
+    return player.video, player
+
+
 def _audio(spec: str | None) -> tuple[MediaStreamTrack | None, MediaPlayer | None]:
     if spec is None:
         return None, None
@@ -40,6 +49,10 @@ def _audio(spec: str | None) -> tuple[MediaStreamTrack | None, MediaPlayer | Non
         return ToneTrack(float(spec.removeprefix("tone:"))), None
     player = MediaPlayer(spec.removeprefix("file:"), loop=True)
     return player.audio, player
+
+
+#: The server's messages printed as they come.
+_EVENTS_SHOWN = ("participantJoined", "participantLeft", "tier", "visibility", "screenShare", "error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "it needs its bitrate) or a media file",
     )
     join.add_argument("--audio", help="tone:HZ (a sine tone) or a media file")
+    join.add_argument(
+        "--share",
+        metavar="FILE|pattern",
+        help="share a screen once joined (mcu rooms): a media file's video, or pattern (1920x1080 of 16 px text)",
+    )
     join.add_argument("--record", metavar="FILE", help="write what is received (video and audio) to FILE")
     join.add_argument(
         "--chat", action="append", default=[], metavar="TEXT", help="send TEXT to the room's chat once connected"
@@ -111,6 +129,7 @@ async def run_join(args: argparse.Namespace) -> int:
     try:
         video, _ = _video(args.video)
         audio, _ = _audio(args.audio)
+        screen, _ = _screen(args.share)
         impairment = parse_spec(args.impair) if args.impair else None
     except (ValueError, OSError) as exc:
         print(f"mcu-client: {exc}", file=sys.stderr)
@@ -137,13 +156,16 @@ async def run_join(args: argparse.Namespace) -> int:
         print(f"joined room {args.room} ({peer.room_mode} mode) as {peer.peer_id}; others: {others}", flush=True)
         loop = asyncio.get_running_loop()
         deadline = None if args.duration is None else loop.time() + args.duration
+        if screen is not None:
+            await peer.share(screen)
+            print("sharing a screen", flush=True)
         for text in args.chat:
             await peer.chat(text)
         reported = chats = chat_errors = 0
         while deadline is None or loop.time() < deadline:
             await asyncio.sleep(0.2)
             for event in peer.events[reported:]:
-                if event["type"] in ("participantJoined", "participantLeft", "tier", "visibility", "error"):
+                if event["type"] in _EVENTS_SHOWN:
                     print(f"event: {event}", flush=True)
             reported = len(peer.events)
             for message in peer.chat_messages[chats:]:

@@ -169,6 +169,9 @@ class Peer:
         self._sfu_received: dict[str, tuple[str | None, MediaStreamTrack]] = {}
         #: Times this peer joined its room again after a `reconnect` error (its media server went away).
         self.reconnects = 0
+        #: Who shares a screen in the room (`joined`, `screenShare`), and the section our own screen is sent on.
+        self.screens: list[str] = []
+        self._screen: RTCRtpTransceiver | None = None
 
     async def join(self, timeout: float = 10) -> None:
         """Join the room and start media; returns once the server has answered."""
@@ -244,6 +247,42 @@ class Peer:
     async def kick(self, peer_id: str, reason: str | None = None) -> None:
         """Remove another participant from the room (needs the moderate grant); its token is kept out a while."""
         await self.send(protocol.Kick(peer_id, reason).to_message())
+
+    async def share(self, track: MediaStreamTrack, timeout: float = 10) -> None:
+        """Share `track` as our screen (mcu rooms), and return once the room shows it.
+
+        As a browser does with getDisplayMedia: the first time, a second video section
+        (sendonly) is added and offered on the same peer connection, and `share` names
+        its mid; later shares put the new track on that section, with no renegotiation.
+        :raises PeerError: the server refused (`share_limit`, `forbidden`...): nothing is sent.
+        """
+        assert self.pc is not None and self.peer_id is not None
+        if self._screen is None:
+            self._screen = self.pc.addTransceiver(track, direction="sendonly")
+            self._answered.clear()
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+            await self.send(protocol.Offer(self.pc.localDescription.sdp).to_message())
+            await self._wait(self._answered, timeout, "answer")
+        else:
+            self._screen.sender.replaceTrack(track)
+        assert self._screen.mid is not None
+        errors = len(self.errors)
+        await self.send(protocol.Share(self._screen.mid).to_message())
+        peer_id = self.peer_id
+        try:
+            await self.wait_for(lambda: peer_id in self.screens or len(self.errors) > errors, timeout)
+        except TimeoutError:
+            raise PeerError("the server did not show our screen") from None
+        if peer_id not in self.screens:
+            self._screen.sender.replaceTrack(None)
+            error = self.errors[-1]
+            raise PeerError(f"{error.code}: {error.message}")
+
+    async def stop_share(self) -> None:
+        """Stop sharing our screen: its section stops sending (kept for the next share) and the room is told."""
+        if self._screen is not None:
+            self._screen.sender.replaceTrack(None)
+        await self.send(protocol.StopShare().to_message())
 
     async def chat(self, text: str, timeout: float = 10) -> None:
         """Send a chat message to the room, once the chat channel is open."""
@@ -366,6 +405,7 @@ class Peer:
                 self.participants = {p.peer_id: p.name for p in message.participants}
                 self.layout = message.layout
                 self.room_mode = message.mode
+                self.screens = list(message.screens)
                 self.visibility = None
                 if self.outgoing_video is not None:
                     self.outgoing_video.resume()  # a room joined (again) wants our video until it says otherwise
@@ -399,6 +439,11 @@ class Peer:
                         publisher.end()
             case protocol.LayoutChanged():
                 self.layout = message.layout
+            case protocol.ScreenShare():
+                if message.sharing and message.peer_id not in self.screens:
+                    self.screens.append(message.peer_id)
+                elif not message.sharing and message.peer_id in self.screens:
+                    self.screens.remove(message.peer_id)
             case protocol.Tier():
                 self.received_tier = message.tier
             case protocol.Visibility():
@@ -425,6 +470,7 @@ class Peer:
                 if closing is not None:
                     await closing.close()
             self.pc = None
+            self._screen = None
             for event in (self._joined, self._answered, self._chat_open):
                 event.clear()
             try:

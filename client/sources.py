@@ -1,4 +1,4 @@
-"""Synthetic media for the client: a solid-colour test pattern, a moving one and a tone."""
+"""Synthetic media for the client: a solid-colour test pattern, a moving one, a page of text and a tone."""
 
 from __future__ import annotations
 
@@ -138,6 +138,57 @@ class MovingTrack(_Paced):
     async def recv(self) -> av.VideoFrame:
         index = await self._next_index()
         frame = av.VideoFrame.from_numpy_buffer(self.frames[index % self.PERIOD], format="yuv420p")
+        frame.pts = index * (90000 // self.fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        return frame
+
+
+class TextTrack(_Paced):
+    """A screen to share: a page of small dark text on white, 1920x1080 by default, with a clock line.
+
+    The text is what a shared screen must keep legible: a font of about 16 px (Hershey simplex at
+    scale 0.45, 15 px from ascender to descender), a line every 20 px, different words on every
+    line. The top line shows the frame number, so the stream is live while the rest stays still,
+    as a document on a screen does. `page` is the luma without that line (the reference to compare
+    a received picture against).
+    """
+
+    kind = "video"
+
+    #: Where the text starts, its scale and its line pitch, in pixels.
+    MARGIN = 24
+    SCALE = 0.45
+    PITCH = 20
+    WORDS = (
+        "screen share legible detail video region scale encode frame pixel layout strip camera canvas "
+        "tier bitrate keyframe decoder compose server client room peer offer answer mid track text line"
+    ).split()
+
+    def __init__(self, width: int = 1920, height: int = 1080, fps: int = 5, seed: int = 0) -> None:
+        super().__init__(fps)
+        self.fps = fps
+        self.width, self.height = width, height
+        rng = np.random.default_rng(seed)
+        page = np.full((height, width), 235, np.uint8)
+        for row, y in enumerate(range(self.MARGIN + 2 * self.PITCH, height - self.MARGIN, self.PITCH)):
+            words = [f"{row:03d}"]
+            while cv2.getTextSize(" ".join(words), cv2.FONT_HERSHEY_SIMPLEX, self.SCALE, 1)[0][0] < width - 300:
+                words.append(str(rng.choice(self.WORDS)))
+            text = " ".join(words)
+            cv2.putText(page, text, (self.MARGIN, y), cv2.FONT_HERSHEY_SIMPLEX, self.SCALE, 16, 1, cv2.LINE_AA)
+        page.setflags(write=False)
+        self.page = page
+        self._buffer = np.full((height * 3 // 2, width), 128, np.uint8)
+
+    async def recv(self) -> av.VideoFrame:
+        index = await self._next_index()
+        luma = self._buffer[: self.height]
+        luma[...] = self.page
+        cv2.putText(
+            luma, f"frame {index}", (self.MARGIN, self.MARGIN + self.PITCH), cv2.FONT_HERSHEY_SIMPLEX, self.SCALE, 16
+        )
+        # A new buffer each time: the sender's encoder may still hold the last one.
+        frame = av.VideoFrame.from_numpy_buffer(self._buffer.copy(), format="yuv420p")
         frame.pts = index * (90000 // self.fps)
         frame.time_base = fractions.Fraction(1, 90000)
         return frame

@@ -1,4 +1,4 @@
-"""Layouts for the composite canvas, as data: built-in `grid`, `speaker` and `pip`, or custom regions.
+"""Layouts for the composite canvas, as data: built-in `grid`, `speaker`, `pip` and `presentation`, or custom regions.
 
 Every coordinate and size is even: yuv420p stores chroma at half resolution,
 so an odd edge would split a chroma sample between two tiles.
@@ -134,6 +134,10 @@ STRIP_MIN_CELLS = 4
 INSET_SIZE = 0.2
 INSET_MARGIN = 0.025
 INSETS_PER_ROW = 4
+#: The presentation layout's strip of cameras at the right, as a fraction of the canvas width; its cells
+#: are that wide and a fifth of the height (16:9 on a 16:9 canvas) until more than five need to share it.
+PRESENTATION_STRIP = 0.2
+PRESENTATION_MIN_CELLS = 5
 #: The largest custom layout accepted, in regions.
 MAX_REGIONS = 64
 #: The smallest custom region, as a fraction of the canvas on each axis.
@@ -168,6 +172,24 @@ def _pip_regions(count: int, speaker: int) -> list[Region]:
         for i in range(count - 1)
     )
     return [Region(0, 0, 1, 1) if index == speaker else next(insets) for index in range(count)]
+
+
+def _presentation_regions(count: int, main: int) -> list[Region]:
+    """The main tile (a shared screen, else the floor holder) as large as the canvas less a strip at the right;
+    the others stacked in that strip, in their order, centred.
+
+    A strip at the side takes the same share of a 16:9 screen's area as one below it
+    would, and leaves a 16:10 or 4:3 screen more room.
+    """
+    if count == 1:
+        return [Region(0, 0, 1, 1)]
+    others = count - 1
+    cell = 1 / max(others, PRESENTATION_MIN_CELLS)
+    top = (1 - cell * others) / 2
+    left = 1 - PRESENTATION_STRIP
+    strip = iter(Region(left, top + i * cell, PRESENTATION_STRIP, cell) for i in range(others))
+    large = Region(0, 0, left, 1)
+    return [large if index == main else next(strip) for index in range(count)]
 
 
 @dataclass(frozen=True)
@@ -223,12 +245,18 @@ def _assign(regions: tuple[Region, ...], count: int, speaker: int) -> list[Regio
     return [reserved if index == speaker else next(rest) for index in range(min(count, len(regions)))]
 
 
-_BUILT_IN: dict[str, Arrange] = {"speaker": _speaker_regions, "pip": _pip_regions}
+_BUILT_IN: dict[str, Arrange] = {
+    "speaker": _speaker_regions,
+    "pip": _pip_regions,
+    "presentation": _presentation_regions,
+}
 
 GRID = Layout("grid")
 SPEAKER = Layout("speaker")
 PIP = Layout("pip", capacity=1 + INSETS_PER_ROW * INSETS_PER_ROW)
-BUILT_IN: dict[str, Layout] = {layout.name: layout for layout in (GRID, SPEAKER, PIP)}
+#: What a room shows while someone shares a screen, unless a layout was chosen for it (mcu/rooms/room.py).
+PRESENTATION = Layout("presentation")
+BUILT_IN: dict[str, Layout] = {layout.name: layout for layout in (GRID, SPEAKER, PIP, PRESENTATION)}
 
 
 class LayoutError(ValueError):
@@ -278,7 +306,7 @@ def parse_layout(data: Any) -> Layout:
             raise LayoutError(f"There is no layout {data[:64]!r}: use one of {', '.join(BUILT_IN)}, or regions.")
         return layout
     if not isinstance(data, dict):
-        raise LayoutError("A layout is a name (grid, speaker, pip) or an object with regions.")
+        raise LayoutError("A layout is a name (grid, speaker, pip, presentation) or an object with regions.")
     regions = data.get("regions")
     if not isinstance(regions, list) or not 1 <= len(regions) <= MAX_REGIONS:
         raise LayoutError(f"A custom layout needs regions: a list of 1 to {MAX_REGIONS} regions.")

@@ -44,11 +44,14 @@ class Tile:
 
     The name labels the cell, in any script (compositor/text.py). A speaking
     tile gets a highlighted border.
+    A `screen` (a shared screen) is scaled in one INTER_AREA step, the sharpest
+    for text, and carries no label over its content (its name shows on its placeholder).
     """
 
     name: str
     frame: av.VideoFrame | None
     speaking: bool = False
+    screen: bool = False
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,18 @@ def _scale_into(src: np.ndarray, dst: np.ndarray) -> None:
     cv2.resize(src, (width, height), dst=dst, interpolation=cv2.INTER_LINEAR)
 
 
+def _scale_once(src: np.ndarray, dst: np.ndarray) -> None:
+    """Scale a plane straight into a canvas view in one step: area averaging to shrink (no aliasing of
+    thin strokes, whatever the ratio), cubic to enlarge. Slower than `_scale_into` at a ratio that is not
+    whole, which a screen pays for only when its picture changes."""
+    if src.shape == dst.shape:
+        dst[...] = src
+        return
+    shrink = src.shape[0] >= dst.shape[0] and src.shape[1] >= dst.shape[1]
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+    cv2.resize(src, (dst.shape[1], dst.shape[0]), dst=dst, interpolation=interpolation)
+
+
 def _overlaps(a: Rect, b: Rect) -> bool:
     return a.x < b.x + b.width and b.x < a.x + a.width and a.y < b.y + b.height and b.y < a.y + a.height
 
@@ -248,11 +263,13 @@ class Compositor:
             if not same_geometry:
                 self._clear(cell)  # the old picture, bars, label or border may lie outside the new one
             y, u, v = yuv420p_planes(frame)
-            _scale_into(y, self._y[area.y : area.y + area.height, area.x : area.x + area.width])
+            scale = _scale_once if tile.screen else _scale_into
+            scale(y, self._y[area.y : area.y + area.height, area.x : area.x + area.width])
             rows, columns = _chroma_slices(area)
-            _scale_into(u, self._u[rows, columns])
-            _scale_into(v, self._v[rows, columns])
-            self._draw_label(tile.name, cell, area)
+            scale(u, self._u[rows, columns])
+            scale(v, self._v[rows, columns])
+            if not tile.screen:
+                self._draw_label(tile.name, cell, area)
         if tile.speaking:
             self._draw_border(cell)
         return _Shown(tile.name, frame, area, tile.speaking)

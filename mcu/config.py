@@ -37,8 +37,10 @@ class Config:
     #: At most this many tiles in a composite: a larger room shows the most recent
     #: speakers and one "+N" tile for the others (`mcu serve --max-tiles`).
     max_tiles: int = 16
-    #: The layout of a new room (compositor/layout.py): grid, speaker or pip.
+    #: The layout of a new room (compositor/layout.py): grid, speaker, pip or presentation.
     layout: str = "grid"
+    #: Shared screens a room shows at once (`share`; more get `share_limit`).
+    max_shares: int = 1
     #: The loudest this many talkers get a personal mix-minus; every other listener
     #: shares one mix of them. None: every listener gets a personal mix.
     audio_talkers: int | None = 3

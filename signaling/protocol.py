@@ -62,6 +62,10 @@ BANNED = "banned"
 RECONNECT = "reconnect"
 #: The room directory (Redis) is unreachable: a room not already on this node cannot be placed.
 DIRECTORY_UNAVAILABLE = "directory_unavailable"
+#: A `share` while the room already shows its maximum of shared screens (`mcu serve --max-shares`).
+SHARE_LIMIT = "share_limit"
+#: A `stopShare` from a participant that shares nothing.
+NOT_SHARING = "not_sharing"
 
 #: How a room carries media: composited (mcu), forwarded (sfu) or peer to peer (mesh).
 MODES = ("mcu", "sfu", "mesh")
@@ -253,6 +257,28 @@ class SetLayout:
         return {"type": "setLayout", "layout": self.layout}
 
 
+@dataclass(frozen=True)
+class Share:
+    """Show the video of the offer's section ``mid`` as this peer's shared screen (grant ``publish``).
+
+    The section is a second video the client adds (``sendonly``) and offers on its peer
+    connection, before or after this message: the server shows it from its first keyframe.
+    """
+
+    mid: str
+
+    def to_message(self) -> dict[str, Any]:
+        return {"type": "share", "mid": self.mid}
+
+
+@dataclass(frozen=True)
+class StopShare:
+    """Stop showing this peer's shared screen; the room's layout goes back to what it was."""
+
+    def to_message(self) -> dict[str, Any]:
+        return {"type": "stopShare"}
+
+
 def _addressed(message: dict[str, Any], to: str | None) -> dict[str, Any]:
     """A mesh room's message names the peer it is for; any other goes to the server, without ``to``."""
     return message if to is None else {**message, "to": to}
@@ -270,6 +296,8 @@ ClientMessage = (
     | SetLayout
     | ModerateAudio
     | Kick
+    | Share
+    | StopShare
 )
 
 
@@ -401,6 +429,17 @@ def _parse_set_layout(obj: dict[str, Any]) -> SetLayout:
     return SetLayout(layout=layout)
 
 
+#: The longest `mid` a `share` may name (RFC 8843 gives none; browsers use a few digits).
+MAX_MID_LENGTH = 32
+
+
+def _parse_share(obj: dict[str, Any]) -> Share:
+    mid = typed_field(obj, "mid", str, "mid")
+    if not 1 <= len(mid) <= MAX_MID_LENGTH:
+        raise ProtocolError(INVALID_MESSAGE, f'The "mid" field must have 1 to {MAX_MID_LENGTH} characters.')
+    return Share(mid)
+
+
 #: The gain a moderator may give a participant's voice: 0 (silent) to 2 (+6 dB).
 MAX_VOLUME = 2.0
 
@@ -444,6 +483,8 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
     "startRecording": lambda obj: StartRecording(),
     "stopRecording": lambda obj: StopRecording(),
     "setLayout": _parse_set_layout,
+    "share": _parse_share,
+    "stopShare": lambda obj: StopShare(),
 }
 
 
@@ -484,14 +525,16 @@ def joined(
     mode: str = "mcu",
     grants: Iterable[str] = (),
     layouts: Iterable[str] = (),
+    screens: list[str] | None = None,
 ) -> dict:
     """
     Confirm a join: the caller's ``peer_id``, who else is in the room (dicts with
     ``peerId`` and ``name``), the ICE servers to configure before offering,
     the room's recording in progress (``file``, ``startedAt``) or None, the
     room's current layout (as ``setLayout`` takes it) and the room's mode, what
-    the caller may do (its grants: a page shows the controls they allow) and the
-    built-in layouts ``setLayout`` accepts by name.
+    the caller may do (its grants: a page shows the controls they allow), the
+    built-in layouts ``setLayout`` accepts by name, and the peerIds of those who
+    share a screen now.
     """
     return {
         "type": "joined",
@@ -504,6 +547,7 @@ def joined(
         "mode": mode,
         "grants": sorted(grants),
         "layouts": list(layouts),
+        "screens": list(screens or ()),
     }
 
 
@@ -594,6 +638,11 @@ def layout_changed(layout: str | dict, by: str | None) -> dict:
     return {"type": "layoutChanged", "layout": layout, "by": by}
 
 
+def screen_share(peer_id: str, sharing: bool) -> dict:
+    """To everybody in the room: ``peer_id`` started or stopped sharing a screen."""
+    return {"type": "screenShare", "peerId": peer_id, "sharing": sharing}
+
+
 def error(code: str, message: str) -> dict:
     """Report a refused message; the connection and the room go on."""
     return {"type": "error", "code": code, "message": message}
@@ -626,6 +675,8 @@ class Joined:
     grants: frozenset[str] = frozenset()
     #: The built-in layout names the server accepts; empty from a server older than the field.
     layouts: tuple[str, ...] = ()
+    #: The peerIds of those sharing a screen when it joined.
+    screens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -699,6 +750,14 @@ class Visibility:
 
 
 @dataclass(frozen=True)
+class ScreenShare:
+    """Someone started or stopped sharing a screen (mcu rooms)."""
+
+    peer_id: str
+    sharing: bool
+
+
+@dataclass(frozen=True)
 class Error:
     """A refused message (on the WebSocket, or on the chat channel); the session goes on."""
 
@@ -716,6 +775,7 @@ ServerMessage = (
     | LayoutChanged
     | Tier
     | Visibility
+    | ScreenShare
     | Error
 )
 
@@ -747,6 +807,7 @@ def _read_joined(obj: dict[str, Any]) -> Joined:
         mode=typed_field(obj, "mode", str, "mode"),
         grants=frozenset(_strings(obj, "grants")),
         layouts=tuple(_strings(obj, "layouts")),
+        screens=tuple(_strings(obj, "screens")),
     )
 
 
@@ -801,6 +862,9 @@ _READERS: dict[str, Callable[[dict[str, Any]], ServerMessage]] = {
     ),
     "visibility": lambda obj: Visibility(
         typed_field(obj, "onScreen", bool, "onScreen"), typed_field(obj, "sendVideo", bool, "sendVideo")
+    ),
+    "screenShare": lambda obj: ScreenShare(
+        typed_field(obj, "peerId", str, "peerId"), typed_field(obj, "sharing", bool, "sharing")
     ),
     "error": read_error,
 }

@@ -66,6 +66,10 @@ class Conference(Protocol):
 
     async def stop_recording(self, session: Session, message: StopRecording) -> None: ...
 
+    async def share(self, session: Session, message: protocol.Share) -> None: ...
+
+    async def stop_share(self, session: Session, message: protocol.StopShare) -> None: ...
+
 
 class Session:
     """One signaling connection and, once joined, one participant."""
@@ -149,6 +153,10 @@ async def dispatch(conference: Conference, session: Session, text: str | bytes, 
         await conference.start_recording(session, message)
     elif isinstance(message, StopRecording):
         await conference.stop_recording(session, message)
+    elif isinstance(message, protocol.Share):
+        await conference.share(session, message)
+    elif isinstance(message, protocol.StopShare):
+        await conference.stop_share(session, message)
 
 
 def websocket_handler(conference: Conference, limits: Limits = Limits()):

@@ -252,8 +252,8 @@ REGION = {"x": 0, "y": 0, "width": 0.5, "height": 0.5}
     "data, words",
     [
         ("mosaic", "no layout 'mosaic'"),
-        (3, "a name (grid, speaker, pip) or an object"),
-        (None, "a name (grid, speaker, pip) or an object"),
+        (3, "a name (grid, speaker, pip, presentation) or an object"),
+        (None, "a name (grid, speaker, pip, presentation) or an object"),
         ({}, "needs regions"),
         ({"regions": []}, "needs regions"),
         ({"regions": "grid"}, "needs regions"),

@@ -16,7 +16,7 @@ async def test_the_server_serves_the_page_and_its_files(server) -> None:
         async with session.get(f"{base}/") as response:
             assert response.status == 200
             assert await response.text() == (WEB / "index.html").read_text()
-        for name in ("app.js", "style.css"):
+        for name in ("app.js", "share.js", "style.css"):
             async with session.get(f"{base}/static/{name}") as response:
                 assert response.status == 200
                 assert await response.text() == (WEB / name).read_text()

@@ -149,9 +149,16 @@ VALID = [
     # size boundary
     (padded(MAX_MESSAGE_BYTES), Leave()),
     (padded_multibyte(MAX_MESSAGE_BYTES), Leave()),
+    ('{"type": "share", "mid": "2"}', protocol.Share("2")),
+    ('{"type": "stopShare"}', protocol.StopShare()),
 ]
 
 INVALID = [
+    # share: its mid
+    ('{"type": "share"}', protocol.INVALID_MESSAGE),
+    ('{"type": "share", "mid": 2}', protocol.INVALID_MESSAGE),
+    ('{"type": "share", "mid": ""}', protocol.INVALID_MESSAGE),
+    (dumps({"type": "share", "mid": "9" * 33}), protocol.INVALID_MESSAGE),
     # transport
     (b'{"type": "leave"}', protocol.BINARY_NOT_SUPPORTED),
     (b"", protocol.BINARY_NOT_SUPPORTED),
@@ -389,6 +396,7 @@ def test_server_messages() -> None:
                 "mode": "mcu",
                 "grants": [],
                 "layouts": [],
+                "screens": [],
             },
         ),
         (
@@ -404,7 +412,12 @@ def test_server_messages() -> None:
                 "mode": "mcu",
                 "grants": [],
                 "layouts": [],
+                "screens": [],
             },
+        ),
+        (
+            protocol.screen_share("p3", True),
+            {"type": "screenShare", "peerId": "p3", "sharing": True},
         ),
         (
             protocol.server_offer(SDP, [{"mid": "2", "peerId": "p1", "kind": "video"}]),
@@ -467,6 +480,8 @@ CLIENT_MESSAGES: list[protocol.ClientMessage] = [
     protocol.Kick(peer_id="p5", reason="Spam in the chat."),
     protocol.StartRecording(),
     protocol.StopRecording(),
+    protocol.Share(mid="2"),
+    protocol.StopShare(),
 ]
 
 
@@ -523,6 +538,8 @@ def test_the_client_messages_on_the_wire() -> None:
     assert protocol.Kick(peer_id="p5", reason="Spam").to_message() == {"type": "kick", "peerId": "p5", "reason": "Spam"}
     assert protocol.StartRecording().to_message() == {"type": "startRecording"}
     assert protocol.StopRecording().to_message() == {"type": "stopRecording"}
+    assert protocol.Share(mid="2").to_message() == {"type": "share", "mid": "2"}
+    assert protocol.StopShare().to_message() == {"type": "stopShare"}
 
 
 @pytest.mark.parametrize(
@@ -560,6 +577,7 @@ SERVER_MESSAGES: list[tuple[dict[str, Any], protocol.ServerMessage]] = [
             "mesh",
             grants={"publish", "moderate"},
             layouts=["grid", "speaker"],
+            screens=["p3"],
         ),
         protocol.Joined(
             room="room",
@@ -571,6 +589,7 @@ SERVER_MESSAGES: list[tuple[dict[str, Any], protocol.ServerMessage]] = [
             mode="mesh",
             grants=frozenset({"publish", "moderate"}),
             layouts=("grid", "speaker"),
+            screens=("p3",),
         ),
     ),
     (
@@ -606,6 +625,22 @@ SERVER_MESSAGES: list[tuple[dict[str, Any], protocol.ServerMessage]] = [
     (protocol.tier("low", "congestion", "high"), protocol.Tier(tier="low", reason="congestion", ceiling="high")),
     (protocol.visibility(False, False), protocol.Visibility(on_screen=False, send_video=False)),
     (protocol.visibility(True, True), protocol.Visibility(on_screen=True, send_video=True)),
+    (protocol.screen_share("p3", True), protocol.ScreenShare(peer_id="p3", sharing=True)),
+    (protocol.screen_share("p3", False), protocol.ScreenShare(peer_id="p3", sharing=False)),
+    # A server before screen sharing sends no `screens`: nobody shares.
+    (
+        {
+            "type": "joined",
+            "room": "r",
+            "peerId": "p1",
+            "participants": [],
+            "iceServers": [],
+            "layout": "grid",
+            "recording": None,
+            "mode": "mcu",
+        },
+        protocol.Joined("r", "p1", (), [], recording=None, layout="grid", mode="mcu"),
+    ),  # fmt: skip
     (protocol.error(protocol.RECONNECT, "Join again."), protocol.Error(code="reconnect", message="Join again.")),
 ]
 
@@ -669,6 +704,18 @@ def test_the_client_reads_nothing_from_what_it_does_not_act_on(built: dict[str, 
         {"type": "layoutChanged", "layout": None, "by": None},
         {"type": "tier", "tier": "low", "reason": "join"},
         {"type": "visibility", "onScreen": True, "sendVideo": "no"},
+        {"type": "screenShare", "peerId": "p3"},
+        {"type": "screenShare", "peerId": "p3", "sharing": "yes"},
+        {
+            "type": "joined",
+            "room": "r",
+            "peerId": "p1",
+            "participants": [],
+            "iceServers": [],
+            "layout": "grid",
+            "mode": "mcu",
+            "screens": [3],
+        },  # fmt: skip
         {"type": "error", "code": "reconnect"},
     ],
     ids=lambda obj: json.dumps(obj)[:50],

@@ -5,6 +5,7 @@ import { installControls, showLayout, showRecordingControl, showRoomControls } f
 import { installDevicePickers, listDevices } from "./devices.js";
 import { renderParticipantList } from "./participants.js";
 import { watchLinks } from "./quality.js";
+import { ScreenShare } from "./share.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -96,6 +97,7 @@ class Meeting {
     this.stopped = false;
     this.retries = 0;
     this.deviceWarning = ""; // shown for as long as the meeting lasts
+    this.screen = new ScreenShare(this, $("share")); // client/web/share.js
   }
 
   async start() {
@@ -193,6 +195,7 @@ class Meeting {
   }
 
   async onMessage(message) {
+    this.screen.onMessage(message);
     switch (message.type) {
       case "joined":
         this.retries = 0;
@@ -598,6 +601,7 @@ class Meeting {
 
   stop(reason) {
     this.stopped = true;
+    this.screen.stop(false);
     if (this.peerId) this.send({ type: "leave" });
     this.closePeer();
     this.ws?.close();

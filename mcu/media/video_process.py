@@ -83,6 +83,17 @@ class TileSpec:
     speaking: bool = False
     #: False when the peer turned its camera off: the placeholder, whatever it still sends.
     video: bool = True
+    #: A shared screen (its `peer_id` is the screen's key, `screen_key`): never stale, scaled once into its place.
+    screen: bool = False
+
+
+#: What follows a publisher's peer id in the key of its shared screen (peer ids are hex: no clash).
+SCREEN_SUFFIX = "/screen"
+
+
+def screen_key(peer_id: str) -> str:
+    """The key under which a publisher's shared screen is decoded and shown, beside its camera's."""
+    return peer_id + SCREEN_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -342,13 +353,17 @@ class VideoMixer:
         self._send(Tick(pts, packets, counters, encoders))
 
     def _scene(self, spec: SceneSpec, now: float) -> Scene:
-        """The tiles of a spec with each peer's latest picture, or its placeholder when stale or off."""
+        """The tiles of a spec with each peer's latest picture, or its placeholder when stale or off.
+
+        A screen is never stale: a still screen is sent at a frame a second or less.
+        """
         stale = self.settings.stale_seconds
         tiles = []
         for tile in spec.tiles:
             upstream = self._upstreams.get(tile.peer_id) if tile.peer_id is not None and tile.video else None
-            picture = upstream.picture if upstream is not None and now - upstream.picture_time < stale else None
-            tiles.append(Tile(tile.name, picture, speaking=tile.speaking))
+            fresh = upstream is not None and (tile.screen or now - upstream.picture_time < stale)
+            picture = upstream.picture if fresh else None  # type: ignore[union-attr]
+            tiles.append(Tile(tile.name, picture, speaking=tile.speaking, screen=tile.screen))
         return Scene(tuple(tiles), spec.layout, spec.speaker)
 
     def _compose(self, scenes: dict[str | None, Scene], due: list[Output]) -> dict[Output, av.VideoFrame]:
@@ -415,11 +430,16 @@ class VideoMixer:
         """Compose the largest canvas; a smaller one of the same aspect is that canvas scaled down.
 
         Scaling the three planes once costs less than composing again at the
-        smaller size (docs/benchmarks.md), and looks the same.
+        smaller size (docs/benchmarks.md), and looks the same. Not with a shared
+        screen: every size is composed, so that the screen is scaled once from its
+        own resolution into its place (fine text does not survive two scalings).
         """
         canvases: dict[tuple[int, int], av.VideoFrame] = {}
+        rescale = not any(tile.screen for tile in scene.tiles)
         for width, height in sorted(sizes, reverse=True):
             source = next((size for size in canvases if size[0] * height == size[1] * width and size[0] > width), None)
+            if not rescale:
+                source = None
             if source is not None:
                 canvases[width, height] = self._scale(canvases[source], (width, height))
                 self.counters.scaled += 1

@@ -123,6 +123,7 @@ class Conference:
                 hide_self=message.hide_self,
                 ladder=room.ladder if grants.SUBSCRIBE in granted else None,
                 now=time.monotonic(),
+                on_screen=room.screen_upstream,
             )
         participant.grants = granted
         if grants.PUBLISH not in granted:
@@ -150,6 +151,7 @@ class Conference:
                 mode=room.mode,
                 grants=granted,
                 layouts=BUILT_IN,
+                screens=list(room.sharing),
             )
         )
         self._broadcast(room, protocol.participant_joined(peer_id, message.name), exclude=peer_id)
@@ -221,11 +223,14 @@ class Conference:
         self._ban_keys.pop(peer_id, None)
         if room is None:
             return
+        shared = peer_id in room.sharing
         participant = room.remove(peer_id)
         if participant is not None:
             self._close_later(participant)
             logger.info("room %s: %s left", room.name, peer_id)
         self._broadcast(room, protocol.participant_left(peer_id, reason))
+        if shared:
+            self._broadcast(room, protocol.screen_share(peer_id, False))
         if room.empty:
             del self.rooms[room.name]
             for viewer_id in list(room.viewers):
@@ -246,8 +251,36 @@ class Conference:
             room.layout = parse_layout(data)
         except LayoutError as exc:
             raise ProtocolError(protocol.INVALID_LAYOUT, str(exc)) from None
+        room.layout_chosen = True  # a shared screen no longer switches the room to the presentation layout
         logger.info("room %s: layout %s", room.name, room.layout.name)
         self._broadcast(room, protocol.layout_changed(room.layout.to_json(), by))
+
+    async def share(self, session: Session, message: protocol.Share) -> None:
+        """Show the peer's video section `message.mid` as its screen, within the room's limit of shares."""
+        participant = self.require(session, grants.PUBLISH)
+        room = self.rooms[session.room]  # type: ignore[index]
+        if room.mode != "mcu":
+            raise ProtocolError(protocol.WRONG_MODE, f"A shared screen is composed: not in a {room.mode} room.")
+        sharing = participant.peer_id in room.sharing
+        if not sharing and len(room.sharing) >= self.config.max_shares:
+            raise ProtocolError(
+                protocol.SHARE_LIMIT,
+                f"This room shows at most {self.config.max_shares} shared screen(s) at once; one is shared now.",
+            )
+        participant.screen_mid = message.mid
+        room.share(participant.peer_id)
+        logger.info("room %s: %s shares mid %s", room.name, participant.peer_id, message.mid)
+        if not sharing:
+            self._broadcast(room, protocol.screen_share(participant.peer_id, True))
+
+    async def stop_share(self, session: Session, message: protocol.StopShare) -> None:
+        participant = self._participant(session)
+        room = self.rooms[session.room]  # type: ignore[index]
+        participant.screen_mid = None
+        if not room.unshare(participant.peer_id):
+            raise ProtocolError(protocol.NOT_SHARING, "You are not sharing a screen.")
+        logger.info("room %s: %s stopped sharing", room.name, participant.peer_id)
+        self._broadcast(room, protocol.screen_share(participant.peer_id, False))
 
     async def start_recording(self, session: Session, message: StartRecording) -> None:
         self.require(session, grants.RECORD)

@@ -112,6 +112,7 @@ class Participant:
         ladder: Ladder | None = None,
         now: float = 0.0,
         kinds: tuple[str, ...] = ("audio", "video"),
+        on_screen: Callable[[str, str, bytes, int], None] | None = None,
     ) -> None:
         self.peer_id = peer_id
         self.name = name
@@ -155,6 +156,13 @@ class Participant:
         self.video_receiver: RTCRtpReceiver | None = None
         #: Encoded video frames received from the peer (and handed to the video process).
         self.video_frames = 0
+        #: The mid of the section its shared screen comes on (`share`), None while it shares nothing; the
+        #: receivers of its other video sections by mid (what it may share), and where a screen's frames go.
+        self.screen_mid: str | None = None
+        self._extra_video: dict[str, RTCRtpReceiver] = {}
+        self._on_screen = on_screen
+        #: Encoded frames of its shared screen received (and handed to the room).
+        self.screen_frames = 0
         self._on_failed = on_failed
         #: The peer's "chat" data channel, once it has opened one.
         self.chat_channel: RTCDataChannel | None = None
@@ -223,8 +231,13 @@ class Participant:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
-            self._on_track(track, receiver)
+            transceivers = pc.getTransceivers()
+            transceiver = next(t for t in transceivers if t.receiver.track is track)
+            camera = next(t for t in transceivers if t.kind == "video")  # ours, made before the first offer
+            if transceiver.kind == "video" and transceiver is not camera:
+                self._on_extra_video(transceiver.mid, transceiver.receiver)  # a section the peer added
+            else:
+                self._on_track(track, transceiver.receiver)
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
@@ -264,6 +277,25 @@ class Participant:
         )
         if track.kind == "video":
             self.video_receiver = receiver
+
+    def _on_extra_video(self, mid: str | None, receiver: RTCRtpReceiver) -> None:
+        """A video section beyond the camera's (a renegotiation added it): a screen, once `share` names its mid."""
+        if mid is None:
+            return
+        self._extra_video[mid] = receiver
+        install_encoded_receiver(receiver, lambda frame: self._take_screen(mid, frame), audio_in_order=False)
+
+    @property
+    def screen_receiver(self) -> RTCRtpReceiver | None:
+        """The receiver of its shared screen, to ask it for keyframes (None: not sharing, or not offered yet)."""
+        return None if self.screen_mid is None else self._extra_video.get(self.screen_mid)
+
+    def _take_screen(self, mid: str, frame: JitterFrame) -> None:
+        """An encoded frame of an added video section: on to the room if it is the screen shared now."""
+        if mid != self.screen_mid or self._on_screen is None:
+            return
+        self.screen_frames += 1
+        self._on_screen(self.peer_id, frame.codec_name, frame.data, frame.timestamp)  # type: ignore[attr-defined]
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run `coroutine` as a task of this participant, cancelled when it closes."""
@@ -320,3 +352,4 @@ class Participant:
         for task in list(self._tasks):
             task.cancel()
         self.video_receiver = None
+        self._extra_video.clear()

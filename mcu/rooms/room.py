@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from compositor.layout import Layout, last_n, parse_layout
+from compositor.layout import PRESENTATION, Layout, last_n, parse_layout
 from mcu.config import DEFAULT_TIER, Config
 from mcu.media.audio_pipeline import AudioPipeline
 from mcu.media.video_pipeline import VideoPipeline
-from mcu.media.video_process import PLI_INTERVAL, SceneSpec, TileSpec
+from mcu.media.video_process import PLI_INTERVAL, SCREEN_SUFFIX, SceneSpec, TileSpec, screen_key
 from mcu.rooms.adaptation import Ladder, Switch
 from mcu.rooms.chat_relay import ChatRelay
 from mcu.rooms.participant import Participant
@@ -66,6 +66,10 @@ class Room:
         self.recording: Recording | None = None
         #: What the composite looks like; changed at run time (setLayout, the HTTP API), shown on the next tick.
         self.layout: Layout = parse_layout(config.layout)
+        #: Whether a moderator chose `layout` (setLayout, the HTTP API): a shared screen then keeps it.
+        self.layout_chosen = False
+        #: Who shares a screen, in the order they started (at most `config.max_shares`).
+        self.sharing: list[str] = []
         self._started = False
         #: When each publisher was last asked for a keyframe on the video process's behalf.
         self._plis: dict[str, float] = {}
@@ -127,6 +131,7 @@ class Room:
             lost, asked = video_losses(leaving.video_receiver)
             self._departed_losses = (self._departed_losses[0] + lost, self._departed_losses[1] + asked)
         if self.mode == "mcu":
+            self.unshare(peer_id)
             self.video.forget(peer_id)
             self._plis.pop(peer_id, None)
         self.chat.remove(peer_id)
@@ -137,6 +142,29 @@ class Room:
             self._departed_ignored += participant.visibility.frames_ignored
             self._depart(participant)
         return participant
+
+    def share(self, peer_id: str) -> None:
+        """Show `peer_id`'s screen from its next keyframe (asked for now), and the presentation layout with it."""
+        if peer_id not in self.sharing:
+            self.sharing.append(peer_id)
+        key = screen_key(peer_id)
+        self._plis.pop(key, None)
+        self._ask_keyframe(key)
+
+    def unshare(self, peer_id: str) -> bool:
+        """Stop showing `peer_id`'s screen (its decoder goes); False if it shared none."""
+        if peer_id not in self.sharing:
+            return False
+        self.sharing.remove(peer_id)
+        key = screen_key(peer_id)
+        self.video.forget(key)
+        self._plis.pop(key, None)
+        return True
+
+    @property
+    def shown_layout(self) -> Layout:
+        """What the canvases use: `presentation` while a screen is shared, unless a layout was chosen."""
+        return PRESENTATION if self.sharing and not self.layout_chosen else self.layout
 
     def feedback(self) -> dict[str, int]:
         """RTCP feedback received from this room's receivers since it opened, by kind."""
@@ -239,6 +267,9 @@ class Room:
             "chatRefused": chat.refused,
             "chatDropped": chat.dropped,
             "mode": self.mode,
+            # Who shares a screen, and the frames of shared screens received (mcu/rooms/participant.py).
+            "screens": list(self.sharing),
+            "screenFrames": sum(p.screen_frames for p in self.participants.values()),
             **(self.forwarder.describe() if self.forwarder is not None else {}),
         }
 
@@ -282,14 +313,16 @@ class Room:
         At most every PLI_INTERVAL per publisher: a stalled video process drops every
         frame it is sent, and each drop asks for a keyframe.
         """
-        participant = self.participants.get(peer_id)
+        screen = peer_id.endswith(SCREEN_SUFFIX)
+        participant = self.participants.get(peer_id.removesuffix(SCREEN_SUFFIX))
         now = time.monotonic()
-        if participant is None or participant.video_receiver is None:
+        if participant is None:
             return
-        if now - self._plis.get(peer_id, float("-inf")) < PLI_INTERVAL:
+        receiver = participant.screen_receiver if screen else participant.video_receiver
+        if receiver is None or now - self._plis.get(peer_id, float("-inf")) < PLI_INTERVAL:
             return
         self._plis[peer_id] = now
-        if send_pli(participant.video_receiver):
+        if send_pli(receiver) and not screen:
             participant.visibility.keyframes_asked += 1
 
     def upstream(self, peer_id: str, codec_name: str, data: bytes, timestamp: int) -> None:
@@ -304,6 +337,11 @@ class Room:
             self.video.upstream(peer_id, codec_name, data, timestamp)
         elif wanted:
             self._ask_keyframe(peer_id)  # still waiting for the keyframe asked for on resuming: again, paced
+
+    def screen_upstream(self, peer_id: str, codec_name: str, data: bytes, timestamp: int) -> None:
+        """An encoded frame of a publisher's shared screen: always decoded while it shares (it is always shown)."""
+        if peer_id in self.sharing:
+            self.video.upstream(screen_key(peer_id), codec_name, data, timestamp)
 
     def _watch_visibility(self) -> None:
         """After each look at the canvases: who is shown, who is paused once its hold ran out, who resumes.
@@ -340,10 +378,16 @@ class Room:
         `max_tiles` (or than the layout holds) are left, the most recent
         speakers are shown, then those who send video (a participant without a
         camera, or with it off, does not take a camera's tile unless it spoke),
-        and one "+N" tile counts the others.
+        and one "+N" tile counts the others. Shared screens come first, each a tile
+        of its own; in the presentation layout the first screen is the large one.
         """
         audio = self.audio
-        limit = min(self.config.max_tiles, self.layout.capacity or self.config.max_tiles)
+        layout = self.shown_layout
+        screens = [
+            TileSpec(screen_key(peer_id), f"{self.participants[peer_id].name} (screen)", screen=True)
+            for peer_id in self.sharing
+        ]
+        limit = min(self.config.max_tiles, layout.capacity or self.config.max_tiles) - len(screens)
         ids = [i for i, p in self.participants.items() if i != leave_out and grants.PUBLISH in p.grants]
         if len(ids) > limit:
             cameras = [i for i in ids if self.participants[i].sending_video and self.participants[i].visibility.frames]
@@ -356,5 +400,7 @@ class Room:
         ]
         if hidden:
             tiles.append(TileSpec(None, f"+{hidden}"))
-        speaker = shown.index(audio.active_speaker) if audio.active_speaker in shown else None
-        return SceneSpec(tuple(tiles), self.layout, speaker)
+        speaker = shown.index(audio.active_speaker) + len(screens) if audio.active_speaker in shown else None
+        if screens and layout is PRESENTATION:
+            speaker = 0
+        return SceneSpec((*screens, *tiles), layout, speaker)

@@ -52,6 +52,17 @@ def _max_tiles(text: str) -> int:
     return count
 
 
+def _max_shares(text: str) -> int:
+    """0 (nobody may share) or more."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of shares, got {text!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError("0 or more shares")
+    return count
+
+
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 #: What `mcu token` grants unless told: a participant's rights, not a moderator's.
 DEFAULT_GRANTS = ("publish", "subscribe", "chat")
@@ -124,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="most tiles in a composite; a larger room shows its recent speakers and a +N tile (default 16)",
     )
     serve.add_argument("--layout", choices=sorted(BUILT_IN), default="grid", help="a new room's layout (default grid)")
+    serve.add_argument(
+        "--max-shares",
+        type=_max_shares,
+        default=Config.max_shares,
+        help="shared screens a room shows at once; one more share gets share_limit (default 1)",
+    )
     serve.add_argument(
         "--mode",
         choices=MODES,
@@ -315,6 +332,7 @@ def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None 
         audio_talkers=args.audio_talkers or None,
         max_tiles=args.max_tiles,
         layout=args.layout,
+        max_shares=args.max_shares,
         mode=args.mode,
         ice_servers=ice,
         secret=args.secret or None,
