@@ -64,6 +64,10 @@ class Conference(Protocol):
 
     async def stop_recording(self, session: Session, message: StopRecording) -> None: ...
 
+    async def start_stream(self, session: Session, message: protocol.StartStream) -> None: ...
+
+    async def stop_stream(self, session: Session, message: protocol.StopStream) -> None: ...
+
 
 class Session:
     """One signaling connection and, once joined, one participant."""
@@ -145,6 +149,10 @@ async def dispatch(conference: Conference, session: Session, text: str | bytes, 
         await conference.start_recording(session, message)
     elif isinstance(message, StopRecording):
         await conference.stop_recording(session, message)
+    elif isinstance(message, protocol.StartStream):
+        await conference.start_stream(session, message)
+    elif isinstance(message, protocol.StopStream):
+        await conference.stop_stream(session, message)
 
 
 def websocket_handler(conference: Conference, limits: Limits = Limits()):
