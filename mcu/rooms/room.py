@@ -325,6 +325,7 @@ class Room:
         """Write the room's HLS ladder: the default tier (the composite most peers get)."""
         tiers = {DEFAULT_TIER: self.video.tiers[DEFAULT_TIER]}
         try:
+            remove_room(directory, self.name)  # what a server that crashed left of a room of that name
             write_master(directory / self.name, tiers)
             for name, tier in tiers.items():
                 output = Output("h264", name)
