@@ -36,6 +36,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from mcu.config import Config
+from mcu.server.hls import add_hls
 from mcu.server.page import add_page
 from signaling import protocol
 from signaling.directory import Directory, DirectoryUnavailable, Load, MemoryDirectory
@@ -573,6 +574,8 @@ def create_front_app(
     app.router.add_get("/api/rooms", front.api_rooms)
     app.router.add_get("/metrics", front.metrics)
     app.router.add_route("*", "/api/rooms/{room}{tail:(/.*)?}", front.api_room)
+    if config.hls_dir is not None:
+        add_hls(app, config.hls_dir)  # every worker writes its rooms' HLS in the same directory
 
     add_page(app)
 
