@@ -98,7 +98,7 @@ async def test_a_stream_retries_until_its_far_end_answers_and_carries_the_room(t
     alice = Peer(url, "live", "alice", video=ColorTrack(COLORS["red"]), audio=ToneTrack(440.0), chat=False)
     bob = Peer(url, "live", "bob", video=ColorTrack(COLORS["blue"]), audio=ToneTrack(660.0), chat=False)
     listener = None
-    flv = tmp_path / "received.flv"
+    flv, again = tmp_path / "received.flv", tmp_path / "again.flv"
     try:
         await alice.join()
         await bob.join()
@@ -118,9 +118,22 @@ async def test_a_stream_retries_until_its_far_end_answers_and_carries_the_room(t
         listener = listen(rtmp_port, flv)
         await alice.wait_for(lambda: events(alice, "streamStarted"), 40)
         started = events(alice, "streamStarted")[0]
+        failures = events(alice, "streamFailed")
         assert started["state"] == "live" and started["id"] == failed["id"] and started["failures"] >= 1
         await bob.wait_for(lambda: events(bob, "streamStarted"), 5)
         await asyncio.sleep(5)
+
+        # The far end goes away: the stream says so and tries again, and reaches the next one.
+        listener.terminate()
+        await asyncio.to_thread(listener.wait, 15)
+        await alice.wait_for(lambda: len(events(alice, "streamFailed")) > len(failures), 15)
+        assert events(alice, "streamFailed")[-1]["error"].startswith("the connection failed")
+        listener = listen(rtmp_port, again)
+        await alice.wait_for(lambda: len(events(alice, "streamStarted")) == 2, 40)
+        frames = alice.video_frames
+        await asyncio.sleep(3)
+        assert alice.video_frames >= frames + 30  # the composite flowed all along
+
         await alice.send({"type": "stopStream", "id": started["id"]})
         await alice.wait_for(lambda: events(alice, "streamStopped"), 10)
         assert events(alice, "streamStopped")[0]["reason"] == "stopped"
@@ -133,6 +146,7 @@ async def test_a_stream_retries_until_its_far_end_answers_and_carries_the_room(t
         stop_process(server)
     assert listener.returncode == 0, listener.stderr.read() if listener.stderr else ""
     check_colours_and_tones(flv, ["red", "blue"], [440.0, 660.0])
+    check_colours_and_tones(again, ["red", "blue"], [440.0, 660.0])
     log_text = log_path.read_text()
     assert "live/***" in log_text  # the stream is logged, redacted
     assert KEY not in log_text

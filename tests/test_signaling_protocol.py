@@ -152,6 +152,12 @@ VALID = [
 ]
 
 INVALID = [
+    # startStream / stopStream: the URL itself is checked by the server (mcu/rooms/streams.py)
+    ('{"type": "startStream"}', protocol.INVALID_MESSAGE),
+    ('{"type": "startStream", "url": 5}', protocol.INVALID_MESSAGE),
+    ('{"type": "startStream", "url": "rtmp://h/a/k", "tier": 1}', protocol.INVALID_MESSAGE),
+    ('{"type": "stopStream"}', protocol.INVALID_MESSAGE),
+    ('{"type": "stopStream", "id": null}', protocol.INVALID_MESSAGE),
     # transport
     (b'{"type": "leave"}', protocol.BINARY_NOT_SUPPORTED),
     (b"", protocol.BINARY_NOT_SUPPORTED),
@@ -458,6 +464,9 @@ CLIENT_MESSAGES: list[protocol.ClientMessage] = [
     protocol.ModerateAudio(peer_id="p5", muted=False, volume=2.0),
     protocol.StartRecording(),
     protocol.StopRecording(),
+    protocol.StartStream(url="rtmp://live.example/app/key"),
+    protocol.StartStream(url="rtmps://live.example/app/key", tier="low"),
+    protocol.StopStream(id="0d41778f"),
 ]
 
 
@@ -512,6 +521,13 @@ def test_the_client_messages_on_the_wire() -> None:
     }
     assert protocol.StartRecording().to_message() == {"type": "startRecording"}
     assert protocol.StopRecording().to_message() == {"type": "stopRecording"}
+    assert protocol.StartStream(url="rtmp://h/a/k").to_message() == {"type": "startStream", "url": "rtmp://h/a/k"}
+    assert protocol.StartStream(url="rtmp://h/a/k", tier="low").to_message() == {
+        "type": "startStream",
+        "url": "rtmp://h/a/k",
+        "tier": "low",
+    }
+    assert protocol.StopStream(id="0d41778f").to_message() == {"type": "stopStream", "id": "0d41778f"}
 
 
 def read(message: dict[str, Any]) -> protocol.ServerMessage | None:

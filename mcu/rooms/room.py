@@ -343,11 +343,10 @@ class Room:
             await asyncio.gather(self._adapting, return_exceptions=True)
         await asyncio.gather(self.video.stop(), self.audio.stop())
         await self.stop_recording()
-        for stream_id in list(self.streams):
-            await self.stop_stream(stream_id)
+        # Together: each may wait STOP_WAIT on a far end that holds a write.
+        await asyncio.gather(*(self.stop_stream(stream_id) for stream_id in list(self.streams)))
         hls, self.hls = self.hls, []
-        for writer in hls:
-            await self._detach(writer)
+        await asyncio.gather(*(self._detach(writer) for writer in hls))
         if hls and self.config.hls_dir is not None:
             await asyncio.to_thread(remove_room, Path(self.config.hls_dir), self.name)
 
