@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -12,7 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import within
+from conftest import BIN, within
 from media_checks import cell_colours, contains_colour, tone_levels
 
 from client.peer import Peer
@@ -29,7 +30,9 @@ LIST_SIZE = 3
 @pytest.fixture
 def config(tmp_path, monkeypatch) -> Config:
     monkeypatch.setattr(hls, "LIST_SIZE", LIST_SIZE)
-    return Config(width=640, height=360, fps=15, video_bitrate=600_000, hls_dir=str(tmp_path / "hls"))
+    return Config(
+        width=640, height=360, fps=15, video_bitrate=600_000, hls_dir=str(tmp_path / "hls"), hls_tiers=("high", "small")
+    )
 
 
 def get(url: str) -> tuple[int, dict[str, str], bytes]:
@@ -61,7 +64,12 @@ async def test_a_room_is_live_over_hls_with_a_bounded_window(server, config, tmp
         assert headers["Cache-Control"] == "no-cache"
         master = body.decode()
         assert "RESOLUTION=640x360" in master and 'CODECS="avc1.42e01f,mp4a.40.2"' in master
-        assert "high/index.m3u8" in master
+        # The ladder, best first: each tier's own media playlist.
+        assert [line for line in master.splitlines() if not line.startswith("#")] == [
+            "high/index.m3u8",
+            "small/index.m3u8",
+        ]
+        assert "RESOLUTION=320x180" in master
         status, headers, body = await asyncio.to_thread(get, f"{base}/high/index.m3u8")
         assert status == 200 and headers["Cache-Control"] == "no-cache"
         segment = next(line for line in body.decode().splitlines() if line.endswith(".ts"))
@@ -80,7 +88,7 @@ async def test_a_room_is_live_over_hls_with_a_bounded_window(server, config, tmp
         most, durations, first_sequence = 0, [], media_sequence((tier / "index.m3u8").read_text())
         deadline = time.monotonic() + 4 * LIST_SIZE * hls.SEGMENT_SECONDS
         while time.monotonic() < deadline:
-            most = max(most, len(list(tier.glob("*.ts"))))
+            most = max(most, *(len(list((directory / name).glob("*.ts"))) for name in ("high", "small")))
             await asyncio.sleep(0.25)
         playlist = (tier / "index.m3u8").read_text()
         _, errors = await asyncio.wait_for(player.communicate(), 30)
@@ -94,6 +102,7 @@ async def test_a_room_is_live_over_hls_with_a_bounded_window(server, config, tmp
     assert LIST_SIZE <= most <= LIST_SIZE + 2, most
 
     with av.open(str(captured)) as container:
+        assert (container.streams.video[0].width, container.streams.video[0].height) == (640, 360)  # the best tier
         frames = list(container.decode(video=0))
     assert len(frames) >= 60
     cells = cell_colours(frames[-1], 2)
@@ -106,3 +115,16 @@ async def test_a_room_is_live_over_hls_with_a_bounded_window(server, config, tmp
 
     # The room closed with its last peer: its files went with it.
     await within(10, lambda: not directory.exists())
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--hls", "/nonexistent/hls"], "does not exist"),
+        (["--hls-tiers", "high"], "--hls-tiers needs --hls"),
+        (["--hls", ".", "--hls-tiers", "high,huge"], "no tier huge"),
+    ],
+)
+def test_bad_hls_settings_are_refused(args, says):
+    out = subprocess.run([BIN / "mcu", "serve", *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and says in out.stderr, out.stderr

@@ -322,8 +322,8 @@ class Room:
         return stream
 
     def _start_hls(self, directory: Path) -> None:
-        """Write the room's HLS ladder: the default tier (the composite most peers get)."""
-        tiers = {DEFAULT_TIER: self.video.tiers[DEFAULT_TIER]}
+        """Write the room's HLS ladder: its tiers (`--hls-tiers`), by default the default tier's alone."""
+        tiers = {name: self.video.tiers[name] for name in self.config.hls_tiers or (DEFAULT_TIER,)}
         try:
             remove_room(directory, self.name)  # what a server that crashed left of a room of that name
             write_master(directory / self.name, tiers)

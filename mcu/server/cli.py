@@ -199,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--record-dir", help="directory for recordings (startRecording, the HTTP API, --auto-record)")
     serve.add_argument("--auto-record", action="store_true", help="record every room for as long as it lives")
     serve.add_argument("--hls", metavar="DIR", help="write every mcu room's live HLS in DIR, served at /hls/{room}/")
+    serve.add_argument(
+        "--hls-tiers",
+        metavar="NAMES",
+        help=f"the tiers of the HLS ladder, comma-separated (default: {DEFAULT_TIER}); each is one H.264 encode",
+    )
     serve.add_argument("--cert", help="TLS certificate chain (PEM): serve HTTPS and WSS; needs --key")
     serve.add_argument("--key", help="TLS private key (PEM) of --cert")
     scale = serve.add_argument_group("scale (docs/operations.md)")
@@ -323,6 +328,7 @@ def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None 
         record_dir=args.record_dir,
         auto_record=args.auto_record,
         hls_dir=args.hls,
+        hls_tiers=tuple(name.strip() for name in (args.hls_tiers or "").split(",") if name.strip()),
     )
     host, port = args.host, args.port
     if args.worker_port:  # a worker of a front: loopback, plain HTTP; the front tells the clients
@@ -435,6 +441,12 @@ def main(argv: list[str] | None = None) -> None:
                 check_directory(Path(args.hls))
             except RecordingError as exc:
                 parser.error(str(exc).replace("recording directory", "HLS directory"))
+        if args.hls_tiers and not args.hls:
+            parser.error("--hls-tiers needs --hls")
+        known = {*Config().tiers, *dict(args.tier), DEFAULT_TIER}
+        unknown = {name.strip() for name in (args.hls_tiers or "").split(",") if name.strip()} - known
+        if unknown:
+            parser.error(f"--hls-tiers: no tier {', '.join(sorted(unknown))} (tiers: {', '.join(sorted(known))})")
         serve(args, ice, tls)
     elif args.command == "compose":
         sys.exit(offline.run(args))
