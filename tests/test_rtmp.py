@@ -21,6 +21,7 @@ from client.peer import Peer
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
 from mcu.config import Config
 from mcu.rooms.broadcast import backoff
+from mcu.rooms.conference import MAX_STREAMS
 from mcu.rooms.streams import StreamUrlError, check_url, redact
 from mcu.server.app import create_app
 from signaling import tokens
@@ -169,6 +170,24 @@ async def test_bad_stream_requests_are_refused(server, config):
         assert [e.code for e in alice.errors] == ["invalid_stream_url", "unknown_stream"]
         status, body = await asyncio.to_thread(http, "GET", f"{base}/streams")
         assert (status, body["streams"]) == (200, [])
+
+        # Several at once, up to the limit; each its own id, each stopped on its own.
+        ids = []
+        for n in range(MAX_STREAMS):
+            status, body = await asyncio.to_thread(
+                http, "POST", f"{base}/streams", {"url": f"rtmp://127.0.0.1:9/a/{n}"}
+            )
+            assert status == 201 and body["url"] == "rtmp://127.0.0.1:9/a/***", body
+            ids.append(body["id"])
+        status, body = await asyncio.to_thread(http, "POST", f"{base}/streams", {"url": "rtmp://127.0.0.1:9/a/x"})
+        assert (status, body["code"]) == (409, "too_many_streams")
+        status, body = await asyncio.to_thread(http, "GET", f"{base}/streams")
+        assert sorted(s["id"] for s in body["streams"]) == sorted(ids)
+        for stream_id in ids:
+            status, body = await asyncio.to_thread(http, "DELETE", f"{base}/streams/{stream_id}")
+            assert status == 200 and body["id"] == stream_id
+        assert server.conference.rooms["bad"].streams == {}
+        await alice.wait_for(lambda: len(events(alice, "streamStopped")) == MAX_STREAMS, 10)
     finally:
         await alice.close()
 
