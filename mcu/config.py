@@ -54,6 +54,10 @@ class Config:
     record_dir: str | None = None
     #: Record every room from its creation to its end (needs record_dir).
     auto_record: bool = False
+    #: Where every mcu room's live HLS is written (mcu/rooms/hls.py), served at /hls/; None: no HLS.
+    hls_dir: str | None = None
+    #: The tiers of the HLS ladder (each one more H.264 encode unless H.264 peers use it); empty: the default tier.
+    hls_tiers: tuple[str, ...] = ()
     #: The key that signs join tokens (signaling/tokens.py). None: anyone who
     #: reaches the server may join any room with every grant.
     secret: str | None = field(default=None, repr=False)

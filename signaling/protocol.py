@@ -48,6 +48,11 @@ RECORDING_FAILED = "recording_failed"
 ALREADY_RECORDING = "already_recording"
 NOT_RECORDING = "not_recording"
 UNKNOWN_TIER = "unknown_tier"
+#: startStream: the URL is not rtmp:// or rtmps://; the room cannot stream; it streams its maximum; no such stream.
+INVALID_STREAM_URL = "invalid_stream_url"
+STREAM_FAILED = "stream_failed"
+TOO_MANY_STREAMS = "too_many_streams"
+UNKNOWN_STREAM = "unknown_stream"
 INVALID_LAYOUT = "invalid_layout"
 UNKNOWN_MODE = "unknown_mode"
 MODE_MISMATCH = "mode_mismatch"
@@ -244,6 +249,31 @@ class StopRecording:
 
 
 @dataclass(frozen=True)
+class StartStream:
+    """Push the room's composite (H.264 of ``tier``, the server's default if None) and mix (AAC) to an RTMP(S)
+    ``url`` (grant ``record``): a broadcast platform's ingest, its stream key in the URL."""
+
+    url: str
+    tier: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "startStream", "url": self.url}
+        if self.tier is not None:
+            message["tier"] = self.tier
+        return message
+
+
+@dataclass(frozen=True)
+class StopStream:
+    """End the room's stream ``id`` (grant ``record``)."""
+
+    id: str
+
+    def to_message(self) -> dict[str, Any]:
+        return {"type": "stopStream", "id": self.id}
+
+
+@dataclass(frozen=True)
 class SetLayout:
     """Change the room's layout (grant ``layout``): a built-in name or ``{"regions": [...]}``.
 
@@ -298,6 +328,8 @@ ClientMessage = (
     | Kick
     | Share
     | StopShare
+    | StartStream
+    | StopStream
 )
 
 
@@ -482,6 +514,10 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], ClientMessage]] = {
     "kick": parse_kick,
     "startRecording": lambda obj: StartRecording(),
     "stopRecording": lambda obj: StopRecording(),
+    "startStream": lambda obj: StartStream(
+        typed_field(obj, "url", str, "url"), typed_field(obj, "tier", str, "tier", optional=True)
+    ),
+    "stopStream": lambda obj: StopStream(typed_field(obj, "id", str, "id")),
     "setLayout": _parse_set_layout,
     "share": _parse_share,
     "stopShare": lambda obj: StopShare(),
@@ -621,6 +657,22 @@ def recording_stopped(
     if message is not None:
         stopped["message"] = message
     return stopped
+
+
+def stream_started(stream: dict) -> dict:
+    """Tell the room that a stream is live: as the server describes it (``id``, ``url`` with its key
+    redacted, ``tier``, ``state``, ``failures``)."""
+    return {"type": "streamStarted", **stream}
+
+
+def stream_failed(stream: dict) -> dict:
+    """Tell the room that a stream's attempt failed (``error``) and when it tries again (``retryIn`` s)."""
+    return {"type": "streamFailed", **stream}
+
+
+def stream_stopped(stream: dict, reason: str) -> dict:
+    """Tell the room that a stream ended (``reason`` "stopped")."""
+    return {"type": "streamStopped", **stream, "reason": reason}
 
 
 def tier(name: str, reason: str, ceiling: str) -> dict:

@@ -70,6 +70,10 @@ class Conference(Protocol):
 
     async def stop_share(self, session: Session, message: protocol.StopShare) -> None: ...
 
+    async def start_stream(self, session: Session, message: protocol.StartStream) -> None: ...
+
+    async def stop_stream(self, session: Session, message: protocol.StopStream) -> None: ...
+
 
 class Session:
     """One signaling connection and, once joined, one participant."""
@@ -157,6 +161,10 @@ async def dispatch(conference: Conference, session: Session, text: str | bytes, 
         await conference.share(session, message)
     elif isinstance(message, protocol.StopShare):
         await conference.stop_share(session, message)
+    elif isinstance(message, protocol.StartStream):
+        await conference.start_stream(session, message)
+    elif isinstance(message, protocol.StopStream):
+        await conference.stop_stream(session, message)
 
 
 def websocket_handler(conference: Conference, limits: Limits = Limits()):

@@ -159,6 +159,12 @@ INVALID = [
     ('{"type": "share", "mid": 2}', protocol.INVALID_MESSAGE),
     ('{"type": "share", "mid": ""}', protocol.INVALID_MESSAGE),
     (dumps({"type": "share", "mid": "9" * 33}), protocol.INVALID_MESSAGE),
+    # startStream / stopStream: the URL itself is checked by the server (mcu/rooms/streams.py)
+    ('{"type": "startStream"}', protocol.INVALID_MESSAGE),
+    ('{"type": "startStream", "url": 5}', protocol.INVALID_MESSAGE),
+    ('{"type": "startStream", "url": "rtmp://h/a/k", "tier": 1}', protocol.INVALID_MESSAGE),
+    ('{"type": "stopStream"}', protocol.INVALID_MESSAGE),
+    ('{"type": "stopStream", "id": null}', protocol.INVALID_MESSAGE),
     # transport
     (b'{"type": "leave"}', protocol.BINARY_NOT_SUPPORTED),
     (b"", protocol.BINARY_NOT_SUPPORTED),
@@ -482,6 +488,9 @@ CLIENT_MESSAGES: list[protocol.ClientMessage] = [
     protocol.StopRecording(),
     protocol.Share(mid="2"),
     protocol.StopShare(),
+    protocol.StartStream(url="rtmp://live.example/app/key"),
+    protocol.StartStream(url="rtmps://live.example/app/key", tier="low"),
+    protocol.StopStream(id="0d41778f"),
 ]
 
 
@@ -540,6 +549,13 @@ def test_the_client_messages_on_the_wire() -> None:
     assert protocol.StopRecording().to_message() == {"type": "stopRecording"}
     assert protocol.Share(mid="2").to_message() == {"type": "share", "mid": "2"}
     assert protocol.StopShare().to_message() == {"type": "stopShare"}
+    assert protocol.StartStream(url="rtmp://h/a/k").to_message() == {"type": "startStream", "url": "rtmp://h/a/k"}
+    assert protocol.StartStream(url="rtmp://h/a/k", tier="low").to_message() == {
+        "type": "startStream",
+        "url": "rtmp://h/a/k",
+        "tier": "low",
+    }
+    assert protocol.StopStream(id="0d41778f").to_message() == {"type": "stopStream", "id": "0d41778f"}
 
 
 @pytest.mark.parametrize(

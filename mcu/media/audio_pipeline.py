@@ -38,6 +38,8 @@ from mcu.rtc.sender import pack_opus
 logger = logging.getLogger(__name__)
 
 FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
+#: A consumer of the shared mix's samples: one frame of int16 samples and its pts (samples of the room clock).
+PcmSink = Callable[[np.ndarray, int], None]
 #: Ticks mixed but not yet delivered by the event loop before ticks are dropped (the loop is stalled).
 MAX_PENDING = 5
 #: Ticks the audio thread may run late, back to back, after a stall; older ones are dropped.
@@ -133,6 +135,8 @@ class AudioPipeline:
         self._delivered = 0
         #: Consumers of the whole room's mix that are not peers (a recording), fed on the audio thread.
         self._sinks: list[PacketSink] = []
+        #: Consumers of the whole room's mix as samples (the AAC encode of mcu/media/aac.py), on the audio thread.
+        self._pcm_sinks: list[PcmSink] = []
         self._detector = SpeakerDetector()
         #: Who holds the floor, who is speaking and who spoke last (most recent
         #: first). Updated on the event loop when a tick's results are delivered.
@@ -158,6 +162,13 @@ class AudioPipeline:
 
     def remove_sink(self, sink: PacketSink) -> None:
         self._sinks = [s for s in self._sinks if s is not sink]
+
+    def add_pcm_sink(self, sink: PcmSink) -> None:
+        """Also hand the shared mix's samples (everyone's voices, limited) to `sink`, with their pts."""
+        self._pcm_sinks = [*self._pcm_sinks, sink]
+
+    def remove_pcm_sink(self, sink: PcmSink) -> None:
+        self._pcm_sinks = [s for s in self._pcm_sinks if s is not sink]
 
     def _forget_departed(self, present: list[str]) -> None:
         """Drop the codec state of peers that have left (the channels belong to the audio thread)."""
@@ -263,10 +274,14 @@ class AudioPipeline:
             packets[i] = pack_opus(channels[i].encoder.encode(channels[i].limiter.process(minus[row]), pts))
         self.stats.mixes += 1
         self.stats.encodes += len(talking)
-        sinks = self._sinks
+        sinks, pcm_sinks = self._sinks, self._pcm_sinks
+        if len(talking) < len(ids) or sinks or pcm_sinks:
+            limited = self._shared_limiter.process(total)
+            for pcm_sink in pcm_sinks:
+                pcm_sink(limited, pts)
         if len(talking) < len(ids) or sinks:
             # Everyone else hears the talkers' sum: one encode, the same packets.
-            shared = pack_opus(self._shared_encoder.encode(self._shared_limiter.process(total), pts))
+            shared = pack_opus(self._shared_encoder.encode(limited, pts))
             self.stats.encodes += 1
             packets = [shared if p is None else p for p in packets]
             for sink in sinks:

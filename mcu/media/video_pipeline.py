@@ -177,7 +177,7 @@ class VideoPipeline:
     ) -> None:
         self.name = name
         self.tiers = tiers
-        #: What non-peer sinks (`add_sink`) receive: the default tier in VP8.
+        #: What non-peer sinks (`add_sink`) receive unless they name another output: the default tier in VP8.
         self.default_output = Output("vp8", default_tier)
         self.encode_per_peer = encode_per_peer
         self.stale_seconds = stale_seconds
@@ -189,8 +189,8 @@ class VideoPipeline:
         self._on_pli = on_pli
         #: Called after each look at what the canvases show (every SYNC_INTERVAL), changed or not.
         self._on_sync = on_sync
-        #: Consumers that are not peers (a recording): the same packets, on the event loop.
-        self._extra_sinks: list[PacketSink] = []
+        #: Consumers that are not peers (a recording, a stream) and the output each takes, on the event loop.
+        self._extra_sinks: list[tuple[PacketSink, Output]] = []
         self._packers: dict[Output, SharedPacker] = {}
         self._transport: asyncio.Transport | None = None
         #: What was written before the process was connected, sent once it is.
@@ -309,13 +309,21 @@ class VideoPipeline:
         """A publisher left: its decoder and picture go."""
         self._write(Forget(peer_id))
 
-    def add_sink(self, sink: PacketSink) -> None:
-        """Also push the default tier's VP8 packets to `sink` (it waits for a keyframe: request one)."""
-        self._extra_sinks = [*self._extra_sinks, sink]
+    def add_sink(self, sink: PacketSink, output: Output | None = None) -> None:
+        """Also push `output`'s packets (default: the default tier's VP8) to `sink`.
+
+        It keeps that output's encoder in use, sharing it with the peers of the same
+        output. It waits for a keyframe: request one.
+        """
+        self._extra_sinks = [*self._extra_sinks, (sink, output or self.default_output)]
         self._sync()
 
     def remove_sink(self, sink: PacketSink) -> None:
-        self._extra_sinks = [s for s in self._extra_sinks if s is not sink]
+        self._extra_sinks = [(s, o) for s, o in self._extra_sinks if s is not sink]
+
+    def request_output_keyframe(self, output: Output) -> None:
+        """A keyframe from `output`'s encoder (a stream starting, or a live segment due), never gated."""
+        self._write(KeyframeRequest(output))
 
     def request_keyframe(self, sink: PacketTrack | None = None, reason: str = "start") -> None:
         """A keyframe for the encoder that feeds `sink`, or for the non-peer sinks.
@@ -353,7 +361,7 @@ class VideoPipeline:
 
     def _shared(self, output: Output, sink: PacketTrack) -> bool:
         """Whether a sink other than `sink` receives `output` now."""
-        if output == self.default_output and self._extra_sinks:
+        if any(extra == output for _, extra in self._extra_sinks):
             return True
         return any(other is not sink and other.output == output for other in self._sinks())
 
@@ -372,8 +380,8 @@ class VideoPipeline:
             for output in (sink.output, sink.pending):
                 if output is not None and output.tier in self.tiers:
                     outputs[output].append(sink)
-        if self._extra_sinks:
-            outputs[self.default_output].extend(self._extra_sinks)
+        for extra, output in self._extra_sinks:
+            outputs[output].append(extra)
         return outputs
 
     async def _sync_forever(self) -> None:

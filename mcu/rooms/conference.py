@@ -24,6 +24,7 @@ from mcu.rooms.participant import NegotiationError, Participant
 from mcu.rooms.recording import Recording, RecordingError
 from mcu.rooms.room import Room
 from mcu.rooms.sfu import SfuParticipant
+from mcu.rooms.streams import Stream, StreamUrlError
 from mcu.rtc.traffic import Traffic
 from signaling import grants, protocol, tokens
 from signaling.grants import ALL_GRANTS
@@ -36,7 +37,9 @@ from signaling.protocol import (
     SetLayout,
     SetMedia,
     StartRecording,
+    StartStream,
     StopRecording,
+    StopStream,
 )
 from signaling.websocket import Session
 
@@ -48,6 +51,8 @@ SERVER_TURN_USER = "mcu"
 SHUTDOWN_SECONDS = 2.5
 #: The name a viewer goes by in logs (it has no tile to show one).
 VIEWER_NAME = "viewer"
+#: RTMP streams one room may push at once (each keeps a thread, a connection and its tier's encoder).
+MAX_STREAMS = 4
 
 
 class Conference:
@@ -96,6 +101,7 @@ class Conference:
             room.audio.on_speakers = lambda events, room=room: self._speakers(room, events)
             room.on_tier = self._tier_changed
             room.on_visibility = self._visibility_changed
+            room.on_stream = lambda stream, room=room: self._stream_changed(room, stream)
             logger.info("room %s: created", room.name)
             if self.config.auto_record:
                 try:
@@ -337,6 +343,51 @@ class Conference:
         return protocol.recording_stopped(
             described["file"], described["startedAt"], round(recording.duration, 3), reason, recording.error
         )
+
+    async def start_stream(self, session: Session, message: StartStream) -> None:
+        self.require(session, grants.RECORD)
+        self.begin_stream(self.rooms[session.room], message.url, message.tier)  # type: ignore[index]
+
+    async def stop_stream(self, session: Session, message: StopStream) -> None:
+        self.require(session, grants.RECORD)
+        await self.end_stream(self.rooms[session.room], message.id)  # type: ignore[index]
+
+    def begin_stream(self, room: Room, url: str, tier: str | None) -> Stream:
+        """Push `room`'s composite and mix to an RTMP(S) URL (signaling or HTTP); the room hears when it is live."""
+        tiers = self.config.output_tiers()
+        if tier is not None and tier not in tiers:
+            raise ProtocolError(
+                protocol.UNKNOWN_TIER, f"The tier must be one of {', '.join(sorted(tiers))}, not {tier[:32]!r}."
+            )
+        if room.mode != "mcu":
+            raise ProtocolError(protocol.STREAM_FAILED, f"A {room.mode} room composes nothing to stream.")
+        if self.config.encode_per_peer:
+            raise ProtocolError(protocol.STREAM_FAILED, "The per-peer baseline has no shared stream.")
+        if len(room.streams) >= MAX_STREAMS:
+            raise ProtocolError(protocol.TOO_MANY_STREAMS, f"A room streams to {MAX_STREAMS} places at most.")
+        try:
+            stream = room.start_stream(url, tier or DEFAULT_TIER)
+        except StreamUrlError as exc:
+            raise ProtocolError(protocol.INVALID_STREAM_URL, str(exc)) from None
+        logger.info("room %s: %s (%s)", room.name, stream.label, stream.tier)
+        return stream
+
+    async def end_stream(self, room: Room, stream_id: str) -> Stream:
+        """Stop one of `room`'s streams and tell its peers."""
+        stream = await room.stop_stream(stream_id)
+        if stream is None:
+            raise ProtocolError(protocol.UNKNOWN_STREAM, "This room has no such stream.")
+        self._broadcast(room, protocol.stream_stopped(stream.describe(), "stopped"))
+        return stream
+
+    def _stream_changed(self, room: Room, stream: Stream) -> None:
+        """A stream went live, or an attempt failed (it tries again): tell the room."""
+        if self.rooms.get(room.name) is not room:
+            return
+        if stream.state == "live":
+            self._broadcast(room, protocol.stream_started(stream.describe()))
+        elif stream.state == "retrying":
+            self._broadcast(room, protocol.stream_failed(stream.describe()))
 
     def _recording_failed(self, recording: Recording, message: str) -> None:
         """A write failed (full disk...): the room goes on without it; what was written stays."""

@@ -11,14 +11,19 @@ from typing import Callable
 
 from compositor.layout import PRESENTATION, Layout, last_n, parse_layout
 from mcu.config import DEFAULT_TIER, Config
+from mcu.media.aac import MixAac
 from mcu.media.audio_pipeline import AudioPipeline
+from mcu.media.encoders import Output
 from mcu.media.video_pipeline import VideoPipeline
 from mcu.media.video_process import PLI_INTERVAL, SCREEN_SUFFIX, SceneSpec, TileSpec, screen_key
 from mcu.rooms.adaptation import Ladder, Switch
+from mcu.rooms.broadcast import Broadcast
 from mcu.rooms.chat_relay import ChatRelay
+from mcu.rooms.hls import HlsTier, remove_room, write_master
 from mcu.rooms.participant import Participant
 from mcu.rooms.recording import Recording
 from mcu.rooms.sfu import Forwarder
+from mcu.rooms.streams import Stream, check_url
 from mcu.rtc.receiver import send_pli, video_losses
 from signaling import grants
 
@@ -29,6 +34,10 @@ FEEDBACK_COUNTS = ("reports", "rembs", "nacks", "nacked_packets", "plis", "absur
 
 
 logger = logging.getLogger(__name__)
+
+
+def _ignore(broadcast: Broadcast) -> None:
+    """HLS changes of state are logged, not announced: players see the playlist."""
 
 
 class Room:
@@ -64,6 +73,13 @@ class Room:
         self.chat = ChatRelay(name, self.participants)
         #: The recording in progress, if any.
         self.recording: Recording | None = None
+        #: The RTMP streams of its composite, by id, and its HLS writer's tiers (mcu/rooms/streams.py, hls.py).
+        self.streams: dict[str, Stream] = {}
+        self.hls: list[HlsTier] = []
+        #: Told when a stream's state changes (the conference tells the room).
+        self.on_stream: Callable[[Stream], None] | None = None
+        #: The one AAC encode of the mix that streams and HLS share, while any runs.
+        self._aac: MixAac | None = None
         #: What the composite looks like; changed at run time (setLayout, the HTTP API), shown on the next tick.
         self.layout: Layout = parse_layout(config.layout)
         #: Whether a moderator chose `layout` (setLayout, the HTTP API): a shared screen then keeps it.
@@ -104,6 +120,8 @@ class Room:
             self.audio.start()
             if self.ladder is not None:
                 self._adapting = asyncio.ensure_future(self._adapt_forever())
+            if self.config.hls_dir is not None and not self.config.encode_per_peer:
+                self._start_hls(Path(self.config.hls_dir))
 
     def receivers(self) -> list[Participant]:
         """Everyone the room's outputs go to: its subscribing participants, then its viewers."""
@@ -300,12 +318,93 @@ class Room:
         await recording.stop()
         return recording
 
+    def _attach(self, broadcast: Broadcast, output: Output) -> None:
+        """Feed `broadcast` the packets of `output` (its encoder kept in use) and the mix's AAC."""
+        assert self._aac is not None  # _mix_aac made it
+        self.video.add_sink(broadcast.video, output)
+        self._aac.add_sink(broadcast.audio)
+        broadcast.start()
+
+    def _mix_aac(self) -> MixAac:
+        if self._aac is None:
+            self._aac = MixAac(self.name)
+            self.audio.add_pcm_sink(self._aac.take)
+        return self._aac
+
+    async def _detach(self, broadcast: Broadcast) -> None:
+        """Stop feeding and finish `broadcast`; the AAC encode ends with its last consumer."""
+        self.video.remove_sink(broadcast.video)
+        aac = self._aac
+        if aac is not None:
+            aac.remove_sink(broadcast.audio)
+            if not aac.sinks:
+                self._aac = None
+                self.audio.remove_pcm_sink(aac.take)
+                await asyncio.to_thread(aac.stop)
+        await broadcast.stop()
+
+    def _output_keyframe(self, output: Output) -> Callable[[], None]:
+        return lambda: self.video.request_output_keyframe(output)
+
+    def start_stream(self, url: str, tier: str) -> Stream:
+        """Push the composite of `tier` (H.264) and the mix (AAC) to `url` (StreamUrlError if it is not RTMP)."""
+        spec = self.video.tiers[tier]
+        output = Output("h264", tier)
+        stream = Stream(
+            self.name,
+            check_url(url),
+            tier,
+            spec.width,
+            spec.height,
+            spec.fps,
+            self._mix_aac().extradata,
+            self._output_keyframe(output),
+            self._stream_changed,
+        )
+        self.streams[stream.id] = stream
+        self._attach(stream, output)
+        return stream
+
+    def _stream_changed(self, broadcast: Broadcast) -> None:
+        if self.on_stream is not None and isinstance(broadcast, Stream) and broadcast.id in self.streams:
+            self.on_stream(broadcast)
+
+    async def stop_stream(self, stream_id: str) -> Stream | None:
+        """End a stream (None if the room has no such stream)."""
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            await self._detach(stream)
+            logger.info("room %s: %s stopped", self.name, stream.label)
+        return stream
+
+    def _start_hls(self, directory: Path) -> None:
+        """Write the room's HLS ladder: its tiers (`--hls-tiers`), by default the default tier's alone."""
+        tiers = {name: self.video.tiers[name] for name in self.config.hls_tiers or (DEFAULT_TIER,)}
+        try:
+            remove_room(directory, self.name)  # what a server that crashed left of a room of that name
+            write_master(directory / self.name, tiers)
+            for name, tier in tiers.items():
+                output = Output("h264", name)
+                writer = HlsTier(
+                    self.name, directory, name, tier, self._mix_aac().extradata, self._output_keyframe(output), _ignore
+                )
+                self.hls.append(writer)
+                self._attach(writer, output)
+        except OSError as exc:
+            logger.error("room %s: no HLS: %s", self.name, exc)
+
     async def close(self) -> None:
         if self._adapting is not None:
             self._adapting.cancel()
             await asyncio.gather(self._adapting, return_exceptions=True)
         await asyncio.gather(self.video.stop(), self.audio.stop())
         await self.stop_recording()
+        # Together: each may wait STOP_WAIT on a far end that holds a write.
+        await asyncio.gather(*(self.stop_stream(stream_id) for stream_id in list(self.streams)))
+        hls, self.hls = self.hls, []
+        await asyncio.gather(*(self._detach(writer) for writer in hls))
+        if hls and self.config.hls_dir is not None:
+            await asyncio.to_thread(remove_room, Path(self.config.hls_dir), self.name)
 
     def _ask_keyframe(self, peer_id: str) -> None:
         """The video process cannot decode this publisher (an error, a frame dropped on the way): PLI.

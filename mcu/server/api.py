@@ -27,6 +27,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/api/rooms/{room}/participants/{peerId}", _kick_participant)
     app.router.add_post("/api/rooms/{room}/recording", _start_recording)
     app.router.add_delete("/api/rooms/{room}/recording", _stop_recording)
+    app.router.add_get("/api/rooms/{room}/streams", _streams)
+    app.router.add_post("/api/rooms/{room}/streams", _start_stream)
+    app.router.add_delete("/api/rooms/{room}/streams/{id}", _stop_stream)
 
 
 def error(status: type[web.HTTPException], code: str, message: str) -> web.HTTPException:
@@ -183,3 +186,45 @@ async def _stop_recording(request: web.Request) -> web.Response:
     except protocol.ProtocolError as exc:
         raise error(_RECORDING_STATUS[exc.code], exc.code, exc.message) from None
     return web.json_response({"room": room.name, **recording.describe(), "duration": round(recording.duration, 3)})
+
+
+#: HTTP statuses of the stream errors.
+_STREAM_STATUS: dict[str, type[web.HTTPException]] = {
+    protocol.INVALID_STREAM_URL: web.HTTPBadRequest,
+    protocol.UNKNOWN_TIER: web.HTTPBadRequest,
+    protocol.STREAM_FAILED: web.HTTPConflict,
+    protocol.TOO_MANY_STREAMS: web.HTTPConflict,
+    protocol.UNKNOWN_STREAM: web.HTTPNotFound,
+}
+
+
+async def _streams(request: web.Request) -> web.Response:
+    authorize(request, "record", request.match_info["room"])
+    room = room_or_404(request)
+    return web.json_response({"room": room.name, "streams": [s.describe() for s in room.streams.values()]})
+
+
+async def _start_stream(request: web.Request) -> web.Response:
+    """Push the room to an RTMP(S) URL: the body is `{"url": ..., "tier"?: ...}`, as in signaling's `startStream`."""
+    authorize(request, "record", request.match_info["room"])
+    room = room_or_404(request)
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise error(web.HTTPBadRequest, protocol.INVALID_MESSAGE, "The body must be a JSON object.")
+    try:
+        url = protocol.typed_field(body, "url", str, "url")
+        tier = protocol.typed_field(body, "tier", str, "tier", optional=True)
+        stream = request.app[CONFERENCE].begin_stream(room, url, tier)
+    except protocol.ProtocolError as exc:
+        raise error(_STREAM_STATUS.get(exc.code, web.HTTPBadRequest), exc.code, exc.message) from None
+    return web.json_response({"room": room.name, **stream.describe()}, status=201)
+
+
+async def _stop_stream(request: web.Request) -> web.Response:
+    authorize(request, "record", request.match_info["room"])
+    room = room_or_404(request)
+    try:
+        stream = await request.app[CONFERENCE].end_stream(room, request.match_info["id"])
+    except protocol.ProtocolError as exc:
+        raise error(_STREAM_STATUS[exc.code], exc.code, exc.message) from None
+    return web.json_response({"room": room.name, **stream.describe()})

@@ -10,6 +10,7 @@ from mcu.media.video_pipeline import prepare_process
 from mcu.rooms.conference import Conference
 from mcu.server import api, whep
 from mcu.server.api import CONFERENCE
+from mcu.server.hls import add_hls
 from mcu.server.metrics import add_metrics
 from mcu.server.page import add_page
 from signaling.websocket import websocket_handler
@@ -28,6 +29,8 @@ def create_app(config: Config) -> web.Application:
     whep.add_routes(app)
     add_metrics(app, conference)
     add_page(app)
+    if config.hls_dir is not None:
+        add_hls(app, config.hls_dir)
 
     async def close_conference(app: web.Application) -> None:
         await conference.close()

@@ -223,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a removed participant's token may not rejoin its room (0: no ban; needs --secret; "
         f"default {Config.kick_ban_seconds:g})",
     )
+    serve.add_argument("--hls", metavar="DIR", help="write every mcu room's live HLS in DIR, served at /hls/{room}/")
+    serve.add_argument(
+        "--hls-tiers",
+        metavar="NAMES",
+        help=f"the tiers of the HLS ladder, comma-separated (default: {DEFAULT_TIER}); each is one H.264 encode",
+    )
     serve.add_argument("--cert", help="TLS certificate chain (PEM): serve HTTPS and WSS; needs --key")
     serve.add_argument("--key", help="TLS private key (PEM) of --cert")
     scale = serve.add_argument_group("scale (docs/operations.md)")
@@ -350,6 +356,8 @@ def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None 
         record_dir=args.record_dir,
         auto_record=args.auto_record,
         kick_ban_seconds=args.kick_ban,
+        hls_dir=args.hls,
+        hls_tiers=tuple(name.strip() for name in (args.hls_tiers or "").split(",") if name.strip()),
     )
     host, port = args.host, args.port
     if args.worker_port:  # a worker of a front: loopback, plain HTTP; the front tells the clients
@@ -457,6 +465,17 @@ def main(argv: list[str] | None = None) -> None:
                 check_directory(Path(args.record_dir))
             except RecordingError as exc:
                 parser.error(str(exc))
+        if args.hls:
+            try:
+                check_directory(Path(args.hls))
+            except RecordingError as exc:
+                parser.error(str(exc).replace("recording directory", "HLS directory"))
+        if args.hls_tiers and not args.hls:
+            parser.error("--hls-tiers needs --hls")
+        known = {*Config().tiers, *dict(args.tier), DEFAULT_TIER}
+        unknown = {name.strip() for name in (args.hls_tiers or "").split(",") if name.strip()} - known
+        if unknown:
+            parser.error(f"--hls-tiers: no tier {', '.join(sorted(unknown))} (tiers: {', '.join(sorted(known))})")
         serve(args, ice, tls)
     elif args.command == "compose":
         sys.exit(offline.run(args))

@@ -37,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mcu.config import Config
 from mcu.server.cors import add_cors
+from mcu.server.hls import add_hls
 from mcu.server.page import add_page
 from signaling import protocol
 from signaling.directory import Directory, DirectoryUnavailable, Load, MemoryDirectory
@@ -584,6 +585,8 @@ def create_front_app(
     app.router.add_route("*", "/api/rooms/{room}{tail:(/.*)?}", front.api_room)
     app.router.add_route("*", "/whep/{room}{tail:(/.*)?}", front.api_room)
     add_cors(app, "/whep/")
+    if config.hls_dir is not None:
+        add_hls(app, config.hls_dir)  # every worker writes its rooms' HLS in the same directory
 
     add_page(app)
 
