@@ -1,5 +1,7 @@
 // The watch page: a WHEP player of one room (/watch/{room}), with nothing but fetch and RTCPeerConnection.
 // Protocol: docs/protocol.md, "WHEP". ?token=... when the server has a secret, ?tier=... for a picture size.
+// Where WebRTC is not possible (no RTCPeerConnection, the server cannot take a viewer, the connection
+// fails) it plays the room's HLS instead, when the server writes it (mcu serve --hls); ?hls=1 asks for it.
 
 const $ = (id) => document.getElementById(id);
 const room = decodeURIComponent(location.pathname.split("/").pop());
@@ -8,6 +10,9 @@ const headers = params.get("token") ? { Authorization: `Bearer ${params.get("tok
 const endpoint = `/whep/${encodeURIComponent(room)}` + (params.get("tier") ? `?tier=${encodeURIComponent(params.get("tier"))}` : "");
 // How long to wait for the browser's candidates: the server takes them in the offer, not trickled.
 const GATHER_MS = 3000;
+// The room's live HLS (docs/operations.md, "Broadcasting"): 6-8 s behind the room, but any player takes it.
+const HLS = `/hls/${encodeURIComponent(room)}/index.m3u8`;
+const HLS_WAIT_SECONDS = 10;
 
 function say(text) {
   $("status").textContent = text;
@@ -23,8 +28,43 @@ function gathered(pc) {
   });
 }
 
+/** Whether the room's HLS is there, looking every second for up to `seconds` (a room starting writes it
+ * once its first segment of every tier is done: about 2 s). */
+async function hlsThere(seconds) {
+  for (let tries = 0; tries <= seconds; tries++) {
+    const playlist = await fetch(HLS, { cache: "no-store" }).catch(() => null);
+    if (playlist?.ok) return true;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  return false;
+}
+
+/** Play the room's HLS: in the video element where the browser plays HLS, else as a link for a player. */
+async function fallBack(why) {
+  const video = $("remote");
+  say(`${why} Looking for the room's HLS stream…`);
+  if (!(await hlsThere(HLS_WAIT_SECONDS))) {
+    say(`${why} The room has no HLS stream either.`);
+    return;
+  }
+  if (video.canPlayType("application/vnd.apple.mpegurl")) {
+    video.srcObject = null;
+    video.src = HLS;
+    video.play().catch(() => {});
+    say(`Watching ${room} over HLS, a few seconds behind (${why})`);
+  } else {
+    const link = document.createElement("a");
+    link.href = HLS;
+    link.textContent = new URL(HLS, location.href).href;
+    say(`${why} Open the room's HLS stream in a player: `);
+    $("status").append(link);
+  }
+}
+
 async function watch() {
   $("room").textContent = room;
+  if (params.get("hls")) return fallBack("as asked.");
+  if (typeof RTCPeerConnection === "undefined") return fallBack("This browser has no WebRTC.");
   const pc = new RTCPeerConnection();
   const stream = new MediaStream();
   pc.addTransceiver("audio", { direction: "recvonly" });
@@ -36,7 +76,10 @@ async function watch() {
   };
   pc.onconnectionstatechange = () => {
     if (pc.connectionState === "connected") say(`Watching ${room}`);
-    if (pc.connectionState === "failed") say("The connection failed: reload the page to try again.");
+    if (pc.connectionState === "failed") {
+      pc.close();
+      fallBack("The WebRTC connection failed.");
+    }
   };
   await pc.setLocalDescription(await pc.createOffer());
   await gathered(pc);
@@ -48,8 +91,9 @@ async function watch() {
   if (response.status !== 201) {
     pc.close();
     const reason = { 401: "You are not allowed to watch this room.", 403: "Your invitation does not let you watch.", 404: "There is no such room (yet)." };
-    say(reason[response.status] ?? `The server refused: ${await response.text()}`);
-    return;
+    if (reason[response.status]) return say(reason[response.status]);
+    // Full of viewers, or a room without a composite over WebRTC (503, 409...): HLS may still carry it.
+    return fallBack(`The server could not take a WebRTC viewer: ${await response.text()}`);
   }
   const resource = new URL(response.headers.get("Location"), location.href);
   await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
@@ -65,4 +109,4 @@ $("unmute").addEventListener("click", () => {
   $("unmute").hidden = true;
 });
 
-watch().catch((error) => say(`Could not watch: ${error.message}`));
+watch().catch((error) => fallBack(`Could not watch over WebRTC: ${error.message}.`));

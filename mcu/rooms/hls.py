@@ -33,6 +33,10 @@ LIST_SIZE = 6
 #: The most segment files a room's tier holds on disk (see the module's docstring).
 MAX_SEGMENT_FILES = LIST_SIZE + 2
 PLAYLIST = "index.m3u8"
+#: A player starts three target durations from the live edge (RFC 8216 6.3.3): the master playlist
+#: waits for every tier to list that many segments. Chromium refused a live playlist of one or two
+#: (DEMUXER_ERROR_COULD_NOT_PARSE) and never tried it again.
+START_SEGMENTS = 3
 #: RFC 6381 codecs of the variant: H.264 Constrained Baseline level 3.1 (mcu/media/encoders.py), AAC-LC.
 CODECS = "avc1.42e01f,mp4a.40.2"
 
@@ -99,3 +103,11 @@ class HlsTier(Broadcast):
 
     def segments(self) -> list[Path]:
         return sorted(self.directory.glob("*.ts"))
+
+    def playable(self) -> bool:
+        """Whether its media playlist lists enough segments for a player to start (blocking: a file read)."""
+        try:
+            listed = (self.directory / PLAYLIST).read_text().count(".ts\n")
+        except OSError:
+            return False
+        return listed >= min(START_SEGMENTS, LIST_SIZE)

@@ -13,7 +13,7 @@ from compositor.layout import PRESENTATION, Layout, last_n, parse_layout
 from mcu.config import DEFAULT_TIER, Config
 from mcu.media.aac import MixAac
 from mcu.media.audio_pipeline import AudioPipeline
-from mcu.media.encoders import Output
+from mcu.media.encoders import Output, Tier
 from mcu.media.video_pipeline import VideoPipeline
 from mcu.media.video_process import PLI_INTERVAL, SCREEN_SUFFIX, SceneSpec, TileSpec, screen_key
 from mcu.rooms.adaptation import Ladder, Switch
@@ -29,6 +29,8 @@ from signaling import grants
 
 #: How often each receiver's controller looks at its feedback (mcu/rooms/adaptation.py).
 ADAPT_INTERVAL = 0.1
+#: How often a room writing HLS looks whether every tier's media playlist is there yet (its master's cue).
+MASTER_POLL = 0.25
 #: The RTCP feedback counted per receiver (mcu/rtc/link.py LinkStats) and summed per room.
 FEEDBACK_COUNTS = ("reports", "rembs", "nacks", "nacked_packets", "plis", "absurd_rembs", "foreign_reports")
 
@@ -76,6 +78,7 @@ class Room:
         #: The RTMP streams of its composite, by id, and its HLS writer's tiers (mcu/rooms/streams.py, hls.py).
         self.streams: dict[str, Stream] = {}
         self.hls: list[HlsTier] = []
+        self._hls_master: asyncio.Task[None] | None = None
         #: Told when a stream's state changes (the conference tells the room).
         self.on_stream: Callable[[Stream], None] | None = None
         #: The one AAC encode of the mix that streams and HLS share, while any runs.
@@ -382,7 +385,6 @@ class Room:
         tiers = {name: self.video.tiers[name] for name in self.config.hls_tiers or (DEFAULT_TIER,)}
         try:
             remove_room(directory, self.name)  # what a server that crashed left of a room of that name
-            write_master(directory / self.name, tiers)
             for name, tier in tiers.items():
                 output = Output("h264", name)
                 writer = HlsTier(
@@ -392,6 +394,19 @@ class Room:
                 self._attach(writer, output)
         except OSError as exc:
             logger.error("room %s: no HLS: %s", self.name, exc)
+            return
+        self._hls_master = asyncio.ensure_future(self._publish_master(directory / self.name, tiers))
+
+    async def _publish_master(self, directory: Path, tiers: dict[str, Tier]) -> None:
+        """Write the master playlist once every tier's media playlist can be played (mcu/rooms/hls.py
+        START_SEGMENTS): a player that reads it sooner finds its variants missing or too short, and
+        Chromium then gives up for good (DEMUXER_ERROR_COULD_NOT_PARSE)."""
+        while not all(await asyncio.gather(*(asyncio.to_thread(writer.playable) for writer in self.hls))):
+            await asyncio.sleep(MASTER_POLL)
+        try:
+            await asyncio.to_thread(write_master, directory, tiers)
+        except OSError as exc:
+            logger.error("room %s: no HLS master playlist: %s", self.name, exc)
 
     async def close(self) -> None:
         if self._adapting is not None:
@@ -401,6 +416,9 @@ class Room:
         await self.stop_recording()
         # Together: each may wait STOP_WAIT on a far end that holds a write.
         await asyncio.gather(*(self.stop_stream(stream_id) for stream_id in list(self.streams)))
+        if self._hls_master is not None:
+            self._hls_master.cancel()
+            await asyncio.gather(self._hls_master, return_exceptions=True)
         hls, self.hls = self.hls, []
         await asyncio.gather(*(self._detach(writer) for writer in hls))
         if hls and self.config.hls_dir is not None:
