@@ -583,7 +583,9 @@ def create_front_app(
     app.router.add_get("/metrics", front.metrics)
     app.router.add_route("*", "/api/rooms/{room}{tail:(/.*)?}", front.api_room)
     app.router.add_route("*", "/whep/{room}{tail:(/.*)?}", front.api_room)
+    app.router.add_route("*", "/whip/{room}{tail:(/.*)?}", front.api_room)
     add_cors(app, "/whep/")
+    add_cors(app, "/whip/")
 
     add_page(app)
 
