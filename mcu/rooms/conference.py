@@ -486,6 +486,7 @@ class Conference:
             self._media_failed,
             lambda publisher, data: None,  # no chat without signaling
             kinds=kinds,
+            dtls_server=True,
         )
         publisher.grants = frozenset({grants.PUBLISH})
         publisher.sending_video, publisher.sending_audio = "video" in kinds, "audio" in kinds
