@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -267,3 +269,58 @@ class TestTokens:
             assert refused.value.status == 401
         finally:
             await peer.close()
+
+
+#: GStreamer's webrtcbin as a WHIP encoder (tests/gst_whip.py), run by Debian's Python: its python3-gi.
+GST_WHIP = Path(__file__).with_name("gst_whip.py")
+DEBIAN_PYTHON = Path("/usr/bin/python3")
+GST_ELEMENTS = ("webrtcbin", "nicesrc", "dtlssrtpenc", "srtpenc", "vp8enc", "x264enc", "opusenc", "videotestsrc")
+GST_PACKAGES = (
+    "python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-nice gstreamer1.0-plugins-good gstreamer1.0-plugins-bad"
+    " gstreamer1.0-plugins-ugly"
+)
+
+
+def gstreamer_missing() -> str | None:
+    """Why GStreamer's webrtcbin cannot publish here, or None."""
+    if not DEBIAN_PYTHON.exists():
+        return f"no {DEBIAN_PYTHON}"
+    check = (
+        "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstWebRTC', '1.0');"
+        "from gi.repository import Gst, GstWebRTC; Gst.init(None);"
+        f"print(' '.join(n for n in {GST_ELEMENTS!r} if Gst.ElementFactory.find(n) is None))"
+    )
+    done = subprocess.run([DEBIAN_PYTHON, "-c", check], capture_output=True, text=True, timeout=60)
+    missing = done.stdout.strip() if done.returncode == 0 else done.stderr.strip().splitlines()[-1:]
+    return f"GStreamer's WebRTC is missing ({missing}): apt-get install {GST_PACKAGES}" if missing else None
+
+
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+async def test_gstreamer_publishes_over_whip(server, codec):
+    """A far end that is not aiortc: GStreamer's webrtcbin (libnice, its own DTLS with an RSA certificate), driven
+    as simple-whip-client drives it; H.264 as OBS Studio sends it."""
+    reason = await asyncio.to_thread(gstreamer_missing)
+    if reason is not None:
+        pytest.skip(reason)
+    peer = make_peer(server)
+    publisher = None
+    try:
+        await peer.join()
+        publisher = await asyncio.create_subprocess_exec(
+            str(DEBIAN_PYTHON), str(GST_WHIP), endpoint(server, query="?name=gstreamer"), "8", codec,
+            "".join(f"{c:02x}" for c in COLORS["blue"]), "660",
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        assert publisher.stdout is not None
+        line = (await asyncio.wait_for(publisher.stdout.readline(), 20)).decode()
+        assert line.startswith("published "), line
+        await within(5, lambda: list(peer.participants.values()) == ["gstreamer"])
+        await sees_and_hears(peer, "blue", 660.0)
+        # At its end it DELETEs its resource: the room sees it leave.
+        await within(15, lambda: not peer.participants)
+        assert await asyncio.wait_for(publisher.wait(), 10) == 0
+    finally:
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+            await publisher.wait()
+        await peer.close()
