@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiortc import RTCPeerConnection
-from conftest import within
+from conftest import free_port, start_mcu, stop_process, within
 from media_checks import cell_colours, contains_colour, tone_levels
 from multidict import CIMultiDict
 
@@ -269,6 +269,30 @@ class TestTokens:
             assert refused.value.status == 401
         finally:
             await peer.close()
+
+
+async def test_a_publisher_through_the_front_of_workers():
+    """`mcu serve --workers 1`: the front passes WHIP on to the worker, which opens the room; headers and all."""
+    port = free_port()
+    process = start_mcu(port, "--workers", "1", "--size", "640x360", "--fps", "15")
+    publisher = WhipPublisher(
+        f"http://127.0.0.1:{port}/whip/stage?name=front", video=ColorTrack(COLORS["blue"]), audio=ToneTrack(660.0)
+    )
+    peer = Peer(f"ws://127.0.0.1:{port}/ws", "stage", "alice", video=ColorTrack(COLORS["red"]), audio=ToneTrack(440))
+    try:
+        await publisher.start()
+        assert publisher.resource is not None and publisher.resource.startswith(f"http://127.0.0.1:{port}/whip/stage/")
+        await peer.join()
+        assert list(peer.participants.values()) == ["front"]
+        await sees_and_hears(peer, "blue", 660.0)
+        status, _, headers = await post(f"http://127.0.0.1:{port}/whip/stage", "x", content_type="text/plain")
+        assert status == 415 and headers["Access-Control-Allow-Origin"] == "*"
+        assert await publisher.delete() == 200
+        await within(5, lambda: not peer.participants)
+        assert await publisher.delete() == 404
+    finally:
+        await close_all([publisher, peer])
+        stop_process(process, grace=10)
 
 
 #: GStreamer's webrtcbin as a WHIP encoder (tests/gst_whip.py), run by Debian's Python: its python3-gi.
