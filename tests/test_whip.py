@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCRtpSender
 from conftest import free_port, start_mcu, stop_process, within
 from media_checks import cell_colours, contains_colour, tone_levels
 from multidict import CIMultiDict
@@ -44,11 +44,14 @@ async def close_all(things) -> None:
     await asyncio.gather(*(thing.close() for thing in things), return_exceptions=True)
 
 
-async def send_only_offer(kinds=("audio", "video")) -> str:
+async def send_only_offer(kinds=("audio", "video"), audio_codec: str | None = None) -> str:
     """What a WHIP encoder offers: send audio and video, every candidate in it."""
     pc = RTCPeerConnection()
     for kind in kinds:
-        pc.addTransceiver(kind, direction="sendonly")
+        transceiver = pc.addTransceiver(kind, direction="sendonly")
+        if kind == "audio" and audio_codec is not None:
+            codecs = RTCRtpSender.getCapabilities("audio").codecs
+            transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() == f"audio/{audio_codec}"])
     await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp
     await pc.close()
@@ -160,6 +163,27 @@ async def test_a_moderator_removes_a_publisher(server):
         await close_all([publisher, peer])
 
 
+async def test_a_publisher_that_hangs_up_leaves_and_one_alone_ends_at_shutdown(server):
+    peer = make_peer(server)
+    hanging_up = make_publisher(server)
+    alone = make_publisher(server, "solo")
+    try:
+        await peer.join()
+        await hanging_up.start()
+        await within(5, lambda: len(peer.participants) == 1)
+        await within(10, lambda: hanging_up.pc.connectionState == "connected")
+        await hanging_up.pc.close()  # no DELETE: the server sees its connection close
+        await within(10, lambda: not peer.participants)
+        assert await hanging_up.delete() == 404
+        await alone.start()
+        assert "solo" in server.conference.rooms
+        await server.conference.close()
+        assert not server.conference.rooms
+        assert await alone.delete() == 404
+    finally:
+        await close_all([hanging_up, alone, peer])
+
+
 async def test_bad_input_is_refused_and_disturbs_nobody(server):
     peer = make_peer(server)
     try:
@@ -189,6 +213,9 @@ async def test_bad_input_is_refused_and_disturbs_nobody(server):
         assert status == 400 and "invalid_room" in body
         status, body, _ = await post(endpoint(server, "elsewhere"), offer.replace("a=sendonly", "a=recvonly"))
         assert status == 400 and "elsewhere" not in server.conference.rooms  # a refused offer opens no room
+        # One the server opened the room for, then could not answer (no codec in common): the room closes again.
+        status, body, _ = await post(endpoint(server, "elsewhere"), await send_only_offer(("audio",), "pcmu"))
+        assert status == 400 and "invalid_sdp" in body and "elsewhere" not in server.conference.rooms
         for method in ("DELETE", "PATCH"):
             status, _ = await request(method, endpoint(server) + "/no-such-session")
             assert status == 404
@@ -261,9 +288,14 @@ class TestTokens:
             try:
                 await publisher.start()
                 await within(5, lambda: list(peer.participants.values()) == ["Studio B"])
+                # A moderator removes it: its token is kept out, as a joiner's would be.
+                (whip_id,) = peer.participants
+                await peer.kick(whip_id)
+                await within(3, lambda: not peer.participants)
+                status, body, _ = await post(endpoint(server), offer, token=publisher.http.token)
+                assert status == 403 and "banned" in body
             finally:
                 await publisher.close()
-            await within(3, lambda: not peer.participants)
             with pytest.raises(SdpRefused) as refused:
                 await make_publisher(server).start()  # cleans up after itself
             assert refused.value.status == 401
