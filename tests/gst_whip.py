@@ -44,7 +44,7 @@ def main(endpoint: str, seconds: float, codec: str, colour: str, frequency: floa
     agent = webrtc.get_property("ice-agent")  # held while the pipeline runs
     agent.emit("add-local-ip-address", "127.0.0.1")
     loop = GLib.MainLoop()
-    state = {"location": None, "status": 1}
+    state = {"location": None, "status": 1, "offered": False}
 
     def post(offer_sdp: str) -> None:
         request = urllib.request.Request(
@@ -66,7 +66,9 @@ def main(endpoint: str, seconds: float, codec: str, colour: str, frequency: floa
         GLib.timeout_add(int(seconds * 1000), loop.quit)
 
     def on_gathering(element, _param) -> None:
-        if element.get_property("ice-gathering-state") == GstWebRTC.WebRTCICEGatheringState.COMPLETE:
+        complete = element.get_property("ice-gathering-state") == GstWebRTC.WebRTCICEGatheringState.COMPLETE
+        if complete and not state["offered"]:  # one POST, every candidate in it (no trickle)
+            state["offered"] = True
             offer = element.get_property("local-description").sdp.as_text()
             GLib.idle_add(lambda: post(offer) and False)
 

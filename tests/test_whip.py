@@ -347,7 +347,10 @@ def gstreamer_missing() -> str | None:
         f"print(' '.join(n for n in {GST_ELEMENTS!r} if Gst.ElementFactory.find(n) is None))"
     )
     done = subprocess.run([DEBIAN_PYTHON, "-c", check], capture_output=True, text=True, timeout=60)
-    missing = done.stdout.strip() if done.returncode == 0 else done.stderr.strip().splitlines()[-1:]
+    if done.returncode != 0:
+        missing = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    else:
+        missing = done.stdout.strip()
     return f"GStreamer's WebRTC is missing ({missing}): apt-get install {GST_PACKAGES}" if missing else None
 
 
