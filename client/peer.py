@@ -57,7 +57,7 @@ AUDIO_KEEP_SECONDS = 10
 REJOIN_SECONDS = 30
 
 
-def _codecs_of(name: str) -> list[RTCRtpCodecCapability]:
+def codecs_of(name: str) -> list[RTCRtpCodecCapability]:
     """Our video capabilities for one codec ("vp8", "h264"), with RTX: what a client limited to it offers."""
     codecs = RTCRtpSender.getCapabilities("video").codecs
     chosen = [c for c in codecs if c.mimeType.lower() in (f"video/{name.lower()}", "video/rtx")]
@@ -345,7 +345,7 @@ class Peer:
             if attach_sender is not None:
                 attach_sender(transceiver.sender)  # a pre-encoded track that sends its levels
             if kind == "video" and self.video_codec:
-                transceiver.setCodecPreferences(_codecs_of(self.video_codec))
+                transceiver.setCodecPreferences(codecs_of(self.video_codec))
         # Created before the offer, so that the offer carries the data channel section.
         if self._chat:
             self.chat_channel = pc.createDataChannel(chat.LABEL)

@@ -12,9 +12,7 @@ import asyncio
 import time
 from collections import deque
 from typing import cast
-from urllib.parse import urljoin, urlparse
 
-import aiohttp
 import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
@@ -24,39 +22,28 @@ from compositor.playout import PlayoutCounts
 from mcu.rtc.header_extensions import install_tolerant_extensions
 from mcu.rtc.jitter import DOWNLINK_MAX_WAIT, DOWNLINK_NACK_RETRY, DOWNLINK_NACK_TRIES
 from mcu.rtc.receiver import install_encoded_receiver, install_video_jitter_buffer
-from signaling.ice import is_loopback_host, use_host_addresses
 
 from .playback import AudioPlayback
+from .sdp_resource import SDP, SdpRefused, SdpResource
 
 install_tolerant_extensions()
 
-SDP = "application/sdp"
+__all__ = ["SDP", "WhepError", "WhepViewer"]
+
 #: Audio played kept for analysis (mono samples at 48 kHz).
 AUDIO_KEEP_SECONDS = 10
-
-
-class WhepError(Exception):
-    """The endpoint refused the offer: its HTTP status and its body."""
-
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"HTTP {status}: {body[:300]}")
-        self.status = status
-        self.body = body
+#: What a refused offer raises: the endpoint's status and body.
+WhepError = SdpRefused
 
 
 class WhepViewer:
     """One WHEP session: `start()` to watch the endpoint, `close()` to end it (DELETE)."""
 
     def __init__(self, endpoint: str, token: str | None = None, kinds: tuple[str, ...] = ("audio", "video")) -> None:
-        #: The WHEP endpoint, e.g. http://host:8080/whep/room1 (add ?tier=low to ask for a tier).
-        self.endpoint = endpoint
-        self.token = token
+        #: The session at the WHEP endpoint, e.g. http://host:8080/whep/room1 (add ?tier=low to ask for a tier).
+        self.http = SdpResource(endpoint, token)
         #: What to receive: the mix ("audio"), the composite ("video") or both.
         self.kinds = kinds
-        #: The session's resource, once created (absolute URL), and the headers that came with it.
-        self.resource: str | None = None
-        self.etag: str | None = None
-        self.links: list[str] = []
         self.pc: RTCPeerConnection | None = None
         #: The latest decoded picture and counters, as `client.peer.Peer` keeps them.
         self.video_frame: av.VideoFrame | None = None
@@ -65,37 +52,33 @@ class WhepViewer:
         self.audio_frames = 0
         self.playout = PlayoutCounts()
         self._audio: deque[np.ndarray] = deque(maxlen=AUDIO_KEEP_SECONDS * 50)
-        self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        if content_type is not None:
-            headers["Content-Type"] = content_type
-        return headers
+    @property
+    def resource(self) -> str | None:
+        return self.http.resource
+
+    @property
+    def etag(self) -> str | None:
+        return self.http.etag
+
+    @property
+    def links(self) -> list[str]:
+        return self.http.links
 
     async def start(self) -> None:
         """Offer to receive `kinds`, and apply the answer (WhepError if refused)."""
-        if is_loopback_host(urlparse(self.endpoint).hostname or ""):
-            use_host_addresses(["127.0.0.1"])  # as `Peer`: a server on this machine is reached on loopback
-        self._session = aiohttp.ClientSession()
         pc = self.pc = RTCPeerConnection()
         for kind in self.kinds:
             pc.addTransceiver(kind, direction="recvonly")
         pc.on("track", lambda track: self._on_track(pc, track))
         await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers every candidate first
-        async with self._session.post(
-            self.endpoint, data=pc.localDescription.sdp, headers=self._headers(SDP)
-        ) as response:
-            status, body = response.status, await response.text()
-            if status == 201:
-                self.resource = urljoin(self.endpoint, response.headers["Location"])
-                self.etag = response.headers.get("ETag")
-                self.links = response.headers.getall("Link", [])
-        if status != 201:
+        try:
+            answer = await self.http.create(pc.localDescription.sdp)
+        except SdpRefused:
             await self.close()
-            raise WhepError(status, body)
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+            raise
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
     def _on_track(self, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
         receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
@@ -130,21 +113,13 @@ class WhepViewer:
 
     async def delete(self) -> int:
         """DELETE the session's resource; the HTTP status (200 once, 404 after)."""
-        assert self._session is not None and self.resource is not None
-        async with self._session.delete(self.resource, headers=self._headers()) as response:
-            return response.status
+        return await self.http.delete()
 
     async def close(self) -> None:
         """End the session on the server (DELETE) and here."""
-        if self._session is not None and self.resource is not None:
-            try:
-                await self.delete()
-            except aiohttp.ClientError:
-                pass  # the server is gone: nothing left to end there
+        await self.http.close()
         if self.pc is not None:
             await self.pc.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()

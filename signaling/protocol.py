@@ -365,15 +365,19 @@ def typed_field(obj: dict[str, Any], key: str, kind: type, label: str, optional:
     return value
 
 
-def _parse_join(obj: dict[str, Any]) -> Join:
-    room = typed_field(obj, "room", str, "room")
+def check_room(room: str) -> str:
+    """`room` if it may name a room (as a join names it; a WHIP publisher too), else `invalid_room`."""
     if not _ROOM_RE.fullmatch(room):
         raise ProtocolError(
             INVALID_ROOM,
             "The room name must be 1 to 64 characters among letters A-Z and a-z, digits, underscore and hyphen.",
         )
+    return room
 
-    name = typed_field(obj, "name", str, "name").strip()
+
+def check_name(name: str) -> str:
+    """A participant's name, stripped, if it may be shown (a join's, a WHIP publisher's); else `invalid_name`."""
+    name = name.strip()
     if not name:
         raise ProtocolError(INVALID_NAME, "The name must not be empty.")
     if len(name) > MAX_NAME_LENGTH:
@@ -383,6 +387,12 @@ def _parse_join(obj: dict[str, Any]) -> Join:
             INVALID_NAME,
             "The name must not contain control characters or invalid Unicode.",
         )
+    return name
+
+
+def _parse_join(obj: dict[str, Any]) -> Join:
+    room = check_room(typed_field(obj, "room", str, "room"))
+    name = check_name(typed_field(obj, "name", str, "name"))
     token = typed_field(obj, "token", str, "token", optional=True)
     tier = typed_field(obj, "tier", str, "tier", optional=True)
     hide_self = typed_field(obj, "hideSelf", bool, "hideSelf", optional=True) or False

@@ -23,6 +23,8 @@ An aiortc upgrade that changes one of them must fail here, not in a benchmark:
   sends a report of ours and can hold its periodic ones; RTX packets
   without payload reach the far REMB estimator only (probes); aiortc's video jitter buffer waits for
   a lost packet until a sequence gap makes it drop it (the resync of a move down).
+- the DTLS transport's private `_role`, set to "server" between an actpass offer and the answer, makes
+  the answer say `a=setup:passive` and the transport take the server's side (mcu/rtc/dtls.py).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from test_sender import connected
 
 from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack, encode_video_clip
 from client.sources import ToneTrack
+from mcu.rtc.dtls import answer_as_dtls_server
 from mcu.rtc.jitter import PacedNacks, VideoJitterBuffer
 from mcu.rtc.receiver import (
     _EncodedHandoff,
@@ -304,6 +307,23 @@ async def test_audio_packets_can_be_handed_on_as_they_come_when_the_consumer_reo
     assert [frame for _, frame, _ in released[0]] == [0, 1, 2, 3]  # stuck at the lost packet
     assert released[1] == [(n, n, -30) for n in [0, 1, 2, 4, 3, 6, 7, 8, 9, 10]]
     await transport.stop()
+
+
+async def test_an_answer_can_take_the_dtls_servers_side(pcs) -> None:
+    """mcu/rtc/dtls.py sets the DTLS transport's private role before the answer: passive in the SDP, and the
+    handshake still completes with the offerer as the client."""
+    sending, receiving = pcs
+    sending.addTransceiver(ToneTrack(440.0, 0.1), direction="sendonly")
+    await sending.setLocalDescription(await sending.createOffer())
+    assert "a=setup:actpass" in sending.localDescription.sdp
+    await receiving.setRemoteDescription(sending.localDescription)
+    answer_as_dtls_server(receiving)
+    await receiving.setLocalDescription(await receiving.createAnswer())
+    assert "a=setup:passive" in receiving.localDescription.sdp
+    await sending.setRemoteDescription(receiving.localDescription)
+    await within(10, lambda: receiving.connectionState == "connected")
+    roles = [pc.getTransceivers()[0].receiver.transport._role for pc in (sending, receiving)]
+    assert roles == ["client", "server"]
 
 
 async def test_dtls_transport_byte_counters_match_its_stats(pcs) -> None:

@@ -53,6 +53,8 @@ SHUTDOWN_SECONDS = 2.5
 VIEWER_NAME = "viewer"
 #: RTMP streams one room may push at once (each keeps a thread, a connection and its tier's encoder).
 MAX_STREAMS = 4
+#: The name of a WHIP publisher's tile when it gives none (no `?name=`, no token).
+PUBLISHER_NAME = "WHIP"
 
 
 class Conference:
@@ -73,6 +75,11 @@ class Conference:
         self.kicks = 0
         #: Told when each viewer ends without being asked to (its media failed, its room closed), by peerId.
         self._viewer_ended: dict[str, Callable[[], None]] = {}
+        #: WHIP publishers (participants without a signaling session), by peerId: their room's name and what
+        #: to tell when one ends (its media failed, a moderator removed it, the server shuts down).
+        self._publishers: dict[str, tuple[str, Callable[[], None]]] = {}
+        #: Rooms a WHIP publisher's offer is being answered for, and how many: they stay open meanwhile.
+        self._arriving: dict[str, int] = {}
 
     async def join(self, session: Session, message: Join) -> None:
         granted, claims = self._admit(message)
@@ -91,23 +98,9 @@ class Conference:
             raise ProtocolError(
                 protocol.MODE_MISMATCH, f"This room is a {room.mode} room; join it without a mode or as {room.mode}."
             )
-        limits = self.config.limits
-        if room is None and len(self.rooms) >= limits.max_rooms:
-            raise ProtocolError(protocol.TOO_MANY_ROOMS, f"This server holds its maximum of {limits.max_rooms} rooms.")
-        if room is not None and len(room.participants) >= limits.max_peers_per_room:
-            raise ProtocolError(protocol.ROOM_FULL, f"This room is full ({limits.max_peers_per_room} participants).")
+        self._check_space(room)
         if room is None:
-            room = self.rooms[message.room] = Room(message.room, self.config, message.mode or self.config.mode)
-            room.audio.on_speakers = lambda events, room=room: self._speakers(room, events)
-            room.on_tier = self._tier_changed
-            room.on_visibility = self._visibility_changed
-            room.on_stream = lambda stream, room=room: self._stream_changed(room, stream)
-            logger.info("room %s: created", room.name)
-            if self.config.auto_record:
-                try:
-                    self.begin_recording(room)
-                except ProtocolError as exc:
-                    logger.error("room %s: could not record: %s", room.name, exc.message)
+            room = self._open_room(message.room, message.mode or self.config.mode)
         peer_id = secrets.token_hex(6)
         others = [
             {"peerId": p.peer_id, "name": p.name, "video": p.sending_video, "audio": p.sending_audio}
@@ -168,6 +161,29 @@ class Conference:
             session.send(protocol.active_speaker(room.audio.active_speaker))
         logger.info("room %s: %s (%s) joined", room.name, peer_id, message.name)
 
+    def _check_space(self, room: Room | None) -> None:
+        """Refuse one more participant in `room` (None: a room to open) when it is full or the server is."""
+        limits = self.config.limits
+        if room is None and len(self.rooms) >= limits.max_rooms:
+            raise ProtocolError(protocol.TOO_MANY_ROOMS, f"This server holds its maximum of {limits.max_rooms} rooms.")
+        if room is not None and len(room.participants) >= limits.max_peers_per_room:
+            raise ProtocolError(protocol.ROOM_FULL, f"This room is full ({limits.max_peers_per_room} participants).")
+
+    def _open_room(self, name: str, mode: str) -> Room:
+        """A new room, with its first participant to come: by a join or a WHIP publisher's offer."""
+        room = self.rooms[name] = Room(name, self.config, mode)
+        room.audio.on_speakers = lambda events, room=room: self._speakers(room, events)
+        room.on_tier = self._tier_changed
+        room.on_visibility = self._visibility_changed
+        room.on_stream = lambda stream, room=room: self._stream_changed(room, stream)
+        logger.info("room %s: created", room.name)
+        if self.config.auto_record:
+            try:
+                self.begin_recording(room)
+            except ProtocolError as exc:
+                logger.error("room %s: could not record: %s", room.name, exc.message)
+        return room
+
     async def offer(self, session: Session, message: Offer) -> None:
         if self._relayed(session, "offer", message):
             return
@@ -226,9 +242,14 @@ class Conference:
         peer_id = session.peer_id
         session.peer_id = session.room = None
         self._sessions.pop(peer_id, None)
-        self._ban_keys.pop(peer_id, None)
         if room is None:
+            self._ban_keys.pop(peer_id, None)
             return
+        await self._remove(room, peer_id, reason)
+
+    async def _remove(self, room: Room, peer_id: str, reason: str) -> None:
+        """Take a participant out of `room`, tell the others why, and close the room if it was the last."""
+        self._ban_keys.pop(peer_id, None)
         shared = peer_id in room.sharing
         participant = room.remove(peer_id)
         if participant is not None:
@@ -237,12 +258,17 @@ class Conference:
         self._broadcast(room, protocol.participant_left(peer_id, reason))
         if shared:
             self._broadcast(room, protocol.screen_share(peer_id, False))
-        if room.empty:
-            del self.rooms[room.name]
-            for viewer_id in list(room.viewers):
-                self._end_viewer(room, viewer_id)
-            await room.close()
-            logger.info("room %s: closed", room.name)
+        await self._close_if_empty(room)
+
+    async def _close_if_empty(self, room: Room) -> None:
+        """Close `room` once nobody is in it, nor on the way in (a WHIP offer being answered)."""
+        if not room.empty or self._arriving.get(room.name) or self.rooms.get(room.name) is not room:
+            return
+        del self.rooms[room.name]
+        for viewer_id in list(room.viewers):
+            self._end_viewer(room, viewer_id)
+        await room.close()
+        logger.info("room %s: closed", room.name)
 
     async def set_layout(self, session: Session, message: SetLayout) -> None:
         participant = self.require(session, grants.LAYOUT)
@@ -418,6 +444,11 @@ class Conference:
             if isinstance(failure, Exception):
                 logger.error("a session failed to close at shutdown", exc_info=failure)
         await asyncio.gather(*(session.ws.close() for session in sessions), return_exceptions=True)
+        for peer_id in list(self._publishers):
+            try:
+                await self.end_publisher(peer_id)
+            except Exception:
+                logger.exception("closing WHIP publisher %s at shutdown failed", peer_id)
         if self._closing:
             await asyncio.wait(self._closing, timeout=SHUTDOWN_SECONDS)
 
@@ -501,6 +532,92 @@ class Conference:
         if ended is not None:
             ended()
 
+    async def publish(
+        self,
+        room_name: str,
+        name: str,
+        claims: tokens.Claims | None,
+        offer_sdp: str,
+        kinds: tuple[str, ...],
+        on_ended: Callable[[], None],
+    ) -> tuple[Participant, str]:
+        """A WHIP publisher: a participant of an mcu room (opened if need be) made by its send-only offer of
+        `kinds`; return it and the SDP answer.
+
+        It is the participant of a token with `publish` alone: a tile and a voice, nothing sent back,
+        no signaling session (so nothing to tell it: a visibility change just stops its decoding). The
+        others see it join once its offer is answered. `on_ended` is called if it ends on its own.
+
+        :raises ProtocolError: ``banned``, ``wrong_mode``, ``too_many_rooms``, ``room_full``, ``invalid_sdp``.
+        """
+        banned_by = ban_key(room_name, claims)
+        if banned_by is not None and (left := self.bans.remaining(banned_by)) > 0:
+            raise ProtocolError(
+                protocol.BANNED, f"A moderator removed you from this room; publish again in {math.ceil(left)} s."
+            )
+        room = self.rooms.get(room_name)
+        mode = self.config.mode if room is None else room.mode
+        if mode != "mcu":
+            raise ProtocolError(protocol.WRONG_MODE, f"This room is a {mode} room: a WHIP publisher joins mcu rooms.")
+        self._check_space(room)
+        if room is None:
+            room = self._open_room(room_name, mode)
+        publisher = Participant(
+            secrets.token_hex(6),
+            name,
+            room.video.request_keyframe,
+            room.upstream,
+            self._media_failed,
+            lambda publisher, data: None,  # no chat without signaling
+            kinds=kinds,
+            dtls_server=True,
+        )
+        publisher.grants = frozenset({grants.PUBLISH})
+        publisher.sending_video, publisher.sending_audio = "video" in kinds, "audio" in kinds
+        # Nothing flows back to it: its outbound tracks end, and no encoder is kept for it.
+        publisher.video_out.stop()
+        publisher.audio_out.stop()
+        self._arriving[room_name] = self._arriving.get(room_name, 0) + 1
+        try:
+            answer = await publisher.answer(offer_sdp, self.config.ice_servers.for_user(SERVER_TURN_USER))
+            self._check_space(room)  # again: others may have filled it while the offer was answered
+        except BaseException as exc:  # cancelled too: the room must not stay held open
+            self._arrived(room_name)
+            await publisher.close()
+            await self._close_if_empty(room)
+            if isinstance(exc, NegotiationError):
+                raise ProtocolError(protocol.INVALID_SDP, str(exc)) from exc
+            raise
+        self._arrived(room_name)
+        room.add(publisher)
+        self._publishers[publisher.peer_id] = (room_name, on_ended)
+        if banned_by is not None:
+            self._ban_keys[publisher.peer_id] = banned_by
+        self._broadcast(room, protocol.participant_joined(publisher.peer_id, name), exclude=publisher.peer_id)
+        if not (publisher.sending_video and publisher.sending_audio):
+            media = protocol.participant_media(publisher.peer_id, publisher.sending_video, publisher.sending_audio)
+            self._broadcast(room, media, exclude=publisher.peer_id)
+        logger.info("room %s: %s (%s) publishes over WHIP", room.name, publisher.peer_id, name)
+        return publisher, answer
+
+    def _arrived(self, room_name: str) -> None:
+        """A WHIP offer for `room_name` was answered or refused: it no longer holds the room open."""
+        self._arriving[room_name] -= 1
+        if not self._arriving[room_name]:
+            del self._arriving[room_name]
+
+    async def end_publisher(self, peer_id: str, reason: str = protocol.LEFT) -> bool:
+        """A WHIP publisher leaves its room (the others are told `reason`); False when it had already ended."""
+        entry = self._publishers.pop(peer_id, None)
+        if entry is None:
+            return False
+        room_name, ended = entry
+        ended()
+        room = self.rooms.get(room_name)
+        if room is not None:
+            await self._remove(room, peer_id, reason)
+        return True
+
     def _admit(self, message: Join) -> tuple[frozenset[str], tokens.Claims | None]:
         """The grants a join gets and the token's claims: all and None without a secret, else its valid token's."""
         if self.config.secret is None:
@@ -537,6 +654,10 @@ class Conference:
         """ICE or DTLS failed: the peer leaves, as if its WebSocket had closed."""
         session = self._sessions.get(participant.peer_id)
         if session is None:
+            if participant.peer_id in self._publishers:
+                task = asyncio.ensure_future(self.end_publisher(participant.peer_id, protocol.DISCONNECTED))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
             return
         session.send_error(protocol.MEDIA_FAILED, "The media connection failed; join again to retry.")
         asyncio.ensure_future(self.leave(session, protocol.DISCONNECTED))
@@ -588,7 +709,10 @@ class Conference:
             self.bans.ban(key)
             banned = self.bans.seconds
         logger.info("room %s: %s removed by %s (banned %g s)", room.name, target.peer_id, by, banned)
-        session = self._sessions[target.peer_id]
+        session = self._sessions.get(target.peer_id)
+        if session is None:  # a WHIP publisher: nobody to tell why; its resource ends
+            await self.end_publisher(target.peer_id, protocol.KICKED_OUT)
+            return banned
         session.send_error(
             protocol.KICKED, "A moderator removed you from this room" + (f": {reason}" if reason else ".")
         )

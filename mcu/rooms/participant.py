@@ -28,6 +28,7 @@ from mcu.media.encoders import Output
 from mcu.media.tracks import KEYFRAME_GRACE, PacketTrack
 from mcu.rooms.adaptation import AUDIO_ONLY, Controller, Ladder, Probe, Switch
 from mcu.rooms.visibility import Visibility
+from mcu.rtc.dtls import answer_as_dtls_server
 from mcu.rtc.header_extensions import install_tolerant_extensions
 from mcu.rtc.intake import receive_directly
 from mcu.rtc.link import LinkMonitor
@@ -113,6 +114,7 @@ class Participant:
         now: float = 0.0,
         kinds: tuple[str, ...] = ("audio", "video"),
         on_screen: Callable[[str, str, bytes, int], None] | None = None,
+        dtls_server: bool = False,
     ) -> None:
         self.peer_id = peer_id
         self.name = name
@@ -172,12 +174,17 @@ class Participant:
         #: The media its offers carry: both for a participant; a viewer may offer audio or video alone,
         #: and aiortc cannot answer an offer that lacks a transceiver's kind.
         self._kinds = kinds
+        #: Whether its answers take the DTLS server's role when the offer lets them (mcu/rtc/dtls.py): a WHIP
+        #: encoder may be GStreamer, whose RSA certificate aiortc as a DTLS client cannot agree a cipher with.
+        self._dtls_server = dtls_server
 
     async def answer(self, offer_sdp: str, ice_servers: list[dict]) -> str:
         """Apply the peer's offer (first or renegotiation) and return the SDP answer."""
         pc = self.pc or self._create_peer_connection(ice_servers)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            if self._dtls_server:
+                answer_as_dtls_server(pc)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             if pc is not self.pc:

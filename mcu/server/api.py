@@ -37,8 +37,9 @@ def error(status: type[web.HTTPException], code: str, message: str) -> web.HTTPE
     return status(text=web.json_response(protocol.error(code, message)).text, content_type="application/json")
 
 
-def authorize(request: web.Request, grant: str, room: str | None = None) -> None:
-    """Allow the request if it may use `grant` (in `room`); raise 401/403 otherwise.
+def authorize(request: web.Request, grant: str, room: str | None = None) -> tokens.Claims | None:
+    """Allow the request if it may use `grant` (in `room`); raise 401/403 otherwise. Its token's claims
+    (None without a server secret): who it is, for a WHIP publisher's name.
 
     With a server secret the request carries a token (`Authorization: Bearer
     <token>`) for that room, or for every room (room claim "*"), holding the
@@ -46,7 +47,7 @@ def authorize(request: web.Request, grant: str, room: str | None = None) -> None
     """
     secret = request.app[CONFERENCE].config.secret
     if secret is None:
-        return
+        return None
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise error(web.HTTPUnauthorized, protocol.UNAUTHORIZED, "Send a token: Authorization: Bearer <token>.")
@@ -58,6 +59,7 @@ def authorize(request: web.Request, grant: str, room: str | None = None) -> None
         raise error(web.HTTPForbidden, protocol.FORBIDDEN, 'This needs a token for every room (room "*").')
     if grant not in claims.grants:
         raise error(web.HTTPForbidden, protocol.FORBIDDEN, f"The token does not grant {grant!r}.")
+    return claims
 
 
 def room_or_404(request: web.Request) -> Room:

@@ -1,4 +1,4 @@
-"""The HTTP application: signaling at /ws, WHEP at /whep, the pages at / and /watch, health at /healthz."""
+"""The HTTP application: signaling at /ws, WHEP at /whep, WHIP at /whip, the pages, health at /healthz."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from mcu.config import Config
 from mcu.media.allocator import Trimmer
 from mcu.media.video_pipeline import prepare_process
 from mcu.rooms.conference import Conference
-from mcu.server import api, whep
+from mcu.server import api, whep, whip
 from mcu.server.api import CONFERENCE
 from mcu.server.hls import add_hls
 from mcu.server.metrics import add_metrics
@@ -27,6 +27,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     api.add_routes(app)
     whep.add_routes(app)
+    whip.add_routes(app)
     add_metrics(app, conference)
     add_page(app)
     if config.hls_dir is not None:

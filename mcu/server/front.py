@@ -584,7 +584,9 @@ def create_front_app(
     app.router.add_get("/metrics", front.metrics)
     app.router.add_route("*", "/api/rooms/{room}{tail:(/.*)?}", front.api_room)
     app.router.add_route("*", "/whep/{room}{tail:(/.*)?}", front.api_room)
+    app.router.add_route("*", "/whip/{room}{tail:(/.*)?}", front.api_room)
     add_cors(app, "/whep/")
+    add_cors(app, "/whip/")
     if config.hls_dir is not None:
         add_hls(app, config.hls_dir)  # every worker writes its rooms' HLS in the same directory
 

@@ -4,11 +4,12 @@ A POST of `application/sdp` creates a session resource; its URL comes back in
 `Location`, its ICE session in `ETag`, the ICE servers in `Link` headers. PATCH
 with `application/trickle-ice-sdpfrag` trickles the client's candidates (RFC 8840),
 DELETE ends it. What a session does with its media is the caller's: here is only
-what the HTTP exchange needs, so that WHIP ingest can take the same path as WHEP egress.
+what the HTTP exchange needs, shared by WHEP egress (whep.py) and WHIP ingest (whip.py).
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import secrets
 from dataclasses import dataclass
@@ -98,12 +99,12 @@ class SdpSession:
     remote_ufrag: str | None
     #: The entity tag of the server's ICE session (its answer's username fragment).
     etag: str
-    #: Ends what the session runs.
+    #: Ends what the session runs (now, or in the awaitable it returns).
     end: Callable[[], object]
 
 
 class SdpSessions:
-    """The live sessions of one kind (WHEP viewers...), by resource id: unguessable, the resource's capability."""
+    """The live sessions of one kind (WHEP viewers, WHIP publishers), by resource id: unguessable, a capability."""
 
     def __init__(self) -> None:
         self.sessions: dict[str, SdpSession] = {}
@@ -144,7 +145,9 @@ class SdpSessions:
         """DELETE: end the session; a second DELETE finds nothing (404)."""
         session = self.get_or_404(request)
         self.forget(session.id)
-        session.end()
+        ended = session.end()
+        if inspect.isawaitable(ended):
+            await ended
         return web.Response(status=200)
 
     async def patch(self, request: web.Request) -> web.Response:
