@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import datetime
 import os
 import statistics
@@ -41,6 +42,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -240,6 +243,10 @@ class Result:
     #: What the room's participants received over the same window.
     room_fps: list[float] = field(default_factory=list)
     room_audio: list[float] = field(default_factory=list)
+    #: Composite frames the server made a second over the window (its own count).
+    server_fps: float = 0.0
+    #: The viewers' tiers at the window's end, as the server's tier controllers left them ("audio": audio only).
+    viewer_tiers: dict[str, int] = field(default_factory=dict)
     #: CPU of the viewers' process (None without viewers).
     load_cpu: float | None = None
     load_average: float = 0.0
@@ -330,8 +337,12 @@ async def run_one(count: int, args: argparse.Namespace, logs: Path, latency: boo
             await processes.tell("window", timeout=20)
             started, ticks, (steal, total) = time.monotonic(), cpu_ticks(server.pid), steal_ticks()
             threads = thread_ticks(process_tree(server.pid))
+            frames = (await describe_room(port))["stats"]["videoFrames"]
             await asyncio.sleep(args.seconds)
             elapsed, used = time.monotonic() - started, cpu_ticks(server.pid) - ticks
+            room_now = await describe_room(port)
+            result.server_fps = (room_now["stats"]["videoFrames"] - frames) / elapsed
+            result.viewer_tiers = viewer_tiers(room_now)
             result.threads = thread_shares(threads, thread_ticks(process_tree(server.pid)), elapsed, server.pid)
             steal_end, total_end = steal_ticks()
             reports = await processes.tell("report", timeout=20)
@@ -353,6 +364,20 @@ async def run_one(count: int, args: argparse.Namespace, logs: Path, latency: boo
         await stop(server)
 
 
+async def describe_room(port: int) -> dict:
+    """The room as the server's HTTP API describes it (no --secret, so no token): participants and stats."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/api/rooms/{ROOM}") as response:
+            return await response.json()
+
+
+def viewer_tiers(room: dict) -> dict[str, int]:
+    """How many viewers are on each tier: the receivers' links that are no participant's."""
+    participants = {p["peerId"] for p in room["participants"]}
+    links = room["stats"]["links"]
+    return dict(collections.Counter(str(link["tier"]) for peer, link in links.items() if peer not in participants))
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -370,20 +395,21 @@ def format_table(results: list[Result]) -> str:
     lines = [
         "| viewers | server CPU, % of one core | added per viewer, % | viewers' fps min / median "
         "| viewers' audio pkt/s min / median | per viewer kbit/s median | participants' fps min / median "
-        "| viewers' process CPU % | load avg | steal % | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server made, fps | viewers' tiers at the end | viewers' process CPU % | load avg | steal % | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r.failure:
-            lines.append(f"| {r.viewers} | | | | | | | | {r.load_average:.1f} | | failed: {r.failure} |")
+            lines.append(f"| {r.viewers} | | | | | | | | | | {r.load_average:.1f} | | failed: {r.failure} |")
             continue
         added = f"{(r.server_cpu - base) / r.viewers:.2f}" if base is not None and r.viewers else "-"
         load = f"{r.load_cpu:.1f}" if r.load_cpu is not None else "-"
         status = "collapsed (" + ", ".join(r.problems()) + ")" if r.collapsed else "ok"
+        tiers = ", ".join(f"{tier} {n}" for tier, n in sorted(r.viewer_tiers.items())) or "-"
         lines.append(
             f"| {r.viewers} | {r.server_cpu:.1f} | {added} | {_min_median(r.fps)} | {_min_median(r.audio)} "
-            f"| {_kbps(r.kbps)} | {_min_median(r.room_fps)} | {load} | {r.load_average:.1f} | {r.steal:.1f} "
-            f"| {status} |"
+            f"| {_kbps(r.kbps)} | {_min_median(r.room_fps)} | {r.server_fps:.1f} | {tiers} | {load} "
+            f"| {r.load_average:.1f} | {r.steal:.1f} | {status} |"
         )
     return "\n".join(lines)
 

@@ -15,6 +15,8 @@ COLUMNS = [
     "viewers' audio pkt/s min / median",
     "per viewer kbit/s median",
     "participants' fps min / median",
+    "server made, fps",
+    "viewers' tiers at the end",
     "viewers' process CPU %",
     "load avg",
     "steal %",
@@ -43,7 +45,8 @@ def test_one_viewer_for_three_seconds_fills_the_table_and_the_section(tmp_path: 
     assert float(row["viewers' fps min / median"].split(" / ")[0]) > 0
     assert float(row["viewers' audio pkt/s min / median"].split(" / ")[0]) > 0
     assert float(row["participants' fps min / median"].split(" / ")[0]) > 0
-    assert float(row["server CPU, % of one core"]) > 0
+    assert float(row["server CPU, % of one core"]) > 0 and float(row["server made, fps"]) > 0
+    assert row["viewers' tiers at the end"] in ("high 1", "low 1", "audio 1"), row
     # Both receivers read the stamper's capture times.
     for receiver in ("WHEP", "participant"):
         latency = cells(next(line for line in lines if line.startswith(f"| {receiver} |")))
