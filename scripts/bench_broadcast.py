@@ -429,7 +429,7 @@ def format_table(results: list[Result]) -> str:
 def format_threads(results: list[Result], top: int = 6) -> str:
     """Per run, the busiest threads of the server (its main thread is the event loop) and its video process."""
     return "\n".join(
-        f"- {r.viewers} viewers: " + ", ".join(f"{label} {share:.1f}" for label, share in r.threads[:top])
+        f"- N={r.viewers}: " + ", ".join(f"{label} {share:.1f}" for label, share in r.threads[:top])
         for r in results
         if not r.failure
     )
@@ -485,7 +485,7 @@ def section(results: list[Result], latency: Result | None, args: argparse.Namesp
         "",
         f"Measured {datetime.date.today().isoformat()} on {machine()} by `scripts/bench_broadcast.py`. Each row "
         f"is a fresh `mcu serve` ({SIZE}@{FPS} composite{'' if args.adapt else ', `--no-adapt`'}) "
-        f"with a {PARTICIPANTS}-peer room (load peers in one "
+        f"with a room of {PARTICIPANTS} peers (load peers in one "
         "process: pre-encoded VP8 320x240@15 ≈ 300 kbit/s and Opus, received without decoding) and N WHEP "
         "viewers in one more process (`client/whep.py` with `decode=False`: each counts the composite's frames "
         "and the mix's packets without decoding them, so that 40 fit beside the server). "
