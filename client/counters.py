@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from typing import Self
 
     from .peer import Peer
+    from .whep import WhepViewer
 
 
 @dataclass(kw_only=True)
@@ -61,10 +62,11 @@ class Received:
     streams: int = 0
 
     @classmethod
-    def of(cls, peer: Peer) -> Self:
-        """The totals now: the composite's in an mcu room, the sum over its remote publishers in sfu and mesh."""
+    def of(cls, peer: Peer | WhepViewer) -> Self:
+        """The totals now: the composite's in an mcu room (and a WHEP viewer's), the sum over its remote publishers
+        in sfu and mesh."""
         now = cls(time.monotonic())
-        if remote := list(peer.remote.values()):
+        if remote := list(getattr(peer, "remote", {}).values()):  # a WhepViewer has no `remote`
             now.video_frames = sum(r.video_frames for r in remote)
             now.audio_frames = sum(r.audio_frames for r in remote)
             now.payload_bytes = sum(r.video_bytes + r.audio_bytes for r in remote)

@@ -16,6 +16,7 @@ from typing import cast
 import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from compositor.playout import PlayoutCounts
@@ -39,17 +40,28 @@ WhepError = SdpRefused
 class WhepViewer:
     """One WHEP session: `start()` to watch the endpoint, `close()` to end it (DELETE)."""
 
-    def __init__(self, endpoint: str, token: str | None = None, kinds: tuple[str, ...] = ("audio", "video")) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        token: str | None = None,
+        kinds: tuple[str, ...] = ("audio", "video"),
+        decode: bool = True,
+    ) -> None:
         #: The session at the WHEP endpoint, e.g. http://host:8080/whep/room1 (add ?tier=low to ask for a tier).
         self.http = SdpResource(endpoint, token)
         #: What to receive: the mix ("audio"), the composite ("video") or both.
         self.kinds = kinds
+        #: False: count frames and bytes without decoding them, as a load peer does (many viewers in one process).
+        self.decode = decode
         self.pc: RTCPeerConnection | None = None
         #: The latest decoded picture and counters, as `client.peer.Peer` keeps them.
         self.video_frame: av.VideoFrame | None = None
         self.video_frames = 0
         self.first_frame_time: float | None = None
         self.audio_frames = 0
+        #: Encoded bytes received, counted only when not decoding.
+        self.video_bytes = 0
+        self.audio_bytes = 0
         self.playout = PlayoutCounts()
         self._audio: deque[np.ndarray] = deque(maxlen=AUDIO_KEEP_SECONDS * 50)
         self._tasks: list[asyncio.Task[None]] = []
@@ -82,7 +94,10 @@ class WhepViewer:
 
     def _on_track(self, pc: RTCPeerConnection, track: MediaStreamTrack) -> None:
         receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
-        if track.kind == "audio":
+        if not self.decode:
+            install_encoded_receiver(receiver)
+            self._tasks.append(asyncio.ensure_future(self._count_encoded(track)))
+        elif track.kind == "audio":
             playback = AudioPlayback(self._play_audio, self.playout)
             install_encoded_receiver(receiver, playback.take, audio_in_order=False)
             self._tasks.append(asyncio.ensure_future(playback.play(track)))
@@ -98,6 +113,22 @@ class WhepViewer:
                     self.first_frame_time = time.monotonic()
                 self.video_frame = frame
                 self.video_frames += 1
+        except MediaStreamError:
+            pass
+
+    async def _count_encoded(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                # install_encoded_receiver() made the track yield its frames undecoded.
+                frame = cast(JitterFrame, await track.recv())
+                if track.kind == "video":
+                    if self.first_frame_time is None:
+                        self.first_frame_time = time.monotonic()
+                    self.video_frames += 1
+                    self.video_bytes += len(frame.data)
+                else:
+                    self.audio_frames += 1
+                    self.audio_bytes += len(frame.data)
         except MediaStreamError:
             pass
 

@@ -36,7 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Protocol, Sequence, TypeVar
 
 import aiohttp
 
@@ -44,6 +44,7 @@ from client.counters import Received
 
 if TYPE_CHECKING:
     from client.peer import Peer
+    from client.whep import WhepViewer
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE, FPS = "1280x720", 30
@@ -145,9 +146,9 @@ def emit(event: str, **fields: object) -> None:
 
 
 class Window:
-    """A measurement window of a load process: what each of its peers received, and its own CPU."""
+    """A measurement window of a load process: what each of its peers (or WHEP viewers) received, and its own CPU."""
 
-    def __init__(self, peers: list[Peer]) -> None:
+    def __init__(self, peers: Sequence[Peer | WhepViewer]) -> None:
         self._peers = peers
         self._start = [Received.of(p) for p in peers]
         self._cpu = sum(os.times()[:2])

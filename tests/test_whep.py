@@ -12,6 +12,7 @@ from conftest import free_port, start_mcu, stop_process, within
 from media_checks import cell_colours, contains_colour, tone_levels
 from multidict import CIMultiDict
 
+from client.counters import Received
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
 from client.whep import SDP, WhepError, WhepViewer
@@ -137,6 +138,24 @@ async def test_a_player_may_ask_for_the_mix_or_the_composite_alone(server):
         assert listener.video_frames == 0 and watcher.audio_frames == 0
     finally:
         await close_all([listener, watcher, peer])
+
+
+async def test_a_counting_viewer_receives_without_decoding(server):
+    # What the broadcast benchmark's load viewers do: count the composite's frames and the mix's packets.
+    peer = make_peer(server, *PEOPLE[0])
+    viewer = WhepViewer(endpoint(server), decode=False)
+    try:
+        await peer.join()
+        await viewer.start()
+        await within(10, lambda: viewer.video_frames > 10 and viewer.audio_frames > 50)
+        assert viewer.video_frame is None and not viewer.audio(1.0).size  # nothing decoded
+        assert viewer.video_bytes > 0 and viewer.audio_bytes > 0
+        first = Received.of(viewer)
+        await asyncio.sleep(1.0)
+        last = Received.of(viewer)
+        assert last.fps(first) > 10 and last.audio_rate(first) > 25 and last.payload_kbps(first) > 0
+    finally:
+        await close_all([viewer, peer])
 
 
 async def test_bad_input_is_refused_and_disturbs_nobody(server):

@@ -1,0 +1,597 @@
+#!/usr/bin/env python3
+"""Broadcast: what WHEP viewers of one room cost the server, and how late they see it.
+
+For each number of viewers N, a fresh `mcu serve` runs on 127.0.0.1 (1280x720@30
+composite) with an 8-peer room: load peers in one process sending a pre-encoded
+clip (VP8 320x240@15 ≈ 300 kbit/s and Opus) and counting what they receive
+without decoding it, as `scripts/bench_room.py`'s. Then N WHEP viewers of the
+room (`client/whep.py`, `decode=False`: they count the composite's frames and the
+mix's packets, so 40 of them fit beside the server) in one more process.
+
+Over the window after the warm-up: the server's CPU (utime + stime of the server
+and its video process, every thread, from /proc, in % of one core) and its
+busiest threads; what each viewer received (composite frames and audio packets
+a second, worst and median) and what the room's participants received; the
+viewers' process's own CPU.
+
+Then the latency: a participant sends `client/stamp.py`'s stamped frames (its
+capture time drawn in the picture), and in one more process a WHEP viewer and a
+participant (the normal WebSocket path) both decode the composite and read the
+stamp in its tile: glass to glass, capture to decoded arrival, median and p95,
+on one machine's clock.
+
+    .venv/bin/python scripts/bench_broadcast.py [--viewers 0,1,10,40] [--seconds 20] [--warmup 5]
+                                               [--no-latency] [--write docs/benchmarks.md]
+
+RTMP and HLS outputs are not in the server yet: when they land, their streams
+start beside the viewers here (a `--streams` option) and their read-back latency
+joins the WHEP and participant rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import datetime
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_room import (  # noqa: E402
+    CLK_TCK,
+    REPO,
+    Window,
+    cpu_ticks,
+    emit,
+    free_port,
+    machine,
+    next_event,
+    peer_colour,
+    process_tree,
+    rerun_command,
+    run_reported,
+    run_series,
+    start_server,
+    steal_ticks,
+    stop,
+    tail,
+    thread_shares,
+    thread_ticks,
+    wait_healthy,
+    write_section,
+)
+
+ROOM = "bench"
+SIZE, FPS = "1280x720", 30
+#: Participants of the room: load peers (in the latency run: a stamper, load peers and the observer).
+PARTICIPANTS = 8
+#: The stamper's picture size and rate (it is fitted into its tile of the composite).
+STAMP_SIZE, STAMP_FPS = (320, 240), 15
+#: Above this the server has used up both cores of the reference machine.
+CPU_CAP = 190.0
+#: A viewer or participant under these rates means the broadcast no longer works.
+MIN_FPS, MIN_AUDIO = FPS / 2, 40.0
+#: LiveKit Egress's admission control budgets this many CPUs for one room-composite stream.
+EGRESS_CPUS = 3
+#: Server CPU, % of one core, by which two runs of the same room differ on the shared reference machine.
+NOISE = 5.0
+BEGIN, END = "<!-- bench_broadcast:begin -->", "<!-- bench_broadcast:end -->"
+
+
+# --- the load processes (subprocesses) -----------------------------------------------------------------------
+
+
+async def obey(open_window: Callable[[], None], report: Callable[[], dict[str, Any]]) -> None:
+    """Answer the driver on stdin until it closes it: "window" opens the measurement window, "report" sends
+    what was seen since. The driver opens every process's window at once, so that they measure the same span."""
+    loop = asyncio.get_running_loop()
+    while line := (await loop.run_in_executor(None, sys.stdin.readline)).strip():
+        if line == "window":
+            open_window()
+            emit("start")
+        elif line == "report":
+            emit("result", **report())
+
+
+async def run_room(url: str, count: int, stamper: bool) -> None:
+    """`count` load peers of the room (the first a stamper, if asked); "ready" once all of them receive."""
+    from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
+    from client.peer import Peer
+    from client.stamp import StampedVideoTrack
+
+    def video(i: int) -> Any:
+        return StampedVideoTrack(*STAMP_SIZE, STAMP_FPS) if stamper and i == 0 else PreEncodedVideoTrack(peer_colour(i))
+
+    peers = [
+        Peer(
+            url, ROOM, f"load{i}", video=video(i), audio=PreEncodedAudioTrack(300.0 + 75 * i), decode=False, chat=False
+        )
+        for i in range(count)
+    ]
+    try:
+        for peer in peers:
+            await peer.join(timeout=10)
+        await peers[0].wait_for(lambda: all(p.video_frames and p.audio_frames for p in peers), timeout=30)
+        emit("ready")
+        window = Window(peers)
+
+        def open_window() -> None:
+            nonlocal window
+            window = Window(peers)
+
+        await obey(open_window, lambda: window.report())
+    finally:
+        await asyncio.wait_for(asyncio.gather(*(p.close() for p in peers), return_exceptions=True), 15)
+
+
+async def run_viewers(endpoint: str, count: int) -> None:
+    """`count` counting WHEP viewers of the room; "ready" once all of them receive."""
+    from client.whep import WhepViewer
+
+    viewers = [WhepViewer(endpoint, decode=False) for _ in range(count)]
+    try:
+        for batch in range(0, count, 8):
+            await asyncio.gather(*(viewer.start() for viewer in viewers[batch : batch + 8]))
+        deadline = time.monotonic() + 30
+        while not all(v.video_frames and v.audio_frames for v in viewers):
+            if time.monotonic() > deadline:
+                raise TimeoutError("some viewers received nothing in 30 s")
+            await asyncio.sleep(0.1)
+        emit("ready")
+        window = Window(viewers)
+
+        def open_window() -> None:
+            nonlocal window
+            window = Window(viewers)
+
+        await obey(open_window, lambda: window.report())
+    finally:
+        await asyncio.wait_for(asyncio.gather(*(v.close() for v in viewers), return_exceptions=True), 30)
+
+
+class StampReader:
+    """The stamper's capture times read in every decoded composite picture of one receiver."""
+
+    def __init__(self) -> None:
+        self.latencies: list[int] = []
+        self._last: int | None = None
+        #: Where the stamper's picture may be: its fitted rect in each cell of grids of 1 to PARTICIPANTS + 1
+        #: tiles (the receivers do not know the scene), the one last found first.
+        self._rects: list[tuple[int, int, int, int]] = []
+
+    def on_frame(self, frame: Any) -> None:
+        from client.stamp import latency_ms, luma_of, now_ms, read_stamp
+        from compositor.layout import fit, grid_layout
+
+        arrival = now_ms()
+        luma = luma_of(frame)
+        if not self._rects:
+            cells = [cell for n in range(1, PARTICIPANTS + 2) for cell in grid_layout(n, frame.width, frame.height)]
+            self._rects = list(
+                dict.fromkeys((r.x, r.y, r.width, r.height) for r in (fit(*STAMP_SIZE, c) for c in cells))
+            )
+        for index, (x, y, w, h) in enumerate(self._rects):
+            stamp = read_stamp(luma[y : y + h, x : x + w])
+            if stamp is not None:
+                if index:
+                    self._rects.insert(0, self._rects.pop(index))
+                if stamp != self._last:  # one source frame shows on several ticks: its first arrival counts
+                    self._last = stamp
+                    self.latencies.append(latency_ms(stamp, arrival))
+                return
+
+
+async def run_latency(url: str, endpoint: str) -> None:
+    """A participant that sends nothing and a WHEP viewer, both decoding the composite and reading the stamps."""
+    import aiortc.rtcrtpreceiver as rtcrtpreceiver
+
+    from client.peer import Peer
+    from client.whep import WhepViewer
+
+    observer = Peer(url, ROOM, "observer", chat=False)
+    viewer = WhepViewer(endpoint)
+    readers = {"participant": StampReader(), "WHEP": StampReader()}
+    owners: dict[int, StampReader] = {}
+    recv = rtcrtpreceiver.RemoteStreamTrack.recv
+
+    async def reading_recv(self: Any) -> Any:
+        # Every decoded picture of either receiver passes here, as its client gets it.
+        frame = await recv(self)
+        if self.kind == "video":
+            if id(self) not in owners:
+                ours = viewer.pc is not None and any(t.receiver.track is self for t in viewer.pc.getTransceivers())
+                owners[id(self)] = readers["WHEP" if ours else "participant"]
+            owners[id(self)].on_frame(frame)
+        return frame
+
+    rtcrtpreceiver.RemoteStreamTrack.recv = reading_recv  # type: ignore[method-assign]
+    try:
+        await observer.join(timeout=20)
+        await viewer.start()
+        await observer.wait_for(lambda: all(r.latencies for r in readers.values()), timeout=30)
+        emit("ready")
+
+        def open_window() -> None:
+            for reader in readers.values():
+                reader.latencies.clear()
+
+        await obey(open_window, lambda: {name: r.latencies for name, r in readers.items()})
+    finally:
+        await asyncio.wait_for(asyncio.gather(viewer.close(), observer.close(), return_exceptions=True), 15)
+
+
+# --- the driver ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    viewers: int
+    server_cpu: float = 0.0
+    #: The busiest threads of the server and its video process: (label, % of one core).
+    threads: list[tuple[str, float]] = field(default_factory=list)
+    fps: list[float] = field(default_factory=list)
+    audio: list[float] = field(default_factory=list)
+    kbps: list[float] = field(default_factory=list)
+    #: What the room's participants received over the same window.
+    room_fps: list[float] = field(default_factory=list)
+    room_audio: list[float] = field(default_factory=list)
+    #: Composite frames the server made a second over the window (its own count).
+    server_fps: float = 0.0
+    #: The viewers' tiers at the window's end, as the server's tier controllers left them ("audio": audio only).
+    viewer_tiers: dict[str, int] = field(default_factory=dict)
+    #: CPU of the viewers' process (None without viewers).
+    load_cpu: float | None = None
+    load_average: float = 0.0
+    steal: float = 0.0
+    #: The latency run: per receiver ("WHEP", "participant"), glass-to-glass ms of each stamp read.
+    latencies: dict[str, list[int]] = field(default_factory=dict)
+    failure: str = ""
+
+    def problems(self) -> list[str]:
+        """Why the run does not count as a working broadcast (empty: it does)."""
+        if self.failure:
+            return [self.failure]
+        found = []
+        if self.server_cpu > CPU_CAP:
+            found.append(f"CPU > {CPU_CAP:.0f} %")
+        for who, fps, audio in (("viewer", self.fps, self.audio), ("participant", self.room_fps, self.room_audio)):
+            if fps and min(fps) < MIN_FPS:
+                found.append(f"{who} fps < {MIN_FPS:.0f}")
+            if audio and min(audio) < MIN_AUDIO:
+                found.append(f"{who} audio < {MIN_AUDIO:.0f}/s")
+        return found
+
+    @property
+    def collapsed(self) -> bool:
+        return bool(self.problems())
+
+
+class Processes:
+    """The processes of one run, each driven on its stdin (`obey`) and reporting JSON events on its stdout."""
+
+    def __init__(self, logs: Path, name: str) -> None:
+        self._logs, self._name = logs, name
+        self.all: dict[str, asyncio.subprocess.Process] = {}
+
+    def log(self, role: str) -> Path:
+        return self._logs / f"{role}-{self._name}.log"
+
+    async def start(self, role: str, *args: str) -> asyncio.subprocess.Process:
+        with self.log(role).open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, f"_{role}", *args, cwd=REPO, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        self.all[role] = process
+        return process
+
+    async def tell(self, line: str, timeout: float) -> dict[str, dict]:
+        """Send `line` to every process; the next event of each, by role."""
+        for process in self.all.values():
+            assert process.stdin is not None
+            process.stdin.write(line.encode() + b"\n")
+            await process.stdin.drain()
+        events = await asyncio.gather(*(next_event(p, timeout) for p in self.all.values()))
+        return dict(zip(self.all, events))
+
+    def failure(self, exc: Exception) -> str:
+        logs = "\n".join(f"{role} log:\n{tail(self.log(role))}" for role in self.all)
+        print(f"  {self._name}: {exc or 'timed out'}\n{logs}", file=sys.stderr)
+        return str(exc) or "timed out"
+
+    async def stop(self) -> None:
+        """Close each one's stdin (it leaves the room), then stop it if it lingers."""
+        for process in self.all.values():
+            if process.stdin is not None and not process.stdin.is_closing():
+                process.stdin.close()
+        await asyncio.gather(*(stop(p, grace=30) for p in self.all.values()))
+
+
+async def run_one(count: int, args: argparse.Namespace, logs: Path, latency: bool = False) -> Result:
+    """One fresh server, its room, `count` counting viewers (or the latency's receivers), one window."""
+    result = Result(count, load_average=os.getloadavg()[0])
+    port = free_port()
+    url, endpoint = f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}/whep/{ROOM}"
+    processes = Processes(logs, "latency" if latency else f"{count}")
+    server = None
+    try:
+        with processes.log("server").open("wb") as log:
+            server = await start_server(
+                port,
+                log,
+                "--size",
+                SIZE,
+                "--fps",
+                str(FPS),
+                "--log-level",
+                "WARNING",
+                *([] if args.adapt else ["--no-adapt"]),
+            )
+        await wait_healthy(port, server)
+        try:
+            room = await processes.start("room", url, str(PARTICIPANTS - int(latency)), str(int(latency)))
+            await next_event(room, timeout=60)
+            if latency:
+                await next_event(await processes.start("latency", url, endpoint), timeout=60)
+            elif count:
+                await next_event(await processes.start("viewers", endpoint, str(count)), timeout=3 * count + 60)
+            await asyncio.sleep(args.warmup)
+            await processes.tell("window", timeout=20)
+            started, ticks, (steal, total) = time.monotonic(), cpu_ticks(server.pid), steal_ticks()
+            threads = thread_ticks(process_tree(server.pid))
+            frames = (await describe_room(port))["stats"]["videoFrames"]
+            await asyncio.sleep(args.seconds)
+            elapsed, used = time.monotonic() - started, cpu_ticks(server.pid) - ticks
+            room_now = await describe_room(port)
+            result.server_fps = (room_now["stats"]["videoFrames"] - frames) / elapsed
+            result.viewer_tiers = viewer_tiers(room_now)
+            result.threads = thread_shares(threads, thread_ticks(process_tree(server.pid)), elapsed, server.pid)
+            steal_end, total_end = steal_ticks()
+            reports = await processes.tell("report", timeout=20)
+        except (RuntimeError, TimeoutError) as exc:
+            result.failure = processes.failure(exc)
+            return result
+        result.server_cpu = used / CLK_TCK / elapsed * 100
+        result.steal = 100 * (steal_end - steal) / max(total_end - total, 1)
+        result.room_fps, result.room_audio = reports["room"]["fps"], reports["room"]["audio"]
+        if "viewers" in reports:
+            viewers = reports["viewers"]
+            result.fps, result.audio, result.kbps = viewers["fps"], viewers["audio"], viewers["kbps"]
+            result.load_cpu = viewers["cpu"]
+        if "latency" in reports:
+            result.latencies = {name: reports["latency"][name] for name in ("WHEP", "participant")}
+        return result
+    finally:
+        await processes.stop()
+        await stop(server)
+
+
+async def describe_room(port: int) -> dict:
+    """The room as the server's HTTP API describes it (no --secret, so no token): participants and stats."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/api/rooms/{ROOM}") as response:
+            return await response.json()
+
+
+def viewer_tiers(room: dict) -> dict[str, int]:
+    """How many viewers are on each tier: the receivers' links that are no participant's."""
+    participants = {p["peerId"] for p in room["participants"]}
+    links = room["stats"]["links"]
+    return dict(collections.Counter(str(link["tier"]) for peer, link in links.items() if peer not in participants))
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _kbps(values: list[float]) -> str:
+    return f"{_median(values):.0f}" if values else "-"
+
+
+def _min_median(values: list[float], digits: int = 1) -> str:
+    return f"{min(values):.{digits}f} / {_median(values):.{digits}f}" if values else "-"
+
+
+def format_table(results: list[Result]) -> str:
+    base = next((r.server_cpu for r in results if r.viewers == 0 and not r.failure), None)
+    lines = [
+        "| viewers | server CPU, % of one core | added per viewer, % | viewers' fps min / median "
+        "| viewers' audio pkt/s min / median | per viewer kbit/s median | participants' fps min / median "
+        "| server made, fps | viewers' tiers at the end | viewers' process CPU % | load avg | steal % | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.failure:
+            lines.append(f"| {r.viewers} | | | | | | | | | | {r.load_average:.1f} | | failed: {r.failure} |")
+            continue
+        added = f"{(r.server_cpu - base) / r.viewers:.2f}" if base is not None and r.viewers else "-"
+        load = f"{r.load_cpu:.1f}" if r.load_cpu is not None else "-"
+        status = "collapsed (" + ", ".join(r.problems()) + ")" if r.collapsed else "ok"
+        tiers = ", ".join(f"{tier} {n}" for tier, n in sorted(r.viewer_tiers.items())) or "-"
+        lines.append(
+            f"| {r.viewers} | {r.server_cpu:.1f} | {added} | {_min_median(r.fps)} | {_min_median(r.audio)} "
+            f"| {_kbps(r.kbps)} | {_min_median(r.room_fps)} | {r.server_fps:.1f} | {tiers} | {load} "
+            f"| {r.load_average:.1f} | {r.steal:.1f} | {status} |"
+        )
+    return "\n".join(lines)
+
+
+def format_threads(results: list[Result], top: int = 6) -> str:
+    """Per run, the busiest threads of the server (its main thread is the event loop) and its video process."""
+    return "\n".join(
+        f"- N={r.viewers}: " + ", ".join(f"{label} {share:.1f}" for label, share in r.threads[:top])
+        for r in results
+        if not r.failure
+    )
+
+
+def _p95(values: list[int]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def format_latency(results: list[Result]) -> str:
+    """Per latency run, a row per receiver: glass to glass, median and p95."""
+    lines = [
+        "| receiver | glass to glass, ms median | p95 | stamps read | server CPU, % of one core | load avg |",
+        "|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        if result.failure:
+            lines.append(f"| failed: {result.failure} | | | | | |")
+        for name, values in result.latencies.items():
+            median = f"{statistics.median(values):.0f}" if values else "-"
+            p95 = f"{_p95(values):.0f}" if values else "-"
+            lines.append(
+                f"| {name} | {median} | {p95} | {len(values)} | {result.server_cpu:.1f} | {result.load_average:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def anchor_line(results: list[Result]) -> str:
+    """Our cost of one stream against LiveKit Egress's admission budget for one room composite."""
+    by_count = {r.viewers: r for r in results if not r.failure}
+    if 0 not in by_count or 1 not in by_count:
+        return "The anchor needs the 0- and 1-viewer rows: not both in this run."
+    added = by_count[1].server_cpu - by_count[0].server_cpu
+    noise = ": within the spread of this machine's runs" if abs(added) < NOISE else ""
+    line = (
+        f"Anchor: LiveKit Egress budgets {EGRESS_CPUS} CPUs ({EGRESS_CPUS * 100} % of a core) for one room-composite "
+        "stream in its admission control, as it renders the room in a headless Chrome and encodes it, on top of "
+        f"the room's own cost. Here the whole server, the room and one viewer, used {by_count[1].server_cpu:.1f} % "
+        f"of a core, against {by_count[0].server_cpu:.1f} % without the viewer ({added:+.1f} %{noise}), since the "
+        "viewer is sent the composite the room's tier already encodes (no decode, no encode of its own)"
+    )
+    if many := max((n for n in by_count if n > 1), default=None):
+        extra = by_count[many].server_cpu - by_count[0].server_cpu
+        line += f"; {many} viewers added {extra:.1f} % ({extra / many:.2f} % each)"
+    return line + "."
+
+
+def section(results: list[Result], latency: Result | None, args: argparse.Namespace) -> str:
+    parts = [
+        BEGIN,
+        "## Broadcast: WHEP viewers of one room",
+        "",
+        f"Measured {datetime.date.today().isoformat()} on {machine()} by `scripts/bench_broadcast.py`. Each row "
+        f"is a fresh `mcu serve` ({SIZE}@{FPS} composite{'' if args.adapt else ', `--no-adapt`'}) "
+        f"with a room of {PARTICIPANTS} peers (load peers in one "
+        "process: pre-encoded VP8 320x240@15 ≈ 300 kbit/s and Opus, received without decoding) and N WHEP "
+        "viewers in one more process (`client/whep.py` with `decode=False`: each counts the composite's frames "
+        "and the mix's packets without decoding them, so that 40 fit beside the server). "
+        f"Warm-up {args.warmup:g} s, window {args.seconds:g} s. Server CPU is utime + stime of the server and its "
+        "video process (all threads) over the window; added per viewer is the row's CPU over the 0-viewer row's, "
+        "divided by N; fps and audio are what each viewer and each participant received (worst and median); the "
+        "viewers' process CPU is the load's own. The server made is its composite frames a second; the viewers' "
+        "tiers are where its tier controllers left them at the window's end (with adaptation on, a viewer whose "
+        "reports show a queue, as a starved load process's do, is moved to a lower tier: one more encode, and "
+        "its lower frame rate). Load avg is the 1-minute load average when the row started and "
+        "steal the share of the machine the hypervisor took in the window: this is a shared 2-core VM where "
+        "other engineers' tests and benchmarks ran at the same time, so the figures are those of a loaded machine. "
+        f"A row is collapsed above {CPU_CAP:.0f} % CPU, or under {MIN_FPS:.0f} fps or {MIN_AUDIO:.0f} audio "
+        "packets/s for any viewer or participant.",
+        "",
+        format_table(results),
+        "",
+        anchor_line(results),
+        "",
+        "Busiest threads over the window (% of one core; `server main` is the event loop: RTP, SRTP, signalling, "
+        "the fan-out to every receiver; `picture main` reads the upstream frames; the others are the audio clock, "
+        "the picture clock, decoders and encoders):",
+        "",
+        format_threads(results),
+    ]
+    if latency is not None:
+        parts += [
+            "",
+            f"Glass to glass: a fresh server and the room again, one of its {PARTICIPANTS - 1} load peers a stamper "
+            f"(a live VP8 {STAMP_SIZE[0]}x{STAMP_SIZE[1]}@{STAMP_FPS} source that draws its capture time, in ms, as "
+            "a checked barcode: `client/stamp.py`), and in one more process a participant that sends nothing (the "
+            f"room's {PARTICIPANTS}th; the normal WebSocket path) and a WHEP viewer, both decoding the composite "
+            "and reading the stamp in its tile. Each stamp's first decoded arrival counts, over the window: capture "
+            "to decoded picture, on the machine's one clock.",
+            "",
+            format_latency([latency]),
+        ]
+    parts += [
+        "",
+        "RTMP and HLS rows (CPU with them on; their latency read back) come with those outputs.",
+        "",
+        f"Re-run: `{rerun_command(__file__)}`",
+        END,
+    ]
+    return "\n".join(parts)
+
+
+async def run_all(args: argparse.Namespace) -> tuple[list[Result], Result | None]:
+    with tempfile.TemporaryDirectory(prefix="bench_broadcast-") as logs:
+        results = await run_series(
+            ["viewers"], args.viewers, lambda _, n: run_one(n, args, Path(logs)), format_table, keep_going=True
+        )
+        latency = None
+        if args.latency:
+            latency = await run_reported("latency", 1, run_one(1, args, Path(logs), latency=True), format_latency)
+    return results, latency
+
+
+def numbers(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def main() -> None:
+    role = sys.argv[1:2]
+    if role == ["_room"]:
+        url, count, stamper = sys.argv[2:5]
+        asyncio.run(run_room(url, int(count), stamper == "1"))
+        return
+    if role == ["_viewers"]:
+        endpoint, count = sys.argv[2:4]
+        asyncio.run(run_viewers(endpoint, int(count)))
+        return
+    if role == ["_latency"]:
+        url, endpoint = sys.argv[2:4]
+        asyncio.run(run_latency(url, endpoint))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--viewers", type=numbers, default=[0, 1, 10, 40], help="numbers of viewers (0,1,10,40)")
+    parser.add_argument("--seconds", type=float, default=20, help="measurement window in s (default 20)")
+    parser.add_argument("--warmup", type=float, default=5, help="warm-up once everyone receives, in s (default 5)")
+    parser.add_argument(
+        "--latency", action=argparse.BooleanOptionalAction, default=True, help="the glass-to-glass run (default on)"
+    )
+    parser.add_argument(
+        "--adapt",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let the server move each receiver between tiers as its link allows (default on); --no-adapt keeps "
+        "the viewers on the composite's tier: the fan-out's cost alone, where a loaded machine's lag in the "
+        "viewers' process would read as congestion and add the encodes of lower tiers",
+    )
+    parser.add_argument("--write", type=Path, help="replace the bench_broadcast section of this file")
+    args = parser.parse_args()
+    try:
+        results, latency = asyncio.run(run_all(args))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    print(format_table(results))
+    print(anchor_line(results))
+    print(format_threads(results))
+    if latency is not None:
+        print(format_latency([latency]))
+    if args.write:
+        write_section(args.write, section(results, latency, args))
+        print(f"wrote {args.write}")
+
+
+if __name__ == "__main__":
+    main()
