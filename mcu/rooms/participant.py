@@ -240,8 +240,9 @@ class Participant:
         def on_track(track: MediaStreamTrack) -> None:
             transceivers = pc.getTransceivers()
             transceiver = next(t for t in transceivers if t.receiver.track is track)
-            camera = next(t for t in transceivers if t.kind == "video")  # ours, made before the first offer
-            if transceiver.kind == "video" and transceiver is not camera:
+            # Ours, made before the first offer; none for a participant of audio alone (a WHIP publisher, a viewer).
+            camera = next((t for t in transceivers if t.kind == "video"), None)
+            if transceiver.kind == "video" and camera is not None and transceiver is not camera:
                 self._on_extra_video(transceiver.mid, transceiver.receiver)  # a section the peer added
             else:
                 self._on_track(track, transceiver.receiver)
