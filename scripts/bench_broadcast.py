@@ -20,12 +20,13 @@ participant (the normal WebSocket path) both decode the composite and read the
 stamp in its tile: glass to glass, capture to decoded arrival, median and p95,
 on one machine's clock.
 
-    .venv/bin/python scripts/bench_broadcast.py [--viewers 0,1,10,40] [--seconds 20] [--warmup 5]
-                                               [--no-latency] [--write docs/benchmarks.md]
+With `--outputs` (the default) one more row runs the room with no viewer but an
+RTMP stream (to a Debian `ffmpeg -listen 1` that discards it) and HLS on, and the
+latency run reads both back as well: the RTMP stream in the latency process
+(PyAV listening), the HLS playlist from the server (PyAV's HLS demuxer).
 
-RTMP and HLS outputs are not in the server yet: when they land, their streams
-start beside the viewers here (a `--streams` option) and their read-back latency
-joins the WHEP and participant rows.
+    .venv/bin/python scripts/bench_broadcast.py [--viewers 0,1,10,40] [--seconds 20] [--warmup 5]
+                                               [--no-latency] [--no-outputs] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ import asyncio
 import collections
 import datetime
 import os
+import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -86,6 +91,8 @@ EGRESS_CPUS = 3
 #: Server CPU, % of one core, by which two runs of the same room differ on the shared reference machine.
 NOISE = 5.0
 BEGIN, END = "<!-- bench_broadcast:begin -->", "<!-- bench_broadcast:end -->"
+#: The RTMP stream's path on its listener (a key, as an ingest URL has).
+RTMP_PATH = "live/bench-key"
 
 
 # --- the load processes (subprocesses) -----------------------------------------------------------------------
@@ -191,8 +198,25 @@ class StampReader:
                 return
 
 
-async def run_latency(url: str, endpoint: str) -> None:
-    """A participant that sends nothing and a WHEP viewer, both decoding the composite and reading the stamps."""
+def read_back(source: str, reader: StampReader, stopping: threading.Event, options: dict[str, str]) -> None:
+    """In a thread: open `source` with PyAV (an RTMP listener, an HLS playlist) and read the stamp of every
+    decoded picture, until `stopping` is set (or the source ends)."""
+    import av
+
+    while not stopping.is_set():
+        try:
+            with av.open(source, options=options, timeout=(30.0, 5.0)) as container:
+                for frame in container.decode(video=0):
+                    reader.on_frame(frame)
+                    if stopping.is_set():
+                        return
+        except (av.FFmpegError, OSError):
+            time.sleep(0.5)  # not there yet (the playlist comes with its third segment), or the far end went
+
+
+async def run_latency(url: str, endpoint: str, rtmp: str, hls: str) -> None:
+    """A participant that sends nothing and a WHEP viewer, both decoding the composite and reading the stamps;
+    with `rtmp` and `hls` (URLs, or "-"), the room's RTMP stream (listened for here) and HLS read back too."""
     import aiortc.rtcrtpreceiver as rtcrtpreceiver
 
     from client.peer import Peer
@@ -201,6 +225,11 @@ async def run_latency(url: str, endpoint: str) -> None:
     observer = Peer(url, ROOM, "observer", chat=False)
     viewer = WhepViewer(endpoint)
     readers = {"participant": StampReader(), "WHEP": StampReader()}
+    stopping = threading.Event()
+    for name, source, options in (("RTMP", rtmp, {"listen": "1"}), ("HLS", hls, {})):
+        if source != "-":
+            readers[name] = StampReader()
+            threading.Thread(target=read_back, args=(source, readers[name], stopping, options), daemon=True).start()
     owners: dict[int, StampReader] = {}
     recv = rtcrtpreceiver.RemoteStreamTrack.recv
 
@@ -218,7 +247,7 @@ async def run_latency(url: str, endpoint: str) -> None:
     try:
         await observer.join(timeout=20)
         await viewer.start()
-        await observer.wait_for(lambda: all(r.latencies for r in readers.values()), timeout=30)
+        await observer.wait_for(lambda: all(r.latencies for r in readers.values()), timeout=60)
         emit("ready")
 
         def open_window() -> None:
@@ -227,6 +256,7 @@ async def run_latency(url: str, endpoint: str) -> None:
 
         await obey(open_window, lambda: {name: r.latencies for name, r in readers.items()})
     finally:
+        stopping.set()
         await asyncio.wait_for(asyncio.gather(viewer.close(), observer.close(), return_exceptions=True), 15)
 
 
@@ -236,6 +266,8 @@ async def run_latency(url: str, endpoint: str) -> None:
 @dataclass
 class Result:
     viewers: int
+    #: Whether the room also pushed an RTMP stream and wrote its HLS.
+    outputs: bool = False
     server_cpu: float = 0.0
     #: The busiest threads of the server and its video process: (label, % of one core).
     threads: list[tuple[str, float]] = field(default_factory=list)
@@ -317,13 +349,48 @@ class Processes:
         await asyncio.gather(*(stop(p, grace=30) for p in self.all.values()))
 
 
-async def run_one(count: int, args: argparse.Namespace, logs: Path, latency: bool = False) -> Result:
-    """One fresh server, its room, `count` counting viewers (or the latency's receivers), one window."""
-    result = Result(count, load_average=os.getloadavg()[0])
-    port = free_port()
+async def start_stream(port: int, url: str) -> None:
+    """Ask the server to push the room's composite to `url` (its HTTP API; the server retries until it answers)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{port}/api/rooms/{ROOM}/streams", json={"url": url}) as response:
+            if response.status >= 300:
+                raise RuntimeError(f"startStream refused: {response.status} {await response.text()}")
+
+
+def hls_live(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/hls/{ROOM}/index.m3u8", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+async def outputs_live(port: int, timeout: float = 40) -> None:
+    """Until the room's RTMP stream is live and its HLS playlist is served."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            async with session.get(f"http://127.0.0.1:{port}/api/rooms/{ROOM}/streams") as response:
+                streams = (await response.json())["streams"]
+            if streams and all(s["state"] == "live" for s in streams) and await asyncio.to_thread(hls_live, port):
+                return
+            await asyncio.sleep(0.5)
+    raise TimeoutError("the RTMP stream or the HLS playlist did not go live")
+
+
+async def run_one(
+    count: int, args: argparse.Namespace, logs: Path, latency: bool = False, outputs: bool = False
+) -> Result:
+    """One fresh server, its room, `count` counting viewers (or the latency's receivers), one window; with
+    `outputs`, an RTMP stream and HLS as well (the latency run reads them back)."""
+    result = Result(count, outputs=outputs, load_average=os.getloadavg()[0])
+    port, rtmp_port = free_port(), free_port()
     url, endpoint = f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}/whep/{ROOM}"
-    processes = Processes(logs, "latency" if latency else f"{count}")
-    server = None
+    rtmp = f"rtmp://127.0.0.1:{rtmp_port}/{RTMP_PATH}"
+    name = ("latency" if latency else f"{count}") + ("-outputs" if outputs else "")
+    processes = Processes(logs, name)
+    server = listener = None
+    hls_dir = tempfile.TemporaryDirectory(prefix="bench_broadcast-hls-")
     try:
         with processes.log("server").open("wb") as log:
             server = await start_server(
@@ -336,15 +403,29 @@ async def run_one(count: int, args: argparse.Namespace, logs: Path, latency: boo
                 "--log-level",
                 "WARNING",
                 *([] if args.adapt else ["--no-adapt"]),
+                *(["--hls", hls_dir.name] if outputs else []),
             )
         await wait_healthy(port, server)
         try:
             room = await processes.start("room", url, str(PARTICIPANTS - int(latency)), str(int(latency)))
             await next_event(room, timeout=60)
+            if outputs and not latency:
+                # A far end that takes the stream and throws it away: its CPU is not the server's.
+                with processes.log("rtmp").open("wb") as log:
+                    listener = await asyncio.create_subprocess_exec(
+                        "ffmpeg", "-nostdin", "-loglevel", "error", "-listen", "1", "-i", rtmp, "-c", "copy",
+                        "-f", "null", "-", stdout=log, stderr=log, start_new_session=True,
+                    )  # fmt: skip
+            if outputs:
+                await start_stream(port, rtmp)
             if latency:
-                await next_event(await processes.start("latency", url, endpoint), timeout=60)
+                hls = f"http://127.0.0.1:{port}/hls/{ROOM}/index.m3u8"
+                readers = (rtmp, hls) if outputs else ("-", "-")
+                await next_event(await processes.start("latency", url, endpoint, *readers), timeout=90)
             elif count:
                 await next_event(await processes.start("viewers", endpoint, str(count)), timeout=3 * count + 60)
+            if outputs and not latency:
+                await outputs_live(port)
             await asyncio.sleep(args.warmup)
             await processes.tell("window", timeout=20)
             started, ticks, (steal, total) = time.monotonic(), cpu_ticks(server.pid), steal_ticks()
@@ -369,11 +450,13 @@ async def run_one(count: int, args: argparse.Namespace, logs: Path, latency: boo
             result.fps, result.audio, result.kbps = viewers["fps"], viewers["audio"], viewers["kbps"]
             result.load_cpu = viewers["cpu"]
         if "latency" in reports:
-            result.latencies = {name: reports["latency"][name] for name in ("WHEP", "participant")}
+            result.latencies = {name: values for name, values in reports["latency"].items() if name != "event"}
         return result
     finally:
         await processes.stop()
         await stop(server)
+        await stop(listener)
+        hls_dir.cleanup()
 
 
 async def describe_room(port: int) -> dict:
@@ -402,8 +485,12 @@ def _min_median(values: list[float], digits: int = 1) -> str:
     return f"{min(values):.{digits}f} / {_median(values):.{digits}f}" if values else "-"
 
 
+def label(result: Result) -> str:
+    return f"{result.viewers} + RTMP + HLS" if result.outputs else str(result.viewers)
+
+
 def format_table(results: list[Result]) -> str:
-    base = next((r.server_cpu for r in results if r.viewers == 0 and not r.failure), None)
+    base = next((r.server_cpu for r in results if r.viewers == 0 and not r.outputs and not r.failure), None)
     lines = [
         "| viewers | server CPU, % of one core | added per viewer, % | viewers' fps min / median "
         "| viewers' audio pkt/s min / median | per viewer kbit/s median | participants' fps min / median "
@@ -412,14 +499,16 @@ def format_table(results: list[Result]) -> str:
     ]
     for r in results:
         if r.failure:
-            lines.append(f"| {r.viewers} | | | | | | | | | | {r.load_average:.1f} | | failed: {r.failure} |")
+            lines.append(f"| {label(r)} | | | | | | | | | | {r.load_average:.1f} | | failed: {r.failure} |")
             continue
         added = f"{(r.server_cpu - base) / r.viewers:.2f}" if base is not None and r.viewers else "-"
+        if r.outputs and base is not None:
+            added = f"{r.server_cpu - base:+.1f} for both outputs"
         load = f"{r.load_cpu:.1f}" if r.load_cpu is not None else "-"
         status = "collapsed (" + ", ".join(r.problems()) + ")" if r.collapsed else "ok"
         tiers = ", ".join(f"{tier} {n}" for tier, n in sorted(r.viewer_tiers.items())) or "-"
         lines.append(
-            f"| {r.viewers} | {r.server_cpu:.1f} | {added} | {_min_median(r.fps)} | {_min_median(r.audio)} "
+            f"| {label(r)} | {r.server_cpu:.1f} | {added} | {_min_median(r.fps)} | {_min_median(r.audio)} "
             f"| {_kbps(r.kbps)} | {_min_median(r.room_fps)} | {r.server_fps:.1f} | {tiers} | {load} "
             f"| {r.load_average:.1f} | {r.steal:.1f} | {status} |"
         )
@@ -429,7 +518,7 @@ def format_table(results: list[Result]) -> str:
 def format_threads(results: list[Result], top: int = 6) -> str:
     """Per run, the busiest threads of the server (its main thread is the event loop) and its video process."""
     return "\n".join(
-        f"- N={r.viewers}: " + ", ".join(f"{label} {share:.1f}" for label, share in r.threads[:top])
+        f"- N={label(r)}: " + ", ".join(f"{name} {share:.1f}" for name, share in r.threads[:top])
         for r in results
         if not r.failure
     )
@@ -460,7 +549,7 @@ def format_latency(results: list[Result]) -> str:
 
 def anchor_line(results: list[Result]) -> str:
     """Our cost of one stream against LiveKit Egress's admission budget for one room composite."""
-    by_count = {r.viewers: r for r in results if not r.failure}
+    by_count = {r.viewers: r for r in results if not r.failure and not r.outputs}
     if 0 not in by_count or 1 not in by_count:
         return "The anchor needs the 0- and 1-viewer rows: not both in this run."
     added = by_count[1].server_cpu - by_count[0].server_cpu
@@ -519,13 +608,20 @@ def section(results: list[Result], latency: Result | None, args: argparse.Namesp
             "a checked barcode: `client/stamp.py`), and in one more process a participant that sends nothing (the "
             f"room's {PARTICIPANTS}th; the normal WebSocket path) and a WHEP viewer, both decoding the composite "
             "and reading the stamp in its tile. Each stamp's first decoded arrival counts, over the window: capture "
-            "to decoded picture, on the machine's one clock.",
+            "to decoded picture, on the machine's one clock. With the outputs, the room also pushes RTMP to a "
+            "listener in that process (PyAV), and the process reads the room's HLS from the server (PyAV's HLS "
+            "demuxer, from 3 segments behind the live edge, as players start): RTMP and HLS are each picture's "
+            "decoded arrival there. An HLS player shows a picture when its buffer lets it, which adds about 3 "
+            "segments (6 s) to the HLS row.",
             "",
             format_latency([latency]),
         ]
     parts += [
         "",
-        "RTMP and HLS rows (CPU with them on; their latency read back) come with those outputs.",
+        "The `+ RTMP + HLS` row: the room with no viewer, pushing RTMP to a Debian `ffmpeg -listen 1` that "
+        "discards it (its CPU is not counted) and writing its HLS (`--hls`): the room's peers send and receive "
+        "VP8, so both outputs add the H.264 encode of the composite's tier (shared by both) and one AAC encode "
+        "of the mix.",
         "",
         f"Re-run: `{rerun_command(__file__)}`",
         END,
@@ -534,13 +630,20 @@ def section(results: list[Result], latency: Result | None, args: argparse.Namesp
 
 
 async def run_all(args: argparse.Namespace) -> tuple[list[Result], Result | None]:
+    outputs = args.outputs and shutil.which("ffmpeg") is not None
+    if args.outputs and not outputs:
+        print("bench_broadcast: no ffmpeg to take the RTMP stream: the outputs' row is left out", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench_broadcast-") as logs:
         results = await run_series(
             ["viewers"], args.viewers, lambda _, n: run_one(n, args, Path(logs)), format_table, keep_going=True
         )
+        if outputs:
+            row = await run_reported("outputs", 0, run_one(0, args, Path(logs), outputs=True), format_table)
+            results.append(row)
         latency = None
         if args.latency:
-            latency = await run_reported("latency", 1, run_one(1, args, Path(logs), latency=True), format_latency)
+            run = run_one(1, args, Path(logs), latency=True, outputs=args.outputs)
+            latency = await run_reported("latency", 1, run, format_latency)
     return results, latency
 
 
@@ -559,8 +662,8 @@ def main() -> None:
         asyncio.run(run_viewers(endpoint, int(count)))
         return
     if role == ["_latency"]:
-        url, endpoint = sys.argv[2:4]
-        asyncio.run(run_latency(url, endpoint))
+        url, endpoint, rtmp, hls = sys.argv[2:6]
+        asyncio.run(run_latency(url, endpoint, rtmp, hls))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--viewers", type=numbers, default=[0, 1, 10, 40], help="numbers of viewers (0,1,10,40)")
@@ -576,6 +679,12 @@ def main() -> None:
         help="let the server move each receiver between tiers as its link allows (default on); --no-adapt keeps "
         "the viewers on the composite's tier: the fan-out's cost alone, where a loaded machine's lag in the "
         "viewers' process would read as congestion and add the encodes of lower tiers",
+    )
+    parser.add_argument(
+        "--outputs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a row with an RTMP stream (to a local ffmpeg) and HLS on, and their latency read back (default on)",
     )
     parser.add_argument("--write", type=Path, help="replace the bench_broadcast section of this file")
     args = parser.parse_args()
