@@ -585,8 +585,8 @@ def section(results: list[Result], latency: Result | None, args: argparse.Namesp
         "tiers are where its tier controllers left them at the window's end (with adaptation on, a viewer whose "
         "reports show a queue, as a starved load process's do, is moved to a lower tier: one more encode, and "
         "its lower frame rate). Load avg is the 1-minute load average when the row started and "
-        "steal the share of the machine the hypervisor took in the window: this is a shared 2-core VM where "
-        "other engineers' tests and benchmarks ran at the same time, so the figures are those of a loaded machine. "
+        "steal the share of the machine the hypervisor took in the window: they say how busy this shared "
+        "2-core VM was. "
         f"A row is collapsed above {CPU_CAP:.0f} % CPU, or under {MIN_FPS:.0f} fps or {MIN_AUDIO:.0f} audio "
         "packets/s for any viewer or participant.",
         "",
