@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
+
+from aiortc import MediaStreamTrack
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import MediaStreamError
 
 if TYPE_CHECKING:
     from typing import Self
@@ -47,6 +51,17 @@ class ReceiveCounters:
         else:
             self.audio_frames += 1
             self.audio_bytes += len(data)
+
+
+async def count_encoded(track: MediaStreamTrack, counters: ReceiveCounters) -> None:
+    """Count a track's frames as they come, undecoded, until it ends: a load peer's or load viewer's receiving
+    (mcu.rtc.receiver.install_encoded_receiver made the track yield its encoded frames)."""
+    try:
+        while True:
+            frame = cast(JitterFrame, await track.recv())
+            counters.count_encoded(track.kind, frame.data)
+    except MediaStreamError:
+        pass
 
 
 @dataclass

@@ -15,13 +15,12 @@ from typing import cast
 import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCRtpReceiver
-from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from mcu.rtc.jitter import DOWNLINK_MAX_WAIT, DOWNLINK_NACK_RETRY, DOWNLINK_NACK_TRIES
 from mcu.rtc.receiver import install_encoded_receiver, install_video_jitter_buffer
 
-from .counters import ReceiveCounters
+from .counters import ReceiveCounters, count_encoded
 
 #: Received audio kept per publisher for analysis (mono samples at 48 kHz).
 AUDIO_KEEP_SECONDS = 10
@@ -52,8 +51,11 @@ class RemotePublisher(ReceiveCounters):
         elif track.kind == "video":
             # A frame lost for good is given up, as a browser does.
             install_video_jitter_buffer(receiver, DOWNLINK_MAX_WAIT, DOWNLINK_NACK_TRIES, DOWNLINK_NACK_RETRY)
-        consume = self._count_encoded if not decode else self._video if track.kind == "video" else self._sound
-        self._tasks[track] = asyncio.ensure_future(consume(track))
+        if not decode:
+            self._tasks[track] = asyncio.ensure_future(count_encoded(track, self))
+        else:
+            consume = self._video if track.kind == "video" else self._sound
+            self._tasks[track] = asyncio.ensure_future(consume(track))
 
     def end(self, track: MediaStreamTrack | None = None) -> None:
         """Stop consuming `track` (None: all of them); with none left the publisher has ended."""
@@ -83,14 +85,5 @@ class RemotePublisher(ReceiveCounters):
                 samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
                 self._audio.append(samples.mean(axis=1).astype(np.int16))
                 self.audio_frames += 1
-        except MediaStreamError:
-            pass
-
-    async def _count_encoded(self, track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                # install_encoded_receiver() made the track yield its frames undecoded.
-                frame = cast(JitterFrame, await track.recv())
-                self.count_encoded(track.kind, frame.data)
         except MediaStreamError:
             pass

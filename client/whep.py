@@ -9,14 +9,12 @@ can check the colours and tones a viewer gets.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from typing import cast
 
 import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from compositor.playout import PlayoutCounts
@@ -24,6 +22,7 @@ from mcu.rtc.header_extensions import install_tolerant_extensions
 from mcu.rtc.jitter import DOWNLINK_MAX_WAIT, DOWNLINK_NACK_RETRY, DOWNLINK_NACK_TRIES
 from mcu.rtc.receiver import install_encoded_receiver, install_video_jitter_buffer
 
+from .counters import ReceiveCounters, count_encoded
 from .playback import AudioPlayback
 from .sdp_resource import SDP, SdpRefused, SdpResource
 
@@ -37,8 +36,15 @@ AUDIO_KEEP_SECONDS = 10
 WhepError = SdpRefused
 
 
-class WhepViewer:
-    """One WHEP session: `start()` to watch the endpoint, `close()` to end it (DELETE)."""
+class WhepViewer(ReceiveCounters):
+    """One WHEP session: `start()` to watch the endpoint, `close()` to end it (DELETE).
+
+    Its counters (frames, and bytes when not decoding) are a remote publisher's (client/counters.py).
+    """
+
+    # A session is itself, not the counts the dataclass it takes them from would compare.
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
     def __init__(
         self,
@@ -54,14 +60,9 @@ class WhepViewer:
         #: False: count frames and bytes without decoding them, as a load peer does (many viewers in one process).
         self.decode = decode
         self.pc: RTCPeerConnection | None = None
-        #: The latest decoded picture and counters, as `client.peer.Peer` keeps them.
+        super().__init__()
+        #: The latest decoded picture, as `client.peer.Peer` keeps it.
         self.video_frame: av.VideoFrame | None = None
-        self.video_frames = 0
-        self.first_frame_time: float | None = None
-        self.audio_frames = 0
-        #: Encoded bytes received, counted only when not decoding.
-        self.video_bytes = 0
-        self.audio_bytes = 0
         self.playout = PlayoutCounts()
         self._audio: deque[np.ndarray] = deque(maxlen=AUDIO_KEEP_SECONDS * 50)
         self._tasks: list[asyncio.Task[None]] = []
@@ -96,7 +97,7 @@ class WhepViewer:
         receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
         if not self.decode:
             install_encoded_receiver(receiver)
-            self._tasks.append(asyncio.ensure_future(self._count_encoded(track)))
+            self._tasks.append(asyncio.ensure_future(count_encoded(track, self)))
         elif track.kind == "audio":
             playback = AudioPlayback(self._play_audio, self.playout)
             install_encoded_receiver(receiver, playback.take, audio_in_order=False)
@@ -108,27 +109,8 @@ class WhepViewer:
     async def _consume_video(self, track: MediaStreamTrack) -> None:
         try:
             while True:
-                frame = cast(av.VideoFrame, await track.recv())
-                if self.first_frame_time is None:
-                    self.first_frame_time = time.monotonic()
-                self.video_frame = frame
-                self.video_frames += 1
-        except MediaStreamError:
-            pass
-
-    async def _count_encoded(self, track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                # install_encoded_receiver() made the track yield its frames undecoded.
-                frame = cast(JitterFrame, await track.recv())
-                if track.kind == "video":
-                    if self.first_frame_time is None:
-                        self.first_frame_time = time.monotonic()
-                    self.video_frames += 1
-                    self.video_bytes += len(frame.data)
-                else:
-                    self.audio_frames += 1
-                    self.audio_bytes += len(frame.data)
+                self.video_frame = cast(av.VideoFrame, await track.recv())
+                self.count_picture()
         except MediaStreamError:
             pass
 
