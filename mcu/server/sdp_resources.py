@@ -36,6 +36,22 @@ _UFRAG_RE = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 _FRAGMENT_LINE_RE = re.compile(r"^a=(mid|candidate|end-of-candidates)(?::(.*))?$")
 
 
+#: The HTTP status of each code a WHEP or WHIP resource's creation may be refused with.
+REFUSALS: dict[str, type[web.HTTPException]] = {
+    protocol.ROOM_NOT_FOUND: web.HTTPNotFound,
+    protocol.INVALID_ROOM: web.HTTPBadRequest,
+    protocol.INVALID_NAME: web.HTTPBadRequest,
+    protocol.UNKNOWN_TIER: web.HTTPBadRequest,
+    protocol.INVALID_SDP: web.HTTPBadRequest,
+    protocol.BANNED: web.HTTPForbidden,
+    protocol.WRONG_MODE: web.HTTPConflict,
+    protocol.TOO_MANY_ROOMS: web.HTTPServiceUnavailable,
+    protocol.ROOM_FULL: web.HTTPServiceUnavailable,
+}
+#: The media sections a WHEP or WHIP offer may carry: the composite and the mix, a camera and a microphone.
+MEDIA = ("audio", "video")
+
+
 def too_large(code: str, message: str, limit: int, size: int) -> web.HTTPException:
     """A 413 whose body is a signaling-style `error`, as `api.error` makes the others."""
     body = web.json_response(protocol.error(code, message)).text

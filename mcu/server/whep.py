@@ -12,20 +12,8 @@ from aiohttp import web
 
 from mcu.server.api import CONFERENCE, authorize, error, room_or_404
 from mcu.server.cors import add_cors
-from mcu.server.sdp_resources import SdpSessions, ice_server_links, preflight, read_offer
+from mcu.server.sdp_resources import MEDIA, REFUSALS, SdpSessions, ice_server_links, preflight, read_offer
 from signaling import grants, protocol
-
-#: The statuses of what `Conference.watch` refuses.
-_STATUS: dict[str, type[web.HTTPException]] = {
-    protocol.ROOM_NOT_FOUND: web.HTTPNotFound,
-    protocol.WRONG_MODE: web.HTTPConflict,
-    protocol.UNKNOWN_TIER: web.HTTPBadRequest,
-    protocol.ROOM_FULL: web.HTTPServiceUnavailable,
-    protocol.INVALID_SDP: web.HTTPBadRequest,
-}
-
-#: The media sections a viewer can be sent: the composite and the mix.
-_MEDIA = ("audio", "video")
 
 VIEWERS = web.AppKey("whep_viewers", SdpSessions)
 
@@ -46,7 +34,7 @@ async def _watch(request: web.Request) -> web.Response:
     room_or_404(request)
     conference = request.app[CONFERENCE]
     offer, parsed = await read_offer(request, conference.config.limits)
-    receiving = [m for m in parsed.media if m.kind in _MEDIA and m.direction in ("recvonly", "sendrecv")]
+    receiving = [m for m in parsed.media if m.kind in MEDIA and m.direction in ("recvonly", "sendrecv")]
     if not receiving:
         raise error(
             web.HTTPBadRequest,
@@ -65,7 +53,7 @@ async def _watch(request: web.Request) -> web.Response:
             lambda: sessions.forget(session_id),
         )
     except protocol.ProtocolError as exc:
-        raise error(_STATUS[exc.code], exc.code, exc.message) from None
+        raise error(REFUSALS[exc.code], exc.code, exc.message) from None
     assert viewer.pc is not None
     session = sessions.add(session_id, viewer.pc, offer, answer, lambda: conference.unwatch(room_name, viewer.peer_id))
     links = ice_server_links(conference.config.ice_servers.for_user(viewer.peer_id))

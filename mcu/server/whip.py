@@ -15,22 +15,8 @@ from aiortc.sdp import SessionDescription
 from mcu.rooms.conference import PUBLISHER_NAME
 from mcu.server.api import CONFERENCE, authorize, error
 from mcu.server.cors import add_cors
-from mcu.server.sdp_resources import SdpSessions, ice_server_links, preflight, read_offer
+from mcu.server.sdp_resources import MEDIA, REFUSALS, SdpSessions, ice_server_links, preflight, read_offer
 from signaling import grants, protocol, tokens
-
-#: The statuses of what `Conference.publish` and the name and room checks refuse.
-_STATUS: dict[str, type[web.HTTPException]] = {
-    protocol.INVALID_ROOM: web.HTTPBadRequest,
-    protocol.INVALID_NAME: web.HTTPBadRequest,
-    protocol.BANNED: web.HTTPForbidden,
-    protocol.WRONG_MODE: web.HTTPConflict,
-    protocol.TOO_MANY_ROOMS: web.HTTPServiceUnavailable,
-    protocol.ROOM_FULL: web.HTTPServiceUnavailable,
-    protocol.INVALID_SDP: web.HTTPBadRequest,
-}
-
-#: The media a publisher's offer may send: a camera and a microphone, one section of each at most.
-_MEDIA = ("audio", "video")
 
 PUBLISHERS = web.AppKey("whip_publishers", SdpSessions)
 
@@ -59,7 +45,7 @@ def publisher_name(query: str | None, claims: tokens.Claims | None) -> str:
 
 def sent_kinds(offer: SessionDescription) -> tuple[str, ...]:
     """The kinds an offer publishes; ProtocolError unless each of its audio and video sections sends, one a kind."""
-    media = [m for m in offer.media if m.kind in _MEDIA]
+    media = [m for m in offer.media if m.kind in MEDIA]
     if not media:
         raise protocol.ProtocolError(
             protocol.INVALID_SDP,
@@ -84,7 +70,7 @@ async def _publish(request: web.Request) -> web.Response:
         protocol.check_room(room_name)
         name = publisher_name(request.query.get("name"), claims)
     except protocol.ProtocolError as exc:
-        raise error(_STATUS[exc.code], exc.code, exc.message) from None
+        raise error(REFUSALS[exc.code], exc.code, exc.message) from None
     offer, parsed = await read_offer(request, conference.config.limits)
     sessions = request.app[PUBLISHERS]
     session_id = sessions.new_id()
@@ -93,7 +79,7 @@ async def _publish(request: web.Request) -> web.Response:
             room_name, name, claims, offer, sent_kinds(parsed), lambda: sessions.forget(session_id)
         )
     except protocol.ProtocolError as exc:
-        raise error(_STATUS[exc.code], exc.code, exc.message) from None
+        raise error(REFUSALS[exc.code], exc.code, exc.message) from None
     assert publisher.pc is not None
     session = sessions.add(session_id, publisher.pc, offer, answer, lambda: conference.end_publisher(publisher.peer_id))
     links = ice_server_links(conference.config.ice_servers.for_user(publisher.peer_id))
