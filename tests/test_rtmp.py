@@ -61,6 +61,11 @@ def http(method: str, url: str, body: dict | None = None, token: str | None = No
         return exc.code, json.loads(exc.read())
 
 
+def metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
 def check_colours_and_tones(path: Path, colours: list[str], frequencies: list[float]) -> None:
     """The file's last picture shows each peer's colour, and its audio carries each peer's tone."""
     with av.open(str(path)) as container:
@@ -112,6 +117,7 @@ async def test_a_stream_retries_until_its_far_end_answers_and_carries_the_room(t
         assert failed["url"] == f"rtmp://127.0.0.1:{rtmp_port}/live/***" and KEY not in json.dumps(failed)
         status, listed = http("GET", f"http://127.0.0.1:{port}/api/rooms/live/streams")
         assert status == 200 and [s["state"] for s in listed["streams"]] == ["retrying"], listed
+        assert 'mcu_streams{state="retrying"} 1.0' in metrics(port)
         frames = alice.video_frames
         await asyncio.sleep(1.5)
         assert alice.video_frames >= frames + 10  # the composite kept flowing meanwhile
@@ -122,6 +128,10 @@ async def test_a_stream_retries_until_its_far_end_answers_and_carries_the_room(t
         failures = events(alice, "streamFailed")
         assert started["state"] == "live" and started["id"] == failed["id"] and started["failures"] >= 1
         await bob.wait_for(lambda: events(bob, "streamStarted"), 5)
+        scraped = metrics(port)
+        assert 'mcu_streams{state="live"} 1.0' in scraped and KEY not in scraped
+        status, room = http("GET", f"http://127.0.0.1:{port}/api/rooms/live")
+        assert room["stats"]["streams"] == {"live": 1}, room["stats"]["streams"]
         await asyncio.sleep(5)
 
         # The far end goes away: the stream says so and tries again, and reaches the next one.

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -245,6 +246,9 @@ class Room:
         return {
             "peers": len(self.participants),
             "viewers": len(self.viewers),
+            # Its RTMP streams by state (starting, live, retrying), and the HLS tiers it writes.
+            "streams": dict(Counter(stream.state for stream in self.streams.values())),
+            "hlsTiers": len(self.hls),
             "links": self.links(),
             "tierSwitches": dict(self.switches),
             "keyframesGated": video.keyframes_gated,

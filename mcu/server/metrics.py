@@ -82,6 +82,12 @@ class ConferenceCollector(Collector):
             "WHEP viewers in all rooms (not participants)",
             value=sum(len(r.viewers) for r in rooms.values()),
         )
+        # By state only: a stream's URL carries its key, and never becomes a label.
+        streams = GaugeMetricFamily("mcu_streams", "RTMP streams of all rooms, by state", labels=["state"])
+        for state in ("starting", "live", "retrying"):
+            count = sum(1 for r in rooms.values() for stream in r.streams.values() if stream.state == state)
+            streams.add_metric([state], count)
+        yield streams
         sent, received = conference.media_bytes()
         yield CounterMetricFamily(
             "mcu_media_bytes_sent", "Media bytes sent to peers (RTP and data channels, encrypted)", value=sent
