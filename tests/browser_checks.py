@@ -145,3 +145,28 @@ def chromium_args(video: Path, audio: Path) -> list[str]:
         # The namespace has loopback only; Chromium leaves it out of ICE unless told.
         "--allow-loopback-in-peer-connection",
     ]
+
+
+async def video_frames_over(page, count: int, seconds: float) -> int:
+    """The page's first <video> element's decoded frames, once over `count` or after `seconds` (polled every 0.2 s)."""
+    frames = 0
+    for _ in range(round(seconds / 0.2)):
+        frames = await page.evaluate("() => document.querySelector('video').getVideoPlaybackQuality().totalVideoFrames")
+        if frames > count:
+            break
+        await asyncio.sleep(0.2)
+    return frames
+
+
+async def centre_rgb(page) -> list[int]:
+    """The RGBA of the centre pixel of the page's first <video> element's picture now."""
+    return await page.evaluate(
+        """() => {
+            const video = document.querySelector('video');
+            const canvas = document.createElement('canvas');
+            canvas.width = video.videoWidth; canvas.height = video.videoHeight;
+            const context = canvas.getContext('2d');
+            context.drawImage(video, 0, 0);
+            return Array.from(context.getImageData(canvas.width / 2, canvas.height / 2, 1, 1).data);
+        }"""
+    )

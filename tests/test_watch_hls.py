@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import pytest
@@ -21,7 +20,7 @@ def config(tmp_path) -> Config:
 async def test_the_watch_page_plays_the_rooms_hls_where_webrtc_cannot_take_it(server, config):
     """The watch page's fallback: the room refuses a WebRTC viewer (its viewer cap, 0 here, answers 503),
     and the page plays the room's live HLS in its video element instead (Chromium plays HLS natively)."""
-    from browser_checks import CHROMIUM, chromium_playwright
+    from browser_checks import CHROMIUM, centre_rgb, chromium_playwright, video_frames_over
 
     playwright_api = chromium_playwright()
     config.limits = dataclasses.replace(config.limits, max_viewers_per_room=0)
@@ -36,29 +35,13 @@ async def test_the_watch_page_plays_the_rooms_hls_where_webrtc_cannot_take_it(se
             try:
                 page = await browser.new_page()
                 await page.goto(f"http://127.0.0.1:{server.port}/watch/show", wait_until="domcontentloaded")
-                frames = 0
-                for _ in range(150):  # HLS starts a few segments behind: up to 30 s
-                    frames = await page.evaluate(
-                        "() => document.querySelector('video').getVideoPlaybackQuality().totalVideoFrames"
-                    )
-                    if frames > 30:
-                        break
-                    await asyncio.sleep(0.2)
+                frames = await video_frames_over(page, 30, 30)  # HLS starts a few segments behind
                 status = await page.text_content("#status") or ""
                 error = await page.evaluate("() => document.querySelector('video').error?.message ?? null")
                 assert frames > 30, (frames, status, error)
                 assert "HLS" in status and "could not take a WebRTC viewer" in status, status
                 assert await page.evaluate("() => document.querySelector('video').src.endsWith('/hls/show/index.m3u8')")
-                sample = await page.evaluate(
-                    """() => {
-                        const video = document.querySelector('video');
-                        const canvas = document.createElement('canvas');
-                        canvas.width = video.videoWidth; canvas.height = video.videoHeight;
-                        const context = canvas.getContext('2d');
-                        context.drawImage(video, 0, 0);
-                        return Array.from(context.getImageData(canvas.width / 2, canvas.height / 2, 1, 1).data);
-                    }"""
-                )
+                sample = await centre_rgb(page)
                 assert all(abs(a - e) < 60 for a, e in zip(sample, COLORS["red"])), sample
                 assert not server.conference.rooms["show"].viewers
             finally:

@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection
 from conftest import free_port, start_mcu, stop_process, within
+from http_checks import post, request
 from media_checks import cell_colours, contains_colour, tone_levels
-from multidict import CIMultiDict
 
 from client.counters import Received
 from client.peer import Peer
@@ -48,19 +48,6 @@ async def receive_only_offer() -> str:
     sdp = pc.localDescription.sdp
     await pc.close()
     return sdp
-
-
-async def post(
-    url: str, body: str, content_type: str = SDP, token: str | None = None
-) -> tuple[int, str, CIMultiDict[str]]:
-    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {token}"} if token else {})}
-    async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=headers) as response:
-        return response.status, await response.text(), response.headers.copy()
-
-
-async def request(method: str, url: str, **kwargs) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session, session.request(method, url, **kwargs) as response:
-        return response.status, await response.text()
 
 
 async def metric(server, name: str) -> float:
@@ -344,7 +331,7 @@ BROWSER_ARGS = [
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (scripts/test installs it)")
 async def test_chromium_plays_the_watch_page(server):
-    from browser_checks import chromium_playwright, isolated_network
+    from browser_checks import centre_rgb, chromium_playwright, isolated_network, video_frames_over
 
     if not isolated_network():
         pytest.skip("browser tests run only in a network namespace with loopback alone: run them through scripts/test")
@@ -358,25 +345,8 @@ async def test_chromium_plays_the_watch_page(server):
                 page = await browser.new_page()
                 await page.goto(f"http://127.0.0.1:{server.port}/watch/room1", wait_until="domcontentloaded")
                 await within(15, lambda: len(server.conference.rooms["room1"].viewers) == 1)
-                frames = 0
-                for _ in range(100):
-                    frames = await page.evaluate(
-                        "() => document.querySelector('video').getVideoPlaybackQuality().totalVideoFrames"
-                    )
-                    if frames > 10:
-                        break
-                    await asyncio.sleep(0.2)
-                assert frames > 10
-                sample = await page.evaluate(
-                    """() => {
-                        const video = document.querySelector('video');
-                        const canvas = document.createElement('canvas');
-                        canvas.width = video.videoWidth; canvas.height = video.videoHeight;
-                        const context = canvas.getContext('2d');
-                        context.drawImage(video, 0, 0);
-                        return Array.from(context.getImageData(canvas.width / 2, canvas.height / 2, 1, 1).data);
-                    }"""
-                )
+                assert await video_frames_over(page, 10, 20) > 10
+                sample = await centre_rgb(page)
                 assert all(abs(a - e) < 60 for a, e in zip(sample, COLORS["red"])), sample
                 assert "watching" in (await page.text_content("#status") or "").lower()
                 await page.close()  # the page's unload ends its session

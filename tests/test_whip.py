@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
 from conftest import free_port, start_mcu, stop_process, within
+from http_checks import post, request
 from media_checks import cell_colours, contains_colour, tone_levels
-from multidict import CIMultiDict
 
 from client.peer import Peer
 from client.sdp_resource import SDP, SdpRefused
@@ -56,19 +56,6 @@ async def send_only_offer(kinds=("audio", "video"), audio_codec: str | None = No
     sdp = pc.localDescription.sdp
     await pc.close()
     return sdp
-
-
-async def post(
-    url: str, body: str, content_type: str = SDP, token: str | None = None
-) -> tuple[int, str, CIMultiDict[str]]:
-    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {token}"} if token else {})}
-    async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=headers) as response:
-        return response.status, await response.text(), response.headers.copy()
-
-
-async def request(method: str, url: str, **kwargs) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session, session.request(method, url, **kwargs) as response:
-        return response.status, await response.text()
 
 
 async def sees_and_hears(peer: Peer, colour: str, frequency: float, tiles: int = 2) -> None:
