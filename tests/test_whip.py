@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -311,6 +313,70 @@ async def test_a_publisher_through_the_front_of_workers():
         assert await publisher.delete() == 404
     finally:
         await close_all([publisher, peer])
+        stop_process(process, grace=10)
+
+
+def worker_peers(port: int) -> list[int]:
+    """Each worker's peers, by index, as the front's /healthz gives them."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+        workers = json.load(response)["workers"]
+    return [w["peers"] for w in sorted(workers, key=lambda w: w["index"])]
+
+
+def room_worker(port: int, room: str) -> tuple[int, int]:
+    """The worker hosting `room`, and its peers there."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+        stats = json.load(response)["rooms"][room]
+    return stats["worker"], stats["peers"]
+
+
+async def test_a_publisher_opens_a_room_on_one_worker_of_two_and_joins_follow_it():
+    """`--workers 2`: a WHIP publisher's room is placed as a join's, and its lease outlives its WebSockets.
+
+    Each step is arranged so that a room opened or released behind the directory's back would be split:
+    the publisher's POST goes to the less loaded worker (1), and after the last WebSocket leaves, the other
+    worker (0) is the less loaded one when the next peer joins.
+    """
+    port = free_port()
+    process = start_mcu(port, "--workers", "2", "--size", "640x360", "--fps", "15")
+    ws = f"ws://127.0.0.1:{port}/ws"
+    listeners: list[Peer] = []
+    publisher = WhipPublisher(f"http://127.0.0.1:{port}/whip/stage", video=ColorTrack(COLORS["blue"]),
+                              audio=ToneTrack(660.0))  # fmt: skip
+
+    async def listener(room: str) -> None:
+        before = sum(worker_peers(port))
+        listeners.append(Peer(ws, room, f"l{len(listeners)}", audio=ToneTrack(220.0), decode=False))
+        await listeners[-1].join()
+        await within(10, lambda: sum(worker_peers(port)) == before + 1)
+
+    try:
+        await listener("busy")
+        if worker_peers(port)[0] == 0:  # "busy" went to worker 1: make worker 0 the busier one
+            await listener("fill")
+            await listener("fill")
+        assert worker_peers(port)[0] > worker_peers(port)[1]
+        await publisher.start()
+        viewer = Peer(ws, "stage", "alice", video=ColorTrack(COLORS["red"]), audio=ToneTrack(440))
+        listeners.append(viewer)
+        await viewer.join()
+        await sees_and_hears(viewer, "blue", 660.0)
+        assert room_worker(port, "stage") == (1, 2)
+        await viewer.close()
+        await within(10, lambda: room_worker(port, "stage") == (1, 1))
+
+        for _ in range(3):  # worker 1 becomes the busier one while "stage" has no WebSocket
+            await listener("busy1")
+        assert worker_peers(port)[1] > worker_peers(port)[0]
+        await asyncio.sleep(2.5)  # two heartbeats: a lease kept by WebSockets alone would be gone
+        second = Peer(ws, "stage", "bob", video=ColorTrack(COLORS["green"]), audio=ToneTrack(440))
+        listeners.append(second)
+        await second.join()
+        assert list(second.participants.values()) == ["WHIP"]
+        await sees_and_hears(second, "blue", 660.0)
+        assert room_worker(port, "stage") == (1, 2)
+    finally:
+        await close_all([publisher, *listeners])
         stop_process(process, grace=10)
 
 

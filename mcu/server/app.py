@@ -42,7 +42,11 @@ def create_app(config: Config) -> web.Application:
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    """The worker's rooms with their stats; `?brief` gives only each room's peers (a front asks every second)."""
     conference = request.app[CONFERENCE]
-    rooms = {name: room.stats() for name, room in conference.rooms.items()}
+    if "brief" in request.query:
+        rooms = {name: {"peers": len(room.participants)} for name, room in conference.rooms.items()}
+    else:
+        rooms = {name: room.stats() for name, room in conference.rooms.items()}
     peers = sum(room["peers"] for room in rooms.values())
     return web.json_response({"status": "ok", "peers": peers, "rooms": rooms})

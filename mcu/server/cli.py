@@ -22,7 +22,8 @@ from mcu.media import offline
 from mcu.media.allocator import limit_arenas
 from mcu.rooms.recording import RecordingError, check_directory
 from mcu.server.app import create_app
-from mcu.server.front import create_front_app, end_with_parent
+from mcu.server.front import create_front_app
+from mcu.server.workers import end_with_parent
 from signaling import tokens
 from signaling.directory import DirectoryUnavailable, RedisDirectory
 from signaling.grants import ALL_GRANTS

@@ -23,11 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -39,6 +35,7 @@ from mcu.config import Config
 from mcu.server.cors import add_cors
 from mcu.server.hls import add_hls
 from mcu.server.page import add_page
+from mcu.server.workers import Worker, WorkerPool
 from signaling import protocol
 from signaling.directory import Directory, DirectoryUnavailable, Load, MemoryDirectory
 from signaling.protocol import Join, ProtocolError
@@ -50,153 +47,15 @@ RELAYED_HEADER = "X-MCU-Relayed"
 #: Request headers passed on to a worker, and the response headers of its answer passed back (WHEP's).
 _REQUEST_HEADERS = {"authorization", "content-type", "if-match"}
 _RESPONSE_HEADERS = {"location", "etag", "link", "accept-patch", "accept-post"}
-#: How long a worker may take to answer /healthz after it is spawned.
-WORKER_START_SECONDS = 30.0
 #: A join waits at most this long for its owner to become reachable (a dead node's lease to expire).
 ROUTE_SECONDS = 12.0
 #: The lease of a room on one of this front's workers.
 LOCAL_LEASE_SECONDS = 60.0
 #: How often the front measures its workers, renews its leases and announces its load.
 HEARTBEAT_SECONDS = 1.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Worker:
-    """One media worker process on a loopback port."""
-
-    index: int
-    port: int
-    process: asyncio.subprocess.Process
-    #: CPU seconds at the last heartbeat and the cores used since the one before.
-    cpu_seconds: float = 0.0
-    cpu: float = 0.0
-    measured: float = field(default_factory=time.monotonic)
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    @property
-    def alive(self) -> bool:
-        return self.process.returncode is None
-
-    def measure(self) -> None:
-        """Update `cpu` (cores) from /proc: utime + stime since the last call."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return
-        seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        now = time.monotonic()
-        if now > self.measured:
-            self.cpu = (seconds - self.cpu_seconds) / (now - self.measured)
-        self.cpu_seconds, self.measured = seconds, now
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class WorkerPool:
-    """N worker processes running `mcu serve ARGV --worker-port P`; a worker that dies is started again."""
-
-    def __init__(self, argv: list[str], count: int, on_exit) -> None:
-        self.argv = argv
-        self.count = count
-        self.workers: list[Worker | None] = [None] * count
-        self.restarts = 0
-        self._on_exit = on_exit
-        self._closing = False
-        self._watchers: set[asyncio.Task[None]] = set()
-        self._http: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self._http = aiohttp.ClientSession()
-        await asyncio.gather(*(self._spawn(index) for index in range(self.count)))
-
-    def live(self) -> list[Worker]:
-        return [w for w in self.workers if w is not None and w.alive]
-
-    def by_url(self, url: str) -> Worker | None:
-        return next((w for w in self.live() if w.url == url), None)
-
-    async def _spawn(self, index: int) -> None:
-        port = _free_port()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mcu.server.cli", *self.argv, "--worker-port", str(port)
-        )
-        worker = Worker(index, port, process)
-        deadline = time.monotonic() + WORKER_START_SECONDS
-        while process.returncode is None and time.monotonic() < deadline:
-            try:
-                assert self._http is not None
-                async with self._http.get(f"http://127.0.0.1:{port}/healthz", timeout=aiohttp.ClientTimeout(1)):
-                    break
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                await asyncio.sleep(0.1)
-        else:
-            process.kill()
-            raise RuntimeError(f"worker {index} did not start (exit status {process.returncode})")
-        worker.measure()
-        self.workers[index] = worker
-        logger.info("worker %d: pid %d on port %d", index, process.pid, port)
-        watcher = asyncio.ensure_future(self._watch(worker))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
-
-    async def _watch(self, worker: Worker) -> None:
-        status = await worker.process.wait()
-        if self._closing:
-            return
-        logger.error(
-            "worker %d (pid %d) exited with status %s: starting it again", worker.index, worker.process.pid, status
-        )
-        await self._on_exit(worker)
-        self.restarts += 1
-        while not self._closing:
-            try:
-                await self._spawn(worker.index)
-                return
-            except RuntimeError as exc:
-                logger.error("%s; retrying", exc)
-                await asyncio.sleep(1)
-
-    async def health(self) -> list[dict]:
-        """Each live worker's /healthz, with its index, pid and port."""
-        assert self._http is not None
-
-        async def one(worker: Worker) -> dict:
-            url = f"http://127.0.0.1:{worker.port}/healthz"
-            try:
-                async with self._http.get(url, timeout=aiohttp.ClientTimeout(2)) as response:  # type: ignore[union-attr]
-                    body = await response.json()
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-                body = {"status": "unreachable", "rooms": {}, "peers": 0}
-            return {"index": worker.index, "pid": worker.process.pid, "port": worker.port, **body}
-
-        return list(await asyncio.gather(*(one(w) for w in self.live())))
-
-    async def stop(self) -> None:
-        """SIGTERM to every worker (each says server_shutdown to its peers), SIGKILL after 6 s."""
-        self._closing = True
-        live = self.live()
-        for worker in live:
-            worker.process.terminate()
-        for worker in live:
-            try:
-                await asyncio.wait_for(worker.process.wait(), 6)
-            except asyncio.TimeoutError:
-                worker.process.kill()
-                await worker.process.wait()
-        for watcher in list(self._watchers):
-            watcher.cancel()
-        if self._http is not None:
-            await self._http.close()
+#: A room placed for an HTTP request (a WHIP publisher opening it) is held this long before its worker must list
+#: it: a list asked for before the room opened does not release it.
+PLACED_SECONDS = 10.0
 
 
 class Front:
@@ -216,8 +75,13 @@ class Front:
         #: Connections relayed to this node's workers, by room.
         self.sessions: dict[str, int] = {}
         self.cluster_reachable = True
-        #: Which worker hosts each room with connections here.
+        #: The rooms this front holds the lease of, by worker: those with connections here, and those a worker
+        #: hosts without any (kept open by WHIP publishers, WHEP viewers or streams).
         self._room_worker: dict[str, str] = {}
+        #: The rooms each worker said it hosts when last asked, by worker.
+        self._hosted: dict[str, str] = {}
+        #: Rooms placed for an HTTP request, until when they are held without their worker listing them.
+        self._placed: dict[str, float] = {}
         #: Owners (nodes) this front could not reach lately: not chosen for a new room until their lease is over.
         self._unreachable: dict[str, float] = {}
         self._releasing: set[asyncio.Task[None]] = set()
@@ -238,7 +102,7 @@ class Front:
         await self.pool.stop()
         if self.cluster is not None:
             try:
-                for room in list(self.sessions):
+                for room in list(self._room_worker):
                     await self.cluster.release(room, self.advertise)  # type: ignore[arg-type]
                 await self.cluster.withdraw(self.advertise)  # type: ignore[arg-type]
             except DirectoryUnavailable:
@@ -259,7 +123,7 @@ class Front:
                     live = [c for c in await self.cluster.owners() if self._unreachable.get(c.url, 0) < now]
                     owner = await self.cluster.place(room, live, prefer=self.advertise)
             except DirectoryUnavailable:
-                if room not in self.sessions:
+                if room not in self._room_worker:
                     raise
                 owner = self.advertise  # a room in progress here goes on without the directory
             if owner != self.advertise:
@@ -277,8 +141,8 @@ class Front:
     def _loads(self) -> list[Load]:
         loads = []
         for worker in self.pool.live():
-            rooms = [r for r in self.sessions if self._room_worker.get(r) == worker.url]
-            loads.append(Load(worker.url, sum(self.sessions[r] for r in rooms), len(rooms), worker.cpu))
+            rooms = [r for r, url in self._room_worker.items() if url == worker.url]
+            loads.append(Load(worker.url, sum(self.sessions.get(r, 0) for r in rooms), len(rooms), worker.cpu))
         return loads
 
     async def _announce_workers(self) -> None:
@@ -290,17 +154,36 @@ class Front:
         self.sessions[room] = self.sessions.get(room, 0) + 1
 
     def _leave(self, room: str) -> None:
+        """One connection fewer; the room's lease goes at the next heartbeat if its worker no longer hosts it."""
         self.sessions[room] -= 1
         if self.sessions[room] == 0:
             del self.sessions[room]
-            worker = self._room_worker.pop(room, None)
-            if worker is not None:
-                task = asyncio.ensure_future(self._release(room, worker))
-                self._releasing.add(task)
-                task.add_done_callback(self._releasing.discard)
+
+    async def _reconcile(self) -> None:
+        """Hold the lease of every room a worker hosts, and let go of the rooms nothing holds any more.
+
+        A room outlives its last WebSocket while a WHIP publisher, a WHEP viewer or a stream keeps it open: its
+        lease stays, so that the next join goes to it rather than opening the room a second time elsewhere.
+        """
+        for health in await self.pool.health(brief=True):
+            if health["status"] != "ok":
+                continue  # a busy worker keeps what it held; a dead one's exit is handled apart
+            self._hosted = {r: url for r, url in self._hosted.items() if url != health["url"]}
+            self._hosted.update((room, health["url"]) for room in health["rooms"])
+        for room, url in self._hosted.items():
+            self._room_worker.setdefault(room, url)
+        now = time.monotonic()
+        for room, url in list(self._room_worker.items()):
+            if room in self.sessions or room in self._hosted or self._placed.get(room, 0.0) > now:
+                continue
+            del self._room_worker[room]
+            self._placed.pop(room, None)
+            task = asyncio.ensure_future(self._release(room, url))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
 
     async def _release(self, room: str, worker: str) -> None:
-        if room in self.sessions:  # someone joined again meanwhile
+        if room in self._room_worker:  # held again meanwhile
             return
         await self.local.release(room, worker)
         if self.cluster is not None:
@@ -313,6 +196,8 @@ class Front:
         """Its rooms are free at once: the clients' next joins place them on a live worker."""
         await self.local.withdraw(worker.url)
         self._room_worker = {r: w for r, w in self._room_worker.items() if w != worker.url}
+        self._hosted = {r: w for r, w in self._hosted.items() if w != worker.url}
+        self._placed = {r: t for r, t in self._placed.items() if r in self._room_worker}
 
     # --- heartbeat -------------------------------------------------------------------------
 
@@ -328,6 +213,7 @@ class Front:
         """Measure the workers, renew this node's leases and say what it carries."""
         for worker in self.pool.live():
             worker.measure()
+        await self._reconcile()
         await self._announce_workers()
         for url in set(self._room_worker.values()):
             await self.local.renew([r for r, w in self._room_worker.items() if w == url], url)
@@ -342,7 +228,7 @@ class Front:
         )
         try:
             await self.cluster.announce(node)
-            lost = await self.cluster.renew(list(self.sessions), self.advertise)  # type: ignore[arg-type]
+            lost = await self.cluster.renew(list(self._room_worker), self.advertise)  # type: ignore[arg-type]
         except DirectoryUnavailable as exc:
             if self.cluster_reachable:
                 logger.error("%s: rooms in progress go on, new rooms are refused", exc)
@@ -434,15 +320,20 @@ class Front:
     # --- the HTTP API, served by the room's owner ---------------------------------------
 
     async def api_room(self, request: web.Request) -> web.StreamResponse:
-        """/api/rooms/{room}/... and /whep/{room}/...: forwarded to the worker (or node) hosting the room, which
-        authorizes it.
+        """/api/rooms/{room}/..., /whep/{room}/... and /whip/{room}/...: forwarded to the worker (or node) hosting
+        the room, which authorizes it.
 
-        A room hosted nowhere goes to any worker: it checks the token first, then says 404.
+        A WHIP publisher may open a room: one hosted nowhere is placed as a join places it. Any other request
+        for a room hosted nowhere goes to any worker: it checks the token first, then says 404.
         """
         room = request.match_info["room"]
         base = None
         url = await self.local.owner(room)
-        if url is None and self.cluster is not None:
+        if url is None and request.method == "POST" and request.path == f"/whip/{room}":
+            url = await self._place(room, RELAYED_HEADER in request.headers)
+            if self.pool.by_url(url) is None:
+                base = _http_base(url)  # another node's
+        elif url is None and self.cluster is not None:
             try:
                 owner = await self.cluster.owner(room)
             except DirectoryUnavailable:
@@ -459,6 +350,19 @@ class Front:
         response = web.Response(status=status, body=body or None, content_type=content_type if body else None)
         response.headers.extend(headers)
         return response
+
+    async def _place(self, room: str, relayed: bool) -> str:
+        """Where a request that opens `room` goes: placed as a join is; held until its worker lists the room."""
+        try:
+            url, local = await self.route(room, relayed)
+        except DirectoryUnavailable as exc:
+            raise _error(web.HTTPServiceUnavailable, protocol.DIRECTORY_UNAVAILABLE, str(exc)) from None
+        except ProtocolError as exc:
+            raise _error(web.HTTPServiceUnavailable, exc.code, exc.message) from None
+        if local:
+            self._room_worker.setdefault(room, url)
+            self._placed[room] = time.monotonic() + PLACED_SECONDS
+        return url
 
     async def api_rooms(self, request: web.Request) -> web.Response:
         """GET /api/rooms: every room of this node's workers (each worker authorizes the request)."""
@@ -565,6 +469,11 @@ def merge_metrics(texts: dict[int, str]) -> bytes:
     return generate_latest(registry)
 
 
+def _error(status: type[web.HTTPException], code: str, message: str) -> web.HTTPException:
+    """An HTTP error whose body is a signaling-style `error` message, as a worker's."""
+    return status(text=json.dumps(protocol.error(code, message)), content_type="application/json")
+
+
 def _http_base(ws_url: str) -> str:
     """http(s)://host:port of a signaling URL ws(s)://host:port/ws."""
     scheme, rest = ws_url.split("://", 1)
@@ -601,14 +510,3 @@ def create_front_app(
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
     return app
-
-
-def end_with_parent() -> None:
-    """A worker ends (SIGTERM) when its front dies, even by SIGKILL: no orphan keeps a room's media (Linux)."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        logger.warning("this system cannot end a worker with its front")
