@@ -58,6 +58,8 @@ class Config:
     hls_dir: str | None = None
     #: The tiers of the HLS ladder (each one more H.264 encode unless H.264 peers use it); empty: the default tier.
     hls_tiers: tuple[str, ...] = ()
+    #: The HLS segments' length, s: a player starts three of them behind the live edge (mcu/rooms/hls.py).
+    hls_segment_seconds: float = 2.0
     #: The key that signs join tokens (signaling/tokens.py). None: anyone who
     #: reaches the server may join any room with every grant.
     secret: str | None = field(default=None, repr=False)

@@ -110,8 +110,10 @@ async def obey(open_window: Callable[[], None], report: Callable[[], dict[str, A
             emit("result", **report())
 
 
-async def run_room(url: str, count: int, stamper: bool) -> None:
-    """`count` load peers of the room (the first a stamper, if asked); "ready" once all of them receive."""
+async def run_room(url: str, count: int, stamper: bool, h264: bool = False) -> None:
+    """`count` load peers of the room (the first a stamper, if asked), and with `h264` one more participant that
+    receives the composite in H.264 and sends audio alone (the tier's H.264 encoder runs); "ready" once all of
+    them receive."""
     from client.encoded import PreEncodedAudioTrack, PreEncodedVideoTrack
     from client.peer import Peer
     from client.stamp import StampedVideoTrack
@@ -125,6 +127,9 @@ async def run_room(url: str, count: int, stamper: bool) -> None:
         )
         for i in range(count)
     ]
+    if h264:
+        audio = PreEncodedAudioTrack(200.0)
+        peers.append(Peer(url, ROOM, "h264", audio=audio, decode=False, chat=False, video_codec="h264"))
     try:
         for peer in peers:
             await peer.join(timeout=10)
@@ -176,11 +181,12 @@ class StampReader:
         #: tiles (the receivers do not know the scene), the one last found first.
         self._rects: list[tuple[int, int, int, int]] = []
 
-    def on_frame(self, frame: Any) -> None:
+    def on_frame(self, frame: Any, shown: int | None = None) -> None:
+        """Read `frame`'s stamp; it counts as seen now, or at `shown` (ms, the stamp's clock) if given."""
         from client.stamp import latency_ms, luma_of, now_ms, read_stamp
         from compositor.layout import fit, grid_layout
 
-        arrival = now_ms()
+        arrival = now_ms() if shown is None else shown
         luma = luma_of(frame)
         if not self._rects:
             cells = [cell for n in range(1, PARTICIPANTS + 2) for cell in grid_layout(n, frame.width, frame.height)]
@@ -198,16 +204,35 @@ class StampReader:
                 return
 
 
-def read_back(source: str, reader: StampReader, stopping: threading.Event, options: dict[str, str]) -> None:
+def read_back(
+    source: str,
+    reader: StampReader,
+    stopping: threading.Event,
+    options: dict[str, str],
+    player: StampReader | None = None,
+) -> None:
     """In a thread: open `source` with PyAV (an RTMP listener, an HLS playlist) and read the stamp of every
-    decoded picture, until `stopping` is set (or the source ends)."""
+    decoded picture, until `stopping` is set (or the source ends).
+
+    With `player`, each picture is also read as a player shows it: one that starts with the first picture it
+    decodes (PyAV's HLS demuxer starts 3 segments behind the live edge, as RFC 8216 6.3.3 asks of players) and
+    then plays at the stream's pace, never before the picture has come (a late one is shown on arrival).
+    """
     import av
+
+    from client.stamp import now_ms
 
     while not stopping.is_set():
         try:
             with av.open(source, options=options, timeout=(30.0, 5.0)) as container:
+                start: tuple[int, float] | None = None  # (ms shown, stream time) of the first picture
                 for frame in container.decode(video=0):
                     reader.on_frame(frame)
+                    if player is not None and frame.time is not None:
+                        arrival = now_ms()
+                        if start is None:
+                            start = (arrival, frame.time)
+                        player.on_frame(frame, max(arrival, start[0] + round(1000 * (frame.time - start[1]))))
                     if stopping.is_set():
                         return
         except (av.FFmpegError, OSError):
@@ -229,7 +254,13 @@ async def run_latency(url: str, endpoint: str, rtmp: str, hls: str) -> None:
     for name, source, options in (("RTMP", rtmp, {"listen": "1"}), ("HLS", hls, {})):
         if source != "-":
             readers[name] = StampReader()
-            threading.Thread(target=read_back, args=(source, readers[name], stopping, options), daemon=True).start()
+            player = None
+            if name == "HLS":
+                player = readers["HLS player"] = StampReader()
+            thread = threading.Thread(
+                target=read_back, args=(source, readers[name], stopping, options, player), daemon=True
+            )
+            thread.start()
     owners: dict[int, StampReader] = {}
     recv = rtcrtpreceiver.RemoteStreamTrack.recv
 
@@ -268,6 +299,8 @@ class Result:
     viewers: int
     #: Whether the room also pushed an RTMP stream and wrote its HLS.
     outputs: bool = False
+    #: The room's participants (load peers).
+    participants: int = PARTICIPANTS
     server_cpu: float = 0.0
     #: The busiest threads of the server and its video process: (label, % of one core).
     threads: list[tuple[str, float]] = field(default_factory=list)
@@ -379,15 +412,21 @@ async def outputs_live(port: int, timeout: float = 40) -> None:
 
 
 async def run_one(
-    count: int, args: argparse.Namespace, logs: Path, latency: bool = False, outputs: bool = False
+    count: int,
+    args: argparse.Namespace,
+    logs: Path,
+    latency: bool = False,
+    outputs: bool = False,
+    participants: int = PARTICIPANTS,
+    hls_segment: float | None = None,
 ) -> Result:
-    """One fresh server, its room, `count` counting viewers (or the latency's receivers), one window; with
-    `outputs`, an RTMP stream and HLS as well (the latency run reads them back)."""
-    result = Result(count, outputs=outputs, load_average=os.getloadavg()[0])
+    """One fresh server, its room of `participants`, `count` counting viewers (or the latency's receivers), one
+    window; with `outputs`, an RTMP stream and HLS as well (the latency run reads them back)."""
+    result = Result(count, outputs=outputs, participants=participants, load_average=os.getloadavg()[0])
     port, rtmp_port = free_port(), free_port()
     url, endpoint = f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}/whep/{ROOM}"
     rtmp = f"rtmp://127.0.0.1:{rtmp_port}/{RTMP_PATH}"
-    name = ("latency" if latency else f"{count}") + ("-outputs" if outputs else "")
+    name = ("latency" if latency else f"{count}") + ("-outputs" if outputs else "") + f"-room{participants}"
     processes = Processes(logs, name)
     server = listener = None
     hls_dir = tempfile.TemporaryDirectory(prefix="bench_broadcast-hls-")
@@ -404,10 +443,11 @@ async def run_one(
                 "WARNING",
                 *([] if args.adapt else ["--no-adapt"]),
                 *(["--hls", hls_dir.name] if outputs else []),
+                *(["--hls-segment", f"{hls_segment:g}"] if outputs and hls_segment else []),
             )
         await wait_healthy(port, server)
         try:
-            room = await processes.start("room", url, str(PARTICIPANTS - int(latency)), str(int(latency)))
+            room = await processes.start("room", url, str(participants - int(latency)), str(int(latency)), "0")
             await next_event(room, timeout=60)
             if outputs and not latency:
                 # A far end that takes the stream and throws it away: its CPU is not the server's.
@@ -451,12 +491,152 @@ async def run_one(
             result.load_cpu = viewers["cpu"]
         if "latency" in reports:
             result.latencies = {name: values for name, values in reports["latency"].items() if name != "event"}
+            if hls_segment:  # the HLS rows say their segments' length
+                result.latencies = {
+                    (f"{name} ({hls_segment:g} s segments)" if name.startswith("HLS") else name): values
+                    for name, values in result.latencies.items()
+                }
         return result
     finally:
         await processes.stop()
         await stop(server)
         await stop(listener)
         hls_dir.cleanup()
+
+
+@dataclass
+class StreamWindow:
+    """One window of the stream's cost run: the room with its RTMP stream on or off."""
+
+    on: bool
+    server_cpu: float = 0.0
+    room_fps: list[float] = field(default_factory=list)
+    #: The room's video encoders (codec/tier) at the window's end: the stream must add none.
+    encoders: list[str] = field(default_factory=list)
+    #: The streams' states at the window's end.
+    states: list[str] = field(default_factory=list)
+    load_average: float = 0.0
+
+
+async def room_streams(port: int) -> list[dict]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/api/rooms/{ROOM}/streams") as response:
+            return (await response.json())["streams"]
+
+
+async def stop_streams(port: int, timeout: float = 20) -> None:
+    """Stop every stream of the room (its HTTP API), until none is left."""
+    async with aiohttp.ClientSession() as session:
+        for stream in await room_streams(port):
+            async with session.delete(f"http://127.0.0.1:{port}/api/rooms/{ROOM}/streams/{stream['id']}"):
+                pass
+    deadline = time.monotonic() + timeout
+    while await room_streams(port):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the RTMP stream did not stop")
+        await asyncio.sleep(0.2)
+
+
+async def stream_live(port: int, timeout: float = 40) -> None:
+    deadline = time.monotonic() + timeout
+    while not (streams := await room_streams(port)) or any(s["state"] != "live" for s in streams):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the RTMP stream did not go live")
+        await asyncio.sleep(0.2)
+
+
+async def listen_rtmp(log: Path, url: str) -> asyncio.subprocess.Process:
+    """A far end that takes one RTMP stream and throws it away: its CPU is not the server's."""
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            "ffmpeg", "-nostdin", "-loglevel", "error", "-listen", "1", "-i", url, "-c", "copy", "-f", "null", "-",
+            stdout=out, stderr=out, start_new_session=True,
+        )  # fmt: skip
+
+
+async def run_stream_cost(args: argparse.Namespace, logs: Path) -> tuple[list[StreamWindow], str]:
+    """One server and one room whose high tier's H.264 encoder runs (a participant receives H.264): windows
+    with and without an RTMP stream of that tier, in turn, `args.stream_rounds` of each. The windows and why
+    the run stopped, if it did."""
+    port, rtmp_port = free_port(), free_port()
+    url, rtmp = f"ws://127.0.0.1:{port}/ws", f"rtmp://127.0.0.1:{rtmp_port}/{RTMP_PATH}"
+    processes = Processes(logs, "stream-cost")
+    windows: list[StreamWindow] = []
+    server = listener = None
+    try:
+        with processes.log("server").open("wb") as log:
+            server = await start_server(
+                port, log, "--size", SIZE, "--fps", str(FPS), "--log-level", "WARNING",
+                *([] if args.adapt else ["--no-adapt"]),
+            )  # fmt: skip
+        await wait_healthy(port, server)
+        try:
+            await next_event(await processes.start("room", url, str(PARTICIPANTS), "0", "1"), timeout=60)
+            await asyncio.sleep(args.warmup)
+            for _ in range(args.stream_rounds):
+                for on in (False, True):
+                    window = StreamWindow(on, load_average=os.getloadavg()[0])
+                    if on:
+                        listener = await listen_rtmp(processes.log("rtmp"), rtmp)
+                        await start_stream(port, rtmp)
+                        await stream_live(port)
+                        await asyncio.sleep(args.warmup)
+                    await processes.tell("window", timeout=20)
+                    started, ticks = time.monotonic(), cpu_ticks(server.pid)
+                    await asyncio.sleep(args.seconds)
+                    window.server_cpu = (cpu_ticks(server.pid) - ticks) / CLK_TCK / (time.monotonic() - started) * 100
+                    window.encoders = (await describe_room(port))["stats"]["videoEncoders"]
+                    window.states = [s["state"] for s in await room_streams(port)]
+                    window.room_fps = (await processes.tell("report", timeout=20))["room"]["fps"]
+                    windows.append(window)
+                    print(f"  {format_stream_windows([window]).splitlines()[-1]}", file=sys.stderr, flush=True)
+                    if on:
+                        await stop_streams(port)
+                        await stop(listener)
+                        await asyncio.sleep(args.warmup)
+        except (RuntimeError, TimeoutError) as exc:
+            return windows, processes.failure(exc)
+        return windows, ""
+    finally:
+        await processes.stop()
+        await stop(server)
+        await stop(listener)
+
+
+def format_stream_windows(windows: list[StreamWindow]) -> str:
+    lines = [
+        "| window | RTMP stream | server CPU, % of one core | participants' fps min / median | video encoders "
+        "| stream | load avg |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, w in enumerate(windows, 1):
+        lines.append(
+            f"| {i} | {'on' if w.on else 'off'} | {w.server_cpu:.1f} | {_min_median(w.room_fps)} "
+            f"| {', '.join(w.encoders)} | {', '.join(w.states) or '-'} | {w.load_average:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def stream_cost_line(windows: list[StreamWindow]) -> str:
+    """The stream's cost: each window with it against the mean of the windows without it on either side."""
+    added = []
+    for i, w in enumerate(windows):
+        around = [x.server_cpu for x in windows[max(0, i - 1) : i + 2] if not x.on]
+        if w.on and around:
+            added.append(w.server_cpu - statistics.mean(around))
+    off = [w.server_cpu for w in windows if not w.on]
+    if not added or not off:
+        return "The stream's cost needs windows with and without it: not both in this run."
+    room = statistics.median(off)
+    same = all(w.encoders == windows[0].encoders for w in windows)
+    return (
+        f"An RTMP stream of a tier whose H.264 encoder already runs added {statistics.median(added):+.1f} % of a "
+        f"core (median of {len(added)} windows, each against the windows without it on either side: "
+        f"{', '.join(f'{a:+.1f}' for a in added)}), {100 * statistics.median(added) / room:+.1f} % of the room's "
+        f"{room:.1f} % (target: at most +10 %). "
+        + ("The room's video encoders were the same in every window: the stream added no video encode."
+           if same else "The room's video encoders changed between windows: see the table.")
+    )  # fmt: skip
 
 
 async def describe_room(port: int) -> dict:
@@ -486,13 +666,21 @@ def _min_median(values: list[float], digits: int = 1) -> str:
 
 
 def label(result: Result) -> str:
+    if result.participants != PARTICIPANTS:
+        return f"{result.viewers}, room of {result.participants}"
     return f"{result.viewers} + RTMP + HLS" if result.outputs else str(result.viewers)
 
 
+def baseline(results: list[Result]) -> float | None:
+    """The server's CPU with the room of PARTICIPANTS alone: no viewer, no output."""
+    plain = (r for r in results if r.viewers == 0 and not r.outputs and r.participants == PARTICIPANTS)
+    return next((r.server_cpu for r in plain if not r.failure), None)
+
+
 def format_table(results: list[Result]) -> str:
-    base = next((r.server_cpu for r in results if r.viewers == 0 and not r.outputs and not r.failure), None)
+    base = baseline(results)
     lines = [
-        "| viewers | server CPU, % of one core | added per viewer, % | viewers' fps min / median "
+        "| viewers | server CPU, % of one core | added per viewer (or participant), % | viewers' fps min / median "
         "| viewers' audio pkt/s min / median | per viewer kbit/s median | participants' fps min / median "
         "| server made, fps | viewers' tiers at the end | viewers' process CPU % | load avg | steal % | status |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -502,6 +690,8 @@ def format_table(results: list[Result]) -> str:
             lines.append(f"| {label(r)} | | | | | | | | | | {r.load_average:.1f} | | failed: {r.failure} |")
             continue
         added = f"{(r.server_cpu - base) / r.viewers:.2f}" if base is not None and r.viewers else "-"
+        if r.participants != PARTICIPANTS and base is not None:
+            added = f"{(r.server_cpu - base) / (r.participants - PARTICIPANTS):.2f} per participant"
         if r.outputs and base is not None:
             added = f"{r.server_cpu - base:+.1f} for both outputs"
         load = f"{r.load_cpu:.1f}" if r.load_cpu is not None else "-"
@@ -549,7 +739,7 @@ def format_latency(results: list[Result]) -> str:
 
 def anchor_line(results: list[Result]) -> str:
     """Our cost of one stream against LiveKit Egress's admission budget for one room composite."""
-    by_count = {r.viewers: r for r in results if not r.failure and not r.outputs}
+    by_count = {r.viewers: r for r in results if not r.failure and not r.outputs and r.participants == PARTICIPANTS}
     if 0 not in by_count or 1 not in by_count:
         return "The anchor needs the 0- and 1-viewer rows: not both in this run."
     added = by_count[1].server_cpu - by_count[0].server_cpu
@@ -567,7 +757,34 @@ def anchor_line(results: list[Result]) -> str:
     return line + "."
 
 
-def section(results: list[Result], latency: Result | None, args: argparse.Namespace) -> str:
+def viewer_against_participant(results: list[Result]) -> str:
+    """What a viewer costs the server against what a participant does (the issue's target: at most half)."""
+    base = baseline(results)
+    rooms = [r for r in results if r.participants != PARTICIPANTS and not r.failure and r.viewers == 0]
+    viewers = [r for r in results if r.viewers > 1 and not r.outputs and r.participants == PARTICIPANTS]
+    if base is None or not rooms or not viewers:
+        return "A viewer against a participant needs the 0-viewer row, a larger room's and a row of viewers."
+    room = rooms[-1]
+    participant = (room.server_cpu - base) / (room.participants - PARTICIPANTS)
+    parts = []
+    for r in viewers:
+        if r.failure or r.collapsed:
+            parts.append(f"{r.viewers} viewers: not measured ({', '.join(r.problems())})")
+            continue
+        viewer = (r.server_cpu - base) / r.viewers
+        share = 100 * viewer / participant
+        parts.append(f"at {r.viewers} viewers one costs {viewer:.2f} %, {share:.0f} % of a participant")
+    return (
+        f"A viewer against a participant: {room.participants - PARTICIPANTS} more participants (a room of "
+        f"{room.participants}, each sending the load peers' VP8 and Opus: decoded, composed, mixed, sent the "
+        f"composite and a mix of its own) cost the server {participant:.2f} % of a core each; "
+        + "; ".join(parts)
+        + " (target: at most half)."
+    )
+
+
+def section(runs: Runs, args: argparse.Namespace) -> str:
+    results = runs.results
     parts = [
         BEGIN,
         "## Broadcast: WHEP viewers of one room",
@@ -586,7 +803,8 @@ def section(results: list[Result], latency: Result | None, args: argparse.Namesp
         "reports show a queue, as a starved load process's do, is moved to a lower tier: one more encode, and "
         "its lower frame rate). Load avg is the 1-minute load average when the row started and "
         "steal the share of the machine the hypervisor took in the window: they say how busy this shared "
-        "2-core VM was. "
+        "2-core VM was. A row `0, room of M` has no viewer and M participants instead of "
+        f"{PARTICIPANTS} (M - {PARTICIPANTS} more load peers): what a participant costs, against a viewer. "
         f"A row is collapsed above {CPU_CAP:.0f} % CPU, or under {MIN_FPS:.0f} fps or {MIN_AUDIO:.0f} audio "
         "packets/s for any viewer or participant.",
         "",
@@ -594,13 +812,15 @@ def section(results: list[Result], latency: Result | None, args: argparse.Namesp
         "",
         anchor_line(results),
         "",
+        viewer_against_participant(results),
+        "",
         "Busiest threads over the window (% of one core; `server main` is the event loop: RTP, SRTP, signalling, "
         "the fan-out to every receiver; `picture main` reads the upstream frames; the others are the audio clock, "
         "the picture clock, decoders and encoders):",
         "",
         format_threads(results),
     ]
-    if latency is not None:
+    if runs.latency:
         parts += [
             "",
             f"Glass to glass: a fresh server and the room again, one of its {PARTICIPANTS - 1} load peers a stamper "
@@ -610,11 +830,14 @@ def section(results: list[Result], latency: Result | None, args: argparse.Namesp
             "and reading the stamp in its tile. Each stamp's first decoded arrival counts, over the window: capture "
             "to decoded picture, on the machine's one clock. With the outputs, the room also pushes RTMP to a "
             "listener in that process (PyAV), and the process reads the room's HLS from the server (PyAV's HLS "
-            "demuxer, from 3 segments behind the live edge, as players start): RTMP and HLS are each picture's "
-            "decoded arrival there. An HLS player shows a picture when its buffer lets it, which adds about 3 "
-            "segments (6 s) to the HLS row.",
+            "demuxer, from 3 segments behind the live edge, as RFC 8216 6.3.3 asks players to start): RTMP and "
+            "HLS are each picture's decoded arrival there, HLS once its segment is listed. `HLS player` is when a "
+            "player shows it: one that starts with the first picture it decodes, 3 segments behind, then plays at "
+            "the stream's pace (as ffplay, VLC or a browser's video element do, without catching up); its delay is "
+            "the same for every picture, set when it starts, between 3 and 4 segments' length. One latency run per "
+            f"HLS segment length ({', '.join(f'{v:g} s' for v in args.hls_segments)}: `mcu serve --hls-segment`).",
             "",
-            format_latency([latency]),
+            format_latency(runs.latency),
         ]
     parts += [
         "",
@@ -622,6 +845,23 @@ def section(results: list[Result], latency: Result | None, args: argparse.Namesp
         "discards it (its CPU is not counted) and writing its HLS (`--hls`): the room's peers send and receive "
         "VP8, so both outputs add the H.264 encode of the composite's tier (shared by both) and one AAC encode "
         "of the mix.",
+    ]
+    if runs.stream is not None:
+        windows, failure = runs.stream
+        parts += [
+            "",
+            "An RTMP stream where the tier's H.264 encoder already runs: one fresh server, the room of "
+            f"{PARTICIPANTS} and one more participant that sends audio alone and receives the composite in H.264 "
+            "(so the high tier's H.264 encoder runs for it), measured in windows without and with an RTMP stream "
+            f"of that tier (to a Debian `ffmpeg -listen 1` that discards it), in turn, {args.seconds:g} s each "
+            f"after {args.warmup:g} s of settling: the stream is started and stopped through the HTTP API between "
+            "windows, in the same room. The video encoders are the room's at each window's end.",
+            "",
+            format_stream_windows(windows),
+            "",
+            f"Stopped early: {failure}" if failure else stream_cost_line(windows),
+        ]
+    parts += [
         "",
         f"Re-run: `{rerun_command(__file__)}`",
         END,
@@ -629,33 +869,50 @@ def section(results: list[Result], latency: Result | None, args: argparse.Namesp
     return "\n".join(parts)
 
 
-async def run_all(args: argparse.Namespace) -> tuple[list[Result], Result | None]:
+@dataclass
+class Runs:
+    results: list[Result]
+    #: The latency runs, one per HLS segment length (without the outputs: one).
+    latency: list[Result] = field(default_factory=list)
+    #: The stream's cost run: its windows, and why it stopped if it did (None: not run).
+    stream: tuple[list[StreamWindow], str] | None = None
+
+
+async def run_all(args: argparse.Namespace) -> Runs:
     outputs = args.outputs and shutil.which("ffmpeg") is not None
     if args.outputs and not outputs:
-        print("bench_broadcast: no ffmpeg to take the RTMP stream: the outputs' row is left out", file=sys.stderr)
+        print("bench_broadcast: no ffmpeg to take the RTMP stream: the outputs' rows are left out", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench_broadcast-") as logs:
-        results = await run_series(
-            ["viewers"], args.viewers, lambda _, n: run_one(n, args, Path(logs)), format_table, keep_going=True
+        runs = Runs(
+            await run_series(
+                ["viewers"], args.viewers, lambda _, n: run_one(n, args, Path(logs)), format_table, keep_going=True
+            )
         )
+        for extra in args.participants:
+            run = run_one(0, args, Path(logs), participants=PARTICIPANTS + extra)
+            runs.results.append(await run_reported("participants", PARTICIPANTS + extra, run, format_table))
         if outputs:
             row = await run_reported("outputs", 0, run_one(0, args, Path(logs), outputs=True), format_table)
-            results.append(row)
-        latency = None
+            runs.results.append(row)
+        if outputs and args.stream_rounds:
+            print(f"stream cost, {args.stream_rounds} rounds ...", file=sys.stderr, flush=True)
+            runs.stream = await run_stream_cost(args, Path(logs))
         if args.latency:
-            run = run_one(1, args, Path(logs), latency=True, outputs=args.outputs)
-            latency = await run_reported("latency", 1, run, format_latency)
-    return results, latency
+            for segment in args.hls_segments if outputs else [None]:
+                run = run_one(1, args, Path(logs), latency=True, outputs=outputs, hls_segment=segment)
+                runs.latency.append(await run_reported("latency", 1, run, format_latency))
+    return runs
 
 
 def numbers(text: str) -> list[int]:
-    return [int(v) for v in text.split(",")]
+    return [int(v) for v in text.split(",") if v]
 
 
 def main() -> None:
     role = sys.argv[1:2]
     if role == ["_room"]:
-        url, count, stamper = sys.argv[2:5]
-        asyncio.run(run_room(url, int(count), stamper == "1"))
+        url, count, stamper, h264 = sys.argv[2:6]
+        asyncio.run(run_room(url, int(count), stamper == "1", h264 == "1"))
         return
     if role == ["_viewers"]:
         endpoint, count = sys.argv[2:4]
@@ -686,19 +943,42 @@ def main() -> None:
         default=True,
         help="a row with an RTMP stream (to a local ffmpeg) and HLS on, and their latency read back (default on)",
     )
+    parser.add_argument(
+        "--participants",
+        type=numbers,
+        default=[10],
+        help="rows with this many more participants and no viewer: what a participant costs (default 10; '' none)",
+    )
+    parser.add_argument(
+        "--stream-rounds",
+        type=int,
+        default=3,
+        help="windows without and with an RTMP stream of a tier whose H.264 encoder runs, in turn (default 3 of "
+        "each; 0: not run)",
+    )
+    parser.add_argument(
+        "--hls-segments",
+        type=lambda text: [float(v) for v in text.split(",") if v],
+        default=[2.0, 1.0],
+        help="the latency run once per HLS segment length (`mcu serve --hls-segment`; default 2,1)",
+    )
     parser.add_argument("--write", type=Path, help="replace the bench_broadcast section of this file")
     args = parser.parse_args()
     try:
-        results, latency = asyncio.run(run_all(args))
+        runs = asyncio.run(run_all(args))
     except KeyboardInterrupt:
         sys.exit(130)
-    print(format_table(results))
-    print(anchor_line(results))
-    print(format_threads(results))
-    if latency is not None:
-        print(format_latency([latency]))
+    print(format_table(runs.results))
+    print(anchor_line(runs.results))
+    print(viewer_against_participant(runs.results))
+    print(format_threads(runs.results))
+    if runs.stream is not None:
+        print(format_stream_windows(runs.stream[0]))
+        print(runs.stream[1] or stream_cost_line(runs.stream[0]))
+    if runs.latency:
+        print(format_latency(runs.latency))
     if args.write:
-        write_section(args.write, section(results, latency, args))
+        write_section(args.write, section(runs, args))
         print(f"wrote {args.write}")
 
 

@@ -121,12 +121,30 @@ async def test_a_room_is_live_over_hls_with_a_bounded_window(server, config, tmp
     await within(10, lambda: not directory.exists())
 
 
+async def test_one_second_segments_are_cut_on_a_keyframe_every_second(server, config, tmp_path):
+    """`--hls-segment 1`: a player starts three target durations behind, so 1 s segments halve its delay."""
+    config.hls_segment_seconds, config.hls_tiers = 1.0, ()  # read when the room starts
+    alice = Peer(server.url, "short", "alice", video=ColorTrack(COLORS["red"]), audio=ToneTrack(440.0), chat=False)
+    playlist = tmp_path / "hls" / "short" / "high" / "index.m3u8"
+    try:
+        await alice.join()
+        await within(20, lambda: playlist.exists() and playlist.read_text().count(".ts\n") >= LIST_SIZE)
+        text = playlist.read_text()
+    finally:
+        await alice.close()
+    assert "#EXT-X-TARGETDURATION:1\n" in text, text
+    durations = [float(line[8:].rstrip(",")) for line in text.splitlines() if line.startswith("#EXTINF:")]
+    assert all(0.9 <= d <= 1.3 for d in durations[1:]), durations  # the first one waits for its keyframe
+
+
 @pytest.mark.parametrize(
     "args, says",
     [
         (["--hls", "/nonexistent/hls"], "does not exist"),
         (["--hls-tiers", "high"], "--hls-tiers needs --hls"),
         (["--hls", ".", "--hls-tiers", "high,huge"], "no tier huge"),
+        (["--hls-segment", "1"], "--hls-segment needs --hls"),
+        (["--hls", ".", "--hls-segment", "0.5"], "from 1 to 6 seconds"),
     ],
 )
 def test_bad_hls_settings_are_refused(args, says):

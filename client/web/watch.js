@@ -10,7 +10,7 @@ const headers = params.get("token") ? { Authorization: `Bearer ${params.get("tok
 const endpoint = `/whep/${encodeURIComponent(room)}` + (params.get("tier") ? `?tier=${encodeURIComponent(params.get("tier"))}` : "");
 // How long to wait for the browser's candidates: the server takes them in the offer, not trickled.
 const GATHER_MS = 3000;
-// The room's live HLS (docs/operations.md, "Broadcasting"): 6-8 s behind the room, but any player takes it.
+// The room's live HLS (docs/operations.md, "Broadcasting"): 5-9 s behind the room, but any player takes it.
 const HLS = `/hls/${encodeURIComponent(room)}/index.m3u8`;
 const HLS_WAIT_SECONDS = 10;
 
@@ -29,7 +29,7 @@ function gathered(pc) {
 }
 
 /** Whether the room's HLS is there, looking every second for up to `seconds` (a room starting writes it
- * once its first segment of every tier is done: about 2 s). */
+ * once every tier lists three segments: about 6 s). */
 async function hlsThere(seconds) {
   for (let tries = 0; tries <= seconds; tries++) {
     const playlist = await fetch(HLS, { cache: "no-store" }).catch(() => null);

@@ -11,7 +11,8 @@ A container opens at a keyframe; what comes before it is dropped. When opening
 or writing fails, the container is closed and opened again after 1, 2, 4 ... 30
 seconds (at the next keyframe, asked for then), until the output is stopped.
 Live players join at a keyframe, and HLS cuts its segments at keyframes: while
-an output runs, its encoder is asked for one every KEYFRAME_SECONDS.
+an output runs, its encoder is asked for one every `keyframe_seconds`
+(KEYFRAME_SECONDS, or an HLS tier's segment length).
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class Broadcast:
         self.video = _Sink(self._push_video)
         self.audio = _Sink(self._push_audio)
         self._thread = threading.Thread(target=self._run, name=f"broadcast-{room}", daemon=True)
+        #: How often its encoder is asked for a keyframe.
+        self.keyframe_seconds = KEYFRAME_SECONDS
 
     def start(self) -> None:
         """Start the thread (once the subclass is set up) and ask for the keyframe it opens on."""
@@ -123,11 +126,11 @@ class Broadcast:
     # --- the room's side -------------------------------------------------------------
 
     def _push_video(self, packet: av.Packet) -> None:
-        """On the event loop: queue a copy; ask for a keyframe when the last is KEYFRAME_SECONDS old."""
+        """On the event loop: queue a copy; ask for a keyframe when the last is `keyframe_seconds` old."""
         now = time.monotonic()
         if packet.is_keyframe:
             self._keyframe_at = now
-        elif now - max(self._keyframe_at, self._asked_at) >= KEYFRAME_SECONDS:
+        elif now - max(self._keyframe_at, self._asked_at) >= self.keyframe_seconds:
             self._asked_at = now
             self._request_keyframe()
         self._enqueue(True, packet)

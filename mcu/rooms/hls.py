@@ -2,10 +2,12 @@
 
 libavformat's hls muxer writes MPEG-TS segments of the room's H.264 tier and
 AAC mix (mcu/rooms/broadcast.py does the muxing in a thread of its own). It cuts
-a segment at the first keyframe SEGMENT_SECONDS after the last cut, and the
-broadcast asks the tier's encoder for a keyframe every 2 s, so segments are
-about 2 s long. The media playlist lists the last LIST_SIZE segments and the
-muxer deletes older ones: a room holds at most LIST_SIZE + 2 segment files
+a segment at the first keyframe a segment's length (`--hls-segment`, 2 s by
+default) after the last cut, and the broadcast asks the tier's encoder for a
+keyframe as often, so segments are about that long. A player starts three target
+durations behind the live edge (RFC 8216 6.3.3): with 2 s segments it shows the
+room about 3 to 4 segments late (docs/benchmarks.md). The media playlist lists
+the last LIST_SIZE segments and the muxer deletes older ones: a room holds at most LIST_SIZE + 2 segment files
 (the listed ones, the one being written, and one just dropped from the list for
 players still reading it). The room's directory goes when the room closes.
 
@@ -27,8 +29,8 @@ from mcu.media.aac import BITRATE as AUDIO_BITRATE
 from mcu.media.encoders import Tier
 from mcu.rooms.broadcast import Broadcast
 
-#: The target segment length, and how many segments the playlist lists.
-SEGMENT_SECONDS = 2
+#: The target segment length (`--hls-segment`'s default), and how many segments the playlist lists.
+SEGMENT_SECONDS = 2.0
 LIST_SIZE = 6
 #: The most segment files a room's tier holds on disk (see the module's docstring).
 MAX_SEGMENT_FILES = LIST_SIZE + 2
@@ -83,8 +85,10 @@ class HlsTier(Broadcast):
         audio_extradata: bytes,
         request_keyframe: Callable[[], None],
         on_change: Callable[[Broadcast], None],
+        segment_seconds: float = SEGMENT_SECONDS,
     ) -> None:
         super().__init__(room, tier.width, tier.height, tier.fps, audio_extradata, request_keyframe, on_change)
+        self.keyframe_seconds = segment_seconds  # each segment starts on one
         self.tier = tier_name
         self.directory = room_directory(directory, room) / tier_name
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -92,7 +96,7 @@ class HlsTier(Broadcast):
 
     def _open(self) -> Any:
         options = {
-            "hls_time": str(SEGMENT_SECONDS),
+            "hls_time": f"{self.keyframe_seconds:g}",
             "hls_list_size": str(LIST_SIZE),
             "hls_flags": "delete_segments+independent_segments",
             # A container opened again (after a write failed) numbers on from the clock: no name is reused.

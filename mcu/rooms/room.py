@@ -392,7 +392,14 @@ class Room:
             for name, tier in tiers.items():
                 output = Output("h264", name)
                 writer = HlsTier(
-                    self.name, directory, name, tier, self._mix_aac().extradata, self._output_keyframe(output), _ignore
+                    self.name,
+                    directory,
+                    name,
+                    tier,
+                    self._mix_aac().extradata,
+                    self._output_keyframe(output),
+                    _ignore,
+                    self.config.hls_segment_seconds,
                 )
                 self.hls.append(writer)
                 self._attach(writer, output)

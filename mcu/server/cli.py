@@ -230,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         help=f"the tiers of the HLS ladder, comma-separated (default: {DEFAULT_TIER}); each is one H.264 encode",
     )
+    serve.add_argument(
+        "--hls-segment",
+        type=float,
+        metavar="SECONDS",
+        help=f"the HLS segments' length, 1 to 6 s (default {Config.hls_segment_seconds:g}): players start three "
+        "segments behind the live edge, so 1 s cuts their delay to about 4 s, at the cost of a keyframe every "
+        "second in the tier's H.264 encode",
+    )
     serve.add_argument("--cert", help="TLS certificate chain (PEM): serve HTTPS and WSS; needs --key")
     serve.add_argument("--key", help="TLS private key (PEM) of --cert")
     scale = serve.add_argument_group("scale (docs/operations.md)")
@@ -359,6 +367,7 @@ def serve(args: argparse.Namespace, ice: IceServers, tls: ssl.SSLContext | None 
         kick_ban_seconds=args.kick_ban,
         hls_dir=args.hls,
         hls_tiers=tuple(name.strip() for name in (args.hls_tiers or "").split(",") if name.strip()),
+        hls_segment_seconds=args.hls_segment or Config.hls_segment_seconds,
     )
     host, port = args.host, args.port
     if args.worker_port:  # a worker of a front: loopback, plain HTTP; the front tells the clients
@@ -473,6 +482,10 @@ def main(argv: list[str] | None = None) -> None:
                 parser.error(str(exc).replace("recording directory", "HLS directory"))
         if args.hls_tiers and not args.hls:
             parser.error("--hls-tiers needs --hls")
+        if args.hls_segment is not None and not args.hls:
+            parser.error("--hls-segment needs --hls")
+        if args.hls_segment is not None and not 1 <= args.hls_segment <= 6:
+            parser.error("--hls-segment: from 1 to 6 seconds")
         known = {*Config().tiers, *dict(args.tier), DEFAULT_TIER}
         unknown = {name.strip() for name in (args.hls_tiers or "").split(",") if name.strip()} - known
         if unknown:
