@@ -23,10 +23,18 @@ on one machine's clock.
 With `--outputs` (the default) one more row runs the room with no viewer but an
 RTMP stream (to a Debian `ffmpeg -listen 1` that discards it) and HLS on, and the
 latency run reads both back as well: the RTMP stream in the latency process
-(PyAV listening), the HLS playlist from the server (PyAV's HLS demuxer).
+(PyAV listening), the HLS playlist from the server (PyAV's HLS demuxer), once
+per HLS segment length (`--hls-segments`), also as a player shows it.
+
+Fresh servers of the same room differ by several % of a core here, more than a
+viewer costs. So the costs of one viewer, one participant and one RTMP stream
+come from toggled runs (`--rounds`): one server and one room, windows without and
+with 10 or 40 viewers, 10 more participants, or (in a second server, whose room
+already encodes H.264 for a participant) an RTMP stream, in turn.
 
     .venv/bin/python scripts/bench_broadcast.py [--viewers 0,1,10,40] [--seconds 20] [--warmup 5]
-                                               [--no-latency] [--no-outputs] [--write docs/benchmarks.md]
+        [--rounds 3] [--toggle-viewers 10,40] [--participants 10] [--hls-segments 2,1]
+        [--no-latency] [--no-outputs] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -299,8 +307,6 @@ class Result:
     viewers: int
     #: Whether the room also pushed an RTMP stream and wrote its HLS.
     outputs: bool = False
-    #: The room's participants (load peers).
-    participants: int = PARTICIPANTS
     server_cpu: float = 0.0
     #: The busiest threads of the server and its video process: (label, % of one core).
     threads: list[tuple[str, float]] = field(default_factory=list)
@@ -352,13 +358,20 @@ class Processes:
         return self._logs / f"{role}-{self._name}.log"
 
     async def start(self, role: str, *args: str) -> asyncio.subprocess.Process:
-        with self.log(role).open("wb") as log:
+        with self.log(role).open("ab") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, __file__, f"_{role}", *args, cwd=REPO, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=log, start_new_session=True,
             )  # fmt: skip
         self.all[role] = process
         return process
+
+    async def end(self, role: str) -> None:
+        """Close one process's stdin (its peers or viewers leave) and wait for it to go."""
+        process = self.all.pop(role)
+        assert process.stdin is not None
+        process.stdin.close()
+        await stop(process, grace=30)
 
     async def tell(self, line: str, timeout: float) -> dict[str, dict]:
         """Send `line` to every process; the next event of each, by role."""
@@ -417,16 +430,15 @@ async def run_one(
     logs: Path,
     latency: bool = False,
     outputs: bool = False,
-    participants: int = PARTICIPANTS,
     hls_segment: float | None = None,
 ) -> Result:
-    """One fresh server, its room of `participants`, `count` counting viewers (or the latency's receivers), one
+    """One fresh server, its room, `count` counting viewers (or the latency's receivers), one
     window; with `outputs`, an RTMP stream and HLS as well (the latency run reads them back)."""
-    result = Result(count, outputs=outputs, participants=participants, load_average=os.getloadavg()[0])
+    result = Result(count, outputs=outputs, load_average=os.getloadavg()[0])
     port, rtmp_port = free_port(), free_port()
     url, endpoint = f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}/whep/{ROOM}"
     rtmp = f"rtmp://127.0.0.1:{rtmp_port}/{RTMP_PATH}"
-    name = ("latency" if latency else f"{count}") + ("-outputs" if outputs else "") + f"-room{participants}"
+    name = ("latency" if latency else f"{count}") + ("-outputs" if outputs else "")
     processes = Processes(logs, name)
     server = listener = None
     hls_dir = tempfile.TemporaryDirectory(prefix="bench_broadcast-hls-")
@@ -447,7 +459,7 @@ async def run_one(
             )
         await wait_healthy(port, server)
         try:
-            room = await processes.start("room", url, str(participants - int(latency)), str(int(latency)), "0")
+            room = await processes.start("room", url, str(PARTICIPANTS - int(latency)), str(int(latency)), "0")
             await next_event(room, timeout=60)
             if outputs and not latency:
                 # A far end that takes the stream and throws it away: its CPU is not the server's.
@@ -505,17 +517,46 @@ async def run_one(
 
 
 @dataclass
-class StreamWindow:
-    """One window of the stream's cost run: the room with its RTMP stream on or off."""
+class Span:
+    """One window of a toggled run: the room with what is measured (viewers, participants, a stream) or without."""
 
     on: bool
     server_cpu: float = 0.0
+    #: What the room's participants (and the viewers, when on) received a second over the window.
     room_fps: list[float] = field(default_factory=list)
-    #: The room's video encoders (codec/tier) at the window's end: the stream must add none.
+    fps: list[float] = field(default_factory=list)
+    #: The room's video encoders (codec/tier) and its streams' states at the window's end.
     encoders: list[str] = field(default_factory=list)
-    #: The streams' states at the window's end.
     states: list[str] = field(default_factory=list)
     load_average: float = 0.0
+
+
+@dataclass
+class Toggle:
+    """What one toggled run measured: `units` of it (viewers, participants, streams) on and off in turn."""
+
+    name: str
+    units: int
+    spans: list[Span] = field(default_factory=list)
+    failure: str = ""
+
+    def added(self) -> list[float]:
+        """Each window with it on, over the mean of the windows without it on either side (% of one core)."""
+        added = []
+        for i, span in enumerate(self.spans):
+            around = [x.server_cpu for x in self.spans[max(0, i - 1) : i + 2] if not x.on]
+            if span.on and around:
+                added.append(span.server_cpu - statistics.mean(around))
+        return added
+
+    def per_unit(self) -> float | None:
+        added = self.added()
+        return statistics.median(added) / self.units if added else None
+
+    def room(self) -> float | None:
+        """The room's CPU without it: the median of the windows without it."""
+        off = [x.server_cpu for x in self.spans if not x.on]
+        return statistics.median(off) if off else None
 
 
 async def room_streams(port: int) -> list[dict]:
@@ -554,15 +595,60 @@ async def listen_rtmp(log: Path, url: str) -> asyncio.subprocess.Process:
         )  # fmt: skip
 
 
-async def run_stream_cost(args: argparse.Namespace, logs: Path) -> tuple[list[StreamWindow], str]:
-    """One server and one room whose high tier's H.264 encoder runs (a participant receives H.264): windows
-    with and without an RTMP stream of that tier, in turn, `args.stream_rounds` of each. The windows and why
-    the run stopped, if it did."""
+async def measure_span(
+    on: bool, processes: Processes, server: asyncio.subprocess.Process, port: int, seconds: float
+) -> Span:
+    span = Span(on, load_average=os.getloadavg()[0])
+    await processes.tell("window", timeout=20)
+    started, ticks = time.monotonic(), cpu_ticks(server.pid)
+    await asyncio.sleep(seconds)
+    span.server_cpu = (cpu_ticks(server.pid) - ticks) / CLK_TCK / (time.monotonic() - started) * 100
+    span.encoders = (await describe_room(port))["stats"]["videoEncoders"]
+    span.states = [s["state"] for s in await room_streams(port)]
+    reports = await processes.tell("report", timeout=20)
+    span.room_fps = reports["room"]["fps"] + reports.get("extra", {}).get("fps", [])
+    span.fps = reports.get("viewers", {}).get("fps", [])
+    return span
+
+
+async def run_toggles(args: argparse.Namespace, logs: Path, stream: bool) -> list[Toggle]:
+    """One server and its room; windows without and with each thing measured, in turn, `args.rounds` of each.
+
+    Without `stream`: the viewers of `args.toggle_viewers` and `args.participants` more participants. With it:
+    an RTMP stream of the high tier, in a room where a participant receives H.264 (so that tier's H.264
+    encoder already runs). The server's CPU drifts by several % of a core between fresh servers on this shared
+    machine, and within one over minutes: each window with the thing on is read against those beside it.
+    """
     port, rtmp_port = free_port(), free_port()
-    url, rtmp = f"ws://127.0.0.1:{port}/ws", f"rtmp://127.0.0.1:{rtmp_port}/{RTMP_PATH}"
-    processes = Processes(logs, "stream-cost")
-    windows: list[StreamWindow] = []
+    url, endpoint = f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}/whep/{ROOM}"
+    rtmp = f"rtmp://127.0.0.1:{rtmp_port}/{RTMP_PATH}"
+    processes = Processes(logs, "stream" if stream else "toggles")
+    if stream:
+        toggles = [Toggle("RTMP stream", 1)]
+    else:
+        toggles = [Toggle(f"{n} viewers", n) for n in args.toggle_viewers]
+        toggles += [Toggle(f"{n} participants", n) for n in args.participants]
     server = listener = None
+
+    async def switch_on(toggle: Toggle) -> None:
+        nonlocal listener
+        if toggle.name == "RTMP stream":
+            listener = await listen_rtmp(processes.log("rtmp"), rtmp)
+            await start_stream(port, rtmp)
+            await stream_live(port)
+        elif toggle.name.endswith("viewers"):
+            viewers = await processes.start("viewers", endpoint, str(toggle.units))
+            await next_event(viewers, timeout=3 * toggle.units + 60)
+        else:
+            await next_event(await processes.start("extra", url, str(toggle.units), "0", "0"), timeout=90)
+
+    async def switch_off(toggle: Toggle) -> None:
+        if toggle.name == "RTMP stream":
+            await stop_streams(port)
+            await stop(listener)
+        else:
+            await processes.end("viewers" if toggle.name.endswith("viewers") else "extra")
+
     try:
         with processes.log("server").open("wb") as log:
             server = await start_server(
@@ -570,73 +656,92 @@ async def run_stream_cost(args: argparse.Namespace, logs: Path) -> tuple[list[St
                 *([] if args.adapt else ["--no-adapt"]),
             )  # fmt: skip
         await wait_healthy(port, server)
-        try:
-            await next_event(await processes.start("room", url, str(PARTICIPANTS), "0", "1"), timeout=60)
-            await asyncio.sleep(args.warmup)
-            for _ in range(args.stream_rounds):
-                for on in (False, True):
-                    window = StreamWindow(on, load_average=os.getloadavg()[0])
-                    if on:
-                        listener = await listen_rtmp(processes.log("rtmp"), rtmp)
-                        await start_stream(port, rtmp)
-                        await stream_live(port)
-                        await asyncio.sleep(args.warmup)
-                    await processes.tell("window", timeout=20)
-                    started, ticks = time.monotonic(), cpu_ticks(server.pid)
-                    await asyncio.sleep(args.seconds)
-                    window.server_cpu = (cpu_ticks(server.pid) - ticks) / CLK_TCK / (time.monotonic() - started) * 100
-                    window.encoders = (await describe_room(port))["stats"]["videoEncoders"]
-                    window.states = [s["state"] for s in await room_streams(port)]
-                    window.room_fps = (await processes.tell("report", timeout=20))["room"]["fps"]
-                    windows.append(window)
-                    print(f"  {format_stream_windows([window]).splitlines()[-1]}", file=sys.stderr, flush=True)
-                    if on:
-                        await stop_streams(port)
-                        await stop(listener)
-                        await asyncio.sleep(args.warmup)
-        except (RuntimeError, TimeoutError) as exc:
-            return windows, processes.failure(exc)
-        return windows, ""
+        await next_event(await processes.start("room", url, str(PARTICIPANTS), "0", str(int(stream))), timeout=60)
+        await asyncio.sleep(args.warmup)
+        for toggle in toggles:
+            print(f"{toggle.name}, {args.rounds} rounds ...", file=sys.stderr, flush=True)
+            try:
+                for _ in range(args.rounds):
+                    for on in (False, True):
+                        if on:
+                            await switch_on(toggle)
+                            await asyncio.sleep(args.warmup)
+                        toggle.spans.append(await measure_span(on, processes, server, port, args.seconds))
+                        print(f"  {format_spans(toggle).splitlines()[-1]}", file=sys.stderr, flush=True)
+                        if on:
+                            await switch_off(toggle)
+                            await asyncio.sleep(args.warmup)
+                toggle.spans.append(await measure_span(False, processes, server, port, args.seconds))
+            except (RuntimeError, TimeoutError) as exc:
+                toggle.failure = processes.failure(exc)
+                break
+        return toggles
+    except (RuntimeError, TimeoutError) as exc:
+        toggles[0].failure = processes.failure(exc)
+        return toggles
     finally:
         await processes.stop()
         await stop(server)
         await stop(listener)
 
 
-def format_stream_windows(windows: list[StreamWindow]) -> str:
+def format_spans(toggle: Toggle) -> str:
     lines = [
-        "| window | RTMP stream | server CPU, % of one core | participants' fps min / median | video encoders "
-        "| stream | load avg |",
-        "|---|---|---|---|---|---|---|",
+        f"| window | {toggle.name} | server CPU, % of one core | participants' fps min / median "
+        "| viewers' fps min / median | video encoders | streams | load avg |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for i, w in enumerate(windows, 1):
+    for i, w in enumerate(toggle.spans, 1):
         lines.append(
             f"| {i} | {'on' if w.on else 'off'} | {w.server_cpu:.1f} | {_min_median(w.room_fps)} "
-            f"| {', '.join(w.encoders)} | {', '.join(w.states) or '-'} | {w.load_average:.1f} |"
+            f"| {_min_median(w.fps)} | {', '.join(w.encoders)} | {', '.join(w.states) or '-'} "
+            f"| {w.load_average:.1f} |"
         )
     return "\n".join(lines)
 
 
-def stream_cost_line(windows: list[StreamWindow]) -> str:
-    """The stream's cost: each window with it against the mean of the windows without it on either side."""
-    added = []
-    for i, w in enumerate(windows):
-        around = [x.server_cpu for x in windows[max(0, i - 1) : i + 2] if not x.on]
-        if w.on and around:
-            added.append(w.server_cpu - statistics.mean(around))
-    off = [w.server_cpu for w in windows if not w.on]
-    if not added or not off:
-        return "The stream's cost needs windows with and without it: not both in this run."
-    room = statistics.median(off)
-    same = all(w.encoders == windows[0].encoders for w in windows)
+def toggle_line(toggle: Toggle) -> str:
+    """What one unit of it costs, from the windows with it against those beside them."""
+    if toggle.failure:
+        return f"{toggle.name}: stopped early: {toggle.failure}"
+    added, room, each = toggle.added(), toggle.room(), toggle.per_unit()
+    if each is None or room is None:
+        return f"{toggle.name}: no window with it and one without."
+    line = (
+        f"{toggle.name} added {statistics.median(added):+.1f} % of a core (median of {len(added)} windows, each "
+        f"against the mean of the windows without them on either side: {', '.join(f'{a:+.1f}' for a in added)}) "
+        f"to the room's {room:.1f} %"
+    )
+    if toggle.units > 1:
+        line += f": {each:.2f} % each"
+    if toggle.name == "RTMP stream":
+        line += (
+            f", {100 * each / room:+.1f} % of the room's CPU (target: at most +10 %). "
+            + ("The room's video encoders were the same in every window: the stream added no video encode."
+               if all(w.encoders == toggle.spans[0].encoders for w in toggle.spans)
+               else "The room's video encoders changed between windows: see the table.")
+        )  # fmt: skip
+    return line + ("" if line.endswith(".") else ".")
+
+
+def viewer_against_participant(toggles: list[Toggle]) -> str:
+    """What a viewer costs the server against what a participant does (the issue's target: at most half)."""
+    viewers = [t for t in toggles if t.name.endswith("viewers") and t.per_unit() is not None]
+    participants = [t for t in toggles if t.name.endswith("participants") and t.per_unit() is not None]
+    if not viewers or not participants:
+        return "A viewer against a participant needs the toggled windows of both."
+    participant = participants[-1].per_unit()
+    assert participant is not None
+    parts = [
+        f"at {t.units} viewers one costs {t.per_unit():.2f} %, {100 * (t.per_unit() or 0) / participant:.0f} % of "
+        "a participant"
+        for t in viewers
+    ]
     return (
-        f"An RTMP stream of a tier whose H.264 encoder already runs added {statistics.median(added):+.1f} % of a "
-        f"core (median of {len(added)} windows, each against the windows without it on either side: "
-        f"{', '.join(f'{a:+.1f}' for a in added)}), {100 * statistics.median(added) / room:+.1f} % of the room's "
-        f"{room:.1f} % (target: at most +10 %). "
-        + ("The room's video encoders were the same in every window: the stream added no video encode."
-           if same else "The room's video encoders changed between windows: see the table.")
-    )  # fmt: skip
+        f"A viewer against a participant: a participant (one of {participants[-1].units} more, each sending VP8 "
+        f"and Opus as the load peers do: decoded, composed, mixed, sent the composite and its mix) costs the server "
+        f"{participant:.2f} % of a core; " + "; ".join(parts) + " (target: at most half)."
+    )
 
 
 async def describe_room(port: int) -> dict:
@@ -666,21 +771,19 @@ def _min_median(values: list[float], digits: int = 1) -> str:
 
 
 def label(result: Result) -> str:
-    if result.participants != PARTICIPANTS:
-        return f"{result.viewers}, room of {result.participants}"
     return f"{result.viewers} + RTMP + HLS" if result.outputs else str(result.viewers)
 
 
 def baseline(results: list[Result]) -> float | None:
     """The server's CPU with the room of PARTICIPANTS alone: no viewer, no output."""
-    plain = (r for r in results if r.viewers == 0 and not r.outputs and r.participants == PARTICIPANTS)
+    plain = (r for r in results if r.viewers == 0 and not r.outputs)
     return next((r.server_cpu for r in plain if not r.failure), None)
 
 
 def format_table(results: list[Result]) -> str:
     base = baseline(results)
     lines = [
-        "| viewers | server CPU, % of one core | added per viewer (or participant), % | viewers' fps min / median "
+        "| viewers | server CPU, % of one core | added per viewer, % | viewers' fps min / median "
         "| viewers' audio pkt/s min / median | per viewer kbit/s median | participants' fps min / median "
         "| server made, fps | viewers' tiers at the end | viewers' process CPU % | load avg | steal % | status |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -690,8 +793,6 @@ def format_table(results: list[Result]) -> str:
             lines.append(f"| {label(r)} | | | | | | | | | | {r.load_average:.1f} | | failed: {r.failure} |")
             continue
         added = f"{(r.server_cpu - base) / r.viewers:.2f}" if base is not None and r.viewers else "-"
-        if r.participants != PARTICIPANTS and base is not None:
-            added = f"{(r.server_cpu - base) / (r.participants - PARTICIPANTS):.2f} per participant"
         if r.outputs and base is not None:
             added = f"{r.server_cpu - base:+.1f} for both outputs"
         load = f"{r.load_cpu:.1f}" if r.load_cpu is not None else "-"
@@ -739,7 +840,7 @@ def format_latency(results: list[Result]) -> str:
 
 def anchor_line(results: list[Result]) -> str:
     """Our cost of one stream against LiveKit Egress's admission budget for one room composite."""
-    by_count = {r.viewers: r for r in results if not r.failure and not r.outputs and r.participants == PARTICIPANTS}
+    by_count = {r.viewers: r for r in results if not r.failure and not r.outputs}
     if 0 not in by_count or 1 not in by_count:
         return "The anchor needs the 0- and 1-viewer rows: not both in this run."
     added = by_count[1].server_cpu - by_count[0].server_cpu
@@ -755,32 +856,6 @@ def anchor_line(results: list[Result]) -> str:
         extra = by_count[many].server_cpu - by_count[0].server_cpu
         line += f"; {many} viewers added {extra:.1f} % ({extra / many:.2f} % each)"
     return line + "."
-
-
-def viewer_against_participant(results: list[Result]) -> str:
-    """What a viewer costs the server against what a participant does (the issue's target: at most half)."""
-    base = baseline(results)
-    rooms = [r for r in results if r.participants != PARTICIPANTS and not r.failure and r.viewers == 0]
-    viewers = [r for r in results if r.viewers > 1 and not r.outputs and r.participants == PARTICIPANTS]
-    if base is None or not rooms or not viewers:
-        return "A viewer against a participant needs the 0-viewer row, a larger room's and a row of viewers."
-    room = rooms[-1]
-    participant = (room.server_cpu - base) / (room.participants - PARTICIPANTS)
-    parts = []
-    for r in viewers:
-        if r.failure or r.collapsed:
-            parts.append(f"{r.viewers} viewers: not measured ({', '.join(r.problems())})")
-            continue
-        viewer = (r.server_cpu - base) / r.viewers
-        share = 100 * viewer / participant
-        parts.append(f"at {r.viewers} viewers one costs {viewer:.2f} %, {share:.0f} % of a participant")
-    return (
-        f"A viewer against a participant: {room.participants - PARTICIPANTS} more participants (a room of "
-        f"{room.participants}, each sending the load peers' VP8 and Opus: decoded, composed, mixed, sent the "
-        f"composite and a mix of its own) cost the server {participant:.2f} % of a core each; "
-        + "; ".join(parts)
-        + " (target: at most half)."
-    )
 
 
 def section(runs: Runs, args: argparse.Namespace) -> str:
@@ -803,16 +878,13 @@ def section(runs: Runs, args: argparse.Namespace) -> str:
         "reports show a queue, as a starved load process's do, is moved to a lower tier: one more encode, and "
         "its lower frame rate). Load avg is the 1-minute load average when the row started and "
         "steal the share of the machine the hypervisor took in the window: they say how busy this shared "
-        "2-core VM was. A row `0, room of M` has no viewer and M participants instead of "
-        f"{PARTICIPANTS} (M - {PARTICIPANTS} more load peers): what a participant costs, against a viewer. "
+        "2-core VM was. "
         f"A row is collapsed above {CPU_CAP:.0f} % CPU, or under {MIN_FPS:.0f} fps or {MIN_AUDIO:.0f} audio "
         "packets/s for any viewer or participant.",
         "",
         format_table(results),
         "",
         anchor_line(results),
-        "",
-        viewer_against_participant(results),
         "",
         "Busiest threads over the window (% of one core; `server main` is the event loop: RTP, SRTP, signalling, "
         "the fan-out to every receiver; `picture main` reads the upstream frames; the others are the audio clock, "
@@ -846,21 +918,27 @@ def section(runs: Runs, args: argparse.Namespace) -> str:
         "VP8, so both outputs add the H.264 encode of the composite's tier (shared by both) and one AAC encode "
         "of the mix.",
     ]
-    if runs.stream is not None:
-        windows, failure = runs.stream
+    if runs.toggles:
         parts += [
             "",
-            "An RTMP stream where the tier's H.264 encoder already runs: one fresh server, the room of "
-            f"{PARTICIPANTS} and one more participant that sends audio alone and receives the composite in H.264 "
-            "(so the high tier's H.264 encoder runs for it), measured in windows without and with an RTMP stream "
-            f"of that tier (to a Debian `ffmpeg -listen 1` that discards it), in turn, {args.seconds:g} s each "
-            f"after {args.warmup:g} s of settling: the stream is started and stopped through the HTTP API between "
-            "windows, in the same room. The video encoders are the room's at each window's end.",
+            "### What one more viewer, participant or stream costs: windows with and without it, in one room",
             "",
-            format_stream_windows(windows),
-            "",
-            f"Stopped early: {failure}" if failure else stream_cost_line(windows),
+            "The rows above each start a fresh server, and the same room's CPU differs by several % of a core "
+            "between fresh servers on this shared machine (and drifts within one over minutes): too much to read "
+            "the cost of one viewer from them. So each cost below comes from one server and one room of "
+            f"{PARTICIPANTS} load peers, measured in {args.seconds:g} s windows without and with the thing, in "
+            f"turn ({args.rounds} of each, {args.warmup:g} s of settling after each change, and a last window "
+            "without): each window with it is read against the mean of the windows without it on either side. "
+            "Viewers are one process of counting WHEP viewers (as above), started and ended between windows; "
+            "participants are one more process of load peers joining the same room and leaving it. The RTMP "
+            "stream runs in a second server whose room has one more participant, which sends audio alone and "
+            "receives the composite in H.264, so the high tier's H.264 encoder runs before the stream starts; the "
+            "stream (of that tier, to a Debian `ffmpeg -listen 1` that discards it) is started and stopped "
+            "through the HTTP API. The video encoders and streams are the room's at each window's end.",
         ]
+        for toggle in runs.toggles:
+            parts += ["", format_spans(toggle), "", toggle_line(toggle)]
+        parts += ["", viewer_against_participant(runs.toggles)]
     parts += [
         "",
         f"Re-run: `{rerun_command(__file__)}`",
@@ -874,8 +952,8 @@ class Runs:
     results: list[Result]
     #: The latency runs, one per HLS segment length (without the outputs: one).
     latency: list[Result] = field(default_factory=list)
-    #: The stream's cost run: its windows, and why it stopped if it did (None: not run).
-    stream: tuple[list[StreamWindow], str] | None = None
+    #: The toggled runs: viewers and participants in one server, the RTMP stream in another.
+    toggles: list[Toggle] = field(default_factory=list)
 
 
 async def run_all(args: argparse.Namespace) -> Runs:
@@ -888,15 +966,13 @@ async def run_all(args: argparse.Namespace) -> Runs:
                 ["viewers"], args.viewers, lambda _, n: run_one(n, args, Path(logs)), format_table, keep_going=True
             )
         )
-        for extra in args.participants:
-            run = run_one(0, args, Path(logs), participants=PARTICIPANTS + extra)
-            runs.results.append(await run_reported("participants", PARTICIPANTS + extra, run, format_table))
         if outputs:
             row = await run_reported("outputs", 0, run_one(0, args, Path(logs), outputs=True), format_table)
             runs.results.append(row)
-        if outputs and args.stream_rounds:
-            print(f"stream cost, {args.stream_rounds} rounds ...", file=sys.stderr, flush=True)
-            runs.stream = await run_stream_cost(args, Path(logs))
+        if args.rounds and (args.toggle_viewers or args.participants):
+            runs.toggles += await run_toggles(args, Path(logs), stream=False)
+        if args.rounds and outputs:
+            runs.toggles += await run_toggles(args, Path(logs), stream=True)
         if args.latency:
             for segment in args.hls_segments if outputs else [None]:
                 run = run_one(1, args, Path(logs), latency=True, outputs=outputs, hls_segment=segment)
@@ -910,7 +986,7 @@ def numbers(text: str) -> list[int]:
 
 def main() -> None:
     role = sys.argv[1:2]
-    if role == ["_room"]:
+    if role in (["_room"], ["_extra"]):  # the room's load peers; more of them, switched on and off
         url, count, stamper, h264 = sys.argv[2:6]
         asyncio.run(run_room(url, int(count), stamper == "1", h264 == "1"))
         return
@@ -944,17 +1020,17 @@ def main() -> None:
         help="a row with an RTMP stream (to a local ffmpeg) and HLS on, and their latency read back (default on)",
     )
     parser.add_argument(
-        "--participants",
-        type=numbers,
-        default=[10],
-        help="rows with this many more participants and no viewer: what a participant costs (default 10; '' none)",
-    )
-    parser.add_argument(
-        "--stream-rounds",
+        "--rounds",
         type=int,
         default=3,
-        help="windows without and with an RTMP stream of a tier whose H.264 encoder runs, in turn (default 3 of "
-        "each; 0: not run)",
+        help="the costs of one viewer, participant and stream: windows without and with them in one room, in "
+        "turn, this many of each (default 3; 0: not run)",
+    )
+    parser.add_argument(
+        "--toggle-viewers", type=numbers, default=[10, 40], help="viewers switched on and off (default 10,40)"
+    )
+    parser.add_argument(
+        "--participants", type=numbers, default=[10], help="participants switched on and off (default 10)"
     )
     parser.add_argument(
         "--hls-segments",
@@ -970,11 +1046,12 @@ def main() -> None:
         sys.exit(130)
     print(format_table(runs.results))
     print(anchor_line(runs.results))
-    print(viewer_against_participant(runs.results))
     print(format_threads(runs.results))
-    if runs.stream is not None:
-        print(format_stream_windows(runs.stream[0]))
-        print(runs.stream[1] or stream_cost_line(runs.stream[0]))
+    for toggle in runs.toggles:
+        print(format_spans(toggle))
+        print(toggle_line(toggle))
+    if runs.toggles:
+        print(viewer_against_participant(runs.toggles))
     if runs.latency:
         print(format_latency(runs.latency))
     if args.write:

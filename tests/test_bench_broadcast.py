@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 COLUMNS = [
     "viewers",
     "server CPU, % of one core",
-    "added per viewer (or participant), %",
+    "added per viewer, %",
     "viewers' fps min / median",
     "viewers' audio pkt/s min / median",
     "per viewer kbit/s median",
@@ -43,7 +43,7 @@ def test_one_viewer_for_three_seconds_fills_the_table_and_the_section(tmp_path: 
     doc.write_text("# Benchmarks\n")
     run = subprocess.run(
         [sys.executable, "scripts/bench_broadcast.py", "--viewers", "0,1", "--seconds", "3", "--warmup", "1",
-         "--participants", "2", "--stream-rounds", "1", "--hls-segments", "1", "--write", str(doc)],
+         "--rounds", "1", "--toggle-viewers", "2", "--participants", "2", "--hls-segments", "1", "--write", str(doc)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -59,17 +59,21 @@ def test_one_viewer_for_three_seconds_fills_the_table_and_the_section(tmp_path: 
     assert row["viewers' tiers at the end"] in ("high 1", "low 1", "audio 1"), row
     outputs = dict(zip(COLUMNS, cells(next(line for line in lines if line.startswith("| 0 + RTMP + HLS |")))))
     assert float(outputs["participants' fps min / median"].split(" / ")[0]) > 0 and outputs["status"] == "ok"
-    # A room of two more participants: what each costs, against a viewer.
-    larger = dict(zip(COLUMNS, cells(next(line for line in lines if line.startswith("| 0, room of 10 |")))))
-    assert larger["added per viewer (or participant), %"].endswith(" per participant"), larger
-    assert float(larger["participants' fps min / median"].split(" / ")[0]) > 0
-    # The stream's cost: a window without it and one with it live, the room's video encoders the same in both
-    # (a participant receives H.264, so the stream's tier is already encoded).
-    windows = [cells(line) for line in lines if line.startswith(("| 1 | off |", "| 2 | on |"))]
-    assert len(windows) == 2, lines
-    assert windows[0][4] == windows[1][4] and "h264" in windows[0][4], windows
-    assert windows[1][5] == "live" and windows[0][5] == "-", windows
-    assert any(line.startswith("An RTMP stream of a tier whose H.264 encoder already runs added") for line in lines)
+    # The toggled runs: windows without, with and without 2 viewers, 2 more participants, an RTMP stream.
+    tables = [i for i, line in enumerate(lines) if line.startswith("| window | ")]
+    assert [cells(lines[i])[1] for i in tables] == ["2 viewers", "2 participants", "RTMP stream"], tables
+    for i in tables:
+        windows = [cells(line) for line in lines[i + 2 : i + 5]]
+        assert [w[1] for w in windows] == ["off", "on", "off"], windows
+        assert all(float(w[3].split(" / ")[0]) > 0 for w in windows), windows  # the room went on
+    viewers_on = cells(lines[tables[0] + 3])
+    assert float(viewers_on[4].split(" / ")[0]) > 0, viewers_on  # the viewers received the composite
+    stream = [cells(line) for line in lines[tables[2] + 2 : tables[2] + 5]]
+    # The stream's tier was encoded in H.264 before it started: it added no video encoder.
+    assert stream[0][5] == stream[1][5] == stream[2][5] and "h264/high" in stream[0][5], stream
+    assert [w[6] for w in stream] == ["-", "live", "-"], stream
+    assert any(line.startswith("RTMP stream added") and "no video encode" in line for line in lines), lines
+    assert any(line.startswith("A viewer against a participant: a participant") for line in lines), lines
     # Every receiver read the stamper's capture times: the RTMP stream and the HLS read back too.
     for receiver in ("WHEP", "participant", "RTMP", "HLS (1 s segments)", "HLS player (1 s segments)"):
         latency = cells(next(line for line in lines if line.startswith(f"| {receiver} |")))
