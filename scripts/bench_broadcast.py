@@ -368,10 +368,18 @@ class Processes:
 
     async def end(self, role: str) -> None:
         """Close one process's stdin (its peers or viewers leave) and wait for it to go."""
-        process = self.all.pop(role)
-        assert process.stdin is not None
-        process.stdin.close()
-        await stop(process, grace=30)
+        await self._leave(self.all.pop(role))
+
+    @staticmethod
+    async def _leave(process: asyncio.subprocess.Process) -> None:
+        """Close its stdin, so that its viewers end their sessions (WHEP DELETE) and its peers leave, and give it
+        30 s to do so: a viewer killed with its process stays on the server until its connection times out."""
+        if process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 30)
+        except asyncio.TimeoutError:
+            await stop(process)
 
     async def tell(self, line: str, timeout: float) -> dict[str, dict]:
         """Send `line` to every process; the next event of each, by role."""
@@ -388,11 +396,8 @@ class Processes:
         return str(exc) or "timed out"
 
     async def stop(self) -> None:
-        """Close each one's stdin (it leaves the room), then stop it if it lingers."""
-        for process in self.all.values():
-            if process.stdin is not None and not process.stdin.is_closing():
-                process.stdin.close()
-        await asyncio.gather(*(stop(p, grace=30) for p in self.all.values()))
+        """Each one leaves (its stdin closed), stopped if it lingers."""
+        await asyncio.gather(*(self._leave(p) for p in self.all.values()))
 
 
 async def start_stream(port: int, url: str) -> None:
