@@ -10,7 +10,7 @@ const headers = params.get("token") ? { Authorization: `Bearer ${params.get("tok
 const endpoint = `/whep/${encodeURIComponent(room)}` + (params.get("tier") ? `?tier=${encodeURIComponent(params.get("tier"))}` : "");
 // How long to wait for the browser's candidates: the server takes them in the offer, not trickled.
 const GATHER_MS = 3000;
-// The room's live HLS (docs/operations.md, "Broadcasting"): 5-9 s behind the room, but any player takes it.
+// The room's live HLS (docs/operations.md, "Broadcasting"): 4-8 s behind the room, but any player takes it.
 const HLS = `/hls/${encodeURIComponent(room)}/index.m3u8`;
 const HLS_WAIT_SECONDS = 10;
 

@@ -5,11 +5,12 @@ AAC mix (mcu/rooms/broadcast.py does the muxing in a thread of its own). It cuts
 a segment at the first keyframe a segment's length (`--hls-segment`, 2 s by
 default) after the last cut, and the broadcast asks the tier's encoder for a
 keyframe as often, so segments are about that long. A player starts three target
-durations behind the live edge (RFC 8216 6.3.3): with 2 s segments it shows the
-room about 3 to 4 segments late (docs/benchmarks.md). The media playlist lists
-the last LIST_SIZE segments and the muxer deletes older ones: a room holds at most LIST_SIZE + 2 segment files
-(the listed ones, the one being written, and one just dropped from the list for
-players still reading it). The room's directory goes when the room closes.
+durations behind the live edge (RFC 8216 6.3.3), so it shows the room about four
+segments' length late: 8.0 s with 2 s segments, 4.4 s with 1 s (docs/benchmarks.md).
+The media playlist lists the last LIST_SIZE segments and the muxer deletes older
+ones: a room holds at most LIST_SIZE + 2 segment files (the listed ones, the one
+being written, and one just dropped from the list for players still reading it).
+The room's directory goes when the room closes.
 
     DIR/{room}/index.m3u8          master playlist: one variant per tier written
     DIR/{room}/{tier}/index.m3u8   media playlist (rolling window)
