@@ -5,7 +5,7 @@ from __future__ import annotations
 import av
 import numpy as np
 
-from compositor.layout import grid_layout
+from compositor.layout import Rect, grid_layout
 
 YUV = tuple[int, int, int]
 
@@ -101,3 +101,25 @@ def longest_gap_ms(samples: np.ndarray, frequency: float, amplitude: float) -> i
     absent = np.concatenate([[0], (level < 0.1 * full).astype(np.int8), [0]])
     edges = np.flatnonzero(np.diff(absent))
     return int(max(edges[1::2] - edges[::2], default=0)) * BLOCK * 1000 // 48000
+
+
+def planes(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A received frame's Y, U and V planes (U and V at half its width and height)."""
+    data = frame.to_ndarray(format="yuv420p")
+    height, width = frame.height, frame.width
+    y = data[:height]
+    u = data[height : height + height // 4].reshape(height // 2, width // 2)
+    v = data[height + height // 4 :].reshape(height // 2, width // 2)
+    return y, u, v
+
+
+def colour_in(frame: av.VideoFrame, rect: Rect) -> YUV:
+    """Mean Y, U, V of the middle half of a rect of a received frame."""
+    y, u, v = planes(frame)
+    x0, x1 = rect.x + rect.width // 4, rect.x + 3 * rect.width // 4
+    y0, y1 = rect.y + rect.height // 4, rect.y + 3 * rect.height // 4
+    return (
+        int(y[y0:y1, x0:x1].mean()),
+        int(u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2].mean()),
+        int(v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2].mean()),
+    )

@@ -7,8 +7,8 @@ import time
 
 import pytest
 from browser_checks import CHROMIUM, chromium_args, chromium_playwright, poll, write_wav, write_y4m
-from media_checks import cell_colours, close_to
-from test_share import colour_in, screen_area
+from media_checks import cell_colours, close_to, colour_in
+from test_share import screen_area
 
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, rgb_to_yuv

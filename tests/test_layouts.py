@@ -6,9 +6,8 @@ import asyncio
 import time
 
 import aiohttp
-import numpy as np
 import pytest
-from media_checks import cell_colours, close_to
+from media_checks import cell_colours, close_to, colour_in, planes
 
 from client.peer import Peer
 from client.sources import COLORS, ColorTrack, ToneTrack, rgb_to_yuv
@@ -42,26 +41,6 @@ def peer(server, name: str, colour: str, amplitude: float, room: str = "layouts"
 
 def yuv(colour: str) -> tuple[int, int, int]:
     return rgb_to_yuv(COLORS[colour])
-
-
-def planes(frame):
-    data = frame.to_ndarray(format="yuv420p")
-    y = data[:HEIGHT].astype(np.int16)
-    u = data[HEIGHT : HEIGHT + HEIGHT // 4].reshape(HEIGHT // 2, WIDTH // 2).astype(np.int16)
-    v = data[HEIGHT + HEIGHT // 4 :].reshape(HEIGHT // 2, WIDTH // 2).astype(np.int16)
-    return y, u, v
-
-
-def colour_in(frame, rect: Rect) -> tuple[int, int, int]:
-    """Mean Y, U, V of the middle half of a rect of a received frame."""
-    y, u, v = planes(frame)
-    x0, x1 = rect.x + rect.width // 4, rect.x + 3 * rect.width // 4
-    y0, y1 = rect.y + rect.height // 4, rect.y + 3 * rect.height // 4
-    return (
-        int(y[y0:y1, x0:x1].mean()),
-        int(u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2].mean()),
-        int(v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2].mean()),
-    )
 
 
 def shows(frame, layout_rects: list[Rect], colours: list[tuple[int, int, int]]) -> bool:

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import BIN, free_port, start_mcu, stop_process
-from media_checks import cell_colours, close_to
+from media_checks import cell_colours, close_to, colour_in, planes
 
 from client.peer import Peer, PeerError
 from client.sources import COLORS, ColorTrack, TextTrack, ToneTrack, rgb_to_yuv
@@ -40,27 +40,6 @@ def peer(server, name: str, colour: str) -> Peer:
 
 def yuv(colour: str) -> tuple[int, int, int]:
     return rgb_to_yuv(COLORS[colour])
-
-
-def planes(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    data = frame.to_ndarray(format="yuv420p")
-    height, width = frame.height, frame.width
-    y = data[:height]
-    u = data[height : height + height // 4].reshape(height // 2, width // 2)
-    v = data[height + height // 4 :].reshape(height // 2, width // 2)
-    return y, u, v
-
-
-def colour_in(frame, rect: Rect) -> tuple[int, int, int]:
-    """Mean Y, U, V of the middle half of a rect of a received frame."""
-    y, u, v = (plane.astype(np.int16) for plane in planes(frame))
-    x0, x1 = rect.x + rect.width // 4, rect.x + 3 * rect.width // 4
-    y0, y1 = rect.y + rect.height // 4, rect.y + 3 * rect.height // 4
-    return (
-        int(y[y0:y1, x0:x1].mean()),
-        int(u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2].mean()),
-        int(v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2].mean()),
-    )
 
 
 def screen_area(count: int, width: int, height: int, screen: tuple[int, int]) -> Rect:
