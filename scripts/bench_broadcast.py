@@ -118,6 +118,17 @@ async def obey(open_window: Callable[[], None], report: Callable[[], dict[str, A
             emit("result", **report())
 
 
+async def obey_windows(receivers: list[Any]) -> None:
+    """`obey` for load receivers: each window counts what they received since it opened (`Window`)."""
+    window = Window(receivers)
+
+    def open_window() -> None:
+        nonlocal window
+        window = Window(receivers)
+
+    await obey(open_window, lambda: window.report())
+
+
 async def run_room(url: str, count: int, stamper: bool, h264: bool = False) -> None:
     """`count` load peers of the room (the first a stamper, if asked), and with `h264` one more participant that
     receives the composite in H.264 and sends audio alone (the tier's H.264 encoder runs); "ready" once all of
@@ -143,13 +154,7 @@ async def run_room(url: str, count: int, stamper: bool, h264: bool = False) -> N
             await peer.join(timeout=10)
         await peers[0].wait_for(lambda: all(p.video_frames and p.audio_frames for p in peers), timeout=30)
         emit("ready")
-        window = Window(peers)
-
-        def open_window() -> None:
-            nonlocal window
-            window = Window(peers)
-
-        await obey(open_window, lambda: window.report())
+        await obey_windows(peers)
     finally:
         await asyncio.wait_for(asyncio.gather(*(p.close() for p in peers), return_exceptions=True), 15)
 
@@ -168,13 +173,7 @@ async def run_viewers(endpoint: str, count: int) -> None:
                 raise TimeoutError("some viewers received nothing in 30 s")
             await asyncio.sleep(0.1)
         emit("ready")
-        window = Window(viewers)
-
-        def open_window() -> None:
-            nonlocal window
-            window = Window(viewers)
-
-        await obey(open_window, lambda: window.report())
+        await obey_windows(viewers)
     finally:
         await asyncio.wait_for(asyncio.gather(*(v.close() for v in viewers), return_exceptions=True), 30)
 

@@ -32,6 +32,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from mcu.config import Config
+from mcu.server.api import error
 from mcu.server.cors import add_cors
 from mcu.server.hls import add_hls
 from mcu.server.page import add_page
@@ -356,9 +357,9 @@ class Front:
         try:
             url, local = await self.route(room, relayed)
         except DirectoryUnavailable as exc:
-            raise _error(web.HTTPServiceUnavailable, protocol.DIRECTORY_UNAVAILABLE, str(exc)) from None
+            raise error(web.HTTPServiceUnavailable, protocol.DIRECTORY_UNAVAILABLE, str(exc)) from None
         except ProtocolError as exc:
-            raise _error(web.HTTPServiceUnavailable, exc.code, exc.message) from None
+            raise error(web.HTTPServiceUnavailable, exc.code, exc.message) from None
         if local:
             self._room_worker.setdefault(room, url)
             self._placed[room] = time.monotonic() + PLACED_SECONDS
@@ -467,11 +468,6 @@ def merge_metrics(texts: dict[int, str]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Gathered())
     return generate_latest(registry)
-
-
-def _error(status: type[web.HTTPException], code: str, message: str) -> web.HTTPException:
-    """An HTTP error whose body is a signaling-style `error` message, as a worker's."""
-    return status(text=json.dumps(protocol.error(code, message)), content_type="application/json")
 
 
 def _http_base(ws_url: str) -> str:
